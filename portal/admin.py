@@ -1,0 +1,144 @@
+"""Django admin for every model, with the filters and searches a lab manager reaches for."""
+
+from django.contrib import admin
+from django.utils.html import format_html
+
+from portal.models import (
+    ApiToken, Category, Label, Membership, ModelVersion, Prediction, Project, Sample, SEMImage, TrainingRun,
+    WebhookDelivery, WebhookSubscription,
+)
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 1
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Project)
+class ProjectAdmin(admin.ModelAdmin):
+    list_display = ["name", "created_at"]
+    search_fields = ["name", "description"]
+    inlines = [MembershipInline]
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "project", "role"]
+    list_filter = ["role", "project"]
+    search_fields = ["user__username", "project__name"]
+
+
+@admin.register(Sample)
+class SampleAdmin(admin.ModelAdmin):
+    list_display = ["lab_sample_id", "name", "project", "material", "owner", "lims_id", "created_at"]
+    list_filter = ["project", "created_at"]
+    search_fields = ["lab_sample_id", "name", "material", "lims_id", "description"]
+    autocomplete_fields = ["owner"]
+
+
+@admin.register(Category)
+class CategoryAdmin(admin.ModelAdmin):
+    list_display = ["name", "folder_name", "order", "active"]
+    list_editable = ["order", "active"]
+    search_fields = ["name", "folder_name"]
+    prepopulated_fields = {"slug": ["name"]}
+
+
+class LabelInline(admin.TabularInline):
+    model = Label
+    extra = 0
+    fields = ["category", "source", "created_by", "created_at", "is_current", "note"]
+    readonly_fields = ["created_at"]
+
+
+class PredictionInline(admin.TabularInline):
+    model = Prediction
+    extra = 0
+    fields = ["model_version", "category", "confidence", "margin", "entropy", "created_at"]
+    readonly_fields = fields
+    can_delete = False
+
+
+@admin.register(SEMImage)
+class SEMImageAdmin(admin.ModelAdmin):
+    list_display = ["thumb", "original_filename", "sample", "status", "split", "curated_category",
+                    "predicted_category", "predicted_confidence", "vendor", "uploaded_at"]
+    list_filter = ["status", "split", "curated_category", "predicted_category", "vendor", "format", "uploaded_at"]
+    search_fields = ["original_filename", "sha256", "sample__lab_sample_id", "sample__name", "instrument_model"]
+    list_select_related = ["sample", "curated_category", "predicted_category"]
+    readonly_fields = ["sha256", "file_size", "width", "height", "bit_depth", "mode", "uploaded_at", "metadata"]
+    raw_id_fields = ["sample", "predicted_by"]
+    inlines = [LabelInline, PredictionInline]
+    date_hierarchy = "uploaded_at"
+
+    @admin.display(description="")
+    def thumb(self, obj):
+        if not obj.thumbnail:
+            return ""
+        return format_html('<img src="/images/{}/thumbnail" style="height:48px" alt="">', obj.pk)
+
+
+@admin.register(Label)
+class LabelAdmin(admin.ModelAdmin):
+    list_display = ["image", "category", "source", "created_by", "created_at", "is_current"]
+    list_filter = ["source", "is_current", "category", "created_at"]
+    search_fields = ["image__original_filename", "image__sha256", "created_by__username"]
+    raw_id_fields = ["image"]
+
+
+@admin.register(Prediction)
+class PredictionAdmin(admin.ModelAdmin):
+    list_display = ["image", "model_version", "category", "confidence", "margin", "created_at"]
+    list_filter = ["model_version", "category"]
+    search_fields = ["image__original_filename", "image__sha256"]
+    raw_id_fields = ["image"]
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = ["version", "status", "arch", "accuracy", "macro_f1", "gate_passed", "created_at", "promoted_at"]
+    list_filter = ["status", "arch", "gate_passed"]
+    search_fields = ["version", "artifact_sha256", "gate_reason"]
+    readonly_fields = ["artifact_path", "artifact_sha256", "data_fingerprint", "metrics", "metadata", "created_at"]
+
+
+@admin.register(TrainingRun)
+class TrainingRunAdmin(admin.ModelAdmin):
+    list_display = ["pk", "status", "trigger", "requested_by", "progress_fraction", "device", "duration_s",
+                    "model_version", "created_at"]
+    list_filter = ["status", "trigger", "device"]
+    search_fields = ["error", "log"]
+    readonly_fields = ["progress", "history", "log", "error", "started_at", "finished_at", "heartbeat_at"]
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ["name", "user", "prefix", "created_at", "last_used_at", "revoked_at"]
+    list_filter = ["revoked_at"]
+    search_fields = ["name", "user__username", "prefix"]
+    readonly_fields = ["prefix", "key_hash", "created_at", "last_used_at"]
+
+
+class WebhookDeliveryInline(admin.TabularInline):
+    model = WebhookDelivery
+    extra = 0
+    fields = ["event", "status", "attempts", "response_status", "error", "created_at", "delivered_at"]
+    readonly_fields = fields
+    can_delete = False
+
+
+@admin.register(WebhookSubscription)
+class WebhookSubscriptionAdmin(admin.ModelAdmin):
+    list_display = ["url", "owner", "project", "active", "created_at"]
+    list_filter = ["active", "project"]
+    search_fields = ["url", "owner__username"]
+    inlines = [WebhookDeliveryInline]
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    list_display = ["event", "subscription", "status", "attempts", "response_status", "created_at", "delivered_at"]
+    list_filter = ["status", "event"]
+    search_fields = ["subscription__url", "error"]
+    readonly_fields = ["payload", "response_excerpt", "error"]

@@ -1,0 +1,123 @@
+"""Typed environment helpers for settings: each fails loudly on a bad value.
+
+In the spirit of paperless-ngx's settings parsers and healthchecks' hc/settings.py:
+a misconfigured deployment should refuse to start, not run with a silent default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+from django.core.exceptions import ImproperlyConfigured
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_str(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name)
+    if value is None:
+        if default is None:
+            raise ImproperlyConfigured(f"Environment variable {name} is required")
+        return default
+    return value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean (use true/false, 1/0, yes/no)")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        parsed = int(value.strip())
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not an integer") from None
+    if minimum is not None and parsed < minimum:
+        raise ImproperlyConfigured(f"{name}={parsed} must be at least {minimum}")
+    return parsed
+
+
+def env_float(name: str, default: float, *, minimum: float | None = None, maximum: float | None = None) -> float:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        parsed = float(value.strip())
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a number") from None
+    if (minimum is not None and parsed < minimum) or (maximum is not None and parsed > maximum):
+        raise ImproperlyConfigured(f"{name}={parsed} must be within [{minimum}, {maximum}]")
+    return parsed
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_path(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser().resolve() if value else default
+
+
+def env_size_bytes(name: str, default: int) -> int:
+    """Accept plain bytes or a suffix: 200MB, 1.5GiB, 512k."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    text = value.strip().lower().replace(" ", "")
+    units = {"gib": 1024**3, "mib": 1024**2, "kib": 1024, "gb": 10**9, "mb": 10**6, "kb": 10**3,
+             "g": 1024**3, "m": 1024**2, "k": 1024, "b": 1}
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            number = text[: -len(suffix)]
+            break
+    else:
+        number, factor = text, 1
+    try:
+        parsed = int(float(number) * factor)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a size (e.g. 200MB, 1GiB, 500000)") from None
+    if parsed <= 0:
+        raise ImproperlyConfigured(f"{name}={value!r} must be positive")
+    return parsed
+
+
+def parse_database_url(url: str) -> dict:
+    """postgres://user:pass@host:port/name or sqlite:///path/to/db.sqlite3."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        # sqlite:///relative/path.db or sqlite:////absolute/path.db
+        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": path or ":memory:",
+                "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE",
+                            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}}
+    if parsed.scheme in {"postgres", "postgresql", "pgsql"}:
+        options = {key: values[-1] for key, values in parse_qs(parsed.query).items()}
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": unquote(parsed.path.lstrip("/")),
+            "USER": unquote(parsed.username or ""),
+            "PASSWORD": unquote(parsed.password or ""),
+            "HOST": parsed.hostname or "",
+            "PORT": str(parsed.port or ""),
+            "CONN_MAX_AGE": 60,
+            "CONN_HEALTH_CHECKS": True,
+            "OPTIONS": options,
+        }
+    raise ImproperlyConfigured(f"DATABASE_URL scheme {parsed.scheme!r} is not supported (use postgres:// or sqlite://)")

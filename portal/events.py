@@ -1,0 +1,28 @@
+"""Domain events raised after commit. The webhook delivery (REST API issue) subscribes here.
+
+Kept as a tiny registry so that portal code never imports Celery tasks directly on the request path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+_listeners: dict[str, list[Callable[..., None]]] = {}
+
+
+def subscribe(event: str, listener: Callable[..., None]) -> None:
+    _listeners.setdefault(event, []).append(listener)
+
+
+def emit(event: str, **payload) -> None:
+    for listener in _listeners.get(event, []):
+        try:
+            listener(**payload)
+        except Exception:  # an event consumer must never break the transaction that raised it
+            logger.exception("listener for %s failed", event)
+
+
+def emit_label_changed(label_id: int) -> None:
+    emit("label.changed", label_id=label_id)

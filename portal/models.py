@@ -1,0 +1,378 @@
+"""Data model of the SEM lab portal.
+
+Denormalised columns on SEMImage (curated_category, predicted_*) exist so that the browse page and
+the review queue filter and sort 100,000 images with indexed queries and no per-row look-ups; the
+services that write Label and Prediction rows keep them in step.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Project(models.Model):
+    """A research group or facility customer; users see only the projects they belong to."""
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        MEMBER = "member", "Member (upload, browse, metrics)"
+        CURATOR = "curator", "Curator (also review and correct labels)"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "user"], name="membership_unique_user_project")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.project} ({self.role})"
+
+
+class Sample(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="samples")
+    lab_sample_id = models.CharField("lab sample ID", max_length=100, unique=True)
+    name = models.CharField(max_length=200)
+    material = models.CharField(max_length=200, blank=True)
+    description = models.TextField(blank=True)
+    preparation = models.TextField(blank=True, help_text="Coating, mounting, cleaning, ...")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="samples")
+    lims_id = models.CharField("LIMS external ID", max_length=100, unique=True, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.lab_sample_id} {self.name}"
+
+    def save(self, *args, **kwargs):
+        # An empty LIMS ID means "none": store NULL so the unique constraint ignores it.
+        if not self.lims_id:
+            self.lims_id = None
+        super().save(*args, **kwargs)
+
+
+class Category(models.Model):
+    """One of the classifier's classes; the NFFA-EUROPE ten are created by a data migration."""
+
+    name = models.CharField(max_length=100, unique=True)
+    slug = models.SlugField(max_length=100, unique=True)
+    folder_name = models.CharField(
+        max_length=100, unique=True, help_text="Folder name in the NFFA-EUROPE dataset layout (used by import_folder)."
+    )
+    description = models.TextField(blank=True)
+    order = models.PositiveSmallIntegerField(default=0)
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["order", "name"]
+        verbose_name_plural = "categories"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def split_for_sha256(sha256: str) -> str:
+    """Deterministic train/test split from the content hash, so the test split never changes."""
+    bucket = int(sha256[:8], 16) % 100
+    return SEMImage.Split.TEST if bucket < settings.SEM_TEST_SPLIT_PERCENT else SEMImage.Split.TRAIN
+
+
+def original_upload_to(instance: "SEMImage", filename: str) -> str:
+    # Content-addressed paths: no user-controlled names on disk, no collisions.
+    return f"originals/{instance.sha256[:2]}/{instance.sha256}{instance.extension}"
+
+
+class SEMImage(models.Model):
+    class Split(models.TextChoices):
+        TRAIN = "train", "Train"
+        TEST = "test", "Test"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting for classification"
+        NO_MODEL = "no_model", "Waiting for a first model"
+        CLASSIFIED = "classified", "Classified"
+        FAILED = "failed", "Classification failed"
+
+    sample = models.ForeignKey(Sample, on_delete=models.PROTECT, related_name="images")
+    original = models.FileField(upload_to=original_upload_to, max_length=300)
+    sha256 = models.CharField(max_length=64, unique=True)
+    original_filename = models.CharField(max_length=255)
+    extension = models.CharField(max_length=8, help_text="Canonical extension of the stored original, with the dot.")
+    format = models.CharField(max_length=16, help_text="TIFF, PNG, JPEG or BMP")
+    file_size = models.BigIntegerField()
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    bit_depth = models.PositiveSmallIntegerField()
+    mode = models.CharField(max_length=16, help_text="Pillow mode of the original, e.g. L, I;16, RGB, P")
+    page_count = models.PositiveSmallIntegerField(default=1)
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="uploads")
+    uploaded_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    idempotency_key = models.CharField(max_length=200, unique=True, null=True, blank=True)
+
+    # Instrument metadata: everything parsed in `metadata`, the common fields typed for filtering.
+    metadata = models.JSONField(default=dict, blank=True)
+    vendor = models.CharField(max_length=50, blank=True, db_index=True)
+    instrument_model = models.CharField(max_length=100, blank=True)
+    accelerating_voltage_kv = models.FloatField(null=True, blank=True)
+    working_distance_mm = models.FloatField(null=True, blank=True)
+    magnification = models.FloatField(null=True, blank=True)
+    pixel_size_nm = models.FloatField(null=True, blank=True)
+    detector = models.CharField(max_length=100, blank=True)
+    acquired_at = models.DateTimeField(null=True, blank=True)
+
+    # Derived files: never decode the full-resolution original again for training or inference.
+    thumbnail = models.FileField(upload_to="thumbnails/", max_length=300)
+    derivative = models.FileField(upload_to="derivatives/", max_length=300)
+    databar_rows = models.PositiveIntegerField(default=0, help_text="Rows cropped off the bottom as the data bar")
+
+    split = models.CharField(max_length=5, choices=Split.choices, db_index=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    status_changed_at = models.DateTimeField(auto_now_add=True)
+    claimed_at = models.DateTimeField(null=True, blank=True, help_text="Set while a worker holds the image")
+    classify_attempts = models.PositiveSmallIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    # Denormalised from Label and Prediction for fast browsing and the review queue.
+    curated_category = models.ForeignKey(
+        Category, on_delete=models.PROTECT, null=True, blank=True, related_name="curated_images"
+    )
+    predicted_category = models.ForeignKey(
+        Category, on_delete=models.PROTECT, null=True, blank=True, related_name="predicted_images"
+    )
+    predicted_confidence = models.FloatField(null=True, blank=True)
+    predicted_margin = models.FloatField(null=True, blank=True)
+    predicted_by = models.ForeignKey(
+        "ModelVersion", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-uploaded_at", "-id"]
+        verbose_name = "SEM image"
+        indexes = [
+            models.Index(fields=["status", "status_changed_at"], name="semimage_status_idx"),
+            models.Index(fields=["sample", "-uploaded_at"], name="semimage_sample_idx"),
+            models.Index(fields=["predicted_category", "predicted_confidence"], name="semimage_pred_idx"),
+            models.Index(fields=["curated_category", "split"], name="semimage_curated_idx"),
+            models.Index(fields=["predicted_margin"], name="semimage_margin_idx",
+                         condition=Q(curated_category__isnull=True)),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.original_filename} ({self.sha256[:10]})"
+
+
+class Label(models.Model):
+    """Curated ground truth with history: the newest row per image is current."""
+
+    class Source(models.TextChoices):
+        UPLOAD = "upload", "Given at upload"
+        REVIEW = "review", "Review queue"
+        IMPORT = "import", "Folder import"
+        API = "api", "REST API"
+
+    image = models.ForeignKey(SEMImage, on_delete=models.CASCADE, related_name="labels")
+    category = models.ForeignKey(Category, on_delete=models.PROTECT, related_name="labels")
+    source = models.CharField(max_length=10, choices=Source.choices)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    is_current = models.BooleanField(default=True)
+    note = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["image"], condition=Q(is_current=True), name="label_one_current_per_image")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.image_id}: {self.category} ({self.source})"
+
+
+class ModelVersion(models.Model):
+    class Status(models.TextChoices):
+        CANDIDATE = "candidate", "Candidate"
+        PRODUCTION = "production", "Production"
+        RETIRED = "retired", "Retired"
+        REJECTED = "rejected", "Rejected by the gate"
+
+    version = models.PositiveIntegerField(unique=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.CANDIDATE, db_index=True)
+    artifact_path = models.CharField(max_length=500)
+    artifact_sha256 = models.CharField(max_length=64)
+    arch = models.CharField(max_length=50)
+    classes = models.JSONField(default=list, help_text="Class names in the model's output order")
+    data_fingerprint = models.CharField(max_length=64, blank=True)
+    train_image_count = models.PositiveIntegerField(default=0)
+    test_image_count = models.PositiveIntegerField(default=0)
+    metrics = models.JSONField(default=dict, blank=True, help_text="Evaluation on the fixed test split")
+    metadata = models.JSONField(default=dict, blank=True, help_text="Artifact metadata (config, history, versions)")
+    gate_passed = models.BooleanField(null=True)
+    gate_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    promoted_at = models.DateTimeField(null=True, blank=True)
+    promoted_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+
+    class Meta:
+        ordering = ["-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["status"], condition=Q(status="production"), name="one_production_model")
+        ]
+
+    def __str__(self) -> str:
+        return f"v{self.version} ({self.status})"
+
+    @property
+    def macro_f1(self) -> float | None:
+        return (self.metrics.get("macro_avg") or {}).get("f1") if self.metrics else None
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.metrics.get("accuracy") if self.metrics else None
+
+
+class TrainingRun(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+        SKIPPED = "skipped", "Skipped (nothing new)"
+
+    class Trigger(models.TextChoices):
+        SCHEDULE = "schedule", "Schedule"
+        MANUAL = "manual", "Web UI"
+        API = "api", "REST API"
+        COMMAND = "command", "manage.py train_now"
+        BOOTSTRAP = "bootstrap", "Quick start"
+
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    # The training lock: True while queued or running, NULL otherwise. The unique constraint makes a
+    # second simultaneous trigger fail in the database, so it survives worker and web restarts.
+    active = models.BooleanField(null=True, unique=True, editable=False, default=True)
+    trigger = models.CharField(max_length=10, choices=Trigger.choices)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    forced = models.BooleanField(default=False)
+    config = models.JSONField(default=dict, blank=True)
+    progress = models.JSONField(default=dict, blank=True, help_text="Last progress event from the trainer")
+    progress_fraction = models.FloatField(default=0.0)
+    history = models.JSONField(default=list, blank=True, help_text="Per-epoch losses and metrics per stage")
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    device = models.CharField(max_length=50, blank=True)
+    celery_task_id = models.CharField(max_length=64, blank=True)
+    train_image_count = models.PositiveIntegerField(default=0)
+    test_image_count = models.PositiveIntegerField(default=0)
+    data_fingerprint = models.CharField(max_length=64, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_s = models.FloatField(null=True, blank=True)
+    model_version = models.OneToOneField(
+        ModelVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="training_run"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Training run {self.pk} ({self.status})"
+
+
+class Prediction(models.Model):
+    image = models.ForeignKey(SEMImage, on_delete=models.CASCADE, related_name="predictions")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="predictions")
+    category = models.ForeignKey(Category, on_delete=models.PROTECT, related_name="predictions")
+    confidence = models.FloatField()
+    margin = models.FloatField(help_text="Top probability minus the second")
+    entropy = models.FloatField()
+    probabilities = models.JSONField(help_text="{category name: probability}, calibrated")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["image", "model_version"], name="prediction_unique_image_model")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.image_id}: {self.category} {self.confidence:.2f} (v{self.model_version_id})"
+
+
+class ApiToken(models.Model):
+    """Per-user API token; only a SHA-256 of the secret is stored, the secret is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12, db_index=True, help_text="First characters, to recognise a token")
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…) of {self.user}"
+
+
+class WebhookSubscription(models.Model):
+    class Event(models.TextChoices):
+        IMAGE_CLASSIFIED = "image.classified"
+        LABEL_CHANGED = "label.changed"
+        MODEL_PROMOTED = "model.promoted"
+        TRAINING_FINISHED = "training.finished"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhooks")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, null=True, blank=True, related_name="webhooks",
+                                help_text="Only events of this project's images; empty for all visible to the owner")
+    url = models.URLField(max_length=500)
+    events = models.JSONField(default=list, help_text="Event names to deliver")
+    secret = models.CharField(max_length=128, help_text="HMAC-SHA256 key for the X-SEM-Signature header")
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class WebhookDelivery(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed (gave up)"
+
+    subscription = models.ForeignKey(WebhookSubscription, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=50)
+    payload = models.JSONField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_excerpt = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "webhook deliveries"

@@ -1,0 +1,45 @@
+"""Curated labels: one current label per image, with history; keeps SEMImage.curated_category in step."""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from portal.models import Category, Label, SEMImage
+
+
+@transaction.atomic
+def set_label(image: SEMImage, category: Category, *, source: str, user=None, note: str = "") -> Label:
+    """Record a new current label. Re-stating the current category is a no-op returning the current label."""
+    locked = SEMImage.objects.select_for_update().get(pk=image.pk)
+    current = Label.objects.filter(image=locked, is_current=True).first()
+    if current and current.category_id == category.pk:
+        return current
+    if current:
+        Label.objects.filter(pk=current.pk).update(is_current=False)
+    label = Label.objects.create(image=locked, category=category, source=source, created_by=user, note=note)
+    SEMImage.objects.filter(pk=locked.pk).update(curated_category=category)
+    image.curated_category = category
+    transaction.on_commit(lambda: _label_changed(label.pk))
+    return label
+
+
+@transaction.atomic
+def undo_label(label: Label) -> Label | None:
+    """Withdraw a label (the review queue's undo): the previous label, if any, becomes current again."""
+    image = SEMImage.objects.select_for_update().get(pk=label.image_id)
+    was_current = label.is_current
+    label.delete()
+    if not was_current:
+        return Label.objects.filter(image=image, is_current=True).first()
+    previous = Label.objects.filter(image=image).order_by("-created_at", "-id").first()
+    if previous:
+        Label.objects.filter(pk=previous.pk).update(is_current=True)
+    SEMImage.objects.filter(pk=image.pk).update(curated_category=previous.category if previous else None)
+    return previous
+
+
+def _label_changed(label_id: int) -> None:
+    """Hook for events (webhooks) once the label is committed; the workers package wires delivery."""
+    from portal import events
+
+    events.emit_label_changed(label_id)

@@ -1,0 +1,55 @@
+"""Shared fixtures. Tests run against PostgreSQL and Redis when DATABASE_URL/CELERY_BROKER_URL are set
+(as .ci/run and `make test` do), else against the embedded defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DIR = REPO_ROOT.parent / "shared"
+SEM_REAL_DIR = SHARED_DIR / "sem-real"
+SEM_VENDOR_TIFF_DIR = SHARED_DIR / "sem-vendor-tiff"
+
+
+@pytest.fixture(autouse=True)
+def _media_in_tmp(settings, tmp_path):
+    """Every test writes media and models under its own temporary folder."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.MODEL_DIR = tmp_path / "models"
+
+
+@pytest.fixture
+def sem_real_dir() -> Path:
+    if not SEM_REAL_DIR.is_dir():
+        pytest.skip("../shared/sem-real is not present")
+    return SEM_REAL_DIR
+
+
+@pytest.fixture
+def sem_vendor_tiff_dir() -> Path:
+    if not SEM_VENDOR_TIFF_DIR.is_dir():
+        pytest.skip("../shared/sem-vendor-tiff is not present")
+    return SEM_VENDOR_TIFF_DIR
+
+
+@pytest.fixture
+def user(django_user_model):
+    return django_user_model.objects.create_user("alice", "alice@example.org", "pw-alice-123")
+
+
+@pytest.fixture
+def project(db, user):
+    from portal.models import Membership, Project
+
+    project = Project.objects.create(name="Thin films group")
+    Membership.objects.create(project=project, user=user, role=Membership.Role.CURATOR)
+    return project
+
+
+@pytest.fixture
+def sample(project, user):
+    from portal.models import Sample
+
+    return Sample.objects.create(project=project, lab_sample_id="S-0001", name="Test wafer", owner=user)
