@@ -1,0 +1,76 @@
+"""Deployment settings: `check --deploy` is clean with production values, and bad values fail loudly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+PRODUCTION_ENV = {
+    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/sem_portal",
+    "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
+    "SECRET_KEY": "x7!q9Lm2#Vd8rT4zK0wPp6Yb3Nc5Hj1Gf-sE^uA&oW*iR@lZ_8Qe$Xy",
+    "ALLOWED_HOSTS": "sem.example.org",
+    "DEBUG": "false",
+    "SECURE_SSL_REDIRECT": "true",
+    "SECURE_HSTS_SECONDS": "31536000",
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
+    "SECURE_HSTS_PRELOAD": "true",
+    "SEM_BEHIND_TLS_PROXY": "true",
+}
+
+
+def run_manage(*args: str, env_overrides: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items()
+           if key not in {"DATABASE_URL", "SECRET_KEY", "DEBUG", "SEM_EMBEDDED"}}
+    env.update(env_overrides)
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_check_deploy_is_clean_with_production_settings():
+    result = run_manage("check", "--deploy", "--fail-level", "WARNING", env_overrides=PRODUCTION_ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_missing_secret_key_fails_loudly_outside_embedded_mode():
+    env = {key: value for key, value in PRODUCTION_ENV.items() if key != "SECRET_KEY"}
+    result = run_manage("check", env_overrides=env)
+    assert result.returncode != 0
+    assert "SECRET_KEY is required" in result.stderr
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("DEBUG", "maybe", "is not a boolean"),
+    ("SEM_MAX_UPLOAD_BYTES", "lots", "is not a size"),
+    ("SEM_MAX_IMAGE_PIXELS", "-5", "must be at least 1"),
+    ("SEM_GATE_MAX_RECALL_DROP", "7", "must be within"),
+    ("DATABASE_URL", "mysql://x@y/z", "is not supported"),
+])
+def test_bad_environment_values_refuse_to_start(name, value, message):
+    result = run_manage("check", env_overrides={**PRODUCTION_ENV, name: value})
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_size_helper_accepts_units(monkeypatch):
+    from portal.env import env_size_bytes
+
+    for text, expected in [("500000", 500000), ("200MB", 200 * 10**6), ("1GiB", 1024**3), ("512k", 512 * 1024)]:
+        monkeypatch.setenv("SEM_TEST_SIZE", text)
+        assert env_size_bytes("SEM_TEST_SIZE", 1) == expected
+
+
+def test_database_url_parsing():
+    from portal.env import parse_database_url
+
+    pg = parse_database_url("postgres://u%40x:p%3Aw@db.example:6543/sem?sslmode=require")
+    assert (pg["USER"], pg["PASSWORD"], pg["HOST"], pg["PORT"], pg["NAME"]) == ("u@x", "p:w", "db.example", "6543", "sem")
+    assert pg["OPTIONS"] == {"sslmode": "require"}
+    assert parse_database_url("sqlite:////abs/db.sqlite3")["NAME"] == "/abs/db.sqlite3"
+    assert parse_database_url("sqlite:///var/db.sqlite3")["NAME"] == "var/db.sqlite3"
