@@ -1,0 +1,103 @@
+"""Training configuration: one dataclass, stored verbatim in every artifact."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+IMBALANCE_MODES = ("weighted_loss", "weighted_sampler", "none")
+
+
+@dataclass
+class TrainConfig:
+    """Progressive-resizing schedule and everything else a training run needs.
+
+    Defaults follow the reference recipe (64 -> 128 -> 224 px); batch sizes
+    shrink as images grow so memory per batch stays roughly constant.
+    """
+
+    arch: str = "resnet34"
+    sizes: tuple[int, ...] = (64, 128, 224)
+    epochs: tuple[int, ...] = (3, 3, 4)
+    lrs: tuple[float, ...] = (3e-3, 1e-3, 5e-4)
+    batch_sizes: tuple[int, ...] = (128, 64, 32)
+    pretrained: bool = True
+    weights_path: str | None = None
+    seed: int = 42
+    valid_pct: float = 0.2
+    imbalance: str = "weighted_loss"
+    lr_find: bool = False
+    # Freeze the pretrained body for the first stage (only when weights were loaded).
+    freeze_first_stage: bool = True
+    weight_decay: float = 1e-2
+    label_smoothing: float = 0.0
+    # Train-time random crop: fraction of the image area kept, and aspect range.
+    crop_scale: tuple[float, float] = (0.35, 1.0)
+    max_rotate: float = 10.0
+    max_zoom: float = 1.1
+    max_lighting: float = 0.2
+    # "sem": flips on both axes + dihedral, small rotations, zoom, brightness/contrast;
+    # "fastai": fastai's default aug_transforms() (horizontal flips, warp), the reference recipe.
+    augmentation: str = "sem"
+    # None = automatic: 0 workers on CPU (decoding 256-px PNGs is cheaper than
+    # process hand-off on 2 cores), several on CUDA.
+    num_workers: int | None = None
+    num_threads: int | None = None
+    mixed_precision: bool | None = None  # None = on for CUDA
+    channels_last: bool | None = None  # None = on for CUDA
+    device: str | None = None  # None = cuda when available
+    # Inputs are raw instrument files: decode, crop the data bar and make
+    # derivatives before training (the CLI sets this).
+    raw_inputs: bool = False
+    derivative_cache: str | None = None
+
+    def __post_init__(self) -> None:
+        self.sizes = tuple(int(s) for s in self.sizes)
+        n = len(self.sizes)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, kind in (("epochs", int), ("lrs", float), ("batch_sizes", int)):
+            values = getattr(self, name)
+            if _is_default(values, defaults[name]) and len(defaults[name]) > n:
+                values = defaults[name][-n:]  # fewer stages than the default schedule: keep its last stages
+            setattr(self, name, _per_stage(values, n, kind, name))
+        self.crop_scale = tuple(float(v) for v in self.crop_scale)
+        if self.imbalance not in IMBALANCE_MODES:
+            raise ValueError(f"imbalance must be one of {IMBALANCE_MODES}, not {self.imbalance!r}")
+        if self.augmentation not in ("sem", "fastai"):
+            raise ValueError(f"augmentation must be 'sem' or 'fastai', not {self.augmentation!r}")
+        if not 0 < self.valid_pct < 1:
+            raise ValueError("valid_pct must be between 0 and 1")
+        if n == 0 or any(s < 16 for s in self.sizes):
+            raise ValueError("sizes must be a non-empty list of sizes >= 16 px")
+
+    @property
+    def stages(self) -> int:
+        return len(self.sizes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _is_default(values, default) -> bool:
+    try:
+        return tuple(values) == tuple(default)
+    except TypeError:
+        return False
+
+
+def _per_stage(values, n: int, kind, name: str) -> tuple:
+    """Accept one value for all stages or one per stage."""
+    if isinstance(values, (int, float)):
+        values = [values]
+    values = [kind(v) for v in values]
+    if len(values) == 1:
+        values = values * n
+    if len(values) != n:
+        raise ValueError(f"{name}: expected 1 or {n} values (one per stage), got {len(values)}")
+    return tuple(values)

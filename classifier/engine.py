@@ -1,0 +1,174 @@
+"""Batched inference from an artifact, without fastai's per-item overhead.
+
+One engine per process (``get_engine``): the artifact is verified and loaded
+once, then batches go through the eval preset of ``transforms`` and the model
+under ``torch.inference_mode()`` with channels-last tensors. Returns calibrated
+probability vectors plus per-image uncertainty (confidence, margin, entropy).
+"""
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from . import transforms
+from .calibration import softmax
+
+
+@dataclass
+class ImagePrediction:
+    probabilities: list[float]
+    top_class: str
+    top_index: int
+    confidence: float
+    margin: float
+    entropy: float
+
+    def to_dict(self) -> dict:
+        return {"probabilities": self.probabilities, "top_class": self.top_class, "top_index": self.top_index,
+                "confidence": self.confidence, "margin": self.margin, "entropy": self.entropy}
+
+
+def prediction_from_probabilities(probabilities: np.ndarray, classes: Sequence[str]) -> ImagePrediction:
+    order = np.argsort(probabilities)[::-1]
+    top = int(order[0])
+    second = float(probabilities[order[1]]) if len(order) > 1 else 0.0
+    clipped = np.clip(probabilities, 1e-12, 1.0)
+    return ImagePrediction(
+        probabilities=[float(p) for p in probabilities],
+        top_class=classes[top],
+        top_index=top,
+        confidence=float(probabilities[top]),
+        margin=float(probabilities[top]) - second,
+        entropy=float(-(clipped * np.log(clipped)).sum()),
+    )
+
+
+def select_device(device: str | None = None):
+    import torch
+
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_logits(model, arrays: Iterable[np.ndarray], *, device, channels_last: bool = True,
+                 mean=transforms.NORMALISE_MEAN, std=transforms.NORMALISE_STD) -> np.ndarray:
+    """Raw logits for one batch of uint8 (H, W) arrays of equal size."""
+    import torch
+
+    batch = torch.from_numpy(np.stack(list(arrays))).to(device, non_blocking=True)
+    inputs = transforms.normalise_batch(batch, mean, std)
+    if channels_last:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        return model(inputs).float().cpu().numpy()
+
+
+def predict_logits_for_paths(model, paths: Sequence, size: int, *, device, batch_size: int = 32,
+                             channels_last: bool = True, mean=transforms.NORMALISE_MEAN,
+                             std=transforms.NORMALISE_STD) -> np.ndarray:
+    """Logits for files, decoded with the eval preset; used by training for
+    calibration and evaluation so they see what the engine will see."""
+    outputs = []
+    for start in range(0, len(paths), batch_size):
+        arrays = [transforms.eval_array(p, size) for p in paths[start:start + batch_size]]
+        outputs.append(model_logits(model, arrays, device=device, channels_last=channels_last, mean=mean, std=std))
+    n_out = outputs[0].shape[1] if outputs else 0
+    return np.concatenate(outputs) if outputs else np.zeros((0, n_out), dtype=np.float32)
+
+
+class Engine:
+    """Inference for one artifact. Thread-safe for predictions (no mutable state)."""
+
+    def __init__(self, model, metadata: dict, sha256: str, device, channels_last: bool = True) -> None:
+        self.model = model
+        self.metadata = metadata
+        self.sha256 = sha256
+        self.device = device
+        self.channels_last = channels_last
+        self.classes: list[str] = list(metadata["classes"])
+        self.input_size: int = int(metadata["input_size"])
+        self.temperature: float = float(metadata.get("temperature") or 1.0)
+        normalisation = metadata.get("normalisation", {})
+        self.mean = tuple(normalisation.get("mean", transforms.NORMALISE_MEAN))
+        self.std = tuple(normalisation.get("std", transforms.NORMALISE_STD))
+
+    @classmethod
+    def from_artifact(cls, path, expected_sha256: str | None = None, device: str | None = None,
+                      channels_last: bool = True) -> "Engine":
+        import torch
+
+        from .artifact import build_model, load_artifact
+
+        artifact = load_artifact(path, expected_sha256)
+        model = build_model(artifact.metadata)
+        model.load_state_dict(artifact.state_dict)
+        torch_device = select_device(device)
+        model = model.to(torch_device).eval()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return cls(model, artifact.metadata, artifact.sha256, torch_device, channels_last)
+
+    def predict_logits(self, arrays: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """Uncalibrated logits for preprocessed uint8 arrays (input_size square)."""
+        chunks = [model_logits(self.model, arrays[i:i + batch_size], device=self.device,
+                               channels_last=self.channels_last, mean=self.mean, std=self.std)
+                  for i in range(0, len(arrays), batch_size)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)), np.float32)
+
+    def predict_paths(self, paths: Sequence, batch_size: int = 32) -> list[ImagePrediction]:
+        """Decode (reduced-size where possible) and classify files in batches."""
+        predictions: list[ImagePrediction] = []
+        for start in range(0, len(paths), batch_size):
+            arrays = [transforms.eval_array(p, self.input_size) for p in paths[start:start + batch_size]]
+            predictions.extend(self._from_arrays(arrays))
+        return predictions
+
+    def predict_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> list[ImagePrediction]:
+        """Classify decoded images (any mode; greyscale conversion as in training)."""
+        predictions: list[ImagePrediction] = []
+        for start in range(0, len(images), batch_size):
+            arrays = [self._image_array(img) for img in images[start:start + batch_size]]
+            predictions.extend(self._from_arrays(arrays))
+        return predictions
+
+    def _image_array(self, img: Image.Image) -> np.ndarray:
+        from .imageio import to_grey8
+
+        grey = to_grey8(img)
+        factor = min(grey.size) // self.input_size  # same cheap reduction as load_grey8(reduce_to=...)
+        if factor >= 2:
+            grey = grey.reduce(factor)
+        return transforms.to_uint8_array(transforms.eval_crop_resize(grey, self.input_size))
+
+    def _from_arrays(self, arrays: list[np.ndarray]) -> list[ImagePrediction]:
+        logits = model_logits(self.model, arrays, device=self.device, channels_last=self.channels_last,
+                              mean=self.mean, std=self.std)
+        probabilities = softmax(logits, self.temperature)
+        return [prediction_from_probabilities(p, self.classes) for p in probabilities]
+
+
+_cache_lock = threading.Lock()
+_cached: dict = {"key": None, "engine": None}
+
+
+def get_engine(path, sha256: str | None = None) -> Engine:
+    """The process-wide engine for ``path``; reloaded when path or sha changes."""
+    import os
+
+    key = (os.path.abspath(os.fspath(path)), sha256)
+    with _cache_lock:
+        if _cached["key"] != key or _cached["engine"] is None:
+            _cached["engine"] = Engine.from_artifact(path, expected_sha256=sha256)
+            _cached["key"] = key
+        return _cached["engine"]
+
+
+def clear_engine_cache() -> None:
+    with _cache_lock:
+        _cached.update(key=None, engine=None)

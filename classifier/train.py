@@ -1,0 +1,485 @@
+"""fastai training with progressive resizing, calibration and a saved artifact.
+
+One DataBlock per stage (64 -> 128 -> 224 px by default), ``fit_one_cycle`` per
+stage with the weights carried over, best-epoch selection on the validation
+set, then temperature scaling, evaluation and an atomically written artifact.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import transforms
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[dict], None]
+StopFn = Callable[[], bool]
+# Share of the progress bar given to training; the rest is calibration/evaluation.
+TRAINING_SHARE = 0.97
+
+
+class TrainingCancelled(Exception):
+    """Raised when ``should_stop()`` returned True between batches."""
+
+
+@dataclass
+class TrainResult:
+    artifact_path: str
+    metadata: dict
+    evaluation: dict
+    history: list
+    duration_s: float
+    device: str
+    sha256: str = ""
+    # The fastai Learner of the run, for notebooks and tests; not serialised.
+    learner: Any = field(default=None, repr=False)
+
+
+def train(items: list[tuple[str, str]], config: TrainConfig, out_path: str, *,
+          test_items: list[tuple[str, str]] | None = None, classes: list[str] | None = None,
+          fingerprint: str | None = None, progress: ProgressFn | None = None,
+          should_stop: StopFn | None = None) -> TrainResult:
+    """Train on (image path, category) pairs and write the artifact to ``out_path``."""
+    started = time.monotonic()
+    emit = progress or (lambda event: None)
+    stop = should_stop or (lambda: False)
+    device = _prepare_runtime(config)
+    if config.raw_inputs:
+        items, test_items = _derivatives_for_raw(items, test_items, config)
+    classes = list(classes) if classes else sorted({label for _, label in items})
+    _check_labels(items, classes, "items")
+    _check_labels(test_items or [], classes, "test_items")
+    train_idx, valid_idx = stratified_split([label for _, label in items], config.valid_pct, config.seed)
+
+    body_state, weights_source = _pretrained_body(config)
+    from .network import create_network
+
+    model = create_network(config.arch, len(classes), body_state)
+    stage_sizes = _stage_batch_sizes(config, len(train_idx))
+    tracker = _ProgressTracker(emit, stop, config, stage_sizes, len(train_idx))
+    history: list[dict] = []
+    learner = None
+    with tempfile.TemporaryDirectory(prefix="semcls-") as workdir:
+        for stage, size in enumerate(config.sizes):
+            dls = _dataloaders(items, train_idx, valid_idx, classes, size, stage_sizes[stage], config, device)
+            if learner is None:
+                learner = _make_learner(dls, model, items, train_idx, classes, config, device, workdir, tracker)
+            else:
+                learner.dls = dls
+            history.append(_fit_stage(learner, stage, size, config, body_state is not None, tracker))
+
+    learner.model.eval()
+    tracker.emit_simple("evaluating", TRAINING_SHARE)
+    calibration, evaluation = _calibrate_and_evaluate(learner.model, items, valid_idx, test_items, classes,
+                                                     config.sizes[-1], device)
+    duration = time.monotonic() - started
+    metadata = _metadata(config, classes, history, calibration, evaluation, fingerprint or _fingerprint(items),
+                         weights_source, device, duration, len(train_idx), len(valid_idx))
+    from .artifact import save_artifact
+
+    sha256 = save_artifact(out_path, learner.model.state_dict(), metadata)
+    tracker.emit_simple("done", 1.0, artifact_path=os.fspath(out_path), sha256=sha256)
+    return TrainResult(os.fspath(out_path), metadata, evaluation, history, duration, str(device), sha256, learner)
+
+
+# ---------------------------------------------------------------- runtime
+
+def _prepare_runtime(config: TrainConfig):
+    """Seed everything, pick the device, set CPU threads; returns torch.device."""
+    import torch
+    from fastai.torch_core import set_seed
+
+    set_seed(config.seed, reproducible=True)
+    from .engine import select_device
+
+    device = select_device(config.device)
+    if device.type == "cpu":
+        threads = config.num_threads or default_cpu_threads()
+        torch.set_num_threads(threads)
+        log.info("training on CPU with %d torch threads", threads)
+    return device
+
+
+def default_cpu_threads() -> int:
+    """One thread per core that is not already busy.
+
+    Measured here (2 cores, another process busy): with 2 OpenMP threads a
+    64-px resnet34 step took 1.5-6 s (threads spin at barriers waiting for a
+    descheduled sibling), with 1 thread 0.6 s. On an idle machine all cores
+    are used.
+    """
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not available on every platform
+        busy = 0.0
+    return max(1, min(cores, cores - int(busy + 0.5)))
+
+
+def _use_channels_last(config: TrainConfig, device) -> bool:
+    return config.channels_last if config.channels_last is not None else device.type == "cuda"
+
+
+def _num_workers(config: TrainConfig, device) -> int:
+    if config.num_workers is not None:
+        return config.num_workers
+    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+
+
+def _pretrained_body(config: TrainConfig):
+    """Local ImageNet weights or None; offline this never downloads."""
+    if not config.pretrained:
+        return None, None
+    from .network import load_pretrained_state
+
+    state, source = load_pretrained_state(config.arch, config.weights_path)
+    if state is None:
+        log.warning("pretrained=True but no local ImageNet weights for %s (set weights_path or %s, "
+                    "or place them in the torch hub cache); training FROM SCRATCH",
+                    config.arch, "SEM_PRETRAINED_WEIGHTS")
+    else:
+        log.info("using pretrained weights from %s", source)
+    return state, source
+
+
+# ---------------------------------------------------------------- data
+
+def stratified_split(labels: list[str], valid_pct: float, seed: int) -> tuple[list[int], list[int]]:
+    """Per-class shuffled split. Classes with one image stay in training; a
+    class with two or more gives at least one to validation and keeps at
+    least one for training."""
+    rng = random.Random(seed)
+    by_class: dict[str, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    train_idx, valid_idx = [], []
+    for label in sorted(by_class):
+        indices = by_class[label][:]
+        rng.shuffle(indices)
+        n_valid = 0 if len(indices) < 2 else min(len(indices) - 1, max(1, round(len(indices) * valid_pct)))
+        valid_idx += indices[:n_valid]
+        train_idx += indices[n_valid:]
+    if not valid_idx:
+        raise ValueError("cannot make a validation set: every class has fewer than 2 images")
+    return sorted(train_idx), sorted(valid_idx)
+
+
+def _check_labels(items, classes, name: str) -> None:
+    unknown = sorted({label for _, label in items} - set(classes))
+    if unknown:
+        raise ValueError(f"{name} have labels not in classes: {unknown}")
+
+
+# A one-cycle schedule needs optimiser steps, not epochs: on a small data set the
+# configured batch size shrinks so each epoch still takes this many steps...
+MIN_STEPS_PER_EPOCH = 8
+# ...but not below this, where BatchNorm statistics get too noisy.
+MIN_ADAPTED_BATCH = 8
+
+
+def _stage_batch_sizes(config: TrainConfig, n_train: int) -> list[int]:
+    """Configured per-stage batch size, adapted to the data set size, and capped so
+    every epoch has >= 1 full batch (fastai drops the last partial training batch)."""
+    cap = max(MIN_ADAPTED_BATCH, n_train // MIN_STEPS_PER_EPOCH)
+    return [max(1, min(bs, cap, n_train)) for bs in config.batch_sizes]
+
+
+def _dataloaders(items, train_idx, valid_idx, classes, size, batch_size, config, device):
+    from fastai.vision.all import (CategoryBlock, DataBlock, IndexSplitter, IntToFloatTensor, ItemGetter,
+                                   Normalize, TransformBlock, aug_transforms)
+
+    from .fastai_transforms import LoadGrey, SemCropResize
+
+    loader, crop = LoadGrey(size), SemCropResize(size, config.crop_scale)
+    if config.augmentation == "fastai":
+        augment = aug_transforms()  # the reference recipe's defaults
+    else:
+        augment = aug_transforms(do_flip=True, flip_vert=True,  # flip_vert adds the dihedral group: 90-degree turns
+                                 max_rotate=config.max_rotate, min_zoom=1.0, max_zoom=config.max_zoom,
+                                 max_lighting=config.max_lighting, max_warp=0.0, pad_mode="reflection")
+    block = DataBlock(
+        blocks=(TransformBlock(type_tfms=loader, batch_tfms=IntToFloatTensor), CategoryBlock(vocab=classes)),
+        get_x=ItemGetter(0), get_y=ItemGetter(1), splitter=IndexSplitter(valid_idx),
+        item_tfms=[crop],
+        batch_tfms=[*augment, Normalize.from_stats(transforms.NORMALISE_MEAN, transforms.NORMALISE_STD)],
+    )
+    common = dict(bs=batch_size, num_workers=_num_workers(config, device), device=device,
+                  val_bs=max(batch_size, 32), pin_memory=device.type == "cuda")
+    if config.imbalance == "weighted_sampler":
+        counts = Counter(label for _, label in items)
+        weights = np.array([1.0 / counts[label] for _, label in items])
+        return block.weighted_dataloaders(items, weights, **common)
+    return block.dataloaders(items, **common)
+
+
+def _class_weights(items, train_idx, classes) -> list[float]:
+    """Inverse-frequency weights, mean 1 over the classes present in training."""
+    counts = Counter(items[i][1] for i in train_idx)
+    raw = [len(train_idx) / (len(counts) * counts[c]) if counts[c] else 0.0 for c in classes]
+    return raw
+
+
+# ---------------------------------------------------------------- learner
+
+def _make_learner(dls, model, items, train_idx, classes, config, device, workdir, tracker):
+    import torch
+    from fastai.vision.all import CrossEntropyLossFlat, Learner, ProgressCallback, accuracy
+
+    weight = None
+    if config.imbalance == "weighted_loss":
+        weight = torch.tensor(_class_weights(items, train_idx, classes), dtype=torch.float32, device=device)
+    loss = CrossEntropyLossFlat(weight=weight, label_smoothing=config.label_smoothing)
+    learner = Learner(dls, model, loss_func=loss, metrics=[accuracy], wd=config.weight_decay, path=workdir,
+                      cbs=[_ProgressCallback(tracker)])
+    if ProgressCallback in [type(cb) for cb in learner.cbs]:
+        learner.remove_cb(ProgressCallback)  # no notebook/terminal bars inside workers
+    learner.logger = lambda *args, **kwargs: None
+    if _use_channels_last(config, device):
+        learner.model = learner.model.to(memory_format=torch.channels_last)
+    if device.type == "cuda" and config.mixed_precision is not False:
+        learner.to_fp16()
+    return learner
+
+
+def _fit_stage(learner, stage, size, config, pretrained_used, tracker) -> dict:
+    """One progressive-resizing stage; returns its history record."""
+    if pretrained_used and config.freeze_first_stage and stage == 0:
+        learner.freeze()
+    else:
+        learner.unfreeze()
+    lr = config.lrs[stage]
+    if config.lr_find:
+        with learner.removed_cbs(learner.cbs.filter(lambda cb: isinstance(cb, _ProgressCallback))):
+            suggestion = learner.lr_find(show_plot=False)
+        lr = float(suggestion.valley)
+    lr_arg = slice(lr / 100, lr) if pretrained_used and stage > 0 else lr
+    tracker.start_stage(stage, size, len(learner.dls.train))
+    best = _BestWeights()
+    stage_started = time.monotonic()
+    learner.fit_one_cycle(config.epochs[stage], lr_arg, cbs=[best])
+    record = {"stage": stage, "size": size, "lr": lr, "batch_size": learner.dls.train.bs,
+              "epochs": tracker.stage_epochs, "best_epoch": best.best_epoch,
+              "best_valid_loss": _finite(best.best_loss), "duration_s": time.monotonic() - stage_started,
+              "input_shape": tracker.stage_input_shape}
+    tracker.end_stage(record)
+    return record
+
+
+def _finite(value):
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _callback_base():
+    from fastai.callback.core import Callback
+
+    return Callback
+
+
+class _BestWeights(_callback_base()):
+    """Keep the weights of the epoch with the lowest validation loss (in memory;
+    SaveModelCallback would write a file per improvement)."""
+
+    order = 61  # after Recorder (50), so this epoch's values are recorded
+
+    def before_fit(self):
+        self.best_loss, self.best_epoch, self.best_state = math.inf, None, None
+
+    def after_epoch(self):
+        valid_loss = float(self.learn.recorder.values[-1][1])
+        if math.isfinite(valid_loss) and valid_loss < self.best_loss:
+            self.best_loss, self.best_epoch = valid_loss, self.epoch
+            self.best_state = copy.deepcopy(self.learn.model.state_dict())
+
+    def after_fit(self):
+        if self.best_state is not None:
+            self.learn.model.load_state_dict(self.best_state)
+
+
+class _ProgressTracker:
+    """Turns fastai events into the progress dicts of the public contract."""
+
+    def __init__(self, emit, should_stop, config, stage_batch_sizes, n_train):
+        self.emit, self.should_stop, self.config = emit, should_stop, config
+        # Expected work per stage ~ batches x pixels: gives a fraction that moves evenly in time.
+        batches = [max(1, n_train // bs) * e for bs, e in zip(stage_batch_sizes, config.epochs)]
+        weights = [b * bs * s * s for b, bs, s in zip(batches, stage_batch_sizes, config.sizes)]
+        total = float(sum(weights))
+        self.stage_offsets = [sum(weights[:i]) / total for i in range(len(weights))]
+        self.stage_shares = [w / total for w in weights]
+        self.stage, self.size, self.batches, self.done_in_stage = 0, 0, 1, 0
+        self.stage_epochs: list[dict] = []
+        self.stage_input_shape = None
+        self.fraction = 0.0
+
+    def _base(self) -> dict:
+        return {"stage": self.stage, "stages": self.config.stages, "size": self.size}
+
+    def _fraction(self) -> float:
+        total = self.batches * self.config.epochs[self.stage]
+        within = min(1.0, self.done_in_stage / max(1, total))
+        value = TRAINING_SHARE * (self.stage_offsets[self.stage] + self.stage_shares[self.stage] * within)
+        self.fraction = max(self.fraction, value)
+        return self.fraction
+
+    def start_stage(self, stage, size, batches):
+        self.stage, self.size, self.batches, self.done_in_stage = stage, size, max(1, batches), 0
+        self.stage_epochs, self.stage_input_shape = [], None
+        self.emit({**self._base(), "event": "stage_start", "epochs": self.config.epochs[stage],
+                   "batches": self.batches, "fraction": self._fraction()})
+
+    def check_stop(self):
+        if self.should_stop():
+            raise TrainingCancelled(f"cancelled during stage {self.stage} ({self.size} px)")
+
+    def batch(self, epoch, index, loss, shape):
+        self.done_in_stage += 1
+        self.stage_input_shape = list(shape)
+        self.emit({**self._base(), "event": "batch", "epoch": epoch, "epochs": self.config.epochs[self.stage],
+                   "batch": index, "batches": self.batches, "train_loss": loss, "input_shape": list(shape),
+                   "fraction": self._fraction()})
+
+    def epoch_end(self, epoch, names, values, duration):
+        record = dict(zip(names, values))
+        metrics = {k: v for k, v in record.items() if k not in ("train_loss", "valid_loss")}
+        entry = {"epoch": epoch, "train_loss": record.get("train_loss"), "valid_loss": record.get("valid_loss"),
+                 "metrics": metrics, "duration_s": duration}
+        self.stage_epochs.append(entry)
+        self.emit({**self._base(), "event": "epoch_end", "epochs": self.config.epochs[self.stage],
+                   **entry, "fraction": self._fraction()})
+
+    def end_stage(self, record):
+        self.emit({**self._base(), "event": "stage_end", "best_epoch": record["best_epoch"],
+                   "best_valid_loss": record["best_valid_loss"], "fraction": self._fraction()})
+
+    def emit_simple(self, event, fraction, **extra):
+        self.fraction = max(self.fraction, fraction)
+        self.emit({"event": event, "stages": self.config.stages, "fraction": self.fraction, **extra})
+
+
+class _ProgressCallback(_callback_base()):
+    order = 60  # after Recorder, so epoch values are available
+
+    def __init__(self, tracker: _ProgressTracker):
+        self.tracker = tracker
+
+    def before_epoch(self):
+        self.epoch_started = time.monotonic()
+
+    def before_batch(self):
+        self.tracker.check_stop()
+
+    def after_batch(self):
+        if self.training:
+            self.tracker.batch(self.epoch, self.iter, _finite(self.learn.loss.item()), tuple(self.learn.xb[0].shape))
+
+    def after_epoch(self):
+        recorder = self.learn.recorder
+        names = [n for n in recorder.metric_names[1:] if n != "time"]
+        values = [_finite(float(v)) if v is not None else None for v in recorder.values[-1][:len(names)]]
+        self.tracker.epoch_end(self.epoch, names, values, time.monotonic() - self.epoch_started)
+
+
+# ---------------------------------------------------------------- after training
+
+def _calibrate_and_evaluate(model, items, valid_idx, test_items, classes, size, device):
+    """Temperature on validation logits; evaluation of the calibrated model on
+    the test items (else the validation set) through the engine's code path."""
+    from .calibration import calibration_report, softmax
+    from .engine import predict_logits_for_paths
+    from .metrics import evaluate
+
+    index = {name: i for i, name in enumerate(classes)}
+    valid_paths = [items[i][0] for i in valid_idx]
+    valid_labels = np.array([index[items[i][1]] for i in valid_idx])
+    valid_logits = predict_logits_for_paths(model, valid_paths, size, device=device, channels_last=False)
+    calibration = calibration_report(valid_logits, valid_labels)
+    if test_items:
+        split = "test"
+        logits = predict_logits_for_paths(model, [p for p, _ in test_items], size, device=device, channels_last=False)
+        y_true = [label for _, label in test_items]
+    else:
+        split, logits, y_true = "valid", valid_logits, [items[i][1] for i in valid_idx]
+    evaluation = evaluate(y_true, softmax(logits, calibration["temperature"]), classes)
+    evaluation["split"] = split
+    evaluation["calibration"] = calibration
+    return calibration, evaluation
+
+
+def _fingerprint(items) -> str:
+    from .fingerprint import fingerprint_items
+
+    return fingerprint_items(items)
+
+
+def _library_versions() -> dict:
+    import fastai
+    import PIL
+    import sklearn
+    import torch
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "fastai": fastai.__version__,
+            "scikit-learn": sklearn.__version__, "pillow": PIL.__version__, "numpy": np.__version__}
+
+
+def _metadata(config, classes, history, calibration, evaluation, fingerprint, weights_source, device,
+              duration, n_train, n_valid) -> dict:
+    from .artifact import FORMAT_VERSION
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "classes": list(classes),
+        "input_size": config.sizes[-1],
+        "normalisation": {"mean": list(transforms.NORMALISE_MEAN), "std": list(transforms.NORMALISE_STD),
+                          "channels": transforms.CHANNELS, "greyscale_replicated": True},
+        "arch": config.arch,
+        "training_config": config.to_dict(),
+        "history": history,
+        "data_fingerprint": fingerprint,
+        "n_train": n_train,
+        "n_valid": n_valid,
+        "library_versions": _library_versions(),
+        "temperature": calibration["temperature"],
+        "calibration": calibration,
+        "evaluation": evaluation,
+        "pretrained_used": weights_source is not None,
+        "pretrained_source": os.path.basename(weights_source) if weights_source else None,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": str(device),
+        "duration_s": duration,
+    }
+
+
+def _derivatives_for_raw(items, test_items, config):
+    """Raw instrument files -> cached 256-px derivatives (bar cropped), once."""
+    from .preprocess import prepare_raw
+
+    cache = Path(config.derivative_cache or tempfile.mkdtemp(prefix="semcls-derivatives-"))
+    cache.mkdir(parents=True, exist_ok=True)
+
+    def convert(pairs):
+        converted = []
+        for path, label in pairs:
+            key = hashlib.sha256(f"{os.path.abspath(path)}:{os.path.getmtime(path)}".encode()).hexdigest()[:24]
+            target = cache / f"{key}.png"
+            if not target.exists():
+                prepare_raw(path).save(target)
+            converted.append((str(target), label))
+        return converted
+
+    return convert(items), (convert(test_items) if test_items else test_items)

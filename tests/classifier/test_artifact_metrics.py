@@ -1,0 +1,125 @@
+"""Artifact format, metrics and calibration (no training needed)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from classifier import artifact as artifact_module
+from classifier.artifact import ArtifactError, FORMAT_VERSION, load_artifact, read_metadata, save_artifact
+from classifier.calibration import expected_calibration_error, fit_temperature, softmax
+from classifier.metrics import evaluate, format_report
+
+
+def _state():
+    torch.manual_seed(0)
+    return {"layer.weight": torch.randn(4, 3), "layer.bias": torch.zeros(4), "bn.num_batches_tracked": torch.tensor(5)}
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "m.semcls"
+    sha = save_artifact(path, _state(), {"classes": ["a", "b"], "arch": "resnet18"})
+    loaded = load_artifact(path, expected_sha256=sha)
+    assert loaded.sha256 == sha and len(sha) == 64
+    assert loaded.metadata["classes"] == ["a", "b"] and loaded.metadata["format_version"] == FORMAT_VERSION
+    for key, value in _state().items():
+        assert torch.equal(loaded.state_dict[key], value)
+    assert read_metadata(path)["arch"] == "resnet18"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]  # temp file renamed away
+
+
+def test_corrupt_payload_is_detected(tmp_path):
+    path = tmp_path / "m.semcls"
+    save_artifact(path, _state(), {"classes": ["a"]})
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="corrupt"):
+        load_artifact(path)
+
+
+def test_truncated_file_is_detected(tmp_path):
+    path = tmp_path / "m.semcls"
+    save_artifact(path, _state(), {"classes": ["a"]})
+    data = path.read_bytes()
+    path.write_bytes(data[:-100])
+    with pytest.raises(ArtifactError, match="truncated"):
+        load_artifact(path)
+    path.write_bytes(data[:30])
+    with pytest.raises(ArtifactError, match="truncated"):
+        load_artifact(path)
+
+
+def test_wrong_format_version(tmp_path, monkeypatch):
+    path = tmp_path / "m.semcls"
+    monkeypatch.setattr(artifact_module, "FORMAT_VERSION", FORMAT_VERSION + 1)
+    save_artifact(path, _state(), {"classes": ["a"]})
+    monkeypatch.setattr(artifact_module, "FORMAT_VERSION", FORMAT_VERSION)
+    with pytest.raises(ArtifactError, match="format version"):
+        load_artifact(path)
+    with pytest.raises(ArtifactError, match="format version"):
+        read_metadata(path)
+
+
+def test_checksum_mismatch_and_not_an_artifact(tmp_path):
+    path = tmp_path / "m.semcls"
+    save_artifact(path, _state(), {"classes": ["a"]})
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        load_artifact(path, expected_sha256="0" * 64)
+    other = tmp_path / "x.pth"
+    torch.save(_state(), other)
+    with pytest.raises(ArtifactError, match="not a classifier artifact"):
+        load_artifact(other)
+    with pytest.raises(ArtifactError, match="not found"):
+        load_artifact(tmp_path / "missing.semcls")
+
+
+def test_metrics_against_hand_computed_confusion_matrix():
+    classes = ["A", "B", "C"]
+    y_true = ["A", "A", "A", "B", "B", "C"]
+    # predictions: A,A,B | B,C | C  -> confusion [[2,1,0],[0,1,1],[0,0,1]]
+    probabilities = np.array([
+        [0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.3, 0.6, 0.1],
+        [0.1, 0.8, 0.1], [0.1, 0.3, 0.6], [0.2, 0.1, 0.7]])
+    result = evaluate(y_true, probabilities, classes)
+    assert result["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert result["confusion_matrix_pct"][0] == pytest.approx([66.67, 33.33, 0.0], abs=0.01)
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    assert result["per_class"]["A"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8),
+                                        "support": 3}
+    assert result["per_class"]["B"]["precision"] == pytest.approx(0.5)
+    assert result["per_class"]["C"]["precision"] == pytest.approx(0.5)
+    assert result["macro_avg"]["recall"] == pytest.approx((2 / 3 + 0.5 + 1) / 3)
+    assert result["weighted_avg"]["recall"] == pytest.approx(4 / 6)
+    # top-2: the true class is in the two most probable for every row except none -> all 6
+    assert result["top2_accuracy"] == pytest.approx(1.0)
+    json.dumps(result)
+    assert "confusion matrix" in format_report(result)
+
+
+def test_metrics_with_absent_class_and_top2_miss():
+    classes = ["A", "B", "C", "D"]
+    probabilities = np.array([[0.5, 0.3, 0.15, 0.05], [0.1, 0.2, 0.3, 0.4]])
+    result = evaluate(["A", "B"], probabilities, classes)
+    assert result["per_class"]["C"]["support"] == 0 and result["per_class"]["D"]["recall"] == 0.0
+    assert result["confusion_matrix"][1] == [0, 0, 0, 1]
+    assert result["confusion_matrix_pct"][2] == [0.0, 0.0, 0.0, 0.0]  # no row-normalising a missing class
+    assert result["top2_accuracy"] == pytest.approx(0.5)  # B is ranked 3rd in row 2
+    assert result["macro_avg"]["recall"] == pytest.approx(0.5)  # over present classes A and B
+    with pytest.raises(ValueError, match="not in classes"):
+        evaluate(["Z"], probabilities[:1], classes)
+
+
+def test_temperature_scaling_recovers_overconfidence():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 1.5, (4000, 5))
+    labels = np.array([rng.choice(5, p=p) for p in softmax(true_logits)])
+    overconfident = true_logits * 3.0
+    temperature = fit_temperature(overconfident, labels)
+    assert temperature == pytest.approx(3.0, rel=0.15)
+    before = expected_calibration_error(softmax(overconfident), labels)
+    after = expected_calibration_error(softmax(overconfident, temperature), labels)
+    assert after < before / 2
+    assert np.array_equal(softmax(overconfident).argmax(1), softmax(overconfident, temperature).argmax(1))
