@@ -121,3 +121,12 @@ def parse_database_url(url: str) -> dict:
             "OPTIONS": options,
         }
     raise ImproperlyConfigured(f"DATABASE_URL scheme {parsed.scheme!r} is not supported (use postgres:// or sqlite://)")
+
+
+def env_rate(name: str, default: str) -> str:
+    """A DRF throttle rate: `<count>/<period>` with period second, minute, hour or day (`100/min`)."""
+    value = os.environ.get(name, default).strip()
+    count, _, period = value.partition("/")
+    if not (count.isdigit() and period[:1] in {"s", "m", "h", "d"}):
+        raise ImproperlyConfigured(f"{name}={value!r} is not a rate (e.g. 3000/min, 10/s, 50000/day)")
+    return value

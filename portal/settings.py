@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from portal.env import (
-    env_bool, env_float, env_int, env_list, env_path, env_size_bytes, env_str, parse_database_url,
+    env_bool, env_float, env_int, env_list, env_path, env_rate, env_size_bytes, env_str, parse_database_url,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # vendored Swagger UI / ReDoc for /api/docs/
     "django_celery_beat",
     "portal",
 ]
@@ -62,6 +63,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "portal.web.context.navigation",
             ],
         },
     },
@@ -92,7 +94,7 @@ MEDIA_URL = "/media/"
 MEDIA_ROOT = env_path("MEDIA_ROOT", VAR_DIR / "media")
 MODEL_DIR = env_path("MODEL_DIR", VAR_DIR / "models")
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": {"BACKEND": "portal.storage.MediaStorage"},  # no half-written files (portal/storage.py)
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
                     if DEBUG else "whitenoise.storage.CompressedStaticFilesStorage"},
 }
@@ -120,6 +122,46 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
 )
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Workers (issue 4). Two queues: `gpu` runs classification and training (a GPU host runs a worker
+# on it; without a GPU the same tasks run on the CPU), `default` runs the sweeper, the retrain
+# check and webhooks. A worker that should do everything listens on both: -Q gpu,default.
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {
+    "workers.classify_images": {"queue": "gpu"},
+    "workers.reclassify_backlog": {"queue": "gpu"},
+    "workers.train_model": {"queue": "gpu"},
+    "workers.sweep": {"queue": "default"},
+    "workers.maybe_retrain": {"queue": "default"},
+    "workers.webhooks.*": {"queue": "default"},
+}
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_TASK_IGNORE_RESULT = True
+# A killed worker must not lose its message: acknowledge after the task, requeue when the pool
+# process dies, and take one message at a time so a long batch never hides others in a prefetch.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Two pool processes by default, so a long training on the gpu queue does not hold up new uploads.
+CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 2, minimum=1)
+# Recycle pool processes: training leaves hundreds of MB behind, torch allocators fragment.
+CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_WORKER_MAX_TASKS_PER_CHILD", 200, minimum=1)
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = env_int("CELERY_WORKER_MAX_MEMORY_MB", 6144, minimum=256) * 1024  # KiB
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_SEND_TASK_EVENTS = False
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True  # they are redelivered (acks_late)
+if CELERY_BROKER_URL.startswith("filesystem"):
+    # kombu does not create the folders, and puts its exchange table in ./control unless told.
+    CELERY_BROKER_TRANSPORT_OPTIONS["control_folder"] = str(VAR_DIR / "broker" / "control")
+    # The folder is polled; kombu's default of 1 s idles a worker for up to a second between batches.
+    CELERY_BROKER_TRANSPORT_OPTIONS["polling_interval"] = 0.1
+    for _folder in ("out", "processed", "control"):
+        (VAR_DIR / "broker" / _folder).mkdir(parents=True, exist_ok=True)
+else:
+    # Redis delivers lower numbers first; background re-classification is sent with priority 9.
+    CELERY_BROKER_TRANSPORT_OPTIONS.update({"queue_order_strategy": "priority", "priority_steps": [0, 3, 6, 9]})
 
 # --- Classification and retraining -----------------------------------------------------------
 SEM_CLASSIFY_BATCH_SIZE = env_int("SEM_CLASSIFY_BATCH_SIZE", 32, minimum=1)
@@ -135,18 +177,65 @@ SEM_TRAIN_ARCH = env_str("SEM_TRAIN_ARCH", "resnet34")
 SEM_TRAIN_SIZES = [int(size) for size in env_list("SEM_TRAIN_SIZES", ["64", "128", "224"])]
 SEM_TRAIN_EPOCHS = [int(epochs) for epochs in env_list("SEM_TRAIN_EPOCHS", ["4", "3", "2"])]
 SEM_PRETRAINED_WEIGHTS = env_str("SEM_PRETRAINED_WEIGHTS", "")
+# Workers (issue 4): a running training whose heartbeat (every few seconds) is older than this has
+# lost its worker; the sweeper fails it and releases the training lock.
+SEM_TRAINING_STALE_AFTER_S = env_int("SEM_TRAINING_STALE_AFTER_S", 600, minimum=30)
+SEM_BACKLOG_PRIORITY = 9  # Redis: 0 runs first; new uploads use the default 0
+if not CELERY_BROKER_URL.startswith("filesystem") and "CELERY_VISIBILITY_TIMEOUT" not in os.environ:
+    # An unacknowledged message is redelivered after this: keep it above the longest task.
+    CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] = SEM_TRAINING_TIMEOUT_S + 3600
 
 # --- REST API --------------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "portal.api.schema.PortalAutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "portal.api.authentication.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",  # the browsable API and Swagger UI
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "portal.api.pagination.StableCursorPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_THROTTLE_CLASSES": ["portal.api.throttling.PerTokenRateThrottle",
+                                 "portal.api.throttling.UploadRateThrottle"],
+    # Per token (or per session user): "api" for every request, "upload" for image uploads on top.
+    "DEFAULT_THROTTLE_RATES": {
+        "api": env_rate("SEM_API_RATE", "3000/min"),
+        "upload": env_rate("SEM_API_UPLOAD_RATE", "600/min"),
+    },
+    "EXCEPTION_HANDLER": "portal.api.exceptions.api_exception_handler",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer",
+                                 "rest_framework.renderers.BrowsableAPIRenderer"],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "SEM lab portal API",
-    "DESCRIPTION": "Upload SEM images, read classifications, curate labels and manage models (LIMS integration).",
+    "DESCRIPTION": (
+        "Upload SEM images, read classifications, curate labels and manage models (LIMS integration).\n\n"
+        "Authenticate with a personal token from /account/tokens/: `Authorization: Bearer sem_...`. "
+        "Every 4xx answer has the body `{\"error\": {\"code\", \"message\", \"fields\"}}`. "
+        "Lists use cursor pagination: follow `next` until it is null."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/",
+    "COMPONENT_SPLIT_REQUEST": True,  # multipart upload and read-only fields get correct request schemas
+    # Swagger UI and ReDoc from drf-spectacular-sidecar's vendored files: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "ImageStatusEnum": "portal.models.SEMImage.Status",
+        "ModelStatusEnum": "portal.models.ModelVersion.Status",
+        "TrainingRunStatusEnum": "portal.models.TrainingRun.Status",
+        "WebhookDeliveryStatusEnum": "portal.models.WebhookDelivery.Status",
+    },
 }
+# Webhook delivery: attempts per delivery, exponential backoff from BACKOFF_S up to BACKOFF_MAX_S.
+SEM_WEBHOOK_MAX_ATTEMPTS = env_int("SEM_WEBHOOK_MAX_ATTEMPTS", 6, minimum=1)
+SEM_WEBHOOK_BACKOFF_S = env_float("SEM_WEBHOOK_BACKOFF_S", 30.0, minimum=0.0)
+SEM_WEBHOOK_BACKOFF_MAX_S = env_float("SEM_WEBHOOK_BACKOFF_MAX_S", 3600.0, minimum=0.0)
+SEM_WEBHOOK_TIMEOUT_S = env_float("SEM_WEBHOOK_TIMEOUT_S", 10.0, minimum=0.1)
 
 # --- Security (production values come from the environment) -----------------------------------
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not (DEBUG or EMBEDDED))

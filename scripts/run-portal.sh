@@ -16,7 +16,7 @@ pids=()
 cleanup() { trap - INT TERM EXIT; kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup INT TERM EXIT
 
-.venv/bin/celery -A workers worker -Q gpu,default --concurrency 1 --loglevel INFO \
+.venv/bin/celery -A workers worker -Q gpu,default --loglevel INFO \
     >>var/log/worker.log 2>&1 & pids+=($!)
 .venv/bin/celery -A workers beat --loglevel INFO >>var/log/beat.log 2>&1 & pids+=($!)
 .venv/bin/gunicorn portal.wsgi:application --bind "$HOST:$PORT" --workers 2 --threads 4 \

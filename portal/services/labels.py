@@ -43,3 +43,20 @@ def _label_changed(label_id: int) -> None:
     from portal import events
 
     events.emit_label_changed(label_id)
+
+
+@transaction.atomic
+def confirm_label(image: SEMImage, *, user, source: str = Label.Source.REVIEW, note: str = "") -> Label:
+    """A reviewer confirms the current label (say, against a disagreeing prediction).
+
+    Recorded as a new current label of the same category, so the history shows who checked it and
+    when, and the review queue stops offering the image; undo_label withdraws it like any other.
+    The category does not change, so no label.changed event is raised.
+    """
+    locked = SEMImage.objects.select_for_update().get(pk=image.pk)
+    current = Label.objects.filter(image=locked, is_current=True).first()
+    if current is None:
+        raise ValueError(f"image {image.pk} has no current label to confirm")
+    Label.objects.filter(pk=current.pk).update(is_current=False)
+    return Label.objects.create(image=locked, category_id=current.category_id, source=source, created_by=user,
+                                note=note)

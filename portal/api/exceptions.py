@@ -1,0 +1,135 @@
+"""One error body for every 4xx: {"error": {"code": ..., "message": ..., "fields": {...}}}.
+
+LIMS clients branch on `code` (stable, machine-readable) and show `message`; `fields` carries the
+per-field messages of a 400 so that a form or a log line can say which value was wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFilesSent
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError
+from django.db.models import ProtectedError
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.serializers import as_serializer_error
+from rest_framework.views import exception_handler as drf_exception_handler
+
+logger = logging.getLogger(__name__)
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The request body is too large."
+    default_code = "too_large"
+
+
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The request conflicts with the current state."
+    default_code = "conflict"
+
+
+class InsufficientStorage(exceptions.APIException):
+    status_code = status.HTTP_507_INSUFFICIENT_STORAGE
+    default_detail = "The server has no storage space left for uploads. Nothing was stored; try again later."
+    default_code = "insufficient_storage"
+
+
+class DatabaseUnavailable(exceptions.APIException):
+    """The database dropped or refused the connection (a restart, a failover): retry shortly.
+    Nothing half-done stays behind: the request's transaction rolled back."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The database is temporarily unavailable. Nothing was changed; retry in a few seconds."
+    default_code = "unavailable"
+    retry_after_s = 5
+
+
+def error_body(code: str, message: str, fields: dict | None = None) -> dict:
+    return {"error": {"code": code, "message": message, "fields": fields or {}}}
+
+
+def api_exception_handler(exc, context):
+    exc = _translate(exc)
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None  # a real bug: let Django log it and answer 500
+    response.data = _body_for(exc, response)
+    if isinstance(exc, DatabaseUnavailable):
+        response["Retry-After"] = str(exc.retry_after_s)
+    return response
+
+
+def _translate(exc):
+    """Django-level exceptions that are the client's fault become DRF exceptions."""
+    if isinstance(exc, DjangoValidationError):
+        return exceptions.ValidationError(as_serializer_error(exc))
+    if isinstance(exc, ProtectedError):
+        return Conflict("This object is still referenced (for example a sample with images) and cannot be deleted.",
+                        code="protected")
+    if isinstance(exc, (RequestDataTooBig, TooManyFilesSent)):
+        return PayloadTooLarge(str(exc) or None)
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        logger.warning("database unavailable: %s", exc)
+        return DatabaseUnavailable()
+    if isinstance(exc, SuspiciousOperation):
+        return exceptions.ParseError("The request could not be parsed.")
+    return exc
+
+
+def _body_for(exc, response) -> dict:
+    if isinstance(exc, exceptions.ValidationError):
+        return _validation_body(exc)
+    if isinstance(exc, Http404):
+        return error_body("not_found", "Not found.")
+    detail = getattr(exc, "detail", None)
+    code = _first_code(exc)
+    message = str(detail) if detail is not None else response.status_text
+    return error_body(code, message, getattr(exc, "fields", None))
+
+
+def _validation_body(exc: exceptions.ValidationError) -> dict:
+    detail = exc.detail
+    if isinstance(detail, dict):
+        fields = {key: _messages(value) for key, value in detail.items()}
+        general = fields.pop("non_field_errors", None)
+        message = general[0] if general else "Invalid input: see the fields for details."
+        code = _codes(exc).get("non_field_errors", ["invalid"])[0] if general else "invalid"
+        return error_body(code if isinstance(code, str) else "invalid", message, fields)
+    messages = _messages(detail)
+    return error_body("invalid", messages[0] if messages else "Invalid input.")
+
+
+def _messages(value):
+    if isinstance(value, dict):
+        return {key: _messages(item) for key, item in value.items()}
+    if isinstance(value, list):
+        flat = [_messages(item) for item in value]
+        return flat
+    return str(value)
+
+
+def _codes(exc) -> dict:
+    codes = exc.get_codes()
+    return codes if isinstance(codes, dict) else {}
+
+
+def _first_code(exc) -> str:
+    codes = exc.get_codes() if hasattr(exc, "get_codes") else getattr(exc, "default_code", "error")
+    while isinstance(codes, (list, dict)):
+        codes = next(iter(codes.values() if isinstance(codes, dict) else codes), "error")
+    return str(codes or "error")
+
+
+class IngestRejected(exceptions.APIException):
+    """An upload the ingestion service refused: 400 with its code, the message on the `file` field."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "rejected"
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message, code=code)
+        self.fields = {"file": [message]}

@@ -1,0 +1,308 @@
+"""API serializers: explicit field lists, so adding a model column never leaks it into the API."""
+
+from __future__ import annotations
+
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from portal.models import (
+    Category,
+    Label,
+    ModelVersion,
+    Prediction,
+    Project,
+    Sample,
+    SEMImage,
+    TrainingRun,
+    WebhookDelivery,
+    WebhookSubscription,
+)
+from portal.permissions import visible_projects
+
+
+class CategorySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Category
+        fields = ["id", "name", "slug", "folder_name", "description", "order", "active"]
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Project
+        fields = ["id", "name", "description", "created_at"]
+
+
+class CategorySlugField(serializers.SlugRelatedField):
+    """Categories are named by slug in the API (stable, readable in LIMS configurations)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("queryset", Category.objects.all())
+        super().__init__(slug_field="slug", **kwargs)
+
+
+class VisibleProjectField(serializers.PrimaryKeyRelatedField):
+    """Only the requesting user's projects are valid choices; others read as 'does not exist'."""
+
+    def get_queryset(self):
+        return visible_projects(self.context["request"].user)
+
+
+class SampleSerializer(serializers.ModelSerializer):
+    project = VisibleProjectField()
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    lims_id = serializers.CharField(max_length=100, required=False, allow_null=True, allow_blank=True,
+                                    help_text="External ID in the LIMS; unique when set.")
+    image_count = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Sample
+        fields = ["id", "project", "lab_sample_id", "name", "material", "description", "preparation", "owner",
+                  "lims_id", "image_count", "created_at", "updated_at"]
+
+    def get_image_count(self, sample) -> int:
+        # Lists annotate the count in one query; a freshly created or updated sample is counted here.
+        count = getattr(sample, "image_count", None)
+        return count if count is not None else sample.images.count()
+
+    def validate_lims_id(self, value):
+        value = (value or "").strip() or None
+        if value is None:
+            return None
+        others = Sample.objects.filter(lims_id=value)
+        if self.instance is not None:
+            others = others.exclude(pk=self.instance.pk)
+        if others.exists():
+            raise serializers.ValidationError("A sample with this LIMS ID already exists.", code="unique")
+        return value
+
+    def validate_lab_sample_id(self, value):
+        value = value.strip()
+        if not value:
+            raise serializers.ValidationError("This field may not be blank.", code="blank")
+        return value
+
+
+IMAGE_LINKS = {"self": "detail", "original": "original", "thumbnail": "thumbnail", "predictions": "predictions",
+               "labels": "labels"}
+
+
+class ImageSerializer(serializers.ModelSerializer):
+    lab_sample_id = serializers.CharField(source="sample.lab_sample_id", read_only=True)
+    project = serializers.IntegerField(source="sample.project_id", read_only=True)
+    uploaded_by = serializers.CharField(source="uploaded_by.username", read_only=True)
+    curated_category = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    predicted_category = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    predicted_model_version = serializers.SerializerMethodField()
+    links = serializers.SerializerMethodField()
+
+    class Meta:
+        model = SEMImage
+        fields = [
+            "id", "sample", "lab_sample_id", "project", "original_filename", "sha256", "format", "file_size",
+            "width", "height", "bit_depth", "mode", "page_count", "uploaded_by", "uploaded_at",
+            "vendor", "instrument_model", "accelerating_voltage_kv", "working_distance_mm", "magnification",
+            "pixel_size_nm", "detector", "acquired_at", "databar_rows", "split", "status", "error",
+            "curated_category", "predicted_category", "predicted_confidence", "predicted_margin",
+            "predicted_model_version", "links",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.INT)
+    def get_predicted_model_version(self, image) -> int | None:
+        return image.predicted_by.version if image.predicted_by_id and image.predicted_by else None
+
+    @extend_schema_field({"type": "object", "properties": {name: {"type": "string"} for name in IMAGE_LINKS}})
+    def get_links(self, image) -> dict:
+        return {name: reverse(f"api:image-{route}", args=[image.pk]) for name, route in IMAGE_LINKS.items()}
+
+
+class ImageDetailSerializer(ImageSerializer):
+    class Meta(ImageSerializer.Meta):
+        fields = ImageSerializer.Meta.fields + ["metadata"]
+        read_only_fields = fields
+
+
+class ImageUploadSerializer(serializers.Serializer):
+    """Multipart upload. Name the sample by `sample` (id) or `lab_sample_id`."""
+
+    # Empty files are refused by the ingestion service, with its own code ("empty").
+    file = serializers.FileField(allow_empty_file=True, help_text="TIFF, PNG, JPEG or BMP; stored byte for byte.")
+    sample = serializers.IntegerField(required=False, help_text="Sample id.")
+    lab_sample_id = serializers.CharField(required=False, max_length=100, help_text="Or the lab sample ID.")
+    curated_category = CategorySlugField(required=False, allow_null=True,
+                                         help_text="Optional curated label (category slug).")
+    # Instrument metadata the LIMS knows; fills in what the file itself does not carry.
+    vendor = serializers.CharField(required=False, max_length=50)
+    instrument_model = serializers.CharField(required=False, max_length=100)
+    accelerating_voltage_kv = serializers.FloatField(required=False, min_value=0, max_value=1000)
+    working_distance_mm = serializers.FloatField(required=False, min_value=0, max_value=1000)
+    magnification = serializers.FloatField(required=False, min_value=0, max_value=1e9)
+    pixel_size_nm = serializers.FloatField(required=False, min_value=0, max_value=1e9)
+    detector = serializers.CharField(required=False, max_length=100)
+    acquired_at = serializers.DateTimeField(required=False)
+
+    METADATA_FIELDS = ["vendor", "instrument_model", "accelerating_voltage_kv", "working_distance_mm",
+                       "magnification", "pixel_size_nm", "detector", "acquired_at"]
+
+    def validate(self, attrs):
+        if attrs.get("sample") is None and not attrs.get("lab_sample_id"):
+            raise serializers.ValidationError({"sample": "Give the sample id or its lab_sample_id."}, code="required")
+        return attrs
+
+    def client_metadata(self) -> dict:
+        return {name: self.validated_data[name] for name in self.METADATA_FIELDS if name in self.validated_data}
+
+
+class PredictionSerializer(serializers.ModelSerializer):
+    category = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    model_version = serializers.IntegerField(source="model_version.version", read_only=True)
+
+    class Meta:
+        model = Prediction
+        fields = ["id", "image", "model_version", "category", "confidence", "margin", "entropy", "probabilities",
+                  "created_at"]
+        read_only_fields = fields
+
+
+class LabelSerializer(serializers.ModelSerializer):
+    category = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    created_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
+
+    class Meta:
+        model = Label
+        fields = ["id", "image", "category", "source", "created_by", "created_at", "is_current", "note"]
+        read_only_fields = fields
+
+
+class LabelCorrectionSerializer(serializers.Serializer):
+    category = CategorySlugField(help_text="Category slug, see /api/categories/.")
+    note = serializers.CharField(required=False, allow_blank=True, max_length=500, default="")
+
+    def validate_category(self, category):
+        if not category.active:
+            raise serializers.ValidationError("This category is not active.", code="inactive")
+        return category
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    promoted_by = serializers.CharField(source="promoted_by.username", read_only=True, default=None)
+    accuracy = serializers.FloatField(read_only=True, allow_null=True)
+    macro_f1 = serializers.FloatField(read_only=True, allow_null=True)
+    training_run = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = ["version", "status", "arch", "classes", "accuracy", "macro_f1", "gate_passed", "gate_reason",
+                  "train_image_count", "test_image_count", "data_fingerprint", "artifact_sha256", "created_at",
+                  "promoted_at", "promoted_by", "training_run"]
+        read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.INT)
+    def get_training_run(self, model) -> int | None:
+        run = getattr(model, "training_run", None)
+        return run.pk if run else None
+
+
+class ModelVersionDetailSerializer(ModelVersionSerializer):
+    evaluation = serializers.JSONField(source="metrics", read_only=True,
+                                       help_text="Evaluation on the fixed test split (classifier.metrics.evaluate).")
+    metadata = serializers.JSONField(read_only=True, help_text="Training config, history and library versions.")
+
+    class Meta(ModelVersionSerializer.Meta):
+        fields = ModelVersionSerializer.Meta.fields + ["evaluation", "metadata"]
+        read_only_fields = fields
+
+
+class PerClassMetricsSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    precision = serializers.FloatField(allow_null=True)
+    recall = serializers.FloatField(allow_null=True)
+    f1 = serializers.FloatField(allow_null=True)
+    support = serializers.IntegerField(allow_null=True)
+
+
+class ConfusionMatrixSerializer(serializers.Serializer):
+    labels = serializers.ListField(child=serializers.CharField())
+    counts = serializers.ListField(child=serializers.ListField(child=serializers.IntegerField()))
+    row_percent = serializers.ListField(child=serializers.ListField(child=serializers.FloatField()))
+
+
+class ModelMetricsSerializer(serializers.Serializer):
+    version = serializers.IntegerField()
+    accuracy = serializers.FloatField(allow_null=True)
+    top2_accuracy = serializers.FloatField(allow_null=True)
+    ece = serializers.FloatField(allow_null=True)
+    macro_avg = serializers.DictField(child=serializers.FloatField(allow_null=True))
+    weighted_avg = serializers.DictField(child=serializers.FloatField(allow_null=True))
+    per_class = PerClassMetricsSerializer(many=True)
+    confusion_matrix = ConfusionMatrixSerializer(allow_null=True)
+
+
+class TrainingRunSerializer(serializers.ModelSerializer):
+    requested_by = serializers.CharField(source="requested_by.username", read_only=True, default=None)
+    model_version = serializers.IntegerField(source="model_version.version", read_only=True, default=None)
+
+    class Meta:
+        model = TrainingRun
+        fields = ["id", "status", "trigger", "requested_by", "forced", "progress_fraction", "progress", "device",
+                  "train_image_count", "test_image_count", "error", "cancel_requested", "created_at",
+                  "started_at", "heartbeat_at", "finished_at", "duration_s", "model_version"]
+        read_only_fields = fields
+
+
+class TrainingRunDetailSerializer(TrainingRunSerializer):
+    class Meta(TrainingRunSerializer.Meta):
+        fields = TrainingRunSerializer.Meta.fields + ["config", "history", "log", "data_fingerprint"]
+        read_only_fields = fields
+
+
+class TrainingStartSerializer(serializers.Serializer):
+    force = serializers.BooleanField(default=False, help_text="Train even when the curated data is unchanged.")
+
+
+class WebhookSubscriptionSerializer(serializers.ModelSerializer):
+    project = VisibleProjectField(required=False, allow_null=True,
+                                  help_text="Only this project's events; null for every project you can see.")
+    events = serializers.ListField(
+        child=serializers.ChoiceField(choices=WebhookSubscription.Event.choices), allow_empty=False,
+        help_text="Event names to deliver.",
+    )
+    secret = serializers.CharField(
+        write_only=True, required=False, min_length=16, max_length=128,
+        help_text="HMAC-SHA256 key; generated when omitted and shown only in the creation response.",
+    )
+
+    class Meta:
+        model = WebhookSubscription
+        fields = ["id", "url", "events", "project", "secret", "active", "created_at"]
+        read_only_fields = ["id", "created_at"]
+
+    def validate_url(self, url: str) -> str:
+        if not url.lower().startswith(("https://", "http://")):
+            raise serializers.ValidationError("Use an http:// or https:// URL.", code="invalid_scheme")
+        return url
+
+    def validate_events(self, events):
+        return sorted(set(events))
+
+
+class WebhookDeliverySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WebhookDelivery
+        fields = ["id", "event", "status", "attempts", "response_status", "response_excerpt", "error", "payload",
+                  "created_at", "delivered_at"]
+        read_only_fields = fields
+
+
+class ReviewItemSerializer(ImageSerializer):
+    reason = serializers.SerializerMethodField()
+
+    class Meta(ImageSerializer.Meta):
+        fields = ImageSerializer.Meta.fields + ["reason"]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.ChoiceField(choices=["uncertain", "disagreement"]))
+    def get_reason(self, image) -> str:
+        return "disagreement" if image.curated_category_id else "uncertain"

@@ -1,0 +1,243 @@
+"""Images: idempotent multipart upload, filtered list, detail, file downloads, predictions and labels."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import PurePath
+
+from django.http import FileResponse, Http404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.response import Response
+
+from portal.api import examples as ex
+from portal.api.exceptions import Conflict, IngestRejected, InsufficientStorage
+from portal.api.filters import ImageFilter
+from portal.api.serializers import (
+    ImageDetailSerializer,
+    ImageSerializer,
+    ImageUploadSerializer,
+    LabelCorrectionSerializer,
+    LabelSerializer,
+    PredictionSerializer,
+)
+from portal.models import Label, SEMImage
+from portal.permissions import can_curate_image, can_upload_to, curated_projects, visible_images, visible_samples
+from portal.services.labels import set_label
+
+logger = logging.getLogger(__name__)
+
+ORIGINAL_TYPES = {"TIFF": "image/tiff", "PNG": "image/png", "JPEG": "image/jpeg", "BMP": "image/bmp"}
+THUMBNAIL_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
+# Client keys are namespaced per user, so two LIMS users can never collide or see each other's uploads.
+MAX_IDEMPOTENCY_KEY = 150
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
+    description="Retry-safe uploads: the same key (per user) returns the image stored by the first request.",
+)
+
+
+class FirstRendererNegotiation(BaseContentNegotiation):
+    """File downloads answer with the file whatever the Accept header says; errors stay JSON."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+
+def _file_response(field_file, *, content_type: str, filename: str, attachment: bool) -> FileResponse:
+    try:
+        handle = field_file.open("rb")
+    except (FileNotFoundError, ValueError):
+        logger.error("stored file %s is missing", getattr(field_file, "name", "?"))
+        raise Http404("The stored file is missing.") from None
+    response = FileResponse(handle, content_type=content_type, as_attachment=attachment, filename=filename)
+    response["X-Content-Type-Options"] = "nosniff"
+    # Never executed or rendered as a document, even if a browser opens the URL directly.
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response["Cache-Control"] = "private, max-age=86400"  # content-addressed: a URL's bytes never change
+    return response
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List images (the browse page's filters)", tags=["images"],
+        examples=[ex.example("Images", ex.page(ex.IMAGE))],
+    ),
+    retrieve=extend_schema(summary="One image with its instrument metadata", tags=["images"],
+                           examples=[ex.example("Image", ex.IMAGE | {"metadata": {"FEI": {"HV": 10000}}}),
+                                     ex.NOT_FOUND]),
+)
+class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    filterset_class = ImageFilter
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+
+    def get_queryset(self):
+        images = visible_images(self.request.user).select_related(
+            "sample", "uploaded_by", "curated_category", "predicted_category", "predicted_by")
+        if self.action not in ("retrieve", "create"):
+            images = images.defer("metadata")  # can be kilobytes per image; only the detail shows it
+        return images.order_by("-id")
+
+    def get_serializer_class(self):
+        return ImageDetailSerializer if self.action in ("retrieve", "create") else ImageSerializer
+
+    # --- upload ------------------------------------------------------------------------------------
+
+    @extend_schema(
+        summary="Upload an image (idempotent)", tags=["images"],
+        description=(
+            "Multipart upload. The same bytes (sha256) or the same `Idempotency-Key` return the stored image "
+            "with 200 instead of 201, never a duplicate. An optional `curated_category` records a curated label "
+            "(curators only). Instrument fields fill in what the file's own tags do not say."
+        ),
+        request={"multipart/form-data": ImageUploadSerializer},
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={201: ImageDetailSerializer, 200: ImageDetailSerializer, 400: OpenApiResponse(
+            description="Invalid fields, or the file was refused (code: empty, too_large, not_an_image, disguised, "
+                        "unsupported_format, corrupt, truncated, too_many_pixels)."),
+            409: OpenApiResponse(description="The same bytes are stored in a project you cannot see."),
+            507: OpenApiResponse(description="No storage space left (code insufficient_storage); nothing was stored."),
+            503: OpenApiResponse(description="The database is restarting (code unavailable, Retry-After); "
+                                             "retry with the same Idempotency-Key.")},
+        examples=[
+            ex.example("Stored", ex.IMAGE | {"status": "pending", "predicted_category": None}, status="201"),
+            ex.example("Already stored", ex.IMAGE, status="200"),
+            ex.error_example("Refused file", "disguised", "The file is an HTML document, not an image.", "400",
+                             {"file": ["The file is an HTML document, not an image."]}),
+        ],
+    )
+    def create(self, request, *args, **kwargs):
+        upload = ImageUploadSerializer(data=request.data, context=self.get_serializer_context())
+        upload.is_valid(raise_exception=True)
+        sample = self._upload_sample(upload.validated_data)
+        label = upload.validated_data.get("curated_category")
+        if label is not None and not curated_projects(request.user).filter(pk=sample.project_id).exists():
+            raise PermissionDenied("Only curators of the sample's project may give a curated label at upload.")
+        result = self._ingest(upload.validated_data["file"], sample, label)
+        image = result.image
+        if not visible_images(request.user).filter(pk=image.pk).exists():
+            raise Conflict("These bytes are already stored in a project you cannot see.", code="duplicate")
+        if result.created:
+            _apply_client_metadata(image, upload.client_metadata())
+        image = self.get_queryset().get(pk=image.pk)
+        status_code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
+        headers = {"Location": ImageSerializer().get_links(image)["self"]}
+        return Response(ImageDetailSerializer(image, context=self.get_serializer_context()).data,
+                        status=status_code, headers=headers)
+
+    def _upload_sample(self, data):
+        samples = visible_samples(self.request.user)
+        if data.get("sample") is not None:
+            sample = samples.filter(pk=data["sample"]).first()
+        else:
+            sample = samples.filter(lab_sample_id=data["lab_sample_id"]).first()
+        if sample is None or not can_upload_to(self.request.user, sample):
+            raise serializers.ValidationError({"sample": ["No such sample in your projects."]})
+        return sample
+
+    def _ingest(self, file, sample, label):
+        from portal.services.ingest import IngestError, StorageFull, ingest_file
+
+        try:
+            return ingest_file(file, filename=file.name, sample=sample, uploaded_by=self.request.user, label=label,
+                               label_source=Label.Source.UPLOAD, idempotency_key=self._idempotency_key())
+        except IngestError as error:
+            raise IngestRejected(error.code, error.message) from error
+        except StorageFull as error:
+            raise InsufficientStorage() from error
+
+    def _idempotency_key(self) -> str | None:
+        key = (self.request.headers.get("Idempotency-Key") or "").strip()
+        if not key:
+            return None
+        if len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
+            raise serializers.ValidationError(
+                {"Idempotency-Key": [f"Use at most {MAX_IDEMPOTENCY_KEY} printable characters."]})
+        return f"user-{self.request.user.pk}:{key}"
+
+    # --- files ---------------------------------------------------------------------------------------
+
+    @extend_schema(summary="Download the original file, byte for byte", tags=["images"],
+                   responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, examples=[ex.NOT_FOUND])
+    @action(detail=True, methods=["get"], content_negotiation_class=FirstRendererNegotiation)
+    def original(self, request, pk=None):
+        image = self.get_object()
+        return _file_response(image.original, content_type=ORIGINAL_TYPES.get(image.format.upper(),
+                                                                               "application/octet-stream"),
+                              filename=image.original_filename, attachment=True)
+
+    @extend_schema(summary="The thumbnail (JPEG, at most 256 px)", tags=["images"],
+                   responses={(200, "image/jpeg"): OpenApiTypes.BINARY}, examples=[ex.NOT_FOUND])
+    @action(detail=True, methods=["get"], content_negotiation_class=FirstRendererNegotiation)
+    def thumbnail(self, request, pk=None):
+        image = self.get_object()
+        if not image.thumbnail:
+            raise Http404("This image has no thumbnail.")
+        suffix = PurePath(image.thumbnail.name).suffix.lower()
+        content_type = THUMBNAIL_TYPES.get(suffix, "application/octet-stream")
+        stem = PurePath(image.original_filename).stem
+        return _file_response(image.thumbnail, content_type=content_type, filename=f"{stem}-thumbnail{suffix}",
+                              attachment=content_type == "application/octet-stream")
+
+    # --- predictions and labels --------------------------------------------------------------------
+
+    @extend_schema(summary="Predictions of every model version for this image", tags=["predictions"],
+                   responses=PredictionSerializer(many=True),
+                   examples=[ex.example("Predictions", ex.page(ex.PREDICTION))])
+    @action(detail=True, methods=["get"], filterset_class=None)
+    def predictions(self, request, pk=None):
+        image = self.get_object()
+        predictions = image.predictions.select_related("category", "model_version").order_by("-id")
+        return self._paginated(predictions, PredictionSerializer)
+
+    @extend_schema(methods=["GET"], summary="Label history of this image (newest first)", tags=["labels"],
+                   responses=LabelSerializer(many=True), examples=[ex.example("History", ex.page(ex.LABEL))])
+    @extend_schema(methods=["POST"], summary="Correct the curated label (curators only)", tags=["labels"],
+                   request=LabelCorrectionSerializer, responses={201: LabelSerializer, 200: LabelSerializer},
+                   description="Records a new current label with source `api`. Re-stating the current category "
+                               "changes nothing and answers 200.",
+                   examples=[ex.example("Correction", {"category": "fibres", "note": "Checked at 50k x"},
+                                        request=True),
+                             ex.example("Recorded", ex.LABEL, status="201"), ex.FORBIDDEN])
+    @action(detail=True, methods=["get", "post"], filterset_class=None)
+    def labels(self, request, pk=None):
+        image = self.get_object()
+        if request.method == "GET":
+            history = image.labels.select_related("category", "created_by").order_by("-id")
+            return self._paginated(history, LabelSerializer)
+        return self._correct_label(image)
+
+    def _correct_label(self, image: SEMImage) -> Response:
+        if not can_curate_image(self.request.user, image):
+            raise PermissionDenied("Correcting labels needs the curator role in the image's project.")
+        correction = LabelCorrectionSerializer(data=self.request.data)
+        correction.is_valid(raise_exception=True)
+        before = image.labels.filter(is_current=True).values_list("pk", flat=True).first()
+        label = set_label(image, correction.validated_data["category"], source=Label.Source.API,
+                          user=self.request.user, note=correction.validated_data["note"])
+        created = label.pk != before
+        return Response(LabelSerializer(label).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    def _paginated(self, queryset, serializer_class) -> Response:
+        page = self.paginate_queryset(queryset)
+        serializer = serializer_class(page, many=True, context=self.get_serializer_context())
+        return self.get_paginated_response(serializer.data)
+
+
+def _apply_client_metadata(image: SEMImage, values: dict) -> None:
+    """Fill typed instrument columns the file left empty; keep everything the client sent in metadata."""
+    if not values:
+        return
+    changes = {name: value for name, value in values.items() if getattr(image, name) in (None, "")}
+    metadata = dict(image.metadata or {})
+    metadata["client"] = {name: (value.isoformat() if hasattr(value, "isoformat") else value)
+                          for name, value in values.items()}
+    SEMImage.objects.filter(pk=image.pk).update(metadata=metadata, **changes)

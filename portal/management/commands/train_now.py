@@ -1,0 +1,76 @@
+"""Start a training run now (the command-line twin of the admin's "Train now").
+
+Without --force, trains only when at least SEM_RETRAIN_MIN_NEW_LABELS curated labels changed since
+the production model. The run is queued for a worker; --wait follows it to the end, and --here
+runs it in this process (no worker needed, e.g. on a GPU host's shell).
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+
+from portal.models import TrainingRun
+from portal.services import training
+
+FINISHED = {TrainingRun.Status.SUCCEEDED, TrainingRun.Status.FAILED, TrainingRun.Status.CANCELLED}
+
+
+class Command(BaseCommand):
+    help = "Queue a training run on the curated labels (--force to train even with no new labels)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--force", action="store_true", help="Train even if too few labels changed")
+        parser.add_argument("--wait", action="store_true", help="Follow the run until it finishes")
+        parser.add_argument("--here", action="store_true", help="Run the training in this process, not on a worker")
+        parser.add_argument("--timeout", type=float, default=None, help="With --wait: give up after this many seconds")
+
+    def handle(self, *args, force: bool, wait: bool, here: bool, timeout: float | None, **options):
+        run = self._request(force, here)
+        self.stdout.write(f"Training run {run.pk} queued ({len(run.config.get('sizes', []))} stages, "
+                          f"{run.config.get('arch')}).")
+        if here:
+            run = training.run_training(run.pk) or TrainingRun.objects.get(pk=run.pk)
+        elif wait:
+            run = self._follow(run, timeout)
+        else:
+            return
+        self._report(run)
+
+    def _request(self, force: bool, here: bool) -> TrainingRun:
+        active = training.active_run()
+        if active is not None:
+            raise CommandError(f"Training run {active.pk} is already {active.status}; one at a time.")
+        run = training.request_training(trigger=TrainingRun.Trigger.COMMAND, force=force, enqueue=not here)
+        if run is None:
+            raise CommandError(f"Nothing to do: {training.new_label_count()} new or changed curated labels "
+                               "(use --force to train anyway), or another run started meanwhile.")
+        return run
+
+    def _follow(self, run: TrainingRun, timeout: float | None) -> TrainingRun:
+        deadline = time.monotonic() + timeout if timeout else None
+        last = None
+        while run.status not in FINISHED:
+            if deadline and time.monotonic() > deadline:
+                raise CommandError(f"Run {run.pk} still {run.status} after {timeout:.0f} s")
+            time.sleep(2)
+            run.refresh_from_db()
+            line = f"{run.status} {run.progress_fraction * 100:5.1f}% {_stage(run.progress)}"
+            if line != last:
+                self.stdout.write(line)
+                last = line
+        return run
+
+    def _report(self, run: TrainingRun) -> None:
+        if run.status != TrainingRun.Status.SUCCEEDED:
+            raise CommandError(f"Training run {run.pk} {run.status}: {run.error}")
+        model = run.model_version
+        self.stdout.write(self.style.SUCCESS(
+            f"v{model.version}: macro-F1 {model.macro_f1 or 0:.3f}, accuracy {model.accuracy or 0:.3f}, "
+            f"{run.duration_s:.0f} s on {run.device}; {model.status} ({model.gate_reason})"))
+
+
+def _stage(progress: dict) -> str:
+    keys = ("stage", "size", "epoch", "train_loss", "valid_loss")
+    return " ".join(f"{key}={progress[key]}" for key in keys if key in (progress or {}))

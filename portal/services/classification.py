@@ -1,0 +1,285 @@
+"""Batch classification of SEM images by the production model (run by the gpu workers).
+
+An image needs the production model when it is pending, waiting for a first model, or (with
+SEM_RECLASSIFY_AFTER_PROMOTION) classified by an older model. Workers claim such images with a
+timestamp in `claimed_at`; a claim older than SEM_PENDING_SWEEP_AFTER_S belongs to a dead worker and
+may be taken again. Predictions are unique per image and model version, so a batch that runs twice
+(a redelivered message, a re-queue by the sweeper) writes nothing twice.
+
+torch and the classifier engine are imported only inside the functions that classify, so the web
+process can import this module.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q, QuerySet
+from django.utils import timezone
+
+from portal import events
+from portal.models import Category, ModelVersion, Prediction, SEMImage
+
+logger = logging.getLogger(__name__)
+
+# Most images the sweeper re-queues in one pass; the next pass (a minute later) takes the rest.
+SWEEP_LIMIT = 20_000
+
+
+@dataclass
+class BatchOutcome:
+    classified: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    parked: int = 0  # set to "waiting for a first model"
+
+    @property
+    def claimed(self) -> int:
+        return len(self.classified) + len(self.failed)
+
+
+def production_model() -> ModelVersion | None:
+    return ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).first()
+
+
+def needing(model: ModelVersion) -> QuerySet[SEMImage]:
+    """Images that should get (or get again) a prediction from `model`."""
+    waiting = Q(status__in=[SEMImage.Status.PENDING, SEMImage.Status.NO_MODEL])
+    if settings.SEM_RECLASSIFY_AFTER_PROMOTION:
+        waiting |= Q(status=SEMImage.Status.CLASSIFIED) & ~Q(predicted_by=model)
+    return SEMImage.objects.filter(waiting)
+
+
+def unclaimed(now: datetime) -> Q:
+    stale = now - timedelta(seconds=settings.SEM_PENDING_SWEEP_AFTER_S)
+    return Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale)
+
+
+def classify_images(image_ids: list[int]) -> BatchOutcome:
+    """Classify those of `image_ids` that still need the production model and nobody else holds."""
+    model = production_model()
+    if model is None:
+        return BatchOutcome(parked=park_without_model(image_ids))
+    claimed = claim(image_ids, model)
+    if not claimed:
+        return BatchOutcome()
+    stored = restore_stored_predictions(model, claimed)
+    to_predict = [image for image in claimed if image.pk not in stored]
+    if not to_predict:
+        return BatchOutcome(classified=sorted(stored))
+    try:
+        engine = load_engine(model)
+        results = predict(engine, to_predict)
+    except BaseException:
+        release(to_predict)  # a model or worker problem, not the images': let another attempt take them
+        raise
+    outcome = save_results(model, engine.classes, results)
+    outcome.classified += sorted(stored)
+    return outcome
+
+
+def restore_stored_predictions(model: ModelVersion, images: list[SEMImage]) -> set[int]:
+    """Images this model already predicted (a roll-back re-promotes an older model): copy, don't recompute."""
+    predictions = Prediction.objects.filter(model_version=model, image_id__in=[image.pk for image in images])
+    now = timezone.now()
+    restored = set()
+    with transaction.atomic():
+        for prediction in predictions:
+            SEMImage.objects.filter(pk=prediction.image_id).update(
+                status=SEMImage.Status.CLASSIFIED, status_changed_at=now, claimed_at=None, error="",
+                predicted_category_id=prediction.category_id, predicted_confidence=prediction.confidence,
+                predicted_margin=prediction.margin, predicted_by=model,
+            )
+            restored.add(prediction.image_id)
+    return restored
+
+
+def park_without_model(image_ids: list[int]) -> int:
+    return SEMImage.objects.filter(pk__in=image_ids, status=SEMImage.Status.PENDING).update(
+        status=SEMImage.Status.NO_MODEL, status_changed_at=timezone.now()
+    )
+
+
+@transaction.atomic
+def claim(image_ids: list[int], model: ModelVersion) -> list[SEMImage]:
+    """Atomically take the message's images, topped up with other pending uploads to a full batch.
+
+    Uploads arrive one message per image; topping up turns a burst of them into full batches.
+    PostgreSQL: rows are locked with FOR UPDATE SKIP LOCKED, so concurrent workers take disjoint
+    sets without waiting. SQLite ignores FOR UPDATE but runs every transaction as BEGIN IMMEDIATE
+    (one writer at a time), and the UPDATE repeats the "unclaimed" condition, so select-then-update
+    cannot interleave with another worker's.
+    """
+    now = timezone.now()
+    size = settings.SEM_CLASSIFY_BATCH_SIZE
+    claimable = needing(model).filter(unclaimed(now)).order_by("pk").select_for_update(skip_locked=True, of=("self",))
+    ids = list(claimable.filter(pk__in=image_ids).values_list("pk", flat=True)[:size])
+    if len(ids) < size:
+        others = claimable.filter(status=SEMImage.Status.PENDING).exclude(pk__in=ids)
+        ids += list(others.values_list("pk", flat=True)[: size - len(ids)])
+    SEMImage.objects.filter(pk__in=ids).filter(unclaimed(now)).update(
+        claimed_at=now, classify_attempts=F("classify_attempts") + 1
+    )
+    return list(SEMImage.objects.filter(pk__in=ids, claimed_at=now).only("pk", "derivative", "sha256"))
+
+
+def release(images: list[SEMImage]) -> None:
+    SEMImage.objects.filter(pk__in=[image.pk for image in images]).update(claimed_at=None)
+
+
+def load_engine(model: ModelVersion):
+    """The production model's engine, loaded once per process and replaced after a promotion."""
+    from classifier.engine import get_engine
+
+    return get_engine(model.artifact_path, sha256=model.artifact_sha256 or None)
+
+
+def predict(engine, images: list[SEMImage]) -> dict[int, object]:
+    """{image id: ImagePrediction or the error message}. One bad derivative fails only its image."""
+    results: dict[int, object] = {}
+    readable: list[SEMImage] = []
+    for image in images:
+        path = _derivative_path(image)
+        if path is None:
+            results[image.pk] = "The model-input derivative is missing"
+        else:
+            readable.append(image)
+    if not readable:
+        return results
+    try:
+        predictions = engine.predict_paths([image.derivative.path for image in readable])
+        results.update(zip([image.pk for image in readable], predictions))
+    except Exception:
+        # Rare: find the culprit by classifying one at a time rather than failing the batch.
+        for image in readable:
+            results[image.pk] = _predict_one(engine, image)
+    return results
+
+
+def _derivative_path(image: SEMImage) -> Path | None:
+    if not image.derivative:
+        return None
+    path = Path(image.derivative.path)
+    return path if path.is_file() else None
+
+
+def _predict_one(engine, image: SEMImage):
+    try:
+        return engine.predict_paths([image.derivative.path])[0]
+    except Exception as error:
+        logger.warning("image %s: classification failed: %s", image.pk, error)
+        return f"Could not classify the derivative: {error}"
+
+
+@transaction.atomic
+def save_results(model: ModelVersion, classes: list[str], results: dict[int, object]) -> BatchOutcome:
+    # Lock the rows: an image deleted meanwhile is skipped, and cannot vanish before the commit.
+    present = set(SEMImage.objects.select_for_update().filter(pk__in=results).values_list("pk", flat=True))
+    already = set(Prediction.objects.filter(model_version=model, image_id__in=present).values_list("image_id", flat=True))
+    categories = _categories_for(classes)
+    now = timezone.now()
+    outcome = BatchOutcome()
+    new_predictions = []
+    for image_id, result in results.items():
+        if image_id not in present:
+            continue
+        if isinstance(result, str) or categories.get(result.top_class) is None:
+            _mark_failed(image_id, result if isinstance(result, str) else f"Unknown class {result.top_class!r}", now)
+            outcome.failed.append(image_id)
+            continue
+        if image_id not in already:
+            new_predictions.append(_prediction(image_id, model, classes, categories, result))
+        _mark_classified(image_id, model, categories[result.top_class], result, now)
+        outcome.classified.append(image_id)
+    Prediction.objects.bulk_create(new_predictions, ignore_conflicts=True)
+    if new_predictions:
+        transaction.on_commit(_announce([p.image_id for p in new_predictions], model.pk))
+    return outcome
+
+
+def _categories_for(classes: list[str]) -> dict[str, Category | None]:
+    """Model class name -> Category (matched by name, then slug or dataset folder name)."""
+    by_key: dict[str, Category] = {}
+    for category in Category.objects.all():
+        for key in (category.folder_name, category.slug, category.name):
+            by_key[key] = category
+    return {name: by_key.get(name) for name in classes}
+
+
+def _prediction(image_id, model, classes, categories, result) -> Prediction:
+    return Prediction(
+        image_id=image_id, model_version=model, category=categories[result.top_class],
+        confidence=float(result.confidence), margin=float(result.margin), entropy=float(result.entropy),
+        probabilities={name: float(p) for name, p in zip(classes, result.probabilities)},
+    )
+
+
+def _mark_classified(image_id: int, model: ModelVersion, category: Category, result, now) -> None:
+    SEMImage.objects.filter(pk=image_id).update(
+        status=SEMImage.Status.CLASSIFIED, status_changed_at=now, claimed_at=None, error="",
+        predicted_category=category, predicted_confidence=float(result.confidence),
+        predicted_margin=float(result.margin), predicted_by=model,
+    )
+
+
+def _mark_failed(image_id: int, message: str, now) -> None:
+    SEMImage.objects.filter(pk=image_id).update(
+        status=SEMImage.Status.FAILED, status_changed_at=now, claimed_at=None, error=message[:2000]
+    )
+
+
+def _announce(image_ids: list[int], model_version_id: int):
+    return lambda: events.emit("image.classified", image_ids=image_ids, model_version_id=model_version_id)
+
+
+# --- Background re-classification after a promotion ----------------------------------------------
+
+def classify_backlog_batch(model_version_id: int) -> bool:
+    """Classify the next batch the production model has not seen yet; True while more remain.
+
+    Works newest first, one batch per task, so uploads queued meanwhile run between batches.
+    """
+    model = production_model()
+    if model is None or model.pk != model_version_id:
+        return False  # a newer promotion started its own backlog
+    now = timezone.now()
+    ids = list(needing(model).filter(unclaimed(now)).order_by("-pk").values_list("pk", flat=True)
+               [: settings.SEM_CLASSIFY_BATCH_SIZE])
+    if not ids:
+        return False
+    classify_images(ids)
+    return needing(model).filter(unclaimed(timezone.now())).exists()
+
+
+# --- Sweeper ------------------------------------------------------------------------------------
+
+def sweep_stale_images() -> int:
+    """Re-queue images pending too long (a lost message, a dead worker). Returns how many."""
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.SEM_PENDING_SWEEP_AFTER_S)
+    stale = (SEMImage.objects.filter(status=SEMImage.Status.PENDING, status_changed_at__lt=cutoff)
+             .filter(unclaimed(now)).order_by("pk"))
+    ids = list(stale.values_list("pk", flat=True)[:SWEEP_LIMIT])
+    if ids:
+        # Restart their clock, so an image is re-queued at most once per sweep period.
+        SEMImage.objects.filter(pk__in=ids).update(status_changed_at=now)
+        logger.warning("re-queueing %d images left pending for more than %ss", len(ids),
+                       settings.SEM_PENDING_SWEEP_AFTER_S)
+        from portal.services.queueing import enqueue_classification
+
+        transaction.on_commit(lambda: enqueue_classification(ids))
+    return len(ids)
+
+
+def backlog_stalled(model: ModelVersion) -> bool:
+    """The production model still has images to classify but its backlog made no progress lately."""
+    cutoff = timezone.now() - timedelta(seconds=settings.SEM_PENDING_SWEEP_AFTER_S)
+    if model.promoted_at and model.promoted_at > cutoff:
+        return False
+    if Prediction.objects.filter(model_version=model, created_at__gt=cutoff).exists():
+        return False
+    return needing(model).filter(unclaimed(timezone.now())).exclude(status=SEMImage.Status.PENDING).exists()

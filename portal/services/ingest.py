@@ -1,0 +1,335 @@
+"""The one ingestion path for SEM images: web upload, REST API and `import_folder` all call `ingest_file`.
+
+Pipeline: stream to a temporary file while hashing and enforcing the byte limit -> return the
+existing image for known bytes or idempotency key -> validate (magic bytes, header pixel limit,
+full decode) -> instrument metadata -> data-bar crop, model-input derivative and thumbnail ->
+one transaction that writes the files, the SEMImage row and the optional curated label.
+
+Atomicity: any failure deletes the files written so far and rolls the row back, so nothing is
+half-stored. Classification is queued only once the transaction has committed.
+
+Callers should not wrap `ingest_file` in their own transaction: if an outer transaction rolls back
+after a successful call, the row disappears but the content-addressed files stay behind as orphans.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import logging
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+from django.conf import settings
+from django.core.files import File
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, transaction
+from PIL import Image
+
+from classifier.databar import crop_databar
+from classifier.preprocess import make_derivative
+from portal.models import Category, Label, Sample, SEMImage, split_for_sha256
+from portal.services import queueing
+from portal.services.labels import set_label
+from portal.services.metadata import extract_metadata
+from portal.services.validation import SNIFF_BYTES, ImageInfo, ValidationError, inspect_image, sniff_format
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1024 * 1024
+THUMBNAIL_MAX_SIDE = 256
+THUMBNAIL_JPEG_QUALITY = 85
+MAX_IDEMPOTENCY_KEY_LENGTH = SEMImage._meta.get_field("idempotency_key").max_length
+MAX_FILENAME_LENGTH = SEMImage._meta.get_field("original_filename").max_length
+
+
+class IngestError(Exception):
+    """An upload that was refused. Nothing was stored.
+
+    ``code`` is a short machine code: empty, too_large, not_an_image, disguised, unsupported_format,
+    corrupt, truncated, too_many_pixels, invalid_idempotency_key. ``message`` is for humans.
+    """
+
+    def __init__(self, code: str, message: str, filename: str = "") -> None:
+        super().__init__(f"{filename}: {message}" if filename else message)
+        self.code = code
+        self.message = message
+        self.filename = filename
+
+
+class StorageFull(Exception):
+    """The media (or upload temporary) directory has no space left. Nothing was stored; the same
+    upload succeeds once space is freed. Not an IngestError: the file is fine, the server is not."""
+
+    code = "insufficient_storage"
+    message = "The server has no storage space left for uploads. Nothing was stored; try again later."
+
+    def __init__(self, filename: str = "") -> None:
+        super().__init__(f"{filename}: {self.message}" if filename else self.message)
+        self.filename = filename
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@contextmanager
+def _disk_full_as_storage_full(filename: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:
+        if error.errno in DISK_FULL_ERRNOS:
+            raise StorageFull(filename) from error
+        raise
+
+
+@dataclass
+class IngestResult:
+    image: SEMImage
+    created: bool  # False when the same bytes (sha256) or the same idempotency key already existed
+
+
+@dataclass
+class _Upload:
+    path: str
+    sha256: str
+    size: int
+    head: bytes
+
+
+@dataclass
+class _Derived:
+    derivative_png: bytes
+    thumbnail_jpeg: bytes
+    databar_rows: int
+
+
+def ingest_file(
+    fileobj: BinaryIO,
+    *,
+    filename: str,
+    sample: Sample,
+    uploaded_by,
+    label: Category | None = None,
+    label_source: str = Label.Source.UPLOAD,
+    idempotency_key: str | None = None,
+) -> IngestResult:
+    """Store one SEM image (or return the existing one); raises IngestError when refused and
+    StorageFull when the disk is full."""
+    filename = clean_filename(filename)
+    idempotency_key = _check_idempotency_key(idempotency_key, filename)
+    if idempotency_key:
+        existing = SEMImage.objects.filter(idempotency_key=idempotency_key).first()
+        if existing:
+            return IngestResult(existing, created=False)
+    with _disk_full_as_storage_full(filename), _spooled(fileobj, filename) as upload:
+        existing = find_by_sha256(upload.sha256)
+        if existing:
+            return IngestResult(existing, created=False)
+        try:
+            image_format = sniff_format(upload.head, filename)
+            info, grey = inspect_image(upload.path, image_format)
+        except ValidationError as error:
+            raise IngestError(error.code, error.message, filename) from error
+        metadata = extract_metadata(upload.path, image_width=info.width)
+        derived = make_derived_files(grey)
+        return _store(upload, info, metadata, derived, filename=filename, sample=sample,
+                      uploaded_by=uploaded_by, label=label, label_source=label_source,
+                      idempotency_key=idempotency_key)
+
+
+def find_by_sha256(sha256: str) -> SEMImage | None:
+    return SEMImage.objects.filter(sha256=sha256).first()
+
+
+def clean_filename(filename: str) -> str:
+    """The base name only (browsers and clients sometimes send paths), without control characters."""
+    name = os.path.basename(str(filename or "").replace("\\", "/"))
+    name = "".join(ch for ch in name if ch.isprintable()).strip()
+    if name in (".", ".."):  # path syntax, not a name (e.g. "../.." or "a/..")
+        name = ""
+    return (name or "upload")[-MAX_FILENAME_LENGTH:]
+
+
+def make_derived_files(grey: Image.Image) -> _Derived:
+    """Data bar cropped off for the model-input derivative; the thumbnail shows the whole image."""
+    cropped, databar_rows = crop_databar(grey)
+    derivative = make_derivative(cropped)
+    thumbnail = grey.copy()
+    thumbnail.thumbnail((THUMBNAIL_MAX_SIDE, THUMBNAIL_MAX_SIDE), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return _Derived(_encode(derivative, "PNG", optimize=False),
+                    _encode(thumbnail, "JPEG", quality=THUMBNAIL_JPEG_QUALITY), databar_rows)
+
+
+def _encode(image: Image.Image, image_format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def _check_idempotency_key(key: str | None, filename: str) -> str | None:
+    if key is None:
+        return None
+    key = str(key).strip()
+    if not key:
+        return None
+    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not key.isprintable():
+        raise IngestError("invalid_idempotency_key",
+                          f"The idempotency key must be printable and at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
+                          filename)
+    return key
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming to a temporary file
+# ---------------------------------------------------------------------------------------------
+
+@contextmanager
+def _spooled(fileobj: BinaryIO, filename: str) -> Iterator[_Upload]:
+    """Copy the upload to a temporary file, hashing as we go and stopping at the byte limit."""
+    limit = settings.SEM_MAX_UPLOAD_BYTES
+    handle = tempfile.NamedTemporaryFile(prefix="sem-upload-", suffix=".bin", delete=False,
+                                         dir=getattr(settings, "FILE_UPLOAD_TEMP_DIR", None))
+    try:
+        digest, size, head = hashlib.sha256(), 0, b""
+        with handle:
+            for chunk in _chunks(fileobj):
+                size += len(chunk)
+                if size > limit:
+                    raise IngestError("too_large", f"The file is larger than the limit of {_human_bytes(limit)}.",
+                                      filename)
+                if len(head) < SNIFF_BYTES:
+                    head += chunk[:SNIFF_BYTES - len(head)]
+                digest.update(chunk)
+                handle.write(chunk)
+        if size == 0:
+            raise IngestError("empty", "The file is empty (0 bytes).", filename)
+        yield _Upload(handle.name, digest.hexdigest(), size, head)
+    finally:
+        _remove_quietly(handle.name)
+
+
+def _chunks(fileobj) -> Iterator[bytes]:
+    if hasattr(fileobj, "chunks"):  # Django UploadedFile: works for in-memory and temporary uploads
+        if hasattr(fileobj, "seek"):
+            fileobj.seek(0)
+        yield from fileobj.chunks(CHUNK_BYTES)
+        return
+    while True:
+        chunk = fileobj.read(CHUNK_BYTES)
+        if not chunk:
+            return
+        yield bytes(chunk)
+
+
+def _human_bytes(count: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count} bytes"
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Storing: files + row + label in one transaction
+# ---------------------------------------------------------------------------------------------
+
+def _store(upload: _Upload, info: ImageInfo, metadata: dict, derived: _Derived, *, filename: str,
+           sample: Sample, uploaded_by, label: Category | None, label_source: str,
+           idempotency_key: str | None) -> IngestResult:
+    written: list[tuple[object, str]] = []  # (storage, name) of every file saved so far
+    try:
+        with transaction.atomic():
+            image = _new_image(upload, info, metadata, derived, filename=filename, sample=sample,
+                               uploaded_by=uploaded_by, idempotency_key=idempotency_key)
+            _save_files(image, upload, derived, written)
+            image.save()
+            if label is not None:
+                set_label(image, label, source=label_source, user=uploaded_by)
+            image_id = image.pk
+            transaction.on_commit(lambda: _enqueue_classification(image_id))
+    except IntegrityError:
+        _delete_files(written)
+        # A concurrent upload of the same bytes (or key) committed first: that one is the image.
+        existing = find_by_sha256(upload.sha256) or (
+            SEMImage.objects.filter(idempotency_key=idempotency_key).first() if idempotency_key else None)
+        if existing:
+            return IngestResult(existing, created=False)
+        raise
+    except BaseException:
+        _delete_files(written)
+        raise
+    return IngestResult(image, created=True)
+
+
+def _new_image(upload: _Upload, info: ImageInfo, metadata: dict, derived: _Derived, *, filename: str,
+               sample: Sample, uploaded_by, idempotency_key: str | None) -> SEMImage:
+    return SEMImage(
+        sample=sample,
+        sha256=upload.sha256,
+        original_filename=filename,
+        extension=info.extension,
+        format=info.format,
+        file_size=upload.size,
+        width=info.width,
+        height=info.height,
+        bit_depth=info.bit_depth,
+        mode=info.mode,
+        page_count=min(info.page_count, 32767),
+        uploaded_by=uploaded_by,
+        idempotency_key=idempotency_key,
+        metadata=metadata["raw"],
+        vendor=metadata["vendor"],
+        instrument_model=metadata["instrument_model"],
+        accelerating_voltage_kv=metadata["accelerating_voltage_kv"],
+        working_distance_mm=metadata["working_distance_mm"],
+        magnification=metadata["magnification"],
+        pixel_size_nm=metadata["pixel_size_nm"],
+        detector=metadata["detector"],
+        acquired_at=metadata["acquired_at"],
+        databar_rows=derived.databar_rows,
+        split=split_for_sha256(upload.sha256),
+        status=SEMImage.Status.PENDING,
+    )
+
+
+def _save_files(image: SEMImage, upload: _Upload, derived: _Derived, written: list) -> None:
+    """Original byte-for-byte at its content-addressed path, then the two derived files."""
+    sha = upload.sha256
+    with open(upload.path, "rb") as original:
+        _save_one(image.original, f"{sha}{image.extension}", File(original), written)
+    _save_one(image.derivative, f"{sha[:2]}/{sha}.png", ContentFile(derived.derivative_png), written)
+    _save_one(image.thumbnail, f"{sha[:2]}/{sha}.jpg", ContentFile(derived.thumbnail_jpeg), written)
+
+
+def _save_one(field_file, name: str, content, written: list) -> None:
+    # The storage never overwrites: a leftover file of the same name gets a new, unique name,
+    # so deleting what *we* wrote can never remove a file that another upload owns.
+    field_file.save(name, content, save=False)
+    written.append((field_file.storage, field_file.name))
+
+
+def _delete_files(written: list) -> None:
+    for storage, name in written:
+        try:
+            storage.delete(name)
+        except Exception:  # never mask the original error
+            logger.exception("could not delete %s after a failed ingestion", name)
+
+
+def _enqueue_classification(image_id: int) -> None:
+    """After commit: the image is stored whatever happens here; the pending sweep retries later."""
+    try:
+        queueing.enqueue_classification([image_id])
+    except Exception:
+        logger.exception("could not queue classification of image %s; the pending sweep will pick it up", image_id)

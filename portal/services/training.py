@@ -1,0 +1,598 @@
+"""Training runs: when to train, the training lock, running a run, the promotion gate, promote and roll back.
+
+The lock is the TrainingRun.active column (True while queued or running, NULL afterwards) with a
+unique constraint: a second simultaneous request fails in the database, and the lock survives
+restarts of the web and worker processes. A run whose worker died stops sending heartbeats; the
+sweeper fails it and so releases the lock.
+
+Nothing changes for the production model until a run has produced a complete, verified artifact:
+a failed, cancelled, killed or timed-out run leaves production and its predictions untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Max, Q
+from django.utils import timezone
+
+from portal import events
+from portal.models import Category, ModelVersion, SEMImage, TrainingRun
+from portal.services.classification import production_model
+
+logger = logging.getLogger(__name__)
+
+LABEL_SET_FILE = "train_labels.json"  # {image sha256: label} the model was trained on
+PROGRESS_WRITE_INTERVAL_S = 1.0
+HEARTBEAT_INTERVAL_S = 10.0
+LOG_LIMIT_CHARS = 200_000
+
+
+class ModelActionError(Exception):
+    """A promotion or roll-back that cannot be done; the message is shown to the admin."""
+
+
+# --- Deciding and requesting -----------------------------------------------------------------------
+
+def current_train_labels() -> dict[str, str]:
+    """{sha256: category name} of every train-split image with a current curated label."""
+    rows = SEMImage.objects.filter(
+        split=SEMImage.Split.TRAIN, curated_category__isnull=False, curated_category__active=True
+    ).values_list("sha256", "curated_category__name")
+    return dict(rows)
+
+
+def baseline_model() -> ModelVersion | None:
+    """The model new labels are counted against: production, else the newest trained one."""
+    return production_model() or ModelVersion.objects.order_by("-version").first()
+
+
+def new_label_count() -> int:
+    """Curated train labels added or changed since the baseline model's training data."""
+    current = current_train_labels()
+    baseline = baseline_model()
+    if baseline is None:
+        return len(current)
+    trained_on = load_label_set(baseline)
+    if trained_on is None:
+        return _labels_created_after(baseline)
+    return sum(1 for sha, label in current.items() if trained_on.get(sha) != label)
+
+
+def load_label_set(model: ModelVersion) -> dict[str, str] | None:
+    path = Path(model.artifact_path).parent / LABEL_SET_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _labels_created_after(model: ModelVersion) -> int:
+    """Fallback when the label set file is gone: current train labels newer than the run's start."""
+    run = getattr(model, "training_run", None)
+    since = (run.started_at if run and run.started_at else None) or model.created_at
+    return SEMImage.objects.filter(
+        split=SEMImage.Split.TRAIN, labels__is_current=True, labels__created_at__gt=since
+    ).count()
+
+
+def active_run() -> TrainingRun | None:
+    return TrainingRun.objects.filter(active=True).first()
+
+
+def request_training(*, trigger: str, user=None, force: bool = False, config: dict | None = None,
+                     enqueue: bool = True) -> TrainingRun | None:
+    """Queue a training run, or return None when one is already active or (unforced) nothing is new.
+
+    A scheduled check that finds too few new labels records a SKIPPED run, so the admin sees it ran.
+    `enqueue=False` leaves the queued run to the caller's process (`train_now --here`).
+    """
+    if active_run() is not None:
+        return None
+    if not force:
+        changed, needed = new_label_count(), settings.SEM_RETRAIN_MIN_NEW_LABELS
+        if changed < needed:
+            if trigger == TrainingRun.Trigger.SCHEDULE:
+                _record_skipped(trigger, f"{changed} new or changed curated labels; {needed} needed")
+            return None
+    try:
+        with transaction.atomic():
+            run = TrainingRun.objects.create(
+                trigger=trigger, requested_by=user, forced=force, config=training_config(config)
+            )
+    except IntegrityError:
+        return None  # another trigger won the race for the lock
+    if enqueue:
+        from portal.services.queueing import enqueue_training
+
+        transaction.on_commit(lambda: enqueue_training(run.pk))
+    return run
+
+
+def _record_skipped(trigger: str, reason: str) -> None:
+    now = timezone.now()
+    TrainingRun.objects.create(status=TrainingRun.Status.SKIPPED, active=None, trigger=trigger,
+                               log=reason, finished_at=now)
+    logger.info("retraining skipped: %s", reason)
+
+
+def training_config(overrides: dict | None = None) -> dict:
+    """The TrainConfig from settings (SEM_TRAIN_*), with per-run overrides; validated here, not in the worker."""
+    from classifier.config import TrainConfig
+
+    sizes = tuple(settings.SEM_TRAIN_SIZES)
+    defaults = TrainConfig()
+    config = {
+        "arch": settings.SEM_TRAIN_ARCH, "sizes": sizes, "epochs": tuple(settings.SEM_TRAIN_EPOCHS),
+        "lrs": _per_stage(defaults.lrs, len(sizes)), "batch_sizes": _per_stage(defaults.batch_sizes, len(sizes)),
+        "weights_path": settings.SEM_PRETRAINED_WEIGHTS or None,
+    }
+    config.update(overrides or {})
+    return TrainConfig.from_dict(config).to_dict()
+
+
+def _per_stage(defaults: tuple, stages: int) -> tuple:
+    """The classifier's per-stage defaults for 3 stages, fitted to another number of stages."""
+    return tuple(defaults[min(i, len(defaults) - 1)] for i in range(stages))
+
+
+def request_cancel(run: TrainingRun) -> bool:
+    """A queued run is cancelled at once (releasing the lock); a running one stops at its next batch."""
+    now = timezone.now()
+    if TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.QUEUED).update(
+            status=TrainingRun.Status.CANCELLED, active=None, cancel_requested=True, finished_at=now,
+            error="Cancelled before it started"):
+        _announce_finished(run.pk)
+        return True
+    return bool(TrainingRun.objects.filter(pk=run.pk, active=True).update(cancel_requested=True))
+
+
+# --- Running ---------------------------------------------------------------------------------------
+
+@dataclass
+class TrainingData:
+    train_items: list[tuple[str, str]]  # (derivative path, category name)
+    test_items: list[tuple[str, str]]
+    classes: list[str]
+    train_labels: dict[str, str]  # {sha256: category name}
+    skipped: int  # curated images without a readable derivative
+
+
+def training_data() -> TrainingData:
+    """Curated train-split derivatives to learn from; curated test-split ones to evaluate on."""
+    rows = SEMImage.objects.filter(curated_category__isnull=False, curated_category__active=True).values_list(
+        "split", "derivative", "sha256", "curated_category__name"
+    )
+    train, test, labels, skipped = [], [], {}, 0
+    media = Path(settings.MEDIA_ROOT)
+    for split, derivative, sha256, category in rows:
+        path = media / derivative if derivative else None
+        if path is None or not path.is_file():
+            skipped += 1
+            continue
+        if split == SEMImage.Split.TRAIN:
+            train.append((str(path), category))
+            labels[sha256] = category
+        else:
+            test.append((str(path), category))
+    order = list(Category.objects.values_list("name", flat=True))  # admin-defined display order
+    present = {category for _, category in train}
+    classes = [name for name in order if name in present]
+    test = [(path, category) for path, category in test if category in present]
+    return TrainingData(train, test, classes, labels, skipped)
+
+
+def claim_run(run_id: int) -> TrainingRun | None:
+    """QUEUED -> RUNNING exactly once, however many times the task is delivered."""
+    now = timezone.now()
+    claimed = TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED, active=True).update(
+        status=TrainingRun.Status.RUNNING, started_at=now, heartbeat_at=now
+    )
+    return TrainingRun.objects.get(pk=run_id) if claimed else None
+
+
+def run_training(run_id: int, *, celery_task_id: str = "") -> TrainingRun | None:
+    """Run a queued training to the end: a new ModelVersion through the gate, or a recorded failure."""
+    run = claim_run(run_id)
+    if run is None:
+        return None  # deleted, cancelled, already run, or taken by another delivery of the same message
+    return execute_run(run, celery_task_id=celery_task_id)
+
+
+def execute_run(run: TrainingRun, *, celery_task_id: str = "") -> TrainingRun | None:
+    """The body of run_training, for a run already claimed (RUNNING)."""
+    if celery_task_id:
+        TrainingRun.objects.filter(pk=run.pk).update(celery_task_id=celery_task_id)
+    monitor = RunMonitor(run)
+    work_dir = Path(settings.MODEL_DIR) / f"run-{run.pk}"
+    try:
+        with monitor:
+            model = _train_and_register(run, monitor, work_dir)
+    except BaseException as error:  # record why, whatever it was, then let Celery see it
+        _record_failure(run, monitor, error)
+        if not isinstance(error, Exception):
+            raise
+        return TrainingRun.objects.get(pk=run.pk)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    _announce_finished(run.pk)
+    return TrainingRun.objects.select_related("model_version").get(pk=run.pk) if model else None
+
+
+def _train_and_register(run: TrainingRun, monitor: "RunMonitor", work_dir: Path) -> ModelVersion:
+    import torch
+
+    from classifier.config import TrainConfig
+    from classifier.fingerprint import data_fingerprint
+    from classifier.train import train
+
+    data = training_data()
+    if len(data.classes) < 2:
+        raise ValueError("Training needs curated train-split images in at least two categories")
+    fingerprint = data_fingerprint(data.train_labels.items())
+    monitor.log(f"{len(data.train_items)} train and {len(data.test_items)} test images in "
+                f"{len(data.classes)} classes; {data.skipped} curated images without a derivative skipped")
+    TrainingRun.objects.filter(pk=run.pk).update(
+        train_image_count=len(data.train_items), test_image_count=len(data.test_items), data_fingerprint=fingerprint
+    )
+    work_dir.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    try:
+        result = train(
+            data.train_items, TrainConfig.from_dict(run.config), work_dir / "model.pth",
+            test_items=data.test_items or None, classes=data.classes, fingerprint=fingerprint,
+            progress=monitor.progress, should_stop=monitor.should_stop,
+        )
+    finally:
+        torch.set_num_threads(threads)  # the trainer sizes threads for itself; classification keeps its own
+    monitor.history = list(result.history or monitor.history)
+    return register_model(run, result, data, fingerprint, work_dir, monitor)
+
+
+def register_model(run, result, data: TrainingData, fingerprint: str, work_dir: Path, monitor) -> ModelVersion | None:
+    """Move the artifact to MODEL_DIR/v{n}/, create the ModelVersion and apply the gate, in one transaction."""
+    from classifier.fingerprint import file_sha256
+
+    (work_dir / LABEL_SET_FILE).write_text(json.dumps(data.train_labels))
+    with transaction.atomic():
+        # The run may have been failed by the sweeper (no heartbeat) while this worker was busy.
+        if not TrainingRun.objects.select_for_update().filter(pk=run.pk, status=TrainingRun.Status.RUNNING).exists():
+            monitor.log("The run was closed while training (declared lost); its model is discarded")
+            return None
+        version = (ModelVersion.objects.aggregate(Max("version"))["version__max"] or 0) + 1
+        final_dir = Path(settings.MODEL_DIR) / f"v{version}"
+        shutil.rmtree(final_dir, ignore_errors=True)  # an unregistered leftover of a crashed commit
+        work_dir.rename(final_dir)
+        artifact = final_dir / Path(result.artifact_path).name
+        model = ModelVersion.objects.create(
+            version=version, artifact_path=str(artifact), artifact_sha256=file_sha256(artifact),
+            arch=result.metadata.get("arch", run.config.get("arch", "")), classes=list(data.classes),
+            data_fingerprint=fingerprint, train_image_count=len(data.train_items),
+            test_image_count=len(data.test_items), metrics=result.evaluation or {},
+            metadata=_model_metadata(result.metadata),
+        )
+        monitor.log(f"Trained v{version} in {result.duration_s:.0f} s on {result.device}")
+        _finish(run, monitor, TrainingRun.Status.SUCCEEDED, model_version=model,
+                device=str(result.device), duration_s=result.duration_s)
+    # Outside the transaction: the gate may evaluate the production model on the test split.
+    try:
+        apply_gate(model)
+    except Exception as error:  # the run did succeed; the admin can still promote by hand
+        logger.exception("promotion gate failed for v%s", model.version)
+        ModelVersion.objects.filter(pk=model.pk).update(gate_passed=False, gate_reason=f"Gate failed: {error}")
+    return model
+
+
+def _model_metadata(metadata: dict) -> dict:
+    """The artifact metadata minus what ModelVersion stores in its own columns."""
+    return {key: value for key, value in (metadata or {}).items() if key not in {"evaluation"}}
+
+
+def _record_failure(run: TrainingRun, monitor: "RunMonitor", error: BaseException) -> None:
+    from classifier.train import TrainingCancelled
+
+    if isinstance(error, TrainingCancelled) and monitor.stop_reason == "cancel":
+        status, message = TrainingRun.Status.CANCELLED, "Cancelled by an admin"
+    elif monitor.stop_reason == "timeout" or type(error).__name__ in {"SoftTimeLimitExceeded", "TimeLimitExceeded"}:
+        status, message = TrainingRun.Status.FAILED, f"Timed out after {settings.SEM_TRAINING_TIMEOUT_S} s"
+    else:
+        status, message = TrainingRun.Status.FAILED, f"{type(error).__name__}: {error}"
+        monitor.log(traceback.format_exc())
+    logger.warning("training run %s: %s", run.pk, message)
+    try:
+        _finish(run, monitor, status, error=message)
+    finally:
+        _announce_finished(run.pk)
+
+
+def _finish(run: TrainingRun, monitor: "RunMonitor", status: str, **fields) -> None:
+    now = timezone.now()
+    started = run.started_at or now
+    fields.setdefault("duration_s", (now - started).total_seconds())
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status=status, active=None, finished_at=now, heartbeat_at=now, log=monitor.log_text(),
+        history=monitor.history, progress=monitor.last_event,
+        progress_fraction=1.0 if status == TrainingRun.Status.SUCCEEDED else monitor.fraction, **fields,
+    )
+
+
+def _announce_finished(run_id: int) -> None:
+    transaction.on_commit(lambda: events.emit("training.finished", run_id=run_id))
+
+
+class RunMonitor:
+    """Progress, heartbeat, log, cancellation and the time limit of one running training.
+
+    The trainer calls `progress(event)` and `should_stop()` between batches; database writes are
+    throttled to one a second. A background thread keeps the heartbeat fresh through long phases
+    without progress events (evaluation, saving), so "no heartbeat" really means "worker gone".
+    """
+
+    def __init__(self, run: TrainingRun) -> None:
+        self.run_id = run.pk
+        self.deadline = time.monotonic() + settings.SEM_TRAINING_TIMEOUT_S
+        self.stop_reason: str | None = None
+        self.last_event: dict = {}
+        self.fraction = 0.0
+        self.history: list = []
+        self._lines: list[str] = []
+        self._last_write = 0.0
+        self._last_cancel_check = 0.0
+        self._stop_heartbeat = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, name=f"training-{run.pk}-heartbeat", daemon=True)
+        self._log_handler = _ListHandler(self._lines)
+
+    def __enter__(self) -> "RunMonitor":
+        logging.getLogger("classifier").addHandler(self._log_handler)
+        self._heartbeat.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop_heartbeat.set()
+        self._heartbeat.join(timeout=HEARTBEAT_INTERVAL_S * 2)
+        logging.getLogger("classifier").removeHandler(self._log_handler)
+
+    def log(self, message: str) -> None:
+        self._lines.append(f"{timezone.now():%Y-%m-%d %H:%M:%S} {message}")
+
+    def log_text(self) -> str:
+        return "\n".join(self._lines)[-LOG_LIMIT_CHARS:]
+
+    def progress(self, event) -> None:
+        data = _event_dict(event)
+        self.last_event = data
+        self.fraction = float(data.get("fraction", self.fraction) or 0.0)
+        if data.get("kind") in {"epoch_end", "epoch"} or data.get("event") in {"epoch_end", "epoch"}:
+            self.history.append(data)
+            self.log(_describe(data))
+        if time.monotonic() - self._last_write >= PROGRESS_WRITE_INTERVAL_S:
+            self._write()
+
+    def should_stop(self) -> bool:
+        if time.monotonic() > self.deadline:
+            self.stop_reason = "timeout"
+            return True
+        if time.monotonic() - self._last_cancel_check >= PROGRESS_WRITE_INTERVAL_S:
+            self._last_cancel_check = time.monotonic()
+            if TrainingRun.objects.filter(pk=self.run_id, cancel_requested=True).exists():
+                self.stop_reason = "cancel"
+        return self.stop_reason is not None
+
+    def _write(self) -> None:
+        self._last_write = time.monotonic()
+        TrainingRun.objects.filter(pk=self.run_id, status=TrainingRun.Status.RUNNING).update(
+            progress=self.last_event, progress_fraction=self.fraction, history=self.history,
+            heartbeat_at=timezone.now(), log=self.log_text(),
+        )
+
+    def _beat(self) -> None:
+        try:
+            while not self._stop_heartbeat.wait(HEARTBEAT_INTERVAL_S):
+                TrainingRun.objects.filter(pk=self.run_id, status=TrainingRun.Status.RUNNING).update(
+                    heartbeat_at=timezone.now()
+                )
+        except Exception:
+            logger.exception("training heartbeat failed")
+        finally:
+            connection.close()  # this thread's own connection
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(level=logging.INFO)
+        self.lines = lines
+        self.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+def _event_dict(event) -> dict:
+    import dataclasses
+
+    if dataclasses.is_dataclass(event):
+        data = dataclasses.asdict(event)
+    elif isinstance(event, dict):
+        data = dict(event)
+    else:
+        data = dict(vars(event))
+    return json.loads(json.dumps(data, default=str))  # JSON-safe (numpy floats, paths)
+
+
+def _describe(event: dict) -> str:
+    return " ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                    for key, value in event.items() if not isinstance(value, (dict, list)))
+
+
+# --- Sweeper ---------------------------------------------------------------------------------------
+
+def fail_stale_runs() -> int:
+    """Release the lock of runs whose worker died (no heartbeat) and re-send lost queued runs."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.SEM_TRAINING_STALE_AFTER_S)
+    lost = TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING, heartbeat_at__lt=stale)
+    failed = 0
+    for run in lost:
+        failed += TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING, heartbeat_at__lt=stale).update(
+            status=TrainingRun.Status.FAILED, active=None, finished_at=now,
+            error=f"Worker lost: no heartbeat since {run.heartbeat_at:%Y-%m-%d %H:%M:%S %Z}",
+        )
+        _announce_finished(run.pk)
+    _resend_queued(now)
+    return failed
+
+
+def _resend_queued(now) -> None:
+    """A queued run whose message was lost (broker restart) would hold the lock forever."""
+    from portal.services.queueing import enqueue_training
+
+    waiting = now - timedelta(seconds=settings.SEM_PENDING_SWEEP_AFTER_S)
+    for run_id in TrainingRun.objects.filter(status=TrainingRun.Status.QUEUED, created_at__lt=waiting).values_list(
+        "pk", flat=True
+    ):
+        transaction.on_commit(lambda run_id=run_id: enqueue_training(run_id))
+
+
+# --- Promotion gate, promote, roll back -----------------------------------------------------------------
+
+def gate_decision(candidate: dict, production: dict | None) -> tuple[bool, str]:
+    """(passed, reason) for a candidate's test-split metrics against production's on the same images."""
+    f1 = _macro_f1(candidate)
+    if production is None:
+        floor = settings.SEM_GATE_FIRST_MODEL_FLOOR
+        if f1 >= floor:
+            return True, f"First model: macro-F1 {f1:.3f} >= floor {floor:.3f}"
+        return False, f"First model: macro-F1 {f1:.3f} is below the floor {floor:.3f}"
+    tolerance, max_drop = settings.SEM_GATE_MACRO_F1_TOLERANCE, settings.SEM_GATE_MAX_RECALL_DROP
+    production_f1 = _macro_f1(production)
+    if f1 < production_f1 - tolerance:
+        return False, (f"Macro-F1 {f1:.3f} is below production's {production_f1:.3f}"
+                       f" (tolerance {tolerance:.3f})")
+    drops = _recall_drops(candidate, production)
+    worst = [f"{name} {drop * 100:.1f} points" for name, drop in drops if drop > max_drop + 1e-9]
+    if worst:
+        return False, f"Recall dropped by more than {max_drop * 100:.1f} points: " + ", ".join(worst)
+    return True, f"Macro-F1 {f1:.3f} vs production {production_f1:.3f}; no class recall dropped more than " \
+                 f"{max_drop * 100:.1f} points"
+
+
+def _macro_f1(metrics: dict) -> float:
+    return float((metrics.get("macro_avg") or {}).get("f1") or 0.0)
+
+
+def _recall_drops(candidate: dict, production: dict) -> list[tuple[str, float]]:
+    """Per-class recall drop, for classes with test images in both evaluations."""
+    drops = []
+    candidate_classes = candidate.get("per_class") or {}
+    for name, before in (production.get("per_class") or {}).items():
+        after = candidate_classes.get(name)
+        if not before.get("support"):
+            continue
+        recall_after = after["recall"] if after and after.get("support") else 0.0
+        drops.append((name, float(before["recall"]) - float(recall_after)))
+    return sorted(drops, key=lambda item: -item[1])
+
+
+def apply_gate(candidate: ModelVersion) -> bool:
+    """Promote the candidate if it passes the gate; else record why it stays out."""
+    production = production_model()
+    baseline = production_metrics_on_current_test_split(production, candidate) if production else None
+    passed, reason = gate_decision(candidate.metrics, baseline)
+    ModelVersion.objects.filter(pk=candidate.pk).update(
+        gate_passed=passed, gate_reason=reason,
+        status=ModelVersion.Status.CANDIDATE if passed else ModelVersion.Status.REJECTED,
+    )
+    candidate.refresh_from_db()
+    if passed:
+        promote(candidate, None)
+    return passed
+
+
+def production_metrics_on_current_test_split(production: ModelVersion, candidate: ModelVersion) -> dict:
+    """Production evaluated on the candidate's test images, so both are compared on the same images.
+
+    Falls back to production's stored metrics when it cannot be re-evaluated (artifact gone,
+    classes changed since).
+    """
+    data = training_data()
+    items = data.test_items
+    if not items or set(production.classes) != set(candidate.classes):
+        return production.metrics
+    try:
+        from classifier.engine import Engine
+        from classifier.metrics import evaluate
+
+        engine = Engine.from_artifact(production.artifact_path, expected_sha256=production.artifact_sha256 or None)
+        predictions = engine.predict_paths([path for path, _ in items])
+        return evaluate([label for _, label in items], [p.probabilities for p in predictions], engine.classes)
+    except Exception as error:
+        logger.warning("could not re-evaluate v%s for the gate (%s); using its stored metrics",
+                       production.version, error)
+        return production.metrics
+
+
+@transaction.atomic
+def promote(model: ModelVersion, user=None) -> ModelVersion:
+    """Make `model` the production model (the previous one is retired); used by the gate, UI and API."""
+    locked = {m.pk: m for m in ModelVersion.objects.select_for_update().filter(
+        Q(pk=model.pk) | Q(status=ModelVersion.Status.PRODUCTION))}
+    target = locked.get(model.pk)
+    if target is None:
+        raise ModelActionError("This model version no longer exists")
+    if target.status == ModelVersion.Status.PRODUCTION:
+        return target
+    if not Path(target.artifact_path).is_file():
+        raise ModelActionError(f"v{target.version}'s artifact file is missing: {target.artifact_path}")
+    previous = next((m for m in locked.values() if m.status == ModelVersion.Status.PRODUCTION), None)
+    if previous:
+        ModelVersion.objects.filter(pk=previous.pk).update(status=ModelVersion.Status.RETIRED)
+    now = timezone.now()
+    ModelVersion.objects.filter(pk=target.pk).update(
+        status=ModelVersion.Status.PRODUCTION, promoted_at=now, promoted_by=user
+    )
+    _after_promotion(target.pk, previous.version if previous else None)
+    target.refresh_from_db()
+    return target
+
+
+@transaction.atomic
+def rollback(user=None) -> ModelVersion:
+    """Re-promote the model that was in production before the current one; the current one is rejected."""
+    current = ModelVersion.objects.select_for_update().filter(status=ModelVersion.Status.PRODUCTION).first()
+    if current is None:
+        raise ModelActionError("There is no production model to roll back")
+    previous = (ModelVersion.objects.select_for_update()
+                .filter(status=ModelVersion.Status.RETIRED, promoted_at__isnull=False)
+                .exclude(pk=current.pk).order_by("-promoted_at").first())
+    if previous is None:
+        raise ModelActionError("No earlier production model to roll back to")
+    if not Path(previous.artifact_path).is_file():
+        raise ModelActionError(f"v{previous.version}'s artifact file is missing: {previous.artifact_path}")
+    who = getattr(user, "username", None) or "the system"
+    reason = (current.gate_reason + "\n" if current.gate_reason else "") + \
+        f"Rolled back to v{previous.version} by {who} on {timezone.now():%Y-%m-%d %H:%M}"
+    ModelVersion.objects.filter(pk=current.pk).update(status=ModelVersion.Status.REJECTED, gate_reason=reason)
+    ModelVersion.objects.filter(pk=previous.pk).update(
+        status=ModelVersion.Status.PRODUCTION, promoted_at=timezone.now(), promoted_by=user
+    )
+    _after_promotion(previous.pk, current.version)
+    previous.refresh_from_db()
+    return previous
+
+
+def _after_promotion(model_version_id: int, previous_version: int | None) -> None:
+    from portal.services.queueing import enqueue_backlog
+
+    transaction.on_commit(lambda: events.emit(
+        "model.promoted", model_version_id=model_version_id, previous_version=previous_version))
+    transaction.on_commit(lambda: enqueue_backlog(model_version_id))

@@ -1,0 +1,117 @@
+"""Numbers for the metrics dashboard. Model metrics come from ModelVersion.metrics (the evaluation
+on the fixed test split, written by training); everything counted over images is scoped to the
+user's projects. Each function is one query, whatever the number of images."""
+
+from __future__ import annotations
+
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+
+from portal.models import Category, Label, ModelVersion, Prediction, SEMImage
+from portal.permissions import visible_images
+from portal.web.review_queue import disputed_in
+
+
+def selected_model(version: str | None) -> ModelVersion | None:
+    """The requested version, else production, else the newest one."""
+    if version and version.isdigit():
+        return ModelVersion.objects.filter(version=int(version)).first()
+    return (ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).first()
+            or ModelVersion.objects.order_by("-version").first())
+
+
+def version_history() -> list[dict]:
+    """Accuracy and macro-F1 of every evaluated version, oldest first, for the chart."""
+    versions = ModelVersion.objects.order_by("version").only("version", "status", "metrics")
+    return [
+        {"version": v.version, "status": v.status, "accuracy": v.accuracy, "macro_f1": v.macro_f1}
+        for v in versions if v.metrics
+    ]
+
+
+def class_order(model: ModelVersion | None) -> list[str]:
+    """The model's classes in output order (PostgreSQL's jsonb does not keep a dict's key order)."""
+    if model is None:
+        return []
+    return list((model.metrics or {}).get("classes") or model.classes or [])
+
+
+def per_class_rows(model: ModelVersion | None) -> list[dict]:
+    per_class = ((model.metrics if model else None) or {}).get("per_class") or {}
+    order = [name for name in class_order(model) if name in per_class]
+    order += sorted(set(per_class) - set(order))
+    return [{"name": name, **per_class[name]} for name in order]
+
+
+def confusion_rows(model: ModelVersion | None) -> tuple[list[str], list[dict]]:
+    """Rows of the heatmap: counts, and row-normalised percentages computed from the counts.
+
+    classifier.metrics.evaluate stores the matrix as a list of rows in class order; a
+    {"labels", "counts"} mapping is accepted too.
+    """
+    matrix = ((model.metrics if model else None) or {}).get("confusion_matrix") or []
+    if isinstance(matrix, dict):
+        labels, counts = matrix.get("labels") or [], matrix.get("counts") or []
+    else:
+        labels, counts = class_order(model), matrix
+    rows = []
+    for actual, row in zip(labels, counts):
+        total = sum(row)
+        cells = [
+            {"predicted": predicted, "count": count, "percent": 100.0 * count / total if total else 0.0,
+             "correct": predicted == actual}
+            for predicted, count in zip(labels, row)
+        ]
+        rows.append({"actual": actual, "total": total, "cells": cells})
+    return labels, rows
+
+
+def curated_distribution(user) -> list[dict]:
+    """How many images carry each curated category (the training data's class balance)."""
+    grouped = (visible_images(user).filter(curated_category__isnull=False)
+               .values("curated_category__name").annotate(n=Count("id")).order_by())
+    counts = {row["curated_category__name"]: row["n"] for row in grouped}
+    names = Category.objects.filter(active=True).values_list("name", flat=True)
+    return [{"name": name, "count": counts.get(name, 0)} for name in names]
+
+
+def backlog(user) -> dict[str, int]:
+    images = visible_images(user)
+    totals = images.aggregate(
+        images=Count("id"),
+        unlabelled=Count("id", filter=Q(curated_category__isnull=True)),
+        waiting=Count("id", filter=Q(status__in=[SEMImage.Status.PENDING, SEMImage.Status.NO_MODEL])),
+        failed=Count("id", filter=Q(status=SEMImage.Status.FAILED)),
+    )
+    totals["disputed"] = disputed_in(images).count()
+    return totals
+
+
+def observed_accuracy(user, model: ModelVersion | None) -> dict | None:
+    """How often the production model was right on images reviewers checked since its promotion:
+    current review labels created after promoted_at compared with this model's prediction."""
+    if not model or not model.promoted_at:
+        return None
+    predicted_same = Prediction.objects.filter(
+        image=OuterRef("image"), model_version=model, category=OuterRef("category"))
+    predicted_any = Prediction.objects.filter(image=OuterRef("image"), model_version=model)
+    checked = (
+        Label.objects.filter(is_current=True, source=Label.Source.REVIEW, created_at__gt=model.promoted_at,
+                             image__in=visible_images(user))
+        .filter(Exists(predicted_any))
+        .aggregate(total=Count("id"), correct=Count("id", filter=Q(Exists(predicted_same))))
+    )
+    total = checked["total"]
+    return {**checked, "accuracy": checked["correct"] / total if total else None}
+
+
+def cell_images(user, model: ModelVersion, actual: str, predicted: str) -> QuerySet[SEMImage]:
+    """Test-split images curated as `actual` that `model` predicted as `predicted`."""
+    by_model = Prediction.objects.filter(image=OuterRef("pk"), model_version=model, category__name=predicted)
+    return (
+        visible_images(user)
+        .filter(split=SEMImage.Split.TEST, curated_category__name=actual)
+        .filter(Exists(by_model))
+        .select_related("sample__project", "predicted_category", "curated_category", "uploaded_by")
+        .defer("metadata")
+        .order_by("-uploaded_at", "-id")
+    )

@@ -1,0 +1,27 @@
+"""Browse: a filtered, sorted, paginated thumbnail grid of the images in the user's projects."""
+
+from __future__ import annotations
+
+from django.core.paginator import Paginator
+from django.shortcuts import redirect, render
+
+from portal.models import Category
+from portal.web.access import member_required
+from portal.web.browse_query import filtered_images
+from portal.web.forms import BrowseFilterForm
+
+PAGE_SIZE = 48
+
+
+@member_required
+def home(request):
+    return redirect("web:browse")
+
+
+@member_required
+def browse(request):
+    categories = list(Category.objects.filter(active=True))
+    form = BrowseFilterForm(request.GET or None, user=request.user, categories=categories)
+    images = filtered_images(request.user, form)
+    page = Paginator(images, PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "portal/browse.html", {"form": form, "page": page, "filtered": bool(request.GET)})

@@ -1,0 +1,129 @@
+"""Image detail, one-click correction, and the permission-checked file downloads."""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import PurePath
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from portal.models import Category, Label, SEMImage
+from portal.permissions import can_curate_image, visible_images
+from portal.services.labels import set_label
+from portal.web.access import member_required
+from portal.web.renditions import rendition_path
+
+# Only types a browser renders as images; anything else is served as a download.
+SAFE_IMAGE_TYPES = {"image/png", "image/jpeg", "image/bmp", "image/tiff", "image/webp"}
+ORIGINAL_TYPES = {"TIFF": "image/tiff", "PNG": "image/png", "JPEG": "image/jpeg", "BMP": "image/bmp"}
+
+
+def visible_image_or_404(user, pk: int) -> SEMImage:
+    related = ("sample__project", "sample__owner", "uploaded_by", "predicted_category", "curated_category",
+               "predicted_by")
+    return get_object_or_404(visible_images(user).select_related(*related), pk=pk)
+
+
+@member_required
+def image_detail(request, pk: int):
+    image = visible_image_or_404(request.user, pk)
+    predictions = list(image.predictions.select_related("model_version", "category").order_by("-model_version__version"))
+    for prediction in predictions:
+        prediction.ranked = sorted(prediction.probabilities.items(), key=lambda item: item[1], reverse=True)
+    context = {
+        "image": image,
+        "predictions": predictions,
+        "labels": image.labels.select_related("category", "created_by").order_by("-created_at", "-id"),
+        "can_curate": can_curate_image(request.user, image),
+        "categories": Category.objects.filter(active=True),
+        "instrument_rows": instrument_rows(image),
+    }
+    return render(request, "portal/image_detail.html", context)
+
+
+def instrument_rows(image: SEMImage) -> list[tuple[str, str]]:
+    values = [
+        ("Vendor", image.vendor), ("Model", image.instrument_model),
+        ("Accelerating voltage", _unit(image.accelerating_voltage_kv, "kV")),
+        ("Working distance", _unit(image.working_distance_mm, "mm")),
+        ("Magnification", f"{image.magnification:,.0f}×" if image.magnification else ""),
+        ("Pixel size", _unit(image.pixel_size_nm, "nm")),
+        ("Detector", image.detector),
+        ("Acquired", image.acquired_at.strftime("%Y-%m-%d %H:%M") if image.acquired_at else ""),
+    ]
+    return [(name, value) for name, value in values if value]
+
+
+def _unit(value: float | None, unit: str) -> str:
+    return f"{value:.4g} {unit}" if value is not None else ""
+
+
+@member_required
+@require_POST
+def set_image_label(request, pk: int):
+    """One-click correction from the detail page and the confusion-matrix cell pages."""
+    image = visible_image_or_404(request.user, pk)
+    if not can_curate_image(request.user, image):
+        raise PermissionDenied("Correcting labels needs the curator role in this project.")
+    category = get_object_or_404(Category, pk=request.POST.get("category"), active=True)
+    set_label(image, category, source=Label.Source.REVIEW, user=request.user)
+    messages.success(request, f"{image.original_filename} labelled {category.name}.")
+    return redirect(_safe_next(request) or image_url(image))
+
+
+def image_url(image: SEMImage) -> str:
+    return reverse("web:image_detail", args=[image.pk])
+
+
+def _safe_next(request) -> str | None:
+    target = request.POST.get("next") or ""
+    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+        return target
+    return None
+
+
+# --- files -------------------------------------------------------------------------------------
+
+def _file_response(path_or_file, *, content_type: str, filename: str, attachment: bool) -> FileResponse:
+    if content_type not in SAFE_IMAGE_TYPES:
+        content_type, attachment = "application/octet-stream", True
+    response = FileResponse(path_or_file, content_type=content_type, as_attachment=attachment, filename=filename)
+    # Files of a given URL never change (content-addressed); private: they are permission-checked.
+    response["Cache-Control"] = "private, max-age=86400"
+    return response
+
+
+@member_required
+def image_original(request, pk: int):
+    image = visible_image_or_404(request.user, pk)
+    content_type = ORIGINAL_TYPES.get(image.format.upper(), "application/octet-stream")
+    return _file_response(image.original.open("rb"), content_type=content_type,
+                          filename=image.original_filename, attachment=True)
+
+
+@member_required
+def image_derived(request, pk: int, kind: str):
+    """The thumbnail and the model-input derivative made at ingestion."""
+    image = visible_image_or_404(request.user, pk)
+    stored = getattr(image, kind)
+    if not stored:
+        raise Http404("This image has no such file.")
+    content_type = mimetypes.guess_type(stored.name)[0] or "application/octet-stream"
+    stem = PurePath(image.original_filename).stem
+    return _file_response(stored.open("rb"), content_type=content_type,
+                          filename=f"{stem}-{kind}{PurePath(stored.name).suffix}", attachment=False)
+
+
+@member_required
+def image_rendition(request, pk: int, kind: str):
+    """A browser-displayable PNG of the original (full resolution for the zoomable view)."""
+    image = visible_image_or_404(request.user, pk)
+    stem = PurePath(image.original_filename).stem
+    return _file_response(open(rendition_path(image, kind), "rb"), content_type="image/png",
+                          filename=f"{stem}-{kind}.png", attachment=False)

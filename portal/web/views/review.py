@@ -1,0 +1,104 @@
+"""Review queue for curators: one image at a time, driven by the keyboard (static/js/review.js).
+
+Every action is a POST that redirects back to the queue, so the page always shows the server's
+current head of the queue; skips and the undo stack live in the session.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.db import transaction
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from portal.models import Category, Label
+from portal.services.labels import confirm_label, set_label, undo_label
+from portal.web import review_queue as queue
+from portal.web.access import curator_required
+from portal.web.forms import BulkAcceptForm
+
+SHORTCUT_KEYS = "1234567890"
+
+
+@curator_required
+def review(request):
+    categories = list(Category.objects.filter(active=True))
+    image, part = queue.next_image(request.user, queue.skipped_ids(request.session))
+    context = {
+        "image": image,
+        "part": part,
+        "remaining": queue.remaining(request.user),
+        "skipped": len(queue.skipped_ids(request.session)),
+        "can_undo": queue.undo_depth(request.session) > 0,
+        "shortcuts": list(zip(SHORTCUT_KEYS, categories)),
+        "suggestions": queue.suggestions(image, {c.name: c for c in categories}) if image else [],
+        "bulk_form": BulkAcceptForm(),
+    }
+    return render(request, "portal/review.html", context)
+
+
+@curator_required
+@require_POST
+def review_label(request, pk: int):
+    """Number keys and Enter: label the image; the same category as its curated label confirms it."""
+    image = get_object_or_404(queue.curatable(request.user), pk=pk)
+    category = get_object_or_404(Category, pk=request.POST.get("category"), active=True)
+    if image.curated_category_id == category.pk:
+        label = confirm_label(image, user=request.user, note="confirmed in the review queue")
+    else:
+        label = set_label(image, category, source=Label.Source.REVIEW, user=request.user)
+    queue.push_undo(request.session, [label.pk])
+    return redirect("web:review")
+
+
+@curator_required
+@require_POST
+def review_skip(request, pk: int):
+    queue.remember_skip(request.session, pk)
+    return redirect("web:review")
+
+
+@curator_required
+@require_POST
+def review_unskip(request):
+    queue.forget_skips(request.session)
+    return redirect("web:review")
+
+
+@curator_required
+@require_POST
+def review_undo(request):
+    """Withdraw the labels of this session's last action; the previous label (if any) is current again."""
+    label_ids = queue.pop_undo(request.session)
+    if not label_ids:
+        messages.info(request, "Nothing to undo.")
+        return redirect("web:review")
+    # Only this user's own labels, in projects they still curate.
+    labels = Label.objects.filter(pk__in=label_ids, created_by=request.user,
+                                  image__in=queue.curatable(request.user))
+    with transaction.atomic():
+        undone = [undo_label(label) for label in labels]
+    messages.info(request, f"Undid {len(undone)} label{'s' if len(undone) != 1 else ''}.")
+    return redirect("web:review")
+
+
+@curator_required
+@require_POST
+def review_bulk_accept(request):
+    form = BulkAcceptForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose a confidence between 50 and 100 %.")
+        return redirect("web:review")
+    threshold = form.cleaned_data["min_confidence"]
+    candidates = queue.bulk_candidates(request.user, threshold / 100).select_related("predicted_category")
+    with transaction.atomic():
+        created = [
+            set_label(image, image.predicted_category, source=Label.Source.REVIEW, user=request.user,
+                      note=f"bulk acceptance at confidence ≥ {threshold} %").pk
+            for image in candidates
+        ]
+    if created:
+        queue.push_undo(request.session, created)
+    messages.success(request, f"Accepted {len(created)} prediction{'s' if len(created) != 1 else ''} "
+                              f"at confidence ≥ {threshold} % (U undoes).")
+    return redirect("web:review")

@@ -1,0 +1,106 @@
+"""Training page: runs, live progress, loss curves, evaluation and the promotion gate.
+
+Everyone signed in may look; only admins may start a run, promote or roll back (POST + CSRF).
+The actions delegate to portal.services.training, which holds the TrainingRun.active lock.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from portal.models import ModelVersion, TrainingRun
+from portal.web.access import admin_required, member_required
+from portal.web.dashboard_data import per_class_rows
+
+RECENT_RUNS = 20
+
+
+@member_required
+def training(request):
+    runs = TrainingRun.objects.select_related("model_version", "requested_by")[:RECENT_RUNS]
+    context = {
+        "runs": runs,
+        "active_run": TrainingRun.objects.filter(active=True).first(),
+        "models": ModelVersion.objects.select_related("promoted_by").defer("metadata"),
+    }
+    return render(request, "portal/training.html", context)
+
+
+@member_required
+def training_run(request, pk: int):
+    run = get_object_or_404(TrainingRun.objects.select_related("model_version", "requested_by"), pk=pk)
+    model = run.model_version
+    context = {
+        "run": run,
+        "model": model,
+        "per_class": per_class_rows(model),
+        "config_rows": sorted((run.config or {}).items()),
+    }
+    return render(request, "portal/training_run.html", context)
+
+
+@member_required
+@require_GET
+def training_progress(request, pk: int):
+    """Polled by the progress bar: stage size, epoch, loss, and the run's status."""
+    run = get_object_or_404(TrainingRun, pk=pk)
+    return JsonResponse(progress_payload(run))
+
+
+def progress_payload(run: TrainingRun) -> dict:
+    return {
+        "id": run.pk,
+        "status": run.status,
+        "status_display": run.get_status_display(),
+        "active": bool(run.active),
+        "fraction": run.progress_fraction,
+        "progress": run.progress,
+        "history": run.history,
+        "error": run.error,
+        "model_version": run.model_version.version if run.model_version_id else None,
+    }
+
+
+@admin_required
+@require_POST
+def training_start(request):
+    from portal.services import training as service
+
+    run = service.request_training(trigger=TrainingRun.Trigger.MANUAL, user=request.user, force=True)
+    if run is None:
+        messages.warning(request, "A training run is already queued or running.")
+    else:
+        messages.success(request, f"Training run {run.pk} queued.")
+    return redirect("web:training")
+
+
+@admin_required
+@require_POST
+def model_promote(request, version: int):
+    from portal.services import training as service
+
+    model = get_object_or_404(ModelVersion, version=version)
+    try:
+        promoted = service.promote(model, request.user)
+    except service.ModelActionError as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, f"Model v{promoted.version} is now in production.")
+    return redirect("web:training")
+
+
+@admin_required
+@require_POST
+def model_rollback(request):
+    from portal.services import training as service
+
+    try:
+        restored = service.rollback(request.user)
+    except service.ModelActionError as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, f"Rolled back: v{restored.version} is in production again.")
+    return redirect("web:training")

@@ -1,0 +1,109 @@
+"""Upload page: pick or create a sample, then the page's script posts each file to upload_file
+(one ingest_file call per file) and polls upload_status until every image is classified."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from portal.models import Category, Label, SEMImage
+from portal.permissions import can_upload_to, curated_projects, visible_images, visible_samples
+from portal.web.access import member_required
+from portal.web.forms import SampleForm
+
+MAX_STATUS_IDS = 500
+
+
+@member_required
+def upload_page(request):
+    form = SampleForm(request.POST or None, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        sample = form.save(commit=False)
+        sample.owner = request.user
+        sample.save()
+        messages.success(request, f"Sample {sample.lab_sample_id} created.")
+        return redirect(f"{reverse('web:upload')}?sample={sample.pk}")
+    samples = visible_samples(request.user).select_related("project").order_by("project__name", "lab_sample_id")
+    selected = samples.filter(pk=request.GET.get("sample")).first() if request.GET.get("sample", "").isdigit() else None
+    context = {
+        "sample_form": form,
+        "samples": samples,
+        "selected": selected,
+        "can_label": selected is not None and curated_projects(request.user).filter(pk=selected.project_id).exists(),
+        "categories": Category.objects.filter(active=True),
+    }
+    return render(request, "portal/upload.html", context)
+
+
+@member_required
+@require_POST
+def upload_file(request):
+    """Store one file through the ingestion service; answers stored, duplicate or rejected."""
+    from portal.services.ingest import IngestError, StorageFull, ingest_file
+
+    sample = visible_samples(request.user).filter(pk=_int(request.POST.get("sample"))).first()
+    if sample is None or not can_upload_to(request.user, sample):
+        return JsonResponse({"outcome": "rejected", "reason": "Choose one of your samples first."}, status=404)
+    upload = request.FILES.get("file")
+    if upload is None:
+        return JsonResponse({"outcome": "rejected", "reason": "No file in the request."}, status=400)
+    label = _upload_label(request, sample)
+    try:
+        result = ingest_file(upload, filename=upload.name, sample=sample, uploaded_by=request.user,
+                             label=label, label_source=Label.Source.UPLOAD)
+    except IngestError as error:
+        return JsonResponse({"outcome": "rejected", "filename": upload.name, "code": error.code,
+                             "reason": error.message}, status=422)
+    except StorageFull as error:
+        return JsonResponse({"outcome": "rejected", "filename": upload.name, "code": error.code,
+                             "reason": error.message}, status=507)
+    return JsonResponse(_outcome(request.user, result.image, result.created, upload.name),
+                        status=201 if result.created else 200)
+
+
+def _upload_label(request, sample) -> Category | None:
+    """A known category given at upload is a curated label: only curators of the project may set it."""
+    category_id = _int(request.POST.get("category"))
+    if not category_id or not curated_projects(request.user).filter(pk=sample.project_id).exists():
+        return None
+    return Category.objects.filter(pk=category_id, active=True).first()
+
+
+def _outcome(user, image: SEMImage, created: bool, filename: str) -> dict:
+    if created:
+        return {"outcome": "stored", "filename": filename, **image_status(image)}
+    # The same bytes are already stored, possibly in a project this user cannot see: link it only
+    # when visible, and never reveal anything about an invisible one.
+    visible = visible_images(user).filter(pk=image.pk).exists()
+    duplicate = {"outcome": "duplicate", "filename": filename}
+    if visible:
+        duplicate.update(image_status(image), existing_filename=image.original_filename)
+    return duplicate
+
+
+def image_status(image: SEMImage) -> dict:
+    return {
+        "id": image.pk,
+        "url": reverse("web:image_detail", args=[image.pk]),
+        "thumbnail": reverse("web:image_thumbnail", args=[image.pk]),
+        "status": image.status,
+        "status_display": image.get_status_display(),
+        "predicted": image.predicted_category.name if image.predicted_category_id else None,
+        "confidence": image.predicted_confidence,
+    }
+
+
+@member_required
+@require_GET
+def upload_status(request):
+    """Live status of the given images (the upload page polls this until all are classified)."""
+    ids = [int(part) for part in request.GET.get("ids", "").split(",") if part.isdigit()][:MAX_STATUS_IDS]
+    images = visible_images(request.user).filter(pk__in=ids).select_related("predicted_category")
+    return JsonResponse({"images": [image_status(image) for image in images]})
+
+
+def _int(value) -> int | None:
+    return int(value) if value and str(value).isdigit() else None

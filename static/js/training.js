@@ -1,0 +1,102 @@
+// Training pages: poll a run's progress (stage, epoch, loss) while it is queued or running, and draw
+// its loss curves from TrainingRun.history.
+(function () {
+  "use strict";
+  var POLL_MS = 2000;
+  var lossChart = null;
+
+  function describe(progress) {
+    if (!progress || !progress.event) return "";
+    var parts = [];
+    if (progress.stage !== undefined && progress.stages) parts.push("stage " + (progress.stage + 1) + "/" + progress.stages);
+    if (progress.size) parts.push(progress.size + " px");
+    if (progress.epoch !== undefined && progress.epochs) parts.push("epoch " + (progress.epoch + 1) + "/" + progress.epochs);
+    if (progress.batch !== undefined && progress.batches) parts.push("batch " + (progress.batch + 1) + "/" + progress.batches);
+    var loss = progress.valid_loss !== undefined && progress.valid_loss !== null ? progress.valid_loss : progress.train_loss;
+    if (typeof loss === "number") parts.push("loss " + loss.toFixed(3));
+    if (!parts.length) parts.push(progress.event.replace(/_/g, " "));
+    return parts.join(" · ");
+  }
+
+  function render(box, data) {
+    var fraction = Math.round((data.fraction || 0) * 100);
+    var bar = box.querySelector(".progress");
+    bar.querySelector("span").style.width = fraction + "%";
+    bar.setAttribute("aria-valuenow", fraction);
+    var status = box.querySelector('[data-field="status"]');
+    status.textContent = data.status_display;
+    status.className = "badge status-" + data.status;
+    var detail = data.active ? [describe(data.progress), fraction + "%"].filter(Boolean).join(" · ") : "";
+    box.querySelector('[data-field="detail"]').textContent = detail;
+  }
+
+  function watch(box) {
+    var wasActive = null;
+    function poll() {
+      fetch(box.dataset.progressUrl, { headers: { Accept: "application/json" } })
+        .then(function (response) { return response.json(); })
+        .then(function (data) {
+          render(box, data);
+          drawLosses(data.history);
+          // When the run ends, reload once to show the evaluation and the gate's decision.
+          if (wasActive && !data.active) { window.location.reload(); return; }
+          wasActive = data.active;
+          if (data.active) setTimeout(poll, POLL_MS);
+        })
+        .catch(function () { setTimeout(poll, POLL_MS * 2); });
+    }
+    poll();
+  }
+
+  // TrainingRun.history holds epoch_end progress events while a run is going, and the trainer's
+  // per-stage records ({stage, size, epochs: [{epoch, train_loss, valid_loss}, ...]}) once it is done.
+  function epochRows(history) {
+    var rows = [];
+    (history || []).forEach(function (row) {
+      if (!row) return;
+      if (Array.isArray(row.epochs)) {
+        row.epochs.forEach(function (entry) { rows.push(Object.assign({ stage: row.stage, size: row.size }, entry)); });
+      } else if (row.event === "epoch_end" || row.train_loss !== undefined) {
+        rows.push(row);
+      }
+    });
+    return rows;
+  }
+
+  function drawLosses(history) {
+    var canvas = document.getElementById("loss-chart");
+    var rows = epochRows(history);
+    if (!canvas || !rows.length || typeof Chart === "undefined") return;
+    var empty = document.getElementById("loss-empty");
+    if (empty) empty.hidden = true;
+    var labels = rows.map(function (row) { return row.size + " px · e" + (row.epoch + 1); });
+    var train = rows.map(function (row) { return row.train_loss; });
+    var valid = rows.map(function (row) { return row.valid_loss; });
+    if (lossChart) {
+      lossChart.data.labels = labels;
+      lossChart.data.datasets[0].data = train;
+      lossChart.data.datasets[1].data = valid;
+      lossChart.update();
+      return;
+    }
+    lossChart = new Chart(canvas, {
+      type: "line",
+      data: {
+        labels: labels,
+        datasets: [
+          { label: "Training loss", data: train, borderColor: "#2a6bb3", backgroundColor: "#2a6bb3", tension: 0.2 },
+          { label: "Validation loss", data: valid, borderColor: "#b3261e", backgroundColor: "#b3261e", tension: 0.2 },
+        ],
+      },
+      options: {
+        animation: false,
+        maintainAspectRatio: false,
+        scales: { y: { beginAtZero: true }, x: { title: { display: true, text: "progressive resizing stage · epoch" } } },
+        plugins: { legend: { position: "bottom" } },
+      },
+    });
+  }
+
+  drawLosses(Portal.readJson("history-data"));
+  document.querySelectorAll(".run-progress").forEach(watch);
+})();

@@ -1,0 +1,177 @@
+// Upload page: one XHR per file (so each has its own progress bar), a few at a time, then poll the
+// status endpoint until every stored image is classified.
+(function () {
+  "use strict";
+  var panel = document.getElementById("upload-panel");
+  if (!panel) return;
+
+  var PARALLEL_UPLOADS = 2;
+  var POLL_MS = 1500;
+  var FINAL_STATUSES = { classified: true, failed: true };
+  var input = document.getElementById("id_files");
+  var dropzone = document.getElementById("dropzone");
+  var list = document.getElementById("file-list");
+  var summary = document.getElementById("upload-summary");
+  var knownCategory = document.getElementById("id_known_category");
+  var waiting = [];     // files not yet sent
+  var active = 0;       // uploads in flight
+  var rows = {};        // image id -> rows showing it (the same image can come back as a duplicate)
+  var counts = { stored: 0, duplicate: 0, rejected: 0 };
+  var pollTimer = null;
+
+  function addFiles(files) {
+    Array.prototype.forEach.call(files, function (file) {
+      waiting.push({ file: file, row: makeRow(file) });
+    });
+    pump();
+  }
+
+  function makeRow(file) {
+    var row = Portal.text("li", null, "file-row");
+    row.appendChild(Portal.text("span", file.name, "fname"));
+    var progress = Portal.text("div", null, "progress");
+    progress.appendChild(document.createElement("span"));
+    row.appendChild(progress);
+    row.appendChild(Portal.text("span", "Waiting…", "outcome"));
+    list.appendChild(row);
+    return row;
+  }
+
+  function pump() {
+    while (active < PARALLEL_UPLOADS && waiting.length) {
+      active += 1;
+      send(waiting.shift());
+    }
+    updateSummary();
+  }
+
+  function send(item) {
+    var form = new FormData();
+    form.append("sample", panel.dataset.sampleId);
+    form.append("file", item.file, item.file.name);
+    if (knownCategory && knownCategory.value) form.append("category", knownCategory.value);
+    var xhr = new XMLHttpRequest();
+    xhr.open("POST", panel.dataset.uploadUrl);
+    xhr.setRequestHeader("X-CSRFToken", Portal.csrfToken());
+    xhr.upload.onprogress = function (event) {
+      if (event.lengthComputable) setProgress(item.row, event.loaded / event.total);
+    };
+    setOutcome(item.row, "Uploading…", "");
+    xhr.onload = function () { finished(item, xhr); };
+    xhr.onerror = function () { showRejected(item.row, "Network error: the upload did not reach the server."); done(); };
+    xhr.send(form);
+  }
+
+  function finished(item, xhr) {
+    var body = null;
+    try { body = JSON.parse(xhr.responseText); } catch (error) { body = null; }
+    setProgress(item.row, 1);
+    if (!body) {
+      showRejected(item.row, "Server error " + xhr.status + ".");
+    } else if (body.outcome === "rejected") {
+      showRejected(item.row, body.reason);
+    } else {
+      counts[body.outcome] += 1;
+      showStored(item.row, body);
+    }
+    done();
+  }
+
+  function done() {
+    active -= 1;
+    pump();
+  }
+
+  function showRejected(row, reason) {
+    counts.rejected += 1;
+    row.querySelector(".progress").classList.add("bad");
+    setOutcome(row, "Rejected: " + reason, "rejected");
+  }
+
+  function showStored(row, image) {
+    row.dataset.outcome = image.outcome;
+    if (!image.id) {
+      setOutcome(row, "Duplicate of an image already stored in another project.", "duplicate");
+      return;
+    }
+    (rows[image.id] = rows[image.id] || []).push(row);
+    renderStatus(row, image);
+    schedulePoll();
+  }
+
+  function renderStatus(row, image) {
+    var outcome = row.querySelector(".outcome");
+    outcome.textContent = "";
+    outcome.className = "outcome " + row.dataset.outcome;
+    var link = Portal.text("a", row.dataset.outcome === "duplicate"
+      ? "Duplicate of " + (image.existing_filename || "an existing image") : "Stored");
+    link.href = image.url;
+    outcome.appendChild(link);
+    outcome.appendChild(document.createTextNode(" · "));
+    var status = Portal.text("span", image.status === "classified"
+      ? "Classified: " + image.predicted + " " + Portal.percent(image.confidence)
+      : image.status_display, "badge status-" + image.status);
+    status.dataset.status = image.status;
+    outcome.appendChild(status);
+  }
+
+  function setProgress(row, fraction) {
+    row.querySelector(".progress > span").style.width = Math.round(fraction * 100) + "%";
+  }
+
+  function setOutcome(row, message, kind) {
+    var outcome = row.querySelector(".outcome");
+    outcome.textContent = message;
+    outcome.className = "outcome " + kind;
+  }
+
+  function pendingIds() {
+    return Object.keys(rows).filter(function (id) {
+      return rows[id].some(function (row) {
+        var badge = row.querySelector("[data-status]");
+        return !badge || !FINAL_STATUSES[badge.dataset.status];
+      });
+    });
+  }
+
+  function schedulePoll() {
+    if (!pollTimer) pollTimer = setTimeout(poll, POLL_MS);
+  }
+
+  function poll() {
+    pollTimer = null;
+    var ids = pendingIds();
+    if (!ids.length) { updateSummary(); return; }
+    fetch(panel.dataset.statusUrl + "?ids=" + ids.join(","), { headers: { Accept: "application/json" } })
+      .then(function (response) { return response.ok ? response.json() : { images: [] }; })
+      .then(function (data) {
+        data.images.forEach(function (image) {
+          (rows[image.id] || []).forEach(function (row) { renderStatus(row, image); });
+        });
+        updateSummary();
+        schedulePoll();
+      })
+      .catch(function () { schedulePoll(); });
+  }
+
+  function updateSummary() {
+    var total = list.children.length;
+    if (!total) { summary.textContent = ""; return; }
+    var inFlight = waiting.length + active;
+    var unclassified = pendingIds().length;
+    summary.textContent = total + " file" + (total === 1 ? "" : "s") + ": " + counts.stored + " stored, " +
+      counts.duplicate + " duplicate, " + counts.rejected + " rejected" +
+      (inFlight ? " · " + inFlight + " uploading" : "") +
+      (unclassified ? " · " + unclassified + " waiting for classification" : "") +
+      (!unclassified && !inFlight && Object.keys(rows).length ? " · classification finished" : "");
+  }
+
+  input.addEventListener("change", function () { addFiles(input.files); input.value = ""; });
+  ["dragenter", "dragover"].forEach(function (name) {
+    dropzone.addEventListener(name, function (event) { event.preventDefault(); dropzone.classList.add("over"); });
+  });
+  ["dragleave", "drop"].forEach(function (name) {
+    dropzone.addEventListener(name, function (event) { event.preventDefault(); dropzone.classList.remove("over"); });
+  });
+  dropzone.addEventListener("drop", function (event) { addFiles(event.dataTransfer.files); });
+})();

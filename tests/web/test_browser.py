@@ -1,0 +1,240 @@
+"""End to end in Debian's Chromium (Playwright) against the live server and a real Celery worker.
+
+Every page visited is saved to test-artifacts/screenshots/, and a test fails on a JavaScript error
+in the console, an uncaught exception, or an asset (script, style, image, font) that failed to load.
+Skipped only when /usr/bin/chromium is absent (`apt-get install chromium`); never downloads a browser.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django.urls import reverse
+
+from portal.models import Category, Label, Membership, ModelVersion, Project, Sample, SEMImage, TrainingRun
+from tests.worker_fixtures import synthetic_png
+
+pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+ASSET_TYPES = {"script", "stylesheet", "image", "font"}
+PASSWORD = "pw-browser-123"
+SHORTCUT_KEYS = "1234567890"
+
+
+class BrowserProblems:
+    """Console errors, page exceptions and failed asset loads seen by one page."""
+
+    def __init__(self, page) -> None:
+        self.items: list[str] = []
+        page.on("console", lambda message: message.type == "error" and self.items.append(f"console: {message.text}"))
+        page.on("pageerror", lambda error: self.items.append(f"exception: {error}"))
+        page.on("requestfailed", self._request_failed)
+        page.on("response", self._response)
+
+    def _request_failed(self, request) -> None:
+        # ERR_ABORTED is the browser cancelling a load because the test navigated on (lazy thumbnails
+        # of a page left at once), not a load that failed.
+        if request.failure == "net::ERR_ABORTED":
+            return
+        if request.resource_type in ASSET_TYPES or "/static/" in request.url:
+            self.items.append(f"asset failed: {request.url} ({request.failure})")
+
+    def _response(self, response) -> None:
+        if response.status >= 400 and (response.request.resource_type in ASSET_TYPES or "/static/" in response.url):
+            self.items.append(f"asset {response.status}: {response.url}")
+
+    def assert_none(self) -> None:
+        assert self.items == [], "\n".join(self.items)
+
+
+@pytest.fixture
+def browser(live_server, monkeypatch):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)")
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the test makes between
+    # browser steps are ordinary synchronous code.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        context = chromium.new_context(base_url=live_server.url, viewport={"width": 1440, "height": 900})
+        context.set_default_timeout(20_000)
+        page = context.new_page()
+        page.problems = BrowserProblems(page)
+        yield page
+        context.close()
+        chromium.close()
+
+
+def screenshot(page, name: str) -> None:
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def log_in(page, username: str) -> None:
+    page.goto(reverse("login"))
+    screenshot(page, "01-login")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+    assert page.url.endswith(reverse("web:browse")), page.url
+
+
+def press(page, key: str) -> None:
+    """A review-queue shortcut: each one submits a form and loads the next image."""
+    with page.expect_navigation():
+        page.keyboard.press(key)
+
+
+def lab(django_user_model, *, staff: bool = False):
+    project = Project.objects.create(name="Nanostructures lab")
+    person = django_user_model.objects.create_user("rosa" if not staff else "root", password=PASSWORD, is_staff=staff)
+    Membership.objects.create(project=project, user=person, role=Membership.Role.CURATOR)
+    sample = Sample.objects.create(project=project, lab_sample_id="NS-0042", name="Mixed nanostructures",
+                                   material="ZnO / Si", owner=person)
+    return person, sample
+
+
+def test_upload_classify_review_and_dashboard(browser, celery_worker, production_model, django_user_model,
+                                              tmp_path):
+    page = browser
+    curator, sample = lab(django_user_model)
+    files = []
+    for index, folder in enumerate(("Fibres", "Particles", "Porous_Sponge")):
+        path = tmp_path / f"{folder.lower()}-{index}.png"
+        path.write_bytes(synthetic_png(folder, 500 + index))
+        files.append(str(path))
+    log_in(page, curator.username)
+
+    page.goto(reverse("web:dashboard"))
+    assert page.text_content("#stat-backlog").strip() == "0"
+    assert page.text_content("#stat-observed").strip() == "—"
+
+    # Upload three images and watch the worker classify them.
+    page.goto(f"{reverse('web:upload')}?sample={sample.pk}")
+    page.set_input_files("#id_files", files)
+    page.wait_for_function(
+        "document.getElementById('upload-summary').textContent.includes('classification finished')",
+        timeout=120_000)
+    outcomes = page.locator(".file-row .outcome").all_text_contents()
+    assert len(outcomes) == 3 and all("Stored" in text and "Classified:" in text for text in outcomes), outcomes
+    screenshot(page, "02-upload")
+    images = list(SEMImage.objects.filter(sample=sample))
+    assert len(images) == 3
+    assert all(image.status == "classified" and image.predicted_by_id == production_model.pk for image in images)
+
+    page.goto(reverse("web:browse"))
+    assert page.locator(".card").count() == 3
+    screenshot(page, "03-browse")
+
+    page.goto(reverse("web:image_detail", args=[images[0].pk]))
+    page.wait_for_selector("#viewer canvas")
+    page.wait_for_load_state("networkidle")
+    screenshot(page, "04-image-detail")
+
+    # Review queue: correct the most uncertain image with a number key.
+    page.goto(reverse("web:review"))
+    first = SEMImage.objects.get(pk=page.get_attribute("#review", "data-image-id"))
+    categories = list(Category.objects.filter(active=True))
+    target = next(category for category in categories if category.pk != first.predicted_category_id)
+    screenshot(page, "05-review")
+    press(page, SHORTCUT_KEYS[categories.index(target)])
+    first.refresh_from_db()
+    assert first.curated_category == target
+    label = Label.objects.get(image=first, is_current=True)
+    assert (label.source, label.created_by) == ("review", curator)
+    assert page.text_content("#remaining-total").strip() == "2"
+
+    # Enter accepts the suggestion, U undoes it, S skips.
+    second = SEMImage.objects.get(pk=page.get_attribute("#review", "data-image-id"))
+    press(page, "Enter")
+    second.refresh_from_db()
+    assert second.curated_category_id == second.predicted_category_id
+    press(page, "u")
+    second.refresh_from_db()
+    assert second.curated_category is None
+    assert page.get_attribute("#review", "data-image-id") == str(second.pk)
+    press(page, "s")
+    assert page.get_attribute("#review", "data-image-id") != str(second.pk)
+
+    # The dashboard now counts one fewer unlabelled image and one checked (wrong) prediction.
+    page.goto(reverse("web:dashboard"))
+    assert page.text_content("#stat-backlog").strip() == "2"
+    assert page.text_content("#stat-observed").strip() == "0.000"
+    assert "0 of 1 checked" in page.text_content(".stats")
+    assert page.locator("#confusion-matrix tbody tr").count() == len(production_model.classes)
+    page.wait_for_selector("#history-chart")
+    screenshot(page, "06-dashboard")
+    page.locator("#matrix-toggle button[data-mode=percent]").click()
+    assert "%" in page.text_content("#confusion-matrix tbody td")
+    with page.expect_navigation():
+        page.locator("#confusion-matrix td a").first.click()
+    assert "/cell/" in page.url
+    screenshot(page, "07-confusion-cell")
+
+    page.goto(reverse("web:training"))
+    assert page.locator("#train-now").count() == 0  # curators do not train
+    screenshot(page, "08-training-curator")
+    page.goto("/account/tokens/")
+    screenshot(page, "09-api-tokens")
+    page.problems.assert_none()
+
+
+def test_admin_trains_a_model_and_sees_it_promoted(browser, worker_factory, upload_images, django_user_model):
+    page = browser
+    worker = worker_factory(SEM_TRAIN_ARCH="resnet18", SEM_TRAIN_SIZES=[32, 48], SEM_TRAIN_EPOCHS=[2, 1],
+                            SEM_GATE_FIRST_MODEL_FLOOR=0.0)
+    admin, sample = lab(django_user_model, staff=True)
+    upload_images(sample, admin, 16, labelled=True)
+    log_in(page, admin.username)
+
+    page.goto(reverse("web:training"))
+    with page.expect_navigation():
+        page.click("#train-now")
+    assert "queued" in page.text_content(".messages")
+    run = TrainingRun.objects.get()
+    # The progress bar follows the run; when it ends the page reloads with the new model.
+    worker.wait_until(lambda: TrainingRun.objects.filter(pk=run.pk, status="running").exists(), timeout=60,
+                      what="the training run to start")
+    # The script has polled the progress endpoint once it shows a state other than the server-rendered one
+    # (or the run already ended and the page reloaded without the progress panel).
+    page.wait_for_function("""() => {
+        const status = document.querySelector('.run-progress [data-field=status]');
+        return !status || status.textContent.trim() !== 'Queued';
+    }""")
+    screenshot(page, "10-training-progress")
+    worker.wait_until(lambda: TrainingRun.objects.get(pk=run.pk).status in ("succeeded", "failed"), timeout=240,
+                      what="the training run to finish")
+    run.refresh_from_db()
+    assert run.status == "succeeded", run.error
+    page.wait_for_selector("#models", timeout=30_000)
+    model = ModelVersion.objects.get()
+    assert model.status == ModelVersion.Status.PRODUCTION
+    assert "Production" in page.text_content("#models")
+    screenshot(page, "11-training-done")
+
+    with page.expect_navigation():
+        page.click("#rollback")
+    assert "No earlier production model" in page.text_content(".messages")
+
+    page.goto(reverse("web:training_run", args=[run.pk]))
+    page.wait_for_selector("#loss-chart")
+    assert page.is_hidden("#loss-empty")
+    # Three epochs (2 at 32 px, 1 at 48 px), each with a training and a validation loss.
+    chart = page.evaluate("""() => { const data = Chart.getChart('loss-chart').data;
+        return {labels: data.labels, train: data.datasets[0].data, valid: data.datasets[1].data}; }""")
+    assert chart["labels"] == ["32 px · e1", "32 px · e2", "48 px · e1"], chart
+    assert all(isinstance(value, float) and value > 0 for value in chart["train"] + chart["valid"]), chart
+    assert "passed" in page.text_content(".facts")
+    screenshot(page, "12-training-run")
+    page.goto(reverse("web:dashboard"))
+    assert page.text_content("#stat-accuracy").strip() != "—"
+    screenshot(page, "13-dashboard-new-model")
+    page.problems.assert_none()

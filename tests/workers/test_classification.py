@@ -1,0 +1,186 @@
+"""Classification service, in-process (the worker tests run the same code in real worker processes)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from portal.models import ModelVersion, Prediction, SEMImage
+from portal.services import classification
+
+
+def _reload(images):
+    return list(SEMImage.objects.filter(pk__in=[image.pk for image in images]).order_by("pk"))
+
+
+def test_batch_writes_predictions_and_denormalised_columns(production_model, sample, user, upload_images):
+    images = upload_images(sample, user, 3)
+
+    outcome = classification.classify_images([image.pk for image in images])
+
+    assert sorted(outcome.classified) == sorted(image.pk for image in images)
+    for image in _reload(images):
+        prediction = Prediction.objects.get(image=image, model_version=production_model)
+        assert image.status == SEMImage.Status.CLASSIFIED
+        assert image.predicted_by_id == production_model.pk
+        assert image.predicted_category_id == prediction.category_id
+        assert image.predicted_confidence == pytest.approx(prediction.confidence)
+        assert image.claimed_at is None and image.classify_attempts == 1
+        assert set(prediction.probabilities) == set(production_model.classes)  # jsonb keeps no key order
+        assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+        assert prediction.confidence == pytest.approx(max(prediction.probabilities.values()))
+        assert 0.0 <= prediction.margin <= prediction.confidence
+        assert prediction.entropy >= 0.0
+
+
+def test_a_second_delivery_of_the_same_batch_writes_nothing(production_model, sample, user, upload_images):
+    ids = [image.pk for image in upload_images(sample, user, 2)]
+    classification.classify_images(ids)
+
+    again = classification.classify_images(ids)
+
+    assert again.claimed == 0
+    assert Prediction.objects.filter(image_id__in=ids).count() == 2
+
+
+def test_a_message_for_one_upload_takes_other_pending_uploads_into_its_batch(
+        production_model, sample, user, upload_images, settings):
+    settings.SEM_CLASSIFY_BATCH_SIZE = 3
+    images = upload_images(sample, user, 5)
+
+    outcome = classification.classify_images([images[-1].pk])
+
+    assert images[-1].pk in outcome.classified
+    assert len(outcome.classified) == 3  # the message's image plus the two oldest pending ones
+    assert set(outcome.classified) - {images[-1].pk} == {images[0].pk, images[1].pk}
+
+
+def test_without_a_production_model_images_wait_for_one(sample, user, upload_images):
+    images = upload_images(sample, user, 2)
+
+    outcome = classification.classify_images([image.pk for image in images])
+
+    assert outcome.parked == 2
+    assert {image.status for image in _reload(images)} == {SEMImage.Status.NO_MODEL}
+
+
+def test_claims_are_exclusive_until_they_go_stale(production_model, sample, user, upload_images, settings):
+    ids = [image.pk for image in upload_images(sample, user, 3)]
+
+    first = classification.claim(ids, production_model)
+    second = classification.claim(ids, production_model)
+    SEMImage.objects.filter(pk__in=ids).update(
+        claimed_at=timezone.now() - timedelta(seconds=settings.SEM_PENDING_SWEEP_AFTER_S + 1))
+    after_expiry = classification.claim(ids, production_model)
+
+    assert sorted(image.pk for image in first) == sorted(ids)
+    assert second == []
+    assert sorted(image.pk for image in after_expiry) == sorted(ids)
+
+
+def test_bad_derivatives_fail_only_their_own_image(production_model, sample, user, upload_images):
+    good, corrupt, missing = upload_images(sample, user, 3)
+    with open(corrupt.derivative.path, "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n not really a png")
+    missing.derivative.storage.delete(missing.derivative.name)
+
+    outcome = classification.classify_images([good.pk, corrupt.pk, missing.pk])
+
+    good, corrupt, missing = _reload([good, corrupt, missing])
+    assert outcome.classified == [good.pk]
+    assert good.status == SEMImage.Status.CLASSIFIED
+    assert corrupt.status == missing.status == SEMImage.Status.FAILED
+    assert "Could not classify" in corrupt.error and "missing" in missing.error
+    assert not Prediction.objects.filter(image__in=[corrupt, missing]).exists()
+
+
+def test_an_image_deleted_during_classification_is_skipped(production_model, sample, user, upload_images):
+    kept, deleted = upload_images(sample, user, 2)
+    claimed = classification.claim([kept.pk, deleted.pk], production_model)
+    engine = classification.load_engine(production_model)
+    results = classification.predict(engine, claimed)
+    SEMImage.objects.filter(pk=deleted.pk).delete()
+
+    outcome = classification.save_results(production_model, engine.classes, results)
+
+    assert outcome.classified == [kept.pk]
+    assert Prediction.objects.filter(image_id=kept.pk).count() == 1
+
+
+def test_a_broken_model_releases_the_claims(production_model, sample, user, upload_images):
+    ids = [image.pk for image in upload_images(sample, user, 2)]
+    with open(production_model.artifact_path, "r+b") as handle:
+        handle.write(b"garbage!")
+
+    from classifier.artifact import ArtifactError
+    from classifier.engine import clear_engine_cache
+
+    clear_engine_cache()
+    with pytest.raises(ArtifactError):
+        classification.classify_images(ids)
+    clear_engine_cache()
+
+    assert all(image.claimed_at is None and image.status == SEMImage.Status.PENDING
+               for image in SEMImage.objects.filter(pk__in=ids))
+
+
+def test_sweeper_requeues_only_images_pending_too_long(sample, user, upload_images, settings,
+                                                       django_capture_on_commit_callbacks):
+    fresh, stale, stale_but_held = upload_images(sample, user, 3)
+    long_ago = timezone.now() - timedelta(seconds=settings.SEM_PENDING_SWEEP_AFTER_S + 5)
+    SEMImage.objects.filter(pk__in=[stale.pk, stale_but_held.pk]).update(status_changed_at=long_ago)
+    SEMImage.objects.filter(pk=stale_but_held.pk).update(claimed_at=timezone.now())
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        requeued = classification.sweep_stale_images()
+
+    assert requeued == 1
+    assert len(callbacks) == 1  # one enqueue after commit
+    stale.refresh_from_db()
+    assert stale.status_changed_at > long_ago  # not re-queued again by the next pass
+    assert classification.sweep_stale_images() == 0
+
+
+def test_backlog_covers_waiting_images_and_older_models_predictions(
+        production_model, trained_artifact, sample, user, upload_images, settings):
+    from tests.worker_fixtures import install_model
+
+    images = upload_images(sample, user, 4)
+    classification.classify_images([image.pk for image in images])
+    SEMImage.objects.filter(pk=images[0].pk).update(status=SEMImage.Status.NO_MODEL)
+    newer = install_model(trained_artifact, 2, status=ModelVersion.Status.CANDIDATE)
+
+    settings.SEM_RECLASSIFY_AFTER_PROMOTION = False
+    assert set(classification.needing(newer).values_list("pk", flat=True)) == {images[0].pk}
+    settings.SEM_RECLASSIFY_AFTER_PROMOTION = True
+    assert set(classification.needing(newer).values_list("pk", flat=True)) == {image.pk for image in images}
+    assert set(classification.needing(production_model).values_list("pk", flat=True)) == {images[0].pk}
+
+
+def test_backlog_batches_stop_when_the_model_is_no_longer_production(production_model, sample, user,
+                                                                      upload_images, settings):
+    settings.SEM_CLASSIFY_BATCH_SIZE = 2
+    images = upload_images(sample, user, 3)
+    SEMImage.objects.filter(pk__in=[image.pk for image in images]).update(status=SEMImage.Status.NO_MODEL)
+
+    assert classification.classify_backlog_batch(production_model.pk) is True
+    assert classification.classify_backlog_batch(production_model.pk) is False
+    assert SEMImage.objects.filter(status=SEMImage.Status.CLASSIFIED).count() == 3
+    assert classification.classify_backlog_batch(production_model.pk + 1) is False
+
+
+def test_rolled_back_model_reuses_its_stored_predictions(production_model, sample, user, upload_images):
+    images = upload_images(sample, user, 2)
+    classification.classify_images([image.pk for image in images])
+    before = {p.image_id: p.confidence for p in Prediction.objects.all()}
+    SEMImage.objects.filter(pk__in=before).update(status=SEMImage.Status.PENDING, predicted_by=None,
+                                                  predicted_confidence=None)
+
+    outcome = classification.classify_images(list(before))
+
+    assert sorted(outcome.classified) == sorted(before)
+    assert Prediction.objects.count() == 2
+    for image in SEMImage.objects.filter(pk__in=before):
+        assert image.predicted_confidence == pytest.approx(before[image.pk])

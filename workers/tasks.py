@@ -1,0 +1,76 @@
+"""Thin Celery tasks: they take IDs, re-fetch rows and delegate to the services.
+
+Retries are for named transient errors only (the database connection dropping); anything else is a
+bug or bad data, recorded on the rows by the services. Rows deleted meanwhile are skipped by the
+services (they re-select by ID). Routing: classification and training on `gpu`, the rest on
+`default` (settings.CELERY_TASK_ROUTES).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS = (OperationalError, InterfaceError)
+RETRY_POLICY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 5, "retry_backoff_max": 300,
+                "retry_jitter": True, "max_retries": 8}
+
+
+@shared_task(name="workers.classify_images", soft_time_limit=600, time_limit=900, **RETRY_POLICY)
+def classify_images(image_ids: list[int]) -> dict:
+    from portal.services import classification
+
+    outcome = classification.classify_images([int(pk) for pk in image_ids])
+    return {"classified": len(outcome.classified), "failed": len(outcome.failed), "parked": outcome.parked}
+
+
+@shared_task(bind=True, name="workers.reclassify_backlog", soft_time_limit=600, time_limit=900, **RETRY_POLICY)
+def reclassify_backlog(self, model_version_id: int) -> bool:
+    """One batch of the background re-classification, then queue the next behind newer work."""
+    from portal.services import classification
+
+    more = classification.classify_backlog_batch(int(model_version_id))
+    if more:
+        self.apply_async([model_version_id], priority=settings.SEM_BACKLOG_PRIORITY)
+    return more
+
+
+# Training acknowledges its message when it starts: a redelivered message would start the same
+# hours-long run again behind a dead one. A lost worker is found by the sweeper (no heartbeat).
+@shared_task(bind=True, name="workers.train_model", acks_late=False, reject_on_worker_lost=False,
+             soft_time_limit=settings.SEM_TRAINING_TIMEOUT_S + 300, time_limit=settings.SEM_TRAINING_TIMEOUT_S + 600)
+def train_model(self, training_run_id: int) -> str | None:
+    from portal.services import training
+
+    run = training.run_training(int(training_run_id), celery_task_id=self.request.id or "")
+    return run.status if run else None
+
+
+@shared_task(name="workers.maybe_retrain", **RETRY_POLICY)
+def maybe_retrain() -> int | None:
+    """The nightly check: train only when enough curated labels changed since the production model."""
+    from portal.models import TrainingRun
+    from portal.services import training
+
+    run = training.request_training(trigger=TrainingRun.Trigger.SCHEDULE)
+    return run.pk if run else None
+
+
+@shared_task(name="workers.sweep", **RETRY_POLICY)
+def sweep() -> dict:
+    """Every minute: nothing stays stuck after a lost message, a dead worker or a broker restart."""
+    from portal.services import classification, training
+    from portal.services.queueing import enqueue_backlog
+
+    requeued = classification.sweep_stale_images()
+    model = classification.production_model()
+    backlog_restarted = bool(model and classification.backlog_stalled(model))
+    if backlog_restarted:
+        enqueue_backlog(model.pk)
+    failed_runs = training.fail_stale_runs()
+    return {"requeued": requeued, "backlog_restarted": backlog_restarted, "failed_runs": failed_runs}
