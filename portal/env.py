@@ -130,3 +130,19 @@ def env_rate(name: str, default: str) -> str:
     if not (count.isdigit() and period[:1] in {"s", "m", "h", "d"}):
         raise ImproperlyConfigured(f"{name}={value!r} is not a rate (e.g. 3000/min, 10/s, 50000/day)")
     return value
+
+
+def parse_cache_url(url: str, default_dir: Path) -> dict:
+    """Django CACHES["default"] from `redis://host:6379/1`, `file:///path`, or empty (a folder under var/).
+
+    The cache holds API throttle counters: every web process must see the same ones, so the
+    per-process memory cache is not offered.
+    """
+    if not url:
+        return {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(default_dir)}
+    parsed = urlparse(url)
+    if parsed.scheme in {"redis", "rediss"}:
+        return {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}
+    if parsed.scheme == "file" and parsed.path:
+        return {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": parsed.path}
+    raise ImproperlyConfigured(f"CACHE_URL scheme {parsed.scheme!r} is not supported (use redis:// or file:///path)")

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from portal.env import (
-    env_bool, env_float, env_int, env_list, env_path, env_rate, env_size_bytes, env_str, parse_database_url,
+    env_bool, env_float, env_int, env_list, env_path, env_rate, env_size_bytes, env_str, parse_cache_url, parse_database_url,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -93,6 +93,8 @@ STATIC_ROOT = env_path("STATIC_ROOT", VAR_DIR / "staticfiles")
 MEDIA_URL = "/media/"
 MEDIA_ROOT = env_path("MEDIA_ROOT", VAR_DIR / "media")
 MODEL_DIR = env_path("MODEL_DIR", VAR_DIR / "models")
+# API throttle counters, shared by all web processes (see parse_cache_url).
+CACHES = {"default": parse_cache_url(env_str("CACHE_URL", ""), VAR_DIR / "cache")}
 STORAGES = {
     "default": {"BACKEND": "portal.storage.MediaStorage"},  # no half-written files (portal/storage.py)
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"

@@ -51,6 +51,7 @@ def test_missing_secret_key_fails_loudly_outside_embedded_mode():
     ("SEM_MAX_IMAGE_PIXELS", "-5", "must be at least 1"),
     ("SEM_GATE_MAX_RECALL_DROP", "7", "must be within"),
     ("DATABASE_URL", "mysql://x@y/z", "is not supported"),
+    ("CACHE_URL", "memcached://cache:11211", "is not supported"),
 ])
 def test_bad_environment_values_refuse_to_start(name, value, message):
     result = run_manage("check", env_overrides={**PRODUCTION_ENV, name: value})
@@ -74,3 +75,12 @@ def test_database_url_parsing():
     assert pg["OPTIONS"] == {"sslmode": "require"}
     assert parse_database_url("sqlite:////abs/db.sqlite3")["NAME"] == "/abs/db.sqlite3"
     assert parse_database_url("sqlite:///var/db.sqlite3")["NAME"] == "var/db.sqlite3"
+
+
+def test_cache_url_parsing_shares_throttle_counters_between_processes(tmp_path):
+    from portal.env import parse_cache_url
+
+    assert parse_cache_url("redis://cache:6379/1", tmp_path)["BACKEND"].endswith("RedisCache")
+    assert parse_cache_url("file:///srv/cache", tmp_path)["LOCATION"] == "/srv/cache"
+    default = parse_cache_url("", tmp_path)
+    assert default["BACKEND"].endswith("FileBasedCache") and default["LOCATION"] == str(tmp_path)
