@@ -238,6 +238,8 @@ SEM_WEBHOOK_MAX_ATTEMPTS = env_int("SEM_WEBHOOK_MAX_ATTEMPTS", 6, minimum=1)
 SEM_WEBHOOK_BACKOFF_S = env_float("SEM_WEBHOOK_BACKOFF_S", 30.0, minimum=0.0)
 SEM_WEBHOOK_BACKOFF_MAX_S = env_float("SEM_WEBHOOK_BACKOFF_MAX_S", 3600.0, minimum=0.0)
 SEM_WEBHOOK_TIMEOUT_S = env_float("SEM_WEBHOOK_TIMEOUT_S", 10.0, minimum=0.1)
+# Deliveries to this server itself (loopback) are refused unless allowed (a LIMS on the same host, the tests).
+SEM_WEBHOOK_ALLOW_LOOPBACK = env_bool("SEM_WEBHOOK_ALLOW_LOOPBACK", EMBEDDED)
 
 # --- Security (production values come from the environment) -----------------------------------
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not (DEBUG or EMBEDDED))

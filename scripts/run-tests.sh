@@ -39,4 +39,6 @@ export DATABASE_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/sem_
 export CELERY_BROKER_URL=${TEST_CELERY_BROKER_URL:-redis://127.0.0.1:6379/15}
 export SECRET_KEY=${SECRET_KEY:-test-only-secret-key}
 export PYTHONUNBUFFERED=1
+# The tests' webhook receivers listen on loopback, which production refuses by default.
+export SEM_WEBHOOK_ALLOW_LOOPBACK=true
 exec .venv/bin/python -m pytest "$@"

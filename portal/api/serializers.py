@@ -282,6 +282,11 @@ class WebhookSubscriptionSerializer(serializers.ModelSerializer):
     def validate_url(self, url: str) -> str:
         if not url.lower().startswith(("https://", "http://")):
             raise serializers.ValidationError("Use an http:// or https:// URL.", code="invalid_scheme")
+        from portal.services.webhooks import refused_destination
+
+        refusal = refused_destination(url)
+        if refusal:
+            raise serializers.ValidationError(f"Webhooks may not be sent there: {refusal}.", code="refused_destination")
         return url
 
     def validate_events(self, events):

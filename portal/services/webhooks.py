@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import secrets
+import socket
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import transaction
@@ -225,6 +228,31 @@ def training_run_data(run: TrainingRun) -> dict:
 
 # --- Delivery ----------------------------------------------------------------------------------
 
+def refused_destination(url: str) -> str | None:
+    """Why the portal must not POST to this URL, or None.
+
+    Any user may subscribe a URL, so the worker must not become a way to reach what only the
+    server can reach: cloud metadata and other link-local addresses, multicast and the unspecified
+    address always, and the server itself (loopback) unless SEM_WEBHOOK_ALLOW_LOOPBACK.
+    Private networks stay allowed: that is where a lab's LIMS lives. A name that does not resolve
+    is not refused here; its delivery fails as a connection error and is retried.
+    """
+    host = urlsplit(url).hostname
+    if not host:
+        return "the URL has no host name"
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except (socket.gaierror, UnicodeError):
+        return None
+    for text in sorted(addresses):
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+        if address.is_link_local or address.is_multicast or address.is_unspecified or address.is_reserved:
+            return f"{host} resolves to {address}, a link-local, multicast or reserved address"
+        if address.is_loopback and not settings.SEM_WEBHOOK_ALLOW_LOOPBACK:
+            return f"{host} resolves to {address}, this server itself (set SEM_WEBHOOK_ALLOW_LOOPBACK to allow)"
+    return None
+
+
 @dataclass(frozen=True)
 class DeliveryOutcome:
     status: str  # WebhookDelivery.Status value, or "skipped" when there was nothing to do
@@ -242,6 +270,10 @@ def attempt_delivery(delivery_id: int) -> DeliveryOutcome:
     delivery = _claim(delivery_id)
     if delivery is None:
         return DeliveryOutcome("skipped")
+    # Checked again at every attempt: the name may resolve elsewhere than when it was subscribed.
+    refusal = refused_destination(delivery.subscription.url)
+    if refusal:
+        return _record_final(delivery, WebhookDelivery.Status.FAILED, None, "", refusal)
     try:
         response = _post(delivery)
     except _transient_errors() as exc:

@@ -294,3 +294,33 @@ def test_a_classified_batch_makes_one_delivery_per_image_and_subscriber(curator,
         webhooks.on_image_classified(image_ids=[image.pk for image in images])
     assert WebhookDelivery.objects.count() == 12
     assert {d.payload["data"]["image"]["id"] for d in WebhookDelivery.objects.all()} == {i.pk for i in images}
+
+
+# --- destinations the portal must not reach (SSRF) ---------------------------------------------------
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/", "http://[fe80::1]/hook",
+                                 "http://224.0.0.1/hook", "http://0.0.0.0:8000/hook"])
+def test_link_local_multicast_and_unspecified_destinations_are_refused(curator_api, url):
+    response = curator_api.post("/api/webhooks/", {"url": url, "events": ["label.changed"]}, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"]["url"][0].startswith("Webhooks may not be sent there")
+    assert not WebhookSubscription.objects.exists()
+
+
+def test_loopback_is_refused_unless_allowed(curator_api, settings):
+    payload = {"url": "http://localhost:9000/hook", "events": ["label.changed"]}
+    settings.SEM_WEBHOOK_ALLOW_LOOPBACK = False
+    assert curator_api.post("/api/webhooks/", payload, format="json").status_code == 400
+    settings.SEM_WEBHOOK_ALLOW_LOOPBACK = True
+    assert curator_api.post("/api/webhooks/", payload, format="json").status_code == 201
+
+
+def test_a_delivery_is_checked_again_when_sent(curator, settings):
+    """A subscription stored while loopback was allowed (or a name that now resolves there) is not posted."""
+    settings.SEM_WEBHOOK_ALLOW_LOOPBACK = False
+    with Receiver([200]) as receiver:
+        delivery = make_delivery(curator, receiver.url)
+        outcome = webhooks.attempt_delivery(delivery.pk)
+    delivery.refresh_from_db()
+    assert outcome.status == WebhookDelivery.Status.FAILED and "this server itself" in delivery.error
+    assert receiver.received == []
