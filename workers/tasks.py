@@ -64,7 +64,7 @@ def maybe_retrain() -> int | None:
 @shared_task(name="workers.sweep", **RETRY_POLICY)
 def sweep() -> dict:
     """Every minute: nothing stays stuck after a lost message, a dead worker or a broker restart."""
-    from portal.services import classification, training
+    from portal.services import classification, training, webhooks
     from portal.services.queueing import enqueue_backlog
 
     requeued = classification.sweep_stale_images()
@@ -73,4 +73,6 @@ def sweep() -> dict:
     if backlog_restarted:
         enqueue_backlog(model.pk)
     failed_runs = training.fail_stale_runs()
-    return {"requeued": requeued, "backlog_restarted": backlog_restarted, "failed_runs": failed_runs}
+    webhooks_requeued = webhooks.sweep_unsent_deliveries()
+    return {"requeued": requeued, "backlog_restarted": backlog_restarted, "failed_runs": failed_runs,
+            "webhooks_requeued": webhooks_requeued}

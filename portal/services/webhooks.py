@@ -19,6 +19,7 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -154,6 +155,16 @@ def _may_see(subscription: WebhookSubscription, project_id: int) -> bool:
     if subscription.project_id not in (None, project_id):
         return False
     return visible_projects(subscription.owner).filter(pk=project_id).exists()
+
+
+def sweep_unsent_deliveries(limit: int = 500) -> int:
+    """Re-send deliveries that were never attempted: their message was lost (the broker was down
+    when they were queued, say). Attempted ones carry their own retry messages."""
+    cutoff = timezone.now() - timedelta(seconds=settings.SEM_PENDING_SWEEP_AFTER_S)
+    ids = list(WebhookDelivery.objects.filter(status=WebhookDelivery.Status.PENDING, attempts=0,
+                                              created_at__lt=cutoff).order_by("pk").values_list("pk", flat=True)[:limit])
+    enqueue_deliveries(ids)
+    return len(ids)
 
 
 def enqueue_deliveries(delivery_ids: list[int]) -> None:

@@ -8,8 +8,10 @@ import json
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from portal.models import Label, WebhookDelivery, WebhookSubscription
 from portal.services import webhooks
@@ -19,6 +21,7 @@ from portal.services.tokens import create_token
 from tests.api.conftest import token_client
 from tests.api.webhook_receiver import Receiver
 from tests.worker_fixtures import REPO_ROOT, synthetic_png
+from workers.tasks import sweep
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
@@ -40,6 +43,21 @@ def test_worker_retries_a_failed_delivery_with_backoff(worker_factory, nffa_cate
         headers = request.headers
         assert webhooks.verify(SECRET, headers["X-SEM-Timestamp"], request.body, headers["X-SEM-Signature"])
         assert json.loads(request.body)["data"]["label"]["id"] == label.pk
+
+
+def test_sweeper_sends_a_delivery_whose_message_was_lost(worker_factory, user):
+    """As after a broker outage at enqueue time: a pending delivery with no attempt and no message."""
+    worker = worker_factory(SEM_PENDING_SWEEP_AFTER_S=10)
+    with Receiver([200]) as receiver:
+        subscription = WebhookSubscription.objects.create(owner=user, url=receiver.url, events=["label.changed"],
+                                                          secret=SECRET)
+        lost = WebhookDelivery.objects.create(subscription=subscription, event="label.changed",
+                                              payload={"event": "label.changed", "data": {}})
+        WebhookDelivery.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+        assert sweep()["webhooks_requeued"] == 1
+        worker.wait_until(lambda: receiver.received, timeout=60, what="the swept delivery")
+        lost.refresh_from_db()
+    assert lost.status == WebhookDelivery.Status.DELIVERED and lost.attempts == 1
 
 
 def _image(sample, user):
