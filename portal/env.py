@@ -146,3 +146,18 @@ def parse_cache_url(url: str, default_dir: Path) -> dict:
     if parsed.scheme == "file" and parsed.path:
         return {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": parsed.path}
     raise ImproperlyConfigured(f"CACHE_URL scheme {parsed.scheme!r} is not supported (use redis:// or file:///path)")
+
+
+def local_secret_key(path: Path) -> str:
+    """A random key made on the first run and kept in a private file (laptop mode), so that no
+    install shares a key written in the code."""
+    import secrets
+
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(50)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+            handle.write(key)
+        return key

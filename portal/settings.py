@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 
 from portal.env import (
-    env_bool, env_float, env_int, env_list, env_path, env_rate, env_size_bytes, env_str, parse_cache_url, parse_database_url,
+    env_bool, env_float, env_int, env_list, env_path, env_rate, env_size_bytes, env_str, local_secret_key, parse_cache_url,
+    parse_database_url,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -19,7 +20,8 @@ DEBUG = env_bool("DEBUG", False)
 # Embedded mode is the laptop quick start (no DATABASE_URL): a fixed local secret and plain-HTTP
 # cookies are acceptable there; any real deployment sets DATABASE_URL and must set SECRET_KEY.
 EMBEDDED = env_bool("SEM_EMBEDDED", "DATABASE_URL" not in os.environ)
-SECRET_KEY = env_str("SECRET_KEY", "insecure-embedded-key-for-local-use-only" if (DEBUG or EMBEDDED) else None)
+SECRET_KEY = (env_str("SECRET_KEY", "") or local_secret_key(VAR_DIR / "secret-key")) if (DEBUG or EMBEDDED) \
+    else env_str("SECRET_KEY")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 

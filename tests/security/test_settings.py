@@ -45,6 +45,30 @@ def test_missing_secret_key_fails_loudly_outside_embedded_mode():
     assert "SECRET_KEY is required" in result.stderr
 
 
+def test_secret_key_is_the_environment_value_in_production():
+    result = run_manage("shell", "-c", "from django.conf import settings; print(settings.SECRET_KEY)",
+                        env_overrides=PRODUCTION_ENV)
+    assert result.returncode == 0, result.stderr
+    # (Django 5.2's shell may print a line about auto-imported objects first.)
+    assert result.stdout.strip().splitlines()[-1] == PRODUCTION_ENV["SECRET_KEY"]
+
+
+def test_no_secret_key_is_written_in_the_code_or_the_compose_file():
+    """Production reads the key from the environment (tests above); laptop mode makes a random one in var/."""
+    import re
+
+    assignments = [
+        (path.relative_to(REPO_ROOT), line.strip())
+        for folder in ("portal", "workers", "classifier") for path in (REPO_ROOT / folder).rglob("*.py")
+        for line in path.read_text().splitlines() if re.match(r"\s*SECRET_KEY\s*=", line)
+    ]
+    assert [str(path) for path, _ in assignments] == ["portal/settings.py"]
+    literals = set(re.findall(r"[\"']([^\"']*)[\"']", assignments[0][1]))
+    assert literals <= {"SECRET_KEY", "", "secret-key"}, assignments[0][1]  # names, never a key
+    compose = (REPO_ROOT / "docker-compose.yml").read_text()
+    assert "SECRET_KEY: ${SECRET_KEY:?" in compose  # compose refuses to start without it
+
+
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("DEBUG", "maybe", "is not a boolean"),
     ("SEM_MAX_UPLOAD_BYTES", "lots", "is not a size"),
@@ -84,3 +108,14 @@ def test_cache_url_parsing_shares_throttle_counters_between_processes(tmp_path):
     assert parse_cache_url("file:///srv/cache", tmp_path)["LOCATION"] == "/srv/cache"
     default = parse_cache_url("", tmp_path)
     assert default["BACKEND"].endswith("FileBasedCache") and default["LOCATION"] == str(tmp_path)
+
+
+def test_embedded_mode_makes_a_private_random_key_once(tmp_path):
+    env = {"SEM_EMBEDDED": "true", "SEM_VAR_DIR": str(tmp_path)}  # run_manage drops SECRET_KEY and DATABASE_URL
+    code = "from django.conf import settings; print(settings.SECRET_KEY)"
+    first = run_manage("shell", "-c", code, env_overrides=env)
+    second = run_manage("shell", "-c", code, env_overrides=env)
+    assert first.returncode == 0, first.stderr
+    key = (tmp_path / "secret-key").read_text()
+    assert len(key) >= 50 and first.stdout.split()[-1] == second.stdout.split()[-1] == key
+    assert (tmp_path / "secret-key").stat().st_mode & 0o077 == 0
