@@ -1,8 +1,9 @@
 """Batched inference from an artifact, without fastai's per-item overhead.
 
 One engine per process (``get_engine``): the artifact is verified and loaded
-once, then batches go through the eval preset of ``transforms`` and the model
-under ``torch.inference_mode()`` with channels-last tensors. Returns calibrated
+once (BatchNorm folded into the convolutions), then batches go through the eval
+preset of ``transforms`` and the model under ``torch.inference_mode()`` with
+channels-last tensors. Returns calibrated
 probability vectors plus per-image uncertainty (confidence, margin, entropy).
 """
 from __future__ import annotations
@@ -100,16 +101,19 @@ class Engine:
 
     @classmethod
     def from_artifact(cls, path, expected_sha256: str | None = None, device: str | None = None,
-                      channels_last: bool = True) -> "Engine":
+                      channels_last: bool = True, fold_batchnorm: bool = True) -> "Engine":
         import torch
 
         from .artifact import build_model, load_artifact
+        from .network import fold_batchnorm as fold
 
         artifact = load_artifact(path, expected_sha256)
         model = build_model(artifact.metadata)
         model.load_state_dict(artifact.state_dict)
         torch_device = select_device(device)
         model = model.to(torch_device).eval()
+        if fold_batchnorm:
+            model = fold(model)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         return cls(model, artifact.metadata, artifact.sha256, torch_device, channels_last)

@@ -31,6 +31,20 @@ def create_network(arch: str, n_classes: int, body_state: dict | None = None):
     return nn.Sequential(body, head)
 
 
+def fold_batchnorm(model):
+    """An inference copy of an eval-mode model with each BatchNorm folded into the convolution
+    before it (torch.fx): 1.3-1.5x faster on CPU (bench/bench_inference.py), logits equal to ~1e-3.
+    An architecture that torch.fx cannot trace is returned unchanged, and says so."""
+    import torch.fx
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(model)  # works on a deep copy
+    except (torch.fx.proxy.TraceError, TypeError, NotImplementedError, RuntimeError) as error:
+        log.warning("cannot fold BatchNorm into the convolutions of this model (%s); using it as it is", error)
+        return model
+
+
 def _torchvision_model(arch: str):
     import torchvision
 

@@ -402,7 +402,9 @@ def _calibrate_and_evaluate(model, items, valid_idx, test_items, classes, size, 
     from .calibration import calibration_report, softmax
     from .engine import predict_logits_for_paths
     from .metrics import evaluate
+    from .network import fold_batchnorm
 
+    model = fold_batchnorm(model)  # the engine's model, so the evaluation sees what production will
     index = {name: i for i, name in enumerate(classes)}
     valid_paths = [items[i][0] for i in valid_idx]
     valid_labels = np.array([index[items[i][1]] for i in valid_idx])
