@@ -17,8 +17,8 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = env_path("SEM_VAR_DIR", BASE_DIR / "var")
 
 DEBUG = env_bool("DEBUG", False)
-# Embedded mode is the laptop quick start (no DATABASE_URL): a fixed local secret and plain-HTTP
-# cookies are acceptable there; any real deployment sets DATABASE_URL and must set SECRET_KEY.
+# Embedded mode is the laptop quick start (no DATABASE_URL): a random key kept in var/secret-key and
+# plain-HTTP cookies are acceptable there; any real deployment sets DATABASE_URL and must set SECRET_KEY.
 EMBEDDED = env_bool("SEM_EMBEDDED", "DATABASE_URL" not in os.environ)
 SECRET_KEY = (env_str("SECRET_KEY", "") or local_secret_key(VAR_DIR / "secret-key")) if (DEBUG or EMBEDDED) \
     else env_str("SECRET_KEY")
@@ -50,6 +50,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "portal.middleware.DatabaseUnavailableMiddleware",  # 503, not 500, while the database restarts
 ]
 
 ROOT_URLCONF = "portal.urls"

@@ -10,6 +10,7 @@ complete files under real names.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 
@@ -33,7 +34,7 @@ class MediaStorage(FileSystemStorage):
         """Give the complete file its final name; a taken name gets a new one, as Django does."""
         while True:
             try:
-                os.link(self.path(partial_name), self.path(name))
+                _link_without_overwriting(self.path(partial_name), self.path(name))
             except FileExistsError:
                 name = self.get_available_name(name)
             else:
@@ -44,3 +45,15 @@ class MediaStorage(FileSystemStorage):
             os.remove(self.path(name))
         except FileNotFoundError:
             pass
+
+
+def _link_without_overwriting(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        # A filesystem without hard links: rename, after a check (only a rare race can overwrite).
+        if os.path.exists(target):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target) from error
+        os.rename(source, target)

@@ -1,0 +1,61 @@
+"""The media disk fills up mid-upload: the uploader gets a clear error, nothing is half-stored, and
+the same upload succeeds once space is back."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+
+from portal.models import SEMImage
+from tests.faults.conftest import media_disk_with, media_files, stored_names, tiff_bytes
+
+pytestmark = pytest.mark.django_db
+
+IMAGES_URL = "/api/images/"
+# Where the disk runs out: inside the original, or after the original while writing the derivative.
+WHERE_FULL = {"mid-original": lambda size: size // 2, "after-original": lambda size: size + 64}
+
+
+def _api_upload(api_client, sample, data: bytes, key: str):
+    upload = SimpleUploadedFile("full.tif", data, content_type="image/tiff")
+    return api_client.post(IMAGES_URL, {"file": upload, "sample": sample.pk}, format="multipart",
+                           HTTP_IDEMPOTENCY_KEY=key)
+
+
+@pytest.mark.parametrize("where", WHERE_FULL)
+def test_api_upload_on_a_full_disk_answers_507_and_stores_nothing(api_client, sample, settings, where):
+    data = tiff_bytes(1)
+    with media_disk_with(WHERE_FULL[where](len(data))):
+        response = _api_upload(api_client, sample, data, key="upload-1")
+
+    assert response.status_code == 507
+    assert response.json()["error"]["code"] == "insufficient_storage"
+    assert "no storage space" in response.json()["error"]["message"]
+    assert not SEMImage.objects.exists()
+    assert media_files(settings.MEDIA_ROOT) == set()  # no truncated original, no partial derivative
+
+    # Space is back: the client's retry with the same key stores the image once, completely.
+    retried = _api_upload(api_client, sample, data, key="upload-1")
+    assert retried.status_code == 201, retried.content
+    image = SEMImage.objects.get()
+    assert media_files(settings.MEDIA_ROOT) == stored_names([image])
+    assert image.original.read() == data
+
+
+def test_web_upload_on_a_full_disk_says_so_and_stores_nothing(client, user, sample, settings):
+    client.force_login(user)
+    data = tiff_bytes(2)
+
+    def post():
+        return client.post(reverse("web:upload_file"),
+                           {"sample": sample.pk, "file": SimpleUploadedFile("full.tif", data)})
+
+    with media_disk_with(len(data) // 3):
+        response = post()
+
+    assert response.status_code == 507
+    assert response.json()["outcome"] == "rejected"  # the upload page shows "Rejected: <reason>"
+    assert "no storage space left" in response.json()["reason"]
+    assert not SEMImage.objects.exists() and media_files(settings.MEDIA_ROOT) == set()
+    assert post().json()["outcome"] == "stored"
