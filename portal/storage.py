@@ -2,10 +2,11 @@
 
 Django's FileSystemStorage writes straight into the final path: when the disk fills up (ENOSPC) or
 the process dies mid-write, a truncated file stays there, under the name a row would point to.
-`MediaStorage` writes into a uniquely named `.partial-*` file next to the target, then hard-links it
-to the final name (which, like `os.open(O_EXCL)`, never overwrites an existing file) and removes the
-partial name. A failed write removes its partial file, so the media directory only ever holds
-complete files under real names.
+`MediaStorage` writes into a uniquely named file in `MEDIA_ROOT/.partial/`, then hard-links it to the
+final name (which, like `os.open(O_EXCL)`, never overwrites an existing file) and removes the partial
+name. A failed write removes its partial file, so the media directory only ever holds complete files
+under real names. What a killed process leaves in `.partial/` is removed by the sweeper
+(`remove_stale_partials`), which only has to list that one folder.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ import secrets
 
 from django.core.files.storage import FileSystemStorage
 
-PARTIAL_MARKER = ".partial-"
+PARTIAL_DIR = ".partial"
 
 
 class MediaStorage(FileSystemStorage):
     def _save(self, name, content):
-        head, tail = os.path.split(name)
-        partial_name = os.path.join(head, f"{PARTIAL_MARKER}{secrets.token_hex(8)}-{tail}")
+        partial_name = os.path.join(PARTIAL_DIR, secrets.token_hex(16))
         try:
             # Django creates the directories, streams the content and applies the permission settings.
             partial_name = super()._save(partial_name, content)
@@ -32,6 +32,7 @@ class MediaStorage(FileSystemStorage):
 
     def _publish(self, partial_name: str, name: str) -> str:
         """Give the complete file its final name; a taken name gets a new one, as Django does."""
+        self._make_parent(name)
         while True:
             try:
                 _link_without_overwriting(self.path(partial_name), self.path(name))
@@ -39,6 +40,17 @@ class MediaStorage(FileSystemStorage):
                 name = self.get_available_name(name)
             else:
                 return str(name).replace("\\", "/")
+
+    def _make_parent(self, name: str) -> None:
+        directory = os.path.dirname(self.path(name))
+        if self.directory_permissions_mode is None:
+            os.makedirs(directory, exist_ok=True)
+            return
+        old_umask = os.umask(0o777 & ~self.directory_permissions_mode)  # as FileSystemStorage does
+        try:
+            os.makedirs(directory, self.directory_permissions_mode, exist_ok=True)
+        finally:
+            os.umask(old_umask)
 
     def _remove_quietly(self, name: str) -> None:
         try:
@@ -57,3 +69,24 @@ def _link_without_overwriting(source: str, target: str) -> None:
         if os.path.exists(target):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target) from error
         os.rename(source, target)
+
+
+def remove_stale_partials(root: str, older_than_s: float) -> int:
+    """Remove partial files left by a process killed mid-write; returns how many."""
+    import time
+
+    folder = os.path.join(root, PARTIAL_DIR)
+    cutoff = time.time() - older_than_s
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                os.remove(entry.path)
+                removed += 1
+        except FileNotFoundError:
+            pass  # finished (linked and removed) meanwhile
+    return removed

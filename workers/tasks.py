@@ -17,6 +17,8 @@ from django.db import InterfaceError, OperationalError
 logger = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)
+# A partial media file older than this belongs to a process that died mid-write (uploads take seconds).
+PARTIAL_FILE_MAX_AGE_S = 3600
 RETRY_POLICY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 5, "retry_backoff_max": 300,
                 "retry_jitter": True, "max_retries": 8}
 
@@ -66,6 +68,7 @@ def sweep() -> dict:
     """Every minute: nothing stays stuck after a lost message, a dead worker or a broker restart."""
     from portal.services import classification, training, webhooks
     from portal.services.queueing import enqueue_backlog
+    from portal.storage import remove_stale_partials
 
     requeued = classification.sweep_stale_images()
     model = classification.production_model()
@@ -74,5 +77,6 @@ def sweep() -> dict:
         enqueue_backlog(model.pk)
     failed_runs = training.fail_stale_runs()
     webhooks_requeued = webhooks.sweep_unsent_deliveries()
+    partials_removed = remove_stale_partials(settings.MEDIA_ROOT, PARTIAL_FILE_MAX_AGE_S)
     return {"requeued": requeued, "backlog_restarted": backlog_restarted, "failed_runs": failed_runs,
-            "webhooks_requeued": webhooks_requeued}
+            "webhooks_requeued": webhooks_requeued, "partial_files_removed": partials_removed}

@@ -59,3 +59,23 @@ def test_web_upload_on_a_full_disk_says_so_and_stores_nothing(client, user, samp
     assert "no storage space left" in response.json()["reason"]
     assert not SEMImage.objects.exists() and media_files(settings.MEDIA_ROOT) == set()
     assert post().json()["outcome"] == "stored"
+
+
+def test_the_sweeper_removes_partial_files_of_a_process_killed_mid_write(settings):
+    """A worker or web process killed mid-write leaves its partial file; nothing points to it."""
+    import os
+    import time
+    from pathlib import Path
+
+    from workers.tasks import sweep
+
+    partial = Path(settings.MEDIA_ROOT) / ".partial"
+    partial.mkdir(parents=True, exist_ok=True)
+    abandoned, in_progress = partial / "abandoned", partial / "in-progress"
+    abandoned.write_bytes(b"half an image")
+    in_progress.write_bytes(b"being written")
+    two_hours_ago = time.time() - 7200
+    os.utime(abandoned, (two_hours_ago, two_hours_ago))
+
+    assert sweep()["partial_files_removed"] == 1
+    assert not abandoned.exists() and in_progress.exists()
