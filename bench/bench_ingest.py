@@ -55,6 +55,9 @@ def main() -> None:
 
     django.setup()
     from django.conf import settings
+    from django.core.management import call_command
+
+    call_command("migrate", interactive=False, verbosity=0)  # a fresh clone's embedded database is empty
     from django.contrib.auth import get_user_model
     from django.db import connection, transaction
 

@@ -22,11 +22,18 @@ def create_network(arch: str, n_classes: int, body_state: dict | None = None):
     from fastai.vision.learner import create_body, create_head, num_features_model
     from fastai.torch_core import apply_init
 
-    backbone = _torchvision_model(arch)
-    if body_state is not None:
-        backbone.load_state_dict(body_state)
-    body = create_body(backbone, n_in=3, pretrained=body_state is not None, cut=-2 if arch.startswith("res") else None)
-    head = create_head(num_features_model(nn.Sequential(*body.children())), n_classes)
+    timm_name = _timm_name(arch)
+    if timm_name:
+        body = _timm_body(timm_name, body_state)
+        n_features = body.model.num_features
+    else:
+        backbone = _torchvision_model(arch)
+        if body_state is not None:
+            backbone.load_state_dict(body_state)
+        body = create_body(backbone, n_in=3, pretrained=body_state is not None,
+                           cut=-2 if arch.startswith("res") else None)
+        n_features = num_features_model(nn.Sequential(*body.children()))
+    head = create_head(n_features, n_classes)
     apply_init(head, nn.init.kaiming_normal_)
     return nn.Sequential(body, head)
 
@@ -45,6 +52,44 @@ def fold_batchnorm(model):
         return model
 
 
+TIMM_PREFIX = "timm/"
+
+
+def _timm_name(arch: str) -> str | None:
+    """The timm model name for ``timm/NAME``, or for a plain name torchvision does not know when timm
+    is installed; None for torchvision architectures."""
+    import torchvision
+
+    if arch.startswith(TIMM_PREFIX):
+        return arch[len(TIMM_PREFIX):]
+    if arch in torchvision.models.list_models(module=torchvision.models):
+        return None
+    try:
+        import timm
+    except ImportError:
+        return None
+    return arch if timm.is_model(arch) else None
+
+
+def _timm_body(name: str, body_state: dict | None):
+    """A timm network giving feature maps, as fastai's create_timm_model builds it; pretrained
+    weights only from a local state dict."""
+    try:
+        import timm
+    except ImportError as error:
+        raise ValueError(f"architecture {name!r} needs timm: pip install timm") from error
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm architecture {name!r}")
+    from fastai.vision.learner import TimmBody
+
+    model = timm.create_model(name, pretrained=False, num_classes=0)
+    if body_state is not None:
+        missing, _unexpected = model.load_state_dict(body_state, strict=False)  # the file's classifier is unused
+        if missing:
+            raise ValueError(f"the pretrained weights do not fit {name}: {len(missing)} missing tensors")
+    return TimmBody(model, pretrained=body_state is not None)
+
+
 def _torchvision_model(arch: str):
     import torchvision
 
@@ -52,7 +97,7 @@ def _torchvision_model(arch: str):
         return torchvision.models.get_model(arch, weights=None)
     except ValueError as error:
         raise ValueError(f"unknown architecture {arch!r}; use a torchvision name such as resnet18, "
-                         f"resnet34 or resnet50") from error
+                         f"resnet34 or resnet50, or a timm name (timm/NAME) with timm installed") from error
 
 
 def find_pretrained_weights(arch: str, weights_path: str | None = None) -> str | None:

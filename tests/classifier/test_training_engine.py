@@ -167,3 +167,27 @@ def test_cli_evaluate_and_predict(trained, synthetic_items, capsys):
     assert main(["predict", result.artifact_path, synthetic_items[0][0], synthetic_items[-1][0]]) == 0
     table = capsys.readouterr().out
     assert synthetic_items[0][0] in table and "entropy" in table
+
+
+def test_timm_architecture_trains_loads_local_weights_and_matches_the_learner(synthetic_items, tmp_path):
+    """A timm name ("timm/NAME", or a plain name torchvision does not have) trains through the same
+    path, takes a local weights file, and the engine reproduces the learner's probabilities."""
+    timm = pytest.importorskip("timm")
+    weights = tmp_path / "resnet10t-local.pth"
+    torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), weights)
+    config = TrainConfig(arch="timm/resnet10t", sizes=(32,), epochs=(1,), batch_sizes=(8,),
+                         weights_path=str(weights), seed=3)
+    result = train(synthetic_items, config, str(tmp_path / "timm.semcls"))
+    assert result.metadata["pretrained_used"] is True and result.metadata["arch"] == "timm/resnet10t"
+
+    engine = Engine.from_artifact(result.artifact_path, expected_sha256=result.sha256)
+    learner_probs, _ = result.learner.get_preds(dl=result.learner.dls.test_dl(synthetic_items))
+    arrays = [transforms.eval_array(path, engine.input_size) for path, _ in synthetic_items]
+    np.testing.assert_allclose(softmax(engine.predict_logits(arrays)), learner_probs.numpy(), atol=1e-4)
+
+
+def test_unknown_architecture_names_say_what_is_accepted():
+    from classifier.network import create_network
+
+    with pytest.raises(ValueError, match="torchvision name .* or a timm name"):
+        create_network("resnet-does-not-exist", 3)
