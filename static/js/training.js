@@ -91,7 +91,12 @@
       options: {
         animation: false,
         maintainAspectRatio: false,
-        scales: { y: { beginAtZero: true }, x: { title: { display: true, text: "progressive resizing stage · epoch" } } },
+        // Log scale: a network trained from scratch starts with validation losses in the hundreds
+        // (BatchNorm statistics settling), which would flatten every later epoch on a linear axis.
+        scales: {
+          y: { type: "logarithmic", title: { display: true, text: "loss (log scale)" } },
+          x: { title: { display: true, text: "progressive resizing stage · epoch" } },
+        },
         plugins: { legend: { position: "bottom" } },
       },
     });
