@@ -21,12 +21,13 @@ sys.path.insert(0, str(ROOT))
 SEM_REAL = ROOT.parent / "shared" / "sem-real"
 
 
-def derivative_items(workdir: Path, quick: bool) -> tuple[list[tuple[str, str]], str]:
-    """256-px derivatives of the real images (else synthetic ones), as the workers store them."""
+def derivative_items(workdir: Path, quick: bool, synthetic: int = 0) -> tuple[list[tuple[str, str]], str]:
+    """256-px derivatives of the real images (else, or when `synthetic` asks for N, synthetic ones),
+    as the workers store them."""
     from classifier.cli import scan_tree
     from classifier.preprocess import make_derivative, prepare_raw
 
-    if SEM_REAL.is_dir():
+    if SEM_REAL.is_dir() and not synthetic:
         raw, source = scan_tree(SEM_REAL), f"{SEM_REAL} (real)"
         items = []
         for index, (path, label) in enumerate(raw[: 24 if quick else None]):
@@ -38,12 +39,12 @@ def derivative_items(workdir: Path, quick: bool) -> tuple[list[tuple[str, str]],
     from classifier.synthetic import CATEGORIES, make_image
 
     items = []
-    for index in range(24 if quick else 64):
+    for index in range(synthetic or (24 if quick else 64)):
         category = CATEGORIES[index % len(CATEGORIES)]
         target = workdir / f"{index:03d}.png"
         make_derivative(crop_databar(make_image(category, index, size=(1024, 768)))[0]).save(target)
         items.append((str(target), category))
-    return items, "classifier.synthetic (no shared/sem-real)"
+    return items, "classifier.synthetic" + ("" if synthetic else " (no shared/sem-real)")
 
 
 def interleaved_images_per_second(runs: dict, repeats: int) -> dict:
