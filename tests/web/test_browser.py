@@ -233,6 +233,9 @@ def test_admin_trains_a_model_and_sees_it_promoted(browser, worker_factory, uplo
     assert chart["labels"] == ["32 px · e1", "32 px · e2", "48 px · e1"], chart
     assert all(isinstance(value, float) and value > 0 for value in chart["train"] + chart["valid"]), chart
     assert "passed" in page.text_content(".facts")
+    stage_rows = page.locator("#stage-table tbody tr")
+    assert stage_rows.count() == 2 and "48 px" in stage_rows.nth(1).text_content()
+    assert page.evaluate("Chart.getChart('loss-chart').options.scales.y.type") == "logarithmic"
     screenshot(page, "12-training-run")
     page.goto(reverse("web:dashboard"))
     assert page.text_content("#stat-accuracy").strip() != "—"
