@@ -119,3 +119,15 @@ def test_embedded_mode_makes_a_private_random_key_once(tmp_path):
     key = (tmp_path / "secret-key").read_text()
     assert len(key) >= 50 and first.stdout.split()[-1] == second.stdout.split()[-1] == key
     assert (tmp_path / "secret-key").stat().st_mode & 0o077 == 0
+
+
+def test_processes_starting_together_agree_on_the_embedded_key(tmp_path):
+    """gunicorn workers, the Celery worker and beat may all create the key at once: one wins."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from portal.env import local_secret_key
+
+    with ThreadPoolExecutor(8) as pool:
+        keys = set(pool.map(lambda _: local_secret_key(tmp_path / "secret-key"), range(32)))
+    assert keys == {(tmp_path / "secret-key").read_text()}
+    assert [p.name for p in tmp_path.iterdir()] == ["secret-key"]  # no partial files left
