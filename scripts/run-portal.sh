@@ -13,7 +13,16 @@ mkdir -p var/log
 "$PY" manage.py collectstatic --noinput --verbosity 0
 
 pids=()
-cleanup() { trap - INT TERM EXIT; kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+any_alive() { for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && return 0; done; return 1; }
+cleanup() {
+    # A warm shutdown first; a Celery worker whose pool children died can hang in it, so after
+    # 15 s whatever is left (and its children) is killed and Ctrl-C always returns the prompt.
+    trap - INT TERM EXIT
+    kill "${pids[@]}" 2>/dev/null || true
+    for _ in $(seq 30); do any_alive || break; sleep 0.5; done
+    for pid in "${pids[@]}"; do pkill -KILL -P "$pid" 2>/dev/null || true; kill -KILL "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
 trap cleanup INT TERM EXIT
 
 .venv/bin/celery -A workers worker -Q gpu,default --loglevel INFO \
