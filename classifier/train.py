@@ -239,13 +239,16 @@ def _class_weights(items, train_idx, classes) -> list[float]:
 def _make_learner(dls, model, items, train_idx, classes, config, device, workdir, tracker):
     import torch
     from fastai.vision.all import CrossEntropyLossFlat, Learner, ProgressCallback, accuracy
+    from fastai.vision.learner import default_split
 
     weight = None
     if config.imbalance == "weighted_loss":
         weight = torch.tensor(_class_weights(items, train_idx, classes), dtype=torch.float32, device=device)
     loss = CrossEntropyLossFlat(weight=weight, label_smoothing=config.label_smoothing)
+    # Two parameter groups (body, head), as vision_learner makes them: freeze() then trains only the
+    # head (and BatchNorm), and slice(lr/100, lr) gives the pretrained body the smaller rate.
     learner = Learner(dls, model, loss_func=loss, metrics=[accuracy], wd=config.weight_decay, path=workdir,
-                      cbs=[_ProgressCallback(tracker)])
+                      cbs=[_ProgressCallback(tracker)], splitter=default_split)
     if ProgressCallback in [type(cb) for cb in learner.cbs]:
         learner.remove_cb(ProgressCallback)  # no notebook/terminal bars inside workers
     learner.logger = lambda *args, **kwargs: None

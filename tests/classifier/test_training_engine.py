@@ -191,3 +191,17 @@ def test_unknown_architecture_names_say_what_is_accepted():
 
     with pytest.raises(ValueError, match="torchvision name .* or a timm name"):
         create_network("resnet-does-not-exist", 3)
+
+
+def test_first_stage_trains_only_the_head_of_a_pretrained_body(synthetic_items, tmp_path):
+    """freeze_first_stage: with local weights, stage 1 leaves the body's convolutions as loaded."""
+    import torchvision
+
+    weights = tmp_path / "resnet18-local.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    config = TrainConfig(arch="resnet18", sizes=(32,), epochs=(1,), batch_sizes=(8,), weights_path=str(weights))
+    result = train(synthetic_items, config, str(tmp_path / "frozen.semcls"))
+    first_conv = result.learner.model[0][0].weight.detach().cpu()
+    assert torch.equal(first_conv, torch.load(weights)["conv1.weight"])
+    head = [p for p in result.learner.model[1].parameters() if p.dim() > 1]
+    assert all(p.requires_grad for p in head)
