@@ -121,14 +121,38 @@ def default_cpu_threads() -> int:
     Measured here (2 cores, another process busy): with 2 OpenMP threads a
     64-px resnet34 step took 1.5-6 s (threads spin at barriers waiting for a
     descheduled sibling), with 1 thread 0.6 s. On an idle machine all cores
-    are used.
+    are used. Busy cores are sampled now (/proc/stat over half a second), not
+    taken from the one-minute load average, which still counts a job that
+    has just finished.
     """
     cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):  # not available on every platform
-        busy = 0.0
+    busy = busy_cores_now()
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0]
+        except (AttributeError, OSError):  # not available on every platform
+            busy = 0.0
     return max(1, min(cores, cores - int(busy + 0.5)))
+
+
+def busy_cores_now(interval_s: float = 0.5) -> float | None:
+    """How many cores' worth of CPU time other work used during `interval_s` (Linux), else None."""
+    def totals():
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total_before, idle_before = totals()
+        time.sleep(interval_s)
+        total_after, idle_after = totals()
+    except (OSError, ValueError, IndexError):
+        return None
+    elapsed = total_after - total_before
+    if elapsed <= 0:
+        return None
+    return (os.cpu_count() or 1) * (1 - (idle_after - idle_before) / elapsed)
 
 
 def _use_channels_last(config: TrainConfig, device) -> bool:
