@@ -123,3 +123,16 @@ def test_exit_status_of_the_real_command(tmp_path, sample):
                                timeout=120)
     assert completed.returncode != 0
     assert "Folder not found" in completed.stderr
+
+
+def test_strict_fails_when_files_were_refused_but_keeps_the_good_ones(tmp_path, sample):
+    root = build_tree(tmp_path / "tree")
+    with pytest.raises(CommandError, match="2 files were refused") as raised:
+        run(str(root), "--sample", sample.lab_sample_id, "--strict")
+    assert raised.value.returncode == 1
+    assert SEMImage.objects.count() == 6  # what could be stored was stored
+
+    clean = tmp_path / "clean"
+    (clean / "Powder").mkdir(parents=True)
+    make_image("Powder", 42, size=(160, 120)).save(clean / "Powder" / "ok.png")
+    assert "Stored: 1" in run(str(clean), "--sample", sample.lab_sample_id, "--strict")

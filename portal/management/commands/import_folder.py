@@ -1,4 +1,4 @@
-"""manage.py import_folder PATH --sample LAB_ID [--project NAME --create-sample] [--user USERNAME]"""
+"""manage.py import_folder PATH --sample LAB_ID [--project NAME --create-sample] [--user USERNAME] [--strict]"""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ class Command(BaseCommand):
         parser.add_argument("--user", metavar="USERNAME",
                             help="Uploader recorded on the images (default: the sample's owner)")
         parser.add_argument("--no-progress", action="store_true", help="No progress bar")
+        parser.add_argument("--strict", action="store_true",
+                            help="Exit with status 1 when any file was refused (for scripts); the others are "
+                                 "stored either way")
 
     def handle(self, *args, **options):
         root = Path(options["path"]).expanduser()
@@ -45,6 +48,8 @@ class Command(BaseCommand):
             summary = import_tree(root, sample=sample, user=user, progress=bar.update,
                                   on_total=lambda total: setattr(bar, "total", total))
         self.stdout.write(format_summary(summary, root))
+        if options["strict"] and summary.rejected:
+            raise CommandError(f"{len(summary.rejected)} files were refused (listed above)", returncode=1)
         return None
 
 
