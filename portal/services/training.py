@@ -260,7 +260,8 @@ def _train_and_register(run: TrainingRun, monitor: "RunMonitor", work_dir: Path)
 
 
 def register_model(run, result, data: TrainingData, fingerprint: str, work_dir: Path, monitor) -> ModelVersion | None:
-    """Move the artifact to MODEL_DIR/v{n}/, create the ModelVersion and apply the gate, in one transaction."""
+    """Move the artifact to MODEL_DIR/v{n}/ and create the ModelVersion in one transaction, then apply
+    the gate and close the run as succeeded."""
     from classifier.fingerprint import file_sha256
 
     (work_dir / LABEL_SET_FILE).write_text(json.dumps(data.train_labels))
@@ -281,15 +282,18 @@ def register_model(run, result, data: TrainingData, fingerprint: str, work_dir: 
             test_image_count=len(data.test_items), metrics=result.evaluation or {},
             metadata=_model_metadata(result.metadata),
         )
-        monitor.log(f"Trained v{version} in {result.duration_s:.0f} s on {result.device}")
-        _finish(run, monitor, TrainingRun.Status.SUCCEEDED, model_version=model,
-                device=str(result.device), duration_s=result.duration_s)
-    # Outside the transaction: the gate may evaluate the production model on the test split.
+        TrainingRun.objects.filter(pk=run.pk).update(model_version=model)
+        monitor.log(f"Trained v{version} in {result.duration_s:.0f} s on {result.device}; applying the gate")
+    # Outside the transaction (the gate may evaluate the production model on the test split), but
+    # before the run is closed: a run reads "succeeded" only once the gate has decided, so pages and
+    # clients that wait for the run see the model's final status.
     try:
         apply_gate(model)
     except Exception as error:  # the run did succeed; the admin can still promote by hand
         logger.exception("promotion gate failed for v%s", model.version)
         ModelVersion.objects.filter(pk=model.pk).update(gate_passed=False, gate_reason=f"Gate failed: {error}")
+    _finish(run, monitor, TrainingRun.Status.SUCCEEDED, model_version=model,
+            device=str(result.device), duration_s=result.duration_s)
     return model
 
 

@@ -163,7 +163,9 @@ def test_retraining_loop_train_promote_reclassify_then_skip(worker_factory, samp
 
     run = worker.wait_until(lambda: TrainingRun.objects.filter(status=TrainingRun.Status.SUCCEEDED).first(),
                             timeout=180, what="the training run")
-    model = run.model_version
+    # The run is marked succeeded (releasing the lock) before the gate decides, outside its transaction.
+    model = worker.wait_until(lambda: ModelVersion.objects.filter(pk=run.model_version_id, gate_passed__isnull=False)
+                              .first(), timeout=60, what="the gate's decision")
     assert run.trigger == TrainingRun.Trigger.SCHEDULE and model.version == 1
     assert model.status == ModelVersion.Status.PRODUCTION
     worker.wait_until(lambda: _all_have(ids, SEMImage.Status.CLASSIFIED), what="backlog classified by v1")
