@@ -187,7 +187,7 @@ def install_production_model(root: Path):
     from classifier.synthetic import make_image
     from classifier.train import train
     from portal.models import ModelVersion
-    from portal.services.training import promote
+    from portal.services.promotion import promote
     from tests.worker_fixtures import (MODEL_FOLDERS, SYNTHETIC_SIZE, TINY_TRAIN_CONFIG, TrainedArtifact,
                                        category_name, install_model)
 

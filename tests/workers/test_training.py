@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from classifier.fingerprint import file_sha256
 from portal.models import ModelVersion, Prediction, SEMImage, TrainingRun
-from portal.services import classification, training
+from portal.services import classification, promotion, training
 from portal.services.labels import set_label
 from tests.worker_fixtures import TINY_TRAIN_CONFIG, install_model
 
@@ -232,7 +232,7 @@ def test_gate_decision(settings, candidate, passes, reason):
     settings.SEM_GATE_MACRO_F1_TOLERANCE = 0.0
     settings.SEM_GATE_MAX_RECALL_DROP = 0.05
 
-    passed, why = training.gate_decision(candidate, PRODUCTION_METRICS)
+    passed, why = promotion.gate_decision(candidate, PRODUCTION_METRICS)
 
     assert passed is passes and reason in why
 
@@ -242,9 +242,9 @@ def test_gate_tolerance_and_first_model_floor(settings):
     settings.SEM_GATE_FIRST_MODEL_FLOOR = 0.5
     slightly_worse = _metrics(0.79, {name: 0.8 for name in PRODUCTION_METRICS["per_class"]})
 
-    assert training.gate_decision(slightly_worse, PRODUCTION_METRICS)[0] is True
-    assert training.gate_decision(_metrics(0.49, {}), None) == (False, "First model: macro-F1 0.490 is below the floor 0.500")
-    assert training.gate_decision(_metrics(0.51, {}), None)[0] is True
+    assert promotion.gate_decision(slightly_worse, PRODUCTION_METRICS)[0] is True
+    assert promotion.gate_decision(_metrics(0.49, {}), None) == (False, "First model: macro-F1 0.490 is below the floor 0.500")
+    assert promotion.gate_decision(_metrics(0.51, {}), None)[0] is True
 
 
 def test_gate_refuses_a_worse_candidate_and_promotes_a_better_one(trained_artifact, nffa_categories, settings,
@@ -255,14 +255,14 @@ def test_gate_refuses_a_worse_candidate_and_promotes_a_better_one(trained_artifa
     better = install_model(trained_artifact, 3, status=ModelVersion.Status.CANDIDATE,
                            metrics=_metrics(0.90, {name: 0.9 for name in PRODUCTION_METRICS["per_class"]}))
 
-    assert training.apply_gate(worse) is False
+    assert promotion.apply_gate(worse) is False
     worse.refresh_from_db(), production.refresh_from_db()
     assert worse.status == ModelVersion.Status.REJECTED and worse.gate_passed is False
     assert "below production's 0.800" in worse.gate_reason
     assert production.status == ModelVersion.Status.PRODUCTION
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        assert training.apply_gate(better) is True
+        assert promotion.apply_gate(better) is True
     better.refresh_from_db(), production.refresh_from_db()
     assert better.status == ModelVersion.Status.PRODUCTION and better.promoted_at is not None
     assert production.status == ModelVersion.Status.RETIRED
@@ -273,25 +273,25 @@ def test_admin_promotes_a_rejected_model_and_rolls_back(trained_artifact, nffa_c
     first = install_model(trained_artifact, 1, status=ModelVersion.Status.PRODUCTION)
     second = install_model(trained_artifact, 2, status=ModelVersion.Status.REJECTED)
 
-    training.promote(second, admin_user)
+    promotion.promote(second, admin_user)
     first.refresh_from_db(), second.refresh_from_db()
     assert (first.status, second.status) == (ModelVersion.Status.RETIRED, ModelVersion.Status.PRODUCTION)
     assert second.promoted_by == admin_user
 
-    restored = training.rollback(admin_user)
+    restored = promotion.rollback(admin_user)
     second.refresh_from_db()
     assert restored.pk == first.pk and restored.status == ModelVersion.Status.PRODUCTION
     assert second.status == ModelVersion.Status.REJECTED and "Rolled back to v1 by admin" in second.gate_reason
-    with pytest.raises(training.ModelActionError, match="No earlier production model"):
-        training.rollback(admin_user)
+    with pytest.raises(promotion.ModelActionError, match="No earlier production model"):
+        promotion.rollback(admin_user)
 
 
 def test_promotion_refuses_a_model_whose_artifact_is_gone(trained_artifact, nffa_categories):
     candidate = install_model(trained_artifact, 1, status=ModelVersion.Status.CANDIDATE)
     Path(candidate.artifact_path).unlink()
 
-    with pytest.raises(training.ModelActionError, match="artifact file is missing"):
-        training.promote(candidate)
+    with pytest.raises(promotion.ModelActionError, match="artifact file is missing"):
+        promotion.promote(candidate)
     assert not ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).exists()
 
 
@@ -300,7 +300,7 @@ def test_production_is_re_evaluated_on_the_current_test_split(production_model, 
     test_images = [image for image in images if image.split == SEMImage.Split.TEST]
     candidate = install_model_like(production_model)
 
-    evaluation = training.production_metrics_on_current_test_split(production_model, candidate)
+    evaluation = promotion.production_metrics_on_current_test_split(production_model, candidate)
 
     assert test_images, "the synthetic seeds are fixed, so some uploads always land in the test split"
     assert evaluation is not production_model.metrics

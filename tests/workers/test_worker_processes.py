@@ -14,7 +14,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from portal.models import ModelVersion, Prediction, SEMImage, TrainingRun, WebhookDelivery, WebhookSubscription
-from portal.services import training
+from portal.services import promotion, training
 from tests.worker_fixtures import install_model
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
@@ -56,7 +56,7 @@ def test_images_wait_for_the_first_model_and_are_classified_once_it_is_promoted(
     celery_worker.wait_until(lambda: _all_have(ids, SEMImage.Status.NO_MODEL), what="images waiting for a model")
 
     candidate = install_model(trained_artifact, 1, status=ModelVersion.Status.CANDIDATE)
-    training.promote(candidate)
+    promotion.promote(candidate)
 
     celery_worker.wait_until(lambda: _all_have(ids, SEMImage.Status.CLASSIFIED), what="backlog classified")
     assert Prediction.objects.filter(image_id__in=ids, model_version=candidate).count() == 4

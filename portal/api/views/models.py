@@ -22,14 +22,8 @@ from portal.api.serializers import (
 )
 from portal.models import ModelVersion, Prediction, TrainingRun
 from portal.permissions import visible_images
-from portal.services.training import (
-    ModelActionError,
-    active_run,
-    promote,
-    request_cancel,
-    request_training,
-    rollback,
-)
+from portal.services.promotion import ModelActionError, promote, rollback
+from portal.services.training import active_run, request_cancel, request_training
 
 PREDICTION_FILTER_PARAMETERS = [
     OpenApiParameter("category", str, description="Predicted category slug."),

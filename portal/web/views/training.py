@@ -80,12 +80,12 @@ def training_start(request):
 @admin_required
 @require_POST
 def model_promote(request, version: int):
-    from portal.services import training as service
+    from portal.services import promotion
 
     model = get_object_or_404(ModelVersion, version=version)
     try:
-        promoted = service.promote(model, request.user)
-    except service.ModelActionError as error:
+        promoted = promotion.promote(model, request.user)
+    except promotion.ModelActionError as error:
         messages.error(request, str(error))
     else:
         messages.success(request, f"Model v{promoted.version} is now in production.")
@@ -95,11 +95,11 @@ def model_promote(request, version: int):
 @admin_required
 @require_POST
 def model_rollback(request):
-    from portal.services import training as service
+    from portal.services import promotion
 
     try:
-        restored = service.rollback(request.user)
-    except service.ModelActionError as error:
+        restored = promotion.rollback(request.user)
+    except promotion.ModelActionError as error:
         messages.error(request, str(error))
     else:
         messages.success(request, f"Rolled back: v{restored.version} is in production again.")
