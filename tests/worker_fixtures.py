@@ -44,6 +44,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from importlib import import_module
@@ -332,3 +333,28 @@ def worker_factory(transactional_db, settings, tmp_path):
 @pytest.fixture
 def celery_worker(worker_factory) -> WorkerProcess:
     return worker_factory()
+
+
+def request_training_twice_at_once() -> list:
+    """Two forced API triggers released by one barrier in two threads (own DB connections): what
+    request_training returned to each."""
+    from django.db import connection
+
+    from portal.models import TrainingRun
+    from portal.services.training import request_training
+
+    barrier, results = threading.Barrier(2), []
+
+    def trigger():
+        try:
+            barrier.wait()
+            results.append(request_training(trigger=TrainingRun.Trigger.API, force=True, enqueue=False))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=trigger) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results

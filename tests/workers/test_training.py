@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from classifier.fingerprint import file_sha256
 from portal.models import ModelVersion, Prediction, SEMImage, TrainingRun
 from portal.services import classification, promotion, training
 from portal.services.labels import set_label
-from tests.worker_fixtures import TINY_TRAIN_CONFIG, install_model
+from tests.worker_fixtures import TINY_TRAIN_CONFIG, install_model, request_training_twice_at_once
 
 TINY_SETTINGS = {"SEM_TRAIN_ARCH": "resnet18", "SEM_TRAIN_SIZES": [32, 48], "SEM_TRAIN_EPOCHS": [1, 1]}
 
@@ -188,22 +186,7 @@ def test_a_run_is_claimed_once_however_often_its_message_arrives(db):
 
 def test_two_simultaneous_triggers_give_one_run(transactional_db):
     for attempt in range(3):
-        barrier = threading.Barrier(2)
-        results = []
-
-        def trigger():
-            try:
-                barrier.wait()
-                results.append(training.request_training(trigger=TrainingRun.Trigger.API, force=True, enqueue=False))
-            finally:
-                connection.close()
-
-        threads = [threading.Thread(target=trigger) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-
+        results = request_training_twice_at_once()
         started = [run for run in results if run is not None]
         assert len(started) == 1, f"attempt {attempt}: {results}"
         assert TrainingRun.objects.filter(active=True).count() == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from datetime import timedelta
 
 import psycopg
@@ -15,7 +14,7 @@ from django.utils import timezone
 
 from portal.models import ModelVersion, Prediction, SEMImage, TrainingRun, WebhookDelivery, WebhookSubscription
 from portal.services import promotion, training
-from tests.worker_fixtures import install_model
+from tests.worker_fixtures import install_model, request_training_twice_at_once
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
@@ -203,18 +202,7 @@ def test_two_triggers_racing_through_workers_start_one_training(worker_factory, 
     worker = worker_factory(SEM_RETRAIN_MIN_NEW_LABELS=1)
     from workers.tasks import maybe_retrain
 
-    barrier, results = threading.Barrier(2), []
-
-    def trigger():
-        try:
-            barrier.wait()
-            results.append(training.request_training(trigger=TrainingRun.Trigger.API, force=True, enqueue=False))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=trigger) for _ in range(2)]
-    [thread.start() for thread in threads]
-    [thread.join() for thread in threads]
+    results = request_training_twice_at_once()
     maybe_retrain.delay()  # a scheduled check arriving meanwhile does not start a second one either
     worker.wait_until(lambda: _task_succeeded(worker, "workers.maybe_retrain"), what="the scheduled check")
 
