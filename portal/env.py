@@ -142,7 +142,10 @@ def parse_cache_url(url: str, default_dir: Path) -> dict:
         return {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(default_dir)}
     parsed = urlparse(url)
     if parsed.scheme in {"redis", "rediss"}:
-        return {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}
+        # Short socket timeouts: an unreachable Redis must not hold a request for minutes (the API
+        # throttle falls back to per-process counting when the cache fails, portal/api/throttling.py).
+        return {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url,
+                "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 2}}
     if parsed.scheme == "file" and parsed.path:
         return {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": parsed.path}
     raise ImproperlyConfigured(f"CACHE_URL scheme {parsed.scheme!r} is not supported (use redis:// or file:///path)")

@@ -6,6 +6,7 @@ per-field messages of a 400 so that a form or a log line can say which value was
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFilesSent
@@ -38,14 +39,51 @@ class InsufficientStorage(exceptions.APIException):
     default_code = "insufficient_storage"
 
 
-class DatabaseUnavailable(exceptions.APIException):
-    """The database dropped or refused the connection (a restart, a failover): retry shortly.
-    Nothing half-done stays behind: the request's transaction rolled back."""
+class ServiceUnavailable(exceptions.APIException):
+    """A service the portal depends on (the database, the cache, the task broker) is down or
+    restarting: 503 with Retry-After. Uploads are safe to retry (same Idempotency-Key or same bytes)."""
 
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    default_detail = "The database is temporarily unavailable. Nothing was changed; retry in a few seconds."
+    default_detail = "A service the portal depends on is temporarily unavailable; retry in a few seconds."
     default_code = "unavailable"
     retry_after_s = 5
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database dropped or refused the connection (a restart, a failover): retry shortly.
+    The request's transaction rolled back; an upload that had already committed says so itself
+    (`StoredButUnavailable`)."""
+
+    default_detail = "The database is temporarily unavailable; retry in a few seconds."
+
+
+class StoredButUnavailable(ServiceUnavailable):
+    """The upload was stored (committed), then the database failed before the answer was complete."""
+
+    default_detail = ("The image was stored, but the database became unavailable before the answer was complete; "
+                      "retry in a few seconds (with the same Idempotency-Key or file) to get it.")
+
+
+def dependency_errors() -> tuple[type[BaseException], ...]:
+    """Connection errors of the cache (Redis) and the task broker (kombu): an outage, not a bug.
+    Database errors are handled on their own (OperationalError, InterfaceError)."""
+    errors: list[type[BaseException]] = [ConnectionError]  # the builtin: refused, reset, aborted
+    try:
+        import redis.exceptions
+
+        errors += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
+    except ImportError:  # pragma: no cover - redis is a dependency
+        pass
+    try:
+        import kombu.exceptions
+
+        errors.append(kombu.exceptions.OperationalError)
+    except ImportError:  # pragma: no cover - kombu comes with Celery
+        pass
+    return tuple(errors)
+
+
+DEPENDENCY_ERRORS = dependency_errors()
 
 
 def error_body(code: str, message: str, fields: dict | None = None) -> dict:
@@ -58,7 +96,7 @@ def api_exception_handler(exc, context):
     if response is None:
         return None  # a real bug: let Django log it and answer 500
     response.data = _body_for(exc, response)
-    if isinstance(exc, DatabaseUnavailable):
+    if isinstance(exc, ServiceUnavailable):
         response["Retry-After"] = str(exc.retry_after_s)
     return response
 
@@ -75,6 +113,12 @@ def _translate(exc):
     if isinstance(exc, (OperationalError, InterfaceError)):
         logger.warning("database unavailable: %s", exc)
         return DatabaseUnavailable()
+    if isinstance(exc, DEPENDENCY_ERRORS):
+        logger.warning("a dependency is unavailable: %s: %s", type(exc).__name__, exc)
+        return ServiceUnavailable()
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        logger.warning("no storage space left: %s", exc)
+        return InsufficientStorage()
     if isinstance(exc, SuspiciousOperation):
         return exceptions.ParseError("The request could not be parsed.")
     return exc

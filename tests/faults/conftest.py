@@ -82,3 +82,70 @@ def media_disk_with(capacity: int):
 
     with mock.patch.object(filesystem, "os", _FullDisk(capacity)):
         yield
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (bound and released at once)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class RedisProcess:
+    """This test's own redis-server on a free loopback port, never the system Redis on 6379:
+    `stop()` kills it (an outage), `start()` brings it back on the same port."""
+
+    def __init__(self, workdir) -> None:
+        self.port = free_port()
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import subprocess
+        import time
+
+        import redis
+
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")])
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=20)
+        self.process = None
+
+    def client(self):
+        import redis
+
+        return redis.Redis(port=self.port, socket_connect_timeout=1)
+
+
+@pytest.fixture
+def redis_process(tmp_path):
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisProcess(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()

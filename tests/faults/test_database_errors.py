@@ -98,3 +98,36 @@ def test_the_web_upload_says_retry_when_the_database_connection_drops(client, us
     assert "retry in a few seconds" in response.json()["reason"]
     assert not SEMImage.objects.exists() and media_files(settings.MEDIA_ROOT) == set()
     assert post().json()["outcome"] == "stored"
+
+
+def test_a_database_failing_after_the_upload_committed_says_stored_and_the_retry_finds_it(
+        api_client, sample, settings):
+    """The connection drops right after COMMIT, before the view reads the image back: the answer is a
+    503 that says the image was stored (not "nothing was changed"), and the retry answers 200."""
+    data = tiff_bytes(13)
+    real_enqueue = ingest._enqueue_classification
+
+    def enqueue_then_drop(image_id):  # runs on commit
+        real_enqueue(image_id)
+        _terminate_backend(connection.connection.info.backend_pid)
+
+    def upload():
+        return api_client.post("/api/images/", {"file": SimpleUploadedFile("late.tif", data, content_type="image/tiff"),
+                                                "sample": sample.pk, "magnification": "25000"},
+                               format="multipart", HTTP_IDEMPOTENCY_KEY="lims-run-7/late.tif")
+
+    with mock.patch.object(ingest, "_enqueue_classification", enqueue_then_drop):
+        response = upload()
+
+    assert response.status_code == 503 and int(response["Retry-After"]) > 0
+    error = response.json()["error"]
+    assert error["code"] == "unavailable"
+    assert "was stored" in error["message"] and "Nothing was changed" not in error["message"]
+
+    connection.close_if_unusable_or_obsolete()  # what Django does when a request ends (the test client skips it)
+    retried = upload()
+    assert retried.status_code == 200, retried.content
+    image = SEMImage.objects.get()  # committed by the first request
+    assert retried.json()["id"] == image.pk
+    assert retried.json()["magnification"] == 25000  # what the failed answer missed is completed
+    assert media_files(settings.MEDIA_ROOT) == stored_names([image])

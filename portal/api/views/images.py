@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import PurePath
 
+from django.db import InterfaceError, OperationalError
 from django.http import FileResponse, Http404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
@@ -16,7 +17,7 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
 from portal.api import examples as ex
-from portal.api.exceptions import Conflict, IngestRejected, InsufficientStorage
+from portal.api.exceptions import Conflict, IngestRejected, InsufficientStorage, StoredButUnavailable
 from portal.api.filters import ImageFilter
 from portal.api.serializers import (
     ImageDetailSerializer,
@@ -105,8 +106,8 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
                         "unsupported_format, corrupt, truncated, too_many_pixels)."),
             409: OpenApiResponse(description="The same bytes are stored in a project you cannot see."),
             507: OpenApiResponse(description="No storage space left (code insufficient_storage); nothing was stored."),
-            503: OpenApiResponse(description="The database is restarting (code unavailable, Retry-After); "
-                                             "retry with the same Idempotency-Key.")},
+            503: OpenApiResponse(description="The database, cache or broker is restarting (code unavailable, "
+                                             "Retry-After); retry with the same Idempotency-Key.")},
         examples=[
             ex.example("Stored", ex.IMAGE | {"status": "pending", "predicted_category": None}, status="201"),
             ex.example("Already stored", ex.IMAGE, status="200"),
@@ -122,16 +123,28 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         if label is not None and not curated_projects(request.user).filter(pk=sample.project_id).exists():
             raise PermissionDenied("Only curators of the sample's project may give a curated label at upload.")
         result = self._ingest(upload.validated_data["file"], sample, label)
-        image = result.image
-        if not visible_images(request.user).filter(pk=image.pk).exists():
-            raise Conflict("These bytes are already stored in a project you cannot see.", code="duplicate")
-        if result.created:
-            _apply_client_metadata(image, upload.client_metadata())
-        image = self.get_queryset().get(pk=image.pk)
+        try:
+            image = self._stored_image(result, upload)
+        except (OperationalError, InterfaceError) as error:
+            if not result.created:
+                raise
+            # The image has committed: "nothing was changed" would be wrong. The retry finds it (200).
+            logger.warning("image %s stored, then the database failed: %s", result.image.pk, error)
+            raise StoredButUnavailable() from error
         status_code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
         headers = {"Location": ImageSerializer().get_links(image)["self"]}
         return Response(ImageDetailSerializer(image, context=self.get_serializer_context()).data,
                         status=status_code, headers=headers)
+
+    def _stored_image(self, result, upload) -> SEMImage:
+        image = result.image
+        if not visible_images(self.request.user).filter(pk=image.pk).exists():
+            raise Conflict("These bytes are already stored in a project you cannot see.", code="duplicate")
+        # A retry after a 503 that came once the image had committed completes what that request missed.
+        retried = image.uploaded_by_id == self.request.user.pk and "client" not in (image.metadata or {})
+        if result.created or retried:
+            _apply_client_metadata(image, upload.client_metadata())
+        return self.get_queryset().get(pk=image.pk)
 
     def _upload_sample(self, data):
         samples = visible_samples(self.request.user)
