@@ -243,6 +243,8 @@ SEM_WEBHOOK_BACKOFF_MAX_S = env_float("SEM_WEBHOOK_BACKOFF_MAX_S", 3600.0, minim
 SEM_WEBHOOK_TIMEOUT_S = env_float("SEM_WEBHOOK_TIMEOUT_S", 10.0, minimum=0.1)
 # Deliveries to this server itself (loopback) are refused unless allowed (a LIMS on the same host, the tests).
 SEM_WEBHOOK_ALLOW_LOOPBACK = env_bool("SEM_WEBHOOK_ALLOW_LOOPBACK", EMBEDDED)
+# Each user may keep this many subscriptions (each one is a delivery per event: a cap on fan-out).
+SEM_WEBHOOK_MAX_SUBSCRIPTIONS_PER_USER = env_int("SEM_WEBHOOK_MAX_SUBSCRIPTIONS_PER_USER", 20, minimum=1)
 
 # --- Security (production values come from the environment) -----------------------------------
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not (DEBUG or EMBEDDED))

@@ -280,10 +280,17 @@ class WebhookSubscriptionSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_at"]
 
     def validate_url(self, url: str) -> str:
-        if not url.lower().startswith(("https://", "http://")):
-            raise serializers.ValidationError("Use an http:// or https:// URL.", code="invalid_scheme")
+        """The strict parser of portal.services.outbound decides, and its normalised URL is stored: the
+        URL that was checked is the URL that is delivered to."""
+        from portal.services.outbound import RefusedURL, parse_url
         from portal.services.webhooks import refused_destination
 
+        if not url.lower().startswith(("https://", "http://")):
+            raise serializers.ValidationError("Use an http:// or https:// URL.", code="invalid_scheme")
+        try:
+            url = parse_url(url).url
+        except RefusedURL as exc:
+            raise serializers.ValidationError(f"Not a usable webhook URL: {exc}.", code="invalid_url") from None
         refusal = refused_destination(url)
         if refusal:
             raise serializers.ValidationError(f"Webhooks may not be sent there: {refusal}.", code="refused_destination")
@@ -294,11 +301,21 @@ class WebhookSubscriptionSerializer(serializers.ModelSerializer):
 
 
 class WebhookDeliverySerializer(serializers.ModelSerializer):
+    response_excerpt = serializers.SerializerMethodField(
+        help_text="The start of the receiver's answer: shown to staff only (null for everyone else), since a "
+                  "member must not be able to read what the portal's network answers.")
+
     class Meta:
         model = WebhookDelivery
         fields = ["id", "event", "status", "attempts", "response_status", "response_excerpt", "error", "payload",
                   "created_at", "delivered_at"]
         read_only_fields = fields
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_response_excerpt(self, delivery) -> str | None:
+        request = self.context.get("request")
+        user = getattr(request, "user", None)
+        return delivery.response_excerpt if user is not None and user.is_staff else None
 
 
 class ReviewItemSerializer(ImageSerializer):

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import secrets
-import socket
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import transaction
@@ -30,6 +27,7 @@ from django.utils import timezone
 from portal import events
 from portal.models import Label, ModelVersion, SEMImage, TrainingRun, WebhookDelivery, WebhookSubscription
 from portal.permissions import visible_projects
+from portal.services import outbound
 
 logger = logging.getLogger(__name__)
 
@@ -240,28 +238,16 @@ def training_run_data(run: TrainingRun) -> dict:
 # --- Delivery ----------------------------------------------------------------------------------
 
 def refused_destination(url: str) -> str | None:
-    """Why the portal must not POST to this URL, or None.
+    """Why the portal must not POST to this URL, or None: portal.services.outbound's strict parser and
+    destination check (link-local, multicast, reserved and unspecified addresses always; loopback and
+    this host's own addresses unless SEM_WEBHOOK_ALLOW_LOOPBACK). A name that does not resolve is
+    not refused here; its delivery fails as a connection error and is retried."""
+    return outbound.destination_refusal(url)
 
-    Any user may subscribe a URL, so the worker must not become a way to reach what only the
-    server can reach: cloud metadata and other link-local addresses, multicast and the unspecified
-    address always, and the server itself (loopback) unless SEM_WEBHOOK_ALLOW_LOOPBACK.
-    Private networks stay allowed: that is where a lab's LIMS lives. A name that does not resolve
-    is not refused here; its delivery fails as a connection error and is retried.
-    """
-    host = urlsplit(url).hostname
-    if not host:
-        return "the URL has no host name"
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
-    except (socket.gaierror, UnicodeError):
-        return None
-    for text in sorted(addresses):
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-        if address.is_link_local or address.is_multicast or address.is_unspecified or address.is_reserved:
-            return f"{host} resolves to {address}, a link-local, multicast or reserved address"
-        if address.is_loopback and not settings.SEM_WEBHOOK_ALLOW_LOOPBACK:
-            return f"{host} resolves to {address}, this server itself (set SEM_WEBHOOK_ALLOW_LOOPBACK to allow)"
-    return None
+
+def normalised_url(url: str) -> str:
+    """The form of `url` that is stored and delivered to; raises outbound.RefusedURL."""
+    return outbound.parse_url(url).url
 
 
 @dataclass(frozen=True)
@@ -281,23 +267,27 @@ def attempt_delivery(delivery_id: int) -> DeliveryOutcome:
     delivery = _claim(delivery_id)
     if delivery is None:
         return DeliveryOutcome("skipped")
-    # Checked again at every attempt: the name may resolve elsewhere than when it was subscribed.
-    refusal = refused_destination(delivery.subscription.url)
-    if refusal:
-        return _record_final(delivery, WebhookDelivery.Status.FAILED, None, "", refusal)
+    subscription = delivery.subscription
+    if not subscription.active or not subscription.owner.is_active:
+        # Paused, or its owner was deactivated: nothing more is sent, not even retries of older events.
+        reason = "the subscription is paused" if not subscription.active else "the subscription's owner is deactivated"
+        return _record_final(delivery, WebhookDelivery.Status.FAILED, None, "", f"Not sent: {reason}.")
     try:
+        # Parsed, resolved and checked at every attempt (the name may resolve elsewhere than when it was
+        # subscribed), and sent to the address that was checked.
         response = _post(delivery)
-    except _transient_errors() as exc:
+    except outbound.RefusedURL as exc:
+        return _record_final(delivery, WebhookDelivery.Status.FAILED, None, "", f"Webhooks may not be sent there: {exc}")
+    except outbound.DeliveryConnectionError as exc:
         return _record_transient(delivery, None, f"{type(exc).__name__}: {exc}")
-    except Exception as exc:  # a bad URL or similar: retrying cannot help
-        return _record_final(delivery, WebhookDelivery.Status.FAILED, None, "", f"{type(exc).__name__}: {exc}")
     excerpt = response.text[:RESPONSE_EXCERPT_CHARS]
-    if 200 <= response.status_code < 300:
-        return _record_final(delivery, WebhookDelivery.Status.DELIVERED, response.status_code, excerpt, "")
-    if response.status_code == 429 or response.status_code >= 500:
-        return _record_transient(delivery, response.status_code, f"HTTP {response.status_code}", excerpt)
-    return _record_final(delivery, WebhookDelivery.Status.FAILED, response.status_code, excerpt,
-                         f"HTTP {response.status_code}: the receiver refused the delivery")
+    status = response.status
+    if 200 <= status < 300:
+        return _record_final(delivery, WebhookDelivery.Status.DELIVERED, status, excerpt, "")
+    if status == 429 or status >= 500:
+        return _record_transient(delivery, status, f"HTTP {status}", excerpt)
+    return _record_final(delivery, WebhookDelivery.Status.FAILED, status, excerpt,
+                         f"HTTP {status}: the receiver refused the delivery")
 
 
 def _claim(delivery_id: int) -> WebhookDelivery | None:
@@ -308,16 +298,14 @@ def _claim(delivery_id: int) -> WebhookDelivery | None:
     )
     if not claimed:
         return None
-    return WebhookDelivery.objects.select_related("subscription").get(pk=delivery_id)
+    return WebhookDelivery.objects.select_related("subscription__owner").get(pk=delivery_id)
 
 
 def request_body(delivery: WebhookDelivery) -> str:
     return json.dumps({"delivery_id": delivery.pk, **delivery.payload}, separators=(",", ":"), sort_keys=True)
 
 
-def _post(delivery: WebhookDelivery):
-    import requests
-
+def _post(delivery: WebhookDelivery) -> outbound.Answer:
     body = request_body(delivery)
     timestamp = str(int(time.time()))
     headers = {
@@ -328,15 +316,10 @@ def _post(delivery: WebhookDelivery):
         "X-SEM-Timestamp": timestamp,
         "X-SEM-Signature": sign(delivery.subscription.secret, timestamp, body),
     }
-    # No redirects: a signed POST must not be replayed to wherever a 30x points.
-    return requests.post(delivery.subscription.url, data=body.encode("utf-8"), headers=headers,
-                         timeout=settings.SEM_WEBHOOK_TIMEOUT_S, allow_redirects=False)
-
-
-def _transient_errors() -> tuple[type[Exception], ...]:
-    import requests
-
-    return (requests.ConnectionError, requests.Timeout)
+    # No redirects (a signed POST must not be replayed to wherever a 30x points), no proxies, and the
+    # connection goes to the address that was checked.
+    return outbound.post(delivery.subscription.url, body.encode("utf-8"), headers,
+                         timeout_s=settings.SEM_WEBHOOK_TIMEOUT_S)
 
 
 def _record_transient(delivery, status_code, error, excerpt="") -> DeliveryOutcome:

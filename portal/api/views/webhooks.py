@@ -1,8 +1,12 @@
 """Webhook subscriptions: each user manages their own; the delivery log is readable per subscription."""
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ErrorDetail, ValidationError
 from rest_framework.response import Response
 
 from portal.api import examples as ex
@@ -48,7 +52,15 @@ class WebhookSubscriptionViewSet(viewsets.ModelViewSet):
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         secret = serializer.validated_data.get("secret") or new_secret()
-        subscription = serializer.save(owner=request.user, secret=secret)
+        with transaction.atomic():
+            # The owner's row is locked so that concurrent requests cannot pass the cap together.
+            get_user_model().objects.select_for_update().filter(pk=request.user.pk).first()
+            limit = settings.SEM_WEBHOOK_MAX_SUBSCRIPTIONS_PER_USER
+            if WebhookSubscription.objects.filter(owner=request.user).count() >= limit:
+                raise ValidationError({"url": [ErrorDetail(
+                    f"You already have {limit} webhook subscriptions, the most allowed; delete one first.",
+                    code="too_many_subscriptions")]})
+            subscription = serializer.save(owner=request.user, secret=secret)
         data = dict(self.get_serializer(subscription).data, secret=secret)  # shown once, like API tokens
         return Response(data, status=status.HTTP_201_CREATED)
 
@@ -59,4 +71,5 @@ class WebhookSubscriptionViewSet(viewsets.ModelViewSet):
     def deliveries(self, request, pk=None):
         subscription = self.get_object()
         page = self.paginate_queryset(subscription.deliveries.order_by("-id"))
-        return self.get_paginated_response(WebhookDeliverySerializer(page, many=True).data)
+        serializer = WebhookDeliverySerializer(page, many=True, context=self.get_serializer_context())
+        return self.get_paginated_response(serializer.data)
