@@ -1,5 +1,6 @@
 """Django admin for every model, with the filters and searches a lab manager reaches for."""
 
+from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
 from django.utils.html import format_html
@@ -152,8 +153,29 @@ class WebhookDeliveryInline(admin.TabularInline):
     can_delete = False
 
 
+class WebhookSubscriptionForm(forms.ModelForm):
+    class Meta:
+        model = WebhookSubscription
+        fields = "__all__"
+
+    def clean_url(self):
+        """The API's rules (portal.services.outbound): the normalised URL is stored, refused ones are not."""
+        from portal.services.outbound import RefusedURL, parse_url
+        from portal.services.webhooks import refused_destination
+
+        try:
+            url = parse_url(self.cleaned_data["url"]).url
+        except RefusedURL as exc:
+            raise forms.ValidationError(f"Not a usable webhook URL: {exc}.") from None
+        refusal = refused_destination(url)
+        if refusal:
+            raise forms.ValidationError(f"Webhooks may not be sent there: {refusal}.")
+        return url
+
+
 @admin.register(WebhookSubscription)
 class WebhookSubscriptionAdmin(admin.ModelAdmin):
+    form = WebhookSubscriptionForm
     list_display = ["url", "owner", "project", "active", "created_at"]
     list_filter = ["active", "project"]
     search_fields = ["url", "owner__username"]

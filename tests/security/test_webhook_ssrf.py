@@ -91,6 +91,17 @@ class TestAuthorityConfusion:
         assert outcome.status == WebhookDelivery.Status.FAILED and delivery.status == "failed"
         assert delivery.response_excerpt == ""
 
+    def test_the_admin_form_applies_the_same_rules(self, no_loopback, member):
+        from portal.admin import WebhookSubscriptionForm
+
+        data = {"owner": member.pk, "events": '["label.changed"]', "secret": "s" * 20, "active": True}
+        for url in ["http://127.0.0.1:8299\\@10.0.0.1/", "http://u:p@lims.example.org/", "http://127.0.0.1/"]:
+            form = WebhookSubscriptionForm(data={**data, "url": url})
+            assert not form.is_valid() and "url" in form.errors, url
+        form = WebhookSubscriptionForm(data={**data, "url": "HTTPS://LIMS.example.org:443/a/../hook"})
+        assert form.is_valid(), form.errors
+        assert form.cleaned_data["url"] == "https://lims.example.org/hook"
+
     def test_the_normalised_url_is_what_is_stored(self, member, settings):
         settings.SEM_WEBHOOK_ALLOW_LOOPBACK = True
         response = subscribe_via_api(member, "HTTP://LocalHost:80/a/./b/../hook?x=1")
