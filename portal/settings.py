@@ -111,6 +111,10 @@ SEM_MAX_IMAGE_PIXELS = env_int("SEM_MAX_IMAGE_PIXELS", 100_000_000, minimum=1)
 SEM_TEST_SPLIT_PERCENT = env_int("SEM_TEST_SPLIT_PERCENT", 15, minimum=0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024**2
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024**2
+# Request bodies larger than that are spooled to files here (and ingestion's own copy too), not to
+# /tmp: the sweeper removes what killed web processes leave behind (older than an hour). Put it where
+# the sweeper's worker sees it too (docker-compose: under the media volume).
+FILE_UPLOAD_TEMP_DIR = str(env_path("SEM_UPLOAD_TEMP_DIR", VAR_DIR / "upload-spool"))
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("SEM_MAX_FILES_PER_REQUEST", 500, minimum=1)
 
 # --- Celery ----------------------------------------------------------------------------------

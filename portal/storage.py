@@ -7,15 +7,24 @@ final name (which, like `os.open(O_EXCL)`, never overwrites an existing file) an
 name. A failed write removes its partial file, so the media directory only ever holds complete files
 under real names. What a killed process leaves in `.partial/` is removed by the sweeper
 (`remove_stale_partials`), which only has to list that one folder.
+
+Content-addressed names (`save_content_addressed`: the name is the sha256 of the bytes) are
+idempotent: when the name is taken by a file with the same bytes (left by an upload that was killed
+before its row committed, or stored by a concurrent upload of the same file), that file is reused
+instead of storing a second copy under a `_AbCdEfG` suffix.
 """
 
 from __future__ import annotations
 
 import errno
+import filecmp
 import os
 import secrets
+import time
 
+from django.core.files import File
 from django.core.files.storage import FileSystemStorage
+from django.core.files.utils import validate_file_name
 
 PARTIAL_DIR = ".partial"
 
@@ -27,6 +36,35 @@ class MediaStorage(FileSystemStorage):
             # Django creates the directories, streams the content and applies the permission settings.
             partial_name = super()._save(partial_name, content)
             return self._publish(partial_name, name)
+        finally:
+            self._remove_quietly(partial_name)
+
+    def save_content_addressed(self, name: str, content, max_length: int | None = None) -> tuple[str, bool]:
+        """Store `content` under `name`, a name derived from the bytes; returns (name, created).
+
+        A file with the same bytes under that name is reused (created is False, and its modification
+        time is refreshed so that the sweeper's grace period starts again). A file with other bytes under
+        it is kept, and this one gets a new name, as Django does.
+        """
+        validate_file_name(name, allow_relative_path=True)
+        if not hasattr(content, "chunks"):
+            content = File(content, name)
+        partial_name = os.path.join(PARTIAL_DIR, secrets.token_hex(16))
+        try:
+            partial_name = super()._save(partial_name, content)
+            self._make_parent(name)
+            while True:
+                try:
+                    _link_without_overwriting(self.path(partial_name), self.path(name))
+                    return str(name).replace("\\", "/"), True
+                except FileExistsError:
+                    same = _same_bytes(self.path(partial_name), self.path(name))
+                    if same is None:
+                        continue  # removed meanwhile: the name is free again
+                    if same:
+                        _touch(self.path(name))
+                        return str(name).replace("\\", "/"), False
+                    name = self.get_available_name(name, max_length=max_length)
         finally:
             self._remove_quietly(partial_name)
 
@@ -71,11 +109,29 @@ def _link_without_overwriting(source: str, target: str) -> None:
         os.rename(source, target)
 
 
+def _same_bytes(first: str, second: str) -> bool | None:
+    """Whether two files hold the same bytes; None when the second one does not exist (any more)."""
+    try:
+        return filecmp.cmp(first, second, shallow=False)
+    except FileNotFoundError:
+        return None
+
+
+def _touch(path: str) -> None:
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        pass
+
+
 def remove_stale_partials(root: str, older_than_s: float) -> int:
     """Remove partial files left by a process killed mid-write; returns how many."""
-    import time
+    return remove_stale_files(os.path.join(root, PARTIAL_DIR), older_than_s)
 
-    folder = os.path.join(root, PARTIAL_DIR)
+
+def remove_stale_files(folder, older_than_s: float) -> int:
+    """Remove the files directly in `folder` not modified for `older_than_s` seconds; returns how many.
+    For folders of temporary files (partial media files, spooled upload bodies) whose writers died."""
     cutoff = time.time() - older_than_s
     removed = 0
     try:

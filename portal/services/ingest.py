@@ -8,6 +8,12 @@ one transaction that writes the files, the SEMImage row and the optional curated
 Atomicity: any failure deletes the files written so far and rolls the row back, so nothing is
 half-stored. Classification is queued only once the transaction has committed.
 
+A process killed between writing the files and the commit cannot clean up. The files' names are
+content-addressed and idempotent (the retry of the same bytes reuses them, see
+`MediaStorage.save_content_addressed`), and a marker in `MEDIA_ROOT/.ingesting/` written before the
+files lets the sweeper find what such a process left behind (`reconcile_interrupted`): after a grace
+period, files of that sha256 that no row points to are removed.
+
 Callers should not wrap `ingest_file` in their own transaction: if an outer transaction rolls back
 after a successful call, the row disappears but the content-addressed files stay behind as orphans.
 """
@@ -27,7 +33,7 @@ from typing import BinaryIO, Iterator
 from django.conf import settings
 from django.core.files import File
 from django.core.files.base import ContentFile
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from PIL import Image
 
 from classifier.databar import crop_databar
@@ -247,7 +253,21 @@ def _remove_quietly(path: str) -> None:
 def _store(upload: _Upload, info: ImageInfo, metadata: dict, derived: _Derived, *, filename: str,
            sample: Sample, uploaded_by, label: Category | None, label_source: str,
            idempotency_key: str | None) -> IngestResult:
-    written: list[tuple[object, str]] = []  # (storage, name) of every file saved so far
+    with _ingesting(upload.sha256):
+        # Uploads of the same bytes take turns here: the one that waited finds the first one's row.
+        existing = find_by_sha256(upload.sha256) or (
+            SEMImage.objects.filter(idempotency_key=idempotency_key).first() if idempotency_key else None)
+        if existing:
+            return IngestResult(existing, created=False)
+        return _store_files_and_row(upload, info, metadata, derived, filename=filename, sample=sample,
+                                    uploaded_by=uploaded_by, label=label, label_source=label_source,
+                                    idempotency_key=idempotency_key)
+
+
+def _store_files_and_row(upload: _Upload, info: ImageInfo, metadata: dict, derived: _Derived, *, filename: str,
+                         sample: Sample, uploaded_by, label: Category | None, label_source: str,
+                         idempotency_key: str | None) -> IngestResult:
+    written: list[tuple[object, str]] = []  # (storage, name) of every file this ingestion created
     try:
         with transaction.atomic():
             image = _new_image(upload, info, metadata, derived, filename=filename, sample=sample,
@@ -259,16 +279,22 @@ def _store(upload: _Upload, info: ImageInfo, metadata: dict, derived: _Derived, 
             image_id = image.pk
             transaction.on_commit(lambda: _enqueue_classification(image_id))
     except IntegrityError:
-        _delete_files(written)
-        # A concurrent upload of the same bytes (or key) committed first: that one is the image.
-        existing = find_by_sha256(upload.sha256) or (
-            SEMImage.objects.filter(idempotency_key=idempotency_key).first() if idempotency_key else None)
+        # A concurrent upload of the same bytes (or key) committed first: that one is the image. Its
+        # row may point to files this one wrote (same bytes, same names): those stay.
+        existing = None
+        try:
+            existing = find_by_sha256(upload.sha256) or (
+                SEMImage.objects.filter(idempotency_key=idempotency_key).first() if idempotency_key else None)
+        finally:
+            kept = {existing.original.name, existing.derivative.name, existing.thumbnail.name} if existing else set()
+            _delete_files([(storage, name) for storage, name in written if name not in kept])
         if existing:
             return IngestResult(existing, created=False)
         raise
     except BaseException:
         _delete_files(written)
         raise
+    _restore_vanished_files(image, upload, derived)
     return IngestResult(image, created=True)
 
 
@@ -305,18 +331,165 @@ def _new_image(upload: _Upload, info: ImageInfo, metadata: dict, derived: _Deriv
 
 def _save_files(image: SEMImage, upload: _Upload, derived: _Derived, written: list) -> None:
     """Original byte-for-byte at its content-addressed path, then the two derived files."""
+    for field_file, name, content in _content_addressed_files(image, upload, derived):
+        with content() as opened:
+            _save_one(field_file, name, opened, written)
+
+
+def _content_addressed_files(image: SEMImage, upload: _Upload, derived: _Derived):
+    """(field file, name, opener of its content) of the three files of an image."""
     sha = upload.sha256
-    with open(upload.path, "rb") as original:
-        _save_one(image.original, f"{sha}{image.extension}", File(original), written)
-    _save_one(image.derivative, f"{sha[:2]}/{sha}.png", ContentFile(derived.derivative_png), written)
-    _save_one(image.thumbnail, f"{sha[:2]}/{sha}.jpg", ContentFile(derived.thumbnail_jpeg), written)
+    return [
+        (image.original, f"{sha}{image.extension}", lambda: File(open(upload.path, "rb"))),
+        (image.derivative, f"{sha[:2]}/{sha}.png", lambda: ContentFile(derived.derivative_png)),
+        (image.thumbnail, f"{sha[:2]}/{sha}.jpg", lambda: ContentFile(derived.thumbnail_jpeg)),
+    ]
 
 
 def _save_one(field_file, name: str, content, written: list) -> None:
-    # The storage never overwrites: a leftover file of the same name gets a new, unique name,
-    # so deleting what *we* wrote can never remove a file that another upload owns.
-    field_file.save(name, content, save=False)
-    written.append((field_file.storage, field_file.name))
+    """Save under the content-addressed name. The storage never overwrites; a file with the same
+    bytes already there (left by a killed upload, or a concurrent upload's) is reused and is not
+    ours to delete, so a failure here never removes a file that another upload owns."""
+    storage = field_file.storage
+    if not hasattr(storage, "save_content_addressed"):  # another storage backend: Django's way
+        field_file.save(name, content, save=False)
+        written.append((storage, field_file.name))
+        return
+    name = field_file.field.generate_filename(field_file.instance, name)
+    stored, created = storage.save_content_addressed(name, content, max_length=field_file.field.max_length)
+    setattr(field_file.instance, field_file.field.attname, stored)
+    if created:
+        written.append((storage, stored))
+
+
+def _restore_vanished_files(image: SEMImage, upload: _Upload, derived: _Derived) -> None:
+    """After the commit: a reused file could have been removed meanwhile by the failing upload that
+    wrote it (same bytes, racing this one). Write such a file again; the bytes are still at hand."""
+    for field_file, _name, content in _content_addressed_files(image, upload, derived):
+        stored = field_file.name
+        if field_file.storage.exists(stored):
+            continue
+        logger.warning("stored file %s vanished before image %s committed; writing it again", stored, image.pk)
+        with content() as opened:
+            again, _created = field_file.storage.save_content_addressed(stored, opened)
+        if again != stored:
+            SEMImage.objects.filter(pk=image.pk).update(**{field_file.field.attname: again})
+            setattr(image, field_file.field.attname, again)
+
+
+# ---------------------------------------------------------------------------------------------
+# Uploads killed between the files and the commit
+# ---------------------------------------------------------------------------------------------
+
+INGESTING_DIR = ".ingesting"
+CONTENT_FOLDERS = ("originals", "derivatives", "thumbnails")
+
+
+def _marker_folder() -> str:
+    return os.path.join(settings.MEDIA_ROOT, INGESTING_DIR)
+
+
+@contextmanager
+def _sha_lock(sha256: str, *, wait: bool = True) -> Iterator[bool]:
+    """A PostgreSQL advisory lock per sha256, held (by this database session) while the files of those
+    bytes are written and committed or cleaned up, or while the sweeper removes them; PostgreSQL
+    releases it when the process dies. Yields False when `wait` is False and another session holds it.
+    SQLite (the single-host quick start) has no such lock: the content-addressed reuse still applies."""
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    key = int(sha256[:15], 16)  # 60 bits: a positive bigint
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)" if wait else "SELECT pg_try_advisory_lock(%s)", [key])
+        locked = wait or bool(cursor.fetchone()[0])
+    try:
+        yield locked
+    finally:
+        if locked:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+            except DatabaseError as error:  # the connection is gone, and its locks with it
+                logger.warning("could not release the ingestion lock of %s: %s", sha256, error)
+
+
+@contextmanager
+def _ingesting(sha256: str) -> Iterator[None]:
+    """Hold the lock of `sha256`, with a marker file that says these bytes are being stored: a marker
+    that outlives its grace period belongs to a killed process (`reconcile_interrupted`)."""
+    with _sha_lock(sha256):
+        os.makedirs(_marker_folder(), exist_ok=True)
+        marker = os.path.join(_marker_folder(), f"{sha256}.{os.getpid()}.{os.urandom(4).hex()}")
+        with open(marker, "wb"):
+            pass
+        try:
+            yield
+        finally:
+            _remove_quietly(marker)
+
+
+def reconcile_interrupted(grace_s: float) -> int:
+    """Remove what uploads killed between their files and their commit left behind; returns how many
+    files were removed.
+
+    A marker older than `grace_s` belongs to a process that died. The files of its sha256 that no row
+    points to (and that were not touched within `grace_s`, so no upload is reusing them right now) are
+    removed, then the marker. Markers of a sha256 that is being ingested right now wait.
+    """
+    import time
+
+    folder = _marker_folder()
+    try:
+        markers = [entry for entry in os.scandir(folder) if entry.is_file(follow_symlinks=False)]
+    except FileNotFoundError:
+        return 0
+    cutoff = time.time() - grace_s
+    ages: dict[str, list[tuple[str, float]]] = {}
+    for entry in markers:
+        try:
+            ages.setdefault(entry.name.split(".", 1)[0], []).append((entry.path, entry.stat().st_mtime))
+        except FileNotFoundError:
+            pass  # that upload finished meanwhile
+    removed = 0
+    for sha256, found in ages.items():
+        if any(mtime >= cutoff for _path, mtime in found) or not _is_sha256(sha256):
+            continue  # an upload of these bytes may be in progress (or not a marker of ours)
+        with _sha_lock(sha256, wait=False) as locked:
+            if not locked:
+                continue  # being stored right now; next sweep
+            removed += _remove_unreferenced_files(sha256, cutoff)
+            for path, _mtime in found:
+                _remove_quietly(path)
+    return removed
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(ch in "0123456789abcdef" for ch in text)
+
+
+def _remove_unreferenced_files(sha256: str, cutoff: float) -> int:
+    referenced = set()
+    for names in SEMImage.objects.filter(sha256=sha256).values_list("original", "derivative", "thumbnail"):
+        referenced.update(names)
+    removed = 0
+    for content_folder in CONTENT_FOLDERS:
+        directory = os.path.join(settings.MEDIA_ROOT, content_folder, sha256[:2])
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            name = f"{content_folder}/{sha256[:2]}/{entry.name}"
+            if not entry.name.startswith(sha256) or name in referenced:
+                continue
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.remove(entry.path)
+                    removed += 1
+                    logger.info("removed %s: left by an upload killed before its commit", name)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def _delete_files(written: list) -> None:
