@@ -24,6 +24,7 @@ SECRET_KEY = (env_str("SECRET_KEY", "") or local_secret_key(VAR_DIR / "secret-ke
     else env_str("SECRET_KEY")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+CSRF_FAILURE_VIEW = "portal.request_guard.csrf_failure"  # the JSON error body under /api/
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -43,6 +44,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "portal.request_guard.HostileInputMiddleware",  # 400 for NUL bytes in URLs and for values the database refuses
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

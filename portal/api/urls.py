@@ -28,6 +28,7 @@ urlpatterns = [
     path("redoc/", SpectacularRedocView.as_view(url_name="api:schema"), name="redoc"),
     path("review-queue/", ReviewQueueView.as_view(), name="review-queue"),
     path("", include(router.urls)),
-    # Anything else under /api/ answers the JSON error body, not the HTML 404 page.
-    re_path(r"^.*$", unknown_endpoint),
+    # Anything else under /api/ answers the JSON error body, not the HTML 404 page; [\s\S] so that paths
+    # with a line break (%0A) match too (not "." : it stops at a newline).
+    re_path(r"^[\s\S]*$", unknown_endpoint),
 ]

@@ -38,3 +38,19 @@ def admin_required(view):
         return view(request, *args, **kwargs)
 
     return login_required(checked)
+
+
+def posted_category_or_404(request):
+    """The active category whose id was posted as `category`; 404 for anything else (a name, a NUL, a
+    number out of range), never a 500 from the look-up."""
+    from django.http import Http404
+
+    from portal.models import Category
+
+    value = request.POST.get("category", "")
+    if not value.isascii() or not value.isdigit() or len(value) > 18:
+        raise Http404("No such category.")
+    category = Category.objects.filter(pk=int(value), active=True).first()
+    if category is None:
+        raise Http404("No such category.")
+    return category

@@ -54,9 +54,9 @@ def _filters(data: dict) -> Q:
         condition &= Q(uploaded_by=data["uploader"])
     # Whole days in the site's time zone, as a range on the indexed column (not a ::date cast).
     if data.get("date_from"):
-        condition &= Q(uploaded_at__gte=_start_of_day(data["date_from"]))
-    if data.get("date_to"):
-        condition &= Q(uploaded_at__lt=_start_of_day(data["date_to"] + timedelta(days=1)))
+        condition &= Q(uploaded_at__gte=_start_of_day(max(data["date_from"], _EARLIEST_DAY)))
+    if data.get("date_to") and data["date_to"] < _LATEST_DAY:  # on or after it: no upper bound
+        condition &= Q(uploaded_at__lt=_start_of_day(max(data["date_to"], _EARLIEST_DAY) + timedelta(days=1)))
     if data.get("instrument"):
         text = data["instrument"]
         condition &= (Q(vendor__icontains=text) | Q(instrument_model__icontains=text)
@@ -70,6 +70,11 @@ def _curated_filter(value: str | None) -> Q:
     if value == BrowseFilterForm.UNLABELLED:
         return Q(curated_category__isnull=True)
     return Q(curated_category_id=int(value))
+
+
+# The days whose midnight exists in every time zone (date.min's and date.max's do not: OverflowError).
+_EARLIEST_DAY = date(2, 1, 1)
+_LATEST_DAY = date(9998, 12, 31)
 
 
 def _start_of_day(day: date) -> datetime:

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_POST
 from portal.models import Category, Label, SEMImage
 from portal.permissions import can_curate_image, visible_images
 from portal.services.labels import set_label
-from portal.web.access import member_required
+from portal.web.access import member_required, posted_category_or_404
 from portal.web.renditions import rendition_path
 
 # Only types a browser renders as images; anything else is served as a download.
@@ -71,7 +71,7 @@ def set_image_label(request, pk: int):
     image = visible_image_or_404(request.user, pk)
     if not can_curate_image(request.user, image):
         raise PermissionDenied("Correcting labels needs the curator role in this project.")
-    category = get_object_or_404(Category, pk=request.POST.get("category"), active=True)
+    category = posted_category_or_404(request)
     set_label(image, category, source=Label.Source.REVIEW, user=request.user)
     messages.success(request, f"{image.original_filename} labelled {category.name}.")
     return redirect(_safe_next(request) or image_url(image))

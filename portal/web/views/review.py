@@ -14,7 +14,7 @@ from django.views.decorators.http import require_POST
 from portal.models import Category, Label
 from portal.services.labels import confirm_label, set_label, undo_label
 from portal.web import review_queue as queue
-from portal.web.access import curator_required
+from portal.web.access import curator_required, posted_category_or_404
 from portal.web.forms import BulkAcceptForm
 
 SHORTCUT_KEYS = "1234567890"
@@ -42,7 +42,7 @@ def review(request):
 def review_label(request, pk: int):
     """Number keys and Enter: label the image; the same category as its curated label confirms it."""
     image = get_object_or_404(queue.curatable(request.user), pk=pk)
-    category = get_object_or_404(Category, pk=request.POST.get("category"), active=True)
+    category = posted_category_or_404(request)
     if image.curated_category_id == category.pk:
         label = confirm_label(image, user=request.user, note="confirmed in the review queue")
     else:
