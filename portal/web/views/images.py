@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import mimetypes
 from pathlib import PurePath
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.http import FileResponse, Http404
+from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -18,6 +20,10 @@ from portal.permissions import can_curate_image, visible_images
 from portal.services.labels import set_label
 from portal.web.access import member_required, posted_category_or_404
 from portal.web.renditions import rendition_path
+
+logger = logging.getLogger(__name__)
+
+RENDITION_RETRY_AFTER_S = 60
 
 # Only types a browser renders as images; anything else is served as a download.
 SAFE_IMAGE_TYPES = {"image/png", "image/jpeg", "image/bmp", "image/tiff", "image/webp"}
@@ -125,5 +131,16 @@ def image_rendition(request, pk: int, kind: str):
     """A browser-displayable PNG of the original (full resolution for the zoomable view)."""
     image = visible_image_or_404(request.user, pk)
     stem = PurePath(image.original_filename).stem
-    return _file_response(open(rendition_path(image, kind), "rb"), content_type="image/png",
-                          filename=f"{stem}-{kind}.png", attachment=False)
+    try:
+        path = rendition_path(image, kind)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Made once and cached on the media disk: a full disk is the server's state, not a bug.
+        logger.warning("no space left for the %s rendition of image %s: %s", kind, image.pk, error)
+        response = HttpResponse("The server has no storage space left to prepare this view; try again later.",
+                                content_type="text/plain; charset=utf-8", status=507)
+        response["Retry-After"] = str(RENDITION_RETRY_AFTER_S)
+        return response
+    return _file_response(open(path, "rb"), content_type="image/png", filename=f"{stem}-{kind}.png",
+                          attachment=False)
