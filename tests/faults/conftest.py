@@ -71,16 +71,26 @@ class _FillingFile:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return len(data)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
     def __getattr__(self, name):
         return getattr(self.handle, name)
 
 
 @contextmanager
 def media_disk_with(capacity: int):
-    """The media filesystem has `capacity` free bytes while the block runs."""
+    """The media filesystem has `capacity` free bytes while the block runs: for the storage (uploads)
+    and for the web UI's cached renditions (portal/web/renditions.py)."""
     from unittest import mock
 
-    with mock.patch.object(filesystem, "os", _FullDisk(capacity)):
+    from portal.web import renditions
+
+    disk = _FullDisk(capacity)
+    with mock.patch.object(filesystem, "os", disk), mock.patch.object(renditions, "os", disk):
         yield
 
 

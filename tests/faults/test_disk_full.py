@@ -79,3 +79,28 @@ def test_the_sweeper_removes_partial_files_of_a_process_killed_mid_write(setting
 
     assert sweep()["partial_files_removed"] == 1
     assert not abandoned.exists() and in_progress.exists()
+
+
+@pytest.mark.parametrize("kind", ["preview", "full"])
+def test_a_rendition_on_a_full_disk_answers_507_and_leaves_no_partial_file(api_client, client, user, sample,
+                                                                            settings, kind):
+    """The web viewer's PNG renditions are made on first view and cached on the media disk."""
+    from pathlib import Path
+
+    stored = _api_upload(api_client, sample, tiff_bytes(3), key="rendition")
+    assert stored.status_code == 201, stored.content
+    image = SEMImage.objects.get()
+    client.force_login(user)
+    url = reverse(f"web:image_{kind}", args=[image.pk])
+
+    with media_disk_with(64):
+        response = client.get(url)
+
+    assert response.status_code == 507
+    assert int(response["Retry-After"]) > 0
+    assert "no storage space" in response.content.decode()
+    assert media_files(settings.MEDIA_ROOT) == stored_names([image])  # no half-written PNG
+
+    again = client.get(url)  # space is back
+    assert again.status_code == 200 and again["Content-Type"] == "image/png"
+    assert (Path(settings.MEDIA_ROOT) / "renditions" / kind).exists()
