@@ -41,6 +41,11 @@ class CategorySlugField(serializers.SlugRelatedField):
         kwargs.setdefault("queryset", Category.objects.all())
         super().__init__(slug_field="slug", **kwargs)
 
+    def to_internal_value(self, data):
+        if isinstance(data, str) and "\x00" in data:  # PostgreSQL cannot compare it: a field error, not a 500
+            self.fail("does_not_exist", slug_name=self.slug_field, value=data.replace("\x00", "\\0"))
+        return super().to_internal_value(data)
+
 
 class VisibleProjectField(serializers.PrimaryKeyRelatedField):
     """Only the requesting user's projects are valid choices; others read as 'does not exist'."""

@@ -62,7 +62,9 @@ class TestNulBytesInInput:
     @pytest.mark.parametrize("category", ["\x00", "fibres\x00", "1\x00"])
     def test_api_label_and_upload_values(self, user, sample, image, categories, category):
         client = token_client(user)
-        assert_api_error(client.post(f"/api/images/{image.pk}/labels/", {"category": category}, format="json"), 400)
+        labelled = client.post(f"/api/images/{image.pk}/labels/", {"category": category}, format="json")
+        assert_api_error(labelled, 400)
+        assert "category" in labelled.json()["error"]["fields"]
         upload = {"file": _upload_file(), "sample": sample.pk, "curated_category": category}
         assert_api_error(client.post("/api/images/", upload, format="multipart"), 400)
         lab = client.post("/api/images/", {"file": _upload_file(), "lab_sample_id": "S-0001\x00"}, format="multipart")
