@@ -449,8 +449,31 @@ def fail_stale_runs() -> int:
             error=f"Worker lost: no heartbeat since {run.heartbeat_at:%Y-%m-%d %H:%M:%S %Z}",
         )
         _announce_finished(run.pk)
+    remove_abandoned_work_dirs()
     _resend_queued(now)
     return failed
+
+
+def remove_abandoned_work_dirs() -> int:
+    """Remove MODEL_DIR/run-<id>/ of runs that are neither queued nor running: what a worker killed
+    mid-run leaves (its own clean-up never ran). Returns how many folders were removed."""
+    root = Path(settings.MODEL_DIR)
+    try:
+        folders = {int(path.name[4:]): path for path in root.iterdir()
+                   if path.name.startswith("run-") and path.name[4:].isdigit() and path.is_dir()}
+    except FileNotFoundError:
+        return 0
+    if not folders:
+        return 0
+    live = set(TrainingRun.objects.filter(pk__in=list(folders), status__in=[
+        TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING]).values_list("pk", flat=True))
+    removed = 0
+    for run_id, folder in folders.items():
+        if run_id not in live:
+            shutil.rmtree(folder, ignore_errors=True)
+            logger.info("removed %s: the working folder of training run %s, which is over", folder, run_id)
+            removed += 1
+    return removed
 
 
 def _resend_queued(now) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import re
 from datetime import timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
+from django.conf import settings as django_settings
 from django.db import connection
 from django.db.models import Count
 from django.utils import timezone
@@ -186,10 +188,13 @@ def test_a_killed_training_leaves_production_untouched(worker_factory, productio
     run = training.request_training(trigger=TrainingRun.Trigger.MANUAL, force=True)
     worker.wait_until(lambda: TrainingRun.objects.filter(pk=run.pk, progress__event="batch").exists(),
                       what="training under way")
+    work_dir = Path(django_settings.MODEL_DIR) / f"run-{run.pk}"
+    assert work_dir.is_dir()
     worker.kill9()
     TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
 
     assert training.fail_stale_runs() == 1
+    assert not work_dir.exists()  # the killed worker's clean-up never ran; the sweeper's did
 
     run.refresh_from_db(), production_model.refresh_from_db()
     assert run.status == TrainingRun.Status.FAILED and run.error.startswith("Worker lost")
