@@ -27,6 +27,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import time
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -286,18 +287,35 @@ def _post_to(parsed: ParsedURL, address: IPAddress, body: bytes, headers: dict[s
                        server_hostname=parsed.host if parsed.ip is None else None)
     else:
         pool_class = urllib3.HTTPConnectionPool
-    request_headers = {**headers, "Host": parsed.netloc, "Content-Length": str(len(body))}
+    # identity, and no decoding: a compressed answer cannot inflate in the worker's memory.
+    request_headers = {**headers, "Host": parsed.netloc, "Content-Length": str(len(body)),
+                       "Accept-Encoding": "identity"}
     try:
         with pool_class(**options) as pool:
             response = pool.urlopen("POST", parsed.target, body=body, headers=request_headers, redirect=False,
-                                    retries=False, assert_same_host=False, preload_content=False)
+                                    retries=False, assert_same_host=False, preload_content=False,
+                                    decode_content=False)
             try:
-                data = response.read(RESPONSE_READ_BYTES)
+                data = _read_some(response, deadline=time.monotonic() + timeout_s)
             finally:
                 response.release_conn()
     except (Urllib3Error, OSError) as exc:
         raise DeliveryConnectionError(f"{parsed.netloc} ({address}): {type(exc).__name__}: {exc}") from None
     return Answer(response.status, data.decode("utf-8", errors="replace"))
+
+
+def _read_some(response, *, deadline: float) -> bytes:
+    """At most RESPONSE_READ_BYTES of the body, for at most about the timeout: a receiver that drips
+    its answer a byte at a time cannot hold the worker (each read still has the read timeout)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < RESPONSE_READ_BYTES and time.monotonic() < deadline:
+        chunk = response.read(min(8192, RESPONSE_READ_BYTES - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _ca_bundle() -> str | None:

@@ -177,6 +177,76 @@ class TestDnsRebinding:
         assert rebinding_resolver.count(self.NAME) == 1
 
 
+def self_signed_certificate(directory, name: str):
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+class TestPinnedTls:
+    """https to a pinned address still sends the name as SNI and verifies the certificate against it."""
+
+    NAME = "lims.pinned.test"
+
+    @pytest.fixture
+    def tls_receiver(self, tmp_path, monkeypatch, settings):
+        import ssl
+
+        settings.SEM_WEBHOOK_ALLOW_LOOPBACK = True
+        settings.SEM_WEBHOOK_MAX_ATTEMPTS = 1
+        settings.SEM_WEBHOOK_TIMEOUT_S = 5
+        real_getaddrinfo = socket.getaddrinfo
+
+        def getaddrinfo(host, port, *args, **kwargs):
+            if host == self.NAME:
+                return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", port or 0))]
+            return real_getaddrinfo(host, port, *args, **kwargs)
+
+        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+        served = {}
+
+        def start(certificate_name: str):
+            cert, key = self_signed_certificate(tmp_path, certificate_name)
+            # Trusted as a CA, so that only the name can make verification fail.
+            monkeypatch.setattr("portal.services.outbound._ca_bundle", lambda: str(cert))
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert, key)
+            served["sni"] = []
+            context.sni_callback = lambda _sock, name, _ctx: served["sni"].append(name)
+            receiver = Receiver([], default=200)
+            receiver.server.socket = context.wrap_socket(receiver.server.socket, server_side=True)
+            return receiver
+
+        return start, served
+
+    def test_delivered_with_sni_and_host_of_the_name(self, tls_receiver, member):
+        start, served = tls_receiver
+        with start(self.NAME) as receiver:
+            port = receiver_port(receiver)
+            delivery = stored_delivery(member, f"https://{self.NAME}:{port}/hook")
+            webhooks.attempt_delivery(delivery.pk)
+        delivery.refresh_from_db()
+        assert (delivery.status, delivery.response_status) == ("delivered", 200), delivery.error
+        assert served["sni"] == [self.NAME]
+        assert receiver.received[0].headers["Host"] == f"{self.NAME}:{port}"
+
+    def test_a_certificate_for_another_name_is_refused(self, tls_receiver, member):
+        start, _served = tls_receiver
+        with start("other.pinned.test") as receiver:
+            delivery = stored_delivery(member, f"https://{self.NAME}:{receiver_port(receiver)}/hook")
+            webhooks.attempt_delivery(delivery.pk)
+        delivery.refresh_from_db()
+        assert delivery.status == "failed" and receiver.received == []
+        assert "hostname" in delivery.error.lower() or "match" in delivery.error.lower(), delivery.error
+
+
 def own_non_loopback_address() -> str | None:
     candidates = set()
     try:
