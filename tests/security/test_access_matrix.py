@@ -188,7 +188,7 @@ EXEMPT = {
     "api:schema": "the public OpenAPI description of the API: no data",
     "api:docs": "Swagger UI over the public schema: no data",
     "api:redoc": "ReDoc over the public schema: no data",
-    "api/^.*$": "catch-all that answers a JSON 404 for unknown endpoints",
+    r"api/^[\s\S]*$": "catch-all that answers a JSON 404 for unknown endpoints (line breaks included)",
 }
 # Django's admin has its own staff-only login (tests/api/test_admin.py); static files are served by
 # WhiteNoise middleware, not by URL patterns.
