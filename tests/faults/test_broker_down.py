@@ -34,12 +34,12 @@ def _free_port() -> int:
 
 
 @contextmanager
-def portal_server(broker_url: str, log_path):
+def portal_server(broker_url: str, log_path, **extra_env: str):
     """The portal under gunicorn, on this test's database and media, with the given broker."""
     port = _free_port()
     env = {**os.environ, "DATABASE_URL": database_url(), "CELERY_BROKER_URL": broker_url,
            "MEDIA_ROOT": str(django_settings.MEDIA_ROOT), "MODEL_DIR": str(django_settings.MODEL_DIR),
-           "SECRET_KEY": "test-only-secret-key", "PYTHONUNBUFFERED": "1"}
+           "SECRET_KEY": "test-only-secret-key", "PYTHONUNBUFFERED": "1", **extra_env}
     with open(log_path, "wb") as log:
         server = subprocess.Popen([sys.executable, "-m", "gunicorn", "portal.wsgi:application", "--bind",
                                    f"127.0.0.1:{port}", "--workers", "1", "--timeout", "60"],

@@ -12,6 +12,7 @@ import logging
 import time
 
 import pytest
+from django.conf import settings as django_settings
 from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.settings import api_settings
@@ -120,3 +121,42 @@ def test_a_cache_error_outside_the_api_views_answers_503_too(cache_on_redis):
     assert response is not None and response.status_code == 503
     assert int(response["Retry-After"]) > 0
     assert json.loads(response.content)["error"]["code"] == "unavailable"
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)  # gunicorn sees this test's rows
+def test_under_gunicorn_no_api_request_gets_a_500_while_the_cache_redis_is_down(user, sample, redis_process,
+                                                                                tmp_path):
+    """The issue's reproduction: a real server whose CACHE_URL Redis is killed mid-run."""
+    import requests
+
+    from portal.services.tokens import create_token
+    from tests.faults.test_broker_down import portal_server
+
+    headers = {"Authorization": f"Bearer {create_token(user, 'lims').secret}"}
+    log = tmp_path / "gunicorn.log"
+    answers = []
+    with portal_server(django_settings.CELERY_BROKER_URL, log, CACHE_URL=redis_process.url) as url:
+        def round_of_requests(seed: int) -> None:
+            answers.append(requests.get(f"{url}/api/images/", headers=headers, timeout=30))
+            answers.append(requests.get(f"{url}/api/samples/{sample.pk}/", headers=headers, timeout=30))
+            answers.append(requests.post(f"{url}/api/images/", headers=headers, timeout=60, data={"sample": sample.pk},
+                                         files={"file": (f"{seed}.tif", tiff_bytes(seed), "image/tiff")}))
+
+        round_of_requests(50)
+        redis_process.stop()
+        for seed in range(51, 56):
+            round_of_requests(seed)
+        redis_process.start()
+        time.sleep(throttling.ThrottleCache.retry_after_s + 0.5)  # the shared counters are tried again
+        round_of_requests(56)
+
+    statuses = [answer.status_code for answer in answers]
+    assert 500 not in statuses, statuses
+    for answer in answers:
+        if answer.status_code == 503:
+            assert answer.json()["error"]["code"] == "unavailable" and int(answer.headers["Retry-After"]) > 0
+        else:
+            assert answer.status_code in (200, 201), (answer.status_code, answer.text[:300])
+    assert statuses.count(201) == 7  # every upload was stored
+    assert log.read_text().count("the shared cache is unavailable") == 1  # one gunicorn worker, logged once
