@@ -245,11 +245,6 @@ def refused_destination(url: str) -> str | None:
     return outbound.destination_refusal(url)
 
 
-def normalised_url(url: str) -> str:
-    """The form of `url` that is stored and delivered to; raises outbound.RefusedURL."""
-    return outbound.parse_url(url).url
-
-
 @dataclass(frozen=True)
 class DeliveryOutcome:
     status: str  # WebhookDelivery.Status value, or "skipped" when there was nothing to do
