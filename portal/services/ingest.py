@@ -367,7 +367,7 @@ def _restore_vanished_files(image: SEMImage, upload: _Upload, derived: _Derived)
     wrote it (same bytes, racing this one). Write such a file again; the bytes are still at hand."""
     for field_file, _name, content in _content_addressed_files(image, upload, derived):
         stored = field_file.name
-        if field_file.storage.exists(stored):
+        if not hasattr(field_file.storage, "save_content_addressed") or field_file.storage.exists(stored):
             continue
         logger.warning("stored file %s vanished before image %s committed; writing it again", stored, image.pk)
         with content() as opened:
