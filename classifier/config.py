@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-IMBALANCE_MODES = ("weighted_loss", "weighted_sampler", "none")
+IMBALANCE_MODES = ("weighted_loss", "sqrt_weighted_loss", "weighted_sampler", "none")
 
 
 @dataclass
@@ -31,6 +31,10 @@ class TrainConfig:
     freeze_first_stage: bool = True
     weight_decay: float = 1e-2
     label_smoothing: float = 0.0
+    # Restore, per stage, the weights of the epoch with the lowest validation loss.
+    select_best_epoch: bool = True
+    # After training, re-estimate BatchNorm statistics on the training images at eval transforms.
+    recalibrate_bn: bool = False
     # Train-time random crop: fraction of the image area kept, and aspect range.
     crop_scale: tuple[float, float] = (0.35, 1.0)
     max_rotate: float = 10.0
@@ -39,6 +43,8 @@ class TrainConfig:
     # "sem": flips on both axes + dihedral, small rotations, zoom, brightness/contrast;
     # "fastai": fastai's default aug_transforms() (horizontal flips, warp), the reference recipe.
     augmentation: str = "sem"
+    # Per-image contrast before the model (transforms.CONTRAST_MODES); stored in the artifact.
+    contrast: str = "none"
     # None = automatic: 0 workers on CPU (decoding 256-px PNGs is cheaper than
     # process hand-off on 2 cores), several on CUDA.
     num_workers: int | None = None
@@ -65,6 +71,8 @@ class TrainConfig:
             raise ValueError(f"imbalance must be one of {IMBALANCE_MODES}, not {self.imbalance!r}")
         if self.augmentation not in ("sem", "fastai"):
             raise ValueError(f"augmentation must be 'sem' or 'fastai', not {self.augmentation!r}")
+        if self.contrast not in ("none", "stretch"):
+            raise ValueError(f"contrast must be 'none' or 'stretch', not {self.contrast!r}")
         if not 0 < self.valid_pct < 1:
             raise ValueError("valid_pct must be between 0 and 1")
         if n == 0 or any(s < 16 for s in self.sizes):

@@ -72,12 +72,12 @@ def model_logits(model, arrays: Iterable[np.ndarray], *, device, channels_last: 
 
 def predict_logits_for_paths(model, paths: Sequence, size: int, *, device, batch_size: int = 32,
                              channels_last: bool = True, mean=transforms.NORMALISE_MEAN,
-                             std=transforms.NORMALISE_STD) -> np.ndarray:
+                             std=transforms.NORMALISE_STD, contrast: str = "none") -> np.ndarray:
     """Logits for files, decoded with the eval preset; used by training for
     calibration and evaluation so they see what the engine will see."""
     outputs = []
     for start in range(0, len(paths), batch_size):
-        arrays = [transforms.eval_array(p, size) for p in paths[start:start + batch_size]]
+        arrays = [transforms.eval_array(p, size, contrast) for p in paths[start:start + batch_size]]
         outputs.append(model_logits(model, arrays, device=device, channels_last=channels_last, mean=mean, std=std))
     n_out = outputs[0].shape[1] if outputs else 0
     return np.concatenate(outputs) if outputs else np.zeros((0, n_out), dtype=np.float32)
@@ -98,6 +98,7 @@ class Engine:
         normalisation = metadata.get("normalisation", {})
         self.mean = tuple(normalisation.get("mean", transforms.NORMALISE_MEAN))
         self.std = tuple(normalisation.get("std", transforms.NORMALISE_STD))
+        self.contrast: str = normalisation.get("contrast", "none")  # artifacts before it existed: none
 
     @classmethod
     def from_artifact(cls, path, expected_sha256: str | None = None, device: str | None = None,
@@ -129,7 +130,8 @@ class Engine:
         """Decode (reduced-size where possible) and classify files in batches."""
         predictions: list[ImagePrediction] = []
         for start in range(0, len(paths), batch_size):
-            arrays = [transforms.eval_array(p, self.input_size) for p in paths[start:start + batch_size]]
+            arrays = [transforms.eval_array(p, self.input_size, self.contrast)
+                      for p in paths[start:start + batch_size]]
             predictions.extend(self._from_arrays(arrays))
         return predictions
 
@@ -148,6 +150,7 @@ class Engine:
         factor = min(grey.size) // self.input_size  # same cheap reduction as load_grey8(reduce_to=...)
         if factor >= 2:
             grey = grey.reduce(factor)
+        grey = transforms.adjust_contrast(grey, self.contrast)
         return transforms.to_uint8_array(transforms.eval_crop_resize(grey, self.input_size))
 
     def _from_arrays(self, arrays: list[np.ndarray]) -> list[ImagePrediction]:

@@ -14,12 +14,12 @@ from . import transforms
 class LoadGrey(Transform):
     """Type transform: decode with the shared loader (8-bit grey, reduced decoding)."""
 
-    def __init__(self, size):
+    def __init__(self, size, contrast="none"):
         super().__init__()
-        self.size = size
+        self.size, self.contrast = size, contrast
 
     def encodes(self, path: (str, Path)):
-        return PILImage(transforms.load_for_model(path, self.size))
+        return PILImage(transforms.load_for_model(path, self.size, self.contrast))
 
 
 class SemCropResize(RandTransform):

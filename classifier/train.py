@@ -83,10 +83,13 @@ def train(items: list[tuple[str, str]], config: TrainConfig, out_path: str, *,
                 learner.dls = dls
             history.append(_fit_stage(learner, stage, size, config, body_state is not None, tracker))
 
+    if config.recalibrate_bn:
+        recalibrate_batchnorm(learner.model, [items[i][0] for i in train_idx], config.sizes[-1], device,
+                              contrast=config.contrast)
     learner.model.eval()
     tracker.emit_simple("evaluating", TRAINING_SHARE)
     calibration, evaluation = _calibrate_and_evaluate(learner.model, items, valid_idx, test_items, classes,
-                                                     config.sizes[-1], device)
+                                                     config.sizes[-1], device, config.contrast)
     duration = time.monotonic() - started
     metadata = _metadata(config, classes, history, calibration, evaluation, fingerprint or _fingerprint(items),
                          weights_source, device, duration, len(train_idx), len(valid_idx))
@@ -229,7 +232,7 @@ def _dataloaders(items, train_idx, valid_idx, classes, size, batch_size, config,
 
     from .fastai_transforms import LoadGrey, SemCropResize
 
-    loader, crop = LoadGrey(size), SemCropResize(size, config.crop_scale)
+    loader, crop = LoadGrey(size, config.contrast), SemCropResize(size, config.crop_scale)
     if config.augmentation == "fastai":
         augment = aug_transforms()  # the reference recipe's defaults
     else:
@@ -237,7 +240,7 @@ def _dataloaders(items, train_idx, valid_idx, classes, size, batch_size, config,
                                  max_rotate=config.max_rotate, min_zoom=1.0, max_zoom=config.max_zoom,
                                  max_lighting=config.max_lighting, max_warp=0.0, pad_mode="reflection")
     block = DataBlock(
-        blocks=(TransformBlock(type_tfms=loader, batch_tfms=IntToFloatTensor), CategoryBlock(vocab=classes)),
+        blocks=(TransformBlock(type_tfms=loader, batch_tfms=IntToFloatTensor), CategoryBlock(vocab=classes, sort=False)),
         get_x=ItemGetter(0), get_y=ItemGetter(1), splitter=IndexSplitter(valid_idx),
         item_tfms=[crop],
         batch_tfms=[*augment, Normalize.from_stats(transforms.NORMALISE_MEAN, transforms.NORMALISE_STD)],
@@ -266,8 +269,10 @@ def _make_learner(dls, model, items, train_idx, classes, config, device, workdir
     from fastai.vision.learner import default_split
 
     weight = None
-    if config.imbalance == "weighted_loss":
-        weight = torch.tensor(_class_weights(items, train_idx, classes), dtype=torch.float32, device=device)
+    if config.imbalance in ("weighted_loss", "sqrt_weighted_loss"):
+        power = 0.5 if config.imbalance == "sqrt_weighted_loss" else 1.0
+        weights = [w ** power for w in _class_weights(items, train_idx, classes)]
+        weight = torch.tensor(weights, dtype=torch.float32, device=device)
     loss = CrossEntropyLossFlat(weight=weight, label_smoothing=config.label_smoothing)
     # Two parameter groups (body, head), as vision_learner makes them: freeze() then trains only the
     # head (and BatchNorm), and slice(lr/100, lr) gives the pretrained body the smaller rate.
@@ -296,7 +301,7 @@ def _fit_stage(learner, stage, size, config, pretrained_used, tracker) -> dict:
         lr = float(suggestion.valley)
     lr_arg = slice(lr / 100, lr) if pretrained_used and stage > 0 else lr
     tracker.start_stage(stage, size, len(learner.dls.train))
-    best = _BestWeights()
+    best = _BestWeights(restore=config.select_best_epoch)
     stage_started = time.monotonic()
     learner.fit_one_cycle(config.epochs[stage], lr_arg, cbs=[best])
     record = {"stage": stage, "size": size, "lr": lr, "batch_size": learner.dls.train.bs,
@@ -323,6 +328,9 @@ class _BestWeights(_callback_base()):
 
     order = 61  # after Recorder (50), so this epoch's values are recorded
 
+    def __init__(self, restore: bool = True):
+        self.restore = restore
+
     def before_fit(self):
         self.best_loss, self.best_epoch, self.best_state = math.inf, None, None
 
@@ -330,10 +338,11 @@ class _BestWeights(_callback_base()):
         valid_loss = float(self.learn.recorder.values[-1][1])
         if math.isfinite(valid_loss) and valid_loss < self.best_loss:
             self.best_loss, self.best_epoch = valid_loss, self.epoch
-            self.best_state = copy.deepcopy(self.learn.model.state_dict())
+            if self.restore:
+                self.best_state = copy.deepcopy(self.learn.model.state_dict())
 
     def after_fit(self):
-        if self.best_state is not None:
+        if self.restore and self.best_state is not None:
             self.learn.model.load_state_dict(self.best_state)
 
 
@@ -423,7 +432,33 @@ class _ProgressCallback(_callback_base()):
 
 # ---------------------------------------------------------------- after training
 
-def _calibrate_and_evaluate(model, items, valid_idx, test_items, classes, size, device):
+def recalibrate_batchnorm(model, paths, size, device, batch_size: int = 32, contrast: str = "none") -> None:
+    """Re-estimate every BatchNorm's running mean and variance as a plain average over the training
+    images at the eval preset (no augmentation), so that eval-mode statistics match the images the
+    model will see; the momentum-averaged statistics of a short from-scratch run lag the weights."""
+    import torch
+
+    from .engine import predict_logits_for_paths
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or not paths:
+        return
+    saved = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over all batches
+    model.eval()
+    for norm in norms:
+        norm.train()
+    try:
+        predict_logits_for_paths(model, paths, size, device=device, batch_size=batch_size, channels_last=False,
+                                 contrast=contrast)
+    finally:
+        for norm, momentum in zip(norms, saved):
+            norm.momentum = momentum
+        model.eval()
+
+def _calibrate_and_evaluate(model, items, valid_idx, test_items, classes, size, device, contrast="none"):
     """Temperature on validation logits; evaluation of the calibrated model on
     the test items (else the validation set) through the engine's code path."""
     from .calibration import calibration_report, softmax
@@ -435,11 +470,13 @@ def _calibrate_and_evaluate(model, items, valid_idx, test_items, classes, size, 
     index = {name: i for i, name in enumerate(classes)}
     valid_paths = [items[i][0] for i in valid_idx]
     valid_labels = np.array([index[items[i][1]] for i in valid_idx])
-    valid_logits = predict_logits_for_paths(model, valid_paths, size, device=device, channels_last=False)
+    valid_logits = predict_logits_for_paths(model, valid_paths, size, device=device, channels_last=False,
+                                            contrast=contrast)
     calibration = calibration_report(valid_logits, valid_labels)
     if test_items:
         split = "test"
-        logits = predict_logits_for_paths(model, [p for p, _ in test_items], size, device=device, channels_last=False)
+        logits = predict_logits_for_paths(model, [p for p, _ in test_items], size, device=device,
+                                          channels_last=False, contrast=contrast)
         y_true = [label for _, label in test_items]
     else:
         split, logits, y_true = "valid", valid_logits, [items[i][1] for i in valid_idx]
@@ -475,7 +512,8 @@ def _metadata(config, classes, history, calibration, evaluation, fingerprint, we
         "classes": list(classes),
         "input_size": config.sizes[-1],
         "normalisation": {"mean": list(transforms.NORMALISE_MEAN), "std": list(transforms.NORMALISE_STD),
-                          "channels": transforms.CHANNELS, "greyscale_replicated": True},
+                          "channels": transforms.CHANNELS, "greyscale_replicated": True,
+                          "contrast": config.contrast},
         "arch": config.arch,
         "training_config": config.to_dict(),
         "history": history,

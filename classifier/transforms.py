@@ -27,9 +27,27 @@ RESAMPLE = Image.Resampling.BILINEAR
 CHANNELS = 3
 
 
-def load_for_model(source: Source, size: int) -> Image.Image:
-    """Decode with reduced-size decoding down to no less than ``size``."""
-    return load_grey8(source, reduce_to=size)
+CONTRAST_MODES = ("none", "stretch")
+
+
+def load_for_model(source: Source, size: int, contrast: str = "none") -> Image.Image:
+    """Decode with reduced-size decoding down to no less than ``size``, then adjust contrast."""
+    return adjust_contrast(load_grey8(source, reduce_to=size), contrast)
+
+
+def adjust_contrast(img: Image.Image, contrast: str = "none") -> Image.Image:
+    """"stretch": map the image's 0.5-99.5 percentile range to 0..255, so that micrographs of
+    different instruments and detector settings reach the model with comparable grey levels."""
+    if contrast == "none":
+        return img
+    if contrast != "stretch":
+        raise ValueError(f"contrast must be one of {CONTRAST_MODES}, not {contrast!r}")
+    array = np.asarray(img if img.mode == "L" else img.convert("L"), dtype=np.float32)
+    low, high = np.percentile(array, [0.5, 99.5])
+    if high - low < 1:
+        return img
+    scaled = (array - low) * (255.0 / (high - low))
+    return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8), mode="L")
 
 
 def eval_crop_resize(img: Image.Image, size: int) -> Image.Image:
@@ -64,9 +82,9 @@ def to_uint8_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img if img.mode == "L" else img.convert("L"), dtype=np.uint8)
 
 
-def eval_array(source: Source, size: int) -> np.ndarray:
-    """Eval preset from a file: decode -> centre crop -> resize -> uint8 (H, W)."""
-    return to_uint8_array(eval_crop_resize(load_for_model(source, size), size))
+def eval_array(source: Source, size: int, contrast: str = "none") -> np.ndarray:
+    """Eval preset from a file: decode -> contrast -> centre crop -> resize -> uint8 (H, W)."""
+    return to_uint8_array(eval_crop_resize(load_for_model(source, size, contrast), size))
 
 
 def normalise_batch(batch_uint8, mean=NORMALISE_MEAN, std=NORMALISE_STD):
