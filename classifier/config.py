@@ -18,14 +18,19 @@ class TrainConfig:
 
     arch: str = "resnet34"
     sizes: tuple[int, ...] = (64, 128, 224)
-    epochs: tuple[int, ...] = (3, 3, 4)
+    # Epochs per stage; with a budget, the shape that the planner scales to fit it (budget.py).
+    epochs: tuple[int, ...] = (15, 10, 10)
     lrs: tuple[float, ...] = (3e-3, 1e-3, 5e-4)
     batch_sizes: tuple[int, ...] = (128, 64, 32)
     pretrained: bool = True
     weights_path: str | None = None
+    # Wall-clock budget in seconds for the whole run (None: train exactly `epochs`).
+    budget_s: float | None = None
     seed: int = 42
     valid_pct: float = 0.2
-    imbalance: str = "weighted_loss"
+    # No class weights by default: inverse-frequency weights (50:1 with one rare image) made
+    # the model collapse onto rare classes on real data (bench/RESULTS.md, ablation).
+    imbalance: str = "none"
     lr_find: bool = False
     # Freeze the pretrained body for the first stage (only when weights were loaded).
     freeze_first_stage: bool = True
@@ -73,6 +78,10 @@ class TrainConfig:
             raise ValueError(f"augmentation must be 'sem' or 'fastai', not {self.augmentation!r}")
         if self.contrast not in ("none", "stretch"):
             raise ValueError(f"contrast must be 'none' or 'stretch', not {self.contrast!r}")
+        if self.budget_s is not None:
+            self.budget_s = float(self.budget_s)
+            if not self.budget_s > 0:
+                raise ValueError("budget_s must be a positive number of seconds")
         if not 0 < self.valid_pct < 1:
             raise ValueError("valid_pct must be between 0 and 1")
         if n == 0 or any(s < 16 for s in self.sizes):

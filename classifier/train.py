@@ -7,6 +7,7 @@ set, then temperature scaling, evaluation and an atomically written artifact.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import logging
 import math
@@ -23,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import transforms
+from .budget import BudgetPlan, StageCost, plan_epochs
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,20 @@ def train(items: list[tuple[str, str]], config: TrainConfig, out_path: str, *,
           test_items: list[tuple[str, str]] | None = None, classes: list[str] | None = None,
           fingerprint: str | None = None, progress: ProgressFn | None = None,
           should_stop: StopFn | None = None) -> TrainResult:
-    """Train on (image path, category) pairs and write the artifact to ``out_path``."""
+    """Train on (image path, category) pairs and write the artifact to ``out_path``.
+
+    Sets torch's CPU thread count for the run and restores the caller's afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _train(items, config, out_path, test_items=test_items, classes=classes, fingerprint=fingerprint,
+                      progress=progress, should_stop=should_stop)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(items, config, out_path, *, test_items, classes, fingerprint, progress, should_stop) -> TrainResult:
     started = time.monotonic()
     emit = progress or (lambda event: None)
     stop = should_stop or (lambda: False)
@@ -71,12 +86,20 @@ def train(items: list[tuple[str, str]], config: TrainConfig, out_path: str, *,
 
     model = create_network(config.arch, len(classes), body_state)
     stage_sizes = _stage_batch_sizes(config, len(train_idx))
+    stage_dls = [_dataloaders(items, train_idx, valid_idx, classes, size, stage_sizes[stage], config, device)
+                 for stage, size in enumerate(config.sizes)]
+    plan = None
+    if config.budget_s:
+        plan = plan_for_budget(model, stage_dls, config, device, len(test_items or []),
+                               spent_s=time.monotonic() - started)
+        config = dataclasses.replace(config, epochs=plan.epochs)
+        emit({"event": "plan", "stages": config.stages, "fraction": 0.0, **plan.to_dict()})
     tracker = _ProgressTracker(emit, stop, config, stage_sizes, len(train_idx))
     history: list[dict] = []
     learner = None
     with tempfile.TemporaryDirectory(prefix="semcls-") as workdir:
         for stage, size in enumerate(config.sizes):
-            dls = _dataloaders(items, train_idx, valid_idx, classes, size, stage_sizes[stage], config, device)
+            dls = stage_dls[stage]
             if learner is None:
                 learner = _make_learner(dls, model, items, train_idx, classes, config, device, workdir, tracker)
             else:
@@ -93,6 +116,7 @@ def train(items: list[tuple[str, str]], config: TrainConfig, out_path: str, *,
     duration = time.monotonic() - started
     metadata = _metadata(config, classes, history, calibration, evaluation, fingerprint or _fingerprint(items),
                          weights_source, device, duration, len(train_idx), len(valid_idx))
+    metadata["budget"] = {**plan.to_dict(), "used_s": duration} if plan else None
     from .artifact import save_artifact
 
     sha256 = save_artifact(out_path, learner.model.state_dict(), metadata)
@@ -119,43 +143,14 @@ def _prepare_runtime(config: TrainConfig):
 
 
 def default_cpu_threads() -> int:
-    """One thread per core that is not already busy.
-
-    Measured here (2 cores, another process busy): with 2 OpenMP threads a
-    64-px resnet34 step took 1.5-6 s (threads spin at barriers waiting for a
-    descheduled sibling), with 1 thread 0.6 s. On an idle machine all cores
-    are used. Busy cores are sampled now (/proc/stat over half a second), not
-    taken from the one-minute load average, which still counts a job that
-    has just finished.
-    """
-    cores = os.cpu_count() or 1
-    busy = busy_cores_now()
-    if busy is None:
-        try:
-            busy = os.getloadavg()[0]
-        except (AttributeError, OSError):  # not available on every platform
-            busy = 0.0
-    return max(1, min(cores, cores - int(busy + 0.5)))
-
-
-def busy_cores_now(interval_s: float = 0.5) -> float | None:
-    """How many cores' worth of CPU time other work used during `interval_s` (Linux), else None."""
-    def totals():
-        with open("/proc/stat") as stat:
-            fields = [int(v) for v in stat.readline().split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        return sum(fields), idle
-
+    """Every core this process may run on: a training run owns the host's cores while it runs (a
+    worker's second pool process that classifies uploads meanwhile takes its share from the OS).
+    Sizing by the cores busy at the start gave a whole run one thread when an upload batch happened
+    to be classified at that moment."""
     try:
-        total_before, idle_before = totals()
-        time.sleep(interval_s)
-        total_after, idle_after = totals()
-    except (OSError, ValueError, IndexError):
-        return None
-    elapsed = total_after - total_before
-    if elapsed <= 0:
-        return None
-    return (os.cpu_count() or 1) * (1 - (idle_after - idle_before) / elapsed)
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _use_channels_last(config: TrainConfig, device) -> bool:
@@ -259,6 +254,55 @@ def _class_weights(items, train_idx, classes) -> list[float]:
     counts = Counter(items[i][1] for i in train_idx)
     raw = [len(train_idx) / (len(counts) * counts[c]) if counts[c] else 0.0 for c in classes]
     return raw
+
+
+# ---------------------------------------------------------------- budget
+
+# Seconds for the artifact, model copies and other work outside the measured passes.
+FIXED_OVERHEAD_S = 5.0
+
+
+def plan_for_budget(model, stage_dls, config: TrainConfig, device, n_test: int, spent_s: float) -> BudgetPlan:
+    """Measure a training step at every stage size on real batches, then fit the epochs into what
+    is left of the budget (the time already spent, e.g. on the measurement, counts)."""
+    measure_started = time.monotonic()
+    costs = [StageCost(size, dls.train.bs, len(dls.train), len(dls.valid), measure_step_s(model, dls, device))
+             for size, dls in zip(config.sizes, stage_dls)]
+    spent_s += time.monotonic() - measure_started
+    last = costs[-1]
+    # Calibration (validation) and evaluation (test) run once at the last size, forward only.
+    final_batches = last.valid_batches + math.ceil(n_test / max(1, last.batch_size))
+    reserved = spent_s + FIXED_OVERHEAD_S + final_batches * last.step_s / 3
+    plan = plan_epochs(config.budget_s, config.epochs, costs, reserved)
+    log.info("budget %.0f s: epochs %s planned (%.0f s), from step times %s", config.budget_s, plan.epochs,
+             plan.planned_s, [round(c.step_s, 3) for c in costs])
+    return plan
+
+
+def measure_step_s(model, dls, device, steps: int = 2) -> float:
+    """Seconds of one training step (loading a batch, forward, backward) at this stage's size; the
+    model's weights and BatchNorm statistics are restored afterwards."""
+    import torch
+
+    state = copy.deepcopy(model.state_dict())
+    model.to(device).train()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    timings = []
+    try:
+        batches = iter(dls.train)
+        for _ in range(steps + 1):  # the first step warms up (allocations, kernel selection)
+            started = time.perf_counter()
+            inputs, targets = (t.as_subclass(torch.Tensor) for t in next(batches))  # plain tensors, not fastai's
+            loss_fn(model(inputs), targets).backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            timings.append(time.perf_counter() - started)
+            model.zero_grad(set_to_none=True)
+    except StopIteration:
+        pass
+    finally:
+        model.load_state_dict(state)
+    return min(timings[1:] or timings)
 
 
 # ---------------------------------------------------------------- learner

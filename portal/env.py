@@ -75,6 +75,17 @@ def env_path(name: str, default: Path) -> Path:
     return Path(value).expanduser().resolve() if value else default
 
 
+def env_duration_s(name: str, default: str) -> float:
+    """Seconds from '20min', '90s', '1h30min' or a plain number of seconds."""
+    from classifier.budget import parse_duration  # pure Python, no ML libraries
+
+    value = os.environ.get(name, default)
+    try:
+        return parse_duration(value)
+    except ValueError as error:
+        raise ImproperlyConfigured(f"{name}={value!r}: {error}") from None
+
+
 def env_size_bytes(name: str, default: int) -> int:
     """Accept plain bytes or a suffix: 200MB, 1.5GiB, 512k."""
     value = os.environ.get(name)

@@ -184,6 +184,7 @@ class Label(models.Model):
     class Source(models.TextChoices):
         UPLOAD = "upload", "Given at upload"
         REVIEW = "review", "Review queue"
+        IMAGE_PAGE = "page", "Image page"  # a curator's correction on the image page or a confusion cell
         IMPORT = "import", "Folder import"
         API = "api", "REST API"
 
@@ -274,6 +275,8 @@ class TrainingRun(models.Model):
     progress = models.JSONField(default=dict, blank=True, help_text="Last progress event from the trainer")
     progress_fraction = models.FloatField(default=0.0)
     history = models.JSONField(default=list, blank=True, help_text="Per-epoch losses and metrics per stage")
+    plan = models.JSONField(default=dict, blank=True,
+                            help_text="The time budget and the epochs planned from measured step times")
     log = models.TextField(blank=True)
     error = models.TextField(blank=True)
     device = models.CharField(max_length=50, blank=True)

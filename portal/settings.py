@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 from portal.env import (
-    env_bool, env_float, env_int, env_list, env_path, env_rate, env_size_bytes, env_str, local_secret_key, parse_cache_url,
-    parse_database_url,
+    env_bool, env_duration_s, env_float, env_int, env_list, env_path, env_rate, env_size_bytes, env_str,
+    local_secret_key, parse_cache_url, parse_database_url,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -183,10 +183,18 @@ SEM_TRAINING_TIMEOUT_S = env_int("SEM_TRAINING_TIMEOUT_S", 6 * 3600, minimum=60)
 SEM_GATE_MACRO_F1_TOLERANCE = env_float("SEM_GATE_MACRO_F1_TOLERANCE", 0.0, minimum=0.0, maximum=1.0)
 SEM_GATE_MAX_RECALL_DROP = env_float("SEM_GATE_MAX_RECALL_DROP", 0.05, minimum=0.0, maximum=1.0)
 SEM_GATE_FIRST_MODEL_FLOOR = env_float("SEM_GATE_FIRST_MODEL_FLOOR", 0.0, minimum=0.0, maximum=1.0)
+# A first model must beat always answering the largest test class by this much accuracy (a negative
+# value lets a worse one through: only the tests of the loop's mechanics do that).
+SEM_GATE_BASELINE_MARGIN = env_float("SEM_GATE_BASELINE_MARGIN", 0.05, minimum=-1.0, maximum=1.0)
 SEM_RECLASSIFY_AFTER_PROMOTION = env_bool("SEM_RECLASSIFY_AFTER_PROMOTION", True)
 SEM_TRAIN_ARCH = env_str("SEM_TRAIN_ARCH", "resnet34")
 SEM_TRAIN_SIZES = [int(size) for size in env_list("SEM_TRAIN_SIZES", ["64", "128", "224"])]
-SEM_TRAIN_EPOCHS = [int(epochs) for epochs in env_list("SEM_TRAIN_EPOCHS", ["4", "3", "2"])]
+# Scheduled and manual runs fit their epochs into this wall-clock budget (measured step times);
+# SEM_TRAIN_EPOCHS, when set, fixes the epochs per stage instead.
+SEM_TRAIN_BUDGET_S = env_duration_s("SEM_TRAIN_BUDGET", "10min")
+SEM_TRAIN_EPOCHS = [int(epochs) for epochs in env_list("SEM_TRAIN_EPOCHS", [])] or None
+# A category with fewer curated training images is not offered by the model.
+SEM_MIN_IMAGES_PER_CLASS = env_int("SEM_MIN_IMAGES_PER_CLASS", 5, minimum=1)
 SEM_PRETRAINED_WEIGHTS = env_str("SEM_PRETRAINED_WEIGHTS", "")
 # Workers (issue 4): a running training whose heartbeat (every few seconds) is older than this has
 # lost its worker; the sweeper fails it and releases the training lock.

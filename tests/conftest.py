@@ -3,11 +3,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from django.conf import settings as django_settings
 
 pytest_plugins = ["tests.worker_fixtures"]
+
+# Most tests train tiny models on a handful of synthetic images to exercise the loop's mechanics: they
+# waive the minimum images per category and the first model's majority-baseline margin, here and in
+# the worker processes they start (which inherit the environment). tests/workers/test_quality_rules.py
+# turns both back on to test them.
+MECHANICS_ONLY = {"SEM_MIN_IMAGES_PER_CLASS": 1, "SEM_GATE_BASELINE_MARGIN": -1.0}
+for _name, _value in MECHANICS_ONLY.items():
+    os.environ.setdefault(_name, str(_value))
+    setattr(django_settings, _name, type(_value)(os.environ[_name]))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / "shared"

@@ -265,6 +265,19 @@ class TrainingRunDetailSerializer(TrainingRunSerializer):
 
 class TrainingStartSerializer(serializers.Serializer):
     force = serializers.BooleanField(default=False, help_text="Train even when the curated data is unchanged.")
+    budget = serializers.CharField(required=False, allow_blank=True, max_length=32,
+                                   help_text="Wall-clock budget of this run, e.g. `20min`, `90s`, `1h` (default: "
+                                             "SEM_TRAIN_BUDGET); the epochs are planned to fit it.")
+
+    def validate_budget(self, value: str) -> float | None:
+        from classifier.budget import parse_duration
+
+        if not value.strip():
+            return None
+        try:
+            return parse_duration(value)
+        except ValueError as error:
+            raise serializers.ValidationError(str(error)) from None
 
 
 class WebhookSubscriptionSerializer(serializers.ModelSerializer):

@@ -31,10 +31,7 @@ def gate_decision(candidate: dict, production: dict | None) -> tuple[bool, str]:
     """(passed, reason) for a candidate's test-split metrics against production's on the same images."""
     f1 = _macro_f1(candidate)
     if production is None:
-        floor = settings.SEM_GATE_FIRST_MODEL_FLOOR
-        if f1 >= floor:
-            return True, f"First model: macro-F1 {f1:.3f} >= floor {floor:.3f}"
-        return False, f"First model: macro-F1 {f1:.3f} is below the floor {floor:.3f}"
+        return first_model_decision(candidate)
     tolerance, max_drop = settings.SEM_GATE_MACRO_F1_TOLERANCE, settings.SEM_GATE_MAX_RECALL_DROP
     production_f1 = _macro_f1(production)
     if f1 < production_f1 - tolerance:
@@ -46,6 +43,34 @@ def gate_decision(candidate: dict, production: dict | None) -> tuple[bool, str]:
         return False, f"Recall dropped by more than {max_drop * 100:.1f} points: " + ", ".join(worst)
     return True, f"Macro-F1 {f1:.3f} vs production {production_f1:.3f}; no class recall dropped more than " \
                  f"{max_drop * 100:.1f} points"
+
+
+def first_model_decision(candidate: dict) -> tuple[bool, str]:
+    """A first model must beat answering the test split's largest class every time, by a clear
+    margin, and reach the macro-F1 floor: a model no better than that guess would only mislabel."""
+    f1, floor = _macro_f1(candidate), settings.SEM_GATE_FIRST_MODEL_FLOOR
+    accuracy, majority = float(candidate.get("accuracy") or 0.0), majority_baseline(candidate)
+    margin = settings.SEM_GATE_BASELINE_MARGIN
+    if majority is None:
+        return False, "First model: no test images to compare it with the majority-class baseline"
+    name, baseline = majority
+    if accuracy < baseline + margin:
+        return False, (f"First model: accuracy {accuracy:.3f} does not beat the majority-class baseline "
+                       f"(always '{name}': {baseline:.3f}) by the required {margin:.3f}")
+    if f1 < floor:
+        return False, f"First model: macro-F1 {f1:.3f} is below the floor {floor:.3f}"
+    return True, (f"First model: accuracy {accuracy:.3f} beats the majority-class baseline "
+                  f"(always '{name}': {baseline:.3f}) by more than {margin:.3f}; macro-F1 {f1:.3f}")
+
+
+def majority_baseline(metrics: dict) -> tuple[str, float] | None:
+    """(class, accuracy) of always answering the class with the most test images, or None without any."""
+    supports = {name: int(values.get("support") or 0) for name, values in (metrics.get("per_class") or {}).items()}
+    total = sum(supports.values())
+    if not total:
+        return None
+    name = max(supports, key=supports.get)
+    return name, supports[name] / total
 
 
 def _macro_f1(metrics: dict) -> float:

@@ -17,13 +17,14 @@ import shutil
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Max
+from django.db.models import Count, Max
 from django.utils import timezone
 
 from portal import events
@@ -124,23 +125,22 @@ def _record_skipped(trigger: str, reason: str) -> None:
 
 
 def training_config(overrides: dict | None = None) -> dict:
-    """The TrainConfig from settings (SEM_TRAIN_*), with per-run overrides; validated here, not in the worker."""
+    """The TrainConfig from settings (SEM_TRAIN_*), with per-run overrides; validated here, not in the worker.
+
+    Epochs come from the budget (SEM_TRAIN_BUDGET, or a run's `budget_s`) unless SEM_TRAIN_EPOCHS or a
+    run's `epochs` fixes them. Per-stage learning rates and batch sizes are the classifier's defaults."""
     from classifier.config import TrainConfig
 
-    sizes = tuple(settings.SEM_TRAIN_SIZES)
-    defaults = TrainConfig()
-    config = {
-        "arch": settings.SEM_TRAIN_ARCH, "sizes": sizes, "epochs": tuple(settings.SEM_TRAIN_EPOCHS),
-        "lrs": _per_stage(defaults.lrs, len(sizes)), "batch_sizes": _per_stage(defaults.batch_sizes, len(sizes)),
-        "weights_path": settings.SEM_PRETRAINED_WEIGHTS or None,
-    }
-    config.update(overrides or {})
+    overrides = dict(overrides or {})
+    config = {"arch": settings.SEM_TRAIN_ARCH, "sizes": tuple(settings.SEM_TRAIN_SIZES),
+              "weights_path": settings.SEM_PRETRAINED_WEIGHTS or None}
+    fixed_epochs = overrides.get("epochs") or settings.SEM_TRAIN_EPOCHS
+    if "budget_s" in overrides or not fixed_epochs:
+        config["budget_s"] = settings.SEM_TRAIN_BUDGET_S
+    else:
+        config["epochs"] = tuple(fixed_epochs)
+    config.update(overrides)
     return TrainConfig.from_dict(config).to_dict()
-
-
-def _per_stage(defaults: tuple, stages: int) -> tuple:
-    """The classifier's per-stage defaults for 3 stages, fitted to another number of stages."""
-    return tuple(defaults[min(i, len(defaults) - 1)] for i in range(stages))
 
 
 def request_cancel(run: TrainingRun) -> bool:
@@ -163,6 +163,7 @@ class TrainingData:
     classes: list[str]
     train_labels: dict[str, str]  # {sha256: category name}
     skipped: int  # curated images without a readable derivative
+    too_few: dict[str, int] = field(default_factory=dict)  # {category: curated train images} below the minimum
 
 
 def training_data() -> TrainingData:
@@ -183,10 +184,26 @@ def training_data() -> TrainingData:
         else:
             test.append((str(path), category))
     order = list(Category.objects.values_list("name", flat=True))  # admin-defined display order
-    present = {category for _, category in train}
-    classes = [name for name in order if name in present]
-    test = [(path, category) for path, category in test if category in present]
-    return TrainingData(train, test, classes, labels, skipped)
+    counts = Counter(category for _, category in train)
+    minimum = settings.SEM_MIN_IMAGES_PER_CLASS
+    too_few = {name: counts[name] for name in order if 0 < counts[name] < minimum}
+    classes = [name for name in order if counts[name] >= minimum]
+    offered = set(classes)
+    train = [(path, category) for path, category in train if category in offered]
+    test = [(path, category) for path, category in test if category in offered]
+    labels = {sha: category for sha, category in labels.items() if category in offered}
+    return TrainingData(train, test, classes, labels, skipped, too_few)
+
+
+def class_readiness() -> list[dict]:
+    """Per active category: curated training images, and how many more it needs before a model
+    offers it (SEM_MIN_IMAGES_PER_CLASS); for the Training page and the dashboard."""
+    minimum = settings.SEM_MIN_IMAGES_PER_CLASS
+    counts = dict(SEMImage.objects.filter(split=SEMImage.Split.TRAIN, curated_category__isnull=False,
+                                          curated_category__active=True)
+                  .values_list("curated_category__name").annotate(n=Count("id")))
+    return [{"name": name, "train_images": counts.get(name, 0), "needed": max(0, minimum - counts.get(name, 0))}
+            for name in Category.objects.filter(active=True).values_list("name", flat=True)]
 
 
 def claim_run(run_id: int) -> TrainingRun | None:
@@ -227,31 +244,29 @@ def execute_run(run: TrainingRun, *, celery_task_id: str = "") -> TrainingRun | 
 
 
 def _train_and_register(run: TrainingRun, monitor: "RunMonitor", work_dir: Path) -> ModelVersion:
-    import torch
-
     from classifier.config import TrainConfig
     from classifier.fingerprint import data_fingerprint
     from classifier.train import train
 
     data = training_data()
     if len(data.classes) < 2:
-        raise ValueError("Training needs curated train-split images in at least two categories")
+        raise ValueError(f"Training needs at least two categories with {settings.SEM_MIN_IMAGES_PER_CLASS} or more "
+                         "curated train-split images each")
     fingerprint = data_fingerprint(data.train_labels.items())
     monitor.log(f"{len(data.train_items)} train and {len(data.test_items)} test images in "
                 f"{len(data.classes)} classes; {data.skipped} curated images without a derivative skipped")
+    if data.too_few:
+        monitor.log("Not offered (fewer than %d curated training images): %s" % (
+            settings.SEM_MIN_IMAGES_PER_CLASS, ", ".join(f"{name} ({n})" for name, n in data.too_few.items())))
     TrainingRun.objects.filter(pk=run.pk).update(
         train_image_count=len(data.train_items), test_image_count=len(data.test_items), data_fingerprint=fingerprint
     )
     work_dir.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    try:
-        result = train(
-            data.train_items, TrainConfig.from_dict(run.config), work_dir / "model.pth",
-            test_items=data.test_items or None, classes=data.classes, fingerprint=fingerprint,
-            progress=monitor.progress, should_stop=monitor.should_stop,
-        )
-    finally:
-        torch.set_num_threads(threads)  # the trainer sizes threads for itself; classification keeps its own
+    result = train(
+        data.train_items, TrainConfig.from_dict(run.config), work_dir / "model.pth",
+        test_items=data.test_items or None, classes=data.classes, fingerprint=fingerprint,
+        progress=monitor.progress, should_stop=monitor.should_stop,
+    )
     monitor.history = list(result.history or monitor.history)
     return register_model(run, result, data, fingerprint, work_dir, monitor)
 
@@ -371,6 +386,9 @@ class RunMonitor:
 
     def progress(self, event) -> None:
         data = _event_dict(event)
+        if data.get("event") == "plan":
+            self._record_plan(data)
+            return
         self.last_event = data
         self.fraction = float(data.get("fraction", self.fraction) or 0.0)
         if data.get("kind") in {"epoch_end", "epoch"} or data.get("event") in {"epoch_end", "epoch"}:
@@ -378,6 +396,13 @@ class RunMonitor:
             self.log(_describe(data))
         if time.monotonic() - self._last_write >= PROGRESS_WRITE_INTERVAL_S:
             self._write()
+
+    def _record_plan(self, plan: dict) -> None:
+        epochs = "/".join(str(e) for e in plan.get("epochs", []))
+        self.log(f"Budget {plan['budget_s']:.0f} s: {epochs} epochs planned ({plan['planned_s']:.0f} s) from measured "
+                 f"step times " + ", ".join(f"{s['size']} px {s['step_s']:.2f} s" for s in plan.get("stages", []))
+                 + (f"; {plan['note']}" if plan.get("note") else ""))
+        TrainingRun.objects.filter(pk=self.run_id).update(plan=plan)
 
     def should_stop(self) -> bool:
         if time.monotonic() > self.deadline:

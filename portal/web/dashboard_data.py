@@ -115,3 +115,13 @@ def cell_images(user, model: ModelVersion, actual: str, predicted: str) -> Query
         .defer("metadata")
         .order_by("-uploaded_at", "-id")
     )
+
+
+def readiness_context() -> dict:
+    """Categories with too few curated training images to be offered by a model (Training page, dashboard)."""
+    from django.conf import settings
+
+    from portal.services.training import class_readiness
+
+    return {"not_ready": [row for row in class_readiness() if row["needed"]],
+            "min_images_per_class": settings.SEM_MIN_IMAGES_PER_CLASS}

@@ -226,8 +226,10 @@ def test_gate_tolerance_and_first_model_floor(settings):
     slightly_worse = _metrics(0.79, {name: 0.8 for name in PRODUCTION_METRICS["per_class"]})
 
     assert promotion.gate_decision(slightly_worse, PRODUCTION_METRICS)[0] is True
-    assert promotion.gate_decision(_metrics(0.49, {}), None) == (False, "First model: macro-F1 0.490 is below the floor 0.500")
-    assert promotion.gate_decision(_metrics(0.51, {}), None)[0] is True
+    two_classes = {"Fibres": 0.5, "Particles": 0.5}
+    assert promotion.gate_decision(_metrics(0.49, two_classes), None) == (
+        False, "First model: macro-F1 0.490 is below the floor 0.500")
+    assert promotion.gate_decision(_metrics(0.51, two_classes), None)[0] is True
 
 
 def test_gate_refuses_a_worse_candidate_and_promotes_a_better_one(trained_artifact, nffa_categories, settings,

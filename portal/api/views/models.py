@@ -166,8 +166,9 @@ class TrainingRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixin
     def create(self, request, *args, **kwargs):
         start = TrainingStartSerializer(data=request.data)
         start.is_valid(raise_exception=True)
+        budget_s = start.validated_data.get("budget")
         run = request_training(trigger=TrainingRun.Trigger.API, user=request.user,
-                               force=start.validated_data["force"])
+                               force=start.validated_data["force"], config={"budget_s": budget_s} if budget_s else None)
         if run is None:
             raise self._not_started(active_run())
         run = self.get_queryset().get(pk=run.pk)

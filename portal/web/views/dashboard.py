@@ -28,8 +28,11 @@ def dashboard(request):
         "distribution": data.curated_distribution(request.user),
         "backlog": data.backlog(request.user),
         "observed": data.observed_accuracy(request.user, model),
+        "labels_changed": data.test_labels_changed(request.user, model),
+        **data.readiness_context(),
     }
     return render(request, "portal/dashboard.html", context)
+
 
 
 @member_required
@@ -43,6 +46,7 @@ def confusion_cell(request, version: int):
     page = Paginator(images, 48).get_page(request.GET.get("page"))
     context = {
         "model": model, "actual": actual, "predicted": predicted, "page": page,
+        "evaluated_count": data.evaluated_count(model, actual, predicted),
         "categories": Category.objects.filter(active=True),
         "curated_project_ids": set(curated_projects(request.user).values_list("pk", flat=True)),
     }

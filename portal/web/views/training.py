@@ -6,14 +6,16 @@ The actions delegate to portal.services.training, which holds the TrainingRun.ac
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from classifier.budget import parse_duration
 from portal.models import ModelVersion, TrainingRun
 from portal.web.access import admin_required, member_required
-from portal.web.dashboard_data import per_class_rows
+from portal.web.dashboard_data import per_class_rows, readiness_context
 
 RECENT_RUNS = 20
 
@@ -25,6 +27,8 @@ def training(request):
         "runs": runs,
         "active_run": TrainingRun.objects.filter(active=True).first(),
         "models": ModelVersion.objects.select_related("promoted_by").defer("metadata"),
+        "default_budget": f"{settings.SEM_TRAIN_BUDGET_S / 60:g}min",
+        **readiness_context(),
     }
     return render(request, "portal/training.html", context)
 
@@ -69,7 +73,13 @@ def progress_payload(run: TrainingRun) -> dict:
 def training_start(request):
     from portal.services import training as service
 
-    run = service.request_training(trigger=TrainingRun.Trigger.MANUAL, user=request.user, force=True)
+    budget = request.POST.get("budget", "").strip()
+    try:
+        config = {"budget_s": parse_duration(budget)} if budget else None
+    except ValueError as error:
+        messages.error(request, f"Time budget: {error}")
+        return redirect("web:training")
+    run = service.request_training(trigger=TrainingRun.Trigger.MANUAL, user=request.user, force=True, config=config)
     if run is None:
         messages.warning(request, "A training run is already queued or running.")
     else:

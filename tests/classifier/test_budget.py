@@ -1,0 +1,51 @@
+"""The budget planner: the progressive schedule fitted into a wall-clock budget from measured step times."""
+import pytest
+
+from classifier.budget import MAX_SCALE, StageCost, parse_duration, plan_epochs
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("20min", 1200), ("90s", 90), ("1h30min", 5400), ("1.5h", 5400), ("600", 600), (45, 45), ("2 min", 120),
+])
+def test_durations_parse(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-5min", "0", "10 parsecs", "1h30", "min"])
+def test_bad_durations_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def stages(*step_s):
+    return [StageCost(size, 16, 10, 2, s) for size, s in zip((64, 128, 224), step_s)]
+
+
+def test_the_plan_fits_the_budget_and_keeps_the_schedule_shape():
+    costs = stages(0.1, 0.4, 1.2)  # 64 px is cheap, 224 px dear
+    plan = plan_epochs(600, (15, 10, 10), costs, reserved_s=30)
+    assert plan.planned_s <= 600
+    e64, e128, e224 = plan.epochs
+    assert e64 >= e128 >= 1 and e224 >= 1
+    assert abs(e64 / e224 - 1.5) < 0.35  # the 15/10/10 shape, scaled
+    # one more epoch at every stage would no longer fit
+    bigger = plan_epochs(600, [e + 1 for e in plan.epochs], costs, reserved_s=30)
+    assert sum((e + 1) * c.epoch_s for e, c in zip(plan.epochs, costs)) + 30 > 600 or bigger.epochs != plan.epochs
+
+
+def test_a_slower_machine_gets_fewer_epochs_for_the_same_budget():
+    fast = plan_epochs(600, (15, 10, 10), stages(0.05, 0.2, 0.6), reserved_s=10)
+    slow = plan_epochs(600, (15, 10, 10), stages(0.2, 0.8, 2.4), reserved_s=10)
+    assert sum(slow.epochs) < sum(fast.epochs)
+    assert slow.planned_s <= 600 and fast.planned_s <= 600
+
+
+def test_a_fast_gpu_is_capped_rather_than_training_forever():
+    plan = plan_epochs(3600, (15, 10, 10), stages(0.001, 0.002, 0.004), reserved_s=5)
+    assert plan.epochs == tuple(int(MAX_SCALE * e) for e in (15, 10, 10))
+
+
+def test_a_budget_too_small_still_trains_one_epoch_per_stage_and_says_so():
+    plan = plan_epochs(10, (15, 10, 10), stages(1.0, 4.0, 12.0), reserved_s=5)
+    assert plan.epochs == (1, 1, 1)
+    assert "too small" in plan.note
