@@ -75,16 +75,32 @@ def crop_databar(img: Image.Image) -> tuple[Image.Image, int]:
     return img.crop((0, 0, img.width, top)), img.height - top
 
 
+# Row features are computed on bands of rows of about this many pixels: the temporaries (int16 and
+# float64 copies) then stay a few tens of MB instead of ~20 bytes per pixel of the whole image.
+_FEATURE_BAND_PIXELS = 1 << 20
+
+
 class _RowFeatures:
-    """Per-row statistics used by both cues (computed once, vectorised)."""
+    """Per-row statistics used by both cues (computed once, vectorised per band of rows)."""
 
     def __init__(self, grey: np.ndarray, background: int) -> None:
-        diff = np.abs(grey.astype(np.int16) - background)
-        self.background_fraction = (diff <= BACKGROUND_TOLERANCE).mean(axis=1)
-        self.text_fraction = (diff >= TEXT_CONTRAST).mean(axis=1)
-        medians = np.median(grey, axis=1)
-        self.median = medians
-        self.uniform_fraction = (np.abs(grey.astype(np.int16) - medians[:, None]) <= LINE_TOLERANCE).mean(axis=1)
+        height, width = grey.shape
+        self.background_fraction = np.empty(height)
+        self.text_fraction = np.empty(height)
+        self.median = np.empty(height)
+        self.uniform_fraction = np.empty(height)
+        step = max(1, _FEATURE_BAND_PIXELS // max(1, width))
+        for start in range(0, height, step):
+            band = slice(start, start + step)
+            rows = grey[band]
+            diff = np.abs(rows.astype(np.int16) - background)
+            self.background_fraction[band] = (diff <= BACKGROUND_TOLERANCE).mean(axis=1)
+            self.text_fraction[band] = (diff >= TEXT_CONTRAST).mean(axis=1)
+            del diff
+            medians = np.median(rows, axis=1)
+            self.median[band] = medians
+            self.uniform_fraction[band] = (np.abs(rows.astype(np.int16) - medians[:, None]) <= LINE_TOLERANCE
+                                           ).mean(axis=1)
         self.is_line = self.uniform_fraction >= LINE_UNIFORM_FRACTION
         self.is_banner_row = (self.background_fraction >= MIN_BACKGROUND_FRACTION) | self.is_line
 

@@ -22,6 +22,8 @@ HIGH_PERCENTILE = 99.5
 # Percentiles are computed on at most this many pixels (strided sample): the
 # result is the same to within a grey level and it is much faster.
 _PERCENTILE_SAMPLE = 1 << 20
+# The percentile stretch converts to float32 this many pixels at a time.
+_BAND_PIXELS = 1 << 20
 
 _EIGHT_BIT_MODES = {"L", "1", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "La"}
 
@@ -71,28 +73,54 @@ def stretch_to_uint8(array: np.ndarray) -> np.ndarray:
 
     uint8 data passes through unchanged. Constant images (e.g. the blanked
     vendor test files, all zeros) map to 0 instead of dividing by zero.
+    Works on bands of rows, so the float32 temporaries stay small whatever
+    the image size (the result is the same as on the whole array at once).
     """
     if array.ndim == 3:
         array = _rgb_to_luma(array)
     if array.dtype == np.uint8:
         return array
-    values = array.astype(np.float32, copy=False)
+    low, high = _robust_range(array)
+    if high <= low:
+        return np.zeros(array.shape, dtype=np.uint8)
+    scale = 255.0 / (high - low)
+    out = np.empty(array.shape, dtype=np.uint8)
+    for band in _row_bands(array):
+        values = _finite_float32(array[band])
+        values -= low
+        values *= scale
+        values += 0.5
+        np.clip(values, 0, 255, out=values)
+        out[band] = values
+    return out
+
+
+def _row_bands(array: np.ndarray) -> list[slice]:
+    """Slices of about _BAND_PIXELS pixels over the first axis of a 1-D or 2-D array."""
+    height = array.shape[0] if array.ndim else 1
+    per_row = max(1, array.size // max(1, height))
+    step = max(1, _BAND_PIXELS // per_row)
+    return [slice(start, start + step) for start in range(0, height, step)]
+
+
+def _finite_float32(values: np.ndarray) -> np.ndarray:
+    """A float32 copy with NaN and infinities replaced by 0."""
+    values = values.astype(np.float32)
     finite = np.isfinite(values)
     if not finite.all():
-        values = np.where(finite, values, 0.0)
-    low, high = _robust_range(values)
-    if high <= low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    scaled = (values - low) * (255.0 / (high - low))
-    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+        values[~finite] = 0.0
+    return values
 
 
-def _robust_range(values: np.ndarray) -> tuple[float, float]:
-    flat = values.ravel()
+def _robust_range(array: np.ndarray) -> tuple[float, float]:
+    flat = array.reshape(-1)
     step = max(1, flat.size // _PERCENTILE_SAMPLE)
-    low, high = np.percentile(flat[::step], [LOW_PERCENTILE, HIGH_PERCENTILE])
+    low, high = np.percentile(_finite_float32(flat[::step]), [LOW_PERCENTILE, HIGH_PERCENTILE])
     if high <= low:  # mostly-constant image with a few outliers: use the full range
-        low, high = float(flat.min()), float(flat.max())
+        low, high = np.inf, -np.inf
+        for band in _row_bands(flat):
+            values = _finite_float32(flat[band])
+            low, high = min(low, float(values.min())), max(high, float(values.max()))
     return float(low), float(high)
 
 

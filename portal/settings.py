@@ -110,6 +110,11 @@ STORAGES = {
 # Largest accepted file (bytes) and largest decoded image (pixels): guards against decompression bombs.
 SEM_MAX_UPLOAD_BYTES = env_size_bytes("SEM_MAX_UPLOAD_BYTES", 200 * 1024**2)
 SEM_MAX_IMAGE_PIXELS = env_int("SEM_MAX_IMAGE_PIXELS", 100_000_000, minimum=1)
+# Decoded size of the first page, from the header before decoding: width x height x samples per pixel x
+# bytes per sample. The pixel limit alone lets a 1,000-samples-per-pixel TIFF decode to gigabytes.
+SEM_MAX_DECODED_BYTES = env_size_bytes("SEM_MAX_DECODED_BYTES", 256 * 1024**2)
+# Longest side / shortest side: a 1 x 200,000 strip is no micrograph (and its derivative would be huge).
+SEM_MAX_ASPECT_RATIO = env_float("SEM_MAX_ASPECT_RATIO", 20.0, minimum=1.0)
 SEM_TEST_SPLIT_PERCENT = env_int("SEM_TEST_SPLIT_PERCENT", 15, minimum=0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024**2
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024**2

@@ -37,7 +37,7 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from PIL import Image
 
 from classifier.databar import crop_databar
-from classifier.preprocess import make_derivative
+from classifier.preprocess import DERIVATIVE_SHORT_SIDE, make_derivative
 from portal.models import Category, Label, Sample, SEMImage, split_for_sha256
 from portal.services import queueing
 from portal.services.labels import set_label
@@ -48,6 +48,10 @@ logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
 THUMBNAIL_MAX_SIDE = 256
+# The model-input derivative has a short side of DERIVATIVE_SHORT_SIDE (256) px and a long side of at most
+# this: 32 times the short side, more than any accepted aspect ratio (SEM_MAX_ASPECT_RATIO) after a data bar
+# is cropped off. At most 256 x 8192 px = 2 MiB, whatever the upload.
+DERIVATIVE_MAX_LONG_SIDE = 32 * DERIVATIVE_SHORT_SIDE
 THUMBNAIL_JPEG_QUALITY = 85
 MAX_IDEMPOTENCY_KEY_LENGTH = SEMImage._meta.get_field("idempotency_key").max_length
 MAX_FILENAME_LENGTH = SEMImage._meta.get_field("original_filename").max_length
@@ -57,7 +61,8 @@ class IngestError(Exception):
     """An upload that was refused. Nothing was stored.
 
     ``code`` is a short machine code: empty, too_large, not_an_image, disguised, unsupported_format,
-    corrupt, truncated, too_many_pixels, invalid_idempotency_key. ``message`` is for humans.
+    corrupt, truncated, too_many_pixels, extreme_aspect_ratio, too_many_bytes, invalid_idempotency_key.
+    ``message`` is for humans.
     """
 
     def __init__(self, code: str, message: str, filename: str = "") -> None:
@@ -136,15 +141,23 @@ def ingest_file(
         if existing:
             return IngestResult(existing, created=False)
         try:
-            image_format = sniff_format(upload.head, filename)
-            info, grey = inspect_image(upload.path, image_format)
+            info, metadata, derived = examine(upload.path, upload.head, filename)
         except ValidationError as error:
             raise IngestError(error.code, error.message, filename) from error
-        metadata = extract_metadata(upload.path, image_width=info.width)
-        derived = make_derived_files(grey)
         return _store(upload, info, metadata, derived, filename=filename, sample=sample,
                       uploaded_by=uploaded_by, label=label, label_source=label_source,
                       idempotency_key=idempotency_key)
+
+
+def examine(path: str, head: bytes, filename: str) -> tuple[ImageInfo, dict, _Derived]:
+    """Everything between spooling and storing: sniff, check the header, decode, read the instrument
+    metadata, make the derivative and the thumbnail. Raises ValidationError for a refused file.
+
+    This is where one upload's memory goes; tests/security/memory_probe.py measures its peak."""
+    image_format = sniff_format(head, filename)
+    info, grey = inspect_image(path, image_format)
+    metadata = extract_metadata(path, image_width=info.width)
+    return info, metadata, make_derived_files(grey)
 
 
 def find_by_sha256(sha256: str) -> SEMImage | None:
@@ -163,11 +176,21 @@ def clean_filename(filename: str) -> str:
 def make_derived_files(grey: Image.Image) -> _Derived:
     """Data bar cropped off for the model-input derivative; the thumbnail shows the whole image."""
     cropped, databar_rows = crop_databar(grey)
-    derivative = make_derivative(cropped)
+    derivative = make_derivative(cropped, derivative_short_side(*cropped.size))
     thumbnail = grey.copy()
     thumbnail.thumbnail((THUMBNAIL_MAX_SIDE, THUMBNAIL_MAX_SIDE), Image.Resampling.LANCZOS, reducing_gap=3.0)
     return _Derived(_encode(derivative, "PNG", optimize=False),
                     _encode(thumbnail, "JPEG", quality=THUMBNAIL_JPEG_QUALITY), databar_rows)
+
+
+def derivative_short_side(width: int, height: int) -> int:
+    """The derivative's short side: DERIVATIVE_SHORT_SIDE, unless its long side would then pass
+    DERIVATIVE_MAX_LONG_SIDE. A narrow image (a 1-pixel-high strip, or a wide image whose data bar took
+    most of its height) is never scaled up into a giant derivative: its long side is capped instead."""
+    short, long = min(width, height), max(width, height)
+    if long * DERIVATIVE_SHORT_SIDE <= DERIVATIVE_MAX_LONG_SIDE * short:
+        return DERIVATIVE_SHORT_SIDE
+    return max(1, DERIVATIVE_MAX_LONG_SIDE * short // long)
 
 
 def _encode(image: Image.Image, image_format: str, **options) -> bytes:

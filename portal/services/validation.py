@@ -6,7 +6,9 @@ decoded, so a decompression bomb or a disguised HTML page never reaches a decode
 
 from __future__ import annotations
 
+import math
 import os
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -62,6 +64,8 @@ class ImageInfo:
     mode: str  # Pillow mode of the first page, e.g. L, I;16, RGB, P
     bit_depth: int  # bits per sample
     page_count: int
+    samples: int = 1  # samples per pixel (grey 1, RGB 3, ...)
+    decoded_bytes: int = 0  # width x height x samples x bytes per sample of the first page, from the header
 
 
 def sniff_format(head: bytes, filename: str) -> str:
@@ -95,21 +99,21 @@ def sniff_format(head: bytes, filename: str) -> str:
 
 
 def inspect_image(path: str, image_format: str) -> tuple[ImageInfo, Image.Image]:
-    """Header checks (pixel limit first), then a full decode of the first page.
+    """Header checks (pixel limit, aspect ratio, decoded bytes), then a full decode of the first page.
 
     Returns what the database stores about the image and the decoded 8-bit greyscale first page
     (so the caller makes its derivatives without decoding the file a second time).
     """
-    max_pixels = settings.SEM_MAX_IMAGE_PIXELS
     # Pillow's own bomb guard must agree with ours: it warns above MAX_IMAGE_PIXELS and raises
     # above twice that, both while reading the header, before any pixel is decoded.
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    Image.MAX_IMAGE_PIXELS = settings.SEM_MAX_IMAGE_PIXELS
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     if image_format == "TIFF":
         info = _tiff_header(path)
     else:
         info = _pillow_header(path, image_format)
-    _check_pixel_limit(info.width, info.height, max_pixels)
+    check_decoding_budget(info.width, info.height, info.decoded_bytes, samples=info.samples,
+                          bits=info.bit_depth)
     if image_format != "TIFF":
         _pillow_verify(path)
     return info, _full_decode(path)
@@ -160,18 +164,66 @@ def _tiff_header(path: str) -> ImageInfo:
     try:
         with tifffile.TiffFile(path) as tiff:
             page = tiff.pages.first
-            page_count = len(tiff.pages)
+            page_count = count_tiff_pages(path)
             width, height = int(page.imagewidth), int(page.imagelength)
             bits = int(page.bitspersample)
             samples = int(page.samplesperpixel)
             photometric = int(page.photometric)
+            decoded = _tiff_decoded_bytes(page, width, height, samples, bits)
+            # Before anything else reads the file: the strips of a bomb are all inside it.
+            check_decoding_budget(width, height, decoded, samples=samples, bits=bits)
             _check_strips_inside_file(page, os.path.getsize(path))
     except ValidationError:
         raise
     except Exception as error:
         raise ValidationError("corrupt", f"The TIFF file is corrupt or unreadable ({_short(error)}).") from error
     mode = _pillow_mode_or_guess(path, bits, samples, photometric)
-    return ImageInfo("TIFF", ".tif", width, height, mode, bits, max(1, page_count))
+    return ImageInfo("TIFF", ".tif", width, height, mode, bits, max(1, page_count), samples, decoded)
+
+
+MAX_COUNTED_PAGES = 32767  # SEMImage.page_count is a small integer
+
+
+def count_tiff_pages(path: str, limit: int = MAX_COUNTED_PAGES) -> int:
+    """Pages in the main IFD chain, counted up to `limit`. (tifffile's len(pages) walks the whole chain:
+    a 200 MB file of tiny chained IFDs is ten million pages, seconds and hundreds of MB.) Stops at a
+    loop or at an offset past the end, like tifffile."""
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+        order = "<" if head[:2] == b"II" else ">"
+        if struct.unpack(order + "H", head[2:4])[0] == 43:  # BigTIFF
+            offset, count_format, entry_size, offset_format = struct.unpack(order + "Q", head[8:16])[0], "Q", 20, "Q"
+        else:
+            offset, count_format, entry_size, offset_format = struct.unpack(order + "I", head[4:8])[0], "H", 12, "I"
+        count_size, offset_size = struct.calcsize(count_format), struct.calcsize(offset_format)
+        seen: set[int] = set()
+        pages = 0
+        while offset and pages < limit and offset not in seen:
+            seen.add(offset)
+            handle.seek(offset)
+            raw = handle.read(count_size)
+            if len(raw) < count_size:
+                break
+            handle.seek(offset + count_size + struct.unpack(order + count_format, raw)[0] * entry_size)
+            raw = handle.read(offset_size)
+            pages += 1
+            if len(raw) < offset_size:
+                break
+            offset = struct.unpack(order + offset_format, raw)[0]
+    return max(1, pages)
+
+
+def _tiff_decoded_bytes(page, width: int, height: int, samples: int, bits: int) -> int:
+    """What decoding the first page allocates: the larger of the header's arithmetic (width x height x
+    samples per pixel x bytes per sample x depth) and tifffile's own shape and data type of the page."""
+    depth = max(1, int(getattr(page, "imagedepth", 1) or 1))
+    declared = width * height * max(1, samples) * max(1, -(-bits // 8)) * depth
+    try:
+        itemsize = page.dtype.itemsize if page.dtype is not None else 0
+        shaped = math.prod(int(side) for side in page.shape) * itemsize
+    except Exception:  # an unusual page tifffile describes only partly: the header's arithmetic decides
+        shaped = 0
+    return max(declared, shaped)
 
 
 def _check_strips_inside_file(page, file_size: int) -> None:
@@ -206,6 +258,7 @@ def _pillow_header(path: str, image_format: str) -> ImageInfo:
                     raise ValidationError("corrupt", f"The file looks like {image_format} but cannot be read as one.")
                 width, height = image.size
                 mode = image.mode
+                samples = len(image.getbands())
                 page_count = getattr(image, "n_frames", 1)
     except Image.DecompressionBombError as error:
         raise _too_many_pixels_from_pillow(error) from error
@@ -213,8 +266,10 @@ def _pillow_header(path: str, image_format: str) -> ImageInfo:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ValidationError("corrupt", f"The {image_format} file is corrupt ({_short(error)}).") from error
-    return ImageInfo(image_format, ACCEPTED_FORMATS[image_format], width, height, mode, _bit_depth(mode),
-                     max(1, page_count))
+    bits = _bit_depth(mode)
+    decoded = width * height * samples * max(1, -(-bits // 8))
+    return ImageInfo(image_format, ACCEPTED_FORMATS[image_format], width, height, mode, bits,
+                     max(1, page_count), samples, decoded)
 
 
 def _bit_depth(mode: str) -> int:
@@ -227,13 +282,39 @@ def _bit_depth(mode: str) -> int:
     return 8
 
 
-def _check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
+def check_decoding_budget(width: int, height: int, decoded_bytes: int, *, samples: int = 1, bits: int = 8) -> None:
+    """Refuse, from the header alone, what would cost too much to decode: more pixels than
+    SEM_MAX_IMAGE_PIXELS, sides more unequal than SEM_MAX_ASPECT_RATIO (a 1 x 200,000 strip), or more
+    decoded bytes than SEM_MAX_DECODED_BYTES (width x height x samples per pixel x bytes per sample)."""
+    max_pixels = settings.SEM_MAX_IMAGE_PIXELS
     if width <= 0 or height <= 0:
         raise ValidationError("corrupt", f"The image header declares an empty image ({width}x{height}).")
     if width * height > max_pixels:
         raise ValidationError(
             "too_many_pixels",
             f"The image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,} pixels.")
+    max_ratio = settings.SEM_MAX_ASPECT_RATIO
+    if max(width, height) > max_ratio * min(width, height):
+        raise ValidationError(
+            "extreme_aspect_ratio",
+            f"The image is {width}x{height} pixels: one side is {max(width, height) / min(width, height):,.0f} "
+            f"times the other, and at most {max_ratio:g} is accepted (an image this narrow is not a micrograph).")
+    max_bytes = settings.SEM_MAX_DECODED_BYTES
+    if decoded_bytes > max_bytes:
+        per_sample = max(1, -(-bits // 8))
+        raise ValidationError(
+            "too_many_bytes",
+            f"The image would take {_human(decoded_bytes)} once decoded ({width}x{height} pixels x {samples:,} "
+            f"sample{'s' if samples != 1 else ''} per pixel x {per_sample} byte{'s' if per_sample != 1 else ''} "
+            f"per sample); the limit is {_human(max_bytes)}.")
+
+
+def _human(count: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1024
+    return f"{count} bytes"
 
 
 def _too_many_pixels_from_pillow(error: Exception) -> ValidationError:

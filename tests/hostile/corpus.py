@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from tests.portal.sem_builders import pillow_bytes, png_declaring, tiff_bytes, tiff_declaring
+from tests.security.bombs import png_strip, tiff_strip_bomb
 
 # The hostile tests run with this upload limit so that a "too large" file stays cheap to build.
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
@@ -178,6 +179,13 @@ def corpus() -> tuple[HostileFile, ...]:
         _refused("tiff_bomb_square", "bomb.tif", tiff_declaring(300_000, 300_000), "too_many_pixels", "9*10^10 px"),
         _refused("jpeg_bomb", "bomb.jpg", jpeg_declaring(65_500, 65_500), "too_many_pixels", "SOF claims 4.3 Gpx"),
         _refused("bmp_bomb", "bomb.bmp", bmp_declaring(100_000, 100_000), "too_many_pixels", "DIB claims 10^10 px"),
+        # Decoding bombs under the pixel limit (issue 11): absurd shapes, samples that multiply the size.
+        _refused("png_1x200000", "strip.png", png_strip(1, 200_000), "extreme_aspect_ratio",
+                 "470 bytes; its derivative asked for 13 GB"),
+        _refused("tiff_1000_samples", "samples.tif", tiff_strip_bomb(1000, 1000, samples=1000), "too_many_bytes",
+                 "1,000 samples per pixel: 1 GB decoded from 13 kB"),
+        _refused("tiff_float_rgba_strips", "float.tif", tiff_strip_bomb(6000, 6000, samples=4, bits=32, sample_format=3),
+                 "too_many_bytes", "36 Mpx x 4 float32 samples, every strip the same block"),
         # Absurd declared sizes and offsets.
         _refused("tiff_zero_width", "zero.tif", tiff_declaring(0, 48), "corrupt", "ImageWidth 0"),
         _refused("tiff_strip_4gb", "strip.tif", tiff_with_strip_count(0xFFFFFFF0), "truncated",

@@ -26,7 +26,7 @@ from tests.portal.sem_builders import files_under
 pytestmark = pytest.mark.django_db
 
 KNOWN_CODES = {"empty", "too_large", "not_an_image", "disguised", "unsupported_format", "truncated",
-               "too_many_pixels", "corrupt"}
+               "too_many_pixels", "extreme_aspect_ratio", "too_many_bytes", "corrupt"}
 SEEDS = [valid_tiff(1), valid_tiff(2, compression="zlib"), valid_png(3), valid_jpeg(4), valid_bmp(5)]
 NAMES = st.sampled_from(["scan.tif", "scan.png", "x.jpg", "noext", "../../evil.tif", "a\x00b.png"]) | st.text(
     max_size=40)

@@ -103,7 +103,8 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         parameters=[IDEMPOTENCY_HEADER],
         responses={201: ImageDetailSerializer, 200: ImageDetailSerializer, 400: OpenApiResponse(
             description="Invalid fields, or the file was refused (code: empty, too_large, not_an_image, disguised, "
-                        "unsupported_format, corrupt, truncated, too_many_pixels)."),
+                        "unsupported_format, corrupt, truncated, too_many_pixels, extreme_aspect_ratio, "
+                        "too_many_bytes)."),
             409: OpenApiResponse(description="The same bytes are stored in a project you cannot see."),
             507: OpenApiResponse(description="No storage space left (code insufficient_storage); nothing was stored."),
             503: OpenApiResponse(description="The database, cache or broker is restarting (code unavailable, "

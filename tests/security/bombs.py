@@ -1,0 +1,141 @@
+"""Decoding bombs that pass a pixel limit (issue 11, item 2), built in memory at test time.
+
+Each is a small, structurally valid file whose decoded form is huge or whose shape is absurd:
+
+- extreme aspect ratios (a 1 x 200,000 PNG of a few hundred bytes; 1 x 5,000);
+- TIFFs whose samples per pixel or bits per sample multiply the decoded size (1,000 samples per pixel);
+- strip bombs: every strip of a 10,000 x 10,000 TIFF points at the same tiny deflated block, so a file
+  of a few kilobytes decodes to the whole pixel limit.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+
+# TIFF field types
+SHORT, LONG = 3, 4
+
+
+def png_strip(width: int, height: int) -> bytes:
+    """A complete, valid 8-bit grey PNG of width x height black pixels (e.g. 1 x 200,000: ~470 bytes)."""
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte + one grey byte per pixel
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", body) + _png_chunk(b"IEND", b"")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def tiff_chained_ifds(count: int) -> bytes:
+    """A TIFF of `count` tiny chained IFDs (18 bytes each): a page-count bomb for whatever walks the chain."""
+    out = bytearray(b"II*\x00" + struct.pack("<I", 8))
+    for index in range(count):
+        following = len(out) + 18 if index < count - 1 else 0
+        out += struct.pack("<H", 1) + struct.pack("<HHII", 256, LONG, 1, 1) + struct.pack("<I", following)
+    return bytes(out)
+
+
+def tiff_strip_bomb(width: int, height: int, *, samples: int = 1, bits: int = 8, rows_per_strip: int | None = None,
+                    photometric: int | None = None, sample_format: int = 1, ramp: bool = False) -> bytes:
+    """A valid, deflate-compressed, chunky TIFF whose strips all point at one deflated block.
+
+    The block is zeros, or with `ramp` rows of a grey ramp (so that a percentile stretch has a range to
+    work on and every decoding step does its full work). The file is a few kilobytes (zeros) to a few
+    megabytes (ramp); decoding it yields width x height x samples x bits/8 bytes.
+    """
+    if photometric is None:
+        photometric = 2 if samples in (3, 4) and bits in (8, 16) else 1
+    bytes_per_row = width * samples * bits // 8
+    if rows_per_strip is None:
+        rows_per_strip = max(1, min(height, (1 << 20) // max(1, bytes_per_row)))
+    strip_count = -(-height // rows_per_strip)
+    if ramp:
+        dtype = {(1, 8): "<u1", (1, 16): "<u2", (1, 32): "<u4", (3, 32): "<f4", (2, 16): "<i2"}[(sample_format, bits)]
+        row = (np.arange(width * samples) % 4099).astype(dtype).tobytes()
+        block = zlib.compress(row * rows_per_strip, 6)
+    else:
+        block = zlib.compress(b"\x00" * (bytes_per_row * rows_per_strip), 9)
+
+    entries: list[tuple[int, int, list[int]]] = [
+        (256, LONG, [width]),
+        (257, LONG, [height]),
+        (258, SHORT, [bits] * samples),
+        (259, SHORT, [8]),  # Adobe deflate
+        (262, SHORT, [photometric]),
+        (273, LONG, [0] * strip_count),  # patched below
+        (277, SHORT, [samples]),
+        (278, LONG, [rows_per_strip]),
+        (279, LONG, [len(block)] * strip_count),
+        (284, SHORT, [1]),  # chunky
+    ]
+    extra = samples - (3 if photometric == 2 else 1)
+    if extra > 0:
+        entries.append((338, SHORT, [0] * extra))  # extra samples: unspecified
+    if sample_format != 1:
+        entries.append((339, SHORT, [sample_format] * samples))
+    return _tiff(entries, block)
+
+
+def _tiff(entries: list[tuple[int, int, list[int]]], block: bytes) -> bytes:
+    ifd_offset = 8
+    ifd_size = 2 + 12 * len(entries) + 4
+    arrays_at = ifd_offset + ifd_size
+    # Lay out the out-of-line arrays, then the data block.
+    layout: dict[int, int] = {}
+    cursor = arrays_at
+    for tag, kind, values in entries:
+        size = len(values) * (2 if kind == SHORT else 4)
+        if size > 4:
+            layout[tag] = cursor
+            cursor += size + (size & 1)
+    block_at = cursor
+    entries = [(tag, kind, [block_at] * len(values) if tag == 273 else values) for tag, kind, values in entries]
+
+    out = bytearray(b"II*\x00" + struct.pack("<I", ifd_offset))
+    out += struct.pack("<H", len(entries))
+    arrays = bytearray()
+    for tag, kind, values in entries:
+        code = "H" if kind == SHORT else "I"
+        packed = struct.pack(f"<{len(values)}{code}", *values)
+        if tag in layout:
+            out += struct.pack("<HHII", tag, kind, len(values), layout[tag])
+            arrays += packed + (b"\x00" if len(packed) & 1 else b"")
+        else:
+            out += struct.pack("<HHI", tag, kind, len(values)) + packed.ljust(4, b"\x00")
+    out += struct.pack("<I", 0)
+    out += arrays
+    assert len(out) == block_at, (len(out), block_at)
+    return bytes(out + block)
+
+
+def bombs() -> dict[str, tuple[bytes, str | None]]:
+    """The issue's bombs, by name: (file, the refusal code, or None when it is an acceptable image whose
+    decoding must merely stay within the memory bound)."""
+    return {
+        "png_1x200000": (png_strip(1, 200_000), "extreme_aspect_ratio"),
+        "png_1x5000": (png_strip(1, 5_000), "extreme_aspect_ratio"),
+        "png_5000x1": (png_strip(5_000, 1), "extreme_aspect_ratio"),
+        "tiff_1000_samples": (tiff_strip_bomb(1000, 1000, samples=1000), "too_many_bytes"),
+        "tiff_rgba_float": (tiff_strip_bomb(6000, 6000, samples=4, bits=32, sample_format=3), "too_many_bytes"),
+        "tiff_strip_10k": (tiff_strip_bomb(10_000, 10_000), None),
+    }
+
+
+def at_the_limits() -> dict[str, bytes]:
+    """Acceptable images as expensive as the default limits allow (100 Mpx, 256 MiB decoded, aspect 20),
+    one per decoding path: each is probed for the worst-case memory of one upload."""
+    return {
+        "grey8_100mpx": tiff_strip_bomb(10_000, 10_000, ramp=True),
+        "grey16_100mpx": tiff_strip_bomb(10_000, 10_000, bits=16, ramp=True),
+        "rgb8_89mpx": tiff_strip_bomb(10_900, 8_200, samples=3, ramp=True),
+        "rgb16_44mpx": tiff_strip_bomb(7_700, 5_800, samples=3, bits=16, ramp=True),
+        "float32_67mpx": tiff_strip_bomb(9_400, 7_100, bits=32, sample_format=3, ramp=True),
+        "grey8_aspect_20": tiff_strip_bomb(44_700, 2_235, ramp=True),
+        "png_grey8_100mpx": png_strip(10_000, 10_000),
+    }
