@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
+
 from django import forms
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
@@ -13,6 +16,10 @@ from portal.models import ApiToken
 from portal.services.tokens import create_token, revoke_token
 
 
+NEW_SECRET_KEY = "api_token_new_pad"
+NEW_SECRET_COOKIE = "sem_new_token"
+
+
 class TokenForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="What uses it, e.g. “LIMS production”.")
 
@@ -20,13 +27,43 @@ class TokenForm(forms.Form):
 @never_cache  # the page that shows a new secret must not be cached anywhere
 @login_required
 def token_list(request):
+    """Post/redirect/get: a reload after creating a token creates no second one. The new secret goes
+    through the session to the next page view, which shows it once and forgets it."""
     form = TokenForm(request.POST or None)
-    new_secret = None
     if request.method == "POST" and form.is_valid():
         created = create_token(request.user, form.cleaned_data["name"])
-        new_secret, form = created.secret, TokenForm()
+        response = redirect("account:tokens")
+        _hand_over_secret(request, response, created.secret)
+        return response
+    new_secret = _take_secret(request)
     tokens = ApiToken.objects.filter(user=request.user).order_by("revoked_at", "-created_at")
-    return render(request, "account/tokens.html", {"form": form, "tokens": tokens, "new_secret": new_secret})
+    response = render(request, "account/tokens.html", {"form": form, "tokens": tokens, "new_secret": new_secret})
+    if NEW_SECRET_COOKIE in request.COOKIES:
+        response.delete_cookie(NEW_SECRET_COOKIE, path=request.path)
+    return response
+
+
+def _hand_over_secret(request, response, secret: str) -> None:
+    """Split the secret between the session and a short-lived cookie (a one-time pad): neither the
+    session table nor the browser alone holds it, and the next page view joins and forgets both."""
+    data = secret.encode()
+    pad = secrets.token_bytes(len(data))
+    request.session[NEW_SECRET_KEY] = pad.hex()
+    response.set_cookie(NEW_SECRET_COOKIE, bytes(a ^ b for a, b in zip(data, pad)).hex(), max_age=300,
+                        path=request.path, secure=settings.SESSION_COOKIE_SECURE, httponly=True, samesite="Lax")
+
+
+def _take_secret(request) -> str | None:
+    pad, masked = request.session.pop(NEW_SECRET_KEY, None), request.COOKIES.get(NEW_SECRET_COOKIE)
+    if not pad or not masked:
+        return None
+    try:
+        pad_bytes, masked_bytes = bytes.fromhex(pad), bytes.fromhex(masked)
+    except ValueError:
+        return None
+    if len(pad_bytes) != len(masked_bytes):
+        return None
+    return bytes(a ^ b for a, b in zip(masked_bytes, pad_bytes)).decode("ascii", "replace")
 
 
 @login_required

@@ -8,7 +8,7 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 
 from portal.models import Category, Label, ModelVersion, Prediction, SEMImage
 from portal.permissions import visible_images
-from portal.web.review_queue import disputed_in
+from portal.web.review_queue import CHECKED_SOURCES, disputed_in
 
 
 def selected_model(version: str | None) -> ModelVersion | None:
@@ -95,13 +95,30 @@ def observed_accuracy(user, model: ModelVersion | None) -> dict | None:
         image=OuterRef("image"), model_version=model, category=OuterRef("category"))
     predicted_any = Prediction.objects.filter(image=OuterRef("image"), model_version=model)
     checked = (
-        Label.objects.filter(is_current=True, source=Label.Source.REVIEW, created_at__gt=model.promoted_at,
+        Label.objects.filter(is_current=True, source__in=CHECKED_SOURCES, created_at__gt=model.promoted_at,
                              image__in=visible_images(user))
         .filter(Exists(predicted_any))
         .aggregate(total=Count("id"), correct=Count("id", filter=Q(Exists(predicted_same))))
     )
     total = checked["total"]
     return {**checked, "accuracy": checked["correct"] / total if total else None}
+
+
+def test_labels_changed(user, model: ModelVersion | None) -> int:
+    """Test-split images of the user's projects labelled after the model was evaluated: the confusion
+    matrix counts the labels of then, its cell pages the labels of now."""
+    if model is None or not model.metrics:
+        return 0
+    return (visible_images(user).filter(split=SEMImage.Split.TEST, labels__created_at__gt=model.created_at)
+            .values("pk").distinct().count())
+
+
+def evaluated_count(model: ModelVersion, actual: str, predicted: str) -> int | None:
+    """How many test images the evaluation put in one cell of the confusion matrix."""
+    for row in confusion_rows(model)[1]:
+        if row["actual"] == actual:
+            return next((cell["count"] for cell in row["cells"] if cell["predicted"] == predicted), None)
+    return None
 
 
 def cell_images(user, model: ModelVersion, actual: str, predicted: str) -> QuerySet[SEMImage]:
@@ -115,6 +132,7 @@ def cell_images(user, model: ModelVersion, actual: str, predicted: str) -> Query
         .defer("metadata")
         .order_by("-uploaded_at", "-id")
     )
+
 
 
 def readiness_context() -> dict:

@@ -15,6 +15,8 @@ from portal.permissions import curated_projects
 SKIPPED_KEY = "review_skipped"
 UNDO_KEY = "review_undo"
 MAX_REMEMBERED = 500  # bounded session size: older skips and undo steps are forgotten
+# Labels a curator set while looking at the image: in the review queue or on the image page.
+CHECKED_SOURCES = (Label.Source.REVIEW, Label.Source.IMAGE_PAGE)
 
 
 def unlabelled(user) -> QuerySet[SEMImage]:
@@ -31,7 +33,7 @@ def unlabelled_in(images: QuerySet[SEMImage]) -> QuerySet[SEMImage]:
 
 def disputed_in(images: QuerySet[SEMImage]) -> QuerySet[SEMImage]:
     """Images whose prediction disagrees with a curated label that no reviewer has confirmed."""
-    reviewed = Label.objects.filter(image=OuterRef("pk"), is_current=True, source=Label.Source.REVIEW)
+    reviewed = Label.objects.filter(image=OuterRef("pk"), is_current=True, source__in=CHECKED_SOURCES)
     return (
         images.filter(curated_category__isnull=False, predicted_category__isnull=False)
         .exclude(curated_category=F("predicted_category"))
@@ -99,16 +101,36 @@ def forget_skips(session) -> None:
 
 def push_undo(session, label_ids: list[int]) -> None:
     """One undo step: the labels one action created (a single key press, or a bulk acceptance)."""
+    _push_step(session, label_ids)
+
+
+def push_skip_undo(session, image_id: int) -> None:
+    """A skip is an action too: U right after S brings the skipped image back."""
+    _push_step(session, {"skip": image_id})
+
+
+def _push_step(session, step) -> None:
     steps = session.get(UNDO_KEY, [])
-    session[UNDO_KEY] = (steps + [label_ids])[-50:]
+    session[UNDO_KEY] = (steps + [step])[-50:]
 
 
-def pop_undo(session) -> list[int] | None:
+def pop_undo(session) -> list[int] | dict | None:
+    """The last step: a list of label ids, or {"skip": image id}."""
     steps = session.get(UNDO_KEY, [])
     if not steps:
         return None
     session[UNDO_KEY] = steps[:-1]
     return steps[-1]
+
+
+def forget_skip(session, image_id: int) -> None:
+    """Undo one skip: the image's latest entry leaves the skipped list."""
+    skipped = list(skipped_ids(session))
+    if image_id in skipped:
+        skipped.reverse()
+        skipped.remove(image_id)
+        skipped.reverse()
+        session[SKIPPED_KEY] = skipped
 
 
 def undo_depth(session) -> int:

@@ -35,6 +35,7 @@ page_patterns = [
     path("training/start/", training.training_start, name="training_start"),
     path("training/runs/<int:pk>/", training.training_run, name="training_run"),
     path("training/runs/<int:pk>/progress/", training.training_progress, name="training_progress"),
+    path("training/runs/<int:pk>/cancel/", training.training_cancel, name="training_cancel"),
     path("models/v<int:version>/promote/", training.model_promote, name="model_promote"),
     path("models/rollback/", training.model_rollback, name="model_rollback"),
 ]

@@ -2,14 +2,41 @@
 (function () {
   "use strict";
 
+  var INK = [29, 39, 51];  // --ink
+  var WHITE = [255, 255, 255];
+
+  function luminance(rgb) {
+    var c = rgb.map(function (v) { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+    return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+  }
+
+  function contrast(a, b) {
+    var la = luminance(a), lb = luminance(b);
+    return (Math.max(la, lb) + 0.05) / (Math.min(la, lb) + 0.05);
+  }
+
+  function blend(rgb, alpha) {
+    return rgb.map(function (v) { return Math.round(v * alpha + 255 * (1 - alpha)); });
+  }
+
   function colourCells() {
     document.querySelectorAll("#confusion-matrix td").forEach(function (cell) {
       var share = parseFloat(cell.dataset.percent) / 100;
       if (!share) return;
-      // Blue for the diagonal (right), red for confusions; intensity = share of the row.
-      var hue = cell.dataset.correct === "1" ? "42, 107, 179" : "179, 38, 30";
-      cell.style.background = "rgba(" + hue + ", " + (0.08 + 0.82 * share).toFixed(3) + ")";
-      cell.style.color = share > 0.5 ? "#fff" : "";
+      // Blue for the diagonal (right), red for confusions; intensity = share of the row. The text is
+      // ink or white, whichever reads better; where neither reaches WCAG AA (4.5:1) the shade deepens
+      // until white does.
+      var hue = cell.dataset.correct === "1" ? [31, 84, 145] : [160, 32, 26];
+      var alpha = 0.08 + 0.82 * share;
+      var background = blend(hue, alpha);
+      while (Math.max(contrast(background, INK), contrast(background, WHITE)) < 4.5 && alpha < 1) {
+        alpha = Math.min(1, alpha + 0.02);
+        background = blend(hue, alpha);
+      }
+      var light = contrast(background, WHITE) > contrast(background, INK);
+      cell.style.background = "rgb(" + background.join(", ") + ")";
+      cell.style.color = light ? "#fff" : "var(--ink)";
+      cell.classList.toggle("light-text", light);
     });
   }
 

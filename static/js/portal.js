@@ -25,5 +25,11 @@ window.Portal = (function () {
     return element;
   }
 
+  // Risky actions ask first: a form with data-confirm="question" submits only when confirmed.
+  document.addEventListener("submit", function (event) {
+    var question = event.target.dataset && event.target.dataset.confirm;
+    if (question && !window.confirm(question)) event.preventDefault();
+  }, true);
+
   return { csrfToken: csrfToken, percent: percent, readJson: readJson, text: text };
 })();

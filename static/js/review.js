@@ -10,14 +10,21 @@
     if (button) form.requestSubmit(button); else form.requestSubmit();
   }
 
-  function typingInField(event) {
-    var tag = event.target.tagName;
-    return tag === "INPUT" || tag === "SELECT" || tag === "TEXTAREA" || event.target.isContentEditable;
+  function typingInField(target) {
+    var tag = target.tagName;
+    return tag === "INPUT" || tag === "SELECT" || tag === "TEXTAREA" || target.isContentEditable;
+  }
+
+  // A focused control (button, link, summary) owns Enter and Space: a hotkey never overrides it.
+  function focusedControl(target) {
+    return target !== document.body && target.closest && !!target.closest("button, a[href], summary, [role=button]");
   }
 
   document.addEventListener("keydown", function (event) {
-    if (event.ctrlKey || event.metaKey || event.altKey || typingInField(event)) return;
+    var target = event.target;
+    if (event.ctrlKey || event.metaKey || event.altKey || typingInField(target)) return;
     var key = event.key.toLowerCase();
+    if ((key === "enter" || key === " ") && focusedControl(target)) return;
     var keys = document.getElementById("category-keys");
     var button = keys && keys.querySelector('button[data-key="' + key + '"]');
     if (button) {

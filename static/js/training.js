@@ -28,6 +28,51 @@
     status.className = "badge status-" + data.status;
     var detail = data.active ? [describe(data.progress), fraction + "%"].filter(Boolean).join(" · ") : "";
     box.querySelector('[data-field="detail"]').textContent = detail;
+    var elapsed = box.querySelector('[data-field="elapsed"]');
+    if (elapsed) elapsed.textContent = data.elapsed || "";
+    // The same run in the runs table says the same thing as the progress panel.
+    document.querySelectorAll('[data-run-status="' + data.id + '"]').forEach(function (badge) {
+      badge.textContent = data.status_display;
+      badge.className = "badge status-" + data.status;
+    });
+    renderStages(data.stages);
+    renderLog(data.log_tail);
+  }
+
+  function cell(text, numeric) {
+    return Portal.text("td", text, numeric ? "num" : null);
+  }
+
+  // One row per progressive-resizing stage (portal/web/run_display.py stage_rows).
+  function renderStages(stages) {
+    var body = document.querySelector("#stage-table tbody");
+    if (!body || !stages) return;
+    body.textContent = "";
+    stages.forEach(function (stage) {
+      var row = document.createElement("tr");
+      var epochs = String(stage.epochs_done) + (!stage.finished && stage.epochs_planned ? " of " + stage.epochs_planned : "");
+      var best = typeof stage.best_valid_loss === "number" ? stage.best_valid_loss.toFixed(3) : "—";
+      [
+        cell(String(stage.number)),
+        cell(stage.size + " px", true),
+        cell(stage.batch_size === null || stage.batch_size === undefined ? "—" : String(stage.batch_size), true),
+        cell(epochs, true),
+        cell(stage.lr === null || stage.lr === undefined ? "—" : String(stage.lr), true),
+        cell(stage.best_epoch === null || stage.best_epoch === undefined ? "—" : String(stage.best_epoch + 1), true),
+        cell(best, true),
+        cell(Math.round(stage.duration_s || 0) + " s", true),
+      ].forEach(function (td) { row.appendChild(td); });
+      body.appendChild(row);
+    });
+  }
+
+  // The end of the log; stays scrolled to the bottom when the reader was there.
+  function renderLog(text) {
+    var log = document.getElementById("run-log");
+    if (!log || typeof text !== "string" || log.textContent.slice(-text.length) === text) return;
+    var atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    log.textContent = text;
+    if (atBottom) log.scrollTop = log.scrollHeight;
   }
 
   function watch(box) {

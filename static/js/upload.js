@@ -18,6 +18,9 @@
   var rows = {};        // image id -> rows showing it (the same image can come back as a duplicate)
   var counts = { stored: 0, duplicate: 0, rejected: 0 };
   var pollTimer = null;
+  var failed = [];      // files refused for a reason that a retry can fix (signed out, network)
+  var signedOut = false;
+  var retryButton = document.getElementById("retry-failed");
 
   function addFiles(files) {
     Array.prototype.forEach.call(files, function (file) {
@@ -58,7 +61,10 @@
     };
     setOutcome(item.row, "Uploading…", "");
     xhr.onload = function () { finished(item, xhr); };
-    xhr.onerror = function () { showRejected(item.row, "Network error: the upload did not reach the server."); done(); };
+    xhr.onerror = function () {
+      retryable(item, "Network error: the upload did not reach the server.");
+      done();
+    };
     xhr.send(form);
   }
 
@@ -66,8 +72,13 @@
     var body = null;
     try { body = JSON.parse(xhr.responseText); } catch (error) { body = null; }
     setProgress(item.row, 1);
-    if (!body) {
-      showRejected(item.row, "Server error " + xhr.status + ".");
+    if (xhr.status === 401 || (body && body.signed_out)) {
+      signedOut = true;
+      retryable(item, body && body.reason ? body.reason : "You are signed out: sign in again, then retry.");
+    } else if (!body && xhr.status === 403) {
+      retryable(item, "The page's security token is no longer valid: reload the page, then choose the files again.");
+    } else if (!body) {
+      retryable(item, "Server error " + xhr.status + ".");
     } else if (body.outcome === "rejected") {
       showRejected(item.row, body.reason);
     } else {
@@ -80,6 +91,29 @@
   function done() {
     active -= 1;
     pump();
+  }
+
+  // Refused for a reason on our side (signed out, network, server): "Retry failed files" sends it again.
+  function retryable(item, reason) {
+    failed.push(item);
+    showRejected(item.row, reason);
+    if (retryButton) retryButton.hidden = false;
+  }
+
+  function retryFailed() {
+    var again = failed;
+    failed = [];
+    signedOut = false;
+    if (retryButton) retryButton.hidden = true;
+    again.forEach(function (item) {
+      counts.rejected -= 1;
+      item.row.querySelector(".progress").classList.remove("bad");
+      setProgress(item.row, 0);
+      setOutcome(item.row, "Waiting…", "");
+      waiting.push(item);
+    });
+    pump();
+    schedulePoll();
   }
 
   function showRejected(row, reason) {
@@ -143,7 +177,11 @@
     var ids = pendingIds();
     if (!ids.length) { updateSummary(); return; }
     fetch(panel.dataset.statusUrl + "?ids=" + ids.join(","), { headers: { Accept: "application/json" } })
-      .then(function (response) { return response.ok ? response.json() : { images: [] }; })
+      .then(function (response) {
+        // Signed out: say so and keep asking (slowly) until the user signs in again.
+        signedOut = response.status === 401;
+        return response.ok ? response.json() : { images: [] };
+      })
       .then(function (data) {
         data.images.forEach(function (image) {
           (rows[image.id] || []).forEach(function (row) { renderStatus(row, image); });
@@ -157,15 +195,23 @@
   function updateSummary() {
     var total = list.children.length;
     if (!total) { summary.textContent = ""; return; }
+    var warning = signedOut ? "Signed out: sign in again (in another tab), then retry the failed files. " : "";
     var inFlight = waiting.length + active;
     var unclassified = pendingIds().length;
-    summary.textContent = total + " file" + (total === 1 ? "" : "s") + ": " + counts.stored + " stored, " +
+    summary.textContent = warning + total + " file" + (total === 1 ? "" : "s") + ": " + counts.stored + " stored, " +
       counts.duplicate + " duplicate, " + counts.rejected + " rejected" +
       (inFlight ? " · " + inFlight + " uploading" : "") +
       (unclassified ? " · " + unclassified + " waiting for classification" : "") +
       (!unclassified && !inFlight && Object.keys(rows).length ? " · classification finished" : "");
   }
 
+  if (retryButton) retryButton.addEventListener("click", retryFailed);
+  // The drop zone is a button for the keyboard: Enter or Space opens the file chooser.
+  dropzone.addEventListener("keydown", function (event) {
+    if (event.target !== dropzone || (event.key !== "Enter" && event.key !== " ")) return;
+    event.preventDefault();
+    input.click();
+  });
   input.addEventListener("change", function () { addFiles(input.files); input.value = ""; });
   ["dragenter", "dragover"].forEach(function (name) {
     dropzone.addEventListener(name, function (event) { event.preventDefault(); dropzone.classList.add("over"); });

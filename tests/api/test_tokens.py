@@ -102,8 +102,9 @@ def test_session_authentication_works_for_the_browsable_api(client, user, projec
 
 def test_token_page_creates_and_shows_the_secret_once(client, user):
     client.force_login(user)
-    response = client.post(reverse("account:tokens"), {"name": "LIMS production"})
-    assert response.status_code == 200
+    posted = client.post(reverse("account:tokens"), {"name": "LIMS production"})
+    assert posted.status_code == 302  # post/redirect/get: a reload creates no second token (issue 14)
+    response = client.get(posted["Location"])
     token = ApiToken.objects.get(user=user)
     secret = response.context["new_secret"]
     assert secret.startswith(token.prefix)

@@ -144,5 +144,5 @@ def test_detail_page_shows_metadata_predictions_and_history(client, curator, sam
     client.post(reverse("web:image_label", args=[image.pk]), {"category": categories["Powder"].pk})
     html = client.get(reverse("web:image_detail", args=[image.pk])).content.decode()
     for text in ("Sigma 300", "5 kV", "4.2 mm", "25,000×", "2.5 nm", "InLens", "Test wafer", "S-0001",
-                 "Model v1", "70%", "Folder import", "Review queue", 'id="viewer"'):
+                 "Model v1", "70%", "Folder import", "Image page", 'id="viewer"'):
         assert text in html, text

@@ -78,7 +78,7 @@ def set_image_label(request, pk: int):
     if not can_curate_image(request.user, image):
         raise PermissionDenied("Correcting labels needs the curator role in this project.")
     category = posted_category_or_404(request)
-    set_label(image, category, source=Label.Source.REVIEW, user=request.user)
+    set_label(image, category, source=Label.Source.IMAGE_PAGE, user=request.user)
     messages.success(request, f"{image.original_filename} labelled {category.name}.")
     return redirect(_safe_next(request) or image_url(image))
 

@@ -55,6 +55,7 @@ def review_label(request, pk: int):
 @require_POST
 def review_skip(request, pk: int):
     queue.remember_skip(request.session, pk)
+    queue.push_skip_undo(request.session, pk)
     return redirect("web:review")
 
 
@@ -68,10 +69,15 @@ def review_unskip(request):
 @curator_required
 @require_POST
 def review_undo(request):
-    """Withdraw the labels of this session's last action; the previous label (if any) is current again."""
+    """Undo this session's last action: a skip brings the image back; labels are withdrawn and the
+    previous label (if any) is current again."""
     label_ids = queue.pop_undo(request.session)
     if not label_ids:
         messages.info(request, "Nothing to undo.")
+        return redirect("web:review")
+    if isinstance(label_ids, dict):
+        queue.forget_skip(request.session, label_ids.get("skip"))
+        messages.info(request, "Skip undone.")
         return redirect("web:review")
     # Only this user's own labels, in projects they still curate.
     labels = Label.objects.filter(pk__in=label_ids, created_by=request.user,

@@ -14,8 +14,10 @@ from django.views.decorators.http import require_GET, require_POST
 
 from classifier.budget import parse_duration
 from portal.models import ModelVersion, TrainingRun
-from portal.web.access import admin_required, member_required
+from portal.web.access import admin_required, member_required, member_required_json
 from portal.web.dashboard_data import per_class_rows, readiness_context
+
+from portal.web.run_display import LOG_TAIL_CHARS, elapsed_text, pretrained_fact, stage_rows
 
 RECENT_RUNS = 20
 
@@ -42,11 +44,14 @@ def training_run(request, pk: int):
         "model": model,
         "per_class": per_class_rows(model),
         "config_rows": sorted((run.config or {}).items()),
+        "stage_rows": stage_rows(run.history),
+        "elapsed": elapsed_text(run),
+        "pretrained": pretrained_fact(run),
     }
     return render(request, "portal/training_run.html", context)
 
 
-@member_required
+@member_required_json
 @require_GET
 def training_progress(request, pk: int):
     """Polled by the progress bar: stage size, epoch, loss, and the run's status."""
@@ -65,6 +70,9 @@ def progress_payload(run: TrainingRun) -> dict:
         "history": run.history,
         "error": run.error,
         "model_version": run.model_version.version if run.model_version_id else None,
+        "stages": stage_rows(run.history),
+        "elapsed": elapsed_text(run),
+        "log_tail": run.log[-LOG_TAIL_CHARS:],
     }
 
 
@@ -85,6 +93,20 @@ def training_start(request):
     else:
         messages.success(request, f"Training run {run.pk} queued.")
     return redirect("web:training")
+
+
+@admin_required
+@require_POST
+def training_cancel(request, pk: int):
+    """A queued run is cancelled at once; a running one stops at its next batch (the worker checks)."""
+    from portal.services import training as service
+
+    run = get_object_or_404(TrainingRun, pk=pk)
+    if service.request_cancel(run):
+        messages.success(request, f"Cancel requested for training run {run.pk}: it stops at its next batch.")
+    else:
+        messages.warning(request, f"Training run {run.pk} is not queued or running any more.")
+    return redirect("web:training_run", pk=run.pk)
 
 
 @admin_required

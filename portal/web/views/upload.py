@@ -11,7 +11,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from portal.models import Category, Label, SEMImage
 from portal.permissions import can_upload_to, curated_projects, visible_images, visible_samples
-from portal.web.access import member_required
+from portal.web.access import member_required, member_required_json
 from portal.web.forms import SampleForm
 
 MAX_STATUS_IDS = 500
@@ -38,7 +38,7 @@ def upload_page(request):
     return render(request, "portal/upload.html", context)
 
 
-@member_required
+@member_required_json
 @require_POST
 def upload_file(request):
     """Store one file through the ingestion service; answers stored, duplicate or rejected."""
@@ -96,7 +96,7 @@ def image_status(image: SEMImage) -> dict:
     }
 
 
-@member_required
+@member_required_json
 @require_GET
 def upload_status(request):
     """Live status of the given images (the upload page polls this until all are classified)."""

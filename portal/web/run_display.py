@@ -1,0 +1,94 @@
+"""What the training pages show of a run: one row per progressive-resizing stage (from the epoch events
+of a running run or the trainer's per-stage records of a finished one), the elapsed time with an
+estimate, and whether pretrained weights were really used."""
+
+from __future__ import annotations
+
+from django.utils import timezone
+
+from portal.models import TrainingRun
+
+LOG_TAIL_CHARS = 20_000  # the progress endpoint sends the end of the log; the page shows all of it
+
+
+def stage_rows(history: list | None) -> list[dict]:
+    """One row per stage, in stage order.
+
+    A finished run's history holds the trainer's records ({stage, size, batch_size, lr, epochs: [...],
+    best_epoch, best_valid_loss, duration_s}); a running one's holds epoch_end events ({stage, size,
+    epoch, epochs: planned count, train_loss, valid_loss, duration_s}), grouped here by stage.
+    """
+    rows: dict[int, dict] = {}
+    for record in history or []:
+        if not isinstance(record, dict) or record.get("stage") is None:
+            continue
+        stage = int(record["stage"])
+        if isinstance(record.get("epochs"), list):
+            epochs = record["epochs"]
+            rows[stage] = {
+                "stage": stage, "number": stage + 1, "size": record.get("size"),
+                "batch_size": record.get("batch_size"), "lr": record.get("lr"),
+                "epochs_done": len(epochs), "epochs_planned": len(epochs),
+                "best_epoch": record.get("best_epoch"), "best_valid_loss": record.get("best_valid_loss"),
+                "duration_s": record.get("duration_s"), "finished": True,
+            }
+            continue
+        if record.get("event") not in (None, "epoch_end") or record.get("train_loss") is None and \
+                record.get("valid_loss") is None:
+            continue
+        row = rows.setdefault(stage, {
+            "stage": stage, "number": stage + 1, "size": record.get("size"), "batch_size": None, "lr": None,
+            "epochs_done": 0, "epochs_planned": None, "best_epoch": None, "best_valid_loss": None,
+            "duration_s": 0.0, "finished": False,
+        })
+        if row["finished"]:
+            continue
+        row["epochs_done"] += 1
+        if isinstance(record.get("epochs"), int):
+            row["epochs_planned"] = record["epochs"]
+        row["duration_s"] = (row["duration_s"] or 0.0) + float(record.get("duration_s") or 0.0)
+        loss = record.get("valid_loss")
+        if isinstance(loss, (int, float)) and (row["best_valid_loss"] is None or loss < row["best_valid_loss"]):
+            row["best_valid_loss"], row["best_epoch"] = loss, record.get("epoch")
+    return [rows[stage] for stage in sorted(rows)]
+
+
+def duration_text(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def elapsed_text(run: TrainingRun) -> str:
+    """"running for 1 min 35 s · about 3 min 10 s remaining" (an estimate from the progress so far)."""
+    if run.status == TrainingRun.Status.QUEUED:
+        waited = (timezone.now() - run.created_at).total_seconds() if run.created_at else 0
+        return f"queued for {duration_text(waited)}"
+    if run.status != TrainingRun.Status.RUNNING or not run.started_at:
+        return f"took {duration_text(run.duration_s)}" if run.duration_s else ""
+    elapsed = max(0.0, (timezone.now() - run.started_at).total_seconds())
+    text = f"running for {duration_text(elapsed)}"
+    fraction = run.progress_fraction or 0.0
+    if 0.05 <= fraction < 1.0:
+        text += f" · about {duration_text(elapsed * (1 - fraction) / fraction)} remaining"
+    return text
+
+
+def pretrained_fact(run: TrainingRun) -> str | None:
+    """Whether the model of this run started from pretrained weights (the artifact's metadata says)."""
+    model = run.model_version
+    metadata = (model.metadata or {}) if model else {}
+    if "pretrained_used" not in metadata:
+        return None
+    requested = (run.config or {}).get("pretrained", True)
+    if metadata["pretrained_used"]:
+        source = metadata.get("pretrained_source") or metadata.get("weights_source")
+        return "used" + (f" ({source})" if source else "")
+    if requested:
+        return "not used: requested, but no weights file was found, so it trained from scratch"
+    return "not used: trained from scratch (not requested)"

@@ -1,0 +1,515 @@
+"""Issue 14, "A curator's working day": the bugs seen by new users in review, upload, dashboard and
+training pages, each with a test that failed before the fix. Browser tests drive Debian's Chromium
+(the `browser` fixture of test_browser.py, no worker); the others use Django's test client."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+from django.urls import reverse
+from django.utils import timezone
+
+from portal.models import ApiToken, Label, SEMImage, TrainingRun
+from tests.web.conftest import PASSWORD  # noqa: F401  (users of make_user sign in with it)
+from tests.web.test_browser import browser, screenshot  # noqa: F401  (the fixture)
+
+
+
+def browser_test(function):
+    """Chromium against the live server; serialized_rollback keeps the data migration's categories
+    for the tests after a transactional one."""
+    for mark in (pytest.mark.browser, pytest.mark.slow,
+                 pytest.mark.django_db(transaction=True, serialized_rollback=True)):
+        function = mark(function)
+    return function
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+CONTRAST_JS = """
+(selectors) => {
+  function parse(colour) {
+    const m = colour.match(/rgba?\\(([^)]+)\\)/);
+    if (!m) return [255, 255, 255, 1];
+    const parts = m[1].split(/[ ,/]+/).filter(Boolean).map(Number);
+    return [parts[0], parts[1], parts[2], parts.length > 3 ? parts[3] : 1];
+  }
+  function over(top, bottom) {
+    const a = top[3];
+    return [0, 1, 2].map(i => top[i] * a + bottom[i] * (1 - a)).concat([1]);
+  }
+  function background(element) {
+    const layers = [];
+    for (let node = element; node && node.nodeType === 1; node = node.parentElement) {
+      const colour = parse(getComputedStyle(node).backgroundColor);
+      if (colour[3] > 0) layers.push(colour);
+      if (colour[3] >= 1) break;
+    }
+    let result = [255, 255, 255, 1];
+    for (let i = layers.length - 1; i >= 0; i--) result = over(layers[i], result);
+    return result;
+  }
+  function luminance(rgb) {
+    const c = rgb.slice(0, 3).map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+    return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+  }
+  function ratio(a, b) {
+    const la = luminance(a), lb = luminance(b);
+    return (Math.max(la, lb) + 0.05) / (Math.min(la, lb) + 0.05);
+  }
+  const found = [];
+  for (const selector of selectors) {
+    document.querySelectorAll(selector).forEach(element => {
+      if (!element.textContent.trim() || !element.getClientRects().length) return;
+      const bg = background(element);
+      const fg = over(parse(getComputedStyle(element).color), bg);
+      found.push({selector, text: element.textContent.trim().slice(0, 30), ratio: ratio(fg, bg)});
+    });
+  }
+  return found;
+}
+"""
+
+
+def sign_in(page, live_server, client, user) -> None:
+    """Sign the browser in with a session made by Django's test client (faster than the login form)."""
+    client.force_login(user)
+    cookie = client.cookies[settings.SESSION_COOKIE_NAME]
+    page.context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": cookie.value,
+                               "url": live_server.url}])
+
+
+@pytest.fixture
+def model(make_model):
+    return make_model(1, status="production", classes=("Fibres", "Particles", "Powder"))
+
+
+@pytest.fixture
+def review_queue(make_image, sample, categories, model, predict):
+    """Three unlabelled images, most uncertain first; the model suggests Fibres for each."""
+    images = []
+    for margin in (0.05, 0.2, 0.4):
+        image = make_image(sample)
+        predict(image, model, {"Fibres": 0.5 + margin / 2, "Particles": 0.5 - margin / 2, "Powder": 0.0},
+                categories)
+        images.append(image)
+    return images
+
+
+def review_head(page) -> int:
+    return int(page.get_attribute("#review", "data-image-id"))
+
+
+# --- 1 and 7: review keys ----------------------------------------------------------------------------
+
+@browser_test
+def test_review_enter_on_a_focused_control_activates_that_control(browser, live_server, client, curator,
+                                                                  review_queue, categories):
+    page = browser
+    sign_in(page, live_server, client, curator)
+    page.goto(reverse("web:review"))
+    first = review_head(page)
+    # Enter on the focused "Powder" button labels Powder, not the top suggestion (Fibres).
+    page.focus('#category-keys button[value="%d"]' % categories["Powder"].pk)
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert SEMImage.objects.get(pk=first).curated_category == categories["Powder"]
+    # Enter on the focused "Undo last" button undoes; it does not accept a suggestion for the next image.
+    second = review_head(page)
+    page.focus("#undo-form button")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert SEMImage.objects.get(pk=first).curated_category is None
+    assert SEMImage.objects.get(pk=second).curated_category is None
+    # With nothing focused, Enter still accepts the suggestion.
+    assert review_head(page) == first
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert SEMImage.objects.get(pk=first).curated_category == categories["Fibres"]
+    page.problems.assert_none()
+
+
+@browser_test
+def test_review_u_after_s_undoes_the_skip(browser, live_server, client, curator, review_queue, categories):
+    page = browser
+    sign_in(page, live_server, client, curator)
+    page.goto(reverse("web:review"))
+    first = review_head(page)
+    particles = page.get_attribute('#category-keys button[value="%d"]' % categories["Particles"].pk, "data-key")
+    with page.expect_navigation():
+        page.keyboard.press(particles)
+    second = review_head(page)
+    with page.expect_navigation():
+        page.keyboard.press("s")
+    assert review_head(page) != second
+    with page.expect_navigation():
+        page.keyboard.press("u")
+    # The skip is undone: the skipped image is back, and the label before it stays.
+    assert review_head(page) == second
+    assert SEMImage.objects.get(pk=first).curated_category == categories["Particles"]
+    with page.expect_navigation():
+        page.keyboard.press("u")
+    assert SEMImage.objects.get(pk=first).curated_category is None
+    page.problems.assert_none()
+
+
+# --- 2 and 3: upload ---------------------------------------------------------------------------------
+
+def test_fetch_endpoints_answer_401_json_when_signed_out(client, sample, curator):
+    for method, url in (("post", reverse("web:upload_file")), ("get", reverse("web:upload_status") + "?ids=1"),
+                        ("get", reverse("web:training_progress", args=[1]))):
+        response = getattr(client, method)(url, HTTP_ACCEPT="application/json")
+        assert response.status_code == 401, url
+        body = response.json()
+        assert body["error"]["code"] == "not_authenticated"
+        assert "signed out" in body["reason"].lower()
+    # The pages themselves still send a browser to the login page.
+    assert client.get(reverse("web:upload")).status_code == 302
+
+
+@browser_test
+def test_upload_after_the_session_ended_says_so_and_retries(browser, live_server, client, curator, sample, tmp_path):
+    from tests.web.conftest import png_bytes
+
+    page = browser
+    sign_in(page, live_server, client, curator)
+    page.goto(f"{reverse('web:upload')}?sample={sample.pk}")
+    files = []
+    for index in range(2):
+        path = tmp_path / f"after-logout-{index}.png"
+        path.write_bytes(png_bytes(900 + index))
+        files.append(str(path))
+    # Signed out in another tab: same browser, same cookies.
+    other = page.context.new_page()
+    other.goto(reverse("web:browse"))
+    with other.expect_navigation():
+        other.click(".account button[type=submit]")
+    other.close()
+    page.set_input_files("#id_files", files)
+    page.wait_for_function("document.querySelectorAll('.file-row .outcome.rejected').length === 2")
+    outcomes = page.locator(".file-row .outcome").all_text_contents()
+    assert all("signed out" in text.lower() for text in outcomes), outcomes
+    assert not any("Server error" in text for text in outcomes), outcomes
+    assert "signed out" in page.text_content("#upload-summary").lower()
+    assert SEMImage.objects.filter(sample=sample).count() == 0
+    retry = page.locator("#retry-failed")
+    assert retry.is_visible()
+    screenshot(page, "i14-upload-signed-out")
+    # Signed in again (in another tab): the failed files go up without choosing them again.
+    sign_in(page, live_server, client, curator)
+    retry.click()
+    page.wait_for_function("document.querySelectorAll('.file-row .outcome.stored').length === 2")
+    assert SEMImage.objects.filter(sample=sample).count() == 2
+    assert page.locator("#retry-failed").is_hidden()
+    # The browser logs the refused requests themselves (401); nothing else may fail.
+    page.problems.items = [item for item in page.problems.items if "status of 401" not in item]
+    page.problems.assert_none()
+
+
+@browser_test
+def test_drop_zone_is_reachable_with_the_keyboard(browser, live_server, client, curator, sample, tmp_path):
+    from tests.web.conftest import png_bytes
+
+    page = browser
+    sign_in(page, live_server, client, curator)
+    page.goto(f"{reverse('web:upload')}?sample={sample.pk}")
+    reached = False
+    for _ in range(60):
+        page.keyboard.press("Tab")
+        if page.evaluate("!!document.activeElement.closest('#dropzone')"):
+            reached = True
+            break
+    assert reached, "Tab never reaches the drop zone"
+    outline = page.evaluate("getComputedStyle(document.getElementById('dropzone')).outlineStyle")
+    assert outline != "none", "the focused drop zone shows no focus ring"
+    path = tmp_path / "keyboard.png"
+    path.write_bytes(png_bytes(950))
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(str(path))
+    page.wait_for_function("document.querySelectorAll('.file-row .outcome.stored').length === 1")
+    page.problems.assert_none()
+
+
+# --- 4: API tokens -------------------------------------------------------------------------------------
+
+def test_token_page_posts_redirects_and_shows_the_secret_once(client, member):
+    client.force_login(member)
+    response = client.post(reverse("account:tokens"), {"name": "LIMS production"})
+    assert response.status_code == 302 and response["Location"] == reverse("account:tokens")
+    assert ApiToken.objects.filter(user=member).count() == 1
+    shown = client.get(reverse("account:tokens")).content.decode()
+    token = ApiToken.objects.get(user=member)
+    assert 'id="new-token-secret"' in shown and token.prefix in shown
+    secret = shown.split('id="new-token-secret">')[1].split("<")[0]
+    assert secret.startswith(token.prefix)
+    # Reloading shows the list, not the secret, and creates nothing.
+    again = client.get(reverse("account:tokens")).content.decode()
+    assert 'id="new-token-secret"' not in again and secret not in again
+    assert ApiToken.objects.filter(user=member).count() == 1
+    # An invalid form is shown again without a redirect.
+    assert client.post(reverse("account:tokens"), {"name": ""}).status_code == 200
+
+
+# --- 5: a running training run ---------------------------------------------------------------------
+
+def epoch_event(stage: int, size: int, epoch: int, epochs: int, fraction: float) -> dict:
+    return {"event": "epoch_end", "stage": stage, "stages": 2, "size": size, "epoch": epoch, "epochs": epochs,
+            "train_loss": 2.0 - 0.1 * epoch, "valid_loss": 2.2 - 0.1 * epoch, "metrics": {}, "duration_s": 3.0,
+            "fraction": fraction}
+
+
+@pytest.fixture
+def running_run(admin_user):
+    return TrainingRun.objects.create(
+        status=TrainingRun.Status.RUNNING, active=True, trigger=TrainingRun.Trigger.MANUAL, requested_by=admin_user,
+        started_at=timezone.now() - timedelta(seconds=95), heartbeat_at=timezone.now(),
+        config={"arch": "resnet18", "sizes": [64, 128], "epochs": [3, 2], "pretrained": True},
+        history=[epoch_event(0, 64, e, 3, 0.1 * (e + 1)) for e in range(3)],
+        progress=epoch_event(0, 64, 2, 3, 0.3), progress_fraction=0.3,
+        log="2024-01-01 10:00:00 stage 1 at 64 px\n2024-01-01 10:00:09 epoch 3 of stage 1 done",
+        train_image_count=40, test_image_count=8,
+    )
+
+
+@browser_test
+def test_running_run_page_groups_stages_refreshes_and_cancels(browser, live_server, client, admin_user, running_run):
+    page = browser
+    sign_in(page, live_server, client, admin_user)
+    page.goto(reverse("web:training_run", args=[running_run.pk]))
+    rows = page.locator("#stage-table tbody tr")
+    assert rows.count() == 1, rows.all_text_contents()
+    assert "64 px" in rows.nth(0).text_content()
+    assert rows.nth(0).locator("td").nth(3).text_content().strip() in ("3", "3 of 3")
+    assert page.text_content(".run-progress [data-field=status]").strip() == "Running"
+    elapsed = page.text_content("[data-field=elapsed]")
+    assert "1 min" in elapsed, elapsed
+    # The worker goes on: a second stage starts and the log grows; the page follows without a reload.
+    TrainingRun.objects.filter(pk=running_run.pk).update(
+        history=running_run.history + [epoch_event(1, 128, 0, 2, 0.6)],
+        progress=epoch_event(1, 128, 0, 2, 0.6), progress_fraction=0.6,
+        log=running_run.log + "\n2024-01-01 10:00:30 epoch 1 of stage 2 done")
+    page.wait_for_function("document.querySelectorAll('#stage-table tbody tr').length === 2")
+    page.wait_for_function("document.querySelector('pre.log').textContent.includes('epoch 1 of stage 2 done')")
+    assert "128 px" in rows.nth(1).text_content()
+    assert "remaining" in page.text_content("[data-field=elapsed]")
+    screenshot(page, "i14-training-run-running")
+    # Cancel asks first, then asks the worker to stop.
+    page.once("dialog", lambda dialog: dialog.accept())
+    with page.expect_navigation():
+        page.click("#cancel-run")
+    running_run.refresh_from_db()
+    assert running_run.cancel_requested
+    assert "cancel" in page.text_content(".messages").lower()
+    page.problems.assert_none()
+
+
+@browser_test
+def test_training_page_runs_table_agrees_with_the_progress_panel(browser, live_server, client, admin_user):
+    page = browser
+    run = TrainingRun.objects.create(status=TrainingRun.Status.QUEUED, active=True,
+                                     trigger=TrainingRun.Trigger.MANUAL, requested_by=admin_user)
+    sign_in(page, live_server, client, admin_user)
+    page.goto(reverse("web:training"))
+    row = page.locator("#runs tbody tr").first
+    assert "0 / 0" not in row.text_content()
+    TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.RUNNING, started_at=timezone.now(),
+                                                 progress_fraction=0.1, progress={"event": "stage_start"})
+    page.wait_for_function("document.querySelector('.run-progress [data-field=status]').textContent.trim() === 'Running'")
+    assert row.locator(".badge").text_content().strip() == "Running"
+    assert page.locator("#cancel-run").count() == 1
+    page.problems.assert_none()
+
+
+def test_cancel_needs_an_admin_and_a_post(client, member, admin_user, running_run):
+    url = reverse("web:training_cancel", args=[running_run.pk])
+    client.force_login(member)
+    assert client.post(url).status_code == 403
+    client.force_login(admin_user)
+    assert client.get(url).status_code == 405
+    assert client.post(url).status_code == 302
+    running_run.refresh_from_db()
+    assert running_run.cancel_requested
+
+
+# --- 6: dashboard after a relabel ------------------------------------------------------------------
+
+def test_dashboard_hints_that_test_labels_changed_since_the_evaluation(client, curator, sample, make_image, make_model,
+                                                                       predict, categories):
+    image = make_image(sample, split=SEMImage.Split.TEST, curated=categories["Fibres"])
+    Label.objects.filter(image=image).update(created_at=timezone.now() - timedelta(hours=1))  # before training
+    model = make_model(1, status="production", classes=("Fibres", "Particles"), counts=[[1, 1], [0, 1]])
+    predict(image, model, {"Particles": 0.8, "Fibres": 0.2}, categories)
+    client.force_login(curator)
+    before = client.get(reverse("web:dashboard")).content.decode()
+    assert 'id="labels-changed"' not in before
+    from portal.services.labels import set_label
+
+    set_label(image, categories["Particles"], source=Label.Source.REVIEW, user=curator)
+    after = client.get(reverse("web:dashboard")).content.decode()
+    assert 'id="labels-changed"' in after
+    assert "1 test image" in after and "since v1 was evaluated" in after
+    cell = client.get(reverse("web:confusion_cell", args=[1]), {"actual": "Fibres", "predicted": "Particles"})
+    text = cell.content.decode()
+    assert "0 images now carry" in text
+    assert "The evaluation counted 1 image" in text and "changed since" in text
+
+
+# --- 8: error pages and the API docs ---------------------------------------------------------------
+
+def test_403_and_404_pages_are_in_the_portal_frame_with_a_way_back(client, member):
+    client.force_login(member)
+    missing = client.get("/images/999999/")
+    assert missing.status_code == 404
+    page = missing.content.decode()
+    assert 'class="topbar"' in page and 'href="/browse/"' in page and "Back to" in page
+    forbidden = client.get(reverse("web:review"))
+    assert forbidden.status_code == 403
+    page = forbidden.content.decode()
+    assert 'class="topbar"' in page and "Back to" in page and "curator" in page
+    # Under /api/ the errors stay JSON.
+    assert client.get("/api/nope/").json()["error"]["code"] == "not_found"
+
+
+def test_api_docs_link_back_to_the_portal(client, member):
+    client.force_login(member)
+    page = client.get("/api/docs/").content.decode()
+    assert 'id="portal-back"' in page and 'href="/"' in page
+
+
+# --- 9: layout at 1024 px and contrast -------------------------------------------------------------
+
+@pytest.fixture
+def dashboard_data(make_model, make_image, sample, categories, predict, model):
+    """A production model whose matrix has cells at every shade (0 to 100 % of a row)."""
+    from tests.web.conftest import evaluation
+
+    classes = ("Fibres", "Particles", "Powder")
+    model.metrics = evaluation(classes, [[10, 0, 0], [5, 4, 1], [1, 3, 6]])
+    model.save()
+    image = make_image(sample)
+    predict(image, model, {"Fibres": 0.9, "Particles": 0.1, "Powder": 0.0}, categories)
+    make_image(sample, curated=categories["Powder"], status=SEMImage.Status.CLASSIFIED)
+    return model
+
+
+@browser_test
+def test_row_percent_toggle_is_not_clipped_at_1024_px(browser, live_server, client, curator, dashboard_data):
+    page = browser
+    page.set_viewport_size({"width": 1024, "height": 768})
+    sign_in(page, live_server, client, curator)
+    page.goto(reverse("web:dashboard"))
+    screenshot(page, "i14-dashboard-1024")
+    box = page.evaluate("""() => {
+        document.getElementById('matrix-toggle').scrollIntoView({block: 'center'});
+        const toggle = document.getElementById('matrix-toggle').getBoundingClientRect();
+        const panel = document.getElementById('matrix-toggle').closest('.panel').getBoundingClientRect();
+        const percent = document.querySelector('#matrix-toggle [data-mode=percent]').getBoundingClientRect();
+        const hit = document.elementFromPoint(percent.left + percent.width / 2, percent.top + percent.height / 2);
+        const group = document.getElementById('matrix-toggle');
+        const buttons = Array.from(group.querySelectorAll('button')).map(button => {
+            const range = document.createRange();
+            range.selectNodeContents(button);
+            return {text: button.textContent, lines: new Set(Array.from(range.getClientRects()).map(r => Math.round(r.top))).size,
+                    clipped: button.scrollWidth > button.clientWidth};
+        });
+        return {right: toggle.right, panelRight: panel.right, left: toggle.left, panelLeft: panel.left,
+                hit: hit && (hit.dataset.mode || hit.outerHTML.slice(0, 80)), groupClipped: group.scrollWidth > group.clientWidth, buttons};
+    }""")
+    assert box["right"] <= box["panelRight"] and box["left"] >= box["panelLeft"], box
+    assert box["hit"] == "percent", box
+    # Neither label is cut off by the group's rounded frame nor wrapped onto two lines.
+    assert not box["groupClipped"], box
+    assert all(button["lines"] == 1 and not button["clipped"] for button in box["buttons"]), box
+    page.locator("#matrix-toggle [data-mode=percent]").click()
+    assert "%" in page.text_content("#confusion-matrix tbody td")
+    screenshot(page, "i14-dashboard-1024")
+    page.problems.assert_none()
+
+
+@browser_test
+def test_text_contrast_meets_wcag_aa(browser, live_server, client, curator, dashboard_data, running_run):
+    page = browser
+    sign_in(page, live_server, client, curator)
+    failures = []
+    selectors = [".badge", ".heatmap td a", ".heatmap td span", ".heatmap th", ".muted", "label", ".btn",
+                 ".toggle button", "table.data th", ".stat .label", ".topbar nav a", ".account a"]
+    for url in (reverse("web:dashboard"), reverse("web:browse"), reverse("web:training"),
+                reverse("web:training_run", args=[running_run.pk])):
+        page.goto(url)
+        for mode in ("count", "percent"):
+            if mode == "percent":
+                if not page.locator("#matrix-toggle").count():
+                    continue
+                page.locator("#matrix-toggle [data-mode=percent]").click()
+            found = page.evaluate(CONTRAST_JS, selectors)
+            assert found
+            failures += [(url, item) for item in found if item["ratio"] < 4.5]
+    assert not failures, "\n".join(f"{url} {item}" for url, item in failures)
+    # The focus outline of inputs stands out from the panel (non-text contrast, 3:1).
+    page.goto(reverse("web:dashboard"))
+    page.focus("#id_model")
+    outline = page.evaluate("""() => {
+        const style = getComputedStyle(document.activeElement);
+        return {colour: style.outlineColor, width: parseFloat(style.outlineWidth), style: style.outlineStyle};
+    }""")
+    assert outline["style"] != "none" and outline["width"] >= 2, outline
+    ratio = page.evaluate("""(colour) => {
+        const rgb = colour.match(/\\d+/g).slice(0, 3).map(Number).map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+        const l = 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2];
+        return 1.05 / (l + 0.05);
+    }""", outline["colour"])
+    assert ratio >= 3, (outline, ratio)
+    page.problems.assert_none()
+
+
+# --- 10: small ones ----------------------------------------------------------------------------------
+
+def test_classes_without_test_support_show_a_dash(client, member, make_model):
+    from tests.web.conftest import evaluation
+
+    model = make_model(1, status="production", classes=("Fibres", "Particles", "Powder"))
+    model.metrics = evaluation(("Fibres", "Particles", "Powder"), [[3, 1, 0], [1, 3, 0], [0, 0, 0]])
+    model.save()
+    client.force_login(member)
+    page = client.get(reverse("web:dashboard")).content.decode()
+    row = page.split('id="per-class"')[1].split("<td>Powder</td>")[1].split("</tr>")[0]
+    assert row.count("—") == 3 and "0.000" not in row, row
+
+
+def test_confusion_cell_grammar(client, curator, sample, make_image, make_model, predict, categories):
+    model = make_model(1, status="production", classes=("Fibres", "Particles"), counts=[[1, 1], [0, 1]])
+    image = make_image(sample, split=SEMImage.Split.TEST, curated=categories["Fibres"])
+    predict(image, model, {"Particles": 0.8, "Fibres": 0.2}, categories)
+    client.force_login(curator)
+    page = client.get(reverse("web:confusion_cell", args=[1]), {"actual": "Fibres", "predicted": "Particles"})
+    assert "1 image now carries this curated label" in page.content.decode()
+
+
+def test_corrections_on_the_image_page_are_recorded_as_such(client, curator, make_image, sample, categories):
+    image = make_image(sample)
+    client.force_login(curator)
+    client.post(reverse("web:image_label", args=[image.pk]), {"category": categories["Powder"].pk})
+    label = Label.objects.get(image=image, is_current=True)
+    assert label.source == Label.Source.IMAGE_PAGE
+    page = client.get(reverse("web:image_detail", args=[image.pk])).content.decode()
+    history = page.split("Label history")[1]
+    assert "Image page" in history and "Review queue" not in history
+
+
+def test_run_configuration_says_whether_pretrained_weights_were_used(client, member, make_model, admin_user):
+    model = make_model(3, metadata={"pretrained_used": False, "arch": "resnet18"})
+    run = TrainingRun.objects.create(status=TrainingRun.Status.SUCCEEDED, active=None,
+                                     trigger=TrainingRun.Trigger.MANUAL, model_version=model,
+                                     config={"arch": "resnet18", "pretrained": True},
+                                     log="no pretrained weights found; training from scratch")
+    client.force_login(member)
+    page = client.get(reverse("web:training_run", args=[run.pk])).content.decode()
+    assert 'id="pretrained-used"' in page
+    fact = page.split('id="pretrained-used">')[1].split("</dd>")[0]
+    assert "not used" in fact and "from scratch" in fact
+    config = page.split("<h2>Configuration</h2>")[1].split("</dl>")[0]
+    assert ">True<" not in config.replace(" ", "")
