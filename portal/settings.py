@@ -5,6 +5,7 @@ transport, so `make run` works on a laptop with no servers. Set DATABASE_URL and
 CELERY_BROKER_URL to use PostgreSQL and Redis.
 """
 
+import datetime
 import os
 from pathlib import Path
 
@@ -39,6 +40,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # vendored Swagger UI / ReDoc for /api/docs/
     "django_celery_beat",
+    "axes",  # failed-login counting and lockout (portal/login_guard.py)
     "portal",
 ]
 
@@ -53,6 +55,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "portal.middleware.DatabaseUnavailableMiddleware",  # 503, not 500, while the database restarts
+    "axes.middleware.AxesMiddleware",  # the locked-out page (429) for a login refused by LoginGuardBackend
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -83,6 +86,24 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
+# Brute-force protection (portal/login_guard.py): an account, or a client address, that failed
+# SEM_LOGIN_FAILURE_LIMIT times is locked for SEM_LOGIN_LOCKOUT_MINUTES after its last failure. Counted in
+# the database, so it holds while the cache is down.
+AUTHENTICATION_BACKENDS = [
+    "portal.login_guard.LoginGuardBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("SEM_LOGIN_FAILURE_LIMIT", 10, minimum=1)
+AXES_COOLOFF_TIME = datetime.timedelta(minutes=env_int("SEM_LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one reaching the limit locks
+AXES_RESET_ON_SUCCESS = False  # else logging into one's own account between guesses resets the address's count
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_LOCKOUT_CALLABLE = "portal.login_guard.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "portal.login_guard.client_ip"
+AXES_VERBOSE = False
+# Reverse proxies in front of the web processes that append the client's address to X-Forwarded-For
+# (0: clients connect directly, REMOTE_ADDR is the client).
+SEM_PROXY_COUNT = env_int("SEM_PROXY_COUNT", 0, minimum=0)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
