@@ -7,6 +7,7 @@ runs it in this process (no worker needed, e.g. on a GPU host's shell).
 
 from __future__ import annotations
 
+import argparse
 import time
 
 from django.core.management.base import BaseCommand, CommandError
@@ -25,9 +26,12 @@ class Command(BaseCommand):
         parser.add_argument("--wait", action="store_true", help="Follow the run until it finishes")
         parser.add_argument("--here", action="store_true", help="Run the training in this process, not on a worker")
         parser.add_argument("--timeout", type=float, default=None, help="With --wait: give up after this many seconds")
+        parser.add_argument("--budget", type=_duration, default=None,
+                            help="Time budget of this run, e.g. 20min (default: SEM_TRAIN_BUDGET)")
 
-    def handle(self, *args, force: bool, wait: bool, here: bool, timeout: float | None, **options):
-        run = self._request(force, here)
+    def handle(self, *args, force: bool, wait: bool, here: bool, timeout: float | None, budget: float | None,
+               **options):
+        run = self._request(force, here, {"budget_s": budget} if budget else None)
         self.stdout.write(f"Training run {run.pk} queued ({len(run.config.get('sizes', []))} stages, "
                           f"{run.config.get('arch')}).")
         if here:
@@ -38,11 +42,12 @@ class Command(BaseCommand):
             return
         self._report(run)
 
-    def _request(self, force: bool, here: bool) -> TrainingRun:
+    def _request(self, force: bool, here: bool, config: dict | None) -> TrainingRun:
         active = training.active_run()
         if active is not None:
             raise CommandError(f"Training run {active.pk} is already {active.status}; one at a time.")
-        run = training.request_training(trigger=TrainingRun.Trigger.COMMAND, force=force, enqueue=not here)
+        run = training.request_training(trigger=TrainingRun.Trigger.COMMAND, force=force, enqueue=not here,
+                                        config=config)
         if run is None:
             raise CommandError(f"Nothing to do: {training.new_label_count()} new or changed curated labels "
                                "(use --force to train anyway), or another run started meanwhile.")
@@ -74,3 +79,12 @@ class Command(BaseCommand):
 def _stage(progress: dict) -> str:
     keys = ("stage", "size", "epoch", "train_loss", "valid_loss")
     return " ".join(f"{key}={progress[key]}" for key in keys if key in (progress or {}))
+
+
+def _duration(text: str) -> float:
+    from classifier.budget import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
