@@ -8,7 +8,7 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 
 from portal.models import Category, Label, ModelVersion, Prediction, SEMImage
 from portal.permissions import visible_images
-from portal.web.review_queue import CHECKED_SOURCES, disputed_in
+from portal.services.review import CHECKED_SOURCES, disputed_in
 
 
 def selected_model(version: str | None) -> ModelVersion | None:

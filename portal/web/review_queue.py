@@ -1,88 +1,31 @@
-"""The review queue: which image a curator sees next, and the per-session skip and undo lists.
-
-Order: images without a curated label, most uncertain first (smallest margin between the model's
-top two classes; not yet classified images last), then images whose current prediction disagrees
-with a curated label that no reviewer has confirmed yet (a label from upload, import or the API).
+"""The review page's queue: the order comes from `portal.services.review` (shared with the REST API);
+this module keeps the per-session skip and undo lists of the web UI.
 """
 
 from __future__ import annotations
 
-from django.db.models import Exists, F, OuterRef, QuerySet
-
-from portal.models import Category, Label, Prediction, SEMImage
-from portal.permissions import curated_projects
+from portal.services.review import (  # noqa: F401  (the web views' names for the service)
+    CHECKED_SOURCES,
+    bulk_candidates,
+    curatable,
+    disputed,
+    disputed_in,
+    remaining,
+    suggestions,
+    unlabelled,
+    unlabelled_in,
+)
+from portal.services.review import next_image as _next_image
 
 SKIPPED_KEY = "review_skipped"
 UNDO_KEY = "review_undo"
 MAX_REMEMBERED = 500  # bounded session size: older skips and undo steps are forgotten
-# Labels a curator set while looking at the image: in the review queue or on the image page.
-CHECKED_SOURCES = (Label.Source.REVIEW, Label.Source.IMAGE_PAGE)
+RELATED = ("sample__project", "predicted_category", "curated_category", "predicted_by")
 
 
-def unlabelled(user) -> QuerySet[SEMImage]:
-    return unlabelled_in(curatable(user))
-
-
-def disputed(user) -> QuerySet[SEMImage]:
-    return disputed_in(curatable(user))
-
-
-def unlabelled_in(images: QuerySet[SEMImage]) -> QuerySet[SEMImage]:
-    return images.filter(curated_category__isnull=True)
-
-
-def disputed_in(images: QuerySet[SEMImage]) -> QuerySet[SEMImage]:
-    """Images whose prediction disagrees with a curated label that no reviewer has confirmed."""
-    reviewed = Label.objects.filter(image=OuterRef("pk"), is_current=True, source__in=CHECKED_SOURCES)
-    return (
-        images.filter(curated_category__isnull=False, predicted_category__isnull=False)
-        .exclude(curated_category=F("predicted_category"))
-        .exclude(Exists(reviewed))
-    )
-
-
-def curatable(user) -> QuerySet[SEMImage]:
-    return SEMImage.objects.filter(sample__project__in=curated_projects(user))
-
-
-def next_image(user, skipped: list[int]) -> tuple[SEMImage | None, str]:
+def next_image(user, skipped: list[int]):
     """The head of the queue and which part of it ("unlabelled" or "disputed") it came from."""
-    related = ("sample__project", "predicted_category", "curated_category", "predicted_by")
-    head = (
-        unlabelled(user).exclude(pk__in=skipped).select_related(*related).defer("metadata")
-        .order_by(F("predicted_margin").asc(nulls_last=True), "id").first()
-    )
-    if head:
-        return head, "unlabelled"
-    head = (
-        disputed(user).exclude(pk__in=skipped).select_related(*related).defer("metadata")
-        .order_by("-predicted_confidence", "id").first()
-    )
-    return head, "disputed"
-
-
-def remaining(user) -> dict[str, int]:
-    unlabelled_count = unlabelled(user).count()
-    disputed_count = disputed(user).count()
-    return {"unlabelled": unlabelled_count, "disputed": disputed_count, "total": unlabelled_count + disputed_count}
-
-
-def suggestions(image: SEMImage, categories: dict[str, Category], top: int = 3) -> list[dict]:
-    """The current model's top classes for the image, with probabilities, best first."""
-    if not image.predicted_by_id:
-        return []
-    prediction = Prediction.objects.filter(image=image, model_version_id=image.predicted_by_id).first()
-    if not prediction:
-        return []
-    ranked = sorted(prediction.probabilities.items(), key=lambda item: item[1], reverse=True)
-    return [
-        {"category": categories[name], "probability": probability}
-        for name, probability in ranked[:top] if name in categories
-    ]
-
-
-def bulk_candidates(user, min_confidence: float) -> QuerySet[SEMImage]:
-    return unlabelled(user).filter(predicted_confidence__gte=min_confidence, predicted_category__isnull=False)
+    return _next_image(user, skipped, related=RELATED)
 
 
 # --- per-session state -------------------------------------------------------------------------

@@ -34,7 +34,10 @@ def test_review_queue_orders_uncertain_then_disagreements(curator_api, sample, u
     agreed = classify(ingest_png(sample, user, seed=44), model, {"Fibres": 0.8, "Particles": 0.2})
     set_label(agreed, categories["fibres"], source=Label.Source.REVIEW, user=user)
     disputed = classify(ingest_png(sample, user, seed=45), model, {"Fibres": 0.9, "Particles": 0.1})
-    set_label(disputed, categories["particles"], source=Label.Source.REVIEW, user=user)
+    set_label(disputed, categories["particles"], source=Label.Source.API, user=user)
+    # A disagreement a curator already checked in the review queue is not offered again (issue 15).
+    confirmed = classify(ingest_png(sample, user, seed=47), model, {"Fibres": 0.9, "Particles": 0.1})
+    set_label(confirmed, categories["particles"], source=Label.Source.REVIEW, user=user)
     classify(ingest_png(other_sample, outsider, seed=46), model, {"Fibres": 0.5, "Particles": 0.5})
 
     queue = curator_api.get("/api/review-queue/", {"limit": 10}).json()["results"]

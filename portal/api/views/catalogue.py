@@ -1,6 +1,5 @@
 """Categories and the review queue."""
 
-from django.db.models import F
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import serializers, viewsets
 from rest_framework.exceptions import PermissionDenied
@@ -9,11 +8,13 @@ from rest_framework.views import APIView
 
 from portal.api import examples as ex
 from portal.api.serializers import CategorySerializer, ReviewItemSerializer
-from portal.models import Category, SEMImage
-from portal.permissions import curated_projects, is_curator
+from portal.models import Category
+from portal.permissions import is_curator
+from portal.services import review
 
 DEFAULT_QUEUE_LENGTH = 20
 MAX_QUEUE_LENGTH = 200
+QUEUE_RELATED = ("sample", "uploaded_by", "curated_category", "predicted_category", "predicted_by")
 
 
 @extend_schema_view(
@@ -40,26 +41,6 @@ class ReviewQueueResponse(serializers.Serializer):
     results = ReviewItemSerializer(many=True)
 
 
-def review_queue(user, limit: int, project_id: int | None = None) -> list[SEMImage]:
-    """Most useful to review first: unlabelled images the model is least sure about (smallest margin
-    between its top two classes, unclassified last), then curated images the model disagrees with
-    (most confident disagreement first: likely label mistakes)."""
-    projects = curated_projects(user)
-    if project_id is not None:
-        projects = projects.filter(pk=project_id)
-    images = SEMImage.objects.filter(sample__project__in=projects).select_related(
-        "sample", "uploaded_by", "curated_category", "predicted_category", "predicted_by").defer("metadata")
-    uncertain = list(images.filter(curated_category__isnull=True)
-                     .order_by(F("predicted_margin").asc(nulls_last=True), "id")[:limit])
-    remaining = limit - len(uncertain)
-    if remaining <= 0:
-        return uncertain
-    disagreements = (images.filter(curated_category__isnull=False, predicted_category__isnull=False)
-                     .exclude(curated_category=F("predicted_category"))
-                     .order_by(F("predicted_confidence").desc(nulls_last=True), "id")[:remaining])
-    return uncertain + list(disagreements)
-
-
 class ReviewQueueView(APIView):
     @extend_schema(
         summary="Next images to review (curators)", tags=["labels"],
@@ -75,5 +56,6 @@ class ReviewQueueView(APIView):
             raise PermissionDenied("The review queue needs the curator role in a project.")
         query = ReviewQueueQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
-        images = review_queue(request.user, query.validated_data["limit"], query.validated_data.get("project"))
+        images = review.queue(request.user, query.validated_data["limit"],
+                              project_id=query.validated_data.get("project"), related=QUEUE_RELATED)
         return Response({"results": ReviewItemSerializer(images, many=True, context={"request": request}).data})

@@ -1,0 +1,114 @@
+"""The review queue, one rule for the web page and the REST API.
+
+Order: images without a curated label, most uncertain first (smallest margin between the model's
+top two classes; not yet classified images last), then images whose current prediction disagrees
+with a curated label that no curator has checked yet (a label from upload, import or the API), the
+most confident disagreement first (likely label mistakes). A label set or confirmed in the review
+queue or on the image page counts as checked: such an image leaves the queue.
+
+Per-session state (skips, undo) belongs to the web UI (`portal.web.review_queue`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.db.models import Exists, F, OuterRef, QuerySet
+
+from portal.models import Category, Label, Prediction, SEMImage
+from portal.permissions import curated_projects
+
+# Labels a curator set while looking at the image: in the review queue or on the image page.
+CHECKED_SOURCES = (Label.Source.REVIEW, Label.Source.IMAGE_PAGE)
+
+UNLABELLED = "unlabelled"
+DISPUTED = "disputed"
+
+
+def curatable(user, project_id: int | None = None) -> QuerySet[SEMImage]:
+    """The images of the projects the user curates (optionally only one of them)."""
+    projects = curated_projects(user)
+    if project_id is not None:
+        projects = projects.filter(pk=project_id)
+    return SEMImage.objects.filter(sample__project__in=projects)
+
+
+def unlabelled_in(images: QuerySet[SEMImage]) -> QuerySet[SEMImage]:
+    return images.filter(curated_category__isnull=True)
+
+
+def disputed_in(images: QuerySet[SEMImage]) -> QuerySet[SEMImage]:
+    """Images whose prediction disagrees with a curated label that no curator has checked."""
+    checked = Label.objects.filter(image=OuterRef("pk"), is_current=True, source__in=CHECKED_SOURCES)
+    return (
+        images.filter(curated_category__isnull=False, predicted_category__isnull=False)
+        .exclude(curated_category=F("predicted_category"))
+        .exclude(Exists(checked))
+    )
+
+
+def unlabelled(user, project_id: int | None = None) -> QuerySet[SEMImage]:
+    return unlabelled_in(curatable(user, project_id))
+
+
+def disputed(user, project_id: int | None = None) -> QuerySet[SEMImage]:
+    return disputed_in(curatable(user, project_id))
+
+
+def ordered_unlabelled(images: QuerySet[SEMImage]) -> QuerySet[SEMImage]:
+    return unlabelled_in(images).order_by(F("predicted_margin").asc(nulls_last=True), "id")
+
+
+def ordered_disputed(images: QuerySet[SEMImage]) -> QuerySet[SEMImage]:
+    return disputed_in(images).order_by(F("predicted_confidence").desc(nulls_last=True), "id")
+
+
+def queue(user, limit: int, *, project_id: int | None = None, exclude: Iterable[int] = (),
+          related: Iterable[str] = ()) -> list[SEMImage]:
+    """The first `limit` images of the queue. Each image carries `review_part` ("unlabelled" or
+    "disputed"): which part of the queue it came from."""
+    images = curatable(user, project_id).exclude(pk__in=list(exclude)).defer("metadata")
+    if related:
+        images = images.select_related(*related)
+    head = list(ordered_unlabelled(images)[:limit])
+    for image in head:
+        image.review_part = UNLABELLED
+    if len(head) < limit:
+        disagreements = list(ordered_disputed(images)[:limit - len(head)])
+        for image in disagreements:
+            image.review_part = DISPUTED
+        head += disagreements
+    return head
+
+
+def next_image(user, skipped: Iterable[int] = (), *, related: Iterable[str] = ()) -> tuple[SEMImage | None, str]:
+    """The head of the queue and which part of it ("unlabelled" or "disputed") it came from."""
+    head = queue(user, 1, exclude=skipped, related=related)
+    if not head:
+        return None, DISPUTED
+    return head[0], head[0].review_part
+
+
+def remaining(user) -> dict[str, int]:
+    unlabelled_count = unlabelled(user).count()
+    disputed_count = disputed(user).count()
+    return {"unlabelled": unlabelled_count, "disputed": disputed_count, "total": unlabelled_count + disputed_count}
+
+
+def suggestions(image: SEMImage, categories: dict[str, Category], top: int = 3) -> list[dict]:
+    """The current model's top classes for the image, with probabilities, best first."""
+    if not image.predicted_by_id:
+        return []
+    prediction = Prediction.objects.filter(image=image, model_version_id=image.predicted_by_id).first()
+    if not prediction:
+        return []
+    ranked = sorted(prediction.probabilities.items(), key=lambda item: item[1], reverse=True)
+    return [
+        {"category": categories[name], "probability": probability}
+        for name, probability in ranked[:top] if name in categories
+    ]
+
+
+def bulk_candidates(user, min_confidence: float) -> QuerySet[SEMImage]:
+    """Unlabelled images whose prediction is at least this confident (bulk acceptance)."""
+    return unlabelled(user).filter(predicted_confidence__gte=min_confidence, predicted_category__isnull=False)
