@@ -12,4 +12,6 @@ RUN SECRET_KEY=build-only DATABASE_URL=sqlite:////tmp/build.sqlite3 python manag
 RUN useradd --create-home --uid 1000 portal && mkdir -p /data/media /data/models && chown -R portal /data
 USER portal
 EXPOSE 8000
-CMD ["gunicorn", "portal.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "4", "--timeout", "120"]
+# Request line and headers are capped by gunicorn; bodies by portal/wsgi.py and portal/request_limits.py.
+CMD ["gunicorn", "portal.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "4", "--timeout", "120", \
+     "--limit-request-line", "4094", "--limit-request-fields", "64", "--limit-request-field_size", "8190"]

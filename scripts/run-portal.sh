@@ -29,6 +29,7 @@ trap cleanup INT TERM EXIT
     >>var/log/worker.log 2>&1 & pids+=($!)
 .venv/bin/celery -A workers beat --loglevel INFO >>var/log/beat.log 2>&1 & pids+=($!)
 .venv/bin/gunicorn portal.wsgi:application --bind "$HOST:$PORT" --workers 2 --threads 4 \
+    --limit-request-line 4094 --limit-request-fields 64 --limit-request-field_size 8190 \
     --access-logfile var/log/access.log --error-logfile var/log/web.log & pids+=($!)
 
 cat <<MSG
