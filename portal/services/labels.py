@@ -28,6 +28,7 @@ def undo_label(label: Label) -> Label | None:
     """Withdraw a label (the review queue's undo): the previous label, if any, becomes current again."""
     image = SEMImage.objects.select_for_update().get(pk=label.image_id)
     was_current = label.is_current
+    withdrawn_id, withdrawn_category_id = label.pk, label.category_id
     label.delete()
     if not was_current:
         return Label.objects.filter(image=image, is_current=True).first()
@@ -35,14 +36,18 @@ def undo_label(label: Label) -> Label | None:
     if previous:
         Label.objects.filter(pk=previous.pk).update(is_current=True)
     SEMImage.objects.filter(pk=image.pk).update(curated_category=previous.category if previous else None)
+    if previous is None or previous.category_id != withdrawn_category_id:
+        # Subscribers (a LIMS) must drop the withdrawn label: the image's label is the previous one, or none.
+        previous_id = previous.pk if previous else None
+        transaction.on_commit(lambda: _label_changed(previous_id, image_id=image.pk, withdrawn_label_id=withdrawn_id))
     return previous
 
 
-def _label_changed(label_id: int) -> None:
+def _label_changed(label_id: int | None, **undo) -> None:
     """Hook for events (webhooks) once the label is committed; the workers package wires delivery."""
     from portal import events
 
-    events.emit_label_changed(label_id)
+    events.emit_label_changed(label_id, **undo)
 
 
 @transaction.atomic

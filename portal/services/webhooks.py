@@ -73,12 +73,25 @@ def register_listeners() -> None:
     events.subscribe("training.finished", on_training_finished)
 
 
-def on_label_changed(label_id: int, **_ignored) -> None:
-    label = Label.objects.select_related("category", "created_by", "image__sample").filter(pk=label_id).first()
-    if label is None:  # undone before the event ran
-        return
-    data = {"label": label_data(label), "image": image_data(label.image)}
-    dispatch("label.changed", data, project_id=label.image.sample.project_id)
+def on_label_changed(label_id: int | None = None, image_id: int | None = None,
+                     withdrawn_label_id: int | None = None, **_ignored) -> None:
+    """A new current label, or an undo: then `withdrawn_label_id` names the label taken back and `label`
+    is the image's label again (the previous one), or None when the image has no label any more."""
+    label = None
+    if label_id is not None:
+        label = Label.objects.select_related("category", "created_by", "image__sample").filter(pk=label_id).first()
+        if label is None:  # undone before the event ran (the undo sends its own event)
+            return
+        image = label.image
+    else:
+        image = SEMImage.objects.select_related("sample", "predicted_category", "curated_category",
+                                                "predicted_by").filter(pk=image_id).first()
+        if image is None:
+            return
+    data = {"label": label_data(label) if label else None, "image": image_data(image)}
+    if withdrawn_label_id is not None:
+        data["withdrawn_label_id"] = withdrawn_label_id
+    dispatch("label.changed", data, project_id=image.sample.project_id)
 
 
 def on_image_classified(image_id: int | None = None, image_ids: list[int] | None = None, **_ignored) -> None:

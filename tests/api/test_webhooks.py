@@ -13,7 +13,7 @@ import pytest
 
 from portal.models import Label, ModelVersion, TrainingRun, WebhookDelivery, WebhookSubscription
 from portal.services import webhooks
-from portal.services.labels import set_label
+from portal.services.labels import confirm_label, set_label, undo_label
 from tests.api.conftest import classify, make_model
 from tests.api.webhook_receiver import Receiver
 from workers.webhooks import deliver_webhook
@@ -130,6 +130,35 @@ def test_label_change_reaches_subscribers_who_can_see_the_project(
     assert payload["event"] == "label.changed"
     assert payload["data"]["label"]["category"] == "fibres" and payload["data"]["label"]["source"] == "api"
     assert payload["data"]["image"]["id"] == image.pk and payload["data"]["image"]["lab_sample_id"] == "S-0001"
+
+
+def test_undoing_a_label_tells_subscribers(django_capture_on_commit_callbacks, curator, image, categories):
+    """Issue 15: an undo sends label.changed, naming the withdrawn label and the label that is current again."""
+    subscription = subscribe(curator)
+    first = set_label(image, categories["fibres"], source=Label.Source.API, user=curator)
+    second = set_label(image, categories["particles"], source=Label.Source.REVIEW, user=curator)
+    second_id = second.pk
+
+    emit_after_commit(django_capture_on_commit_callbacks, lambda: undo_label(second))
+    data = WebhookDelivery.objects.get(subscription=subscription).payload["data"]
+    assert data["withdrawn_label_id"] == second_id
+    assert (data["label"]["id"], data["label"]["category"], data["label"]["is_current"]) == (first.pk, "fibres", True)
+    assert data["image"]["curated_category"] == "fibres"
+
+    WebhookDelivery.objects.all().delete()
+    emit_after_commit(django_capture_on_commit_callbacks, lambda: undo_label(Label.objects.get(pk=first.pk)))
+    data = WebhookDelivery.objects.get(subscription=subscription).payload["data"]
+    assert data["withdrawn_label_id"] == first.pk and data["label"] is None
+    assert data["image"]["id"] == image.pk and data["image"]["curated_category"] is None
+
+
+def test_undoing_a_confirmation_changes_nothing_a_lims_sees(django_capture_on_commit_callbacks, curator, image,
+                                                            categories):
+    subscription = subscribe(curator)
+    set_label(image, categories["fibres"], source=Label.Source.API, user=curator)
+    confirmation = confirm_label(image, user=curator)
+    emit_after_commit(django_capture_on_commit_callbacks, lambda: undo_label(confirmation))
+    assert not WebhookDelivery.objects.filter(subscription=subscription).exists()
 
 
 def test_image_classified_fans_out_per_image(django_capture_on_commit_callbacks, curator, image):
