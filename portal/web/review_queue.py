@@ -4,6 +4,8 @@ this module keeps the per-session skip and undo lists of the web UI.
 
 from __future__ import annotations
 
+from django.db.models import F
+
 from portal.services.review import (  # noqa: F401  (the web views' names for the service)
     CHECKED_SOURCES,
     bulk_candidates,
@@ -26,6 +28,19 @@ RELATED = ("sample__project", "predicted_category", "curated_category", "predict
 def next_image(user, skipped: list[int]):
     """The head of the queue and which part of it ("unlabelled" or "disputed") it came from."""
     return _next_image(user, skipped, related=RELATED)
+
+
+def bulk_counts(user) -> dict[int, int]:
+    """{whole percent: unlabelled predictions with a confidence in [p, p+1) %} from 50 % up, so that the
+    page can say how many images bulk acceptance will label at any threshold before it does."""
+    from django.db.models import Count, Value
+    from django.db.models.functions import Floor
+
+    rows = (unlabelled(user).filter(predicted_category__isnull=False, predicted_confidence__gte=0.5)
+            # + 1e-9: 0.95 * 100 is 94.999... in floating point, but 0.95 passes the ≥ 95 % filter
+            .annotate(percent=Floor(F("predicted_confidence") * 100 + Value(1e-9))).values("percent")
+            .annotate(n=Count("id")).order_by())
+    return {int(row["percent"]): row["n"] for row in rows}
 
 
 # --- per-session state -------------------------------------------------------------------------

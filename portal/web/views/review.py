@@ -24,8 +24,11 @@ SHORTCUT_KEYS = "1234567890"
 def review(request):
     categories = list(Category.objects.filter(active=True))
     image, part = queue.next_image(request.user, queue.skipped_ids(request.session))
+    # The image after this one, preloaded by the page so that the next key press shows it at once.
+    after = queue.next_image(request.user, queue.skipped_ids(request.session) + [image.pk])[0] if image else None
     context = {
         "image": image,
+        "next_image": after,
         "part": part,
         "remaining": queue.remaining(request.user),
         "skipped": len(queue.skipped_ids(request.session)),
@@ -33,6 +36,7 @@ def review(request):
         "shortcuts": list(zip(SHORTCUT_KEYS, categories)),
         "suggestions": queue.suggestions(image, {c.name: c for c in categories}) if image else [],
         "bulk_form": BulkAcceptForm(),
+        "bulk_counts": queue.bulk_counts(request.user),
     }
     return render(request, "portal/review.html", context)
 

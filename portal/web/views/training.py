@@ -29,10 +29,22 @@ def training(request):
         "runs": runs,
         "active_run": TrainingRun.objects.filter(active=True).first(),
         "models": ModelVersion.objects.select_related("promoted_by").defer("metadata"),
+        **rollback_context(),
         "default_budget": f"{settings.SEM_TRAIN_BUDGET_S / 60:g}min",
         **readiness_context(),
     }
     return render(request, "portal/training.html", context)
+
+
+def rollback_context() -> dict:
+    """Production and the version a roll back would restore (as services.promotion.rollback picks it):
+    the Roll back button is disabled without one, and its confirmation names both."""
+    production = ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).only("version").first()
+    target = None
+    if production is not None:
+        target = (ModelVersion.objects.filter(status=ModelVersion.Status.RETIRED, promoted_at__isnull=False)
+                  .exclude(pk=production.pk).order_by("-promoted_at").only("version").first())
+    return {"production_model": production, "rollback_target": target}
 
 
 @member_required
