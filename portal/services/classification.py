@@ -155,6 +155,8 @@ def predict(engine, images: list[SEMImage]) -> dict[int, object]:
         results.update(zip([image.pk for image in readable], predictions))
     except Exception:
         # Rare: find the culprit by classifying one at a time rather than failing the batch.
+        logger.warning("classification batch of %d images failed; retrying them one by one (images %s)",
+                       len(readable), [image.pk for image in readable], exc_info=True)
         for image in readable:
             results[image.pk] = _predict_one(engine, image)
     return results

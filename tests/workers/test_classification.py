@@ -80,7 +80,7 @@ def test_claims_are_exclusive_until_they_go_stale(production_model, sample, user
     assert sorted(image.pk for image in after_expiry) == sorted(ids)
 
 
-def test_bad_derivatives_fail_only_their_own_image(production_model, sample, user, upload_images):
+def test_bad_derivatives_fail_only_their_own_image(production_model, sample, user, upload_images, caplog):
     good, corrupt, missing = upload_images(sample, user, 3)
     with open(corrupt.derivative.path, "wb") as handle:
         handle.write(b"\x89PNG\r\n\x1a\n not really a png")
@@ -94,6 +94,9 @@ def test_bad_derivatives_fail_only_their_own_image(production_model, sample, use
     assert corrupt.status == missing.status == SEMImage.Status.FAILED
     assert "Could not classify" in corrupt.error and "missing" in missing.error
     assert not Prediction.objects.filter(image__in=[corrupt, missing]).exists()
+    # The batch's own exception is logged with its traceback before the one-by-one retry (issue 15).
+    batch_failure = [record for record in caplog.records if "classification batch of 2 images failed" in record.message]
+    assert len(batch_failure) == 1 and batch_failure[0].exc_info is not None
 
 
 def test_an_image_deleted_during_classification_is_skipped(production_model, sample, user, upload_images):
