@@ -52,6 +52,17 @@ class Sample(models.Model):
     preparation = models.TextField(blank=True, help_text="Coating, mounting, cleaning, ...")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="samples")
     lims_id = models.CharField("LIMS external ID", max_length=100, unique=True, null=True, blank=True)
+    # Honest evaluation (docs/architecture.md, "Data rules"): a physical sample is wholly in train or in
+    # test; a collection (a dataset import holding many samples) is split per near-duplicate group.
+    # A new sample's side comes from its lab sample ID (`save`) unless it is created with one, or as a
+    # collection (split="": import_folder, make_demo_data).
+    AUTO_SPLIT = "auto"
+    split = models.CharField(
+        max_length=5, blank=True, default=AUTO_SPLIT,
+        choices=[("train", "Train"), ("test", "Test"), ("", "Per near-duplicate group (a collection)")],
+        help_text="Side of the split all images of this sample are on; empty for a collection of many samples "
+                  "(each near-duplicate group is then on one side). Changing it moves its images at the next "
+                  "`manage.py reassign_splits`.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -65,6 +76,8 @@ class Sample(models.Model):
         # An empty LIMS ID means "none": store NULL so the unique constraint ignores it.
         if not self.lims_id:
             self.lims_id = None
+        if self.split == self.AUTO_SPLIT:
+            self.split = split_for_sample_id(self.lab_sample_id)
         super().save(*args, **kwargs)
 
 
@@ -89,9 +102,17 @@ class Category(models.Model):
 
 
 def split_for_sha256(sha256: str) -> str:
-    """Deterministic train/test split from the content hash, so the test split never changes."""
+    """Deterministic train/test side of a hex digest (an image's sha256, or a sample's key): the side of a
+    near-duplicate group of a collection is that of its first image's sha256 (portal.services.splits)."""
     bucket = int(sha256[:8], 16) % 100
     return SEMImage.Split.TEST if bucket < settings.SEM_TEST_SPLIT_PERCENT else SEMImage.Split.TRAIN
+
+
+def split_for_sample_id(lab_sample_id: str) -> str:
+    """The side a new physical sample is assigned to, from its lab sample ID (deterministic)."""
+    import hashlib
+
+    return split_for_sha256(hashlib.sha256(lab_sample_id.encode("utf-8")).hexdigest())
 
 
 def original_upload_to(instance: "SEMImage", filename: str) -> str:
@@ -143,6 +164,11 @@ class SEMImage(models.Model):
     databar_rows = models.PositiveIntegerField(default=0, help_text="Rows cropped off the bottom as the data bar")
 
     split = models.CharField(max_length=5, choices=Split.choices, db_index=True)
+    # Near-duplicates (portal.services.near_duplicates): the closest earlier image when this one was
+    # stored, and the group (the id of its first image; empty for an image without near-duplicates).
+    near_duplicate_of = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True,
+                                          related_name="+")
+    duplicate_group = models.PositiveIntegerField(null=True, blank=True, db_index=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     status_changed_at = models.DateTimeField(auto_now_add=True)
     claimed_at = models.DateTimeField(null=True, blank=True, help_text="Set while a worker holds the image")
@@ -176,6 +202,25 @@ class SEMImage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.original_filename} ({self.sha256[:10]})"
+
+
+class PerceptualHash(models.Model):
+    """A 64-bit perceptual hash of an image's derivative or of one window of it (classifier.perceptual),
+    with its four 16-bit bands indexed for the near-duplicate lookup (multi-index hashing)."""
+
+    image = models.ForeignKey(SEMImage, on_delete=models.CASCADE, related_name="perceptual_hashes")
+    region = models.PositiveSmallIntegerField(help_text="0: the whole derivative; 1-10: centre and corner windows")
+    value = models.BigIntegerField(help_text="phash as a signed 64-bit integer")
+    band0 = models.IntegerField()
+    band1 = models.IntegerField()
+    band2 = models.IntegerField()
+    band3 = models.IntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["image", "region"], name="phash_unique_image_region")]
+        indexes = [models.Index(fields=[f"band{i}"], name=f"phash_band{i}_idx") for i in range(4)] + [
+            models.Index(fields=[f"band{i}"], name=f"phash_full_band{i}_idx", condition=Q(region=0))
+            for i in range(4)]
 
 
 class Label(models.Model):

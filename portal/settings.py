@@ -215,6 +215,13 @@ SEM_GATE_FIRST_MODEL_FLOOR = env_float("SEM_GATE_FIRST_MODEL_FLOOR", 0.0, minimu
 # A first model must beat always answering the largest test class by this much accuracy (a negative
 # value lets a worse one through: only the tests of the loop's mechanics do that).
 SEM_GATE_BASELINE_MARGIN = env_float("SEM_GATE_BASELINE_MARGIN", 0.05, minimum=-1.0, maximum=1.0)
+# The gate's uncertainty (portal.services.promotion): a paired, stratified bootstrap of candidate minus
+# production on the same test images; promote when the lower bound at this level is above -tolerance.
+SEM_GATE_CONFIDENCE = env_float("SEM_GATE_CONFIDENCE", 0.9, minimum=0.5, maximum=0.999)
+SEM_GATE_BOOTSTRAP_RESAMPLES = env_int("SEM_GATE_BOOTSTRAP_RESAMPLES", 2000, minimum=1000)
+# Below these test-split sizes the gate says it cannot tell instead of deciding on noise.
+SEM_GATE_MIN_TEST_IMAGES = env_int("SEM_GATE_MIN_TEST_IMAGES", 30, minimum=0)
+SEM_GATE_MIN_TEST_PER_CLASS = env_int("SEM_GATE_MIN_TEST_PER_CLASS", 3, minimum=0)
 SEM_RECLASSIFY_AFTER_PROMOTION = env_bool("SEM_RECLASSIFY_AFTER_PROMOTION", True)
 SEM_TRAIN_ARCH = env_str("SEM_TRAIN_ARCH", "resnet34")
 SEM_TRAIN_SIZES = [int(size) for size in env_list("SEM_TRAIN_SIZES", ["64", "128", "224"])]

@@ -65,4 +65,5 @@ def project(db, user):
 def sample(project, user):
     from portal.models import Sample
 
-    return Sample.objects.create(project=project, lab_sample_id="S-0001", name="Test wafer", owner=user)
+    # A collection (split per near-duplicate group, like an import): the mechanics tests need both sides.
+    return Sample.objects.create(project=project, lab_sample_id="S-0001", name="Test wafer", owner=user, split="")

@@ -35,6 +35,8 @@ class ImportSummary:
     duplicates: list[Path] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     per_category: dict[str, int] = field(default_factory=dict)
+    # (stored file, id of the earlier image it is a near-duplicate of, its group id)
+    near_duplicates: list[tuple[Path, int, int]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -119,6 +121,8 @@ def _import_one(path: Path, category: Category, *, sample: Sample, user, summary
     seen.add(sha256)
     if result.created:
         summary.stored.append(path)
+        if result.near_duplicate_of:
+            summary.near_duplicates.append((path, result.near_duplicate_of, result.image.duplicate_group))
         summary.per_category[category.folder_name] = summary.per_category.get(category.folder_name, 0) + 1
     else:
         summary.duplicates.append(path)
@@ -135,6 +139,14 @@ def format_summary(summary: ImportSummary, root: Path | None = None) -> str:
              f"rejected: {len(summary.rejected)}   (files: {summary.total})"]
     for name, count in sorted(summary.per_category.items()):
         lines.append(f"  stored {count:5d}  {name}")
+    if summary.near_duplicates:
+        groups = {group for _path, _of, group in summary.near_duplicates}
+        lines.append(f"Near-duplicates of images stored before them: {len(summary.near_duplicates)} "
+                     f"(in {len(groups)} near-duplicate groups, each kept on one side of the train/test split)")
+        lines.extend(f"  {shown(path)}: near-duplicate of image {of} (group {group})"
+                     for path, of, group in summary.near_duplicates)
+    else:
+        lines.append("Near-duplicates of images stored before them: 0")
     if summary.rejected:
         lines.append("Rejected files:")
         lines.extend(f"  {shown(item.path)}: [{item.code}] {item.message}" for item in summary.rejected)

@@ -3,7 +3,8 @@
 Pipeline: stream to a temporary file while hashing and enforcing the byte limit -> return the
 existing image for known bytes or idempotency key -> validate (magic bytes, header pixel limit,
 full decode) -> instrument metadata -> data-bar crop, model-input derivative and thumbnail ->
-one transaction that writes the files, the SEMImage row and the optional curated label.
+one transaction that writes the files, the SEMImage row (its perceptual hashes, near-duplicate group and
+side of the split: `_place`) and the optional curated label.
 
 Atomicity: any failure deletes the files written so far and rolls the row back, so nothing is
 half-stored. Classification is queued only once the transaction has committed.
@@ -27,7 +28,7 @@ import logging
 import os
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
 from django.conf import settings
@@ -37,6 +38,7 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from PIL import Image
 
 from classifier.databar import crop_databar
+from classifier.perceptual import window_hashes
 from classifier.preprocess import DERIVATIVE_SHORT_SIDE, make_derivative
 from portal.models import Category, Label, Sample, SEMImage, split_for_sha256
 from portal.services import queueing
@@ -102,6 +104,11 @@ class IngestResult:
     image: SEMImage
     created: bool  # False when the same bytes (sha256) or the same idempotency key already existed
 
+    @property
+    def near_duplicate_of(self) -> int | None:
+        """Id of the closest earlier near-duplicate (portal.services.near_duplicates), if any."""
+        return self.image.near_duplicate_of_id
+
 
 @dataclass
 class _Upload:
@@ -116,6 +123,7 @@ class _Derived:
     derivative_png: bytes
     thumbnail_jpeg: bytes
     databar_rows: int
+    hashes: dict = field(default_factory=dict)  # {window: perceptual hash} (classifier.perceptual)
 
 
 def ingest_file(
@@ -180,7 +188,8 @@ def make_derived_files(grey: Image.Image) -> _Derived:
     thumbnail = grey.copy()
     thumbnail.thumbnail((THUMBNAIL_MAX_SIDE, THUMBNAIL_MAX_SIDE), Image.Resampling.LANCZOS, reducing_gap=3.0)
     return _Derived(_encode(derivative, "PNG", optimize=False),
-                    _encode(thumbnail, "JPEG", quality=THUMBNAIL_JPEG_QUALITY), databar_rows)
+                    _encode(thumbnail, "JPEG", quality=THUMBNAIL_JPEG_QUALITY), databar_rows,
+                    window_hashes(derivative))
 
 
 def derivative_short_side(width: int, height: int) -> int:
@@ -296,7 +305,7 @@ def _store_files_and_row(upload: _Upload, info: ImageInfo, metadata: dict, deriv
             image = _new_image(upload, info, metadata, derived, filename=filename, sample=sample,
                                uploaded_by=uploaded_by, idempotency_key=idempotency_key)
             _save_files(image, upload, derived, written)
-            image.save()
+            _place(image, derived)
             if label is not None:
                 set_label(image, label, source=label_source, user=uploaded_by)
             image_id = image.pk
@@ -319,6 +328,29 @@ def _store_files_and_row(upload: _Upload, info: ImageInfo, metadata: dict, deriv
         raise
     _restore_vanished_files(image, upload, derived)
     return IngestResult(image, created=True)
+
+
+# Uploads take turns (from their near-duplicate look-up to their commit) so that two near-duplicates
+# stored at once still find each other; an arbitrary constant advisory-lock key.
+NEAR_DUPLICATE_LOCK_KEY = 0x5E4D0D0B
+
+
+def _place(image: SEMImage, derived: _Derived) -> None:
+    """Save the row with its side of the split, its perceptual hashes and its near-duplicate group
+    (inside the ingestion transaction)."""
+    from portal.models import PerceptualHash
+    from portal.services import near_duplicates, splits
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [NEAR_DUPLICATE_LOCK_KEY])
+    matches = near_duplicates.find_matches(derived.hashes) if derived.hashes else []
+    side, others = splits.split_for_new_image(SEMImage, image.sample, image.sha256, [m.image_id for m in matches])
+    image.split = side
+    image.save()
+    splits.move(SEMImage, others, side)
+    PerceptualHash.objects.bulk_create(near_duplicates.hash_rows(PerceptualHash, image.pk, derived.hashes))
+    near_duplicates.join_groups(SEMImage, image, matches)
 
 
 def _new_image(upload: _Upload, info: ImageInfo, metadata: dict, derived: _Derived, *, filename: str,

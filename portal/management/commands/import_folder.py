@@ -79,7 +79,9 @@ def resolve_sample(lab_sample_id: str, *, project_name: str | None, create: bool
         project, _ = Project.objects.get_or_create(name=project_name)
         Membership.objects.get_or_create(project=project, user=owner,
                                          defaults={"role": Membership.Role.CURATOR})
-        return Sample.objects.create(project=project, lab_sample_id=lab_sample_id, name=lab_sample_id, owner=owner)
+        # A folder of a dataset holds many samples: a collection, split per near-duplicate group.
+        return Sample.objects.create(project=project, lab_sample_id=lab_sample_id, name=lab_sample_id, owner=owner,
+                                     split="")
 
 
 def default_owner():
