@@ -1,7 +1,14 @@
-"""Django admin for every model, with the filters and searches a lab manager reaches for."""
+"""Django admin for every model, with the filters and searches a lab manager reaches for.
+
+What a service owns is read-only here: an image's status, split, curated and predicted category,
+label rows, a model version's status and a training run's status and lock. Admin actions call the
+services instead (set a label, promote, roll back, cancel a run), so the rules hold (one current label
+and its label.changed event, one production model and its re-classification, the training lock).
+"""
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
 from django.db import transaction
 from django.utils.html import format_html
 
@@ -48,10 +55,19 @@ class CategoryAdmin(admin.ModelAdmin):
 
 
 class LabelInline(admin.TabularInline):
+    """The label history, read-only: labels change through the set-label action (portal.services.labels)."""
+
     model = Label
     extra = 0
     fields = ["category", "source", "created_by", "created_at", "is_current", "note"]
-    readonly_fields = ["created_at"]
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
 
 class PredictionInline(admin.TabularInline):
@@ -62,6 +78,11 @@ class PredictionInline(admin.TabularInline):
     can_delete = False
 
 
+class SetLabelForm(ActionForm):
+    category = forms.ModelChoiceField(queryset=Category.objects.filter(active=True), required=False,
+                                      label="Category", help_text="for “Set the curated label”")
+
+
 @admin.register(SEMImage)
 class SEMImageAdmin(admin.ModelAdmin):
     list_display = ["thumb", "original_filename", "sample", "status", "split", "curated_category",
@@ -69,10 +90,16 @@ class SEMImageAdmin(admin.ModelAdmin):
     list_filter = ["status", "split", "curated_category", "predicted_category", "vendor", "format", "uploaded_at"]
     search_fields = ["original_filename", "sha256", "sample__lab_sample_id", "sample__name", "instrument_model"]
     list_select_related = ["sample", "curated_category", "predicted_category"]
-    readonly_fields = ["sha256", "file_size", "width", "height", "bit_depth", "mode", "uploaded_at", "metadata"]
-    raw_id_fields = ["sample", "predicted_by"]
+    # Status, split, labels and predictions belong to the services (ingestion, classification, labels).
+    readonly_fields = ["sha256", "file_size", "width", "height", "bit_depth", "mode", "uploaded_at", "metadata",
+                       "split", "status", "status_changed_at", "claimed_at", "classify_attempts", "error",
+                       "curated_category", "predicted_category", "predicted_confidence", "predicted_margin",
+                       "predicted_by"]
+    raw_id_fields = ["sample"]
     inlines = [LabelInline, PredictionInline]
     date_hierarchy = "uploaded_at"
+    action_form = SetLabelForm
+    actions = ["set_curated_label"]
 
     @admin.display(description="")
     def thumb(self, obj):
@@ -80,13 +107,42 @@ class SEMImageAdmin(admin.ModelAdmin):
             return ""
         return format_html('<img src="/images/{}/thumbnail" style="height:48px" alt="">', obj.pk)
 
+    @admin.action(description="Set the curated label (choose the category)", permissions=["change"])
+    def set_curated_label(self, request, queryset):
+        from portal.services.labels import set_label
+
+        try:
+            category = SetLabelForm.base_fields["category"].clean(request.POST.get("category"))
+        except forms.ValidationError:
+            category = None
+        if category is None:
+            self.message_user(request, "Choose a category for the label.", messages.ERROR)
+            return
+        changed = 0
+        with transaction.atomic():
+            for image in queryset:
+                changed += image.curated_category_id != category.pk
+                set_label(image, category, source=Label.Source.IMAGE_PAGE, user=request.user, note="set in the admin")
+        self.message_user(request, f"{category.name}: {changed} image(s) labelled, the others had it already.")
+
 
 @admin.register(Label)
 class LabelAdmin(admin.ModelAdmin):
+    """View only: a label is set with the image's action (or the review queue, image page, API)."""
+
     list_display = ["image", "category", "source", "created_by", "created_at", "is_current"]
     list_filter = ["source", "is_current", "category", "created_at"]
     search_fields = ["image__original_filename", "image__sha256", "created_by__username"]
     raw_id_fields = ["image"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(Prediction)
@@ -102,7 +158,42 @@ class ModelVersionAdmin(admin.ModelAdmin):
     list_display = ["version", "status", "arch", "accuracy", "macro_f1", "gate_passed", "created_at", "promoted_at"]
     list_filter = ["status", "arch", "gate_passed"]
     search_fields = ["version", "artifact_sha256", "gate_reason"]
-    readonly_fields = ["artifact_path", "artifact_sha256", "data_fingerprint", "metrics", "metadata", "created_at"]
+    actions = ["promote_model", "roll_back"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Read-only, the status above all: it changes through promote / roll back (portal.services.promotion).
+        return [field.name for field in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False  # model versions come from training runs
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # artifacts, predictions and the gate's history point at them
+
+    @admin.action(description="Promote the selected version to production", permissions=["change"])
+    def promote_model(self, request, queryset):
+        from portal.services import promotion
+
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one model version to promote.", messages.ERROR)
+            return
+        try:
+            promoted = promotion.promote(queryset.get(), request.user)
+        except promotion.ModelActionError as error:
+            self.message_user(request, str(error), messages.ERROR)
+        else:
+            self.message_user(request, f"Model v{promoted.version} is now in production.")
+
+    @admin.action(description="Roll back production to the previous version", permissions=["change"])
+    def roll_back(self, request, queryset):
+        from portal.services import promotion
+
+        try:
+            restored = promotion.rollback(request.user)
+        except promotion.ModelActionError as error:
+            self.message_user(request, str(error), messages.ERROR)
+        else:
+            self.message_user(request, f"Rolled back: v{restored.version} is in production again.")
 
 
 @admin.register(TrainingRun)
@@ -111,7 +202,25 @@ class TrainingRunAdmin(admin.ModelAdmin):
                     "model_version", "created_at"]
     list_filter = ["status", "trigger", "device"]
     search_fields = ["error", "log"]
-    readonly_fields = ["progress", "history", "log", "error", "started_at", "finished_at", "heartbeat_at"]
+    actions = ["cancel_runs"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Runs are started from the Training page, the API or train_now (the training lock), and their
+        # status is the worker's: everything is read-only; a run is stopped with the cancel action.
+        return [field.name for field in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return bool(obj) and obj.active is None and request.user.is_superuser  # finished runs only
+
+    @admin.action(description="Cancel the selected runs", permissions=["change"])
+    def cancel_runs(self, request, queryset):
+        from portal.services.training import request_cancel
+
+        cancelled = sum(request_cancel(run) for run in queryset)
+        self.message_user(request, f"Cancel requested for {cancelled} run(s); the others are over.")
 
 
 @admin.register(ApiToken)
@@ -199,3 +308,6 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
         queryset.update(status=WebhookDelivery.Status.PENDING, attempts=0, error="")
         transaction.on_commit(lambda: enqueue_deliveries(ids))
         self.message_user(request, f"{len(ids)} deliveries queued again.")
+
+
+import portal.watch_admin  # noqa: E402,F401  watch folders (issue 16)

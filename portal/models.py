@@ -424,3 +424,7 @@ class WebhookDelivery(models.Model):
     class Meta:
         ordering = ["-created_at"]
         verbose_name_plural = "webhook deliveries"
+
+
+# Watch folders (issue 16) live in their own module; imported here so they belong to this app.
+from portal.watch_models import WatchedFile, WatchFolder  # noqa: E402,F401

@@ -89,3 +89,11 @@ def sweep() -> dict:
     return {"requeued": requeued, "backlog_restarted": backlog_restarted, "failed_runs": failed_runs,
             "webhooks_requeued": webhooks_requeued, "partial_files_removed": partials_removed,
             "orphan_files_removed": orphans_removed, "spool_files_removed": spool_removed}
+
+
+@shared_task(name="workers.scan_watch_folders", soft_time_limit=900, time_limit=1200, **RETRY_POLICY)
+def scan_watch_folders() -> dict:
+    """Beat (every 15 s, enabled while a watch folder is): scan the folders whose poll interval has passed."""
+    from portal.services import watch
+
+    return watch.scan_due_folders()

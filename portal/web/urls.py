@@ -3,7 +3,7 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from portal.web.views import browse, dashboard, images, review, training, upload
+from portal.web.views import browse, dashboard, images, inbox, review, training, upload
 
 page_patterns = [
     path("", browse.home, name="home"),
@@ -27,6 +27,9 @@ page_patterns = [
     path("review/unskip/", review.review_unskip, name="review_unskip"),
     path("review/undo/", review.review_undo, name="review_undo"),
     path("review/bulk-accept/", review.review_bulk_accept, name="review_bulk_accept"),
+    # Watch folders (curators)
+    path("inbox/", inbox.inbox, name="inbox"),
+    path("inbox/<int:pk>/toggle/", inbox.inbox_toggle, name="inbox_toggle"),
     # Metrics
     path("dashboard/", dashboard.dashboard, name="dashboard"),
     path("dashboard/v<int:version>/cell/", dashboard.confusion_cell, name="confusion_cell"),

@@ -1,0 +1,48 @@
+"""Inbox (issue 16): what the watch folders picked up. Admins see every folder, curators those of the projects
+they curate; both may pause and resume a folder (POST + CSRF)."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from portal.permissions import curated_projects
+from portal.services.watch import folder_stats
+from portal.watch_models import WatchedFile, WatchFolder
+from portal.web.access import curator_required
+
+RECENT_REFUSED = 50
+RECENT_STORED = 10
+
+
+def _folders(user):
+    return WatchFolder.objects.filter(project__in=curated_projects(user)).select_related("project", "fixed_sample")
+
+
+@curator_required
+def inbox(request):
+    folders = []
+    for folder in _folders(request.user):
+        files = WatchedFile.objects.filter(folder=folder).select_related("image")
+        folders.append({
+            "folder": folder,
+            "stats": folder_stats(folder),
+            "refused": files.filter(status=WatchedFile.Status.REFUSED).order_by("-finished_at")[:RECENT_REFUSED],
+            "recent": files.filter(status__in=[WatchedFile.Status.STORED, WatchedFile.Status.DUPLICATE])
+                           .order_by("-finished_at")[:RECENT_STORED],
+        })
+    return render(request, "portal/inbox.html", {"folders": folders})
+
+
+@curator_required
+@require_POST
+def inbox_toggle(request, pk: int):
+    folder = get_object_or_404(WatchFolder, pk=pk)
+    if not _folders(request.user).filter(pk=pk).exists():
+        raise PermissionDenied("Pausing a watch folder needs the curator role in its project.")
+    folder.enabled = not folder.enabled
+    folder.save(update_fields=["enabled"])
+    messages.success(request, f"{'Resumed' if folder.enabled else 'Paused'}: {folder.path}")
+    return redirect("web:inbox")
