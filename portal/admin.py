@@ -311,3 +311,6 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
 
 import portal.watch_admin  # noqa: E402,F401  watch folders (issue 16)
+
+
+import portal.watch_admin  # noqa: F401  watch folders (issue 16)

@@ -427,4 +427,4 @@ class WebhookDelivery(models.Model):
 
 
 # Watch folders (issue 16) live in their own module; imported here so they belong to this app.
-from portal.watch_models import WatchedFile, WatchFolder  # noqa: E402,F401
+from portal.watch_models import WatchedFile, WatchFolder  # noqa: F401

@@ -21,7 +21,13 @@ from django.urls import reverse
 from portal.models import Sample, SEMImage
 from portal.services import watch
 from portal.watch_models import WatchedFile, WatchFolder
-from tests.portal.sem_builders import HITACHI_TXT, JEOL_TXT, grey_pattern, pillow_bytes, tiff_bytes
+from tests.portal.sem_builders import (
+    HITACHI_TXT,
+    JEOL_TXT,
+    grey_pattern,
+    pillow_bytes,
+    tiff_bytes,
+)
 
 Status = WatchedFile.Status
 
@@ -152,8 +158,9 @@ def test_a_claim_left_by_a_dead_scanner_is_released_and_the_file_ingested(folder
     clock = Clock()
     watch.scan_folder(folder, clock=clock)
     # A scanner claimed the file and died before it finished.
-    from django.utils import timezone
     from datetime import timedelta
+
+    from django.utils import timezone
 
     WatchedFile.objects.update(status=Status.INGESTING, claimed_by="dead",
                                claimed_at=timezone.now() - timedelta(seconds=watch.CLAIM_TIMEOUT_S + 1))

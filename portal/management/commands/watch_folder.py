@@ -137,4 +137,4 @@ class Command(BaseCommand):
                         self.stdout.write(report.summary())
                 time.sleep(min(folder.poll_interval_s, max(1, folder.settle_s)))
         except KeyboardInterrupt:
-            return None
+            return
