@@ -1,7 +1,14 @@
 """The promotion gate, promote and roll back: which model version is production.
 
-A candidate becomes production only when, on the same test images, its macro-F1 is not below
-production's (minus a tolerance) and no class's recall fell by more than a set number of points.
+A candidate becomes production only when, on the same test images, it is not worse than production
+beyond the test split's noise: a paired, stratified bootstrap (`classifier.bootstrap`) of candidate minus
+production gives intervals (at SEM_GATE_CONFIDENCE) of the macro-F1 difference and of each class's
+recall difference; the lower bound of the first must be above -SEM_GATE_MACRO_F1_TOLERANCE and of each
+recall above -SEM_GATE_MAX_RECALL_DROP. With tolerance 0 a candidate must be better beyond noise: one
+lucky image is not enough. A test split below SEM_GATE_MIN_TEST_IMAGES (or a class below
+SEM_GATE_MIN_TEST_PER_CLASS) cannot tell: the gate says so and leaves the decision to an admin.
+Without per-image predictions (production's artifact gone, classes changed) the point rule
+`gate_decision` applies.
 Admins may promote any candidate or roll back by hand. A promotion starts the background
 re-classification of existing images and announces `model.promoted`.
 """
@@ -90,19 +97,138 @@ def _recall_drops(candidate: dict, production: dict) -> list[tuple[str, float]]:
     return sorted(drops, key=lambda item: -item[1])
 
 
+def too_small_to_tell(y_true: list[str], classes: list[str]) -> str | None:
+    """Why the test split cannot tell two models apart, or None when it is large enough."""
+    from collections import Counter
+
+    minimum, per_class = settings.SEM_GATE_MIN_TEST_IMAGES, settings.SEM_GATE_MIN_TEST_PER_CLASS
+    support = Counter(y_true)
+    short = [f"{name} {support[name]}" for name in classes if support[name] < per_class]
+    if len(y_true) < minimum or short:
+        parts = []
+        if len(y_true) < minimum:
+            parts.append(f"{len(y_true)} test images (at least {minimum} needed)")
+        if short:
+            parts.append(f"classes with fewer than {per_class} test images: " + ", ".join(short))
+        return "The test split is too small to tell the two models apart: " + "; ".join(parts)
+    return None
+
+
+def bootstrap_gate_decision(y_true: list[str], candidate_pred: list[str], production_pred: list[str],
+                            classes: list[str]) -> tuple[bool | None, str, dict]:
+    """(passed, reason, interval summary) from per-image predictions of both models on the same test
+    images; passed is None when the test split is too small to tell."""
+    from classifier.bootstrap import paired_bootstrap
+
+    level, tolerance = settings.SEM_GATE_CONFIDENCE, settings.SEM_GATE_MACRO_F1_TOLERANCE
+    max_drop = settings.SEM_GATE_MAX_RECALL_DROP
+    result = paired_bootstrap(y_true, candidate_pred, production_pred, classes,
+                              resamples=settings.SEM_GATE_BOOTSTRAP_RESAMPLES, level=level, seed=0)
+    result.update(tolerance=tolerance, max_recall_drop=max_drop)
+    f1 = result["macro_f1"]
+    described = (f"macro-F1 difference {f1['diff']:+.3f}, {level:.0%} interval [{f1['low']:+.3f}, {f1['high']:+.3f}] "
+                 f"on {result['n']} test images ({result['resamples']} paired resamples)")
+    small = too_small_to_tell(y_true, classes)
+    if small:
+        result["decision"] = "too_small"
+        return None, f"{small}. Not promoted automatically; {described}. An admin may promote it by hand.", result
+    if not f1["low"] > -tolerance:
+        result["decision"] = "refused"
+        return False, (f"Not shown to be at least as good as production: {described}; the lower bound must be "
+                       f"above {-tolerance:+.3f}"), result
+    drops = [f"{name} [{r['low'] * 100:+.1f}, {r['high'] * 100:+.1f}] points" for name, r in result["recall"].items()
+             if not r["low"] > -max_drop]
+    if drops:
+        result["decision"] = "refused"
+        return False, (f"A class's recall may have dropped by more than {max_drop * 100:.1f} points "
+                       f"({level:.0%} interval): " + ", ".join(drops) + f"; {described}"), result
+    result["decision"] = "promoted"
+    return True, f"Promoted: {described}, lower bound above {-tolerance:+.3f}; no class's recall interval " \
+                 f"reaches a drop of {max_drop * 100:.1f} points", result
+
+
+def test_split_predictions(model: ModelVersion, items: list[tuple[str, str]]) -> list[str]:
+    """The model's top class for each test item, through the engine (what production computes)."""
+    from classifier.engine import Engine
+
+    engine = Engine.from_artifact(model.artifact_path, expected_sha256=model.artifact_sha256 or None)
+    return [p.top_class for p in engine.predict_paths([path for path, _ in items])]
+
+
 def apply_gate(candidate: ModelVersion) -> bool:
     """Promote the candidate if it passes the gate; else record why it stays out."""
     production = production_model()
-    baseline = production_metrics_on_current_test_split(production, candidate) if production else None
-    passed, reason = gate_decision(candidate.metrics, baseline)
+    passed, reason, summary = None, "", None
+    if production is not None:
+        passed, reason, summary = _bootstrap_gate(candidate, production)
+    if summary is None:  # a first model, or no per-image predictions: the point rule
+        baseline = production_metrics_on_current_test_split(production, candidate) if production else None
+        passed, reason = gate_decision(candidate.metrics, baseline)
+    metrics = dict(candidate.metrics or {})
+    if summary is not None:
+        metrics["intervals"] = summary.pop("intervals", {})
+        metrics["gate"] = summary
     ModelVersion.objects.filter(pk=candidate.pk).update(
-        gate_passed=passed, gate_reason=reason,
-        status=ModelVersion.Status.CANDIDATE if passed else ModelVersion.Status.REJECTED,
+        gate_passed=bool(passed), gate_reason=reason, metrics=metrics,
+        status=ModelVersion.Status.REJECTED if passed is False else ModelVersion.Status.CANDIDATE,
     )
     candidate.refresh_from_db()
     if passed:
         promote(candidate, None)
     return passed
+
+
+def _bootstrap_gate(candidate: ModelVersion, production: ModelVersion):
+    """(passed, reason, summary) of the bootstrap gate, or (None, "", None) when it cannot run."""
+    from portal.services.training import training_data
+
+    items = training_data().test_items
+    if not items or set(production.classes) != set(candidate.classes):
+        return None, "", None
+    try:
+        candidate_pred = test_split_predictions(candidate, items)
+        production_pred = test_split_predictions(production, items)
+    except Exception as error:
+        logger.warning("no per-image predictions for the gate (%s); using the point rule", error)
+        return None, "", None
+    from classifier.bootstrap import metric_intervals
+
+    y_true = [label for _, label in items]
+    passed, reason, summary = bootstrap_gate_decision(y_true, candidate_pred, production_pred, list(candidate.classes))
+    summary["intervals"] = metric_intervals(y_true, candidate_pred, list(candidate.classes),
+                                            level=settings.SEM_GATE_CONFIDENCE)
+    return passed, reason, summary
+
+
+def reevaluate_production() -> ModelVersion | None:
+    """Evaluate production again on the current test split (after the split changed: the data migration,
+    `manage.py reassign_splits`), with per-class precision/recall intervals for the dashboard."""
+    from classifier.bootstrap import metric_intervals
+    from classifier.engine import Engine
+    from classifier.metrics import evaluate
+    from portal.services.splits import test_split_fingerprint
+    from portal.services.training import training_data
+
+    production = production_model()
+    if production is None:
+        return None
+    classes = list(production.classes)
+    items = [(path, label) for path, label in training_data().test_items if label in set(classes)]
+    if not items:
+        return production
+    engine = Engine.from_artifact(production.artifact_path, expected_sha256=production.artifact_sha256 or None)
+    predictions = engine.predict_paths([path for path, _ in items])
+    y_true = [label for _, label in items]
+    metrics = evaluate(y_true, [p.probabilities for p in predictions], engine.classes)
+    metrics["intervals"] = metric_intervals(y_true, [p.top_class for p in predictions], engine.classes,
+                                            level=settings.SEM_GATE_CONFIDENCE)
+    metrics["test_split"] = test_split_fingerprint()
+    for key in ("calibration", "gate"):
+        if key in (production.metrics or {}):
+            metrics[key] = production.metrics[key]
+    ModelVersion.objects.filter(pk=production.pk).update(metrics=metrics, test_image_count=len(items))
+    production.refresh_from_db()
+    return production
 
 
 def production_metrics_on_current_test_split(production: ModelVersion, candidate: ModelVersion) -> dict:
