@@ -106,11 +106,31 @@ def walk(root: str) -> dict[str, tuple[int, int]]:
                         if not entry.name.startswith((".", "~")) and not (prefix == "" and entry.name == PROCESSED_DIR):
                             stack.append((prefix + entry.name + "/", entry.path))
                     elif is_candidate(entry.name) and entry.is_file(follow_symlinks=False):
+                        relpath = prefix + entry.name
+                        if not _storable(relpath):
+                            continue
                         stat = entry.stat(follow_symlinks=False)
-                        found[prefix + entry.name] = (stat.st_size, stat.st_mtime_ns)
+                        found[relpath] = (stat.st_size, stat.st_mtime_ns)
                 except FileNotFoundError:
                     continue  # deleted between the listing and the stat
     return found
+
+
+MAX_RELPATH = WatchedFile._meta.get_field("relpath").max_length
+
+
+def _storable(relpath: str) -> bool:
+    """A path the database can hold: not over-long, and valid text (a name in another encoding than the
+    file system's comes back from os.scandir with surrogate escapes, which PostgreSQL refuses)."""
+    if len(relpath) > MAX_RELPATH or "\x00" in relpath:
+        logger.warning("watch folder: skipped a path longer than %s characters: %.200s…", MAX_RELPATH, relpath)
+        return False
+    try:
+        relpath.encode("utf-8")
+    except UnicodeEncodeError:
+        logger.warning("watch folder: skipped %r: its name is not valid UTF-8 (rename it)", relpath)
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------

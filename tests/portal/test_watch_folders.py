@@ -125,6 +125,7 @@ def test_temporary_hidden_and_non_image_files_are_ignored(folder, share):
         write(share / "LAB-1" / name, png(1))
     write(share / ".sync" / "LAB-1" / "e.png", png(2))
     write(share / "processed" / "LAB-1" / "f.png", png(3))
+    (share / "LAB-1").joinpath(os.fsdecode(b"latin1-\xe9.png")).write_bytes(png(1))  # not UTF-8: skipped
     report = settle_and_scan(folder, Clock())
     assert report.files == 0
     assert not WatchedFile.objects.exists() and not SEMImage.objects.exists()
@@ -456,8 +457,9 @@ def test_beat_schedule_is_off_until_a_folder_is_enabled_and_scans_due_folders(db
     assert list(watch.scan_due_folders()) == [str(share)]
     assert watch.scan_due_folders() == {}          # not due again before its poll interval
     WatchFolder.objects.filter(pk=folder.pk).update(last_scan_at=None)
-    time.sleep(0.01)
-    assert "1 stored" in watch.scan_due_folders()[str(share)]
+    from workers.tasks import scan_watch_folders
+
+    assert "1 stored" in scan_watch_folders.apply().get()[str(share)]  # the beat task itself
     folder.enabled = False
     folder.save()
     assert not PeriodicTask.objects.get(name=watch.SCAN_TASK_NAME).enabled
@@ -484,3 +486,20 @@ def test_inbox_page_for_curators_with_counts_reasons_and_pause(client, django_us
     client.force_login(member)
     assert client.get(reverse("web:inbox")).status_code == 403
     assert client.post(reverse("web:inbox_toggle", args=[folder.pk])).status_code == 403
+
+
+def test_admin_pages_of_watch_folders_render(client, django_user_model, folder, share):
+    admin_user = django_user_model.objects.create_superuser("root", "root@example.org", "pw-root-12345")
+    write(share / "LAB-1" / "a.png", png(27))
+    settle_and_scan(folder, Clock())
+    client.force_login(admin_user)
+    for url in (reverse("admin:portal_watchfolder_changelist"), reverse("admin:portal_watchfolder_add"),
+                reverse("admin:portal_watchfolder_change", args=[folder.pk]),
+                reverse("admin:portal_watchedfile_changelist")):
+        response = client.get(url)
+        assert response.status_code == 200, url
+    assert "1 / 0 / 0 / 0" in client.get(reverse("admin:portal_watchfolder_changelist")).content.decode()
+    response = client.post(reverse("admin:portal_watchfolder_add"), {
+        "path": "/mnt/elsewhere", "project": folder.project_id, "enabled": "on", "sample_rule": "pattern",
+        "filename_pattern": r"^(\d+)_", "poll_interval_s": 60, "settle_s": 10})
+    assert response.status_code == 200 and "group named sample" in response.content.decode()
