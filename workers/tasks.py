@@ -17,12 +17,6 @@ from django.db import InterfaceError, OperationalError
 logger = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)
-# A partial media file older than this belongs to a process that died mid-write (uploads take seconds).
-PARTIAL_FILE_MAX_AGE_S = 3600
-# The same for spooled upload bodies (FILE_UPLOAD_TEMP_DIR), and for the files of an upload killed
-# between writing them and committing its row (portal.services.ingest.reconcile_interrupted).
-SPOOL_FILE_MAX_AGE_S = 3600
-INTERRUPTED_UPLOAD_GRACE_S = 3600
 RETRY_POLICY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 5, "retry_backoff_max": 300,
                 "retry_jitter": True, "max_retries": 8}
 
@@ -70,33 +64,9 @@ def maybe_retrain() -> int | None:
 @shared_task(name="workers.sweep", **RETRY_POLICY)
 def sweep() -> dict:
     """Every minute: nothing stays stuck after a lost message, a dead worker or a broker restart."""
-    from portal.services import classification, training, webhooks
-    from portal.services.queueing import enqueue_backlog
-    from portal.services.ingest import reconcile_interrupted
-    from portal.storage import remove_stale_files, remove_stale_partials
+    from portal.services import maintenance
 
-    requeued = classification.sweep_stale_images()
-    model = classification.production_model()
-    backlog_restarted = bool(model and classification.backlog_stalled(model))
-    if backlog_restarted:
-        enqueue_backlog(model.pk)
-    failed_runs = training.fail_stale_runs()
-    webhooks_requeued = webhooks.sweep_unsent_deliveries()
-    partials_removed = remove_stale_partials(settings.MEDIA_ROOT, PARTIAL_FILE_MAX_AGE_S)
-    orphans_removed = reconcile_interrupted(INTERRUPTED_UPLOAD_GRACE_S)
-    spool_removed = (remove_stale_files(settings.FILE_UPLOAD_TEMP_DIR, SPOOL_FILE_MAX_AGE_S)
-                     if settings.FILE_UPLOAD_TEMP_DIR else 0)
-    return {"requeued": requeued, "backlog_restarted": backlog_restarted, "failed_runs": failed_runs,
-            "webhooks_requeued": webhooks_requeued, "partial_files_removed": partials_removed,
-            "orphan_files_removed": orphans_removed, "spool_files_removed": spool_removed}
-
-
-@shared_task(name="workers.scan_watch_folders", soft_time_limit=900, time_limit=1200, **RETRY_POLICY)
-def scan_watch_folders() -> dict:
-    """Beat (every 15 s, enabled while a watch folder is): scan the folders whose poll interval has passed."""
-    from portal.services import watch
-
-    return watch.scan_due_folders()
+    return maintenance.sweep()
 
 
 @shared_task(name="workers.scan_watch_folders", soft_time_limit=900, time_limit=1200, **RETRY_POLICY)

@@ -1,8 +1,9 @@
 """The one place where the portal hands work to Celery.
 
 Callers run inside a request or a transaction: they call these helpers from `transaction.on_commit`
-(or after commit), so a worker never looks for a row that is not committed yet. Celery is imported
-lazily so that importing the portal never imports the task modules' dependencies.
+(or after commit), so a worker never looks for a row that is not committed yet. Tasks are sent by
+name (the `workers` package defines them), so the portal never imports `workers`; the queue of each
+task comes from settings.CELERY_TASK_ROUTES.
 """
 
 from __future__ import annotations
@@ -11,26 +12,36 @@ from collections.abc import Iterable
 
 from django.conf import settings
 
+CLASSIFY_IMAGES = "workers.classify_images"
+RECLASSIFY_BACKLOG = "workers.reclassify_backlog"
+TRAIN_MODEL = "workers.train_model"
+DELIVER_WEBHOOK = "workers.webhooks.deliver"
+
+
+def send(name: str, args: list, **options) -> None:
+    from portal.celery_app import app
+
+    app.send_task(name, args=args, **options)
+
 
 def enqueue_classification(image_ids: Iterable[int]) -> None:
     """Queue images for classification on the gpu queue, in batches the workers classify together."""
-    from workers.tasks import classify_images
-
     for batch in _batches(list(image_ids), settings.SEM_CLASSIFY_BATCH_SIZE):
-        classify_images.delay(batch)
+        send(CLASSIFY_IMAGES, [batch])
 
 
 def enqueue_backlog(model_version_id: int) -> None:
     """Start the background re-classification for a newly promoted model, behind new uploads."""
-    from workers.tasks import reclassify_backlog
-
-    reclassify_backlog.apply_async([model_version_id], priority=settings.SEM_BACKLOG_PRIORITY)
+    send(RECLASSIFY_BACKLOG, [model_version_id], priority=settings.SEM_BACKLOG_PRIORITY)
 
 
 def enqueue_training(training_run_id: int) -> None:
-    from workers.tasks import train_model
+    send(TRAIN_MODEL, [training_run_id])
 
-    train_model.delay(training_run_id)
+
+def enqueue_webhook_deliveries(delivery_ids: Iterable[int]) -> None:
+    for delivery_id in delivery_ids:
+        send(DELIVER_WEBHOOK, [delivery_id])
 
 
 def _batches(ids: list[int], size: int) -> Iterable[list[int]]:

@@ -17,19 +17,18 @@ import shutil
 import threading
 import time
 import traceback
-from collections import Counter
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Max
+from django.db.models import Max
 from django.utils import timezone
 
 from portal import events
-from portal.models import Category, ModelVersion, SEMImage, TrainingRun
+from portal.models import ModelVersion, SEMImage, TrainingRun
 from portal.services.classification import production_model
+from portal.services.datasets import TrainingData, class_readiness, training_data  # noqa: F401  (callers import them from here)
 from portal.services.promotion import apply_gate
 
 logger = logging.getLogger(__name__)
@@ -155,56 +154,6 @@ def request_cancel(run: TrainingRun) -> bool:
 
 
 # --- Running ---------------------------------------------------------------------------------------
-
-@dataclass
-class TrainingData:
-    train_items: list[tuple[str, str]]  # (derivative path, category name)
-    test_items: list[tuple[str, str]]
-    classes: list[str]
-    train_labels: dict[str, str]  # {sha256: category name}
-    skipped: int  # curated images without a readable derivative
-    too_few: dict[str, int] = field(default_factory=dict)  # {category: curated train images} below the minimum
-
-
-def training_data() -> TrainingData:
-    """Curated train-split derivatives to learn from; curated test-split ones to evaluate on."""
-    rows = SEMImage.objects.filter(curated_category__isnull=False, curated_category__active=True).values_list(
-        "split", "derivative", "sha256", "curated_category__name"
-    )
-    train, test, labels, skipped = [], [], {}, 0
-    media = Path(settings.MEDIA_ROOT)
-    for split, derivative, sha256, category in rows:
-        path = media / derivative if derivative else None
-        if path is None or not path.is_file():
-            skipped += 1
-            continue
-        if split == SEMImage.Split.TRAIN:
-            train.append((str(path), category))
-            labels[sha256] = category
-        else:
-            test.append((str(path), category))
-    order = list(Category.objects.values_list("name", flat=True))  # admin-defined display order
-    counts = Counter(category for _, category in train)
-    minimum = settings.SEM_MIN_IMAGES_PER_CLASS
-    too_few = {name: counts[name] for name in order if 0 < counts[name] < minimum}
-    classes = [name for name in order if counts[name] >= minimum]
-    offered = set(classes)
-    train = [(path, category) for path, category in train if category in offered]
-    test = [(path, category) for path, category in test if category in offered]
-    labels = {sha: category for sha, category in labels.items() if category in offered}
-    return TrainingData(train, test, classes, labels, skipped, too_few)
-
-
-def class_readiness() -> list[dict]:
-    """Per active category: curated training images, and how many more it needs before a model
-    offers it (SEM_MIN_IMAGES_PER_CLASS); for the Training page and the dashboard."""
-    minimum = settings.SEM_MIN_IMAGES_PER_CLASS
-    counts = dict(SEMImage.objects.filter(split=SEMImage.Split.TRAIN, curated_category__isnull=False,
-                                          curated_category__active=True)
-                  .values_list("curated_category__name").annotate(n=Count("id")))
-    return [{"name": name, "train_images": counts.get(name, 0), "needed": max(0, minimum - counts.get(name, 0))}
-            for name in Category.objects.filter(active=True).values_list("name", flat=True)]
-
 
 def claim_run(run_id: int) -> TrainingRun | None:
     """QUEUED -> RUNNING exactly once, however many times the task is delivered."""

@@ -1,7 +1,7 @@
 """Webhooks for LIMS systems: fan domain events out to subscriptions and deliver them, signed.
 
 Flow: portal.events emits after commit -> a listener here writes one WebhookDelivery row per matching
-subscription -> on commit, workers.webhooks.deliver_webhook is enqueued per row -> attempt_delivery()
+subscription -> on commit, the task workers.webhooks.deliver is sent by name per row -> attempt_delivery()
 POSTs the JSON and records the outcome. The delivery rows are the log shown in the admin.
 
 Signature: X-SEM-Signature = "sha256=" + hex HMAC-SHA256(secret, f"{timestamp}.{body}"), with the
@@ -27,7 +27,7 @@ from django.utils import timezone
 from portal import events
 from portal.models import Label, ModelVersion, SEMImage, TrainingRun, WebhookDelivery, WebhookSubscription
 from portal.permissions import visible_projects
-from portal.services import outbound
+from portal.services import outbound, queueing
 
 logger = logging.getLogger(__name__)
 
@@ -179,10 +179,7 @@ def sweep_unsent_deliveries(limit: int = 500) -> int:
 
 
 def enqueue_deliveries(delivery_ids: list[int]) -> None:
-    from workers.webhooks import deliver_webhook
-
-    for delivery_id in delivery_ids:
-        deliver_webhook.delay(delivery_id)
+    queueing.enqueue_webhook_deliveries(delivery_ids)
 
 
 # --- Payload data ------------------------------------------------------------------------------

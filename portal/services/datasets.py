@@ -1,0 +1,67 @@
+"""What a training run learns from and is measured on: the curated train-split and test-split
+derivatives of the categories with enough training images (SEM_MIN_IMAGES_PER_CLASS).
+
+Its own module so that both training runs (training.py) and the promotion gate (promotion.py) read it
+without importing each other.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.db.models import Count
+
+from portal.models import Category, SEMImage
+
+
+@dataclass
+class TrainingData:
+    train_items: list[tuple[str, str]]  # (derivative path, category name)
+    test_items: list[tuple[str, str]]
+    classes: list[str]
+    train_labels: dict[str, str]  # {sha256: category name}
+    skipped: int  # curated images without a readable derivative
+    too_few: dict[str, int] = field(default_factory=dict)  # {category: curated train images} below the minimum
+
+
+def training_data() -> TrainingData:
+    """Curated train-split derivatives to learn from; curated test-split ones to evaluate on."""
+    rows = SEMImage.objects.filter(curated_category__isnull=False, curated_category__active=True).values_list(
+        "split", "derivative", "sha256", "curated_category__name"
+    )
+    train, test, labels, skipped = [], [], {}, 0
+    media = Path(settings.MEDIA_ROOT)
+    for split, derivative, sha256, category in rows:
+        path = media / derivative if derivative else None
+        if path is None or not path.is_file():
+            skipped += 1
+            continue
+        if split == SEMImage.Split.TRAIN:
+            train.append((str(path), category))
+            labels[sha256] = category
+        else:
+            test.append((str(path), category))
+    order = list(Category.objects.values_list("name", flat=True))  # admin-defined display order
+    counts = Counter(category for _, category in train)
+    minimum = settings.SEM_MIN_IMAGES_PER_CLASS
+    too_few = {name: counts[name] for name in order if 0 < counts[name] < minimum}
+    classes = [name for name in order if counts[name] >= minimum]
+    offered = set(classes)
+    train = [(path, category) for path, category in train if category in offered]
+    test = [(path, category) for path, category in test if category in offered]
+    labels = {sha: category for sha, category in labels.items() if category in offered}
+    return TrainingData(train, test, classes, labels, skipped, too_few)
+
+
+def class_readiness() -> list[dict]:
+    """Per active category: curated training images, and how many more it needs before a model
+    offers it (SEM_MIN_IMAGES_PER_CLASS); for the Training page and the dashboard."""
+    minimum = settings.SEM_MIN_IMAGES_PER_CLASS
+    counts = dict(SEMImage.objects.filter(split=SEMImage.Split.TRAIN, curated_category__isnull=False,
+                                          curated_category__active=True)
+                  .values_list("curated_category__name").annotate(n=Count("id")))
+    return [{"name": name, "train_images": counts.get(name, 0), "needed": max(0, minimum - counts.get(name, 0))}
+            for name in Category.objects.filter(active=True).values_list("name", flat=True)]

@@ -1,0 +1,40 @@
+"""The minutely sweep: nothing stays stuck after a lost message, a dead worker or a broker restart.
+
+`workers.sweep` (beat, every minute) is one call to `sweep()`.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from portal.services import classification, training, webhooks
+from portal.services.ingest import reconcile_interrupted
+from portal.services.queueing import enqueue_backlog
+from portal.storage import remove_stale_files, remove_stale_partials
+
+# A partial media file older than this belongs to a process that died mid-write (uploads take seconds).
+PARTIAL_FILE_MAX_AGE_S = 3600
+# The same for spooled upload bodies (FILE_UPLOAD_TEMP_DIR), and for the files of an upload killed
+# between writing them and committing its row (portal.services.ingest.reconcile_interrupted).
+SPOOL_FILE_MAX_AGE_S = 3600
+INTERRUPTED_UPLOAD_GRACE_S = 3600
+
+
+def sweep() -> dict:
+    """Re-queue overdue pending images, restart a stalled re-classification backlog, fail trainings
+    whose heartbeat stopped, re-send webhook deliveries never attempted, and remove stale partial,
+    orphaned and spooled files. Returns what it did, by kind."""
+    requeued = classification.sweep_stale_images()
+    model = classification.production_model()
+    backlog_restarted = bool(model and classification.backlog_stalled(model))
+    if backlog_restarted:
+        enqueue_backlog(model.pk)
+    failed_runs = training.fail_stale_runs()
+    webhooks_requeued = webhooks.sweep_unsent_deliveries()
+    partials_removed = remove_stale_partials(settings.MEDIA_ROOT, PARTIAL_FILE_MAX_AGE_S)
+    orphans_removed = reconcile_interrupted(INTERRUPTED_UPLOAD_GRACE_S)
+    spool_removed = (remove_stale_files(settings.FILE_UPLOAD_TEMP_DIR, SPOOL_FILE_MAX_AGE_S)
+                     if settings.FILE_UPLOAD_TEMP_DIR else 0)
+    return {"requeued": requeued, "backlog_restarted": backlog_restarted, "failed_runs": failed_runs,
+            "webhooks_requeued": webhooks_requeued, "partial_files_removed": partials_removed,
+            "orphan_files_removed": orphans_removed, "spool_files_removed": spool_removed}
