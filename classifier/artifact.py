@@ -1,13 +1,16 @@
-"""Versioned model artifact: one file with a header, metadata and weights.
+"""Versioned model artifact: a safetensors file whose JSON header carries ours.
 
-Layout (like paperless-ngx's classifier: a format version checked on load, a
-temporary file renamed into place so readers never see a half-written model)::
+Layout (format version 2): a standard ``.safetensors`` file (8-byte little-endian header length, the
+header JSON, the raw tensor bytes). The header's ``__metadata__`` holds one entry, ``sem_artifact``:
+our JSON header with ``format_version``, ``weights_sha256`` (the sha256 of the tensor bytes) and the
+metadata. Loading parses JSON and copies raw tensor bytes: nothing is unpickled, so a replaced model
+file cannot run code in the workers. Files are written to a temporary file renamed into place, so
+readers never see a half-written model. Metadata can be read without torch (``read_metadata``), which
+the web process uses.
 
-    MAGIC (8 bytes) | header length (8 bytes, big-endian) | header JSON | payload
-
-The header JSON holds ``format_version``, the payload length and sha256, and
-the metadata. The payload is ``torch.save(state_dict)``. Metadata can be read
-without torch (``read_metadata``), which the web process uses.
+Format version 1 (``MAGIC | header length | header JSON | torch.save payload``) went through torch's
+unpickler. It is read only to migrate it (``upgrade_artifact``, with the sha256 the file was registered
+with, checked before anything is unpickled); ``load_artifact`` refuses it otherwise.
 """
 from __future__ import annotations
 
@@ -20,9 +23,12 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-MAGIC = b"SEMCLSF\x00"
-FORMAT_VERSION = 1
-_LENGTH = struct.Struct(">Q")
+FORMAT_VERSION = 2
+LEGACY_FORMAT_VERSION = 1
+MAGIC = b"SEMCLSF\x00"  # format version 1 only
+METADATA_KEY = "sem_artifact"
+_LENGTH = struct.Struct(">Q")  # format version 1
+_SAFETENSORS_LENGTH = struct.Struct("<Q")
 _MAX_HEADER = 64 << 20
 
 
@@ -31,44 +37,107 @@ class ArtifactError(Exception):
     wrong version, checksum mismatch)."""
 
 
+class LegacyArtifactError(ArtifactError):
+    """A format version 1 artifact (a pickle container): upgrade it with ``upgrade_artifact``."""
+
+
 @dataclass
 class Artifact:
     metadata: dict[str, Any]
     state_dict: dict[str, Any]
     sha256: str
+    format_version: int = FORMAT_VERSION
 
 
 def save_artifact(path: str | os.PathLike, state_dict: dict, metadata: dict) -> str:
     """Write atomically; return the sha256 of the whole file."""
-    import torch
-
-    payload_buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, payload_buffer)
-    payload = payload_buffer.getvalue()
-    header = {
-        "format_version": FORMAT_VERSION,
-        "payload_length": len(payload),
-        "payload_sha256": hashlib.sha256(payload).hexdigest(),
-        "metadata": {**metadata, "format_version": FORMAT_VERSION},
-    }
-    header_bytes = json.dumps(header, sort_keys=True, allow_nan=False).encode("utf-8")
-    blob = MAGIC + _LENGTH.pack(len(header_bytes)) + header_bytes + payload
+    blob = artifact_bytes(state_dict, metadata)
     _write_atomically(os.fspath(path), blob)
     return hashlib.sha256(blob).hexdigest()
 
 
+def artifact_bytes(state_dict: dict, metadata: dict) -> bytes:
+    from safetensors.torch import save
+
+    # Own contiguous copies: safetensors refuses tensors that share storage (tied weights, views).
+    tensors = {key: value.detach().cpu().contiguous().clone() for key, value in state_dict.items()}
+    weights = save(tensors)  # the tensor bytes do not depend on the header's metadata
+    (length,) = _SAFETENSORS_LENGTH.unpack(weights[:_SAFETENSORS_LENGTH.size])
+    header = {
+        "format_version": FORMAT_VERSION,
+        "weights_sha256": hashlib.sha256(weights[_SAFETENSORS_LENGTH.size + length:]).hexdigest(),
+        "metadata": {**metadata, "format_version": FORMAT_VERSION},
+    }
+    return save(tensors, metadata={METADATA_KEY: json.dumps(header, sort_keys=True, allow_nan=False)})
+
+
 def load_artifact(path: str | os.PathLike, expected_sha256: str | None = None) -> Artifact:
-    """Read and verify an artifact; raise ArtifactError with a clear message."""
-    import torch
+    """Read and verify an artifact; raise ArtifactError with a clear message (LegacyArtifactError for a
+    format version 1 file, which is not unpickled here)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
 
     path = os.fspath(path)
     blob = _read_file(path)
-    sha256 = hashlib.sha256(blob).hexdigest()
-    if expected_sha256 is not None and sha256 != expected_sha256.lower():
-        raise ArtifactError(
-            f"{path}: sha256 mismatch: file is {sha256}, expected {expected_sha256} "
-            "(the file was replaced or modified since it was registered)")
-    header, payload_offset = _parse_header(path, blob)
+    sha256 = _check_sha256(path, blob, expected_sha256)
+    if blob.startswith(MAGIC):
+        raise LegacyArtifactError(f"{path}: artifact format version {LEGACY_FORMAT_VERSION} (torch pickle); "
+                                  "upgrade it to the safetensors format (manage.py upgrade_artifacts)")
+    header, data_start = _parse_safetensors_header(path, blob)
+    if hashlib.sha256(blob[data_start:]).hexdigest() != header["weights_sha256"]:
+        raise ArtifactError(f"{path}: corrupt: the weights' checksum does not match the one stored in the file")
+    try:
+        state_dict = load(blob)
+    except SafetensorError as error:
+        raise ArtifactError(f"{path}: cannot read the weights: {error}") from error
+    return Artifact(metadata=header["metadata"], state_dict=state_dict, sha256=sha256)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Metadata only, without torch and without reading the weights (either format version)."""
+    path = os.fspath(path)
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError as error:
+        raise ArtifactError(f"{path}: artifact file not found") from error
+    with handle:
+        start = handle.read(len(MAGIC) + _LENGTH.size)
+        if len(start) < len(MAGIC) + _LENGTH.size:
+            raise ArtifactError(f"{path}: too short to be a classifier artifact")
+        if start.startswith(MAGIC):
+            (length,) = _LENGTH.unpack(start[len(MAGIC):])
+            if length > _MAX_HEADER:
+                raise ArtifactError(f"{path}: corrupt header length {length}")
+            header, _ = _parse_legacy_header(path, start + handle.read(length))
+            return header["metadata"]
+        (length,) = _SAFETENSORS_LENGTH.unpack(start[:_SAFETENSORS_LENGTH.size])
+        if length > _MAX_HEADER:
+            raise ArtifactError(f"{path}: not a classifier artifact (no safetensors header)")
+        rest = start[_SAFETENSORS_LENGTH.size:] + handle.read(max(0, length - (len(start) - _SAFETENSORS_LENGTH.size)))
+        header, _ = _parse_safetensors_header(path, start[:_SAFETENSORS_LENGTH.size] + rest, check_data=False)
+    return header["metadata"]
+
+
+def format_version(path: str | os.PathLike) -> int:
+    """1 for a legacy pickle container, 2 for safetensors (reads only the first bytes)."""
+    with open(os.fspath(path), "rb") as handle:
+        return LEGACY_FORMAT_VERSION if handle.read(len(MAGIC)) == MAGIC else FORMAT_VERSION
+
+
+def upgrade_artifact(path: str | os.PathLike, new_path: str | os.PathLike, expected_sha256: str) -> str:
+    """Rewrite a format version 1 artifact as a safetensors one at ``new_path``; return its sha256.
+
+    The old file is unpickled (torch's restricted ``weights_only`` unpickler) only after its sha256
+    matched ``expected_sha256``, the checksum recorded when it was registered: a file swapped in since
+    is refused before any unpickling."""
+    import torch
+
+    path = os.fspath(path)
+    if not expected_sha256:
+        raise ArtifactError(f"{path}: upgrading needs the sha256 the artifact was registered with")
+    blob = _read_file(path)
+    _check_sha256(path, blob, expected_sha256)
+    header, payload_offset = _parse_legacy_header(path, blob)
     payload = blob[payload_offset:]
     if len(payload) != header["payload_length"]:
         raise ArtifactError(f"{path}: truncated or padded: weights are {len(payload)} bytes, "
@@ -79,22 +148,17 @@ def load_artifact(path: str | os.PathLike, expected_sha256: str | None = None) -
         state_dict = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for bad pickles
         raise ArtifactError(f"{path}: cannot read the weights: {error}") from error
-    return Artifact(metadata=header["metadata"], state_dict=state_dict, sha256=sha256)
+    metadata = {key: value for key, value in header["metadata"].items() if key != "format_version"}
+    metadata["upgraded_from_format_version"] = LEGACY_FORMAT_VERSION
+    return save_artifact(new_path, state_dict, metadata)
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """Metadata only, without torch and without reading the weights."""
-    path = os.fspath(path)
-    with open(path, "rb") as handle:
-        start = handle.read(len(MAGIC) + _LENGTH.size)
-        if len(start) < len(MAGIC) + _LENGTH.size:
-            raise ArtifactError(f"{path}: too short to be a classifier artifact")
-        (length,) = _LENGTH.unpack(start[len(MAGIC):])
-        _check_magic(path, start)
-        if length > _MAX_HEADER:
-            raise ArtifactError(f"{path}: corrupt header length {length}")
-        header, _ = _parse_header(path, start + handle.read(length))
-    return header["metadata"]
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(os.fspath(path), "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def build_model(metadata: dict[str, Any]):
@@ -129,13 +193,49 @@ def _read_file(path: str) -> bytes:
         raise ArtifactError(f"{path}: artifact file not found") from error
 
 
-def _check_magic(path: str, blob: bytes) -> None:
+def _check_sha256(path: str, blob: bytes, expected_sha256: str | None) -> str:
+    sha256 = hashlib.sha256(blob).hexdigest()
+    if expected_sha256 is not None and sha256 != expected_sha256.lower():
+        raise ArtifactError(
+            f"{path}: sha256 mismatch: file is {sha256}, expected {expected_sha256} "
+            "(the file was replaced or modified since it was registered)")
+    return sha256
+
+
+def _parse_safetensors_header(path: str, blob: bytes, *, check_data: bool = True) -> tuple[dict, int]:
+    """Our header from the safetensors header's __metadata__, and where the tensor bytes start."""
+    size = _SAFETENSORS_LENGTH.size
+    if len(blob) < size:
+        raise ArtifactError(f"{path}: truncated: no header")
+    (length,) = _SAFETENSORS_LENGTH.unpack(blob[:size])
+    if length > _MAX_HEADER:
+        raise ArtifactError(f"{path}: not a classifier artifact (no safetensors header); corrupt or a different "
+                            "file type")
+    if size + length > len(blob):
+        raise ArtifactError(f"{path}: truncated or corrupt header (length {length}, file {len(blob)} bytes)")
+    try:
+        table = json.loads(blob[size:size + length].decode("utf-8"))
+        ours = json.loads(table["__metadata__"][METADATA_KEY])
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ArtifactError(f"{path}: not a classifier artifact (no {METADATA_KEY!r} header): {error}") from error
+    version = ours.get("format_version") if isinstance(ours, dict) else None
+    if version != FORMAT_VERSION:
+        raise ArtifactError(f"{path}: artifact format version {version!r}, this code reads version "
+                            f"{FORMAT_VERSION}; retrain the model with this version")
+    for key in ("weights_sha256", "metadata"):
+        if key not in ours:
+            raise ArtifactError(f"{path}: corrupt header: missing {key!r}")
+    if check_data:
+        ends = [entry["data_offsets"][1] for name, entry in table.items() if name != "__metadata__"]
+        if size + length + max(ends, default=0) != len(blob):
+            raise ArtifactError(f"{path}: truncated or padded: the weights are {len(blob) - size - length} bytes, "
+                                f"the header says {max(ends, default=0)}")
+    return ours, size + length
+
+
+def _parse_legacy_header(path: str, blob: bytes) -> tuple[dict, int]:
     if not blob.startswith(MAGIC):
-        raise ArtifactError(f"{path}: not a classifier artifact (bad magic bytes); corrupt or a different file type")
-
-
-def _parse_header(path: str, blob: bytes) -> tuple[dict, int]:
-    _check_magic(path, blob)
+        raise ArtifactError(f"{path}: not a format version {LEGACY_FORMAT_VERSION} artifact (bad magic bytes)")
     start = len(MAGIC) + _LENGTH.size
     if len(blob) < start:
         raise ArtifactError(f"{path}: truncated: no header")
@@ -147,7 +247,7 @@ def _parse_header(path: str, blob: bytes) -> tuple[dict, int]:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ArtifactError(f"{path}: corrupt header: {error}") from error
     version = header.get("format_version") if isinstance(header, dict) else None
-    if version != FORMAT_VERSION:
+    if version != LEGACY_FORMAT_VERSION:
         raise ArtifactError(f"{path}: artifact format version {version!r}, this code reads version "
                             f"{FORMAT_VERSION}; retrain the model with this version")
     for key in ("payload_length", "payload_sha256", "metadata"):

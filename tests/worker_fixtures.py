@@ -154,6 +154,27 @@ def trained_artifact(tmp_path_factory) -> TrainedArtifact:
                            result.evaluation, result.metadata)
 
 
+def write_legacy_artifact(path, state_dict: dict, metadata: dict) -> str:
+    """An artifact in format version 1 (before safetensors: MAGIC | header length | header JSON |
+    torch.save payload), as older portals wrote it; returns the file's sha256."""
+    import hashlib
+    import json
+    import struct
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({key: value.detach().cpu() for key, value in state_dict.items()}, buffer)
+    payload = buffer.getvalue()
+    header = json.dumps({"format_version": 1, "payload_length": len(payload),
+                         "payload_sha256": hashlib.sha256(payload).hexdigest(),
+                         "metadata": {**metadata, "format_version": 1}}, sort_keys=True).encode()
+    blob = b"SEMCLSF\x00" + struct.pack(">Q", len(header)) + header + payload
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(blob)
+    return hashlib.sha256(blob).hexdigest()
+
+
 def install_model(artifact: TrainedArtifact, version: int, *, status: str, metrics: dict | None = None):
     """A ModelVersion whose artifact is a copy of `artifact` under settings.MODEL_DIR/v{version}/."""
     from django.conf import settings

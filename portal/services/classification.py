@@ -134,7 +134,9 @@ def release(images: list[SEMImage]) -> None:
 def load_engine(model: ModelVersion):
     """The production model's engine, loaded once per process and replaced after a promotion."""
     from classifier.engine import get_engine
+    from portal.services.artifacts import ensure_current_format
 
+    model = ensure_current_format(model)  # a format version 1 artifact is rewritten once, never unpickled again
     return get_engine(model.artifact_path, sha256=model.artifact_sha256 or None)
 
 

@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from portal import events
 from portal.models import ModelVersion, SEMImage, TrainingRun
+from portal.services.artifacts import ensure_current_format
 from portal.services.classification import production_model
 from portal.services.datasets import TrainingData, class_readiness, training_data  # noqa: F401  (callers import them from here)
 from portal.services.promotion import apply_gate
@@ -212,7 +213,7 @@ def _train_and_register(run: TrainingRun, monitor: "RunMonitor", work_dir: Path)
     )
     work_dir.mkdir(parents=True, exist_ok=True)
     result = train(
-        data.train_items, TrainConfig.from_dict(run.config), work_dir / "model.pth",
+        data.train_items, TrainConfig.from_dict(run.config), work_dir / "model.safetensors",
         test_items=data.test_items or None, classes=data.classes, fingerprint=fingerprint,
         progress=monitor.progress, should_stop=monitor.should_stop,
     )
@@ -249,6 +250,9 @@ def register_model(run, result, data: TrainingData, fingerprint: str, work_dir: 
     # before the run is closed: a run reads "succeeded" only once the gate has decided, so pages and
     # clients that wait for the run see the model's final status.
     try:
+        current = production_model()
+        if current is not None:  # the gate re-evaluates production: a format version 1 file is upgraded first
+            ensure_current_format(current)
         apply_gate(model)
     except Exception as error:  # the run did succeed; the admin can still promote by hand
         logger.exception("promotion gate failed for v%s", model.version)

@@ -69,11 +69,56 @@ def test_checksum_mismatch_and_not_an_artifact(tmp_path):
     with pytest.raises(ArtifactError, match="sha256 mismatch"):
         load_artifact(path, expected_sha256="0" * 64)
     other = tmp_path / "x.pth"
-    torch.save(_state(), other)
+    torch.save(_state(), other)  # a plain pickle container
     with pytest.raises(ArtifactError, match="not a classifier artifact"):
         load_artifact(other)
     with pytest.raises(ArtifactError, match="not found"):
         load_artifact(tmp_path / "missing.semcls")
+
+
+def test_the_weights_are_a_safetensors_file_with_our_header(tmp_path):
+    from safetensors import safe_open
+
+    path = tmp_path / "m.safetensors"
+    save_artifact(path, _state(), {"classes": ["a"], "arch": "resnet18"})
+    with safe_open(path, "pt") as weights:  # any safetensors reader opens it
+        assert set(weights.keys()) == set(_state())
+        header = json.loads(weights.metadata()["sem_artifact"])
+    assert header["format_version"] == FORMAT_VERSION == 2 and len(header["weights_sha256"]) == 64
+    assert header["metadata"]["classes"] == ["a"]
+
+
+def test_loading_never_unpickles(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    sha = save_artifact(path, _state(), {"classes": ["a"]})
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.load (the unpickler) was called")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    assert torch.equal(load_artifact(path, sha).state_dict["layer.weight"], _state()["layer.weight"])
+
+
+def test_an_old_format_artifact_is_refused_until_upgraded(tmp_path):
+    from classifier.artifact import LegacyArtifactError, format_version, upgrade_artifact
+    from tests.worker_fixtures import write_legacy_artifact
+
+    old = tmp_path / "model.pth"
+    old_sha = write_legacy_artifact(old, _state(), {"classes": ["a", "b"], "arch": "resnet18"})
+    assert format_version(old) == 1 and read_metadata(old)["arch"] == "resnet18"
+    with pytest.raises(LegacyArtifactError, match="upgrade"):
+        load_artifact(old, old_sha)
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):  # checked before anything is unpickled
+        upgrade_artifact(old, tmp_path / "x.safetensors", "0" * 64)
+
+    new = tmp_path / "model.safetensors"
+    new_sha = upgrade_artifact(old, new, old_sha)
+    loaded = load_artifact(new, new_sha)
+    assert format_version(new) == 2 and loaded.metadata["classes"] == ["a", "b"]
+    assert loaded.metadata["upgraded_from_format_version"] == 1
+    for key, value in _state().items():
+        assert torch.equal(loaded.state_dict[key], value)
+    assert upgrade_artifact(old, tmp_path / "again.safetensors", old_sha) == new_sha  # deterministic bytes
 
 
 def test_metrics_against_hand_computed_confusion_matrix():

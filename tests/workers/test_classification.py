@@ -187,3 +187,53 @@ def test_rolled_back_model_reuses_its_stored_predictions(production_model, sampl
     assert Prediction.objects.count() == 2
     for image in SEMImage.objects.filter(pk__in=before):
         assert image.predicted_confidence == pytest.approx(before[image.pk])
+
+
+def test_an_old_format_artifact_loads_once_and_is_rewritten(production_model, sample, user, upload_images,
+                                                             django_capture_on_commit_callbacks):
+    """Issue 15: a format version 1 artifact (torch pickle) of a registered model is upgraded to the
+    safetensors format before the worker loads it; the row points at the new file, the old one goes."""
+    from pathlib import Path
+
+    from classifier.artifact import format_version, load_artifact, read_metadata
+    from classifier.engine import clear_engine_cache
+    from tests.worker_fixtures import write_legacy_artifact
+
+    current = load_artifact(production_model.artifact_path, production_model.artifact_sha256)
+    old_path = Path(production_model.artifact_path).with_name("model.pth")
+    Path(production_model.artifact_path).unlink()
+    old_sha = write_legacy_artifact(old_path, current.state_dict, current.metadata)
+    ModelVersion.objects.filter(pk=production_model.pk).update(artifact_path=str(old_path), artifact_sha256=old_sha)
+    clear_engine_cache()
+    [image] = upload_images(sample, user, 1)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        outcome = classification.classify_images([image.pk])
+
+    assert outcome.classified == [image.pk]
+    model = ModelVersion.objects.get(pk=production_model.pk)
+    assert Path(model.artifact_path) == old_path.with_suffix(".safetensors") and model.artifact_sha256 != old_sha
+    assert format_version(model.artifact_path) == 2 and not old_path.exists()
+    assert read_metadata(model.artifact_path)["classes"] == current.metadata["classes"]
+    # Next time it is the new file, loaded as it is.
+    clear_engine_cache()
+    assert classification.load_engine(model).classes == current.metadata["classes"]
+
+
+def test_a_replaced_old_format_artifact_is_never_unpickled(production_model, monkeypatch):
+    from pathlib import Path
+
+    import torch
+
+    from classifier.artifact import ArtifactError, load_artifact
+    from portal.services.artifacts import ensure_current_format
+    from tests.worker_fixtures import write_legacy_artifact
+
+    current = load_artifact(production_model.artifact_path, production_model.artifact_sha256)
+    old_path = Path(production_model.artifact_path).with_name("model.pth")
+    write_legacy_artifact(old_path, current.state_dict, current.metadata)
+    ModelVersion.objects.filter(pk=production_model.pk).update(artifact_path=str(old_path))  # sha of another file
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("unpickled a file that does not match"))
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        ensure_current_format(ModelVersion.objects.get(pk=production_model.pk))
+    assert old_path.exists()

@@ -51,7 +51,7 @@ def test_first_training_records_everything_and_promotes_v1(tiny_training, sample
     assert all(stage["epochs"][0]["train_loss"] is not None for stage in run.history)
     assert run.duration_s > 0 and run.device == "cpu" and "train and" in run.log
     assert model.version == 1 and model.status == ModelVersion.Status.PRODUCTION and model.gate_passed
-    assert Path(model.artifact_path) == Path(tiny_training.MODEL_DIR) / "v1" / "model.pth"
+    assert Path(model.artifact_path) == Path(tiny_training.MODEL_DIR) / "v1" / "model.safetensors"
     assert file_sha256(model.artifact_path) == model.artifact_sha256
     assert set(model.classes) == {image.curated_category.name for image in images if image.split == "train"}
     assert "macro_avg" in model.metrics and "per_class" in model.metrics
