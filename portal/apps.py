@@ -16,6 +16,10 @@ class PortalConfig(AppConfig):
         from portal.services.webhooks import register_listeners
 
         register_listeners()
+        # Watch folders: the scan schedule follows the folders (signal receivers).
+        from portal.services.watch import connect_signals
+
+        connect_signals()
         _ensure_upload_spool()
 
 

@@ -11,8 +11,6 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from portal.models import Project, Sample, SEMImage
-
 
 class WatchFolder(models.Model):
     class SampleRule(models.TextChoices):
@@ -22,7 +20,7 @@ class WatchFolder(models.Model):
 
     path = models.CharField(max_length=500, unique=True,
                             help_text="Absolute path of the share as the worker sees it (e.g. /mnt/sem-pc/export)")
-    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="watch_folders")
+    project = models.ForeignKey("portal.Project", on_delete=models.PROTECT, related_name="watch_folders")
     sample_rule = models.CharField(max_length=10, choices=SampleRule.choices, default=SampleRule.SUBFOLDER)
     create_missing_samples = models.BooleanField(
         default=False, help_text="Sub-folder and pattern rules: create a sample (in this project) the first time its "
@@ -31,7 +29,7 @@ class WatchFolder(models.Model):
         max_length=300, blank=True,
         help_text=r"Pattern rule: a regular expression searched in the file name, with a group named sample, "
                   r"e.g. ^(?P<sample>LAB-\d+)_")
-    fixed_sample = models.ForeignKey(Sample, on_delete=models.PROTECT, null=True, blank=True, related_name="+",
+    fixed_sample = models.ForeignKey("portal.Sample", on_delete=models.PROTECT, null=True, blank=True, related_name="+",
                                      help_text="Fixed rule: every image goes to this sample")
     uploader = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True,
                                  related_name="+",
@@ -80,18 +78,8 @@ class WatchFolder(models.Model):
         if errors:
             raise ValidationError(errors)
 
-    def save(self, *args, **kwargs):
-        super().save(*args, **kwargs)
-        from portal.services.watch import ensure_schedule
-
-        ensure_schedule()
-
-    def delete(self, *args, **kwargs):
-        result = super().delete(*args, **kwargs)
-        from portal.services.watch import ensure_schedule
-
-        ensure_schedule()
-        return result
+    # Saving or deleting a folder enables or disables the beat task: signal receivers in
+    # portal.services.watch (connected in PortalConfig.ready), so models never import the services.
 
 
 class WatchedFile(models.Model):
@@ -116,7 +104,7 @@ class WatchedFile(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.SEEN, db_index=True)
     code = models.CharField(max_length=40, blank=True, help_text="Machine code of a refusal")
     reason = models.TextField(blank=True)
-    image = models.ForeignKey(SEMImage, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    image = models.ForeignKey("portal.SEMImage", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     claimed_by = models.CharField(max_length=64, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     first_seen_at = models.DateTimeField(auto_now_add=True)

@@ -466,6 +466,18 @@ def scan_due_folders(*, ingest_budget_s: float = DEFAULT_INGEST_BUDGET_S) -> dic
     return results
 
 
+def connect_signals() -> None:
+    """Saving or deleting a watch folder (admin, shell, queryset deletes too) keeps the beat task in step."""
+    from django.db.models.signals import post_delete, post_save
+
+    post_save.connect(_folders_changed, sender=WatchFolder, dispatch_uid="watch-folder-saved")
+    post_delete.connect(_folders_changed, sender=WatchFolder, dispatch_uid="watch-folder-deleted")
+
+
+def _folders_changed(**_ignored) -> None:
+    ensure_schedule()
+
+
 def ensure_schedule() -> None:
     """The beat task exists once a folder is configured, and is enabled only while one is enabled."""
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
