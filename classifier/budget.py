@@ -58,6 +58,7 @@ class BudgetPlan:
     epochs: tuple[int, ...]
     stages: list[StageCost] = field(default_factory=list)
     note: str = ""
+    reserved_s_final: float = 0.0  # of which after training: calibration, evaluation and the artifact
 
     @property
     def planned_s(self) -> float:
@@ -73,7 +74,7 @@ class BudgetPlan:
 
 
 def plan_epochs(budget_s: float, shape, stages: list[StageCost], reserved_s: float,
-                max_scale: float = MAX_SCALE) -> BudgetPlan:
+                max_scale: float = MAX_SCALE, reserved_s_final: float = 0.0) -> BudgetPlan:
     """Epochs per stage: the shape scaled by the largest factor (<= max_scale) that fits the budget,
     each stage at least one epoch. A budget too small even for that says so in `note`."""
     shape = tuple(int(e) for e in shape)
@@ -83,8 +84,20 @@ def plan_epochs(budget_s: float, shape, stages: list[StageCost], reserved_s: flo
     usable = budget_s - reserved_s
     scale = min(max_scale, usable / unit_s) if unit_s > 0 else max_scale
     epochs = tuple(max(1, math.floor(scale * e + 1e-9)) for e in shape)
-    plan = BudgetPlan(budget_s, reserved_s, shape, epochs, list(stages))
+    plan = BudgetPlan(budget_s, reserved_s, shape, epochs, list(stages), reserved_s_final=reserved_s_final)
     if plan.planned_s > budget_s * 1.001:
         plan.note = (f"the budget of {budget_s:.0f} s is too small for one epoch per stage "
                      f"(about {plan.planned_s:.0f} s needed); training one epoch per stage")
     return plan
+
+
+def replan_remaining(plan: BudgetPlan, stage: int, planned_done_s: float, actual_done_s: float,
+                     remaining_s: float) -> tuple[int, ...]:
+    """Epochs for stages `stage`.. once the earlier stages ran: when they took longer than planned (a
+    busier machine), the rest is scaled down by the same slowdown to end within the budget; never up."""
+    slowdown = max(1.0, actual_done_s / planned_done_s) if planned_done_s > 0 else 1.0
+    rest = [StageCost(c.size, c.batch_size, c.train_steps, c.valid_batches, c.step_s * slowdown)
+            for c in plan.stages[stage:]]
+    final_s = plan.reserved_s_final
+    fitted = plan_epochs(remaining_s, plan.epochs[stage:], rest, final_s * slowdown, max_scale=1.0)
+    return plan.epochs[:stage] + fitted.epochs

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import transforms
-from .budget import BudgetPlan, StageCost, plan_epochs
+from .budget import BudgetPlan, StageCost, plan_epochs, replan_remaining
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,12 @@ def _train(items, config, out_path, *, test_items, classes, fingerprint, progres
     learner = None
     with tempfile.TemporaryDirectory(prefix="semcls-") as workdir:
         for stage, size in enumerate(config.sizes):
+            if plan and stage:
+                before = config.epochs
+                config = _replan(plan, config, history, stage, budget_left=plan.budget_s - (time.monotonic() - started))
+                tracker.config = config
+                if config.epochs != before:
+                    emit({"event": "plan", "stages": config.stages, "fraction": tracker.fraction, **plan.to_dict()})
             dls = stage_dls[stage]
             if learner is None:
                 learner = _make_learner(dls, model, items, train_idx, classes, config, device, workdir, tracker)
@@ -272,11 +278,24 @@ def plan_for_budget(model, stage_dls, config: TrainConfig, device, n_test: int, 
     last = costs[-1]
     # Calibration (validation) and evaluation (test) run once at the last size, forward only.
     final_batches = last.valid_batches + math.ceil(n_test / max(1, last.batch_size))
-    reserved = spent_s + FIXED_OVERHEAD_S + final_batches * last.step_s / 3
-    plan = plan_epochs(config.budget_s, config.epochs, costs, reserved)
+    final_s = FIXED_OVERHEAD_S + final_batches * last.step_s / 3
+    plan = plan_epochs(config.budget_s, config.epochs, costs, spent_s + final_s, reserved_s_final=final_s)
     log.info("budget %.0f s: epochs %s planned (%.0f s), from step times %s", config.budget_s, plan.epochs,
              plan.planned_s, [round(c.step_s, 3) for c in costs])
     return plan
+
+
+def _replan(plan: BudgetPlan, config: TrainConfig, history: list[dict], stage: int, budget_left: float):
+    """Before each later stage: if the finished stages ran slower than measured, fewer epochs now."""
+    planned = sum(e * c.epoch_s for e, c in zip(config.epochs[:stage], plan.stages[:stage]))
+    actual = sum(record["duration_s"] for record in history)
+    epochs = replan_remaining(plan, stage, planned, actual, budget_left)
+    if epochs != tuple(config.epochs):
+        log.info("stages ran %.0f s instead of %.0f s: epochs now %s", actual, planned, epochs)
+        plan.note = (plan.note + "; " if plan.note else "") + f"re-planned to {'/'.join(map(str, epochs))} epochs " \
+                                                             f"after stage {stage} (machine slower than measured)"
+        plan.epochs = epochs
+    return dataclasses.replace(config, epochs=epochs)
 
 
 def measure_step_s(model, dls, device, steps: int = 2) -> float:

@@ -49,3 +49,25 @@ def test_a_budget_too_small_still_trains_one_epoch_per_stage_and_says_so():
     plan = plan_epochs(10, (15, 10, 10), stages(1.0, 4.0, 12.0), reserved_s=5)
     assert plan.epochs == (1, 1, 1)
     assert "too small" in plan.note
+
+
+def test_a_machine_that_turns_slower_gets_fewer_epochs_in_the_later_stages():
+    from classifier.budget import replan_remaining
+
+    costs = stages(0.1, 0.4, 1.2)
+    plan = plan_epochs(600, (15, 10, 10), costs, reserved_s=20, reserved_s_final=10)
+    planned_first = plan.epochs[0] * costs[0].epoch_s
+    elapsed = 10 + 2 * planned_first  # stage 1 took twice as long as measured
+    epochs = replan_remaining(plan, 1, planned_first, 2 * planned_first, remaining_s=600 - elapsed)
+    assert epochs[0] == plan.epochs[0] and epochs[1] < plan.epochs[1] and epochs[2] < plan.epochs[2]
+    rest_s = sum(e * c.epoch_s * 2 for e, c in zip(epochs[1:], costs[1:]))
+    assert rest_s + 2 * 10 <= 600 - elapsed
+
+
+def test_a_machine_as_fast_as_measured_keeps_its_plan():
+    from classifier.budget import replan_remaining
+
+    costs = stages(0.1, 0.4, 1.2)
+    plan = plan_epochs(600, (15, 10, 10), costs, reserved_s=20, reserved_s_final=10)
+    done = plan.epochs[0] * costs[0].epoch_s
+    assert replan_remaining(plan, 1, done, done, remaining_s=600 - 10 - done) == plan.epochs
