@@ -259,6 +259,9 @@ REST_FRAMEWORK = {
         "upload": env_rate("SEM_API_UPLOAD_RATE", "600/min"),
     },
     "EXCEPTION_HANDLER": "portal.api.exceptions.api_exception_handler",
+    # JSON bodies (the image upload is multipart: portal/api/views/images.py): one encoding, whose types and
+    # nulls mean what the schema says.
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer",
                                  "rest_framework.renderers.BrowsableAPIRenderer"],
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
@@ -279,6 +282,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The default hooks, then the limits the views enforce that serializers cannot state (portal/api/schema.py).
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "portal.api.schema.strict_schema"],
     "ENUM_NAME_OVERRIDES": {
         "ImageStatusEnum": "portal.models.SEMImage.Status",
         "ModelStatusEnum": "portal.models.ModelVersion.Status",

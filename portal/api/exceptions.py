@@ -33,6 +33,27 @@ class Conflict(exceptions.APIException):
     default_code = "conflict"
 
 
+class Duplicate(Conflict):
+    """A unique value (lab sample ID, LIMS ID) that is taken: 409, the field named in `fields`."""
+
+    default_code = "duplicate"
+
+    def __init__(self, message: str, fields: dict):
+        super().__init__(message)
+        self.fields = fields
+
+
+class ReferenceNotFound(exceptions.NotFound):
+    """The body names an object that does not exist or that you cannot see (a sample, a project, a
+    category): 404, like the same object in the path, the field named in `fields`."""
+
+    default_code = "not_found"
+
+    def __init__(self, message: str, fields: dict):
+        super().__init__(message)
+        self.fields = fields
+
+
 class InsufficientStorage(exceptions.APIException):
     status_code = status.HTTP_507_INSUFFICIENT_STORAGE
     default_detail = "The server has no storage space left for uploads. Nothing was stored; try again later."
@@ -104,7 +125,9 @@ def api_exception_handler(exc, context):
 def _translate(exc):
     """Django-level exceptions that are the client's fault become DRF exceptions."""
     if isinstance(exc, DjangoValidationError):
-        return exceptions.ValidationError(as_serializer_error(exc))
+        exc = exceptions.ValidationError(as_serializer_error(exc))
+    if isinstance(exc, exceptions.ValidationError):
+        return _conflict_or_missing_reference(exc)
     if isinstance(exc, ProtectedError):
         return Conflict("This object is still referenced (for example a sample with images) and cannot be deleted.",
                         code="protected")
@@ -122,6 +145,41 @@ def _translate(exc):
     if isinstance(exc, SuspiciousOperation):
         return exceptions.ParseError("The request could not be parsed.")
     return exc
+
+
+# A request that is well-formed but names a taken unique value is a conflict with the server's state (409),
+# one that names an object that is not there is a 404: the schema cannot express either, so a 400 ("your
+# request is malformed") would be wrong. Only when every field error is of that one kind.
+_CONFLICT_CODES = {"unique", "too_many_subscriptions"}
+_MISSING_CODES = {"does_not_exist"}
+
+
+def _conflict_or_missing_reference(exc: exceptions.ValidationError):
+    if not isinstance(exc.detail, dict):
+        return exc
+    codes = set(_leaf_codes(exc.get_codes()))
+    if not codes or not codes <= _CONFLICT_CODES | _MISSING_CODES:
+        return exc
+    fields = {key: _messages(value) for key, value in exc.detail.items()}
+    first = next(iter(fields.values()))
+    message = first[0] if isinstance(first, list) and first and isinstance(first[0], str) else str(first)
+    if codes & _MISSING_CODES:  # a missing object explains the rest (nothing to conflict with)
+        return ReferenceNotFound(message, fields)
+    conflict = Duplicate(message, fields)
+    if codes != {"unique"}:
+        conflict.detail = exceptions.ErrorDetail(message, code=sorted(codes - {"unique"})[0])
+    return conflict
+
+
+def _leaf_codes(codes):
+    if isinstance(codes, dict):
+        for value in codes.values():
+            yield from _leaf_codes(value)
+    elif isinstance(codes, list):
+        for value in codes:
+            yield from _leaf_codes(value)
+    else:
+        yield codes
 
 
 def _body_for(exc, response) -> dict:

@@ -10,6 +10,11 @@ ERROR_STATUSES = {
     "404": "Not found, or not in one of your projects.",
     "429": "Too many requests for this token; retry after the `Retry-After` seconds.",
 }
+# Requests with a body can also meet these.
+WRITE_ERROR_STATUSES = {
+    "409": "Conflicts with the current state: a unique value that is taken (`duplicate`), an object still in use.",
+    "413": "The body is larger than this endpoint accepts (`too_large`); nothing was read.",
+}
 
 
 class ErrorDetailSerializer(serializers.Serializer):
@@ -25,7 +30,10 @@ class ErrorSerializer(serializers.Serializer):
 class PortalAutoSchema(AutoSchema):
     def _get_response_bodies(self, direction="response"):
         responses = super()._get_response_bodies(direction)
-        for code, description in ERROR_STATUSES.items():
+        statuses = dict(ERROR_STATUSES)
+        if self.method.upper() in ("POST", "PUT", "PATCH"):
+            statuses.update(WRITE_ERROR_STATUSES)
+        for code, description in statuses.items():
             if code not in responses and self._error_applies(code):
                 response = self._get_response_for_code(ErrorSerializer, code, direction=direction)
                 response["description"] = description
@@ -43,3 +51,42 @@ class PortalAutoSchema(AutoSchema):
         from rest_framework.permissions import AllowAny
 
         return any(isinstance(permission, AllowAny) for permission in self.view.get_permissions())
+
+
+# --- Post-processing: what the views refuse, the schema says -------------------------------------------
+
+NO_NUL = "^[^\x00]*$"
+
+
+def strict_schema(result, generator, request, public):
+    """drf-spectacular post-processing hook (SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"]).
+
+    - Text parameters and request-body strings cannot hold a NUL character (PostgreSQL cannot store or
+      compare it, and the API refuses it with 400 before any look-up): the schema says so with a pattern.
+    - An upload names its sample by `sample` or by `lab_sample_id`: at least one of them (anyOf).
+    """
+    for path in result.get("paths", {}).values():
+        for operation in path.values():
+            if not isinstance(operation, dict):
+                continue
+            for parameter in operation.get("parameters", []):
+                _no_nul(parameter.get("schema"))
+    for name, component in result.get("components", {}).get("schemas", {}).items():
+        if name.endswith("Request"):
+            for prop in (component.get("properties") or {}).values():
+                _no_nul(prop)
+                if prop.get("type") == "array":
+                    _no_nul(prop.get("items"))
+    upload = result.get("components", {}).get("schemas", {}).get("ImageUploadRequest")
+    if upload is not None:
+        upload["anyOf"] = [{"required": ["sample"]}, {"required": ["lab_sample_id"]}]
+    return result
+
+
+def _no_nul(schema) -> None:
+    if not isinstance(schema, dict) or schema.get("type") != "string":
+        return
+    if "pattern" in schema or "enum" in schema or schema.get("format") in ("binary", "date-time", "date", "uri",
+                                                                            "uuid", "email", "byte"):
+        return
+    schema["pattern"] = NO_NUL

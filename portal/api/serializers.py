@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.urls import reverse
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -19,6 +18,7 @@ from portal.models import (
     WebhookDelivery,
     WebhookSubscription,
 )
+from portal.api.strict import StrictJSONTypes
 from portal.permissions import visible_projects
 
 
@@ -43,7 +43,7 @@ class CategorySlugField(serializers.SlugRelatedField):
 
     def to_internal_value(self, data):
         if isinstance(data, str) and "\x00" in data:  # PostgreSQL cannot compare it: a field error, not a 500
-            self.fail("does_not_exist", slug_name=self.slug_field, value=data.replace("\x00", "\\0"))
+            self.fail("invalid")
         return super().to_internal_value(data)
 
 
@@ -54,7 +54,7 @@ class VisibleProjectField(serializers.PrimaryKeyRelatedField):
         return visible_projects(self.context["request"].user)
 
 
-class SampleSerializer(serializers.ModelSerializer):
+class SampleSerializer(StrictJSONTypes, serializers.ModelSerializer):
     project = VisibleProjectField()
     owner = serializers.CharField(source="owner.username", read_only=True)
     lims_id = serializers.CharField(max_length=100, required=False, allow_null=True, allow_blank=True,
@@ -97,8 +97,9 @@ class ImageSerializer(serializers.ModelSerializer):
     lab_sample_id = serializers.CharField(source="sample.lab_sample_id", read_only=True)
     project = serializers.IntegerField(source="sample.project_id", read_only=True)
     uploaded_by = serializers.CharField(source="uploaded_by.username", read_only=True)
-    curated_category = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    predicted_category = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    # Null until a curator labels the image / until a model classifies it (schema: nullable).
+    curated_category = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
+    predicted_category = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
     predicted_model_version = serializers.SerializerMethodField()
     links = serializers.SerializerMethodField()
 
@@ -114,7 +115,7 @@ class ImageSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    @extend_schema_field(OpenApiTypes.INT)
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
     def get_predicted_model_version(self, image) -> int | None:
         return image.predicted_by.version if image.predicted_by_id and image.predicted_by else None
 
@@ -129,7 +130,7 @@ class ImageDetailSerializer(ImageSerializer):
         read_only_fields = fields
 
 
-class ImageUploadSerializer(serializers.Serializer):
+class ImageUploadSerializer(StrictJSONTypes, serializers.Serializer):
     """Multipart upload. Name the sample by `sample` (id) or `lab_sample_id`."""
 
     # Empty files are refused by the ingestion service, with its own code ("empty").
@@ -173,7 +174,7 @@ class PredictionSerializer(serializers.ModelSerializer):
 
 class LabelSerializer(serializers.ModelSerializer):
     category = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    created_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
+    created_by = serializers.CharField(source="created_by.username", read_only=True, default=None, allow_null=True)
 
     class Meta:
         model = Label
@@ -181,7 +182,7 @@ class LabelSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class LabelCorrectionSerializer(serializers.Serializer):
+class LabelCorrectionSerializer(StrictJSONTypes, serializers.Serializer):
     category = CategorySlugField(help_text="Category slug, see /api/categories/.")
     note = serializers.CharField(required=False, allow_blank=True, max_length=500, default="")
 
@@ -192,7 +193,7 @@ class LabelCorrectionSerializer(serializers.Serializer):
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
-    promoted_by = serializers.CharField(source="promoted_by.username", read_only=True, default=None)
+    promoted_by = serializers.CharField(source="promoted_by.username", read_only=True, default=None, allow_null=True)
     accuracy = serializers.FloatField(read_only=True, allow_null=True)
     macro_f1 = serializers.FloatField(read_only=True, allow_null=True)
     training_run = serializers.SerializerMethodField()
@@ -204,7 +205,7 @@ class ModelVersionSerializer(serializers.ModelSerializer):
                   "promoted_at", "promoted_by", "training_run"]
         read_only_fields = fields
 
-    @extend_schema_field(OpenApiTypes.INT)
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
     def get_training_run(self, model) -> int | None:
         run = getattr(model, "training_run", None)
         return run.pk if run else None
@@ -246,8 +247,10 @@ class ModelMetricsSerializer(serializers.Serializer):
 
 
 class TrainingRunSerializer(serializers.ModelSerializer):
-    requested_by = serializers.CharField(source="requested_by.username", read_only=True, default=None)
-    model_version = serializers.IntegerField(source="model_version.version", read_only=True, default=None)
+    requested_by = serializers.CharField(source="requested_by.username", read_only=True, default=None,
+                                         allow_null=True)
+    model_version = serializers.IntegerField(source="model_version.version", read_only=True, default=None,
+                                             allow_null=True)
 
     class Meta:
         model = TrainingRun
@@ -263,9 +266,22 @@ class TrainingRunDetailSerializer(TrainingRunSerializer):
         read_only_fields = fields
 
 
-class TrainingStartSerializer(serializers.Serializer):
+# A positive duration as classifier.budget.parse_duration reads it (one number with an optional unit, or
+# several numbers each with a unit; at least one digit 1-9), or blank: the schema says exactly what is accepted.
+_NUMBER = r"[0-9]+(?:[.][0-9]+)?"
+_POSITIVE = r"(?:[0-9]*[1-9][0-9]*(?:[.][0-9]+)?|[0-9]+[.][0-9]*[1-9][0-9]*)"
+_UNIT = r" *(?:[hH]|[mM][iI][nN]|[mM]|[sS][eE][cC]|[sS])"
+DURATION_PATTERN = (rf"^ *(?:{_POSITIVE}(?:{_UNIT})?|(?:{_NUMBER}{_UNIT} *)*{_POSITIVE}{_UNIT}(?: *{_NUMBER}{_UNIT})*)? *$")
+
+
+@extend_schema_field({"type": "string", "pattern": DURATION_PATTERN, "maxLength": 32})
+class DurationTextField(serializers.CharField):
+    pass
+
+
+class TrainingStartSerializer(StrictJSONTypes, serializers.Serializer):
     force = serializers.BooleanField(default=False, help_text="Train even when the curated data is unchanged.")
-    budget = serializers.CharField(required=False, allow_blank=True, max_length=32,
+    budget = DurationTextField(required=False, allow_blank=True, max_length=32,
                                    help_text="Wall-clock budget of this run, e.g. `20min`, `90s`, `1h` (default: "
                                              "SEM_TRAIN_BUDGET); the epochs are planned to fit it.")
 
@@ -280,11 +296,11 @@ class TrainingStartSerializer(serializers.Serializer):
             raise serializers.ValidationError(str(error)) from None
 
 
-class WebhookSubscriptionSerializer(serializers.ModelSerializer):
+class WebhookSubscriptionSerializer(StrictJSONTypes, serializers.ModelSerializer):
     project = VisibleProjectField(required=False, allow_null=True,
                                   help_text="Only this project's events; null for every project you can see.")
     events = serializers.ListField(
-        child=serializers.ChoiceField(choices=WebhookSubscription.Event.choices), allow_empty=False,
+        child=serializers.ChoiceField(choices=WebhookSubscription.Event.choices), allow_empty=False, min_length=1,
         help_text="Event names to deliver.",
     )
     secret = serializers.CharField(

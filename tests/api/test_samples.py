@@ -24,7 +24,7 @@ def test_member_creates_a_sample_owned_by_them(member_api, member, project):
 
 def test_cannot_create_a_sample_in_another_project(outsider_api, project):
     response = outsider_api.post("/api/samples/", new_sample(project), format="json")
-    assert response.status_code == 400
+    assert response.status_code == 404  # the project is not one of yours: not found (issue 11 item 7)
     assert "project" in response.json()["error"]["fields"]
     assert not Sample.objects.filter(lab_sample_id="S-0100").exists()
 
@@ -32,7 +32,7 @@ def test_cannot_create_a_sample_in_another_project(outsider_api, project):
 def test_duplicate_lab_sample_id_is_a_field_error(curator_api, sample, project):
     response = curator_api.post("/api/samples/", new_sample(project, lab_sample_id=sample.lab_sample_id),
                                 format="json")
-    assert response.status_code == 400
+    assert response.status_code == 409 and response.json()["error"]["code"] == "duplicate"
     assert list(response.json()["error"]["fields"]) == ["lab_sample_id"]
 
 
@@ -40,7 +40,7 @@ def test_duplicate_lims_id_is_a_field_error_and_blank_means_none(curator_api, sa
     sample.lims_id = "L-7"
     sample.save()
     clash = curator_api.post("/api/samples/", new_sample(project, lims_id="L-7"), format="json")
-    assert clash.status_code == 400 and "lims_id" in clash.json()["error"]["fields"]
+    assert clash.status_code == 409 and "lims_id" in clash.json()["error"]["fields"]
     blank = curator_api.post("/api/samples/", new_sample(project, lims_id=""), format="json")
     assert blank.status_code == 201 and blank.json()["lims_id"] is None
     second_blank = curator_api.post("/api/samples/", new_sample(project, lab_sample_id="S-0101", lims_id=""),

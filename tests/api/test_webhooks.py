@@ -85,7 +85,7 @@ def test_invalid_subscriptions_are_field_errors(curator_api, payload, field):
 def test_cannot_subscribe_to_another_project(outsider_api, project):
     response = outsider_api.post("/api/webhooks/", {"url": "https://x.org/h", "events": ["label.changed"],
                                                     "project": project.pk}, format="json")
-    assert response.status_code == 400 and "project" in response.json()["error"]["fields"]
+    assert response.status_code == 404 and "project" in response.json()["error"]["fields"]
 
 
 def test_subscriptions_are_private_to_their_owner(curator_api, outsider_api, curator):

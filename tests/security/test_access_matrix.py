@@ -87,7 +87,7 @@ PROJECT_CURATORS = rule(403, OK, OK, 404)  # label changes on an object of `proj
 CURATORS = rule(403, OK, OK, OK)  # the review queue: curators of any project (acting on their own projects)
 ADMINS = rule(403, 403, OK, 403)  # training and model promotion
 OWNER = rule(OK, 404, 404, 404)  # the member's own webhook and token
-OWN_PROJECT_FIELD = rule(OK, OK, OK, 400)  # create in `project` / upload to `sample`: 400 "no such sample/project"
+OWN_PROJECT_FIELD = rule(OK, OK, OK, 404)  # create in `project` / upload to `sample`: 404 "no such sample/project"
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,8 @@ class TestSubscriptionCap:
         payload = {"url": "https://lims.example.org/hook", "events": ["label.changed"]}
         assert [client.post("/api/webhooks/", payload, format="json").status_code for _ in range(2)] == [201, 201]
         refused = client.post("/api/webhooks/", payload, format="json")
-        assert refused.status_code == 400
+        assert refused.status_code == 409  # a conflict with the account's state (issue 11 item 7)
+        assert refused.json()["error"]["code"] == "too_many_subscriptions"
         assert refused.json()["error"]["fields"]["url"][0].startswith("You already have 2 webhook subscriptions")
         assert WebhookSubscription.objects.filter(owner=member).count() == 2
         # Another user has their own budget; deleting one frees a place.

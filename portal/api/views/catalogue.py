@@ -1,6 +1,6 @@
 """Categories and the review queue."""
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import serializers, viewsets
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
@@ -33,8 +33,9 @@ class CategoryViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 class ReviewQueueQuery(serializers.Serializer):
-    limit = serializers.IntegerField(min_value=1, max_value=MAX_QUEUE_LENGTH, default=DEFAULT_QUEUE_LENGTH)
-    project = serializers.IntegerField(required=False, min_value=1)
+    limit = serializers.IntegerField(min_value=1, max_value=MAX_QUEUE_LENGTH, default=DEFAULT_QUEUE_LENGTH,
+                                     help_text=f"How many (1-{MAX_QUEUE_LENGTH}, default {DEFAULT_QUEUE_LENGTH}).")
+    project = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1, help_text="Only this project.")
 
 
 class ReviewQueueResponse(serializers.Serializer):
@@ -44,9 +45,7 @@ class ReviewQueueResponse(serializers.Serializer):
 class ReviewQueueView(APIView):
     @extend_schema(
         summary="Next images to review (curators)", tags=["labels"],
-        parameters=[OpenApiParameter("limit", int, description=f"How many (1-{MAX_QUEUE_LENGTH}, "
-                                                                f"default {DEFAULT_QUEUE_LENGTH})."),
-                    OpenApiParameter("project", int, description="Only this project.")],
+        parameters=[ReviewQueueQuery],  # the schema's limits are the ones the view checks
         responses=ReviewQueueResponse,
         examples=[ex.example("Queue", {"results": [ex.IMAGE | {"reason": "uncertain", "predicted_margin": 0.02}]}),
                   ex.FORBIDDEN],

@@ -13,7 +13,7 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
 
 from portal.api import examples as ex
@@ -78,7 +78,16 @@ def _file_response(field_file, *, content_type: str, filename: str, attachment: 
 )
 class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     filterset_class = ImageFilter
-    parser_classes = [MultiPartParser, FormParser, JSONParser]
+
+    def get_parsers(self):
+        # An upload is multipart (it carries a file); everything else is JSON, as the schema says. (DRF asks
+        # before it sets self.action: the action is looked up from the method then.)
+        action = getattr(self, "action", None)
+        if action is None and getattr(self, "request", None) is not None:
+            action = (getattr(self, "action_map", None) or {}).get(self.request.method.lower())
+        if action == "create":
+            return [MultiPartParser()]
+        return [JSONParser()]
 
     def get_queryset(self):
         images = visible_images(self.request.user).select_related(
@@ -154,7 +163,8 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         else:
             sample = samples.filter(lab_sample_id=data["lab_sample_id"]).first()
         if sample is None or not can_upload_to(self.request.user, sample):
-            raise serializers.ValidationError({"sample": ["No such sample in your projects."]})
+            raise serializers.ValidationError({"sample": [serializers.ErrorDetail(
+                "No such sample in your projects.", code="does_not_exist")]})
         return sample
 
     def _ingest(self, file, sample, label):
@@ -180,7 +190,9 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     # --- files ---------------------------------------------------------------------------------------
 
     @extend_schema(summary="Download the original file, byte for byte", tags=["images"],
-                   responses={(200, "application/octet-stream"): OpenApiTypes.BINARY}, examples=[ex.NOT_FOUND])
+                   responses={(200, content_type): OpenApiTypes.BINARY
+                              for content_type in [*ORIGINAL_TYPES.values(), "application/octet-stream"]},
+                   examples=[ex.NOT_FOUND])
     @action(detail=True, methods=["get"], content_negotiation_class=FirstRendererNegotiation)
     def original(self, request, pk=None):
         image = self.get_object()

@@ -27,7 +27,8 @@ from portal.services.training import active_run, request_cancel, request_trainin
 
 PREDICTION_FILTER_PARAMETERS = [
     OpenApiParameter("category", str, description="Predicted category slug."),
-    OpenApiParameter("min_confidence", float), OpenApiParameter("max_confidence", float),
+    OpenApiParameter("min_confidence", {"type": "number", "minimum": 0, "maximum": 1}),
+    OpenApiParameter("max_confidence", {"type": "number", "minimum": 0, "maximum": 1}),
     OpenApiParameter("project", int, description="Only images of this project."),
 ]
 ADMIN_ACTIONS = {"promote", "rollback", "create", "cancel"}

@@ -15,7 +15,7 @@ from portal.api.serializers import ProjectSerializer, SampleSerializer
 from portal.permissions import curated_projects, visible_projects, visible_samples
 
 PROJECT = {"id": 1, "name": "Thin films group", "description": "", "created_at": "2025-01-01T00:00:00Z"}
-DUPLICATE_SAMPLE = ex.error_example("Duplicate", "invalid", "Invalid input: see the fields for details.", "400",
+DUPLICATE_SAMPLE = ex.error_example("Duplicate", "duplicate", "sample with this lab sample ID already exists.", "409",
                                     {"lab_sample_id": ["sample with this lab sample ID already exists."]})
 SAMPLE_HAS_IMAGES = "This object is still referenced (for example a sample with images) and cannot be deleted."
 
