@@ -79,7 +79,7 @@ class RequestBodyLimitMiddleware:
                     else f"this endpoint accepts at most {_human(limit)}")
             return too_large(request, f"The request body is {_human(length)}; {what}. Nothing was read or stored.")
         if is_upload and view_name in WEB_UPLOAD_VIEWS:
-            return web_upload_throttled(request)
+            return web_upload_throttled(request) or web_upload_with_several_files(request)
         return None
 
     @staticmethod
@@ -99,6 +99,26 @@ class RequestBodyLimitMiddleware:
             if token is not None:
                 return token.user
         return None
+
+
+def several_files_message(files) -> str | None:
+    """The refusal of a single-file upload request that carries several files (issue 11, item 8), or None."""
+    names = [upload.name for _field, uploads in files.lists() for upload in uploads]
+    if len(names) <= 1:
+        return None
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (f"This request carries {len(names)} files ({shown}); an upload request takes exactly one file. "
+            f"Send one request per file; nothing was stored.")
+
+
+def web_upload_with_several_files(request):
+    """The web upload endpoint stores one file per request: 400 for several, before any is stored."""
+    message = several_files_message(request.FILES)
+    if message is None:
+        return None
+    return JsonResponse({"outcome": "rejected", "code": "too_many_files", "reason": message,
+                         "error": {"code": "too_many_files", "message": message, "fields": {"file": [message]}}},
+                        status=400)
 
 
 def too_large(request, message: str):

@@ -29,6 +29,7 @@ from portal.api.serializers import (
 )
 from portal.models import Label, SEMImage
 from portal.permissions import can_curate_image, can_upload_to, curated_projects, visible_images, visible_samples
+from portal.request_limits import several_files_message
 from portal.services.labels import set_label
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,9 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         ],
     )
     def create(self, request, *args, **kwargs):
+        several = several_files_message(request.FILES)
+        if several is not None:  # one image per request: never store one of them and drop the others
+            raise IngestRejected("too_many_files", several)
         upload = ImageUploadSerializer(data=request.data, context=self.get_serializer_context())
         upload.is_valid(raise_exception=True)
         sample = self._upload_sample(upload.validated_data)
