@@ -12,7 +12,7 @@ SAMPLE_CREATE = {"project": 1, "lab_sample_id": "S-2024-0042", "name": "ZnO nano
                  "lims_id": "LIMS-77812"}
 
 IMAGE = {
-    "id": 501, "sample": 12, "lab_sample_id": "S-2024-0042", "project": 1, "original_filename": "wire_0001.tif",
+    "id": 501, "sample": 12, "lab_sample_id": "S-2024-0042", "lims_id": "LIMS-7731", "project": 1, "original_filename": "wire_0001.tif",
     "sha256": "9f2c" + "0" * 60, "format": "TIFF", "file_size": 1573126, "width": 1024, "height": 768,
     "bit_depth": 16, "mode": "I;16", "page_count": 1, "uploaded_by": "alice", "uploaded_at": "2025-03-04T10:16:02Z",
     "vendor": "FEI", "instrument_model": "Quanta 250", "accelerating_voltage_kv": 10.0, "working_distance_mm": 9.8,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -20,6 +19,7 @@ from portal.models import (
 )
 from portal.api.strict import StrictJSONTypes
 from portal.permissions import visible_projects
+from portal.representations import ImageSummarySerializer
 
 
 class CategorySerializer(serializers.ModelSerializer):
@@ -89,24 +89,15 @@ class SampleSerializer(StrictJSONTypes, serializers.ModelSerializer):
         return value
 
 
-IMAGE_LINKS = {"self": "detail", "original": "original", "thumbnail": "thumbnail", "predictions": "predictions",
-               "labels": "labels"}
+class ImageSerializer(ImageSummarySerializer):
+    """The shared image representation (portal.representations) and the API's details."""
 
-
-class ImageSerializer(serializers.ModelSerializer):
-    lab_sample_id = serializers.CharField(source="sample.lab_sample_id", read_only=True)
-    project = serializers.IntegerField(source="sample.project_id", read_only=True)
     uploaded_by = serializers.CharField(source="uploaded_by.username", read_only=True)
-    # Null until a curator labels the image / until a model classifies it (schema: nullable).
-    curated_category = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
-    predicted_category = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
-    predicted_model_version = serializers.SerializerMethodField()
-    links = serializers.SerializerMethodField()
 
     class Meta:
         model = SEMImage
         fields = [
-            "id", "sample", "lab_sample_id", "project", "original_filename", "sha256", "format", "file_size",
+            "id", "sample", "lab_sample_id", "lims_id", "project", "original_filename", "sha256", "format", "file_size",
             "width", "height", "bit_depth", "mode", "page_count", "uploaded_by", "uploaded_at",
             "vendor", "instrument_model", "accelerating_voltage_kv", "working_distance_mm", "magnification",
             "pixel_size_nm", "detector", "acquired_at", "databar_rows", "split", "status", "error",
@@ -114,14 +105,6 @@ class ImageSerializer(serializers.ModelSerializer):
             "predicted_model_version", "links",
         ]
         read_only_fields = fields
-
-    @extend_schema_field(serializers.IntegerField(allow_null=True))
-    def get_predicted_model_version(self, image) -> int | None:
-        return image.predicted_by.version if image.predicted_by_id and image.predicted_by else None
-
-    @extend_schema_field({"type": "object", "properties": {name: {"type": "string"} for name in IMAGE_LINKS}})
-    def get_links(self, image) -> dict:
-        return {name: reverse(f"api:image-{route}", args=[image.pk]) for name, route in IMAGE_LINKS.items()}
 
 
 class ImageDetailSerializer(ImageSerializer):

@@ -27,6 +27,7 @@ from django.utils import timezone
 from portal import events
 from portal.models import Label, ModelVersion, SEMImage, TrainingRun, WebhookDelivery, WebhookSubscription
 from portal.permissions import visible_projects
+from portal.representations import SUMMARY_RELATED, image_summary
 from portal.services import outbound, queueing
 
 logger = logging.getLogger(__name__)
@@ -84,8 +85,7 @@ def on_label_changed(label_id: int | None = None, image_id: int | None = None,
             return
         image = label.image
     else:
-        image = SEMImage.objects.select_related("sample", "predicted_category", "curated_category",
-                                                "predicted_by").filter(pk=image_id).first()
+        image = SEMImage.objects.select_related(*SUMMARY_RELATED).filter(pk=image_id).first()
         if image is None:
             return
     data = {"label": label_data(label) if label else None, "image": image_data(image)}
@@ -97,9 +97,7 @@ def on_label_changed(label_id: int | None = None, image_id: int | None = None,
 def on_image_classified(image_id: int | None = None, image_ids: list[int] | None = None, **_ignored) -> None:
     """One delivery per image and subscriber; a batch shares one subscription look-up per project."""
     ids = list(image_ids or []) + ([image_id] if image_id is not None else [])
-    images = SEMImage.objects.filter(pk__in=ids).select_related(
-        "sample", "predicted_category", "curated_category", "predicted_by"
-    ).order_by("pk")
+    images = SEMImage.objects.filter(pk__in=ids).select_related(*SUMMARY_RELATED).order_by("pk")
     subscribers: dict[int, list[WebhookSubscription]] = {}
     messages = []
     for image in images:
@@ -184,27 +182,9 @@ def enqueue_deliveries(delivery_ids: list[int]) -> None:
 
 # --- Payload data ------------------------------------------------------------------------------
 
-def _slug(category) -> str | None:
-    return category.slug if category else None
-
-
 def image_data(image: SEMImage) -> dict:
-    return {
-        "id": image.pk,
-        "url": f"/api/images/{image.pk}/",
-        "sha256": image.sha256,
-        "original_filename": image.original_filename,
-        "sample_id": image.sample_id,
-        "lab_sample_id": image.sample.lab_sample_id,
-        "lims_id": image.sample.lims_id,
-        "project_id": image.sample.project_id,
-        "status": image.status,
-        "predicted_category": _slug(image.predicted_category),
-        "predicted_confidence": image.predicted_confidence,
-        "predicted_margin": image.predicted_margin,
-        "model_version": image.predicted_by.version if image.predicted_by else None,
-        "curated_category": _slug(image.curated_category),
-    }
+    """The shared image representation (portal.representations: the API's names and values)."""
+    return image_summary(image)
 
 
 def label_data(label: Label) -> dict:

@@ -143,7 +143,7 @@
     outcome.appendChild(link);
     outcome.appendChild(document.createTextNode(" · "));
     var status = Portal.text("span", image.status === "classified"
-      ? "Classified: " + image.predicted + " " + Portal.percent(image.confidence)
+      ? "Classified: " + image.predicted_category_name + " " + Portal.percent(image.predicted_confidence)
       : image.status_display, "badge status-" + image.status);
     status.dataset.status = image.status;
     outcome.appendChild(status);

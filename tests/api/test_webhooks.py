@@ -168,8 +168,28 @@ def test_image_classified_fans_out_per_image(django_capture_on_commit_callbacks,
                       lambda: classify(image, model, {"Fibres": 0.8, "Particles": 0.2}))
     delivery = WebhookDelivery.objects.get(subscription=subscription)
     data = delivery.payload["data"]["image"]
-    assert (data["id"], data["predicted_category"], data["model_version"]) == (image.pk, "fibres", 1)
+    assert (data["id"], data["predicted_category"], data["predicted_model_version"]) == (image.pk, "fibres", 1)
     assert data["predicted_confidence"] == pytest.approx(0.8)
+
+
+def test_the_webhook_image_is_the_api_image(django_capture_on_commit_callbacks, curator, curator_api, image):
+    """Issue 15: one image representation (portal.representations): every field of the webhook's image
+    is in the API's image with the same value, and docs/api.md lists them."""
+    from pathlib import Path
+
+    from portal.representations import SUMMARY_FIELDS
+
+    subscription = subscribe(curator, events=("image.classified",))
+    model = make_model(1, status=ModelVersion.Status.PRODUCTION)
+    emit_after_commit(django_capture_on_commit_callbacks,
+                      lambda: classify(image, model, {"Fibres": 0.8, "Particles": 0.2}))
+    data = WebhookDelivery.objects.get(subscription=subscription).payload["data"]["image"]
+    api = curator_api.get(f"/api/images/{image.pk}/").json()
+    assert sorted(data) == sorted(SUMMARY_FIELDS)
+    assert {name: api[name] for name in SUMMARY_FIELDS} == data
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    section = docs[docs.index("The image in webhook payloads"):]
+    assert all(f"`{name}`" in section for name in SUMMARY_FIELDS)
 
 
 def test_model_promoted_and_training_finished_are_global(curator, outsider, tmp_path):

@@ -102,7 +102,11 @@ def test_status_endpoint_reports_classification(client, member, sample, make_ima
     assert client.get(url).json()["images"][0]["status"] == "pending"
     predict(image, make_model(1), {"Powder": 0.75, "Fibres": 0.25}, categories)
     [status] = client.get(url).json()["images"]
-    assert (status["status"], status["predicted"], status["confidence"]) == ("classified", "Powder", 0.75)
+    assert (status["status"], status["predicted_category_name"], status["predicted_confidence"]) == (
+        "classified", "Powder", 0.75)
+    # The shared representation (portal.representations): the API's names and values.
+    assert (status["predicted_category"], status["predicted_model_version"], status["project"]) == (
+        "powder", 1, sample.project_id)
 
 
 def test_files_have_safe_types_and_dispositions(client, member, sample):

@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from portal.models import Category, Label, SEMImage
 from portal.permissions import can_upload_to, curated_projects, visible_images, visible_samples
+from portal.representations import SUMMARY_RELATED, image_summary
 from portal.web.access import member_required, member_required_json
 from portal.web.forms import SampleForm
 
@@ -85,14 +86,14 @@ def _outcome(user, image: SEMImage, created: bool, filename: str) -> dict:
 
 
 def image_status(image: SEMImage) -> dict:
+    """The shared image representation (portal.representations, as the API and the webhooks name it) and
+    what the page shows: its links and display names."""
     return {
-        "id": image.pk,
+        **image_summary(image),
         "url": reverse("web:image_detail", args=[image.pk]),
         "thumbnail": reverse("web:image_thumbnail", args=[image.pk]),
-        "status": image.status,
         "status_display": image.get_status_display(),
-        "predicted": image.predicted_category.name if image.predicted_category_id else None,
-        "confidence": image.predicted_confidence,
+        "predicted_category_name": image.predicted_category.name if image.predicted_category_id else None,
     }
 
 
@@ -101,7 +102,7 @@ def image_status(image: SEMImage) -> dict:
 def upload_status(request):
     """Live status of the given images (the upload page polls this until all are classified)."""
     ids = [int(part) for part in request.GET.get("ids", "").split(",") if part.isdigit()][:MAX_STATUS_IDS]
-    images = visible_images(request.user).filter(pk__in=ids).select_related("predicted_category")
+    images = visible_images(request.user).filter(pk__in=ids).select_related(*SUMMARY_RELATED)
     return JsonResponse({"images": [image_status(image) for image in images]})
 
 
