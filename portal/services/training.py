@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -299,6 +300,17 @@ def _announce_finished(run_id: int) -> None:
     transaction.on_commit(lambda: events.emit("training.finished", run_id=run_id))
 
 
+# Tests only: with this environment variable naming a file, a training stops at its first batch, once its
+# progress is written, creates the file and waits while the file exists (a test kills or releases it).
+TEST_HOLD_ENV = "SEM_TEST_HOLD_TRAINING_FILE"
+
+
+def _hold_for_test(marker: Path) -> None:
+    marker.touch()
+    while marker.exists():
+        time.sleep(0.1)
+
+
 class RunMonitor:
     """Progress, heartbeat, log, cancellation and the time limit of one running training.
 
@@ -347,6 +359,9 @@ class RunMonitor:
         if data.get("kind") in {"epoch_end", "epoch"} or data.get("event") in {"epoch_end", "epoch"}:
             self.history.append(data)
             self.log(_describe(data))
+        if data.get("event") == "batch" and os.environ.get(TEST_HOLD_ENV):
+            self._write()  # durable before holding: the test waits for this row, not for a passing event
+            _hold_for_test(Path(os.environ[TEST_HOLD_ENV]))
         if time.monotonic() - self._last_write >= PROGRESS_WRITE_INTERVAL_S:
             self._write()
 

@@ -179,15 +179,19 @@ def test_retraining_loop_train_promote_reclassify_then_skip(worker_factory, samp
 
 
 def test_a_killed_training_leaves_production_untouched(worker_factory, production_model, sample, user,
-                                                       upload_images):
-    worker = worker_factory(SEM_TRAIN_ARCH="resnet18", SEM_TRAIN_SIZES=[64, 96], SEM_TRAIN_EPOCHS=[3, 3])
+                                                       upload_images, tmp_path):
+    # The run holds at its first batch (a test hook) until the worker is killed: the test waits on that
+    # durable state, never on a progress event a short run may have passed already.
+    hold = tmp_path / "training-held"
+    worker = worker_factory(SEM_TRAIN_ARCH="resnet18", SEM_TRAIN_SIZES=[64, 96], SEM_TRAIN_EPOCHS=[3, 3],
+                            SEM_TEST_HOLD_TRAINING_FILE=str(hold))
     ids = [image.pk for image in upload_images(sample, user, 16, labelled=True)]
     worker.wait_until(lambda: _all_have(ids, SEMImage.Status.CLASSIFIED), what="uploads classified")
     before = list(Prediction.objects.order_by("pk").values_list("pk", "category", "confidence"))
 
     run = training.request_training(trigger=TrainingRun.Trigger.MANUAL, force=True)
-    worker.wait_until(lambda: TrainingRun.objects.filter(pk=run.pk, progress__event="batch").exists(),
-                      what="training under way")
+    worker.wait_until(lambda: hold.exists(), what="training held at its first batch")
+    assert TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING, progress__event="batch").exists()
     work_dir = Path(django_settings.MODEL_DIR) / f"run-{run.pk}"
     assert work_dir.is_dir()
     worker.kill9()
