@@ -25,5 +25,10 @@ bench: venv
 	$(PY) bench/bench_inference.py --quick
 	$(PY) bench/bench_pipeline.py --quick
 
+# ruff check: the rules in ruff.toml; ruff format --check: the code as `ruff format` writes it.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 clean-var:
 	rm -rf var/

@@ -141,7 +141,6 @@ def load_bundle(bundle: Path) -> list[BundleImage]:
 
 def run_variant(bundle: str, name: str, overrides: dict, seed: int, threads: int) -> dict:
     import real_data
-
     import torch
 
     from classifier.config import TrainConfig

@@ -108,7 +108,7 @@ class Service:
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120) -> "Service":
+    def start(self, timeout: float = 120) -> Service:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command, cwd=REPO_ROOT, env=self.env, stdout=log,
@@ -188,8 +188,14 @@ def install_production_model(root: Path):
     from classifier.train import train
     from portal.models import ModelVersion
     from portal.services.promotion import promote
-    from tests.worker_fixtures import (MODEL_FOLDERS, SYNTHETIC_SIZE, TINY_TRAIN_CONFIG, TrainedArtifact,
-                                       category_name, install_model)
+    from tests.worker_fixtures import (
+        MODEL_FOLDERS,
+        SYNTHETIC_SIZE,
+        TINY_TRAIN_CONFIG,
+        TrainedArtifact,
+        category_name,
+        install_model,
+    )
 
     train_dir = root / "train"
     train_dir.mkdir()

@@ -68,10 +68,10 @@ def variants(path: Path) -> dict[str, tuple[bytes, str]]:
 
 
 def hashes_of(data: bytes, filename: str, functions) -> dict[str, int] | None:
+    import tempfile
+
     from portal.services.ingest import make_derived_files
     from portal.services.validation import ValidationError, inspect_image, sniff_format
-
-    import tempfile
     with tempfile.NamedTemporaryFile(suffix=Path(filename).suffix) as handle:
         handle.write(data)
         handle.flush()
@@ -219,7 +219,7 @@ def part_index(quick: bool) -> None:
 def _distance(a, b) -> int:
     """Hamming distance of two hashes; for window sets, the look-up's rule (whole vs any window, both ways)."""
     if isinstance(a, dict):
-        return min(min(((a[0] ^ v).bit_count() for v in b.values())), min(((b[0] ^ v).bit_count() for v in a.values())))
+        return min(min((a[0] ^ v).bit_count() for v in b.values()), min((b[0] ^ v).bit_count() for v in a.values()))
     return (a ^ b).bit_count()
 
 

@@ -8,10 +8,9 @@ probability vectors plus per-image uncertainty (confidence, margin, entropy).
 """
 from __future__ import annotations
 
-import math
 import threading
-from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -102,7 +101,7 @@ class Engine:
 
     @classmethod
     def from_artifact(cls, path, expected_sha256: str | None = None, device: str | None = None,
-                      channels_last: bool = True, fold_batchnorm: bool = True) -> "Engine":
+                      channels_last: bool = True, fold_batchnorm: bool = True) -> Engine:
         import torch
 
         from .artifact import build_model, load_artifact

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import io
 import os
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-Source = Union[str, os.PathLike, BinaryIO]
+Source = str | os.PathLike | BinaryIO
 
 # Percentiles for mapping >8-bit data to 0..255: robust to hot pixels and to
 # the saturated text of a data bar, unlike a plain min/max stretch.

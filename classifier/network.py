@@ -19,8 +19,8 @@ WEIGHTS_ENV = "SEM_PRETRAINED_WEIGHTS"
 
 def create_network(arch: str, n_classes: int, body_state: dict | None = None):
     import torch.nn as nn
-    from fastai.vision.learner import create_body, create_head, num_features_model
     from fastai.torch_core import apply_init
+    from fastai.vision.learner import create_body, create_head, num_features_model
 
     timm_name = _timm_name(arch)
     if timm_name:

@@ -14,8 +14,8 @@ bar (dark band, white text, scale bar) of random height is drawn at the bottom.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont

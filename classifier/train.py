@@ -16,10 +16,11 @@ import random
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -228,8 +229,16 @@ def _stage_batch_sizes(config: TrainConfig, n_train: int) -> list[int]:
 
 
 def _dataloaders(items, train_idx, valid_idx, classes, size, batch_size, config, device):
-    from fastai.vision.all import (CategoryBlock, DataBlock, IndexSplitter, IntToFloatTensor, ItemGetter,
-                                   Normalize, TransformBlock, aug_transforms)
+    from fastai.vision.all import (
+        CategoryBlock,
+        DataBlock,
+        IndexSplitter,
+        IntToFloatTensor,
+        ItemGetter,
+        Normalize,
+        TransformBlock,
+        aug_transforms,
+    )
 
     from .fastai_transforms import LoadGrey, SemCropResize
 
@@ -589,7 +598,7 @@ def _metadata(config, classes, history, calibration, evaluation, fingerprint, we
         "evaluation": evaluation,
         "pretrained_used": weights_source is not None,
         "pretrained_source": os.path.basename(weights_source) if weights_source else None,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": str(device),
         "duration_s": duration,
     }

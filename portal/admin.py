@@ -13,8 +13,18 @@ from django.db import transaction
 from django.utils.html import format_html
 
 from portal.models import (
-    ApiToken, Category, Label, Membership, ModelVersion, Prediction, Project, Sample, SEMImage, TrainingRun,
-    WebhookDelivery, WebhookSubscription,
+    ApiToken,
+    Category,
+    Label,
+    Membership,
+    ModelVersion,
+    Prediction,
+    Project,
+    Sample,
+    SEMImage,
+    TrainingRun,
+    WebhookDelivery,
+    WebhookSubscription,
 )
 
 
@@ -311,6 +321,3 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
 
 import portal.watch_admin  # noqa: E402,F401  watch folders (issue 16)
-
-
-import portal.watch_admin  # noqa: F401  watch folders (issue 16)

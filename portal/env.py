@@ -94,12 +94,11 @@ def env_size_bytes(name: str, default: int) -> int:
     text = value.strip().lower().replace(" ", "")
     units = {"gib": 1024**3, "mib": 1024**2, "kib": 1024, "gb": 10**9, "mb": 10**6, "kb": 10**3,
              "g": 1024**3, "m": 1024**2, "k": 1024, "b": 1}
-    for suffix, factor in units.items():
+    number, factor = text, 1
+    for suffix, scale in units.items():
         if text.endswith(suffix):
-            number = text[: -len(suffix)]
+            number, factor = text[: -len(suffix)], scale
             break
-    else:
-        number, factor = text, 1
     try:
         parsed = int(float(number) * factor)
     except ValueError:

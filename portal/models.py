@@ -115,7 +115,7 @@ def split_for_sample_id(lab_sample_id: str) -> str:
     return split_for_sha256(hashlib.sha256(lab_sample_id.encode("utf-8")).hexdigest())
 
 
-def original_upload_to(instance: "SEMImage", filename: str) -> str:
+def original_upload_to(instance: SEMImage, filename: str) -> str:
     # Content-addressed paths: no user-controlled names on disk, no collisions.
     return f"originals/{instance.sha256[:2]}/{instance.sha256}{instance.extension}"
 

@@ -10,8 +10,18 @@ import os
 from pathlib import Path
 
 from portal.env import (
-    env_bool, env_duration_s, env_float, env_int, env_list, env_path, env_rate, env_size_bytes, env_str,
-    local_secret_key, parse_cache_url, parse_database_url,
+    env_bool,
+    env_duration_s,
+    env_float,
+    env_int,
+    env_list,
+    env_path,
+    env_rate,
+    env_size_bytes,
+    env_str,
+    local_secret_key,
+    parse_cache_url,
+    parse_database_url,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent

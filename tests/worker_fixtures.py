@@ -46,10 +46,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -247,7 +247,7 @@ class WorkerProcess:
                 "--pool=prefork", "--concurrency=1", "--loglevel=INFO", "-n", f"{self.name}@%h",
                 "--without-gossip", "--without-mingle", "--without-heartbeat"]
 
-    def start(self) -> "WorkerProcess":
+    def start(self) -> WorkerProcess:
         log = open(self.log_path, "ab")
         start_offset = self.log_path.stat().st_size
         self.process = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=self.env, stdout=log,

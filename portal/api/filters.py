@@ -6,11 +6,10 @@ import datetime
 
 import django_filters
 from django import forms
-from drf_spectacular.utils import extend_schema_field
 from django.db.models import Q
+from drf_spectacular.utils import extend_schema_field
 
 from portal.models import Prediction, Sample, SEMImage, TrainingRun
-
 
 MAX_ID = 2**63 - 1  # PostgreSQL bigint
 
@@ -45,7 +44,7 @@ class UtcIsoDateTimeField(django_filters.fields.IsoDateTimeField):
     def to_python(self, value):
         parsed = super().to_python(value)
         try:
-            return parsed.astimezone(datetime.timezone.utc) if parsed and parsed.tzinfo else parsed
+            return parsed.astimezone(datetime.UTC) if parsed and parsed.tzinfo else parsed
         except OverflowError:
             raise forms.ValidationError("Date and time out of range.", code="overflow") from None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from portal.api.strict import StrictJSONTypes
 from portal.models import (
     Category,
     Label,
@@ -17,7 +18,6 @@ from portal.models import (
     WebhookDelivery,
     WebhookSubscription,
 )
-from portal.api.strict import StrictJSONTypes
 from portal.permissions import visible_projects
 from portal.representations import ImageSummarySerializer
 

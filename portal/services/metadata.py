@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -439,9 +439,8 @@ def _make_aware(naive: datetime) -> datetime:
     try:
         return timezone.make_aware(naive, timezone.get_default_timezone())
     except Exception:  # settings not configured (used outside Django)
-        from datetime import timezone as dt_timezone
 
-        return naive.replace(tzinfo=dt_timezone.utc)
+        return naive.replace(tzinfo=UTC)
 
 
 # ---------------------------------------------------------------------------------------------

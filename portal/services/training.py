@@ -194,7 +194,7 @@ def execute_run(run: TrainingRun, *, celery_task_id: str = "") -> TrainingRun | 
     return TrainingRun.objects.select_related("model_version").get(pk=run.pk) if model else None
 
 
-def _train_and_register(run: TrainingRun, monitor: "RunMonitor", work_dir: Path) -> ModelVersion:
+def _train_and_register(run: TrainingRun, monitor: RunMonitor, work_dir: Path) -> ModelVersion:
     from classifier.config import TrainConfig
     from classifier.fingerprint import data_fingerprint
     from classifier.train import train
@@ -207,8 +207,8 @@ def _train_and_register(run: TrainingRun, monitor: "RunMonitor", work_dir: Path)
     monitor.log(f"{len(data.train_items)} train and {len(data.test_items)} test images in "
                 f"{len(data.classes)} classes; {data.skipped} curated images without a derivative skipped")
     if data.too_few:
-        monitor.log("Not offered (fewer than %d curated training images): %s" % (
-            settings.SEM_MIN_IMAGES_PER_CLASS, ", ".join(f"{name} ({n})" for name, n in data.too_few.items())))
+        too_few = ", ".join(f"{name} ({n})" for name, n in data.too_few.items())
+        monitor.log(f"Not offered (fewer than {settings.SEM_MIN_IMAGES_PER_CLASS} curated training images): {too_few}")
     TrainingRun.objects.filter(pk=run.pk).update(
         train_image_count=len(data.train_items), test_image_count=len(data.test_items), data_fingerprint=fingerprint
     )
@@ -268,7 +268,7 @@ def _model_metadata(metadata: dict) -> dict:
     return {key: value for key, value in (metadata or {}).items() if key not in {"evaluation"}}
 
 
-def _record_failure(run: TrainingRun, monitor: "RunMonitor", error: BaseException) -> None:
+def _record_failure(run: TrainingRun, monitor: RunMonitor, error: BaseException) -> None:
     from classifier.train import TrainingCancelled
 
     if isinstance(error, TrainingCancelled) and monitor.stop_reason == "cancel":
@@ -285,7 +285,7 @@ def _record_failure(run: TrainingRun, monitor: "RunMonitor", error: BaseExceptio
         _announce_finished(run.pk)
 
 
-def _finish(run: TrainingRun, monitor: "RunMonitor", status: str, **fields) -> None:
+def _finish(run: TrainingRun, monitor: RunMonitor, status: str, **fields) -> None:
     now = timezone.now()
     started = run.started_at or now
     fields.setdefault("duration_s", (now - started).total_seconds())
@@ -333,7 +333,7 @@ class RunMonitor:
         self._heartbeat = threading.Thread(target=self._beat, name=f"training-{run.pk}-heartbeat", daemon=True)
         self._log_handler = _ListHandler(self._lines)
 
-    def __enter__(self) -> "RunMonitor":
+    def __enter__(self) -> RunMonitor:
         logging.getLogger("classifier").addHandler(self._log_handler)
         self._heartbeat.start()
         return self

@@ -44,7 +44,7 @@ def new_secret() -> str:
 
 
 def sign(secret: str, timestamp: str, body: str) -> str:
-    digest = hmac.new(secret.encode("utf-8"), f"{timestamp}.{body}".encode("utf-8"), hashlib.sha256).hexdigest()
+    digest = hmac.new(secret.encode("utf-8"), f"{timestamp}.{body}".encode(), hashlib.sha256).hexdigest()
     return f"sha256={digest}"
 
 

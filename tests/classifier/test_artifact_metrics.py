@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from classifier import artifact as artifact_module
-from classifier.artifact import ArtifactError, FORMAT_VERSION, load_artifact, read_metadata, save_artifact
+from classifier.artifact import FORMAT_VERSION, ArtifactError, load_artifact, read_metadata, save_artifact
 from classifier.calibration import expected_calibration_error, fit_temperature, softmax
 from classifier.metrics import evaluate, format_report
 

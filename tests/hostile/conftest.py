@@ -43,7 +43,7 @@ class Snapshot:
     files: set[Path]
 
     @classmethod
-    def take(cls, root: Path) -> "Snapshot":
+    def take(cls, root: Path) -> Snapshot:
         return cls(root, row_counts(), set(files_under(root)))
 
     def new_rows(self) -> dict[str, int]:

@@ -11,7 +11,6 @@ refused as "disguised".
 from __future__ import annotations
 
 import functools
-import io
 import struct
 import zlib
 from dataclasses import dataclass

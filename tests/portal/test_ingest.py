@@ -14,8 +14,16 @@ from portal.models import Category, Label, SEMImage, split_for_sha256
 from portal.services import ingest as ingest_module
 from portal.services.ingest import IngestError, ingest_file
 from tests.portal.sem_builders import (
-    FEI_INI, ZEISS_CZ_SEM, accepted_samples, files_under, grey_pattern, pillow_bytes, png_declaring,
-    tiff_bytes, tiff_declaring, tiff_with_text_tag,
+    FEI_INI,
+    ZEISS_CZ_SEM,
+    accepted_samples,
+    files_under,
+    grey_pattern,
+    pillow_bytes,
+    png_declaring,
+    tiff_bytes,
+    tiff_declaring,
+    tiff_with_text_tag,
 )
 
 pytestmark = pytest.mark.django_db

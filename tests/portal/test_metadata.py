@@ -5,22 +5,35 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from portal.services.metadata import (
-    MAX_TAG_BYTES, VENDOR_FEI, VENDOR_HITACHI, VENDOR_JEOL, VENDOR_TESCAN, VENDOR_ZEISS, _magnification,
+    MAX_TAG_BYTES,
+    VENDOR_FEI,
+    VENDOR_HITACHI,
+    VENDOR_JEOL,
+    VENDOR_TESCAN,
+    VENDOR_ZEISS,
+    _magnification,
     extract_metadata,
 )
 from tests.portal.sem_builders import (
-    FEI_INI, HITACHI_TXT, JEOL_TXT, TESCAN_INI, ZEISS_CZ_SEM, grey_pattern, pillow_bytes, tiff_bytes,
+    FEI_INI,
+    HITACHI_TXT,
+    JEOL_TXT,
+    TESCAN_INI,
+    ZEISS_CZ_SEM,
+    grey_pattern,
+    pillow_bytes,
+    tiff_bytes,
     tiff_with_text_tag,
 )
 
 
 def utc(*parts) -> datetime:
-    return datetime(*parts, tzinfo=timezone.utc)
+    return datetime(*parts, tzinfo=UTC)
 
 
 # file: (vendor, model, kV, WD mm, magnification, pixel nm, detector, acquired at). Values read by hand

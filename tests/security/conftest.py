@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from tests.web.conftest import (  # noqa: F401  (fixtures re-exported for tests/security)
-    admin_user, categories, make_image, make_model, make_user, member, other_project, predict,
+    admin_user,
+    categories,
+    make_image,
+    make_model,
+    make_user,
+    member,
+    other_project,
+    predict,
 )
 
 

@@ -48,14 +48,13 @@ def main(argv: list[str]) -> int:
 
     django.setup()
     import io
+    import tempfile
 
     import numpy as np
     from PIL import Image
 
     from portal.services.ingest import examine
     from portal.services.validation import ValidationError
-
-    import tempfile
 
     buffer = io.BytesIO()
     Image.fromarray((np.arange(64 * 48) % 251).astype(np.uint8).reshape(48, 64)).save(buffer, "PNG")

@@ -149,7 +149,7 @@ def _raw_request(port: int, head: bytes, body_part: bytes, timeout_s: float = 10
         while b"\r\n\r\n" not in answer and time.monotonic() < deadline:
             try:
                 chunk = connection.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             if not chunk:
                 break

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from portal.models import Label, ModelVersion, SEMImage, TrainingRun
+from portal.models import Label, ModelVersion, TrainingRun
 
 pytestmark = pytest.mark.django_db
 

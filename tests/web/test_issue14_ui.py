@@ -4,7 +4,6 @@ training pages, each with a test that failed before the fix. Browser tests drive
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 
 import pytest
@@ -15,7 +14,6 @@ from django.utils import timezone
 from portal.models import ApiToken, Label, ModelVersion, SEMImage, TrainingRun
 from tests.web.conftest import PASSWORD  # noqa: F401  (users of make_user sign in with it)
 from tests.web.test_browser import browser, screenshot  # noqa: F401  (the fixture)
-
 
 
 def browser_test(function):
@@ -112,7 +110,7 @@ def test_review_enter_on_a_focused_control_activates_that_control(browser, live_
     page.goto(reverse("web:review"))
     first = review_head(page)
     # Enter on the focused "Powder" button labels Powder, not the top suggestion (Fibres).
-    page.focus('#category-keys button[value="%d"]' % categories["Powder"].pk)
+    page.focus(f'#category-keys button[value="{categories["Powder"].pk}"]')
     with page.expect_navigation():
         page.keyboard.press("Enter")
     assert SEMImage.objects.get(pk=first).curated_category == categories["Powder"]
@@ -138,7 +136,7 @@ def test_review_u_after_s_undoes_the_skip(browser, live_server, client, curator,
     sign_in(page, live_server, client, curator)
     page.goto(reverse("web:review"))
     first = review_head(page)
-    particles = page.get_attribute('#category-keys button[value="%d"]' % categories["Particles"].pk, "data-key")
+    particles = page.get_attribute(f'#category-keys button[value="{categories["Particles"].pk}"]', "data-key")
     with page.expect_navigation():
         page.keyboard.press(particles)
     second = review_head(page)
@@ -537,7 +535,7 @@ def test_review_uses_the_zoomable_viewer_with_keys_and_preloads_the_next_image(b
                            arg=next_url)
     timings = []
     for _ in range(2):  # the queue has three images
-        key = page.get_attribute('#category-keys button[value="%d"]' % categories["Powder"].pk, "data-key")
+        key = page.get_attribute(f'#category-keys button[value="{categories["Powder"].pk}"]', "data-key")
         with page.expect_navigation():
             page.keyboard.press(key)
         page.wait_for_function("typeof window.reviewKeyToImageMs === 'number' && window.reviewImageDrawn === true")

@@ -110,10 +110,10 @@ def test_status_endpoint_reports_classification(client, member, sample, make_ima
 
 
 def test_files_have_safe_types_and_dispositions(client, member, sample):
-    from portal.services.ingest import ingest_file
-
-    import tifffile
     import numpy as np
+    import tifffile
+
+    from portal.services.ingest import ingest_file
 
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, (np.arange(200 * 150, dtype=np.uint16).reshape(150, 200) * 2))

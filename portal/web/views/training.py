@@ -16,7 +16,6 @@ from classifier.budget import parse_duration
 from portal.models import ModelVersion, TrainingRun
 from portal.web.access import admin_required, member_required, member_required_json
 from portal.web.dashboard_data import per_class_rows, readiness_context
-
 from portal.web.run_display import LOG_TAIL_CHARS, elapsed_text, pretrained_fact, stage_rows
 
 RECENT_RUNS = 20
