@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import struct
 import warnings
 from dataclasses import dataclass
@@ -355,5 +356,22 @@ def _truncated_or_corrupt(error: Exception) -> ValidationError:
 
 
 def _short(error: Exception, limit: int = 200) -> str:
-    text = str(error) or type(error).__name__
+    text = _without_server_details(str(error) or type(error).__name__)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+# What a decoder's message may say about this server rather than the file: the path of the spooled upload
+# ("cannot identify image file '/srv/var/upload-spool/sem-upload-1a2b.bin'"), any other absolute path, and
+# the memory address of a buffer ("<_io.BytesIO object at 0x7f3a...>"). Clients see the file's problem only.
+_QUOTED_PATH = re.compile(r"""(['"])(?:[A-Za-z]:[/\\]|/)[^'"]*\1""")
+_BARE_PATH = re.compile(r"""(?<![\w.:/])(?:[A-Za-z]:)?/(?:[^\s'"(),;/]+/)+[^\s'"(),;]*""")
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+_ADDRESS = re.compile(r"\bat 0x[0-9a-fA-F]+\b")
+
+
+def _without_server_details(text: str) -> str:
+    text = _QUOTED_PATH.sub("the uploaded file", text)
+    text = _BARE_PATH.sub("the uploaded file", text)
+    text = _OBJECT_REPR.sub("the uploaded file", text)
+    text = _ADDRESS.sub("", text)
+    return text
