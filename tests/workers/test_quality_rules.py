@@ -106,6 +106,19 @@ def test_runs_plan_their_epochs_from_the_budget_unless_epochs_are_fixed(settings
     assert fixed["budget_s"] is None and fixed["epochs"] == [4, 3, 2]
 
 
+def test_the_schedule_rule_lives_in_the_classifier(settings):
+    """Issue 15, item 4: the portal passes settings through; per-stage defaults for fewer stages (the last
+    stages of the default schedule) come from classifier.config alone."""
+    from classifier.config import TrainConfig
+
+    settings.SEM_TRAIN_EPOCHS, settings.SEM_TRAIN_SIZES = None, [128, 224]
+    config = training.training_config()
+    expected = TrainConfig(sizes=(128, 224))
+    assert (config["epochs"], config["lrs"], config["batch_sizes"]) == (
+        list(expected.epochs), list(expected.lrs), list(expected.batch_sizes))
+    assert config["epochs"] == [10, 10] and config["lrs"] == [1e-3, 5e-4]
+
+
 @pytest.mark.slow
 def test_a_budgeted_run_records_its_plan_and_stays_within_it(quality_rules, sample, user, upload_images):
     quality_rules.SEM_TRAIN_ARCH, quality_rules.SEM_TRAIN_SIZES = "resnet18", [32, 48]

@@ -13,14 +13,13 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from classifier.config import SMALL_DATA_PROFILE
 from portal.models import ModelVersion, SEMImage, TrainingRun
 
 ADMIN_USERNAME = "admin"
-# The first model learns from ~200 demo images with no ImageNet weights (offline laptops): a small
-# network with a higher one-cycle learning rate learns there in about 90 s on 2 CPU cores
-# (test accuracy ~0.4 on 10 classes, against ~0.3 for the resnet34 defaults in twice the time;
-# bench/RESULTS.md). Later retrainings use the SEM_TRAIN_* settings and must pass the promotion gate.
-DEMO_TRAINING = {"arch": "resnet18", "sizes": (64, 128, 224), "epochs": (8, 4, 2), "lrs": (1e-2, 3e-3, 1e-3)}
+# The first model uses the classifier's small-data profile (classifier.config.SMALL_DATA_PROFILE); later
+# retrainings use the SEM_TRAIN_* settings and must pass the promotion gate.
+DEMO_TRAINING = SMALL_DATA_PROFILE
 
 
 class Command(BaseCommand):
