@@ -69,3 +69,17 @@ def sample(project, user):
 
     # A collection (split per near-duplicate group, like an import): the mechanics tests need both sides.
     return Sample.objects.create(project=project, lab_sample_id="S-0001", name="Test wafer", owner=user, split="")
+
+
+@pytest.fixture
+def keep_test_connection():
+    """As Django's test client does: a request must not close the connection that holds the test's
+    transaction (CONN_MAX_AGE handling runs on request_started/finished)."""
+    from django.core.signals import request_finished, request_started
+    from django.db import close_old_connections
+
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)

@@ -2,36 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
 from rest_framework.test import APIClient
 
 from portal.models import Category, Membership, ModelVersion, Project, Sample
-from portal.services.ingest import ingest_file
-from portal.services.tokens import create_token
-
-
-def png_bytes(seed: int, size: int = 48) -> bytes:
-    """A small, unique greyscale PNG (a different seed gives different bytes)."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, size=(size, size), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def ingest_png(sample, user, seed: int, **kwargs):
-    return ingest_file(io.BytesIO(png_bytes(seed)), filename=f"img-{seed}.png", sample=sample,
-                       uploaded_by=user, **kwargs).image
-
-
-def token_client(user) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {create_token(user, 'tests').secret}")
-    return client
+from tests.helpers import ingest_png, png_bytes, token_client  # noqa: F401  (tests/api imports them from here)
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,7 @@ from portal.services.ingest import ingest_file
 from portal.services.labels import set_label
 from portal.services.tokens import create_token
 from tests.api.conftest import token_client
-from tests.api.webhook_receiver import Receiver
+from tests.webhook_receiver import Receiver
 from tests.worker_fixtures import REPO_ROOT, synthetic_png
 from workers.tasks import sweep
 

@@ -27,20 +27,6 @@ DERANDOMIZE = os.environ.get("SEM_FUZZ_RANDOM", "") != "1"
 
 
 @pytest.fixture
-def keep_test_connection():
-    """As Django's test client does: a request must not close the connection that holds the test's
-    transaction (CONN_MAX_AGE handling runs on request_started/finished)."""
-    from django.core.signals import request_finished, request_started
-    from django.db import close_old_connections
-
-    request_started.disconnect(close_old_connections)
-    request_finished.disconnect(close_old_connections)
-    yield
-    request_started.connect(close_old_connections)
-    request_finished.connect(close_old_connections)
-
-
-@pytest.fixture
 def known_objects(admin_user, sample, image, tmp_path) -> dict[str, dict]:
     """Path parameters of real rows, per path template: random ids alone would mostly test the 404s."""
     artifact = tmp_path / "model.pth"

@@ -15,7 +15,7 @@ from portal.models import Label, ModelVersion, TrainingRun, WebhookDelivery, Web
 from portal.services import webhooks
 from portal.services.labels import confirm_label, set_label, undo_label
 from tests.api.conftest import classify, make_model
-from tests.api.webhook_receiver import Receiver
+from tests.webhook_receiver import Receiver
 from workers.webhooks import deliver_webhook
 
 pytestmark = pytest.mark.django_db

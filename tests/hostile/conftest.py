@@ -1,5 +1,5 @@
 """Fixtures of the hostile-input tests: a member of `project` (from tests/web), a token client for
-them (from tests/api), a small byte limit, a private upload temp folder, and a snapshot of
+them (from tests/helpers.py), a small byte limit, a private upload temp folder, and a snapshot of
 everything the product could have stored (rows and files)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.api.conftest import token_client
+from tests.helpers import token_client
 from tests.hostile.corpus import MAX_UPLOAD_BYTES
 from tests.portal.sem_builders import files_under
 from tests.web.conftest import make_user, member  # noqa: F401  (fixtures re-exported for tests/hostile)

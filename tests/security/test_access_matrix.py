@@ -24,7 +24,7 @@ from rest_framework.test import APIClient
 
 from portal.models import ApiToken, Label, Membership, SEMImage, TrainingRun, WebhookSubscription
 from portal.services.tokens import create_token
-from tests.api.conftest import png_bytes, token_client
+from tests.helpers import png_bytes, token_client
 
 pytestmark = pytest.mark.django_db
 

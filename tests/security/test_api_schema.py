@@ -28,9 +28,8 @@ from schemathesis.specs.openapi.checks import ignored_auth
 from portal.models import ModelVersion, TrainingRun
 from portal.services.ingest import ingest_file
 from portal.services.tokens import create_token
-from tests.api.conftest import png_bytes
-from tests.api.test_schemathesis import keep_test_connection  # noqa: F401  (a fixture: WSGI calls in the test's transaction)
 from tests.conftest import REPO_ROOT
+from tests.helpers import png_bytes
 
 pytestmark = pytest.mark.django_db
 

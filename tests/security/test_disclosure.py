@@ -22,7 +22,7 @@ from django.urls import reverse
 from portal.models import Membership, Project, Sample
 from portal.services.ingest import IngestError, ingest_file
 from portal.services.tokens import create_token
-from tests.api.conftest import png_bytes
+from tests.helpers import png_bytes
 from tests.hostile.corpus import HTML, refused, valid_png, valid_tiff
 
 pytestmark = pytest.mark.django_db

@@ -12,7 +12,7 @@ import pytest
 from django.test import Client
 
 from portal.models import Sample
-from tests.api.conftest import png_bytes, token_client
+from tests.helpers import png_bytes, token_client
 
 pytestmark = pytest.mark.django_db
 

@@ -14,8 +14,8 @@ import pytest
 
 from portal.models import WebhookDelivery, WebhookSubscription
 from portal.services import webhooks
-from tests.api.conftest import token_client
-from tests.api.webhook_receiver import Receiver
+from tests.helpers import token_client
+from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.django_db
 
