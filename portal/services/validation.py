@@ -164,7 +164,11 @@ def _tiff_header(path: str) -> ImageInfo:
 
     try:
         with tifffile.TiffFile(path) as tiff:
-            page = tiff.pages.first
+            try:
+                page = tiff.pages.first
+            except IndexError:  # tifffile: "contains no pages" (the first IFD offset is 0)
+                raise ValidationError("corrupt", "The TIFF file contains no image: its header points to no "
+                                                 "image directory.") from None
             page_count = count_tiff_pages(path)
             width, height = int(page.imagewidth), int(page.imagelength)
             bits = int(page.bitspersample)
@@ -177,7 +181,7 @@ def _tiff_header(path: str) -> ImageInfo:
     except ValidationError:
         raise
     except Exception as error:
-        raise ValidationError("corrupt", f"The TIFF file is corrupt or unreadable ({_short(error)}).") from error
+        raise ValidationError("corrupt", f"The TIFF file is corrupt or unreadable{_detail(error)}.") from error
     mode = _pillow_mode_or_guess(path, bits, samples, photometric)
     return ImageInfo("TIFF", ".tif", width, height, mode, bits, max(1, page_count), samples, decoded)
 
@@ -266,7 +270,7 @@ def _pillow_header(path: str, image_format: str) -> ImageInfo:
     except ValidationError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ValidationError("corrupt", f"The {image_format} file is corrupt ({_short(error)}).") from error
+        raise ValidationError("corrupt", f"The {image_format} file is corrupt{_detail(error)}.") from error
     bits = _bit_depth(mode)
     decoded = width * height * samples * max(1, -(-bits // 8))
     return ImageInfo(image_format, ACCEPTED_FORMATS[image_format], width, height, mode, bits,
@@ -351,8 +355,16 @@ def _truncated_or_corrupt(error: Exception) -> ValidationError:
     text = str(error).lower()
     if any(word in text for word in ("truncated", "failed to read", "incomplete", "premature end", "not enough")):
         return ValidationError(
-            "truncated", f"The image is truncated: its data ends early (incomplete upload or copy?). ({_short(error)})")
-    return ValidationError("corrupt", f"The image data is corrupt and cannot be decoded ({_short(error)}).")
+            "truncated", f"The image is truncated: its data ends early (incomplete upload or copy?).{_detail(error)}")
+    return ValidationError("corrupt", f"The image data is corrupt and cannot be decoded{_detail(error)}.")
+
+
+def _detail(error: Exception) -> str:
+    """" (what the decoder said)", or nothing when it said nothing a person can use: a bare number or key
+    ("corrupt or unreadable (0)" came from an IndexError(0)), or an empty message."""
+    text = _short(error)
+    informative = len(text) >= 4 and any(ch.isalpha() for ch in text) and text != type(error).__name__
+    return f" ({text})" if informative else ""
 
 
 def _short(error: Exception, limit: int = 200) -> str:

@@ -94,6 +94,9 @@ def image_status(image: SEMImage) -> dict:
         "thumbnail": reverse("web:image_thumbnail", args=[image.pk]),
         "status_display": image.get_status_display(),
         "predicted_category_name": image.predicted_category.name if image.predicted_category_id else None,
+        # The page names a duplicate by the stored image's file name; the status poll must keep saying it
+        # (before, the first poll turned "Duplicate of scan.tif" into "Duplicate of an existing image").
+        "existing_filename": image.original_filename,
     }
 
 
