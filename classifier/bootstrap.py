@@ -80,3 +80,15 @@ def metric_intervals(y_true, predicted, classes, *, resamples: int = 2000, level
     return {name: {"precision": [float(np.quantile(precision[:, i], low_q)), float(np.quantile(precision[:, i], high_q))],
                    "recall": [float(np.quantile(recall[:, i], low_q)), float(np.quantile(recall[:, i], high_q))]}
             for i, name in enumerate(classes) if support[i] > 0}
+
+
+def intervals_from_confusion(matrix, classes, *, resamples: int = 2000, level: float = 0.9, seed: int = 0) -> dict:
+    """`metric_intervals` of a stored evaluation: the confusion matrix (rows: true class, columns: predicted,
+    in `classes` order) holds every (true, predicted) pair of the test images, which is all the stratified
+    bootstrap of precision and recall draws from."""
+    y_true, predicted = [], []
+    for i, row in enumerate(matrix or []):
+        for j, count in enumerate(row):
+            y_true += [classes[i]] * int(count)
+            predicted += [classes[j]] * int(count)
+    return metric_intervals(y_true, predicted, classes, resamples=resamples, level=level, seed=seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -18,7 +19,7 @@ from portal.models import (
     WebhookDelivery,
     WebhookSubscription,
 )
-from portal.permissions import visible_projects
+from portal.permissions import visible_images, visible_projects
 from portal.representations import ImageSummarySerializer
 
 
@@ -93,6 +94,10 @@ class ImageSerializer(ImageSummarySerializer):
     """The shared image representation (portal.representations) and the API's details."""
 
     uploaded_by = serializers.CharField(source="uploaded_by.username", read_only=True)
+    near_duplicate_of = serializers.SerializerMethodField(
+        help_text="Id of the closest earlier near-duplicate of this image (a re-saved copy, a neighbouring tile, "
+                  "a crop), whose group keeps it on the same side of the split; null when it has none, or none "
+                  "that you can see.")
 
     class Meta:
         model = SEMImage
@@ -102,9 +107,35 @@ class ImageSerializer(ImageSummarySerializer):
             "vendor", "instrument_model", "accelerating_voltage_kv", "working_distance_mm", "magnification",
             "pixel_size_nm", "detector", "acquired_at", "databar_rows", "split", "status", "error",
             "curated_category", "predicted_category", "predicted_confidence", "predicted_margin",
-            "predicted_model_version", "links",
+            "predicted_model_version", "near_duplicate_of", "links",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
+    def get_near_duplicate_of(self, image) -> int | None:
+        other = image.near_duplicate_of_id
+        if not other:
+            return None
+        visible = self._visible_near_duplicates()
+        if other not in visible:
+            request = self.context.get("request")
+            visible[other] = request is not None and visible_images(request.user).filter(pk=other).exists()
+        return other if visible[other] else None
+
+    def _visible_near_duplicates(self) -> dict[int, bool]:
+        """{near-duplicate id: may the requesting user see it}, for every image this response shows: one
+        query per response, shared through the context by a list's items."""
+        cache = self.context.setdefault("_visible_near_duplicates", None)
+        if cache is None:
+            shown = self.root.instance
+            images = [shown] if isinstance(shown, SEMImage) else shown if isinstance(shown, (list, tuple, QuerySet)) else []
+            wanted = {getattr(image, "near_duplicate_of_id", None) for image in images} - {None}
+            request = self.context.get("request")
+            seen = set(visible_images(request.user).filter(pk__in=wanted).values_list("pk", flat=True)) \
+                if wanted and request is not None else set()
+            cache = {pk: pk in seen for pk in wanted} if request is not None else {}
+            self.context["_visible_near_duplicates"] = cache
+        return cache
 
 
 class ImageDetailSerializer(ImageSerializer):

@@ -105,3 +105,30 @@ def group_members(image) -> list[int]:
         return []
     return list(SEMImage.objects.filter(duplicate_group=image.duplicate_group).exclude(pk=image.pk)
                 .order_by("pk").values_list("pk", flat=True))
+
+
+# --- What a user is shown (upload outcome, image page, API) ----------------------------------------------
+# An image of a project the user cannot see is never revealed, not even that it exists: the link (and the
+# API's `near_duplicate_of`) is shown only when the user may open the other image.
+
+def visible_near_duplicate(user, image):
+    """`image`'s closest earlier near-duplicate (SEMImage.near_duplicate_of) when `user` may see it, else None."""
+    from portal.permissions import visible_images
+
+    if not image.near_duplicate_of_id:
+        return None
+    return (visible_images(user).filter(pk=image.near_duplicate_of_id)
+            .only("pk", "original_filename", "split").first())
+
+
+def visible_group_members(user, image, *, limit: int = 12) -> tuple[list, int]:
+    """(up to `limit` other images of `image`'s near-duplicate group that `user` may see, oldest first;
+    how many of them `user` may see in all)."""
+    from portal.permissions import visible_images
+
+    if not image.duplicate_group:
+        return [], 0
+    members = (visible_images(user).filter(duplicate_group=image.duplicate_group).exclude(pk=image.pk)
+               .order_by("pk"))
+    shown = list(members.only("pk", "original_filename", "split")[:limit])
+    return shown, (len(shown) if len(shown) < limit else members.count())

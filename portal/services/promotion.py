@@ -168,6 +168,10 @@ def apply_gate(candidate: ModelVersion) -> bool:
     if summary is not None:
         metrics["intervals"] = summary.pop("intervals", {})
         metrics["gate"] = summary
+    else:
+        metrics.update(evaluation_intervals(metrics))
+    if "intervals" in metrics:
+        metrics["interval_level"] = settings.SEM_GATE_CONFIDENCE
     ModelVersion.objects.filter(pk=candidate.pk).update(
         gate_passed=bool(passed), gate_reason=reason, metrics=metrics,
         status=ModelVersion.Status.REJECTED if passed is False else ModelVersion.Status.CANDIDATE,
@@ -176,6 +180,18 @@ def apply_gate(candidate: ModelVersion) -> bool:
     if passed:
         promote(candidate, None)
     return passed
+
+
+def evaluation_intervals(metrics: dict) -> dict:
+    """{"intervals": per-class precision and recall intervals} of a stored evaluation (drawn from its
+    confusion matrix, for the dashboard's bars), or {} without one."""
+    from classifier.bootstrap import intervals_from_confusion
+
+    matrix, classes = metrics.get("confusion_matrix"), metrics.get("classes")
+    if not matrix or not classes or isinstance(matrix, dict) or len(matrix) != len(classes):
+        return {}
+    return {"intervals": intervals_from_confusion(matrix, list(classes), level=settings.SEM_GATE_CONFIDENCE,
+                                                  resamples=settings.SEM_GATE_BOOTSTRAP_RESAMPLES)}
 
 
 def _bootstrap_gate(candidate: ModelVersion, production: ModelVersion):
@@ -222,6 +238,7 @@ def reevaluate_production() -> ModelVersion | None:
     metrics = evaluate(y_true, [p.probabilities for p in predictions], engine.classes)
     metrics["intervals"] = metric_intervals(y_true, [p.top_class for p in predictions], engine.classes,
                                             level=settings.SEM_GATE_CONFIDENCE)
+    metrics["interval_level"] = settings.SEM_GATE_CONFIDENCE
     metrics["test_split"] = test_split_fingerprint()
     for key in ("calibration", "gate"):
         if key in (production.metrics or {}):

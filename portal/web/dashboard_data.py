@@ -36,10 +36,64 @@ def class_order(model: ModelVersion | None) -> list[str]:
 
 
 def per_class_rows(model: ModelVersion | None) -> list[dict]:
-    per_class = ((model.metrics if model else None) or {}).get("per_class") or {}
+    """The evaluation's per-class rows; precision and recall carry their bootstrap interval (stored by the
+    gate: `metrics["intervals"]`) as an `interval` for the bars, when the evaluation has one."""
+    metrics = (model.metrics if model else None) or {}
+    per_class = metrics.get("per_class") or {}
+    intervals = metrics.get("intervals") or {}
+    level = metrics.get("interval_level") or (metrics.get("gate") or {}).get("level")
     order = [name for name in class_order(model) if name in per_class]
     order += sorted(set(per_class) - set(order))
-    return [{"name": name, **per_class[name]} for name in order]
+    rows = []
+    for name in order:
+        row = {"name": name, **per_class[name]}
+        if row.get("support"):
+            for metric in ("precision", "recall"):
+                row[f"{metric}_interval"] = _interval_bar(row.get(metric), (intervals.get(name) or {}).get(metric),
+                                                          level)
+        rows.append(row)
+    return rows
+
+
+def _interval_bar(point: float | None, bounds, level: float | None) -> dict | None:
+    """Positions (percent of a 0-1 track) of an interval bar and its point estimate, or None."""
+    if point is None or not bounds or len(bounds) != 2:
+        return None
+    low, high = (min(max(float(value), 0.0), 1.0) for value in bounds)
+    # Strings: style attributes must not be localised (a decimal comma would break them).
+    return {"low": f"{low:.3f}", "high": f"{high:.3f}", "left": f"{low * 100:.1f}",
+            "width": f"{max(high - low, 0.0) * 100:.1f}",
+            "point": f"{min(max(float(point), 0.0), 1.0) * 100:.1f}",
+            "level": round(level * 100) if level else None}
+
+
+def _signed(value: float) -> str:
+    """+0.031 / −0.012 (a real minus sign)."""
+    return f"{round(float(value), 3) + 0.0:+.3f}".replace("-", "\u2212")  # + 0.0: no "−0.000"
+
+
+def gate_summary(model: ModelVersion | None) -> dict | None:
+    """What the bootstrap gate decided for this model (`metrics["gate"]`), for the Training page: the
+    decision and the interval of candidate minus production macro-F1; None when the gate drew no
+    interval (a first model, or the point rule)."""
+    gate = ((model.metrics if model else None) or {}).get("gate")
+    if not gate or not isinstance(gate.get("macro_f1"), dict):
+        return None
+    f1 = gate["macro_f1"]
+    level = gate.get("level")
+    worst = None
+    for name, recall in (gate.get("recall") or {}).items():
+        if worst is None or recall.get("low", 0) < worst[1].get("low", 0):
+            worst = (name, recall)
+    return {
+        "decision": gate.get("decision") or "",
+        "diff": _signed(f1["diff"]), "low": _signed(f1["low"]), "high": _signed(f1["high"]),
+        "level": round(level * 100) if level else None,
+        "n": gate.get("n"), "resamples": gate.get("resamples"),
+        "tolerance": _signed(-float(gate.get("tolerance") or 0.0)),
+        "worst_recall": {"name": worst[0], "diff": _signed(worst[1]["diff"]), "low": _signed(worst[1]["low"]),
+                         "high": _signed(worst[1]["high"])} if worst else None,
+    }
 
 
 def confusion_rows(model: ModelVersion | None) -> tuple[list[str], list[dict]]:

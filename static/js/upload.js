@@ -16,7 +16,8 @@
   var waiting = [];     // files not yet sent
   var active = 0;       // uploads in flight
   var rows = {};        // image id -> rows showing it (the same image can come back as a duplicate)
-  var counts = { stored: 0, duplicate: 0, rejected: 0 };
+  var counts = { stored: 0, duplicate: 0, rejected: 0, near: 0 };
+  var nearDuplicates = {}; // image id -> {id, url, filename} of its closest earlier near-duplicate
   var pollTimer = null;
   var failed = [];      // files refused for a reason that a retry can fix (signed out, network)
   var signedOut = false;
@@ -129,6 +130,10 @@
       return;
     }
     (rows[image.id] = rows[image.id] || []).push(row);
+    if (image.near_duplicate_of) {
+      nearDuplicates[image.id] = image.near_duplicate_of;
+      counts.near += 1;
+    }
     renderStatus(row, image);
     schedulePoll();
   }
@@ -147,6 +152,15 @@
       : image.status_display, "badge status-" + image.status);
     status.dataset.status = image.status;
     outcome.appendChild(status);
+    // Near-duplicates (a re-saved copy, a neighbouring tile, a crop) share a side of the train/test split.
+    var near = nearDuplicates[image.id];
+    if (near) {
+      outcome.appendChild(document.createTextNode(" · "));
+      var nearLink = Portal.text("a", "near-duplicate of image " + near.id, "near-duplicate");
+      nearLink.href = near.url;
+      nearLink.title = near.filename;
+      outcome.appendChild(nearLink);
+    }
   }
 
   function setProgress(row, fraction) {
@@ -198,7 +212,8 @@
     var warning = signedOut ? "Signed out: sign in again (in another tab), then retry the failed files. " : "";
     var inFlight = waiting.length + active;
     var unclassified = pendingIds().length;
-    summary.textContent = warning + total + " file" + (total === 1 ? "" : "s") + ": " + counts.stored + " stored, " +
+    summary.textContent = warning + total + " file" + (total === 1 ? "" : "s") + ": " + counts.stored + " stored" +
+      (counts.near ? " (" + counts.near + " near-duplicate" + (counts.near === 1 ? "" : "s") + " of stored images)" : "") + ", " +
       counts.duplicate + " duplicate, " + counts.rejected + " rejected" +
       (inFlight ? " · " + inFlight + " uploading" : "") +
       (unclassified ? " · " + unclassified + " waiting for classification" : "") +

@@ -93,12 +93,15 @@ def press(page, key: str) -> None:
         page.keyboard.press(key)
 
 
-def lab(django_user_model, *, staff: bool = False):
+def lab(django_user_model, *, staff: bool = False, split: str = Sample.AUTO_SPLIT):
+    """A curator (or staff) and a sample. A physical sample is wholly on one side of the split (issue 13:
+    NS-0042 falls on the test side); a test that trains passes split="" (a collection, split per
+    near-duplicate group) so that both sides have images."""
     project = Project.objects.create(name="Nanostructures lab")
     person = django_user_model.objects.create_user("rosa" if not staff else "root", password=PASSWORD, is_staff=staff)
     Membership.objects.create(project=project, user=person, role=Membership.Role.CURATOR)
     sample = Sample.objects.create(project=project, lab_sample_id="NS-0042", name="Mixed nanostructures",
-                                   material="ZnO / Si", owner=person)
+                                   material="ZnO / Si", owner=person, split=split)
     return person, sample
 
 
@@ -191,7 +194,7 @@ def test_admin_trains_a_model_and_sees_it_promoted(browser, worker_factory, uplo
     page = browser
     worker = worker_factory(SEM_TRAIN_ARCH="resnet18", SEM_TRAIN_SIZES=[32, 48], SEM_TRAIN_EPOCHS=[2, 1],
                             SEM_GATE_FIRST_MODEL_FLOOR=0.0)
-    admin, sample = lab(django_user_model, staff=True)
+    admin, sample = lab(django_user_model, staff=True, split="")
     upload_images(sample, admin, 16, labelled=True)
     log_in(page, admin.username)
 
@@ -238,5 +241,47 @@ def test_admin_trains_a_model_and_sees_it_promoted(browser, worker_factory, uplo
     screenshot(page, "12-training-run")
     page.goto(reverse("web:dashboard"))
     assert page.text_content("#stat-accuracy").strip() != "—"
+    # Issue 13: the gate stored a first model's per-class intervals (from its confusion matrix): bars.
+    assert page.locator("#per-class .ci").count() >= 2 and page.is_visible("#per-class .ci .ci-range")
     screenshot(page, "13-dashboard-new-model")
+    page.problems.assert_none()
+
+
+def test_upload_row_links_the_near_duplicate_and_the_image_page_lists_its_group(browser, django_user_model,
+                                                                                tmp_path):
+    """Issue 13: a re-saved copy (10 % brighter) of an image stored before says "near-duplicate of image N"
+    with a link; the first image's page lists the copy in its group. No worker: classification waits."""
+    from PIL import ImageEnhance
+
+    from classifier.synthetic import make_image
+
+    page = browser
+    curator, sample = lab(django_user_model)
+    grey = make_image("Powder", 700, size=(512, 384)).convert("L")
+    original, copy = tmp_path / "original.png", tmp_path / "brighter.png"
+    grey.save(original)
+    ImageEnhance.Brightness(grey).enhance(1.1).save(copy)
+    log_in(page, curator.username)
+    page.goto(f"{reverse('web:upload')}?sample={sample.pk}")
+
+    page.set_input_files("#id_files", [str(original)])
+    page.wait_for_selector(".file-row[data-outcome=stored]")
+    page.set_input_files("#id_files", [str(copy)])
+    # A locator, not an element handle: each status poll renders the row's outcome again.
+    link = page.locator(".file-row .near-duplicate")
+    link.wait_for()
+
+    first = SEMImage.objects.get(sample=sample, original_filename="original.png")
+    second = SEMImage.objects.get(sample=sample, original_filename="brighter.png")
+    assert second.near_duplicate_of_id == first.pk
+    assert link.text_content() == f"near-duplicate of image {first.pk}"
+    assert link.get_attribute("href") == reverse("web:image_detail", args=[first.pk])
+    assert link.count() == 1
+    assert "2 stored (1 near-duplicate of stored images)" in page.text_content("#upload-summary")
+    screenshot(page, "14-upload-near-duplicate")
+
+    with page.expect_navigation():
+        link.click()
+    assert f"image {second.pk}" in page.text_content("#near-duplicates")
+    screenshot(page, "15-image-near-duplicate-group")
     page.problems.assert_none()

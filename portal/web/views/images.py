@@ -49,8 +49,18 @@ def image_detail(request, pk: int):
         "can_curate": can_curate_image(request.user, image),
         "categories": Category.objects.filter(active=True),
         "instrument_rows": instrument_rows(image),
+        **near_duplicate_context(request.user, image),
     }
     return render(request, "portal/image_detail.html", context)
+
+
+def near_duplicate_context(user, image: SEMImage) -> dict:
+    """The image's closest earlier near-duplicate and the other images of its group that the user may see."""
+    from portal.services.near_duplicates import visible_group_members, visible_near_duplicate
+
+    members, member_count = visible_group_members(user, image)
+    return {"near_duplicate": visible_near_duplicate(user, image), "group_members": members,
+            "group_member_count": member_count}
 
 
 def instrument_rows(image: SEMImage) -> list[tuple[str, str]]:

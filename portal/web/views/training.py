@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 from classifier.budget import parse_duration
 from portal.models import ModelVersion, TrainingRun
 from portal.web.access import admin_required, member_required, member_required_json
-from portal.web.dashboard_data import per_class_rows, readiness_context
+from portal.web.dashboard_data import gate_summary, per_class_rows, readiness_context
 from portal.web.run_display import LOG_TAIL_CHARS, elapsed_text, pretrained_fact, stage_rows
 
 RECENT_RUNS = 20
@@ -27,12 +27,20 @@ def training(request):
     context = {
         "runs": runs,
         "active_run": TrainingRun.objects.filter(active=True).first(),
-        "models": ModelVersion.objects.select_related("promoted_by").defer("metadata"),
+        "models": _with_gate(ModelVersion.objects.select_related("promoted_by").defer("metadata")),
         **rollback_context(),
         "default_budget": f"{settings.SEM_TRAIN_BUDGET_S / 60:g}min",
         **readiness_context(),
     }
     return render(request, "portal/training.html", context)
+
+
+def _with_gate(models) -> list[ModelVersion]:
+    """The models, each with `gate_view`: the gate's decision and interval (templates/portal/_gate_interval.html)."""
+    models = list(models)
+    for model in models:
+        model.gate_view = gate_summary(model)
+    return models
 
 
 def rollback_context() -> dict:
@@ -54,6 +62,7 @@ def training_run(request, pk: int):
         "run": run,
         "model": model,
         "per_class": per_class_rows(model),
+        "gate": gate_summary(model),
         "config_rows": sorted((run.config or {}).items()),
         "stage_rows": stage_rows(run.history),
         "elapsed": elapsed_text(run),

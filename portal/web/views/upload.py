@@ -75,7 +75,8 @@ def _upload_label(request, sample) -> Category | None:
 
 def _outcome(user, image: SEMImage, created: bool, filename: str) -> dict:
     if created:
-        return {"outcome": "stored", "filename": filename, **image_status(image)}
+        return {"outcome": "stored", "filename": filename, **image_status(image),
+                "near_duplicate_of": near_duplicate_link(user, image)}
     # The same bytes are already stored, possibly in a project this user cannot see: link it only
     # when visible, and never reveal anything about an invisible one.
     visible = visible_images(user).filter(pk=image.pk).exists()
@@ -83,6 +84,17 @@ def _outcome(user, image: SEMImage, created: bool, filename: str) -> dict:
     if visible:
         duplicate.update(image_status(image), existing_filename=image.original_filename)
     return duplicate
+
+
+def near_duplicate_link(user, image: SEMImage) -> dict | None:
+    """The stored image's closest earlier near-duplicate (issue 13), when the user may see it: its side of
+    the split follows that image's group."""
+    from portal.services.near_duplicates import visible_near_duplicate
+
+    other = visible_near_duplicate(user, image)
+    if other is None:
+        return None
+    return {"id": other.pk, "url": reverse("web:image_detail", args=[other.pk]), "filename": other.original_filename}
 
 
 def image_status(image: SEMImage) -> dict:
