@@ -59,9 +59,9 @@ def _wait_until_serving(url: str, server: subprocess.Popen, log_path) -> None:
         if server.poll() is not None:
             raise RuntimeError(f"gunicorn exited:\n{log_path.read_text(errors='replace')[-3000:]}")
         try:
-            requests.get(f"{url}/api/", timeout=2)
+            requests.get(f"{url}/api/", timeout=10)
             return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or a first answer slow under load
             time.sleep(0.2)
     raise TimeoutError(f"gunicorn not serving after {SERVER_READY_TIMEOUT_S} s")
 

@@ -45,11 +45,14 @@ class World:
     webhook: WebhookSubscription  # owned by the member
     token: ApiToken  # owned by the member
     categories: dict
+    watch_folder: object  # a WatchFolder of `project`
 
 
 @pytest.fixture
 def world(project, sample, user, member, admin_user, make_user, other_project, make_image, make_model, predict,
-          categories) -> World:
+          categories, tmp_path) -> World:
+    from portal.watch_models import WatchFolder
+
     outsider = make_user("otto-outsider", project=other_project, role=Membership.Role.CURATOR)
     sample.lims_id = "LIMS-0001"
     sample.save()
@@ -64,6 +67,7 @@ def world(project, sample, user, member, admin_user, make_user, other_project, m
         users={"member": member, "curator": user, "admin": admin_user, "outsider": outsider},
         image=image, model=model, candidate=make_model(2), run=run, sample=sample, project=project,
         webhook=webhook, token=create_token(member, "lims").token, categories=categories,
+        watch_folder=WatchFolder.objects.create(path=str(tmp_path / "share"), project=project, uploader=user),
     )
 
 
@@ -138,6 +142,8 @@ WEB_ROUTES = {
     "web:training_cancel": Route({"POST": ADMINS}, kwargs=lambda w: {"pk": w.run.pk}),
     "web:model_promote": Route({"POST": ADMINS}, kwargs=lambda w: {"version": w.candidate.version}),
     "web:model_rollback": Route({"POST": ADMINS}),
+    "web:inbox": Route({"GET": CURATORS}),
+    "web:inbox_toggle": Route({"POST": rule(403, OK, OK, 403)}, kwargs=lambda w: {"pk": w.watch_folder.pk}),
     "account:tokens": Route({"GET": EVERYONE, "POST": EVERYONE}, data=lambda w: {"name": "new"}),
     "account:token_revoke": Route({"POST": OWNER}, kwargs=lambda w: {"pk": w.token.pk}),
 }
@@ -392,6 +398,7 @@ def rendered_pages(world: World) -> list[tuple]:
         ("curator", reverse("web:confusion_cell", args=[model.version]) + "?actual=Fibres&predicted=Particles"),
         ("curator", reverse("web:browse")),
         ("curator", reverse("web:dashboard")),
+        ("curator", reverse("web:inbox")),  # the watch folder's pause form
     ]
 
 
@@ -420,7 +427,7 @@ def test_every_post_form_carries_a_csrf_token(world):
 def _kwargs_for(name: str, world: World) -> dict:
     return {"web:image_label": {"pk": world.image.pk}, "web:review_label": {"pk": world.image.pk},
             "web:review_skip": {"pk": world.image.pk}, "web:model_promote": {"version": world.candidate.version},
-            "account:token_revoke": {"pk": world.token.pk},
+            "account:token_revoke": {"pk": world.token.pk}, "web:inbox_toggle": {"pk": world.watch_folder.pk},
             "web:training_cancel": {"pk": TrainingRun.objects.filter(active=True).values_list("pk", flat=True).first()},
             }.get(name, {})
 

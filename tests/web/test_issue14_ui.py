@@ -17,10 +17,11 @@ from tests.web.test_browser import browser, screenshot  # noqa: F401  (the fixtu
 
 
 def browser_test(function):
-    """Chromium against the live server; serialized_rollback keeps the data migration's categories
-    for the tests after a transactional one."""
-    for mark in (pytest.mark.browser, pytest.mark.slow,
-                 pytest.mark.django_db(transaction=True, serialized_rollback=True)):
+    """Chromium against the live server. The categories of the data migration are put back by the
+    nffa_categories fixture: a transactional test before this one emptied the tables (serialized_rollback
+    collided with content types restored by other transactional tests in a full run)."""
+    for mark in (pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True),
+                 pytest.mark.usefixtures("nffa_categories")):
         function = mark(function)
     return function
 
