@@ -115,14 +115,11 @@ def test_the_graph_sees_the_house():
     assert "portal.services.classification" in graph["workers.tasks"]  # a lazy import is an edge
 
 
-# The one circle left: promotion.py (being rewritten for the honest gate, issue 15 item 5) imports
-# training_data from training.py, which runs the gate. training_data now lives in
-# portal.services.datasets; once promotion.py imports it from there, this entry goes.
-KNOWN_CIRCLES = [["portal.services.promotion", "portal.services.training"]]
+
 
 
 def test_no_import_circle_among_portal_workers_and_classifier():
-    assert circles(import_graph()) in ([], KNOWN_CIRCLES)
+    assert circles(import_graph()) == []
 
 
 def test_the_layers_read_workers_then_portal_then_classifier():

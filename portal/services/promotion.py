@@ -196,7 +196,7 @@ def evaluation_intervals(metrics: dict) -> dict:
 
 def _bootstrap_gate(candidate: ModelVersion, production: ModelVersion):
     """(passed, reason, summary) of the bootstrap gate, or (None, "", None) when it cannot run."""
-    from portal.services.training import training_data
+    from portal.services.datasets import training_data
 
     items = training_data().test_items
     if not items or set(production.classes) != set(candidate.classes):
@@ -222,8 +222,8 @@ def reevaluate_production() -> ModelVersion | None:
     from classifier.bootstrap import metric_intervals
     from classifier.engine import Engine
     from classifier.metrics import evaluate
+    from portal.services.datasets import training_data
     from portal.services.splits import test_split_fingerprint
-    from portal.services.training import training_data
 
     production = production_model()
     if production is None:
@@ -254,7 +254,7 @@ def production_metrics_on_current_test_split(production: ModelVersion, candidate
     Falls back to production's stored metrics when it cannot be re-evaluated (artifact gone,
     classes changed since).
     """
-    from portal.services.training import training_data  # training imports this module
+    from portal.services.datasets import training_data
 
     data = training_data()
     items = data.test_items
