@@ -12,6 +12,7 @@ scored on the test side through the engine's evaluation path (accuracy, macro re
 
 `run` needs only torch, fastai and this checkout (no Django, no ../shared), so the bundle can travel.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # What the worker trained with before this ablation (portal/settings.py + classifier/config.py defaults).
-OLD_PORTAL_DEFAULTS = dict(arch="resnet34", sizes=(64, 128, 224), epochs=(4, 3, 2), lrs=(3e-3, 1e-3, 5e-4),
-                           batch_sizes=(128, 64, 32), imbalance="weighted_loss", crop_scale=(0.35, 1.0),
-                           augmentation="sem", valid_pct=0.2, select_best_epoch=True, recalibrate_bn=False)
+OLD_PORTAL_DEFAULTS = dict(
+    arch="resnet34",
+    sizes=(64, 128, 224),
+    epochs=(4, 3, 2),
+    lrs=(3e-3, 1e-3, 5e-4),
+    batch_sizes=(128, 64, 32),
+    imbalance="weighted_loss",
+    crop_scale=(0.35, 1.0),
+    augmentation="sem",
+    valid_pct=0.2,
+    select_best_epoch=True,
+    recalibrate_bn=False,
+)
 LONG = dict(epochs=(15, 10, 10))
 
 # One change at a time from the old defaults, then from the old defaults trained as long as the
@@ -60,38 +71,59 @@ VARIANTS: dict[str, dict] = {
     "long+resnet50": dict(LONG, arch="resnet50"),
     "long+resnet18": dict(LONG, arch="resnet18"),
     "combo": dict(LONG, imbalance="none", select_best_epoch=False, recalibrate_bn=True, batch_sizes=(16,)),
-    "combo+sqrt": dict(LONG, imbalance="sqrt_weighted_loss", select_best_epoch=False, recalibrate_bn=True,
-                       batch_sizes=(16,)),
-    "combo+resnet18": dict(LONG, arch="resnet18", imbalance="none", select_best_epoch=False,
-                           recalibrate_bn=True, batch_sizes=(16,)),
-    "combo+lr=1e-3": dict(LONG, imbalance="none", select_best_epoch=False, recalibrate_bn=True,
-                          batch_sizes=(16,), lrs=(1e-3,)),
-    "combo+x2epochs": dict(epochs=(30, 20, 20), imbalance="none", select_best_epoch=False, recalibrate_bn=True,
-                           batch_sizes=(16,)),
+    "combo+sqrt": dict(
+        LONG, imbalance="sqrt_weighted_loss", select_best_epoch=False, recalibrate_bn=True, batch_sizes=(16,)
+    ),
+    "combo+resnet18": dict(
+        LONG, arch="resnet18", imbalance="none", select_best_epoch=False, recalibrate_bn=True, batch_sizes=(16,)
+    ),
+    "combo+lr=1e-3": dict(
+        LONG, imbalance="none", select_best_epoch=False, recalibrate_bn=True, batch_sizes=(16,), lrs=(1e-3,)
+    ),
+    "combo+x2epochs": dict(
+        epochs=(30, 20, 20), imbalance="none", select_best_epoch=False, recalibrate_bn=True, batch_sizes=(16,)
+    ),
 }
 # Second round, from the best of the first (trained as long as the reference, no class weights).
 BASE2 = dict(LONG, imbalance="none")
 STRETCH = dict(BASE2, contrast="stretch")
-VARIANTS.update({
-    "B": BASE2,
-    "B+stretch": STRETCH,
-    "B+stretch+smooth0.1": dict(STRETCH, label_smoothing=0.1),
-    "B+stretch+strong-aug": dict(STRETCH, crop_scale=(0.2, 1.0), max_lighting=0.4, max_zoom=1.3),
-    "B+stretch+resnet18": dict(STRETCH, arch="resnet18"),
-    "B+stretch+x2": dict(STRETCH, epochs=(30, 20, 20)),
-    "B+stretch+resnet18+x2": dict(STRETCH, arch="resnet18", epochs=(30, 20, 20)),
-    "B+stretch+no-best-epoch": dict(STRETCH, select_best_epoch=False),
-    "B+stretch+lr=1e-2": dict(STRETCH, lrs=(1e-2, 5e-3, 2e-3)),
-    "B+stretch+x2+64px": dict(STRETCH, epochs=(50, 20, 10)),
-    # Third round: is it the inputs (derivatives vs the reference's grey copies) or the pipeline?
-    "B on grey": dict(BASE2, _inputs="grey"),
-    "B+reference-like": dict(BASE2, augmentation="fastai", crop_scale=(1.0, 1.0), lrs=(1e-3,),
-                             batch_sizes=(16,), valid_pct=0.15, select_best_epoch=False),
-    "B+reference-like on grey": dict(BASE2, augmentation="fastai", crop_scale=(1.0, 1.0), lrs=(1e-3,),
-                                     batch_sizes=(16,), valid_pct=0.15, select_best_epoch=False, _inputs="grey"),
-    "B+aug=fastai": dict(BASE2, augmentation="fastai"),
-    "B+crop=full": dict(BASE2, crop_scale=(1.0, 1.0)),
-})
+VARIANTS.update(
+    {
+        "B": BASE2,
+        "B+stretch": STRETCH,
+        "B+stretch+smooth0.1": dict(STRETCH, label_smoothing=0.1),
+        "B+stretch+strong-aug": dict(STRETCH, crop_scale=(0.2, 1.0), max_lighting=0.4, max_zoom=1.3),
+        "B+stretch+resnet18": dict(STRETCH, arch="resnet18"),
+        "B+stretch+x2": dict(STRETCH, epochs=(30, 20, 20)),
+        "B+stretch+resnet18+x2": dict(STRETCH, arch="resnet18", epochs=(30, 20, 20)),
+        "B+stretch+no-best-epoch": dict(STRETCH, select_best_epoch=False),
+        "B+stretch+lr=1e-2": dict(STRETCH, lrs=(1e-2, 5e-3, 2e-3)),
+        "B+stretch+x2+64px": dict(STRETCH, epochs=(50, 20, 10)),
+        # Third round: is it the inputs (derivatives vs the reference's grey copies) or the pipeline?
+        "B on grey": dict(BASE2, _inputs="grey"),
+        "B+reference-like": dict(
+            BASE2,
+            augmentation="fastai",
+            crop_scale=(1.0, 1.0),
+            lrs=(1e-3,),
+            batch_sizes=(16,),
+            valid_pct=0.15,
+            select_best_epoch=False,
+        ),
+        "B+reference-like on grey": dict(
+            BASE2,
+            augmentation="fastai",
+            crop_scale=(1.0, 1.0),
+            lrs=(1e-3,),
+            batch_sizes=(16,),
+            valid_pct=0.15,
+            select_best_epoch=False,
+            _inputs="grey",
+        ),
+        "B+aug=fastai": dict(BASE2, augmentation="fastai"),
+        "B+crop=full": dict(BASE2, crop_scale=(1.0, 1.0)),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -103,6 +135,7 @@ class BundleImage:
 
 
 # ---------------------------------------------------------------- prepare (here, with Django)
+
 
 def prepare(bundle: Path) -> None:
     import real_data
@@ -121,11 +154,18 @@ def prepare(bundle: Path) -> None:
             picture = load_grey8(image.path)
             scale = 256 / min(picture.size)  # the recipe's last stage is 224 px
             if scale < 1:
-                picture = picture.resize((round(picture.width * scale), round(picture.height * scale)),
-                                         Image.Resampling.LANCZOS)
+                picture = picture.resize(
+                    (round(picture.width * scale), round(picture.height * scale)), Image.Resampling.LANCZOS
+                )
             picture.save(grey)
-        entries.append({"derivative": f"derivatives/{derivative.name}", "grey": f"grey/{grey.name}",
-                        "category": image.category, "group": image.group})
+        entries.append(
+            {
+                "derivative": f"derivatives/{derivative.name}",
+                "grey": f"grey/{grey.name}",
+                "category": image.category,
+                "group": image.group,
+            }
+        )
     shutil.copy(real_data.SHARED / "tools" / "reference_recipe.py", bundle / "reference_recipe.py")
     (bundle / "bundle.json").write_text(json.dumps(entries, indent=1))
     print(f"{len(entries)} images in {bundle}")
@@ -133,11 +173,13 @@ def prepare(bundle: Path) -> None:
 
 def load_bundle(bundle: Path) -> list[BundleImage]:
     entries = json.loads((bundle / "bundle.json").read_text())
-    return [BundleImage(str(bundle / e["derivative"]), str(bundle / e["grey"]), e["category"], e["group"])
-            for e in entries]
+    return [
+        BundleImage(str(bundle / e["derivative"]), str(bundle / e["grey"]), e["category"], e["group"]) for e in entries
+    ]
 
 
 # ---------------------------------------------------------------- run
+
 
 def run_variant(bundle: str, name: str, overrides: dict, seed: int, threads: int) -> dict:
     import real_data
@@ -150,22 +192,42 @@ def run_variant(bundle: str, name: str, overrides: dict, seed: int, threads: int
     train_side, test_side = real_data.split_by_source(load_bundle(Path(bundle)), seed)
     overrides = dict(overrides)
     field = overrides.pop("_inputs", "derivative")  # "grey": the reference recipe's inputs instead
-    config = TrainConfig.from_dict({**OLD_PORTAL_DEFAULTS, **overrides, "seed": seed, "pretrained": False,
-                                    "num_threads": threads, "num_workers": 0})
+    config = TrainConfig.from_dict(
+        {
+            **OLD_PORTAL_DEFAULTS,
+            **overrides,
+            "seed": seed,
+            "pretrained": False,
+            "num_threads": threads,
+            "num_workers": 0,
+        }
+    )
     out = Path(bundle) / "runs" / f"{name.replace('/', '_')}-{seed}.pth"
     out.parent.mkdir(exist_ok=True)
     started = time.monotonic()
-    result = train([(getattr(i, field), i.category) for i in train_side], config, str(out),
-                   test_items=[(getattr(i, field), i.category) for i in test_side])
+    result = train(
+        [(getattr(i, field), i.category) for i in train_side],
+        config,
+        str(out),
+        test_items=[(getattr(i, field), i.category) for i in test_side],
+    )
     out.unlink(missing_ok=True)
     return _scores(name, seed, result.evaluation, time.monotonic() - started, len(train_side), len(test_side))
 
 
 def _scores(name, seed, evaluation, seconds, n_train, n_test) -> dict:
     macro = evaluation["macro_avg"]
-    return {"variant": name, "seed": seed, "accuracy": evaluation["accuracy"], "macro_recall": macro["recall"],
-            "macro_f1": macro["f1"], "ece": evaluation["ece"], "seconds": round(seconds, 1),
-            "n_train": n_train, "n_test": n_test}
+    return {
+        "variant": name,
+        "seed": seed,
+        "accuracy": evaluation["accuracy"],
+        "macro_recall": macro["recall"],
+        "macro_f1": macro["f1"],
+        "ece": evaluation["ece"],
+        "seconds": round(seconds, 1),
+        "n_train": n_train,
+        "n_test": n_test,
+    }
 
 
 def run_reference(bundle: str, seed: int, threads: int, epochs: str, field: str = "grey") -> dict:
@@ -182,14 +244,37 @@ def run_reference(bundle: str, seed: int, threads: int, epochs: str, field: str 
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to(source.resolve())
     started = time.monotonic()
-    output = subprocess.run([sys.executable, str(Path(bundle) / "reference_recipe.py"), str(root / "train"),
-                             str(root / "test"), "--seed", str(seed), "--threads", str(threads),
-                             "--epochs", epochs, "--work", str(root / "work")],
-                            capture_output=True, text=True, check=True).stdout
+    output = subprocess.run(
+        [
+            sys.executable,
+            str(Path(bundle) / "reference_recipe.py"),
+            str(root / "train"),
+            str(root / "test"),
+            "--seed",
+            str(seed),
+            "--threads",
+            str(threads),
+            "--epochs",
+            epochs,
+            "--work",
+            str(root / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     line = json.loads(output.strip().splitlines()[-1])
-    return {"variant": f"reference ({epochs}) on {field}", "seed": seed, "accuracy": line["accuracy"],
-            "macro_recall": line["macro_recall"], "macro_f1": line["macro_f1"], "ece": None,
-            "seconds": round(time.monotonic() - started, 1), "n_train": line["n_train"], "n_test": line["n_test"]}
+    return {
+        "variant": f"reference ({epochs}) on {field}",
+        "seed": seed,
+        "accuracy": line["accuracy"],
+        "macro_recall": line["macro_recall"],
+        "macro_f1": line["macro_f1"],
+        "ece": None,
+        "seconds": round(time.monotonic() - started, 1),
+        "n_train": line["n_train"],
+        "n_test": line["n_test"],
+    }
 
 
 def run(args) -> None:
@@ -198,10 +283,16 @@ def run(args) -> None:
     jobs = []
     with ProcessPoolExecutor(args.jobs) as pool:
         if args.reference:
-            jobs += [pool.submit(run_reference, args.bundle, seed, args.threads, args.reference, field)
-                     for field in args.reference_inputs.split(",") for seed in seeds]
-        jobs += [pool.submit(run_variant, args.bundle, name, VARIANTS[name], seed, args.threads)
-                 for name in names for seed in seeds]
+            jobs += [
+                pool.submit(run_reference, args.bundle, seed, args.threads, args.reference, field)
+                for field in args.reference_inputs.split(",")
+                for seed in seeds
+            ]
+        jobs += [
+            pool.submit(run_variant, args.bundle, name, VARIANTS[name], seed, args.threads)
+            for name in names
+            for seed in seeds
+        ]
         with open(args.out, "a") as out:
             for job in as_completed(jobs):
                 try:
@@ -215,6 +306,7 @@ def run(args) -> None:
 
 # ---------------------------------------------------------------- table
 
+
 def table(paths: list[str]) -> str:
     rows = defaultdict(list)
     for path in paths:
@@ -222,11 +314,18 @@ def table(paths: list[str]) -> str:
             row = json.loads(line)
             if "variant" in row:
                 rows[row["variant"]].append(row)
-    lines = ["| variant | seeds | accuracy | macro recall | macro-F1 | ECE | train s |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | seeds | accuracy | macro recall | macro-F1 | ECE | train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, group in rows.items():
-        lines.append(f"| {name} | {len(group)} | " + " | ".join(
-            _mean_sd([r[k] for r in group]) for k in ("accuracy", "macro_recall", "macro_f1", "ece", "seconds"))
-            + " |")
+        lines.append(
+            f"| {name} | {len(group)} | "
+            + " | ".join(
+                _mean_sd([r[k] for r in group]) for k in ("accuracy", "macro_recall", "macro_f1", "ece", "seconds")
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 

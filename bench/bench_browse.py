@@ -43,32 +43,57 @@ def populate(count: int):
     member = user_model.objects.create_user("bench-member")
     projects = [Project.objects.create(name=f"Bench project {i}") for i in range(2)]
     Membership.objects.create(project=projects[0], user=member, role=Membership.Role.CURATOR)
-    samples = [Sample.objects.create(project=projects[i % 2], lab_sample_id=f"BENCH-{i:04d}", name=f"Sample {i}",
-                                     owner=admin) for i in range(50)]
+    samples = [
+        Sample.objects.create(project=projects[i % 2], lab_sample_id=f"BENCH-{i:04d}", name=f"Sample {i}", owner=admin)
+        for i in range(50)
+    ]
     categories = list(Category.objects.all())
     rng = random.Random(1)
     model = None
     for index in range(MODEL_VERSIONS):  # the last one is production; the dashboard charts them all
         model = ModelVersion.objects.create(
-            version=990001 + index, status="production" if index == MODEL_VERSIONS - 1 else "retired",
-            artifact_path="/x", artifact_sha256="0" * 64, arch="resnet34", classes=[c.name for c in categories],
-            metrics=fake_evaluation(categories, rng), train_image_count=count, test_image_count=count // 7)
+            version=990001 + index,
+            status="production" if index == MODEL_VERSIONS - 1 else "retired",
+            artifact_path="/x",
+            artifact_sha256="0" * 64,
+            arch="resnet34",
+            classes=[c.name for c in categories],
+            metrics=fake_evaluation(categories, rng),
+            train_image_count=count,
+            test_image_count=count // 7,
+        )
     batch = []
     for index in range(count):
         sha = hashlib.sha256(f"bench-{index}".encode()).hexdigest()
         classified = rng.random() < 0.9
         confidence = rng.uniform(0.2, 1.0) if classified else None
-        batch.append(SEMImage(
-            sample=samples[index % len(samples)], sha256=sha, original=f"originals/{sha}.png",
-            original_filename=f"img-{index}.png", extension=".png", format="PNG", file_size=1000, width=1024,
-            height=768, bit_depth=8, mode="L", uploaded_by=admin, thumbnail=f"thumbnails/{sha}.jpg",
-            derivative=f"derivatives/{sha}.png", split="test" if index % 7 == 0 else "train",
-            status="classified" if classified else "pending", vendor=rng.choice(["Zeiss", "Thermo Fisher (FEI)", ""]),
-            magnification=rng.choice([None, 1000.0, 5000.0, 20000.0]),
-            predicted_category=rng.choice(categories) if classified else None, predicted_confidence=confidence,
-            predicted_margin=confidence * rng.random() if classified else None, predicted_by=model if classified else None,
-            curated_category=rng.choice(categories) if rng.random() < 0.3 else None,
-        ))
+        batch.append(
+            SEMImage(
+                sample=samples[index % len(samples)],
+                sha256=sha,
+                original=f"originals/{sha}.png",
+                original_filename=f"img-{index}.png",
+                extension=".png",
+                format="PNG",
+                file_size=1000,
+                width=1024,
+                height=768,
+                bit_depth=8,
+                mode="L",
+                uploaded_by=admin,
+                thumbnail=f"thumbnails/{sha}.jpg",
+                derivative=f"derivatives/{sha}.png",
+                split="test" if index % 7 == 0 else "train",
+                status="classified" if classified else "pending",
+                vendor=rng.choice(["Zeiss", "Thermo Fisher (FEI)", ""]),
+                magnification=rng.choice([None, 1000.0, 5000.0, 20000.0]),
+                predicted_category=rng.choice(categories) if classified else None,
+                predicted_confidence=confidence,
+                predicted_margin=confidence * rng.random() if classified else None,
+                predicted_by=model if classified else None,
+                curated_category=rng.choice(categories) if rng.random() < 0.3 else None,
+            )
+        )
         if len(batch) == 5000:
             SEMImage.objects.bulk_create(batch)
             batch = []
@@ -138,8 +163,10 @@ def main() -> None:
                 ("review queue", "/review/"),
             ]
             print(f"{args.repeat} requests per page and user; median and p95 in ms")
-            print(f"{'page':45s} {'admin p50':>9s} {'p95':>7s} {'queries':>8s} {'member p50':>10s} {'p95':>7s} "
-                  f"{'queries':>8s}")
+            print(
+                f"{'page':45s} {'admin p50':>9s} {'p95':>7s} {'queries':>8s} {'member p50':>10s} {'p95':>7s} "
+                f"{'queries':>8s}"
+            )
             for name, url in pages:
                 row = []
                 for user in (admin, member):

@@ -3,6 +3,7 @@ from 1024x768 originals (8-bit PNG, decoded every time), same images and model.
 
     .venv/bin/python bench/bench_derivatives.py [--quick] [--arch resnet34]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,14 +48,22 @@ def main() -> None:
             originals.append((str(target), label))
         rounds = []
         for _ in range(1 if args.quick else 2):  # alternate to share machine load fairly
-            rounds.append((one_epoch(items, arch, args.size, f"{tmp}/d.semcls"),
-                           one_epoch(originals, arch, args.size, f"{tmp}/o.semcls")))
+            rounds.append(
+                (
+                    one_epoch(items, arch, args.size, f"{tmp}/d.semcls"),
+                    one_epoch(originals, arch, args.size, f"{tmp}/o.semcls"),
+                )
+            )
     derivative_s = min(r[0] for r in rounds)
     original_s = min(r[1] for r in rounds)
-    print(f"# load average {os.getloadavg()[0]:.1f} at the end; "
-          f"bench_derivatives  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}")
-    print(f"data: {len(items)} images from {source}; {arch}; {args.size} px; one epoch (train + valid), best of "
-          f"{len(rounds)}")
+    print(
+        f"# load average {os.getloadavg()[0]:.1f} at the end; "
+        f"bench_derivatives  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}"
+    )
+    print(
+        f"data: {len(items)} images from {source}; {arch}; {args.size} px; one epoch (train + valid), best of "
+        f"{len(rounds)}"
+    )
     print(f"  derivatives (256 px PNG)   {derivative_s:7.2f} s")
     print(f"  originals (1024x768 PNG)   {original_s:7.2f} s")
     print(f"originals / derivatives = {original_s / derivative_s:.2f}x")

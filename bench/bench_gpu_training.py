@@ -10,6 +10,7 @@ default schedule (64 -> 128 -> 224 px, 3/3/4 epochs, mixed precision and channel
 validation is excluded), the mean GPU utilisation sampled by nvidia-smi while that stage trained, and the
 wall time of the whole run. The reference recipe took about 400 minutes on one GPU for 18,577 images.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Approximate class sizes of the NFFA-EUROPE SEM data set (Aversa et al. 2018), scaled to --images.
-NFFA_SHARES = {"Biological": 973, "Fibres": 163, "Films_Coated_Surface": 327, "MEMS_devices_and_electrodes": 4590,
-               "Nanowires": 3821, "Particles": 3926, "Patterned_surface": 4755, "Porous_Sponge": 182,
-               "Powder": 918, "Tips": 1625}
+NFFA_SHARES = {
+    "Biological": 973,
+    "Fibres": 163,
+    "Films_Coated_Surface": 327,
+    "MEMS_devices_and_electrodes": 4590,
+    "Nanowires": 3821,
+    "Particles": 3926,
+    "Patterned_surface": 4755,
+    "Porous_Sponge": 182,
+    "Powder": 918,
+    "Tips": 1625,
+}
 DERIVATIVE_SIZE = (341, 256)
 
 
@@ -76,8 +86,11 @@ class GpuSampler:
         while not self._stop.wait(0.5):
             if self.stage is None:
                 continue
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True).stdout.split()
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+            ).stdout.split()
             if out and out[0].isdigit():
                 self.samples[self.stage].append(int(out[0]))
 
@@ -127,27 +140,44 @@ def main() -> None:
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="sem-gpu-bench-"))
     started = time.perf_counter()
     items = write_derivatives(folder / "data", total, os.cpu_count() or 1)
-    print(f"wrote {len(items)} derivatives ({DERIVATIVE_SIZE[0]}x{DERIVATIVE_SIZE[1]}) in "
-          f"{time.perf_counter() - started:.0f} s")
-    config = TrainConfig(arch="resnet18" if args.quick else args.arch, pretrained=False, device=args.device,
-                         num_workers=args.workers, **({"epochs": (1, 1, 1)} if args.quick else {}))
+    print(
+        f"wrote {len(items)} derivatives ({DERIVATIVE_SIZE[0]}x{DERIVATIVE_SIZE[1]}) in "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+    config = TrainConfig(
+        arch="resnet18" if args.quick else args.arch,
+        pretrained=False,
+        device=args.device,
+        num_workers=args.workers,
+        **({"epochs": (1, 1, 1)} if args.quick else {}),
+    )
     with GpuSampler() as sampler:
         meter = Throughput(sampler)
         run_started = time.perf_counter()
         result = train(items, config, str(folder / "model.semcls"), progress=meter)
         wall = time.perf_counter() - run_started
-    device = torch.cuda.get_device_name(0) if result.device.startswith("cuda") else (platform.processor() or platform.machine())
-    print(f"# bench_gpu_training  {time.strftime('%Y-%m-%d %H:%M')}  {result.device} ({device})  "
-          f"torch {torch.__version__}")
-    print(f"{len(items)} images, {config.arch}, sizes {list(config.sizes)}, epochs {list(config.epochs)}, "
-          f"mixed precision and channels-last {'on' if result.device.startswith('cuda') else 'off'}")
+    device = (
+        torch.cuda.get_device_name(0)
+        if result.device.startswith("cuda")
+        else (platform.processor() or platform.machine())
+    )
+    print(
+        f"# bench_gpu_training  {time.strftime('%Y-%m-%d %H:%M')}  {result.device} ({device})  "
+        f"torch {torch.__version__}"
+    )
+    print(
+        f"{len(items)} images, {config.arch}, sizes {list(config.sizes)}, epochs {list(config.epochs)}, "
+        f"mixed precision and channels-last {'on' if result.device.startswith('cuda') else 'off'}"
+    )
     for stage, rate in sorted(meter.per_stage().items()):
         utilisation = sampler.samples.get(stage)
         gpu = f"GPU utilisation {sum(utilisation) / len(utilisation):5.1f} %" if utilisation else "GPU utilisation n/a"
         batch = result.history[stage]["batch_size"]
         print(f"  stage {stage + 1} ({meter.sizes[stage]:3d} px, batch {batch:3d}): {rate:8.1f} train images/s   {gpu}")
-    print(f"full schedule: {wall / 60:.1f} min wall (reference recipe: about 400 min on one GPU); "
-          f"validation accuracy {result.metadata['evaluation']['accuracy']:.3f}")
+    print(
+        f"full schedule: {wall / 60:.1f} min wall (reference recipe: about 400 min on one GPU); "
+        f"validation accuracy {result.metadata['evaluation']['accuracy']:.3f}"
+    )
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -6,6 +6,7 @@ against (a) the bare model forward on ready tensors, the upper limit, and
 
     .venv/bin/python bench/bench_inference.py [--quick] [--arch resnet34] [--bs 32]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,8 +97,12 @@ def main() -> None:
 
         # (a) the limit: forward only, on ready normalised channels-last tensors, same batch size.
         arrays = [transforms.eval_array(p, args.size) for p in paths]
-        ready = [transforms.normalise_batch(torch.from_numpy(np.stack(arrays[i:i + args.bs])))
-                 .contiguous(memory_format=torch.channels_last) for i in range(0, n, args.bs)]
+        ready = [
+            transforms.normalise_batch(torch.from_numpy(np.stack(arrays[i : i + args.bs]))).contiguous(
+                memory_format=torch.channels_last
+            )
+            for i in range(0, n, args.bs)
+        ]
         eager_model = model.to(memory_format=torch.channels_last)  # the plain PyTorch forward
         folded_model = engine.model  # what the engine runs: BatchNorm folded into the convolutions
 
@@ -106,6 +111,7 @@ def main() -> None:
                 with torch.inference_mode():
                     for batch in ready:
                         network(batch)
+
             return run
 
         def engine_run():
@@ -128,25 +134,34 @@ def main() -> None:
             for item in predict_subset:
                 learner.predict(item)
 
-        results = interleaved_images_per_second({
-            "bare forward (ready tensors)": (forward_only(eager_model), n),
-            "bare forward, BN folded (ready tensors)": (forward_only(folded_model), n),
-            "engine.predict_paths (channels_last)": (engine_run, n),
-            "engine.predict_paths (contiguous)": (engine_contiguous, n),
-            "fastai learn.predict loop": (predict_loop, len(predict_subset)),
-        }, repeats)
+        results = interleaved_images_per_second(
+            {
+                "bare forward (ready tensors)": (forward_only(eager_model), n),
+                "bare forward, BN folded (ready tensors)": (forward_only(folded_model), n),
+                "engine.predict_paths (channels_last)": (engine_run, n),
+                "engine.predict_paths (contiguous)": (engine_contiguous, n),
+                "fastai learn.predict loop": (predict_loop, len(predict_subset)),
+            },
+            repeats,
+        )
     bare_ips = results["bare forward (ready tensors)"]
     engine_ips = results["engine.predict_paths (channels_last)"]
     predict_ips = results["fastai learn.predict loop"]
-    print(f"# load average {os.getloadavg()[0]:.1f} at the end; "
-          f"bench_inference  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  {platform.processor() or platform.machine()}")
-    print(f"data: {n} derivatives from {source}; arch {args.arch}; {args.size} px; batch {args.bs}; "
-          f"torch threads {threads}; cpu count {os.cpu_count()}; torch {torch.__version__}")
+    print(
+        f"# load average {os.getloadavg()[0]:.1f} at the end; "
+        f"bench_inference  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  {platform.processor() or platform.machine()}"
+    )
+    print(
+        f"data: {n} derivatives from {source}; arch {args.arch}; {args.size} px; batch {args.bs}; "
+        f"torch threads {threads}; cpu count {os.cpu_count()}; torch {torch.__version__}"
+    )
     for name, ips in results.items():
         print(f"  {name:<40} {ips:8.1f} images/s")
     print(f"engine / bare forward      = {engine_ips / bare_ips:.3f}   (target >= 0.85)")
-    print(f"engine / bare forward with the same folding = "
-          f"{engine_ips / results['bare forward, BN folded (ready tensors)']:.3f}")
+    print(
+        f"engine / bare forward with the same folding = "
+        f"{engine_ips / results['bare forward, BN folded (ready tensors)']:.3f}"
+    )
     print(f"engine / learn.predict     = {engine_ips / predict_ips:.1f}x  (target >= 5x)")
 
 

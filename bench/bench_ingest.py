@@ -36,9 +36,11 @@ def make_tiff(seed: int, with_fei: bool) -> bytes:
     grey = grey + np.random.default_rng(seed).integers(0, 200, grey.shape, dtype=np.uint16)
     extratags = []
     if with_fei:
-        fei = "[System]\nSystemType=Helios NanoLab 650\n[Beam]\nHV=5000\n[EBeam]\nHV=5000\nWD=0.0045\n" \
-              "[Scan]\nPixelWidth=2.7e-09\nHorFieldsize=2.76e-06\n[Image]\nMagCanvasRealWidth=0.2072\n" \
-              "[Detectors]\nName=TLD\n"
+        fei = (
+            "[System]\nSystemType=Helios NanoLab 650\n[Beam]\nHV=5000\n[EBeam]\nHV=5000\nWD=0.0045\n"
+            "[Scan]\nPixelWidth=2.7e-09\nHorFieldsize=2.76e-06\n[Image]\nMagCanvasRealWidth=0.2072\n"
+            "[Detectors]\nName=TLD\n"
+        )
         extratags = [(34682, "s", 0, fei, True)]
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, grey, extratags=extratags)
@@ -75,8 +77,9 @@ def main() -> None:
                 sample = Sample.objects.create(project=project, lab_sample_id="BENCH-INGEST", name="bench", owner=user)
                 for index, data in enumerate(files):
                     start = time.perf_counter()
-                    result = ingest_file(io.BytesIO(data), filename=f"bench{index}.tif", sample=sample,
-                                         uploaded_by=user)
+                    result = ingest_file(
+                        io.BytesIO(data), filename=f"bench{index}.tif", sample=sample, uploaded_by=user
+                    )
                     elapsed = time.perf_counter() - start
                     assert result.created
                     if index:  # the first call warms imports and caches
@@ -85,10 +88,14 @@ def main() -> None:
         except _Rollback:
             pass
     size_mb = len(files[0]) / 1e6
-    print(f"ingest_file, 1024x768 16-bit TIFF ({size_mb:.1f} MB), {len(timings)} images, "
-          f"database {connection.vendor}{', FEI metadata' if options.with_fei_metadata else ''}:")
-    print(f"  median {statistics.median(timings) * 1000:.1f} ms, mean {statistics.mean(timings) * 1000:.1f} ms, "
-          f"min {min(timings) * 1000:.1f} ms, max {max(timings) * 1000:.1f} ms per image")
+    print(
+        f"ingest_file, 1024x768 16-bit TIFF ({size_mb:.1f} MB), {len(timings)} images, "
+        f"database {connection.vendor}{', FEI metadata' if options.with_fei_metadata else ''}:"
+    )
+    print(
+        f"  median {statistics.median(timings) * 1000:.1f} ms, mean {statistics.mean(timings) * 1000:.1f} ms, "
+        f"min {min(timings) * 1000:.1f} ms, max {max(timings) * 1000:.1f} ms per image"
+    )
 
 
 if __name__ == "__main__":

@@ -55,22 +55,47 @@ IMAGE_SIDE = 1024  # 1024 x 1024 x 8 bit = 1 MiB of pixels
 CLIENT_TIMEOUT_S = 120
 RETRY_FOR_S = 180  # a client gives an upload up after retrying this long
 DRAIN_TIMEOUT_S = 900
-REDIS_START = ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
-               "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"]
+REDIS_START = [
+    "redis-server",
+    "--daemonize",
+    "yes",
+    "--bind",
+    "127.0.0.1",
+    "-::1",
+    "--port",
+    "6379",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--dir",
+    "/var/lib/redis",
+    "--logfile",
+    "/var/log/redis/ci.log",
+]
 
 
 # ---------------------------------------------------------------------------------------------
 # Environment: database, Django in this process, the servers as subprocesses
 # ---------------------------------------------------------------------------------------------
 
+
 def portal_env(root: Path) -> dict[str, str]:
-    return {**os.environ, "DATABASE_URL": DATABASE_URL, "CELERY_BROKER_URL": BROKER_URL,
-            "SECRET_KEY": "bench-only-secret-key", "MEDIA_ROOT": str(root / "media"),
-            "MODEL_DIR": str(root / "models"), "SEM_VAR_DIR": str(root / "var"),
-            "SEM_PENDING_SWEEP_AFTER_S": str(SWEEP_AFTER_S),
-            # The bench measures the pipeline, not the per-token throttle (600 uploads/min by default).
-            "SEM_API_UPLOAD_RATE": "100000/min", "SEM_API_RATE": "100000/min",
-            "DJANGO_SETTINGS_MODULE": "portal.settings", "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "DATABASE_URL": DATABASE_URL,
+        "CELERY_BROKER_URL": BROKER_URL,
+        "SECRET_KEY": "bench-only-secret-key",
+        "MEDIA_ROOT": str(root / "media"),
+        "MODEL_DIR": str(root / "models"),
+        "SEM_VAR_DIR": str(root / "var"),
+        "SEM_PENDING_SWEEP_AFTER_S": str(SWEEP_AFTER_S),
+        # The bench measures the pipeline, not the per-token throttle (600 uploads/min by default).
+        "SEM_API_UPLOAD_RATE": "100000/min",
+        "SEM_API_RATE": "100000/min",
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def recreate_database() -> None:
@@ -96,8 +121,9 @@ def setup_django(env: dict[str, str]) -> None:
 
 
 def manage(env: dict[str, str], *args: str) -> None:
-    subprocess.run([str(VENV_BIN / "python"), "manage.py", *args], cwd=REPO_ROOT, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [str(VENV_BIN / "python"), "manage.py", *args], cwd=REPO_ROOT, env=env, check=True, stdout=subprocess.DEVNULL
+    )
 
 
 class Service:
@@ -111,8 +137,9 @@ class Service:
     def start(self, timeout: float = 120) -> Service:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command, cwd=REPO_ROOT, env=self.env, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while self.ready not in self.log()[offset:]:
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -148,13 +175,41 @@ def free_port() -> int:
 
 def start_services(env, log_dir: Path, args) -> tuple[dict[str, Service], str]:
     port = free_port()
-    gunicorn = Service("gunicorn", [str(VENV_BIN / "gunicorn"), "portal.wsgi:application", "--bind",
-                                    f"127.0.0.1:{port}", "--workers", str(args.web_workers), "--timeout", "120"],
-                       env, log_dir, ready="Booting worker")
-    services = {"gunicorn": gunicorn, "worker": new_worker(env, log_dir, args),
-                "beat": Service("beat", [str(VENV_BIN / "celery"), "-A", "workers", "beat", "--loglevel=INFO",
-                                         "--schedule", str(log_dir / "beat.schedule")],
-                                env, log_dir, ready="beat: Starting")}
+    gunicorn = Service(
+        "gunicorn",
+        [
+            str(VENV_BIN / "gunicorn"),
+            "portal.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(args.web_workers),
+            "--timeout",
+            "120",
+        ],
+        env,
+        log_dir,
+        ready="Booting worker",
+    )
+    services = {
+        "gunicorn": gunicorn,
+        "worker": new_worker(env, log_dir, args),
+        "beat": Service(
+            "beat",
+            [
+                str(VENV_BIN / "celery"),
+                "-A",
+                "workers",
+                "beat",
+                "--loglevel=INFO",
+                "--schedule",
+                str(log_dir / "beat.schedule"),
+            ],
+            env,
+            log_dir,
+            ready="beat: Starting",
+        ),
+    }
     for service in services.values():
         service.start()
     url = f"http://127.0.0.1:{port}"
@@ -170,14 +225,28 @@ def answers(url: str) -> bool:
 
 
 def new_worker(env, log_dir: Path, args) -> Service:
-    return Service("worker", [str(VENV_BIN / "celery"), "-A", "workers", "worker", "-Q", "gpu,default",
-                              f"--concurrency={args.worker_concurrency}", "--loglevel=INFO"],
-                   env, log_dir, ready=" ready.")
+    return Service(
+        "worker",
+        [
+            str(VENV_BIN / "celery"),
+            "-A",
+            "workers",
+            "worker",
+            "-Q",
+            "gpu,default",
+            f"--concurrency={args.worker_concurrency}",
+            "--loglevel=INFO",
+        ],
+        env,
+        log_dir,
+        ready=" ready.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures in the database: model, user, token, sample
 # ---------------------------------------------------------------------------------------------
+
 
 def install_production_model(root: Path):
     """A small real model (trained as the worker tests train theirs), promoted to production."""
@@ -205,10 +274,16 @@ def install_production_model(root: Path):
             path = train_dir / f"{folder}-{seed}.png"
             make_derivative(crop_databar(make_image(folder, 1000 + seed, size=SYNTHETIC_SIZE))[0]).save(path)
             items.append((str(path), category_name(folder)))
-    result = train(items, TrainConfig.from_dict(TINY_TRAIN_CONFIG), str(train_dir / "model.pth"),
-                   test_items=items[::5], classes=[category_name(folder) for folder in MODEL_FOLDERS])
-    artifact = TrainedArtifact(Path(result.artifact_path), result.sha256, list(result.metadata["classes"]),
-                               result.evaluation, result.metadata)
+    result = train(
+        items,
+        TrainConfig.from_dict(TINY_TRAIN_CONFIG),
+        str(train_dir / "model.pth"),
+        test_items=items[::5],
+        classes=[category_name(folder) for folder in MODEL_FOLDERS],
+    )
+    artifact = TrainedArtifact(
+        Path(result.artifact_path), result.sha256, list(result.metadata["classes"]), result.evaluation, result.metadata
+    )
     return promote(install_model(artifact, 1, status=ModelVersion.Status.CANDIDATE))
 
 
@@ -229,6 +304,7 @@ def create_uploader() -> tuple[str, int]:
 # ---------------------------------------------------------------------------------------------
 # The load: clients that retry with their idempotency key
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Upload:
@@ -274,9 +350,13 @@ def upload_with_retries(session, url: str, sample_id: int, data: bytes, upload: 
         upload.attempts += 1
         started = time.monotonic()
         try:
-            response = session.post(f"{url}/api/images/", data={"sample": sample_id},
-                                    files={"file": (f"{upload.key}.tif", data, "image/tiff")},
-                                    headers={"Idempotency-Key": upload.key}, timeout=CLIENT_TIMEOUT_S)
+            response = session.post(
+                f"{url}/api/images/",
+                data={"sample": sample_id},
+                files={"file": (f"{upload.key}.tif", data, "image/tiff")},
+                headers={"Idempotency-Key": upload.key},
+                timeout=CLIENT_TIMEOUT_S,
+            )
             outcome = str(response.status_code)
         except requests.RequestException as error:
             response, outcome = None, type(error).__name__
@@ -300,13 +380,18 @@ def retry_delay(response) -> float:
 # Faults
 # ---------------------------------------------------------------------------------------------
 
+
 def inject_fault(kind: str, services: dict[str, Service], env, log_dir: Path, args) -> None:
     if kind == "redis":
         subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], check=False)
         time.sleep(1)
         subprocess.run(REDIS_START, check=True)
-        wait_for(lambda: subprocess.run(["redis-cli", "-h", "127.0.0.1", "ping"], capture_output=True)
-                 .stdout.strip() == b"PONG", "Redis")
+        wait_for(
+            lambda: (
+                subprocess.run(["redis-cli", "-h", "127.0.0.1", "ping"], capture_output=True).stdout.strip() == b"PONG"
+            ),
+            "Redis",
+        )
     elif kind == "postgres":
         version = sorted(os.listdir("/etc/postgresql"))[0]
         subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True)
@@ -347,6 +432,7 @@ def wait_for(predicate, what: str, timeout: float = 60) -> None:
 # After the load: drain and checks
 # ---------------------------------------------------------------------------------------------
 
+
 def wait_for_drain(timeout: float) -> float | None:
     """Seconds until no image waits for classification (None on timeout)."""
     from django.db import close_old_connections, connection
@@ -376,29 +462,45 @@ def check_outcome(record: Record, media_root: Path, model_before: tuple) -> list
     failures = []
     succeeded = [upload for upload in record.uploads if upload.image_id is not None]
     given_up = [upload.key for upload in record.uploads if upload.image_id is None]
-    rows = {row["pk"]: row for row in SEMImage.objects.values("pk", "sha256", "status", "predicted_by",
-                                                             "original", "derivative", "thumbnail")}
+    rows = {
+        row["pk"]: row
+        for row in SEMImage.objects.values(
+            "pk", "sha256", "status", "predicted_by", "original", "derivative", "thumbnail"
+        )
+    }
     expect(failures, not given_up, f"{len(given_up)} uploads never succeeded: {given_up[:5]}")
     expect(failures, len(rows) == len(succeeded), f"{len(rows)} rows for {len(succeeded)} successful uploads")
-    expect(failures, len({upload.image_id for upload in succeeded}) == len(succeeded),
-           "two uploads were answered with the same image")
-    mismatched = [upload.key for upload in succeeded
-                  if upload.image_id not in rows or rows[upload.image_id]["sha256"] != upload.sha256]
+    expect(
+        failures,
+        len({upload.image_id for upload in succeeded}) == len(succeeded),
+        "two uploads were answered with the same image",
+    )
+    mismatched = [
+        upload.key
+        for upload in succeeded
+        if upload.image_id not in rows or rows[upload.image_id]["sha256"] != upload.sha256
+    ]
     expect(failures, not mismatched, f"uploads missing or with other bytes: {mismatched[:5]}")
     expect(failures, len({row["sha256"] for row in rows.values()}) == len(rows), "duplicate sha256 rows")
     failures += check_files(rows.values(), media_root)
     per_image = Counter(Prediction.objects.values_list("image_id", flat=True))
     production = ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION)
-    expect(failures, [(m.pk, m.artifact_sha256) for m in production] == [model_before],
-           "the production model changed")
-    expect(failures, all(per_image.get(pk) == 1 for pk in rows) and set(per_image) <= set(rows),
-           f"predictions per image: {Counter(per_image.get(pk, 0) for pk in rows)}")
-    unclassified = [pk for pk, row in rows.items()
-                    if row["status"] != SEMImage.Status.CLASSIFIED or row["predicted_by"] != model_before[0]]
+    expect(failures, [(m.pk, m.artifact_sha256) for m in production] == [model_before], "the production model changed")
+    expect(
+        failures,
+        all(per_image.get(pk) == 1 for pk in rows) and set(per_image) <= set(rows),
+        f"predictions per image: {Counter(per_image.get(pk, 0) for pk in rows)}",
+    )
+    unclassified = [
+        pk
+        for pk, row in rows.items()
+        if row["status"] != SEMImage.Status.CLASSIFIED or row["predicted_by"] != model_before[0]
+    ]
     expect(failures, not unclassified, f"{len(unclassified)} images not classified by production")
     by_model = Prediction.objects.values("model_version").annotate(n=Count("pk"))
-    expect(failures, [row["model_version"] for row in by_model] in ([model_before[0]], []),
-           "predictions by another model")
+    expect(
+        failures, [row["model_version"] for row in by_model] in ([model_before[0]], []), "predictions by another model"
+    )
     return failures
 
 
@@ -407,11 +509,18 @@ def check_files(rows, media_root: Path) -> list[str]:
     on_disk = {str(path.relative_to(media_root)) for path in media_root.rglob("*") if path.is_file()}
     referenced = {row[name] for row in rows for name in ("original", "derivative", "thumbnail")}
     failures = []
-    expect(failures, on_disk == referenced,
-           f"files without rows: {sorted(on_disk - referenced)[:5]}; rows without files: "
-           f"{sorted(referenced - on_disk)[:5]}")
-    corrupt = [row["original"] for row in rows if (media_root / row["original"]).is_file()
-               and hashlib.sha256((media_root / row["original"]).read_bytes()).hexdigest() != row["sha256"]]
+    expect(
+        failures,
+        on_disk == referenced,
+        f"files without rows: {sorted(on_disk - referenced)[:5]}; rows without files: "
+        f"{sorted(referenced - on_disk)[:5]}",
+    )
+    corrupt = [
+        row["original"]
+        for row in rows
+        if (media_root / row["original"]).is_file()
+        and hashlib.sha256((media_root / row["original"]).read_bytes()).hexdigest() != row["sha256"]
+    ]
     expect(failures, not corrupt, f"originals whose bytes differ from their sha256: {corrupt[:5]}")
     return failures
 
@@ -425,6 +534,7 @@ def expect(failures: list[str], condition: bool, message: str) -> None:
 # Report
 # ---------------------------------------------------------------------------------------------
 
+
 def percentile(values: list[float], fraction: float) -> float:
     return float(np.percentile(values, fraction * 100)) if values else float("nan")
 
@@ -432,13 +542,19 @@ def percentile(values: list[float], fraction: float) -> float:
 def print_load(record: Record, seconds: float, clients: int) -> None:
     done = [upload for upload in record.uploads if upload.image_id is not None]
     ms = [latency * 1000 for latency in record.latencies]
-    print(f"load: {clients} clients, {seconds:.0f} s, {len(done)} uploads stored "
-          f"({len(done) * 1.0 / seconds:.2f} uploads/s, {len(done) * IMAGE_SIDE ** 2 / seconds / 2 ** 20:.1f} MiB/s)")
-    print(f"latency of successful requests: p50 {percentile(ms, .5):.0f} ms  p95 {percentile(ms, .95):.0f} ms  "
-          f"max {max(ms, default=0):.0f} ms")
+    print(
+        f"load: {clients} clients, {seconds:.0f} s, {len(done)} uploads stored "
+        f"({len(done) * 1.0 / seconds:.2f} uploads/s, {len(done) * IMAGE_SIDE**2 / seconds / 2**20:.1f} MiB/s)"
+    )
+    print(
+        f"latency of successful requests: p50 {percentile(ms, 0.5):.0f} ms  p95 {percentile(ms, 0.95):.0f} ms  "
+        f"max {max(ms, default=0):.0f} ms"
+    )
     statuses = Counter(outcome for _, outcome in record.errors)
-    print(f"errors: {sum(statuses.values())} {dict(statuses) or ''}  (retries that then succeeded: "
-          f"{sum(upload.attempts - 1 for upload in done)})")
+    print(
+        f"errors: {sum(statuses.values())} {dict(statuses) or ''}  (retries that then succeeded: "
+        f"{sum(upload.attempts - 1 for upload in done)})"
+    )
     # The machine may be shared: a high load average from others explains a slow run.
     print(f"machine: {os.cpu_count()} cores, load average now {os.getloadavg()[0]:.1f}")
 
@@ -448,13 +564,20 @@ def print_fault(kind: str, record: Record, fault_started: float, fault_done: flo
     during = Counter(outcome for _, outcome in errors)
     last_error = max((at for at, _ in errors), default=None)
     recovered = min((at for at in record.successes_at if last_error and at > last_error), default=None)
-    print(f"fault {kind}: injected in {fault_done - fault_started:.1f} s; client errors from then on: "
-          f"{sum(during.values())} {dict(during) or ''}"
-          + (f"; last error {last_error - fault_started:.1f} s after the fault started, next success "
-             f"{recovered - fault_started:.1f} s after" if last_error and recovered else ""))
+    print(
+        f"fault {kind}: injected in {fault_done - fault_started:.1f} s; client errors from then on: "
+        f"{sum(during.values())} {dict(during) or ''}"
+        + (
+            f"; last error {last_error - fault_started:.1f} s after the fault started, next success "
+            f"{recovered - fault_started:.1f} s after"
+            if last_error and recovered
+            else ""
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -495,8 +618,10 @@ def run(args, env, root: Path, services, url: str, token: str, sample_id: int, m
     record = Record()
     started = time.monotonic()
     deadline = started + args.seconds
-    threads = [threading.Thread(target=run_client, args=(client, url, token, sample_id, deadline, record))
-               for client in range(args.clients)]
+    threads = [
+        threading.Thread(target=run_client, args=(client, url, token, sample_id, deadline, record))
+        for client in range(args.clients)
+    ]
     for thread in threads:
         thread.start()
     fault_times = None
@@ -514,15 +639,20 @@ def run(args, env, root: Path, services, url: str, token: str, sample_id: int, m
         unqueued = services["gunicorn"].log().count("could not queue classification")
         print(f"fault {args.fault}: {unqueued} uploads stored while the broker could not take their message")
     drained = wait_for_drain(DRAIN_TIMEOUT_S)
-    print(f"drain: all images classified {drained:.1f} s after the load ended" if drained is not None
-          else f"drain: NOT drained after {DRAIN_TIMEOUT_S} s")
+    print(
+        f"drain: all images classified {drained:.1f} s after the load ended"
+        if drained is not None
+        else f"drain: NOT drained after {DRAIN_TIMEOUT_S} s"
+    )
     failures = check_outcome(record, root / "media", model_before) + ([] if drained is not None else ["not drained"])
     images = len([upload for upload in record.uploads if upload.image_id is not None])
     for failure in failures:
         print(f"CHECK FAILED: {failure}")
     if not failures:
-        print(f"checks: OK: {images} uploads stored once (rows, sha256, files on disk match, nothing "
-              f"half-stored), each classified once by production model v1, production unchanged")
+        print(
+            f"checks: OK: {images} uploads stored once (rows, sha256, files on disk match, nothing "
+            f"half-stored), each classified once by production model v1, production unchanged"
+        )
     else:
         print(f"worker log tail:\n{services['worker'].log()[-2000:]}")
     return 1 if failures else 0

@@ -14,6 +14,7 @@ PostgreSQL (`BENCH_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/sem
 
     .venv/bin/python bench/bench_near_dup.py [--quick] [--skip-index] [--skip-hashes]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,6 +73,7 @@ def hashes_of(data: bytes, filename: str, functions) -> dict[str, int] | None:
 
     from portal.services.ingest import make_derived_files
     from portal.services.validation import ValidationError, inspect_image, sniff_format
+
     with tempfile.NamedTemporaryFile(suffix=Path(filename).suffix) as handle:
         handle.write(data)
         handle.flush()
@@ -119,30 +121,40 @@ def part_hashes(quick: bool) -> None:
                 continue
             for h in HASHES:
                 distances[h].setdefault(name, []).append(_distance(base[h], found[h]))
-    print(f"{len(originals)} originals, {len(next(iter(distances['phash'].values())))} copies per kind, "
-          f"{time.perf_counter() - started:.0f} s")
+    print(
+        f"{len(originals)} originals, {len(next(iter(distances['phash'].values())))} copies per kind, "
+        f"{time.perf_counter() - started:.0f} s"
+    )
     names = list(distances["phash"])
     print("\nHamming distance (64 bits) of each re-saved copy to its original: median / max")
     print(f"{'copy':<18}" + "".join(f"{h:>14}" for h in HASHES))
     for name in names:
-        print(f"{name:<18}" + "".join(
-            f"{statistics.median(distances[h][name]):>8.0f} /{max(distances[h][name]):>3d}" for h in HASHES))
+        print(
+            f"{name:<18}"
+            + "".join(f"{statistics.median(distances[h][name]):>8.0f} /{max(distances[h][name]):>3d}" for h in HASHES)
+        )
     print("\nDifferent images from different sources (must not match):")
     print(f"{'':<18}" + "".join(f"{h:>14}" for h in HASHES))
     cross = {h: [] for h in HASHES}
     for i, (group_a, a) in enumerate(originals):
-        for group_b, b in originals[i + 1:]:
+        for group_b, b in originals[i + 1 :]:
             if group_a != group_b:
                 for h in HASHES:
                     cross[h].append(_distance(a[h], b[h]))
     print(f"{'smallest':<18}" + "".join(f"{min(cross[h]):>14d}" for h in HASHES))
     for threshold in (6, 8, 10, 12):
-        print(f"{'share <= ' + str(threshold):<18}" + "".join(
-            f"{np.mean(np.array(cross[h]) <= threshold) * 100:>13.2f}%" for h in HASHES))
+        print(
+            f"{'share <= ' + str(threshold):<18}"
+            + "".join(f"{np.mean(np.array(cross[h]) <= threshold) * 100:>13.2f}%" for h in HASHES)
+        )
     for threshold in (6, 8, 10, 12):
-        print(f"{'copies <= ' + str(threshold):<18}" + "".join(
-            f"{np.mean(np.concatenate([np.array(v) for v in distances[h].values()]) <= threshold) * 100:>13.1f}%"
-            for h in HASHES))
+        print(
+            f"{'copies <= ' + str(threshold):<18}"
+            + "".join(
+                f"{np.mean(np.concatenate([np.array(v) for v in distances[h].values()]) <= threshold) * 100:>13.1f}%"
+                for h in HASHES
+            )
+        )
     print(f"({len(cross['phash'])} cross-source pairs)")
 
 
@@ -152,6 +164,7 @@ def part_index(quick: bool) -> None:
     url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/sem_bench_neardup")
     try:
         import psycopg
+
         with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
             database = url.rsplit("/", 1)[1]
             admin.execute(f'DROP DATABASE IF EXISTS "{database}"')
@@ -166,12 +179,14 @@ def part_index(quick: bool) -> None:
     rng = np.random.default_rng(0)
 
     def random_hash() -> int:
-        return int(rng.integers(0, 2 ** 32)) << 32 | int(rng.integers(0, 2 ** 32))
+        return int(rng.integers(0, 2**32)) << 32 | int(rng.integers(0, 2**32))
 
     stored = [random_hash() for _ in range(n)]
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE ph (id bigserial primary key, image_id integer, region smallint, value bigint, "
-                     "band0 integer, band1 integer, band2 integer, band3 integer)")
+        conn.execute(
+            "CREATE TABLE ph (id bigserial primary key, image_id integer, region smallint, value bigint, "
+            "band0 integer, band1 integer, band2 integer, band3 integer)"
+        )
         started = time.perf_counter()
         with conn.cursor() as cursor:
             with cursor.copy("COPY ph (image_id, region, value, band0, band1, band2, band3) FROM STDIN") as copy:
@@ -201,17 +216,22 @@ def part_index(quick: bool) -> None:
             timings.append((time.perf_counter() - started) * 1000)
             found += planted and bool(hits)
         timings.sort()
-        print(f"near-duplicate look-up of one upload (11 probes, radius {RADIUS}) over {n:,} images: "
-              f"median {statistics.median(timings):.1f} ms, p95 {timings[int(0.95 * len(timings))]:.1f} ms; "
-              f"planted near-duplicates found {found}/50")
+        print(
+            f"near-duplicate look-up of one upload (11 probes, radius {RADIUS}) over {n:,} images: "
+            f"median {statistics.median(timings):.1f} ms, p95 {timings[int(0.95 * len(timings))]:.1f} ms; "
+            f"planted near-duplicates found {found}/50"
+        )
         scans = []
         for value in stored[:5]:
             started = time.perf_counter()
-            conn.execute("SELECT image_id FROM ph WHERE bit_count((value # %s)::bit(64)) <= %s",
-                         [to_signed(value), RADIUS]).fetchall()
+            conn.execute(
+                "SELECT image_id FROM ph WHERE bit_count((value # %s)::bit(64)) <= %s", [to_signed(value), RADIUS]
+            ).fetchall()
             scans.append((time.perf_counter() - started) * 1000)
-        print(f"for comparison, one probe as a full scan (bit_count over every row): "
-              f"median {statistics.median(scans):.0f} ms (x 11 per upload)")
+        print(
+            f"for comparison, one probe as a full scan (bit_count over every row): "
+            f"median {statistics.median(scans):.0f} ms (x 11 per upload)"
+        )
     with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}"')
 

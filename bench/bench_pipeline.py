@@ -70,8 +70,14 @@ def reset_predictions() -> list[int]:
     from portal.models import Prediction, SEMImage
 
     Prediction.objects.all().delete()
-    SEMImage.objects.update(status=SEMImage.Status.PENDING, claimed_at=None, predicted_by=None,
-                            predicted_category=None, predicted_confidence=None, predicted_margin=None)
+    SEMImage.objects.update(
+        status=SEMImage.Status.PENDING,
+        claimed_at=None,
+        predicted_by=None,
+        predicted_category=None,
+        predicted_confidence=None,
+        predicted_margin=None,
+    )
     return list(SEMImage.objects.order_by("pk").values_list("pk", flat=True))
 
 
@@ -102,7 +108,7 @@ def in_process_pass(batch_size: int) -> float:
     ids = reset_predictions()
     started = time.perf_counter()
     for start in range(0, len(ids), batch_size):
-        classification.classify_images(ids[start:start + batch_size])
+        classification.classify_images(ids[start : start + batch_size])
     return len(ids) / (time.perf_counter() - started)
 
 
@@ -114,10 +120,29 @@ class CeleryWorker:
             message.unlink()  # the demo import's own classification messages
         self.log = open(var_dir / "worker.log", "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "gpu,default", "--pool=prefork",
-             "-c", "1", "--loglevel=WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, stdout=self.log,
-            stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                "worker",
+                "-Q",
+                "gpu,default",
+                "--pool=prefork",
+                "-c",
+                "1",
+                "--loglevel=WARNING",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=REPO_ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def timed_pass(self) -> float:
         from portal.models import SEMImage
@@ -147,8 +172,7 @@ class CeleryWorker:
         self.log.close()
 
 
-def measure_throughput(engine, images: int, batch_size: int, repeats: int, var_dir: Path | None,
-                       threads: int) -> dict:
+def measure_throughput(engine, images: int, batch_size: int, repeats: int, var_dir: Path | None, threads: int) -> dict:
     """Passes interleaved (bare, in-process, bare, celery, ...) so load from other processes hits all
     alike; the best pass of each counts. The celery worker's own warm-up is its first image."""
     rates: dict[str, list[float]] = {"bare": [], "in_process": [], "celery": []}
@@ -174,10 +198,15 @@ def main() -> None:
     parser.add_argument("--skip-celery", action="store_true", help="skip the measurement through a worker")
     parser.add_argument("--database-url", help="PostgreSQL database to use instead of a temporary SQLite file")
     parser.add_argument("--reuse", type=Path, help="bench folder of an earlier run: skip the data and the training")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch threads for every measurement (default: all cores)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 8 images per category, one epoch per stage, 2 passes")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads for every measurement (default: all cores)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 8 images per category, one epoch per stage, 2 passes"
+    )
     args = parser.parse_args()
     if args.quick:
         args.per_class, args.repeats = 8, 2
@@ -196,23 +225,30 @@ def main() -> None:
     from portal.services import classification
 
     images = SEMImage.objects.count() if args.reuse else prepare_data(args.per_class)
-    print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"database: {connection.vendor}; broker: {settings.CELERY_BROKER_URL}")
+    print(
+        f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"database: {connection.vendor}; broker: {settings.CELERY_BROKER_URL}"
+    )
     if not args.reuse:
         run, wall = retrain_once()
-        print(f"retraining on the demo data ({images} images, {run.train_image_count} train / "
-              f"{run.test_image_count} test): {wall:.1f} s wall ({run.duration_s:.1f} s recorded), "
-              f"{run.model_version.arch} sizes {run.config['sizes']} epochs {run.config['epochs']} on {run.device}; "
-              f"test macro-F1 {run.model_version.macro_f1:.3f}, accuracy {run.model_version.accuracy:.3f}")
+        print(
+            f"retraining on the demo data ({images} images, {run.train_image_count} train / "
+            f"{run.test_image_count} test): {wall:.1f} s wall ({run.duration_s:.1f} s recorded), "
+            f"{run.model_version.arch} sizes {run.config['sizes']} epochs {run.config['epochs']} on {run.device}; "
+            f"test macro-F1 {run.model_version.macro_f1:.3f}, accuracy {run.model_version.accuracy:.3f}"
+        )
 
     engine = classification.load_engine(classification.production_model())
     batch_size = settings.SEM_CLASSIFY_BATCH_SIZE
     torch.set_num_threads(args.threads)  # training may have changed it; the worker gets OMP_NUM_THREADS
-    rates = measure_throughput(engine, images, batch_size, args.repeats, None if args.skip_celery else var_dir,
-                               args.threads)
+    rates = measure_throughput(
+        engine, images, batch_size, args.repeats, None if args.skip_celery else var_dir, args.threads
+    )
     bare = max(rates["bare"])
-    print(f"\nclassification at {engine.input_size} px, batch {batch_size}, {torch.get_num_threads()} torch threads, "
-          f"{images} images, best of {args.repeats} interleaved passes")
+    print(
+        f"\nclassification at {engine.input_size} px, batch {batch_size}, {torch.get_num_threads()} torch threads, "
+        f"{images} images, best of {args.repeats} interleaved passes"
+    )
     print(f"  bare forward on ready tensors   {bare:8.1f} images/s")
     for key, label in (("in_process", "worker path, in-process"), ("celery", "through a celery worker")):
         if rates[key]:

@@ -3,6 +3,7 @@ the same total number of epochs on the same split: wall time and held-out accura
 
     .venv/bin/python bench/bench_progressive.py [--quick] [--arch resnet34] [--epochs 2] [--synthetic N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,15 @@ def run(items, test_items, classes, sizes, epochs, arch, out):
     from classifier.config import TrainConfig
     from classifier.train import train
 
-    config = TrainConfig(arch=arch, sizes=sizes, epochs=epochs, batch_sizes=(16,) * len(sizes),
-                         lrs=(3e-3,) * len(sizes), pretrained=False, seed=1)
+    config = TrainConfig(
+        arch=arch,
+        sizes=sizes,
+        epochs=epochs,
+        batch_sizes=(16,) * len(sizes),
+        lrs=(3e-3,) * len(sizes),
+        pretrained=False,
+        seed=1,
+    )
     start = time.perf_counter()
     result = train(items, config, out, test_items=test_items, classes=classes)
     return time.perf_counter() - start, result.evaluation
@@ -35,9 +43,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--arch", default="resnet34")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per progressive stage")
-    parser.add_argument("--synthetic", type=int, default=0, metavar="N",
-                        help="N synthetic images instead of the 65 real ones: per-run fixed costs (model "
-                             "construction, evaluation, kernel set-up per input size) weigh less on more data")
+    parser.add_argument(
+        "--synthetic",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N synthetic images instead of the 65 real ones: per-run fixed costs (model "
+        "construction, evaluation, kernel set-up per input size) weigh less on more data",
+    )
     args = parser.parse_args()
     import torch
 
@@ -53,14 +66,20 @@ def main() -> None:
         classes = sorted(set(labels))
         progressive = run(train_items, test_items, classes, (64, 128, 224), (per_stage,) * 3, arch, f"{tmp}/p.semcls")
         fixed = run(train_items, test_items, classes, (224,), (3 * per_stage,), arch, f"{tmp}/f.semcls")
-    print(f"# load average {os.getloadavg()[0]:.1f} at the end; "
-          f"bench_progressive  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  torch threads "
-          f"{torch.get_num_threads()}")
-    print(f"data: {len(train_items)} train / {len(test_items)} held-out test from {source}; {arch}; from scratch; "
-          f"{3 * per_stage} epochs each")
+    print(
+        f"# load average {os.getloadavg()[0]:.1f} at the end; "
+        f"bench_progressive  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  torch threads "
+        f"{torch.get_num_threads()}"
+    )
+    print(
+        f"data: {len(train_items)} train / {len(test_items)} held-out test from {source}; {arch}; from scratch; "
+        f"{3 * per_stage} epochs each"
+    )
     for name, (seconds, evaluation) in (("progressive 64/128/224", progressive), ("fixed 224", fixed)):
-        print(f"  {name:<24} {seconds:7.1f} s   test accuracy {evaluation['accuracy']:.3f}   "
-              f"macro recall {evaluation['macro_avg']['recall']:.3f}")
+        print(
+            f"  {name:<24} {seconds:7.1f} s   test accuracy {evaluation['accuracy']:.3f}   "
+            f"macro recall {evaluation['macro_avg']['recall']:.3f}"
+        )
     print(f"time ratio progressive / fixed = {progressive[0] / fixed[0]:.2f}  (target <= 0.5)")
     print(f"accuracy progressive - fixed = {progressive[1]['accuracy'] - fixed[1]['accuracy']:+.3f}  (target >= 0)")
 

@@ -9,6 +9,7 @@ the measured cost of one training step of each architecture.
 
     .venv/bin/python bench/bench_recipe.py [--quick] [--ref-epochs 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,25 +67,43 @@ def main() -> None:
         keep, held_out = stratified_split(labels, 0.2, seed=5)
         train_items, test_items = [items[i] for i in keep], [items[i] for i in held_out]
         classes = sorted(set(labels))
-        reference = TrainConfig(arch="resnet50", sizes=sizes, epochs=(args.ref_epochs,) * 3,
-                                batch_sizes=(16,) * 3, lrs=(3e-3, 1e-3, 5e-4), augmentation="fastai",
-                                imbalance="none", pretrained=False, seed=1)
+        reference = TrainConfig(
+            arch="resnet50",
+            sizes=sizes,
+            epochs=(args.ref_epochs,) * 3,
+            batch_sizes=(16,) * 3,
+            lrs=(3e-3, 1e-3, 5e-4),
+            augmentation="fastai",
+            imbalance="none",
+            pretrained=False,
+            seed=1,
+        )
         ref_time, ref_eval = run(train_items, test_items, classes, reference, f"{tmp}/ref.semcls")
         cost_ratio = step_seconds("resnet50", len(classes)) / step_seconds("resnet34", len(classes))
         our_epochs = max(1, round(args.ref_epochs * cost_ratio))
         ours = TrainConfig(sizes=sizes, epochs=(our_epochs,) * 3, batch_sizes=(16,) * 3, pretrained=False, seed=1)
         our_time, our_eval = run(train_items, test_items, classes, ours, f"{tmp}/ours.semcls")
-    print(f"# load average {os.getloadavg()[0]:.1f} at the end; "
-          f"bench_recipe  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  torch threads "
-          f"{torch.get_num_threads()}")
-    print(f"data: {len(train_items)} train / {len(test_items)} held-out test from {source}; sizes {sizes}; "
-          f"from scratch (no local ImageNet weights); resnet50/resnet34 step-cost ratio {cost_ratio:.2f}")
-    rows = (("reference (resnet50, fastai aug, no weighting)", reference, ref_time, ref_eval),
-            ("ours (resnet34, SEM aug, weighted loss)", ours, our_time, our_eval))
+    print(
+        f"# load average {os.getloadavg()[0]:.1f} at the end; "
+        f"bench_recipe  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  torch threads "
+        f"{torch.get_num_threads()}"
+    )
+    print(
+        f"data: {len(train_items)} train / {len(test_items)} held-out test from {source}; sizes {sizes}; "
+        f"from scratch (no local ImageNet weights); resnet50/resnet34 step-cost ratio {cost_ratio:.2f}"
+    )
+    rows = (
+        ("reference (resnet50, fastai aug, no weighting)", reference, ref_time, ref_eval),
+        ("ours (resnet34, SEM aug, weighted loss)", ours, our_time, our_eval),
+    )
     for name, config, seconds, evaluation in rows:
-        print(f"  {name:<48} epochs {config.epochs}  {seconds:7.1f} s  accuracy {evaluation['accuracy']:.3f}  "
-              f"macro recall {evaluation['macro_avg']['recall']:.3f}")
-        print("      per-class recall: " + ", ".join(f"{c} {v['recall']:.2f}" for c, v in evaluation["per_class"].items()))
+        print(
+            f"  {name:<48} epochs {config.epochs}  {seconds:7.1f} s  accuracy {evaluation['accuracy']:.3f}  "
+            f"macro recall {evaluation['macro_avg']['recall']:.3f}"
+        )
+        print(
+            "      per-class recall: " + ", ".join(f"{c} {v['recall']:.2f}" for c, v in evaluation["per_class"].items())
+        )
     print(f"wall time ours / reference = {our_time / ref_time:.2f} (budget match)")
 
 

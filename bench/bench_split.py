@@ -13,6 +13,7 @@ seeds 0 and 1; classes absent from a split's train side are dropped from its tes
 
     .venv/bin/python bench/bench_split.py [--train] [--seeds 0,1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,7 @@ def components(n: int, edges) -> list[int]:
 
 def leak_share(sides: list[str], pairs) -> float:
     test = [i for i, s in enumerate(sides) if s == "test"]
-    leaked = {i for a, b in pairs for i in (a, b)
-              if sides[a] != sides[b] and sides[i] == "test"}
+    leaked = {i for a, b in pairs for i in (a, b) if sides[a] != sides[b] and sides[i] == "test"}
     return len(leaked) / max(len(test), 1), len(leaked), len(test)
 
 
@@ -90,30 +90,38 @@ def main() -> None:
     shas = [hashlib.sha256(image.path.read_bytes()).hexdigest() for image in images]
     pairs = near_duplicate_pairs(hashes)
     groups = components(len(images), pairs)
-    print(f"{len(images)} images, {len({i.group for i in images})} source series; {len(pairs)} near-duplicate "
-          f"pairs in {len({g for g in groups if groups.count(g) > 1})} groups "
-          f"({sum(groups.count(g) > 1 for g in groups)} images) [{time.perf_counter() - started:.0f} s]")
+    print(
+        f"{len(images)} images, {len({i.group for i in images})} source series; {len(pairs)} near-duplicate "
+        f"pairs in {len({g for g in groups if groups.count(g) > 1})} groups "
+        f"({sum(groups.count(g) > 1 for g in groups)} images) [{time.perf_counter() - started:.0f} s]"
+    )
     cross_source = sum(images[a].group != images[b].group for a, b in pairs)
     print(f"near-duplicate pairs across source series: {cross_source}")
 
     old = [split_for_sha256(sha) for sha in shas]
     collection = [split_for_sha256(shas[groups[i]]) for i in range(len(images))]
     series_nodes = {name: len(images) + k for k, name in enumerate(sorted({i.group for i in images}))}
-    joined = components(len(images) + len(series_nodes),
-                        pairs + [(i, series_nodes[image.group]) for i, image in enumerate(images)])
+    joined = components(
+        len(images) + len(series_nodes), pairs + [(i, series_nodes[image.group]) for i, image in enumerate(images)]
+    )
     side_of = {}
     for i, image in enumerate(images):
         side_of.setdefault(joined[i], set()).add(split_for_sample_id(image.group))
     samples = [("train" if "train" in side_of[joined[i]] else "test") for i in range(len(images))]
-    splits = {"old: sha256 per image": old, "new: collection (near-dup groups)": collection,
-              "new: source series as samples": samples}
+    splits = {
+        "old: sha256 per image": old,
+        "new: collection (near-dup groups)": collection,
+        "new: source series as samples": samples,
+    }
     print(f"\n{'split':<36}{'test':>6}{'test w/ near-dup in train':>28}{'test w/ same series in train':>30}")
     for name, sides in splits.items():
         share, leaked, n_test = leak_share(sides, pairs)
         series_train = {images[i].group for i, s in enumerate(sides) if s == "train"}
         same_series = sum(1 for i, s in enumerate(sides) if s == "test" and images[i].group in series_train)
-        print(f"{name:<36}{n_test:>6}{f'{leaked} ({share:.1%})':>28}"
-              f"{f'{same_series} ({same_series / max(n_test, 1):.1%})':>30}")
+        print(
+            f"{name:<36}{n_test:>6}{f'{leaked} ({share:.1%})':>28}"
+            f"{f'{same_series} ({same_series / max(n_test, 1):.1%})':>30}"
+        )
     if not args.train:
         return
     from classifier.config import TrainConfig
@@ -125,8 +133,9 @@ def main() -> None:
     for name, sides in splits.items():
         train_items = [(derived[im.path], im.category) for im, s in zip(images, sides) if s == "train"]
         present = {c for _, c in train_items}
-        test_items = [(derived[im.path], im.category) for im, s in zip(images, sides)
-                      if s == "test" and im.category in present]
+        test_items = [
+            (derived[im.path], im.category) for im, s in zip(images, sides) if s == "test" and im.category in present
+        ]
         counts = Counter(c for _, c in train_items)
         classes = sorted(c for c in present if counts[c] >= 2)
         train_items = [(p, c) for p, c in train_items if c in classes]
@@ -136,8 +145,11 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 result = train(train_items, config, str(Path(tmp) / "m.pth"), test_items=test_items, classes=classes)
             ev = result.evaluation
-            print(f"{name:<36}{seed:>5}{len(train_items):>7}{len(test_items):>6}{ev['accuracy']:>10.3f}"
-                  f"{ev['macro_avg']['f1']:>10.3f}", flush=True)
+            print(
+                f"{name:<36}{seed:>5}{len(train_items):>7}{len(test_items):>6}{ev['accuracy']:>10.3f}"
+                f"{ev['macro_avg']['f1']:>10.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -86,18 +86,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         share = Path(workdir) / "share"
         settings.MEDIA_ROOT = str(Path(workdir) / "media")
-        _, write_s = timed(lambda: [
-            (share / f"LAB-{index % options.folders:04d}").mkdir(parents=True, exist_ok=True)
-            or (share / f"LAB-{index % options.folders:04d}" / f"image{index:05d}.png").write_bytes(small_png(index))
-            for index in range(options.files)])
+        _, write_s = timed(
+            lambda: [
+                (share / f"LAB-{index % options.folders:04d}").mkdir(parents=True, exist_ok=True)
+                or (share / f"LAB-{index % options.folders:04d}" / f"image{index:05d}.png").write_bytes(
+                    small_png(index)
+                )
+                for index in range(options.files)
+            ]
+        )
         clock = [1_000_000.0]
         rows = []
         try:
             with transaction.atomic():
                 user = get_user_model().objects.create_user("bench-watch-user")
                 project = Project.objects.create(name="bench-watch-project")
-                folder = WatchFolder.objects.create(path=str(share), project=project, uploader=user, settle_s=10,
-                                                    create_missing_samples=True)
+                folder = WatchFolder.objects.create(
+                    path=str(share), project=project, uploader=user, settle_s=10, create_missing_samples=True
+                )
                 found, walk_s = timed(lambda: watch.walk(str(share)))
                 assert len(found) == options.files
                 report, first_s = timed(lambda: watch.scan_folder(folder, clock=lambda: clock[0]))
@@ -124,8 +130,9 @@ def main() -> None:
                     target = ingest_share / "LAB-INGEST" / f"frame{index:03d}.tif"
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(big_tiff(index))
-                ingest_folder = WatchFolder.objects.create(path=str(ingest_share), project=project, uploader=user,
-                                                           settle_s=10, create_missing_samples=True)
+                ingest_folder = WatchFolder.objects.create(
+                    path=str(ingest_share), project=project, uploader=user, settle_s=10, create_missing_samples=True
+                )
                 watch.scan_folder(ingest_folder, clock=lambda: clock[0])
                 clock[0] += 11
                 report, ingest_s = timed(lambda: watch.scan_folder(ingest_folder, clock=lambda: clock[0]))
@@ -142,12 +149,16 @@ def main() -> None:
                 raise _Rollback
         except _Rollback:
             pass
-    print(f"watch folder scan, {options.files} files in {options.folders} sample folders, database "
-          f"{connection.vendor}, {os.cpu_count()} CPUs:")
+    print(
+        f"watch folder scan, {options.files} files in {options.folders} sample folders, database "
+        f"{connection.vendor}, {os.cpu_count()} CPUs:"
+    )
     for name, seconds in rows:
         print(f"  {name:60s} {seconds:7.2f} s")
-    print(f"  ingestion of {options.ingest + 1} settled 1024x768 TIFFs through the scanner: "
-          f"{per_file * 1000:.0f} ms per file")
+    print(
+        f"  ingestion of {options.ingest + 1} settled 1024x768 TIFFs through the scanner: "
+        f"{per_file * 1000:.0f} ms per file"
+    )
 
 
 def report_changed(files: int) -> int:

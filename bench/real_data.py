@@ -8,6 +8,7 @@ neighbouring tiles, tilt views or magnifications of one field (sem-real-2/README
 Derivatives are made by the ingestion service's own functions (`portal.services.ingest`): the bytes
 the worker trains on and classifies in production.
 """
+
 from __future__ import annotations
 
 import csv
@@ -54,8 +55,11 @@ def load_images(sets=REAL_SETS) -> list[RealImage]:
         folder = SHARED / name
         with open(folder / "manifest.csv", newline="") as handle:
             for row in csv.DictReader(handle):
-                images.append(RealImage(folder / row["file"], row["category"],
-                                        source_group(row["repo"], row["file"], row["path"])))
+                images.append(
+                    RealImage(
+                        folder / row["file"], row["category"], source_group(row["repo"], row["file"], row["path"])
+                    )
+                )
     return images
 
 
@@ -135,8 +139,10 @@ def describe(train, test) -> str:
     def counts(side):
         return ", ".join(f"{c} {n}" for c, n in sorted(Counter(i.category for i in side).items()))
 
-    return (f"train {len(train)} images / {len({i.group for i in train})} sources ({counts(train)}); "
-            f"test {len(test)} / {len({i.group for i in test})} sources ({counts(test)})")
+    return (
+        f"train {len(train)} images / {len({i.group for i in train})} sources ({counts(train)}); "
+        f"test {len(test)} / {len({i.group for i in test})} sources ({counts(test)})"
+    )
 
 
 def _main():
@@ -149,4 +155,3 @@ def _main():
 
 if __name__ == "__main__":
     _main()
-

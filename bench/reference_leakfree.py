@@ -8,6 +8,7 @@ the script unchanged (same arguments, same output) with fastai's `from_folder` c
 
     python bench/reference_leakfree.py TRAIN_DIR TEST_DIR [the reference recipe's options]
 """
+
 from __future__ import annotations
 
 import importlib.util

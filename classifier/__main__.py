@@ -1,4 +1,5 @@
 """``python -m classifier`` entry point."""
+
 import sys
 
 from .cli import main

@@ -12,6 +12,7 @@ Format version 1 (``MAGIC | header length | header JSON | torch.save payload``) 
 unpickler. It is read only to migrate it (``upgrade_artifact``, with the sha256 the file was registered
 with, checked before anything is unpickled); ``load_artifact`` refuses it otherwise.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -62,10 +63,10 @@ def artifact_bytes(state_dict: dict, metadata: dict) -> bytes:
     # Own contiguous copies: safetensors refuses tensors that share storage (tied weights, views).
     tensors = {key: value.detach().cpu().contiguous().clone() for key, value in state_dict.items()}
     weights = save(tensors)  # the tensor bytes do not depend on the header's metadata
-    (length,) = _SAFETENSORS_LENGTH.unpack(weights[:_SAFETENSORS_LENGTH.size])
+    (length,) = _SAFETENSORS_LENGTH.unpack(weights[: _SAFETENSORS_LENGTH.size])
     header = {
         "format_version": FORMAT_VERSION,
-        "weights_sha256": hashlib.sha256(weights[_SAFETENSORS_LENGTH.size + length:]).hexdigest(),
+        "weights_sha256": hashlib.sha256(weights[_SAFETENSORS_LENGTH.size + length :]).hexdigest(),
         "metadata": {**metadata, "format_version": FORMAT_VERSION},
     }
     return save(tensors, metadata={METADATA_KEY: json.dumps(header, sort_keys=True, allow_nan=False)})
@@ -81,8 +82,10 @@ def load_artifact(path: str | os.PathLike, expected_sha256: str | None = None) -
     blob = _read_file(path)
     sha256 = _check_sha256(path, blob, expected_sha256)
     if blob.startswith(MAGIC):
-        raise LegacyArtifactError(f"{path}: artifact format version {LEGACY_FORMAT_VERSION} (torch pickle); "
-                                  "upgrade it to the safetensors format (manage.py upgrade_artifacts)")
+        raise LegacyArtifactError(
+            f"{path}: artifact format version {LEGACY_FORMAT_VERSION} (torch pickle); "
+            "upgrade it to the safetensors format (manage.py upgrade_artifacts)"
+        )
     header, data_start = _parse_safetensors_header(path, blob)
     if hashlib.sha256(blob[data_start:]).hexdigest() != header["weights_sha256"]:
         raise ArtifactError(f"{path}: corrupt: the weights' checksum does not match the one stored in the file")
@@ -105,16 +108,16 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         if len(start) < len(MAGIC) + _LENGTH.size:
             raise ArtifactError(f"{path}: too short to be a classifier artifact")
         if start.startswith(MAGIC):
-            (length,) = _LENGTH.unpack(start[len(MAGIC):])
+            (length,) = _LENGTH.unpack(start[len(MAGIC) :])
             if length > _MAX_HEADER:
                 raise ArtifactError(f"{path}: corrupt header length {length}")
             header, _ = _parse_legacy_header(path, start + handle.read(length))
             return header["metadata"]
-        (length,) = _SAFETENSORS_LENGTH.unpack(start[:_SAFETENSORS_LENGTH.size])
+        (length,) = _SAFETENSORS_LENGTH.unpack(start[: _SAFETENSORS_LENGTH.size])
         if length > _MAX_HEADER:
             raise ArtifactError(f"{path}: not a classifier artifact (no safetensors header)")
-        rest = start[_SAFETENSORS_LENGTH.size:] + handle.read(max(0, length - (len(start) - _SAFETENSORS_LENGTH.size)))
-        header, _ = _parse_safetensors_header(path, start[:_SAFETENSORS_LENGTH.size] + rest, check_data=False)
+        rest = start[_SAFETENSORS_LENGTH.size :] + handle.read(max(0, length - (len(start) - _SAFETENSORS_LENGTH.size)))
+        header, _ = _parse_safetensors_header(path, start[: _SAFETENSORS_LENGTH.size] + rest, check_data=False)
     return header["metadata"]
 
 
@@ -140,8 +143,9 @@ def upgrade_artifact(path: str | os.PathLike, new_path: str | os.PathLike, expec
     header, payload_offset = _parse_legacy_header(path, blob)
     payload = blob[payload_offset:]
     if len(payload) != header["payload_length"]:
-        raise ArtifactError(f"{path}: truncated or padded: weights are {len(payload)} bytes, "
-                            f"header says {header['payload_length']}")
+        raise ArtifactError(
+            f"{path}: truncated or padded: weights are {len(payload)} bytes, header says {header['payload_length']}"
+        )
     if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
         raise ArtifactError(f"{path}: corrupt: the weights' checksum does not match the one stored in the file")
     try:
@@ -198,7 +202,8 @@ def _check_sha256(path: str, blob: bytes, expected_sha256: str | None) -> str:
     if expected_sha256 is not None and sha256 != expected_sha256.lower():
         raise ArtifactError(
             f"{path}: sha256 mismatch: file is {sha256}, expected {expected_sha256} "
-            "(the file was replaced or modified since it was registered)")
+            "(the file was replaced or modified since it was registered)"
+        )
     return sha256
 
 
@@ -209,27 +214,32 @@ def _parse_safetensors_header(path: str, blob: bytes, *, check_data: bool = True
         raise ArtifactError(f"{path}: truncated: no header")
     (length,) = _SAFETENSORS_LENGTH.unpack(blob[:size])
     if length > _MAX_HEADER:
-        raise ArtifactError(f"{path}: not a classifier artifact (no safetensors header); corrupt or a different "
-                            "file type")
+        raise ArtifactError(
+            f"{path}: not a classifier artifact (no safetensors header); corrupt or a different file type"
+        )
     if size + length > len(blob):
         raise ArtifactError(f"{path}: truncated or corrupt header (length {length}, file {len(blob)} bytes)")
     try:
-        table = json.loads(blob[size:size + length].decode("utf-8"))
+        table = json.loads(blob[size : size + length].decode("utf-8"))
         ours = json.loads(table["__metadata__"][METADATA_KEY])
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
         raise ArtifactError(f"{path}: not a classifier artifact (no {METADATA_KEY!r} header): {error}") from error
     version = ours.get("format_version") if isinstance(ours, dict) else None
     if version != FORMAT_VERSION:
-        raise ArtifactError(f"{path}: artifact format version {version!r}, this code reads version "
-                            f"{FORMAT_VERSION}; retrain the model with this version")
+        raise ArtifactError(
+            f"{path}: artifact format version {version!r}, this code reads version "
+            f"{FORMAT_VERSION}; retrain the model with this version"
+        )
     for key in ("weights_sha256", "metadata"):
         if key not in ours:
             raise ArtifactError(f"{path}: corrupt header: missing {key!r}")
     if check_data:
         ends = [entry["data_offsets"][1] for name, entry in table.items() if name != "__metadata__"]
         if size + length + max(ends, default=0) != len(blob):
-            raise ArtifactError(f"{path}: truncated or padded: the weights are {len(blob) - size - length} bytes, "
-                                f"the header says {max(ends, default=0)}")
+            raise ArtifactError(
+                f"{path}: truncated or padded: the weights are {len(blob) - size - length} bytes, "
+                f"the header says {max(ends, default=0)}"
+            )
     return ours, size + length
 
 
@@ -239,17 +249,19 @@ def _parse_legacy_header(path: str, blob: bytes) -> tuple[dict, int]:
     start = len(MAGIC) + _LENGTH.size
     if len(blob) < start:
         raise ArtifactError(f"{path}: truncated: no header")
-    (length,) = _LENGTH.unpack(blob[len(MAGIC):start])
+    (length,) = _LENGTH.unpack(blob[len(MAGIC) : start])
     if length > _MAX_HEADER or start + length > len(blob):
         raise ArtifactError(f"{path}: truncated or corrupt header (length {length}, file {len(blob)} bytes)")
     try:
-        header = json.loads(blob[start:start + length].decode("utf-8"))
+        header = json.loads(blob[start : start + length].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ArtifactError(f"{path}: corrupt header: {error}") from error
     version = header.get("format_version") if isinstance(header, dict) else None
     if version != LEGACY_FORMAT_VERSION:
-        raise ArtifactError(f"{path}: artifact format version {version!r}, this code reads version "
-                            f"{FORMAT_VERSION}; retrain the model with this version")
+        raise ArtifactError(
+            f"{path}: artifact format version {version!r}, this code reads version "
+            f"{FORMAT_VERSION}; retrain the model with this version"
+        )
     for key in ("payload_length", "payload_sha256", "metadata"):
         if key not in header:
             raise ArtifactError(f"{path}: corrupt header: missing {key!r}")

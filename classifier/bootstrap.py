@@ -5,6 +5,7 @@ scores both models on the same drawn images, so the interval of the difference r
 images' sampling, not two independent draws. Macro-F1 is averaged over the classes present in the test
 labels (as `classifier.metrics.evaluate` does).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,8 +38,9 @@ def _scores(true_idx: np.ndarray, pred_idx: np.ndarray, n_classes: int):
     return macro, precision, recall
 
 
-def paired_bootstrap(y_true, candidate_pred, production_pred, classes, *, resamples: int = 2000,
-                     level: float = 0.9, seed: int = 0) -> dict:
+def paired_bootstrap(
+    y_true, candidate_pred, production_pred, classes, *, resamples: int = 2000, level: float = 0.9, seed: int = 0
+) -> dict:
     """Intervals (two-sided, at `level`) of candidate minus production: macro-F1 and each class's recall."""
     index = {name: i for i, name in enumerate(classes)}
     t = np.array([index[y] for y in y_true], dtype=np.int64)
@@ -52,21 +54,31 @@ def paired_bootstrap(y_true, candidate_pred, production_pred, classes, *, resamp
     low_q, high_q = (1 - level) / 2, 1 - (1 - level) / 2
 
     def interval(point, samples):
-        return {"diff": float(point), "low": float(np.quantile(samples, low_q)),
-                "high": float(np.quantile(samples, high_q))}
+        return {
+            "diff": float(point),
+            "low": float(np.quantile(samples, low_q)),
+            "high": float(np.quantile(samples, high_q)),
+        }
 
     support = np.bincount(t, minlength=len(classes))
     return {
-        "level": level, "resamples": resamples, "seed": seed, "n": int(len(t)),
+        "level": level,
+        "resamples": resamples,
+        "seed": seed,
+        "n": int(len(t)),
         "macro_f1": interval(point_c[0] - point_p[0], macro_c - macro_p),
-        "recall": {name: {**interval(recall_c0[0, i] - recall_p0[0, i], recall_c[:, i] - recall_p[:, i]),
-                          "support": int(support[i])}
-                   for i, name in enumerate(classes) if support[i] > 0},
+        "recall": {
+            name: {
+                **interval(recall_c0[0, i] - recall_p0[0, i], recall_c[:, i] - recall_p[:, i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(classes)
+            if support[i] > 0
+        },
     }
 
 
-def metric_intervals(y_true, predicted, classes, *, resamples: int = 2000, level: float = 0.9,
-                     seed: int = 0) -> dict:
+def metric_intervals(y_true, predicted, classes, *, resamples: int = 2000, level: float = 0.9, seed: int = 0) -> dict:
     """{class: {"precision": [low, high], "recall": [low, high]}} of one model (stratified bootstrap)."""
     index = {name: i for i, name in enumerate(classes)}
     t = np.array([index[y] for y in y_true], dtype=np.int64)
@@ -77,9 +89,14 @@ def metric_intervals(y_true, predicted, classes, *, resamples: int = 2000, level
     _, precision, recall = _scores(t[draws], p[draws], len(classes))
     low_q, high_q = (1 - level) / 2, 1 - (1 - level) / 2
     support = np.bincount(t, minlength=len(classes))
-    return {name: {"precision": [float(np.quantile(precision[:, i], low_q)), float(np.quantile(precision[:, i], high_q))],
-                   "recall": [float(np.quantile(recall[:, i], low_q)), float(np.quantile(recall[:, i], high_q))]}
-            for i, name in enumerate(classes) if support[i] > 0}
+    return {
+        name: {
+            "precision": [float(np.quantile(precision[:, i], low_q)), float(np.quantile(precision[:, i], high_q))],
+            "recall": [float(np.quantile(recall[:, i], low_q)), float(np.quantile(recall[:, i], high_q))],
+        }
+        for i, name in enumerate(classes)
+        if support[i] > 0
+    }
 
 
 def intervals_from_confusion(matrix, classes, *, resamples: int = 2000, level: float = 0.9, seed: int = 0) -> dict:

@@ -4,6 +4,7 @@ The trainer measures its own step time at every stage size on the first batches;
 scales the schedule's epoch shape (15/10/10 for 64/128/224 px by default) so that training,
 validation and the final calibration fit into the budget, on a 2-core CPU and on a GPU alike.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,6 +40,7 @@ def parse_duration(text) -> float:
 @dataclass
 class StageCost:
     """Measured cost of one stage: seconds per training step and the steps it takes."""
+
     size: int
     batch_size: int
     train_steps: int  # optimiser steps per epoch
@@ -73,8 +75,14 @@ class BudgetPlan:
         return data
 
 
-def plan_epochs(budget_s: float, shape, stages: list[StageCost], reserved_s: float,
-                max_scale: float = MAX_SCALE, reserved_s_final: float = 0.0) -> BudgetPlan:
+def plan_epochs(
+    budget_s: float,
+    shape,
+    stages: list[StageCost],
+    reserved_s: float,
+    max_scale: float = MAX_SCALE,
+    reserved_s_final: float = 0.0,
+) -> BudgetPlan:
     """Epochs per stage: the shape scaled by the largest factor (<= max_scale) that fits the budget,
     each stage at least one epoch. A budget too small even for that says so in `note`."""
     shape = tuple(int(e) for e in shape)
@@ -86,18 +94,23 @@ def plan_epochs(budget_s: float, shape, stages: list[StageCost], reserved_s: flo
     epochs = tuple(max(1, math.floor(scale * e + 1e-9)) for e in shape)
     plan = BudgetPlan(budget_s, reserved_s, shape, epochs, list(stages), reserved_s_final=reserved_s_final)
     if plan.planned_s > budget_s * 1.001:
-        plan.note = (f"the budget of {budget_s:.0f} s is too small for one epoch per stage "
-                     f"(about {plan.planned_s:.0f} s needed); training one epoch per stage")
+        plan.note = (
+            f"the budget of {budget_s:.0f} s is too small for one epoch per stage "
+            f"(about {plan.planned_s:.0f} s needed); training one epoch per stage"
+        )
     return plan
 
 
-def replan_remaining(plan: BudgetPlan, stage: int, planned_done_s: float, actual_done_s: float,
-                     remaining_s: float) -> tuple[int, ...]:
+def replan_remaining(
+    plan: BudgetPlan, stage: int, planned_done_s: float, actual_done_s: float, remaining_s: float
+) -> tuple[int, ...]:
     """Epochs for stages `stage`.. once the earlier stages ran: when they took longer than planned (a
     busier machine), the rest is scaled down by the same slowdown to end within the budget; never up."""
     slowdown = max(1.0, actual_done_s / planned_done_s) if planned_done_s > 0 else 1.0
-    rest = [StageCost(c.size, c.batch_size, c.train_steps, c.valid_batches, c.step_s * slowdown)
-            for c in plan.stages[stage:]]
+    rest = [
+        StageCost(c.size, c.batch_size, c.train_steps, c.valid_batches, c.step_s * slowdown)
+        for c in plan.stages[stage:]
+    ]
     final_s = plan.reserved_s_final
     fitted = plan_epochs(remaining_s, plan.epochs[stage:], rest, final_s * slowdown, max_scale=1.0)
     return plan.epochs[:stage] + fitted.epochs

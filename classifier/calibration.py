@@ -4,6 +4,7 @@ numpy only: a one-parameter fit does not need autograd. Dividing logits by a
 scalar T > 0 never changes the argmax, so accuracy is untouched while the
 confidences become honest (the review queue orders by them).
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,9 @@ def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature:
     return float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray,
-                    bounds: tuple[float, float] = (0.05, 20.0), iterations: int = 60) -> float:
+def fit_temperature(
+    logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0), iterations: int = 60
+) -> float:
     """Temperature minimising validation NLL (golden-section search on log T;
     the NLL is unimodal in log T). Returns 1.0 when there is nothing to fit."""
     logits = np.asarray(logits, dtype=np.float64)

@@ -4,6 +4,7 @@ DATA_DIR is a folder-per-category tree of raw images (the NFFA-EUROPE
 layout); folder names are the class names. Raw files are decoded, their data
 bar cropped and turned into 256-px derivatives before training/inference.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}[args.command](args)
 
 
@@ -95,32 +97,50 @@ def cmd_train(args) -> int:
         keep, held_out = stratified_split([label for _, label in items], args.test_pct, args.seed + 1)
         items, test_items = [items[i] for i in keep], [items[i] for i in held_out]
     overrides = {k: v for k, v in (("epochs", args.epochs), ("lrs", args.lr), ("batch_sizes", args.bs)) if v}
-    config = TrainConfig(arch=args.arch, sizes=args.sizes, seed=args.seed, valid_pct=args.valid_pct,
-                         imbalance=args.imbalance, lr_find=args.lr_find, pretrained=not args.no_pretrained,
-                         weights_path=args.weights, raw_inputs=True, derivative_cache=args.cache,
-                         device=args.device, **overrides)
+    config = TrainConfig(
+        arch=args.arch,
+        sizes=args.sizes,
+        seed=args.seed,
+        valid_pct=args.valid_pct,
+        imbalance=args.imbalance,
+        lr_find=args.lr_find,
+        pretrained=not args.no_pretrained,
+        weights_path=args.weights,
+        raw_inputs=True,
+        derivative_cache=args.cache,
+        device=args.device,
+        **overrides,
+    )
     classes = sorted({label for _, label in items} | {label for _, label in test_items or []})
     print(f"{len(items)} training images, {len(test_items or [])} test images, {len(classes)} classes")
     with tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}") as bar:
+
         def progress(event: dict) -> None:
             bar.update(max(0, int(event["fraction"] * 1000) - bar.n))
             if event["event"] == "batch":
-                bar.set_postfix_str(f"stage {event['stage'] + 1}/{event['stages']} {event['size']}px "
-                                    f"epoch {event['epoch'] + 1}/{event['epochs']} loss {event['train_loss']:.3f}", refresh=False)
+                bar.set_postfix_str(
+                    f"stage {event['stage'] + 1}/{event['stages']} {event['size']}px "
+                    f"epoch {event['epoch'] + 1}/{event['epochs']} loss {event['train_loss']:.3f}",
+                    refresh=False,
+                )
             elif event["event"] == "epoch_end":
-                tqdm.write(f"stage {event['stage'] + 1} ({event['size']} px) epoch {event['epoch'] + 1}: "
-                           f"train {event['train_loss']:.4f} valid {event['valid_loss']:.4f} "
-                           f"accuracy {event['metrics'].get('accuracy', float('nan')):.3f} "
-                           f"({event['duration_s']:.1f} s)")
+                tqdm.write(
+                    f"stage {event['stage'] + 1} ({event['size']} px) epoch {event['epoch'] + 1}: "
+                    f"train {event['train_loss']:.4f} valid {event['valid_loss']:.4f} "
+                    f"accuracy {event['metrics'].get('accuracy', float('nan')):.3f} "
+                    f"({event['duration_s']:.1f} s)"
+                )
             else:
                 bar.set_postfix_str(event["event"], refresh=False)
 
         result = train(items, config, args.out, test_items=test_items, classes=classes, progress=progress)
     meta = result.metadata
-    print(f"\nwrote {result.artifact_path} (sha256 {result.sha256[:12]}…) in {result.duration_s:.0f} s on "
-          f"{result.device}; pretrained weights used: {meta['pretrained_used']}; "
-          f"temperature {meta['temperature']:.3f} (ECE {meta['calibration']['ece_before']:.3f} -> "
-          f"{meta['calibration']['ece_after']:.3f})")
+    print(
+        f"\nwrote {result.artifact_path} (sha256 {result.sha256[:12]}…) in {result.duration_s:.0f} s on "
+        f"{result.device}; pretrained weights used: {meta['pretrained_used']}; "
+        f"temperature {meta['temperature']:.3f} (ECE {meta['calibration']['ece_before']:.3f} -> "
+        f"{meta['calibration']['ece_after']:.3f})"
+    )
     print(f"evaluation on the {result.evaluation['split']} split:")
     print(format_report(result.evaluation))
     return 0
@@ -139,7 +159,7 @@ def _predict(engine, paths, batch_size):
 
     predictions = []
     for start in tqdm(range(0, len(paths), batch_size), desc="classifying", unit="batch", leave=False):
-        chunk = paths[start:start + batch_size]
+        chunk = paths[start : start + batch_size]
         predictions += engine.predict_images(_prepared_images(chunk, "decoding"), batch_size=batch_size)
     return predictions
 
@@ -157,8 +177,7 @@ def cmd_evaluate(args) -> int:
         print(f"skipping folders the model does not know: {', '.join(unknown)}", file=sys.stderr)
         items = [item for item in items if item[1] in engine.classes]
     predictions = _predict(engine, [p for p, _ in items], args.bs)
-    result = evaluate([label for _, label in items], np.array([p.probabilities for p in predictions]),
-                      engine.classes)
+    result = evaluate([label for _, label in items], np.array([p.probabilities for p in predictions]), engine.classes)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
@@ -169,8 +188,12 @@ def cmd_predict(args) -> int:
     engine = Engine.from_artifact(args.artifact)
     predictions = _predict(engine, args.images, args.bs)
     if args.json:
-        print(json.dumps([{"path": path, **p.to_dict(), "classes": engine.classes}
-                          for path, p in zip(args.images, predictions)], indent=2))
+        print(
+            json.dumps(
+                [{"path": path, **p.to_dict(), "classes": engine.classes} for path, p in zip(args.images, predictions)],
+                indent=2,
+            )
+        )
         return 0
     width = max(len(path) for path in args.images)
     print(f"{'image':<{width}}  {'class':<28}{'conf':>6}{'margin':>8}{'entropy':>9}")

@@ -1,4 +1,5 @@
 """Training configuration: one dataclass, stored verbatim in every artifact."""
+
 from __future__ import annotations
 
 import dataclasses

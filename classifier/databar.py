@@ -17,6 +17,7 @@ Micrographs rarely contain long runs of rows that are >=50 % one exact grey
 level at black or white, and almost never a perfectly uniform full-width row,
 so natural textures are left alone.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -99,8 +100,9 @@ class _RowFeatures:
             del diff
             medians = np.median(rows, axis=1)
             self.median[band] = medians
-            self.uniform_fraction[band] = (np.abs(rows.astype(np.int16) - medians[:, None]) <= LINE_TOLERANCE
-                                           ).mean(axis=1)
+            self.uniform_fraction[band] = (np.abs(rows.astype(np.int16) - medians[:, None]) <= LINE_TOLERANCE).mean(
+                axis=1
+            )
         self.is_line = self.uniform_fraction >= LINE_UNIFORM_FRACTION
         self.is_banner_row = (self.background_fraction >= MIN_BACKGROUND_FRACTION) | self.is_line
 
@@ -117,7 +119,7 @@ def _as_2d_uint8(grey: np.ndarray) -> np.ndarray:
 def _banner_background(grey: np.ndarray) -> int | None:
     """Most common grey level of the bottom rows, if it is black or white."""
     height = grey.shape[0]
-    bottom = grey[height - max(3, int(height * MIN_BAR_FRACTION)):]
+    bottom = grey[height - max(3, int(height * MIN_BAR_FRACTION)) :]
     counts = np.bincount(bottom.ravel(), minlength=256)
     # Smooth by the tolerance so near-black noise (0..5) votes together.
     window = np.ones(2 * BACKGROUND_TOLERANCE + 1)
@@ -165,7 +167,7 @@ def _separator_line_top(grey: np.ndarray, rows: _RowFeatures) -> int | None:
     for row in range(max(first, 1), last):
         if not rows.is_line[row]:
             continue
-        above = grey[max(0, row - 3):row].astype(np.float32)
+        above = grey[max(0, row - 3) : row].astype(np.float32)
         step = np.abs(above.mean(axis=0) - float(rows.median[row])).mean()
         if step >= MIN_EDGE_STEP:
             return row
@@ -199,5 +201,7 @@ def _is_sharp_edge(grey: np.ndarray, top: int) -> bool:
         return False
     line = grey[top].astype(np.float32)
     above = grey[top - 2].astype(np.float32)
-    return bool(np.abs(line - above).mean() >= MIN_EDGE_STEP and
-                (np.abs(line - np.median(line)) <= LINE_TOLERANCE).mean() >= LINE_UNIFORM_FRACTION)
+    return bool(
+        np.abs(line - above).mean() >= MIN_EDGE_STEP
+        and (np.abs(line - np.median(line)) <= LINE_TOLERANCE).mean() >= LINE_UNIFORM_FRACTION
+    )

@@ -6,6 +6,7 @@ preset of ``transforms`` and the model under ``torch.inference_mode()`` with
 channels-last tensors. Returns calibrated
 probability vectors plus per-image uncertainty (confidence, margin, entropy).
 """
+
 from __future__ import annotations
 
 import threading
@@ -29,8 +30,14 @@ class ImagePrediction:
     entropy: float
 
     def to_dict(self) -> dict:
-        return {"probabilities": self.probabilities, "top_class": self.top_class, "top_index": self.top_index,
-                "confidence": self.confidence, "margin": self.margin, "entropy": self.entropy}
+        return {
+            "probabilities": self.probabilities,
+            "top_class": self.top_class,
+            "top_index": self.top_index,
+            "confidence": self.confidence,
+            "margin": self.margin,
+            "entropy": self.entropy,
+        }
 
 
 def prediction_from_probabilities(probabilities: np.ndarray, classes: Sequence[str]) -> ImagePrediction:
@@ -56,8 +63,15 @@ def select_device(device: str | None = None):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def model_logits(model, arrays: Iterable[np.ndarray], *, device, channels_last: bool = True,
-                 mean=transforms.NORMALISE_MEAN, std=transforms.NORMALISE_STD) -> np.ndarray:
+def model_logits(
+    model,
+    arrays: Iterable[np.ndarray],
+    *,
+    device,
+    channels_last: bool = True,
+    mean=transforms.NORMALISE_MEAN,
+    std=transforms.NORMALISE_STD,
+) -> np.ndarray:
     """Raw logits for one batch of uint8 (H, W) arrays of equal size."""
     import torch
 
@@ -69,14 +83,23 @@ def model_logits(model, arrays: Iterable[np.ndarray], *, device, channels_last: 
         return model(inputs).float().cpu().numpy()
 
 
-def predict_logits_for_paths(model, paths: Sequence, size: int, *, device, batch_size: int = 32,
-                             channels_last: bool = True, mean=transforms.NORMALISE_MEAN,
-                             std=transforms.NORMALISE_STD, contrast: str = "none") -> np.ndarray:
+def predict_logits_for_paths(
+    model,
+    paths: Sequence,
+    size: int,
+    *,
+    device,
+    batch_size: int = 32,
+    channels_last: bool = True,
+    mean=transforms.NORMALISE_MEAN,
+    std=transforms.NORMALISE_STD,
+    contrast: str = "none",
+) -> np.ndarray:
     """Logits for files, decoded with the eval preset; used by training for
     calibration and evaluation so they see what the engine will see."""
     outputs = []
     for start in range(0, len(paths), batch_size):
-        arrays = [transforms.eval_array(p, size, contrast) for p in paths[start:start + batch_size]]
+        arrays = [transforms.eval_array(p, size, contrast) for p in paths[start : start + batch_size]]
         outputs.append(model_logits(model, arrays, device=device, channels_last=channels_last, mean=mean, std=std))
     n_out = outputs[0].shape[1] if outputs else 0
     return np.concatenate(outputs) if outputs else np.zeros((0, n_out), dtype=np.float32)
@@ -100,8 +123,14 @@ class Engine:
         self.contrast: str = normalisation.get("contrast", "none")  # artifacts before it existed: none
 
     @classmethod
-    def from_artifact(cls, path, expected_sha256: str | None = None, device: str | None = None,
-                      channels_last: bool = True, fold_batchnorm: bool = True) -> Engine:
+    def from_artifact(
+        cls,
+        path,
+        expected_sha256: str | None = None,
+        device: str | None = None,
+        channels_last: bool = True,
+        fold_batchnorm: bool = True,
+    ) -> Engine:
         import torch
 
         from .artifact import build_model, load_artifact
@@ -120,17 +149,26 @@ class Engine:
 
     def predict_logits(self, arrays: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Uncalibrated logits for preprocessed uint8 arrays (input_size square)."""
-        chunks = [model_logits(self.model, arrays[i:i + batch_size], device=self.device,
-                               channels_last=self.channels_last, mean=self.mean, std=self.std)
-                  for i in range(0, len(arrays), batch_size)]
+        chunks = [
+            model_logits(
+                self.model,
+                arrays[i : i + batch_size],
+                device=self.device,
+                channels_last=self.channels_last,
+                mean=self.mean,
+                std=self.std,
+            )
+            for i in range(0, len(arrays), batch_size)
+        ]
         return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)), np.float32)
 
     def predict_paths(self, paths: Sequence, batch_size: int = 32) -> list[ImagePrediction]:
         """Decode (reduced-size where possible) and classify files in batches."""
         predictions: list[ImagePrediction] = []
         for start in range(0, len(paths), batch_size):
-            arrays = [transforms.eval_array(p, self.input_size, self.contrast)
-                      for p in paths[start:start + batch_size]]
+            arrays = [
+                transforms.eval_array(p, self.input_size, self.contrast) for p in paths[start : start + batch_size]
+            ]
             predictions.extend(self._from_arrays(arrays))
         return predictions
 
@@ -138,7 +176,7 @@ class Engine:
         """Classify decoded images (any mode; greyscale conversion as in training)."""
         predictions: list[ImagePrediction] = []
         for start in range(0, len(images), batch_size):
-            arrays = [self._image_array(img) for img in images[start:start + batch_size]]
+            arrays = [self._image_array(img) for img in images[start : start + batch_size]]
             predictions.extend(self._from_arrays(arrays))
         return predictions
 
@@ -153,8 +191,9 @@ class Engine:
         return transforms.to_uint8_array(transforms.eval_crop_resize(grey, self.input_size))
 
     def _from_arrays(self, arrays: list[np.ndarray]) -> list[ImagePrediction]:
-        logits = model_logits(self.model, arrays, device=self.device, channels_last=self.channels_last,
-                              mean=self.mean, std=self.std)
+        logits = model_logits(
+            self.model, arrays, device=self.device, channels_last=self.channels_last, mean=self.mean, std=self.std
+        )
         probabilities = softmax(logits, self.temperature)
         return [prediction_from_probabilities(p, self.classes) for p in probabilities]
 

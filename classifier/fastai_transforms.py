@@ -3,6 +3,7 @@
 No ``from __future__ import annotations`` here on purpose: fastai dispatches
 ``encodes`` on the real annotation types, which string annotations break.
 """
+
 import random
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Data fingerprint: identifies exactly which labelled images a model saw."""
+
 from __future__ import annotations
 
 import hashlib

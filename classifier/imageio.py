@@ -4,6 +4,7 @@ SEM files come as 8-bit and 16-bit TIFF/PNG, palette TIFFs (Zeiss), RGB JPEGs
 and multi-page TIFFs. Everything downstream (data-bar detection, derivatives,
 the model) works on one representation: a Pillow 'L' image.
 """
+
 from __future__ import annotations
 
 import io

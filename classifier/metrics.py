@@ -1,4 +1,5 @@
 """Evaluation metrics (scikit-learn), JSON-serialisable, in fixed class order."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,7 @@ def evaluate(y_true: list[str], probabilities: np.ndarray, classes: list[str]) -
     true_idx = np.array([index[name] for name in y_true], dtype=np.int64)
     pred_idx = probabilities.argmax(axis=1) if len(y_true) else np.zeros(0, dtype=np.int64)
 
-    precision, recall, f1, support = precision_recall_fscore_support(
-        true_idx, pred_idx, labels=labels, zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(true_idx, pred_idx, labels=labels, zero_division=0)
     counts = confusion_matrix(true_idx, pred_idx, labels=labels)
     row_totals = counts.sum(axis=1, keepdims=True)
     percentages = np.divide(100.0 * counts, row_totals, out=np.zeros(counts.shape), where=row_totals > 0)
@@ -41,8 +41,12 @@ def evaluate(y_true: list[str], probabilities: np.ndarray, classes: list[str]) -
         "accuracy": float((pred_idx == true_idx).mean()) if n else 0.0,
         "top2_accuracy": _top_k(true_idx, probabilities, labels, 2, top_k_accuracy_score),
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]),
-                   "f1": float(f1[i]), "support": int(support[i])}
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(classes)
         },
         # Macro averages over the classes present in y_true: a class with no
@@ -83,18 +87,26 @@ def format_report(evaluation: dict) -> str:
     lines = [f"{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
     for name in classes:
         row = evaluation["per_class"][name]
-        lines.append(f"{name:<{width}}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['f1']:>10.3f}{row['support']:>9d}")
+        lines.append(
+            f"{name:<{width}}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['f1']:>10.3f}{row['support']:>9d}"
+        )
     for key, label in (("macro_avg", "macro avg"), ("weighted_avg", "weighted avg")):
         row = evaluation[key]
-        lines.append(f"{label:<{width}}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['f1']:>10.3f}{row['support']:>9d}")
-    lines.append(f"accuracy {evaluation['accuracy']:.3f}   top-2 {evaluation['top2_accuracy']:.3f}   "
-                 f"ECE {evaluation['ece']:.3f}   n={evaluation['n']}")
+        lines.append(
+            f"{label:<{width}}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['f1']:>10.3f}{row['support']:>9d}"
+        )
+    lines.append(
+        f"accuracy {evaluation['accuracy']:.3f}   top-2 {evaluation['top2_accuracy']:.3f}   "
+        f"ECE {evaluation['ece']:.3f}   n={evaluation['n']}"
+    )
     lines.append("")
     lines.append("confusion matrix (rows = true, columns = predicted; counts and row %):")
     short = [c[:8] for c in classes]
     lines.append(" " * width + "".join(f"{s:>14}" for s in short))
     for i, name in enumerate(classes):
-        cells = "".join(f"{evaluation['confusion_matrix'][i][j]:>6d} ({evaluation['confusion_matrix_pct'][i][j]:>5.1f})"
-                        for j in range(len(classes)))
+        cells = "".join(
+            f"{evaluation['confusion_matrix'][i][j]:>6d} ({evaluation['confusion_matrix_pct'][i][j]:>5.1f})"
+            for j in range(len(classes))
+        )
         lines.append(f"{name:<{width}}{cells}")
     return "\n".join(lines)

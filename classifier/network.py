@@ -5,6 +5,7 @@ layers), i.e. what fastai's ``vision_learner`` builds, but created here so that
 (a) inference rebuilds it without a Learner and (b) pretrained weights come
 only from local files: nothing here can trigger a download.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,9 @@ def create_network(arch: str, n_classes: int, body_state: dict | None = None):
         backbone = _torchvision_model(arch)
         if body_state is not None:
             backbone.load_state_dict(body_state)
-        body = create_body(backbone, n_in=3, pretrained=body_state is not None,
-                           cut=-2 if arch.startswith("res") else None)
+        body = create_body(
+            backbone, n_in=3, pretrained=body_state is not None, cut=-2 if arch.startswith("res") else None
+        )
         n_features = num_features_model(nn.Sequential(*body.children()))
     head = create_head(n_features, n_classes)
     apply_init(head, nn.init.kaiming_normal_)
@@ -61,7 +63,7 @@ def _timm_name(arch: str) -> str | None:
     import torchvision
 
     if arch.startswith(TIMM_PREFIX):
-        return arch[len(TIMM_PREFIX):]
+        return arch[len(TIMM_PREFIX) :]
     if arch in torchvision.models.list_models(module=torchvision.models):
         return None
     try:
@@ -96,8 +98,10 @@ def _torchvision_model(arch: str):
     try:
         return torchvision.models.get_model(arch, weights=None)
     except ValueError as error:
-        raise ValueError(f"unknown architecture {arch!r}; use a torchvision name such as resnet18, "
-                         f"resnet34 or resnet50, or a timm name (timm/NAME) with timm installed") from error
+        raise ValueError(
+            f"unknown architecture {arch!r}; use a torchvision name such as resnet18, "
+            f"resnet34 or resnet50, or a timm name (timm/NAME) with timm installed"
+        ) from error
 
 
 def find_pretrained_weights(arch: str, weights_path: str | None = None) -> str | None:

@@ -12,6 +12,7 @@ average and wavelet hashes matched a few more crops but also matched different i
 A hash is stored as a signed 64-bit integer (a database bigint) and looked up by four 16-bit bands
 (multi-index hashing): two hashes within `RADIUS` bits agree within `RADIUS // 4` bits on at least one band.
 """
+
 from __future__ import annotations
 
 from itertools import combinations
@@ -26,9 +27,16 @@ FULL = 0
 # Window code -> (x, y, side share): x/y 0 = left/top, 1 = centre, 2 = right/bottom.
 WINDOWS = {
     FULL: (0, 0, 1.0),
-    1: (1, 1, 0.9), 2: (1, 1, 0.8),
-    3: (0, 0, 0.9), 4: (2, 0, 0.9), 5: (0, 2, 0.9), 6: (2, 2, 0.9),
-    7: (0, 0, 0.8), 8: (2, 0, 0.8), 9: (0, 2, 0.8), 10: (2, 2, 0.8),
+    1: (1, 1, 0.9),
+    2: (1, 1, 0.8),
+    3: (0, 0, 0.9),
+    4: (2, 0, 0.9),
+    5: (0, 2, 0.9),
+    6: (2, 2, 0.9),
+    7: (0, 0, 0.8),
+    8: (2, 0, 0.8),
+    9: (0, 2, 0.8),
+    10: (2, 2, 0.8),
 }
 
 

@@ -4,6 +4,7 @@ Ingestion stores one derivative per raw image (short side 256 px, data bar
 removed); training and inference then read those small PNGs instead of
 decoding multi-megabyte TIFFs every epoch. Numpy + Pillow only.
 """
+
 from __future__ import annotations
 
 from PIL import Image

@@ -58,9 +58,15 @@ def make_image(category: str, seed: int, size: Size = DEFAULT_SIZE, databar: boo
     return image
 
 
-def write_dataset(root: str | Path, per_class: int, size: Size = DEFAULT_SIZE, seed: int = 0,
-                  categories: tuple[str, ...] = CATEGORIES, fmt: str = "png",
-                  progress: Callable[[int], object] | None = None) -> list[Path]:
+def write_dataset(
+    root: str | Path,
+    per_class: int,
+    size: Size = DEFAULT_SIZE,
+    seed: int = 0,
+    categories: tuple[str, ...] = CATEGORIES,
+    fmt: str = "png",
+    progress: Callable[[int], object] | None = None,
+) -> list[Path]:
     """Write ``per_class`` images per category in the folder-per-category layout; returns the paths.
 
     Deterministic: the same arguments write the same bytes to the same names (re-runs overwrite).
@@ -85,6 +91,7 @@ def write_dataset(root: str | Path, per_class: int, size: Size = DEFAULT_SIZE, s
 # SEM look
 # ---------------------------------------------------------------------------------------------
 
+
 def _sem_look(surface: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Surface (float32 height/material map, 0..1) -> uint8 micrograph."""
     smooth = _blur(surface, 1.2)
@@ -100,7 +107,8 @@ def _sem_look(surface: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     signal = _normalise(signal, rng)
     # Shot noise scales with the signal; read noise does not.
     signal = signal + rng.normal(0.0, 1.0, signal.shape).astype(np.float32) * (
-        rng.uniform(2.0, 6.0) * np.sqrt(np.maximum(signal, 0) / 255.0) * 4 + rng.uniform(1.0, 4.0))
+        rng.uniform(2.0, 6.0) * np.sqrt(np.maximum(signal, 0) / 255.0) * 4 + rng.uniform(1.0, 4.0)
+    )
     return np.clip(signal, 0, 255).astype(np.uint8)
 
 
@@ -143,6 +151,7 @@ def _as_surface(image: Image.Image) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Category geometries: each returns a float32 surface map (height, width) in 0..1
 # ---------------------------------------------------------------------------------------------
+
 
 def _biological(rng, width, height):
     """Cells: rounded, slightly irregular bodies with bright membranes and textured interiors."""
@@ -202,7 +211,8 @@ def _films(rng, width, height):
         labels[closer] = index
     grain_levels = rng.uniform(0.35, 0.75, count).astype(np.float32)
     grains = Image.fromarray((grain_levels[labels] * 255).astype(np.uint8), mode="L").resize(
-        (width, height), Image.NEAREST)
+        (width, height), Image.NEAREST
+    )
     surface = _as_surface(grains)
     edges = np.zeros_like(surface)
     edges[:, 1:] += surface[:, 1:] != surface[:, :-1]
@@ -264,7 +274,7 @@ def _particles(rng, width, height):
         y0, y1 = int(max(cy - radius - 1, 0)), int(min(cy + radius + 2, height))
         dx = (xs[:, x0:x1] - cx) / radius
         dy = (ys[y0:y1, :] - cy) / radius
-        inside = 1.0 - dx ** 2 - dy ** 2
+        inside = 1.0 - dx**2 - dy**2
         dome = np.sqrt(np.clip(inside, 0, None)).astype(np.float32)
         patch = surface[y0:y1, x0:x1]
         patch[inside > 0] = np.maximum(patch, 0.3 + 0.6 * dome)[inside > 0]
@@ -334,7 +344,7 @@ def _tips(rng, width, height):
     half_width = np.maximum(along, 0) * math.tan(half_angle) + apex_radius
     inside = (along > -apex_radius) & (np.abs(across) < half_width)
     position = np.clip(across / half_width, -1, 1)  # -1..1 across the cone
-    shading = np.sqrt(np.clip(1 - position ** 2, 0, 1)) * (0.6 + 0.4 * position * rng.choice((-1, 1)))
+    shading = np.sqrt(np.clip(1 - position**2, 0, 1)) * (0.6 + 0.4 * position * rng.choice((-1, 1)))
     surface[inside] = 0.35 + 0.55 * shading[inside]
     return surface
 

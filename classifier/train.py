@@ -4,6 +4,7 @@ One DataBlock per stage (64 -> 128 -> 224 px by default), ``fit_one_cycle`` per
 stage with the weights carried over, best-epoch selection on the validation
 set, then temperature scaling, evaluation and an atomically written artifact.
 """
+
 from __future__ import annotations
 
 import copy
@@ -53,10 +54,17 @@ class TrainResult:
     learner: Any = field(default=None, repr=False)
 
 
-def train(items: list[tuple[str, str]], config: TrainConfig, out_path: str, *,
-          test_items: list[tuple[str, str]] | None = None, classes: list[str] | None = None,
-          fingerprint: str | None = None, progress: ProgressFn | None = None,
-          should_stop: StopFn | None = None) -> TrainResult:
+def train(
+    items: list[tuple[str, str]],
+    config: TrainConfig,
+    out_path: str,
+    *,
+    test_items: list[tuple[str, str]] | None = None,
+    classes: list[str] | None = None,
+    fingerprint: str | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> TrainResult:
     """Train on (image path, category) pairs and write the artifact to ``out_path``.
 
     Sets torch's CPU thread count for the run and restores the caller's afterwards."""
@@ -64,8 +72,16 @@ def train(items: list[tuple[str, str]], config: TrainConfig, out_path: str, *,
 
     threads = torch.get_num_threads()
     try:
-        return _train(items, config, out_path, test_items=test_items, classes=classes, fingerprint=fingerprint,
-                      progress=progress, should_stop=should_stop)
+        return _train(
+            items,
+            config,
+            out_path,
+            test_items=test_items,
+            classes=classes,
+            fingerprint=fingerprint,
+            progress=progress,
+            should_stop=should_stop,
+        )
     finally:
         torch.set_num_threads(threads)
 
@@ -87,12 +103,15 @@ def _train(items, config, out_path, *, test_items, classes, fingerprint, progres
 
     model = create_network(config.arch, len(classes), body_state)
     stage_sizes = _stage_batch_sizes(config, len(train_idx))
-    stage_dls = [_dataloaders(items, train_idx, valid_idx, classes, size, stage_sizes[stage], config, device)
-                 for stage, size in enumerate(config.sizes)]
+    stage_dls = [
+        _dataloaders(items, train_idx, valid_idx, classes, size, stage_sizes[stage], config, device)
+        for stage, size in enumerate(config.sizes)
+    ]
     plan = None
     if config.budget_s:
-        plan = plan_for_budget(model, stage_dls, config, device, len(test_items or []),
-                               spent_s=time.monotonic() - started)
+        plan = plan_for_budget(
+            model, stage_dls, config, device, len(test_items or []), spent_s=time.monotonic() - started
+        )
         config = dataclasses.replace(config, epochs=plan.epochs)
         emit({"event": "plan", "stages": config.stages, "fraction": 0.0, **plan.to_dict()})
     tracker = _ProgressTracker(emit, stop, config, stage_sizes, len(train_idx))
@@ -114,15 +133,28 @@ def _train(items, config, out_path, *, test_items, classes, fingerprint, progres
             history.append(_fit_stage(learner, stage, size, config, body_state is not None, tracker))
 
     if config.recalibrate_bn:
-        recalibrate_batchnorm(learner.model, [items[i][0] for i in train_idx], config.sizes[-1], device,
-                              contrast=config.contrast)
+        recalibrate_batchnorm(
+            learner.model, [items[i][0] for i in train_idx], config.sizes[-1], device, contrast=config.contrast
+        )
     learner.model.eval()
     tracker.emit_simple("evaluating", TRAINING_SHARE)
-    calibration, evaluation = _calibrate_and_evaluate(learner.model, items, valid_idx, test_items, classes,
-                                                     config.sizes[-1], device, config.contrast)
+    calibration, evaluation = _calibrate_and_evaluate(
+        learner.model, items, valid_idx, test_items, classes, config.sizes[-1], device, config.contrast
+    )
     duration = time.monotonic() - started
-    metadata = _metadata(config, classes, history, calibration, evaluation, fingerprint or _fingerprint(items),
-                         weights_source, device, duration, len(train_idx), len(valid_idx))
+    metadata = _metadata(
+        config,
+        classes,
+        history,
+        calibration,
+        evaluation,
+        fingerprint or _fingerprint(items),
+        weights_source,
+        device,
+        duration,
+        len(train_idx),
+        len(valid_idx),
+    )
     metadata["budget"] = {**plan.to_dict(), "used_s": duration} if plan else None
     from .artifact import save_artifact
 
@@ -132,6 +164,7 @@ def _train(items, config, out_path, *, test_items, classes, fingerprint, progres
 
 
 # ---------------------------------------------------------------- runtime
+
 
 def _prepare_runtime(config: TrainConfig):
     """Seed everything, pick the device, set CPU threads; returns torch.device."""
@@ -178,15 +211,19 @@ def _pretrained_body(config: TrainConfig):
 
     state, source = load_pretrained_state(config.arch, config.weights_path)
     if state is None:
-        log.warning("pretrained=True but no local ImageNet weights for %s (set weights_path or %s, "
-                    "or place them in the torch hub cache); training FROM SCRATCH",
-                    config.arch, "SEM_PRETRAINED_WEIGHTS")
+        log.warning(
+            "pretrained=True but no local ImageNet weights for %s (set weights_path or %s, "
+            "or place them in the torch hub cache); training FROM SCRATCH",
+            config.arch,
+            "SEM_PRETRAINED_WEIGHTS",
+        )
     else:
         log.info("using pretrained weights from %s", source)
     return state, source
 
 
 # ---------------------------------------------------------------- data
+
 
 def stratified_split(labels: list[str], valid_pct: float, seed: int) -> tuple[list[int], list[int]]:
     """Per-class shuffled split. Classes with one image stay in training; a
@@ -246,17 +283,34 @@ def _dataloaders(items, train_idx, valid_idx, classes, size, batch_size, config,
     if config.augmentation == "fastai":
         augment = aug_transforms()  # the reference recipe's defaults
     else:
-        augment = aug_transforms(do_flip=True, flip_vert=True,  # flip_vert adds the dihedral group: 90-degree turns
-                                 max_rotate=config.max_rotate, min_zoom=1.0, max_zoom=config.max_zoom,
-                                 max_lighting=config.max_lighting, max_warp=0.0, pad_mode="reflection")
+        augment = aug_transforms(
+            do_flip=True,
+            flip_vert=True,  # flip_vert adds the dihedral group: 90-degree turns
+            max_rotate=config.max_rotate,
+            min_zoom=1.0,
+            max_zoom=config.max_zoom,
+            max_lighting=config.max_lighting,
+            max_warp=0.0,
+            pad_mode="reflection",
+        )
     block = DataBlock(
-        blocks=(TransformBlock(type_tfms=loader, batch_tfms=IntToFloatTensor), CategoryBlock(vocab=classes, sort=False)),
-        get_x=ItemGetter(0), get_y=ItemGetter(1), splitter=IndexSplitter(valid_idx),
+        blocks=(
+            TransformBlock(type_tfms=loader, batch_tfms=IntToFloatTensor),
+            CategoryBlock(vocab=classes, sort=False),
+        ),
+        get_x=ItemGetter(0),
+        get_y=ItemGetter(1),
+        splitter=IndexSplitter(valid_idx),
         item_tfms=[crop],
         batch_tfms=[*augment, Normalize.from_stats(transforms.NORMALISE_MEAN, transforms.NORMALISE_STD)],
     )
-    common = dict(bs=batch_size, num_workers=_num_workers(config, device), device=device,
-                  val_bs=max(batch_size, 32), pin_memory=device.type == "cuda")
+    common = dict(
+        bs=batch_size,
+        num_workers=_num_workers(config, device),
+        device=device,
+        val_bs=max(batch_size, 32),
+        pin_memory=device.type == "cuda",
+    )
     if config.imbalance == "weighted_sampler":
         counts = Counter(label for _, label in items)
         weights = np.array([1.0 / counts[label] for _, label in items])
@@ -281,16 +335,23 @@ def plan_for_budget(model, stage_dls, config: TrainConfig, device, n_test: int, 
     """Measure a training step at every stage size on real batches, then fit the epochs into what
     is left of the budget (the time already spent, e.g. on the measurement, counts)."""
     measure_started = time.monotonic()
-    costs = [StageCost(size, dls.train.bs, len(dls.train), len(dls.valid), measure_step_s(model, dls, device))
-             for size, dls in zip(config.sizes, stage_dls)]
+    costs = [
+        StageCost(size, dls.train.bs, len(dls.train), len(dls.valid), measure_step_s(model, dls, device))
+        for size, dls in zip(config.sizes, stage_dls)
+    ]
     spent_s += time.monotonic() - measure_started
     last = costs[-1]
     # Calibration (validation) and evaluation (test) run once at the last size, forward only.
     final_batches = last.valid_batches + math.ceil(n_test / max(1, last.batch_size))
     final_s = FIXED_OVERHEAD_S + final_batches * last.step_s / 3
     plan = plan_epochs(config.budget_s, config.epochs, costs, spent_s + final_s, reserved_s_final=final_s)
-    log.info("budget %.0f s: epochs %s planned (%.0f s), from step times %s", config.budget_s, plan.epochs,
-             plan.planned_s, [round(c.step_s, 3) for c in costs])
+    log.info(
+        "budget %.0f s: epochs %s planned (%.0f s), from step times %s",
+        config.budget_s,
+        plan.epochs,
+        plan.planned_s,
+        [round(c.step_s, 3) for c in costs],
+    )
     return plan
 
 
@@ -301,8 +362,9 @@ def _replan(plan: BudgetPlan, config: TrainConfig, history: list[dict], stage: i
     epochs = replan_remaining(plan, stage, planned, actual, budget_left)
     if epochs != tuple(config.epochs):
         log.info("stages ran %.0f s instead of %.0f s: epochs now %s", actual, planned, epochs)
-        plan.note = (plan.note + "; " if plan.note else "") + f"re-planned to {'/'.join(map(str, epochs))} epochs " \
-                                                             f"after stage {stage} (machine slower than measured)"
+        plan.note = (
+            plan.note + "; " if plan.note else ""
+        ) + f"re-planned to {'/'.join(map(str, epochs))} epochs after stage {stage} (machine slower than measured)"
         plan.epochs = epochs
     return dataclasses.replace(config, epochs=epochs)
 
@@ -335,6 +397,7 @@ def measure_step_s(model, dls, device, steps: int = 2) -> float:
 
 # ---------------------------------------------------------------- learner
 
+
 def _make_learner(dls, model, items, train_idx, classes, config, device, workdir, tracker):
     import torch
     from fastai.vision.all import CrossEntropyLossFlat, Learner, ProgressCallback, accuracy
@@ -343,13 +406,21 @@ def _make_learner(dls, model, items, train_idx, classes, config, device, workdir
     weight = None
     if config.imbalance in ("weighted_loss", "sqrt_weighted_loss"):
         power = 0.5 if config.imbalance == "sqrt_weighted_loss" else 1.0
-        weights = [w ** power for w in _class_weights(items, train_idx, classes)]
+        weights = [w**power for w in _class_weights(items, train_idx, classes)]
         weight = torch.tensor(weights, dtype=torch.float32, device=device)
     loss = CrossEntropyLossFlat(weight=weight, label_smoothing=config.label_smoothing)
     # Two parameter groups (body, head), as vision_learner makes them: freeze() then trains only the
     # head (and BatchNorm), and slice(lr/100, lr) gives the pretrained body the smaller rate.
-    learner = Learner(dls, model, loss_func=loss, metrics=[accuracy], wd=config.weight_decay, path=workdir,
-                      cbs=[_ProgressCallback(tracker)], splitter=default_split)
+    learner = Learner(
+        dls,
+        model,
+        loss_func=loss,
+        metrics=[accuracy],
+        wd=config.weight_decay,
+        path=workdir,
+        cbs=[_ProgressCallback(tracker)],
+        splitter=default_split,
+    )
     if ProgressCallback in [type(cb) for cb in learner.cbs]:
         learner.remove_cb(ProgressCallback)  # no notebook/terminal bars inside workers
     learner.logger = lambda *args, **kwargs: None
@@ -376,10 +447,17 @@ def _fit_stage(learner, stage, size, config, pretrained_used, tracker) -> dict:
     best = _BestWeights(restore=config.select_best_epoch)
     stage_started = time.monotonic()
     learner.fit_one_cycle(config.epochs[stage], lr_arg, cbs=[best])
-    record = {"stage": stage, "size": size, "lr": lr, "batch_size": learner.dls.train.bs,
-              "epochs": tracker.stage_epochs, "best_epoch": best.best_epoch,
-              "best_valid_loss": _finite(best.best_loss), "duration_s": time.monotonic() - stage_started,
-              "input_shape": tracker.stage_input_shape}
+    record = {
+        "stage": stage,
+        "size": size,
+        "lr": lr,
+        "batch_size": learner.dls.train.bs,
+        "epochs": tracker.stage_epochs,
+        "best_epoch": best.best_epoch,
+        "best_valid_loss": _finite(best.best_loss),
+        "duration_s": time.monotonic() - stage_started,
+        "input_shape": tracker.stage_input_shape,
+    }
     tracker.end_stage(record)
     return record
 
@@ -447,8 +525,15 @@ class _ProgressTracker:
     def start_stage(self, stage, size, batches):
         self.stage, self.size, self.batches, self.done_in_stage = stage, size, max(1, batches), 0
         self.stage_epochs, self.stage_input_shape = [], None
-        self.emit({**self._base(), "event": "stage_start", "epochs": self.config.epochs[stage],
-                   "batches": self.batches, "fraction": self._fraction()})
+        self.emit(
+            {
+                **self._base(),
+                "event": "stage_start",
+                "epochs": self.config.epochs[stage],
+                "batches": self.batches,
+                "fraction": self._fraction(),
+            }
+        )
 
     def check_stop(self):
         if self.should_stop():
@@ -457,22 +542,51 @@ class _ProgressTracker:
     def batch(self, epoch, index, loss, shape):
         self.done_in_stage += 1
         self.stage_input_shape = list(shape)
-        self.emit({**self._base(), "event": "batch", "epoch": epoch, "epochs": self.config.epochs[self.stage],
-                   "batch": index, "batches": self.batches, "train_loss": loss, "input_shape": list(shape),
-                   "fraction": self._fraction()})
+        self.emit(
+            {
+                **self._base(),
+                "event": "batch",
+                "epoch": epoch,
+                "epochs": self.config.epochs[self.stage],
+                "batch": index,
+                "batches": self.batches,
+                "train_loss": loss,
+                "input_shape": list(shape),
+                "fraction": self._fraction(),
+            }
+        )
 
     def epoch_end(self, epoch, names, values, duration):
         record = dict(zip(names, values))
         metrics = {k: v for k, v in record.items() if k not in ("train_loss", "valid_loss")}
-        entry = {"epoch": epoch, "train_loss": record.get("train_loss"), "valid_loss": record.get("valid_loss"),
-                 "metrics": metrics, "duration_s": duration}
+        entry = {
+            "epoch": epoch,
+            "train_loss": record.get("train_loss"),
+            "valid_loss": record.get("valid_loss"),
+            "metrics": metrics,
+            "duration_s": duration,
+        }
         self.stage_epochs.append(entry)
-        self.emit({**self._base(), "event": "epoch_end", "epochs": self.config.epochs[self.stage],
-                   **entry, "fraction": self._fraction()})
+        self.emit(
+            {
+                **self._base(),
+                "event": "epoch_end",
+                "epochs": self.config.epochs[self.stage],
+                **entry,
+                "fraction": self._fraction(),
+            }
+        )
 
     def end_stage(self, record):
-        self.emit({**self._base(), "event": "stage_end", "best_epoch": record["best_epoch"],
-                   "best_valid_loss": record["best_valid_loss"], "fraction": self._fraction()})
+        self.emit(
+            {
+                **self._base(),
+                "event": "stage_end",
+                "best_epoch": record["best_epoch"],
+                "best_valid_loss": record["best_valid_loss"],
+                "fraction": self._fraction(),
+            }
+        )
 
     def emit_simple(self, event, fraction, **extra):
         self.fraction = max(self.fraction, fraction)
@@ -498,11 +612,12 @@ class _ProgressCallback(_callback_base()):
     def after_epoch(self):
         recorder = self.learn.recorder
         names = [n for n in recorder.metric_names[1:] if n != "time"]
-        values = [_finite(float(v)) if v is not None else None for v in recorder.values[-1][:len(names)]]
+        values = [_finite(float(v)) if v is not None else None for v in recorder.values[-1][: len(names)]]
         self.tracker.epoch_end(self.epoch, names, values, time.monotonic() - self.epoch_started)
 
 
 # ---------------------------------------------------------------- after training
+
 
 def recalibrate_batchnorm(model, paths, size, device, batch_size: int = 32, contrast: str = "none") -> None:
     """Re-estimate every BatchNorm's running mean and variance as a plain average over the training
@@ -523,12 +638,14 @@ def recalibrate_batchnorm(model, paths, size, device, batch_size: int = 32, cont
     for norm in norms:
         norm.train()
     try:
-        predict_logits_for_paths(model, paths, size, device=device, batch_size=batch_size, channels_last=False,
-                                 contrast=contrast)
+        predict_logits_for_paths(
+            model, paths, size, device=device, batch_size=batch_size, channels_last=False, contrast=contrast
+        )
     finally:
         for norm, momentum in zip(norms, saved):
             norm.momentum = momentum
         model.eval()
+
 
 def _calibrate_and_evaluate(model, items, valid_idx, test_items, classes, size, device, contrast="none"):
     """Temperature on validation logits; evaluation of the calibrated model on
@@ -542,13 +659,15 @@ def _calibrate_and_evaluate(model, items, valid_idx, test_items, classes, size, 
     index = {name: i for i, name in enumerate(classes)}
     valid_paths = [items[i][0] for i in valid_idx]
     valid_labels = np.array([index[items[i][1]] for i in valid_idx])
-    valid_logits = predict_logits_for_paths(model, valid_paths, size, device=device, channels_last=False,
-                                            contrast=contrast)
+    valid_logits = predict_logits_for_paths(
+        model, valid_paths, size, device=device, channels_last=False, contrast=contrast
+    )
     calibration = calibration_report(valid_logits, valid_labels)
     if test_items:
         split = "test"
-        logits = predict_logits_for_paths(model, [p for p, _ in test_items], size, device=device,
-                                          channels_last=False, contrast=contrast)
+        logits = predict_logits_for_paths(
+            model, [p for p, _ in test_items], size, device=device, channels_last=False, contrast=contrast
+        )
         y_true = [label for _, label in test_items]
     else:
         split, logits, y_true = "valid", valid_logits, [items[i][1] for i in valid_idx]
@@ -571,21 +690,32 @@ def _library_versions() -> dict:
     import torch
     import torchvision
 
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "fastai": fastai.__version__,
-            "scikit-learn": sklearn.__version__, "pillow": PIL.__version__, "numpy": np.__version__}
+    return {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "fastai": fastai.__version__,
+        "scikit-learn": sklearn.__version__,
+        "pillow": PIL.__version__,
+        "numpy": np.__version__,
+    }
 
 
-def _metadata(config, classes, history, calibration, evaluation, fingerprint, weights_source, device,
-              duration, n_train, n_valid) -> dict:
+def _metadata(
+    config, classes, history, calibration, evaluation, fingerprint, weights_source, device, duration, n_train, n_valid
+) -> dict:
     from .artifact import FORMAT_VERSION
 
     return {
         "format_version": FORMAT_VERSION,
         "classes": list(classes),
         "input_size": config.sizes[-1],
-        "normalisation": {"mean": list(transforms.NORMALISE_MEAN), "std": list(transforms.NORMALISE_STD),
-                          "channels": transforms.CHANNELS, "greyscale_replicated": True,
-                          "contrast": config.contrast},
+        "normalisation": {
+            "mean": list(transforms.NORMALISE_MEAN),
+            "std": list(transforms.NORMALISE_STD),
+            "channels": transforms.CHANNELS,
+            "greyscale_replicated": True,
+            "contrast": config.contrast,
+        },
         "arch": config.arch,
         "training_config": config.to_dict(),
         "history": history,

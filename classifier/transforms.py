@@ -9,6 +9,7 @@ Pipeline: decode to 8-bit grey (``imageio.load_grey8``, cheap reduced decoding)
 -> square crop (centre for eval, random area/aspect for train) -> resize to the
 stage size -> 3 identical channels -> /255 -> ImageNet normalisation.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,7 @@ def load_for_model(source: Source, size: int, contrast: str = "none") -> Image.I
 
 
 def adjust_contrast(img: Image.Image, contrast: str = "none") -> Image.Image:
-    """"stretch": map the image's 0.5-99.5 percentile range to 0..255, so that micrographs of
+    """ "stretch": map the image's 0.5-99.5 percentile range to 0..255, so that micrographs of
     different instruments and detector settings reach the model with comparable grey levels."""
     if contrast == "none":
         return img
@@ -59,9 +60,13 @@ def eval_crop_resize(img: Image.Image, size: int) -> Image.Image:
     return img.resize((size, size), RESAMPLE, box=box, reducing_gap=None)
 
 
-def train_crop_resize(img: Image.Image, size: int, rng: random.Random,
-                      scale: tuple[float, float] = (0.35, 1.0),
-                      ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Image.Image:
+def train_crop_resize(
+    img: Image.Image,
+    size: int,
+    rng: random.Random,
+    scale: tuple[float, float] = (0.35, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Image.Image:
     """Train preset (random-resized crop): zoom and crop augmentation."""
     width, height = img.size
     area = width * height

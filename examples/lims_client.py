@@ -43,7 +43,7 @@ class Portal:
             response = self.session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
             if response.status_code != 429:
                 return response
-            time.sleep(float(response.headers.get("Retry-After", 2 ** attempt)))  # throttled: wait as told
+            time.sleep(float(response.headers.get("Retry-After", 2**attempt)))  # throttled: wait as told
         return response
 
     def json(self, method: str, path: str, expected=(200,), **kwargs) -> dict:
@@ -70,8 +70,13 @@ class Portal:
     def upload(self, path: Path, sample_id: int) -> tuple[dict, bool]:
         data = path.read_bytes()
         key = f"lims-client:{sample_id}:{hashlib.sha256(data).hexdigest()}"
-        response = self.request("POST", "/api/images/", data={"sample": sample_id},
-                                files={"file": (path.name, data)}, headers={"Idempotency-Key": key})
+        response = self.request(
+            "POST",
+            "/api/images/",
+            data={"sample": sample_id},
+            files={"file": (path.name, data)},
+            headers={"Idempotency-Key": key},
+        )
         if response.status_code not in (200, 201):
             raise PortalError(describe_error(response))
         return response.json(), response.status_code == 201
@@ -85,8 +90,10 @@ def describe_error(response: requests.Response) -> str:
         error = response.json()["error"]
     except (ValueError, KeyError, TypeError):
         return f"HTTP {response.status_code}: {response.text[:200]}"
-    fields = "; ".join(f"{name}: {' '.join(map(str, messages)) if isinstance(messages, list) else messages}"
-                       for name, messages in (error.get("fields") or {}).items())
+    fields = "; ".join(
+        f"{name}: {' '.join(map(str, messages)) if isinstance(messages, list) else messages}"
+        for name, messages in (error.get("fields") or {}).items()
+    )
     return f"HTTP {response.status_code} {error['code']}: {error['message']}" + (f" ({fields})" if fields else "")
 
 
@@ -114,21 +121,30 @@ def print_table(images: dict[int, dict]) -> None:
     print(f"{'id':>7}  {'file':<32} {'status':<11} {'prediction':<26} {'confidence':>10}  model")
     for image in images.values():
         confidence = image["predicted_confidence"]
-        print(f"{image['id']:>7}  {image['original_filename'][:32]:<32} {image['status']:<11} "
-              f"{(image['predicted_category'] or '-'):<26} "
-              f"{(f'{confidence:.3f}' if confidence is not None else '-'):>10}  "
-              f"{image['predicted_model_version'] or '-'}")
+        print(
+            f"{image['id']:>7}  {image['original_filename'][:32]:<32} {image['status']:<11} "
+            f"{(image['predicted_category'] or '-'):<26} "
+            f"{(f'{confidence:.3f}' if confidence is not None else '-'):>10}  "
+            f"{image['predicted_model_version'] or '-'}"
+        )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Upload a folder of SEM images for one sample to the SEM lab portal, wait for the "
-                    "classifications and print them.")
+        "classifications and print them."
+    )
     parser.add_argument("folder", type=Path, help="folder with .tif/.png/.jpg/.bmp images")
-    parser.add_argument("--url", default=os.environ.get("SEM_PORTAL_URL", "http://127.0.0.1:8000"),
-                        help="portal base URL (default: $SEM_PORTAL_URL or http://127.0.0.1:8000)")
-    parser.add_argument("--token", default=os.environ.get("SEM_API_TOKEN"),
-                        help="API token (default: $SEM_API_TOKEN); create one at /account/tokens/")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("SEM_PORTAL_URL", "http://127.0.0.1:8000"),
+        help="portal base URL (default: $SEM_PORTAL_URL or http://127.0.0.1:8000)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("SEM_API_TOKEN"),
+        help="API token (default: $SEM_API_TOKEN); create one at /account/tokens/",
+    )
     target = parser.add_argument_group("sample (give --sample or --lims-id)")
     target.add_argument("--sample", dest="lab_sample_id", help="lab sample ID")
     target.add_argument("--lims-id", help="the sample's LIMS ID")
@@ -155,8 +171,9 @@ def main(argv=None) -> int:
     try:
         sample = portal.find_sample(args.lab_sample_id, args.lims_id)
         if sample is None and args.create_sample:
-            sample = portal.create_sample(args.project, args.lab_sample_id, args.name or args.lab_sample_id,
-                                          args.lims_id)
+            sample = portal.create_sample(
+                args.project, args.lab_sample_id, args.name or args.lab_sample_id, args.lims_id
+            )
             print(f"created sample {sample['lab_sample_id']} (id {sample['id']})", file=sys.stderr)
         if sample is None:
             print("no such sample in your projects (use --create-sample to create it)", file=sys.stderr)

@@ -89,22 +89,53 @@ class PredictionInline(admin.TabularInline):
 
 
 class SetLabelForm(ActionForm):
-    category = forms.ModelChoiceField(queryset=Category.objects.filter(active=True), required=False,
-                                      label="Category", help_text="for “Set the curated label”")
+    category = forms.ModelChoiceField(
+        queryset=Category.objects.filter(active=True),
+        required=False,
+        label="Category",
+        help_text="for “Set the curated label”",
+    )
 
 
 @admin.register(SEMImage)
 class SEMImageAdmin(admin.ModelAdmin):
-    list_display = ["thumb", "original_filename", "sample", "status", "split", "curated_category",
-                    "predicted_category", "predicted_confidence", "vendor", "uploaded_at"]
+    list_display = [
+        "thumb",
+        "original_filename",
+        "sample",
+        "status",
+        "split",
+        "curated_category",
+        "predicted_category",
+        "predicted_confidence",
+        "vendor",
+        "uploaded_at",
+    ]
     list_filter = ["status", "split", "curated_category", "predicted_category", "vendor", "format", "uploaded_at"]
     search_fields = ["original_filename", "sha256", "sample__lab_sample_id", "sample__name", "instrument_model"]
     list_select_related = ["sample", "curated_category", "predicted_category"]
     # Status, split, labels and predictions belong to the services (ingestion, classification, labels).
-    readonly_fields = ["sha256", "file_size", "width", "height", "bit_depth", "mode", "uploaded_at", "metadata",
-                       "split", "status", "status_changed_at", "claimed_at", "classify_attempts", "error",
-                       "curated_category", "predicted_category", "predicted_confidence", "predicted_margin",
-                       "predicted_by"]
+    readonly_fields = [
+        "sha256",
+        "file_size",
+        "width",
+        "height",
+        "bit_depth",
+        "mode",
+        "uploaded_at",
+        "metadata",
+        "split",
+        "status",
+        "status_changed_at",
+        "claimed_at",
+        "classify_attempts",
+        "error",
+        "curated_category",
+        "predicted_category",
+        "predicted_confidence",
+        "predicted_margin",
+        "predicted_by",
+    ]
     raw_id_fields = ["sample"]
     inlines = [LabelInline, PredictionInline]
     date_hierarchy = "uploaded_at"
@@ -208,8 +239,17 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
 @admin.register(TrainingRun)
 class TrainingRunAdmin(admin.ModelAdmin):
-    list_display = ["pk", "status", "trigger", "requested_by", "progress_fraction", "device", "duration_s",
-                    "model_version", "created_at"]
+    list_display = [
+        "pk",
+        "status",
+        "trigger",
+        "requested_by",
+        "progress_fraction",
+        "device",
+        "duration_s",
+        "model_version",
+        "created_at",
+    ]
     list_filter = ["status", "trigger", "device"]
     search_fields = ["error", "log"]
     actions = ["cancel_runs"]
@@ -251,10 +291,15 @@ class ApiTokenAdmin(admin.ModelAdmin):
         from portal.services.tokens import create_token
 
         created = create_token(obj.user, obj.name)
-        obj.pk, obj.prefix, obj.key_hash, obj.created_at = (created.token.pk, created.token.prefix,
-                                                            created.token.key_hash, created.token.created_at)
-        self.message_user(request, f"Token created. Copy the secret now, it is not shown again: {created.secret}",
-                          messages.WARNING)
+        obj.pk, obj.prefix, obj.key_hash, obj.created_at = (
+            created.token.pk,
+            created.token.prefix,
+            created.token.key_hash,
+            created.token.created_at,
+        )
+        self.message_user(
+            request, f"Token created. Copy the secret now, it is not shown again: {created.secret}", messages.WARNING
+        )
 
     @admin.action(description="Revoke the selected tokens")
     def revoke(self, request, queryset):

@@ -34,6 +34,7 @@ def _ensure_upload_spool() -> None:
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as error:
-        logger.warning("cannot create the upload spool folder %s (%s); using the system temporary folder", folder,
-                       error)
+        logger.warning(
+            "cannot create the upload spool folder %s (%s); using the system temporary folder", folder, error
+        )
         settings.FILE_UPLOAD_TEMP_DIR = None

@@ -92,8 +92,18 @@ def env_size_bytes(name: str, default: int) -> int:
     if value is None:
         return default
     text = value.strip().lower().replace(" ", "")
-    units = {"gib": 1024**3, "mib": 1024**2, "kib": 1024, "gb": 10**9, "mb": 10**6, "kb": 10**3,
-             "g": 1024**3, "m": 1024**2, "k": 1024, "b": 1}
+    units = {
+        "gib": 1024**3,
+        "mib": 1024**2,
+        "kib": 1024,
+        "gb": 10**9,
+        "mb": 10**6,
+        "kb": 10**3,
+        "g": 1024**3,
+        "m": 1024**2,
+        "k": 1024,
+        "b": 1,
+    }
     number, factor = text, 1
     for suffix, scale in units.items():
         if text.endswith(suffix):
@@ -113,10 +123,16 @@ def parse_database_url(url: str) -> dict:
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         # sqlite:///relative/path.db or sqlite:////absolute/path.db
-        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": path or ":memory:",
-                "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE",
-                            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}}
+        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": path or ":memory:",
+            "OPTIONS": {
+                "timeout": 30,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
     if parsed.scheme in {"postgres", "postgresql", "pgsql"}:
         options = {key: values[-1] for key, values in parse_qs(parsed.query).items()}
         return {
@@ -154,8 +170,11 @@ def parse_cache_url(url: str, default_dir: Path) -> dict:
     if parsed.scheme in {"redis", "rediss"}:
         # Short socket timeouts: an unreachable Redis must not hold a request for minutes (the API
         # throttle falls back to per-process counting when the cache fails, portal/api/throttling.py).
-        return {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url,
-                "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 2}}
+        return {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": url,
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 2},
+        }
     if parsed.scheme == "file" and parsed.path:
         return {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": parsed.path}
     raise ImproperlyConfigured(f"CACHE_URL scheme {parsed.scheme!r} is not supported (use redis:// or file:///path)")

@@ -24,8 +24,9 @@ def emit(event: str, **payload) -> None:
             logger.exception("listener for %s failed", event)
 
 
-def emit_label_changed(label_id: int | None, *, image_id: int | None = None,
-                       withdrawn_label_id: int | None = None) -> None:
+def emit_label_changed(
+    label_id: int | None, *, image_id: int | None = None, withdrawn_label_id: int | None = None
+) -> None:
     """A curated label changed: `label_id` is the image's current label (None when an undo left the image
     unlabelled); an undo also names the image and the withdrawn label."""
     emit("label.changed", label_id=label_id, image_id=image_id, withdrawn_label_id=withdrawn_label_id)

@@ -47,10 +47,15 @@ def client_ip(request) -> str | None:
 
 def lockout_response(request, original_response=None, credentials=None):
     minutes = lockout_minutes()
-    response = render(request, "registration/locked_out.html", {
-        "minutes": minutes,
-        "failure_limit": settings.AXES_FAILURE_LIMIT,
-    }, status=429)
+    response = render(
+        request,
+        "registration/locked_out.html",
+        {
+            "minutes": minutes,
+            "failure_limit": settings.AXES_FAILURE_LIMIT,
+        },
+        status=429,
+    )
     response["Retry-After"] = str(minutes * 60)
     return response
 

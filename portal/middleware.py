@@ -36,15 +36,26 @@ class DatabaseUnavailableMiddleware:
             logger.warning("database unavailable during %s %s: %s", request.method, request.path, exception)
         elif isinstance(exception, DEPENDENCY_ERRORS):
             message = DEPENDENCY_MESSAGE
-            logger.warning("a dependency is unavailable during %s %s: %s: %s", request.method, request.path,
-                           type(exception).__name__, exception)
+            logger.warning(
+                "a dependency is unavailable during %s %s: %s: %s",
+                request.method,
+                request.path,
+                type(exception).__name__,
+                exception,
+            )
         else:
             return None
         if "text/html" in request.headers.get("Accept", ""):
             response = HttpResponse(f"<!doctype html><title>Unavailable</title><p>{message}</p>", status=503)
         else:
             # Scripts (the upload page shows `reason` of a rejected file) and API-style clients.
-            response = JsonResponse({"outcome": "rejected", "reason": message,
-                                     "error": {"code": "unavailable", "message": message, "fields": {}}}, status=503)
+            response = JsonResponse(
+                {
+                    "outcome": "rejected",
+                    "reason": message,
+                    "error": {"code": "unavailable", "message": message, "fields": {}},
+                },
+                status=503,
+            )
         response["Retry-After"] = str(RETRY_AFTER_S)
         return response

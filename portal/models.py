@@ -58,11 +58,14 @@ class Sample(models.Model):
     # collection (split="": import_folder, make_demo_data).
     AUTO_SPLIT = "auto"
     split = models.CharField(
-        max_length=5, blank=True, default=AUTO_SPLIT,
+        max_length=5,
+        blank=True,
+        default=AUTO_SPLIT,
         choices=[("train", "Train"), ("test", "Test"), ("", "Per near-duplicate group (a collection)")],
         help_text="Side of the split all images of this sample are on; empty for a collection of many samples "
-                  "(each near-duplicate group is then on one side). Changing it moves its images at the next "
-                  "`manage.py reassign_splits`.")
+        "(each near-duplicate group is then on one side). Changing it moves its images at the next "
+        "`manage.py reassign_splits`.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -166,8 +169,7 @@ class SEMImage(models.Model):
     split = models.CharField(max_length=5, choices=Split.choices, db_index=True)
     # Near-duplicates (portal.services.near_duplicates): the closest earlier image when this one was
     # stored, and the group (the id of its first image; empty for an image without near-duplicates).
-    near_duplicate_of = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True,
-                                          related_name="+")
+    near_duplicate_of = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     duplicate_group = models.PositiveIntegerField(null=True, blank=True, db_index=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     status_changed_at = models.DateTimeField(auto_now_add=True)
@@ -184,9 +186,7 @@ class SEMImage(models.Model):
     )
     predicted_confidence = models.FloatField(null=True, blank=True)
     predicted_margin = models.FloatField(null=True, blank=True)
-    predicted_by = models.ForeignKey(
-        "ModelVersion", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
-    )
+    predicted_by = models.ForeignKey("ModelVersion", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
 
     class Meta:
         ordering = ["-uploaded_at", "-id"]
@@ -196,8 +196,9 @@ class SEMImage(models.Model):
             models.Index(fields=["sample", "-uploaded_at"], name="semimage_sample_idx"),
             models.Index(fields=["predicted_category", "predicted_confidence"], name="semimage_pred_idx"),
             models.Index(fields=["curated_category", "split"], name="semimage_curated_idx"),
-            models.Index(fields=["predicted_margin"], name="semimage_margin_idx",
-                         condition=Q(curated_category__isnull=True)),
+            models.Index(
+                fields=["predicted_margin"], name="semimage_margin_idx", condition=Q(curated_category__isnull=True)
+            ),
         ]
 
     def __str__(self) -> str:
@@ -219,8 +220,8 @@ class PerceptualHash(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["image", "region"], name="phash_unique_image_region")]
         indexes = [models.Index(fields=[f"band{i}"], name=f"phash_band{i}_idx") for i in range(4)] + [
-            models.Index(fields=[f"band{i}"], name=f"phash_full_band{i}_idx", condition=Q(region=0))
-            for i in range(4)]
+            models.Index(fields=[f"band{i}"], name=f"phash_full_band{i}_idx", condition=Q(region=0)) for i in range(4)
+        ]
 
 
 class Label(models.Model):
@@ -320,8 +321,9 @@ class TrainingRun(models.Model):
     progress = models.JSONField(default=dict, blank=True, help_text="Last progress event from the trainer")
     progress_fraction = models.FloatField(default=0.0)
     history = models.JSONField(default=list, blank=True, help_text="Per-epoch losses and metrics per stage")
-    plan = models.JSONField(default=dict, blank=True,
-                            help_text="The time budget and the epochs planned from measured step times")
+    plan = models.JSONField(
+        default=dict, blank=True, help_text="The time budget and the epochs planned from measured step times"
+    )
     log = models.TextField(blank=True)
     error = models.TextField(blank=True)
     device = models.CharField(max_length=50, blank=True)
@@ -358,9 +360,7 @@ class Prediction(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        constraints = [
-            models.UniqueConstraint(fields=["image", "model_version"], name="prediction_unique_image_model")
-        ]
+        constraints = [models.UniqueConstraint(fields=["image", "model_version"], name="prediction_unique_image_model")]
 
     def __str__(self) -> str:
         return f"{self.image_id}: {self.category} {self.confidence:.2f} (v{self.model_version_id})"
@@ -392,8 +392,14 @@ class WebhookSubscription(models.Model):
         TRAINING_FINISHED = "training.finished"
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhooks")
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, null=True, blank=True, related_name="webhooks",
-                                help_text="Only events of this project's images; empty for all visible to the owner")
+    project = models.ForeignKey(
+        Project,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="webhooks",
+        help_text="Only events of this project's images; empty for all visible to the owner",
+    )
     url = models.URLField(max_length=500)
     events = models.JSONField(default=list, help_text="Event names to deliver")
     secret = models.CharField(max_length=128, help_text="HMAC-SHA256 key for the X-SEM-Signature header")

@@ -12,12 +12,28 @@ from rest_framework import serializers
 
 from portal.models import SEMImage
 
-IMAGE_LINKS = {"self": "detail", "original": "original", "thumbnail": "thumbnail", "predictions": "predictions",
-               "labels": "labels"}
+IMAGE_LINKS = {
+    "self": "detail",
+    "original": "original",
+    "thumbnail": "thumbnail",
+    "predictions": "predictions",
+    "labels": "labels",
+}
 
 SUMMARY_FIELDS = [
-    "id", "sample", "lab_sample_id", "lims_id", "project", "original_filename", "sha256", "status",
-    "curated_category", "predicted_category", "predicted_confidence", "predicted_margin", "predicted_model_version",
+    "id",
+    "sample",
+    "lab_sample_id",
+    "lims_id",
+    "project",
+    "original_filename",
+    "sha256",
+    "status",
+    "curated_category",
+    "predicted_category",
+    "predicted_confidence",
+    "predicted_margin",
+    "predicted_model_version",
     "links",
 ]
 

@@ -39,11 +39,14 @@ def _bad_request(request, message: str):
     if is_api_path(request.path):
         return api_error(400, "invalid", message)
     if "text/html" in request.headers.get("Accept", ""):
-        return HttpResponse(f"<!doctype html><title>Bad request</title><h1>Bad request</h1><p>{message}</p>",
-                            status=400)
+        return HttpResponse(
+            f"<!doctype html><title>Bad request</title><h1>Bad request</h1><p>{message}</p>", status=400
+        )
     # The upload page's scripts read `reason`; other clients the API-style body.
-    return JsonResponse({"outcome": "rejected", "reason": message,
-                         "error": {"code": "invalid", "message": message, "fields": {}}}, status=400)
+    return JsonResponse(
+        {"outcome": "rejected", "reason": message, "error": {"code": "invalid", "message": message, "fields": {}}},
+        status=400,
+    )
 
 
 def _has_nul(request) -> bool:
@@ -72,6 +75,7 @@ class HostileInputMiddleware:
 
 # --- Error pages: JSON under /api/ --------------------------------------------------------------------
 
+
 def handler400(request, exception=None):
     if is_api_path(request.path):
         return api_error(400, "bad_request", "The request could not be understood.")
@@ -98,6 +102,10 @@ def handler500(request):
 
 def csrf_failure(request, reason: str = ""):
     if is_api_path(request.path):
-        return api_error(403, "csrf_failed", "CSRF check failed: send the X-CSRFToken header with a session, "
-                                             "or authenticate with an API token (Authorization: Bearer ...).")
+        return api_error(
+            403,
+            "csrf_failed",
+            "CSRF check failed: send the X-CSRFToken header with a session, "
+            "or authenticate with an API token (Authorization: Bearer ...).",
+        )
     return django_csrf_failure(request, reason=reason)

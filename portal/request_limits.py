@@ -68,15 +68,23 @@ class RequestBodyLimitMiddleware:
         if user is None:
             request.upload_handlers = [MemoryFileUploadHandler()]  # never a file on disk
             if length > ANONYMOUS_MAX_BODY_BYTES:
-                return too_large(request, f"Requests from clients that are not logged in may carry at most "
-                                          f"{_human(ANONYMOUS_MAX_BODY_BYTES)}; this one declares {_human(length)}. "
-                                          f"Log in (or send your API token) first.")
+                return too_large(
+                    request,
+                    f"Requests from clients that are not logged in may carry at most "
+                    f"{_human(ANONYMOUS_MAX_BODY_BYTES)}; this one declares {_human(length)}. "
+                    f"Log in (or send your API token) first.",
+                )
             return None
         is_upload = request.method == "POST" and view_name in UPLOAD_VIEWS
-        limit = max_upload_body_bytes() if is_upload else settings.DATA_UPLOAD_MAX_MEMORY_SIZE + MULTIPART_ALLOWANCE_BYTES
+        limit = (
+            max_upload_body_bytes() if is_upload else settings.DATA_UPLOAD_MAX_MEMORY_SIZE + MULTIPART_ALLOWANCE_BYTES
+        )
         if length > limit:
-            what = (f"the largest accepted file is {_human(settings.SEM_MAX_UPLOAD_BYTES)}" if is_upload
-                    else f"this endpoint accepts at most {_human(limit)}")
+            what = (
+                f"the largest accepted file is {_human(settings.SEM_MAX_UPLOAD_BYTES)}"
+                if is_upload
+                else f"this endpoint accepts at most {_human(limit)}"
+            )
             return too_large(request, f"The request body is {_human(length)}; {what}. Nothing was read or stored.")
         if is_upload and view_name in WEB_UPLOAD_VIEWS:
             return web_upload_throttled(request) or web_upload_with_several_files(request)
@@ -107,8 +115,10 @@ def several_files_message(files) -> str | None:
     if len(names) <= 1:
         return None
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    return (f"This request carries {len(names)} files ({shown}); an upload request takes exactly one file. "
-            f"Send one request per file; nothing was stored.")
+    return (
+        f"This request carries {len(names)} files ({shown}); an upload request takes exactly one file. "
+        f"Send one request per file; nothing was stored."
+    )
 
 
 def web_upload_with_several_files(request):
@@ -116,9 +126,15 @@ def web_upload_with_several_files(request):
     message = several_files_message(request.FILES)
     if message is None:
         return None
-    return JsonResponse({"outcome": "rejected", "code": "too_many_files", "reason": message,
-                         "error": {"code": "too_many_files", "message": message, "fields": {"file": [message]}}},
-                        status=400)
+    return JsonResponse(
+        {
+            "outcome": "rejected",
+            "code": "too_many_files",
+            "reason": message,
+            "error": {"code": "too_many_files", "message": message, "fields": {"file": [message]}},
+        },
+        status=400,
+    )
 
 
 def too_large(request, message: str):
@@ -126,11 +142,19 @@ def too_large(request, message: str):
     if is_api_path(request.path):
         response = api_error(413, "too_large", message)
     elif "text/html" in request.headers.get("Accept", ""):
-        response = HttpResponse(f"<!doctype html><title>Request too large</title><h1>Request too large</h1>"
-                                f"<p>{message}</p>", status=413)
+        response = HttpResponse(
+            f"<!doctype html><title>Request too large</title><h1>Request too large</h1><p>{message}</p>", status=413
+        )
     else:  # the upload page's script shows `reason`
-        response = JsonResponse({"outcome": "rejected", "code": "too_large", "reason": message,
-                                 "error": {"code": "too_large", "message": message, "fields": {}}}, status=413)
+        response = JsonResponse(
+            {
+                "outcome": "rejected",
+                "code": "too_large",
+                "reason": message,
+                "error": {"code": "too_large", "message": message, "fields": {}},
+            },
+            status=413,
+        )
     response["Connection"] = "close"  # the unread body is not ours to skip
     return response
 
@@ -142,8 +166,15 @@ def web_upload_throttled(request):
         return None
     wait = max(1, round(throttle.wait() or 1))
     message = f"Too many uploads: at most {throttle.rate} per user. Retry in {wait} s; nothing was read or stored."
-    response = JsonResponse({"outcome": "rejected", "code": "throttled", "reason": message,
-                             "error": {"code": "throttled", "message": message, "fields": {}}}, status=429)
+    response = JsonResponse(
+        {
+            "outcome": "rejected",
+            "code": "throttled",
+            "reason": message,
+            "error": {"code": "throttled", "message": message, "fields": {}},
+        },
+        status=429,
+    )
     response["Retry-After"] = str(wait)
     response["Connection"] = "close"
     return response
@@ -169,12 +200,18 @@ def limit_wsgi_body(application):
     def limited(environ, start_response):
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
         if chunked and not environ.get("CONTENT_LENGTH"):
-            return _plain(start_response, "411 Length Required",
-                          "Send the request body with a Content-Length (chunked bodies are not accepted).")
+            return _plain(
+                start_response,
+                "411 Length Required",
+                "Send the request body with a Content-Length (chunked bodies are not accepted).",
+            )
         limit = max_upload_body_bytes()
         if declared_length(environ) > limit:
-            return _plain(start_response, "413 Request Entity Too Large",
-                          f"The request body is larger than the largest accepted upload ({_human(limit)}).")
+            return _plain(
+                start_response,
+                "413 Request Entity Too Large",
+                f"The request body is larger than the largest accepted upload ({_human(limit)}).",
+            )
         return application(environ, start_response)
 
     return limited
@@ -183,8 +220,9 @@ def limit_wsgi_body(application):
 def _plain(start_response, status: str, message: str):
     code = "too_large" if status.startswith("413") else "length_required"
     body = json.dumps({"error": {"code": code, "message": message, "fields": {}}}).encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                            ("Connection", "close")])
+    start_response(
+        status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close")]
+    )
     return [body]
 
 

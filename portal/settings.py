@@ -31,8 +31,11 @@ DEBUG = env_bool("DEBUG", False)
 # Embedded mode is the laptop quick start (no DATABASE_URL): a random key kept in var/secret-key and
 # plain-HTTP cookies are acceptable there; any real deployment sets DATABASE_URL and must set SECRET_KEY.
 EMBEDDED = env_bool("SEM_EMBEDDED", "DATABASE_URL" not in os.environ)
-SECRET_KEY = (env_str("SECRET_KEY", "") or local_secret_key(VAR_DIR / "secret-key")) if (DEBUG or EMBEDDED) \
+SECRET_KEY = (
+    (env_str("SECRET_KEY", "") or local_secret_key(VAR_DIR / "secret-key"))
+    if (DEBUG or EMBEDDED)
     else env_str("SECRET_KEY")
+)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 CSRF_FAILURE_VIEW = "portal.request_guard.csrf_failure"  # the JSON error body under /api/
@@ -136,8 +139,11 @@ MODEL_DIR = env_path("MODEL_DIR", VAR_DIR / "models")
 CACHES = {"default": parse_cache_url(env_str("CACHE_URL", ""), VAR_DIR / "cache")}
 STORAGES = {
     "default": {"BACKEND": "portal.storage.MediaStorage"},  # no half-written files (portal/storage.py)
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-                    if DEBUG else "whitenoise.storage.CompressedStaticFilesStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedStaticFilesStorage"
+    },
 }
 
 # --- Uploads ---------------------------------------------------------------------------------
@@ -261,8 +267,10 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "portal.api.pagination.StableCursorPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_THROTTLE_CLASSES": ["portal.api.throttling.PerTokenRateThrottle",
-                                 "portal.api.throttling.UploadRateThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "portal.api.throttling.PerTokenRateThrottle",
+        "portal.api.throttling.UploadRateThrottle",
+    ],
     # Per token (or per session user): "api" for every request, "upload" for image uploads on top.
     "DEFAULT_THROTTLE_RATES": {
         "api": env_rate("SEM_API_RATE", "3000/min"),
@@ -272,8 +280,10 @@ REST_FRAMEWORK = {
     # JSON bodies (the image upload is multipart: portal/api/views/images.py): one encoding, whose types and
     # nulls mean what the schema says.
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer",
-                                 "rest_framework.renderers.BrowsableAPIRenderer"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 SPECTACULAR_SETTINGS = {
@@ -281,7 +291,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": (
         "Upload SEM images, read classifications, curate labels and manage models (LIMS integration).\n\n"
         "Authenticate with a personal token from /account/tokens/: `Authorization: Bearer sem_...`. "
-        "Every 4xx answer has the body `{\"error\": {\"code\", \"message\", \"fields\"}}`. "
+        'Every 4xx answer has the body `{"error": {"code", "message", "fields"}}`. '
         "Lists use cursor pagination: follow `next` until it is null."
     ),
     "VERSION": "1.0.0",

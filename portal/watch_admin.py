@@ -10,8 +10,18 @@ from portal.watch_models import WatchedFile, WatchFolder
 
 @admin.register(WatchFolder)
 class WatchFolderAdmin(admin.ModelAdmin):
-    list_display = ["path", "project", "sample_rule", "enabled", "poll_interval_s", "settle_s", "move_to_processed",
-                    "last_scan_at", "last_scan_files", "counts"]
+    list_display = [
+        "path",
+        "project",
+        "sample_rule",
+        "enabled",
+        "poll_interval_s",
+        "settle_s",
+        "move_to_processed",
+        "last_scan_at",
+        "last_scan_files",
+        "counts",
+    ]
     list_filter = ["enabled", "sample_rule", "project"]
     search_fields = ["path", "project__name"]
     autocomplete_fields = ["fixed_sample", "uploader"]
@@ -29,8 +39,14 @@ class WatchFolderAdmin(admin.ModelAdmin):
             return "-"
         stats = folder_stats(folder)
         url = reverse("admin:portal_watchedfile_changelist") + f"?folder__id__exact={folder.pk}"
-        return format_html('<a href="{}">{} / {} / {} / {}</a>', url, stats["stored"], stats["duplicate"],
-                           stats["refused"], stats["seen"])
+        return format_html(
+            '<a href="{}">{} / {} / {} / {}</a>',
+            url,
+            stats["stored"],
+            stats["duplicate"],
+            stats["refused"],
+            stats["seen"],
+        )
 
 
 @admin.register(WatchedFile)

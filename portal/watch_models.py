@@ -18,39 +18,61 @@ class WatchFolder(models.Model):
         PATTERN = "pattern", "A filename pattern with a named group (?P<sample>...)"
         FIXED = "fixed", "One fixed sample"
 
-    path = models.CharField(max_length=500, unique=True,
-                            help_text="Absolute path of the share as the worker sees it (e.g. /mnt/sem-pc/export)")
+    path = models.CharField(
+        max_length=500,
+        unique=True,
+        help_text="Absolute path of the share as the worker sees it (e.g. /mnt/sem-pc/export)",
+    )
     project = models.ForeignKey("portal.Project", on_delete=models.PROTECT, related_name="watch_folders")
     sample_rule = models.CharField(max_length=10, choices=SampleRule.choices, default=SampleRule.SUBFOLDER)
     create_missing_samples = models.BooleanField(
-        default=False, help_text="Sub-folder and pattern rules: create a sample (in this project) the first time its "
-                                 "lab sample ID is seen; otherwise such files are refused with the reason.")
+        default=False,
+        help_text="Sub-folder and pattern rules: create a sample (in this project) the first time its "
+        "lab sample ID is seen; otherwise such files are refused with the reason.",
+    )
     filename_pattern = models.CharField(
-        max_length=300, blank=True,
+        max_length=300,
+        blank=True,
         help_text=r"Pattern rule: a regular expression searched in the file name, with a group named sample, "
-                  r"e.g. ^(?P<sample>LAB-\d+)_")
-    fixed_sample = models.ForeignKey("portal.Sample", on_delete=models.PROTECT, null=True, blank=True, related_name="+",
-                                     help_text="Fixed rule: every image goes to this sample")
-    uploader = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True,
-                                 related_name="+",
-                                 help_text="Recorded as the images' uploader and new samples' owner "
-                                           "(default: the first superuser)")
+        r"e.g. ^(?P<sample>LAB-\d+)_",
+    )
+    fixed_sample = models.ForeignKey(
+        "portal.Sample",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Fixed rule: every image goes to this sample",
+    )
+    uploader = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Recorded as the images' uploader and new samples' owner (default: the first superuser)",
+    )
     enabled = models.BooleanField(default=True, help_text="Untick (or Pause on the Inbox page) to stop scanning")
     poll_interval_s = models.PositiveIntegerField("poll interval (s)", default=60)
     settle_s = models.PositiveIntegerField(
-        "settle time (s)", default=10,
-        help_text="A file is ingested only once its size and modification time stayed the same this long")
+        "settle time (s)",
+        default=10,
+        help_text="A file is ingested only once its size and modification time stayed the same this long",
+    )
     move_to_processed = models.BooleanField(
-        default=False, help_text="Move stored files (and their .txt sidecars) to processed/ in the share. "
-                                 "Off by default: nothing on the share is modified.")
+        default=False,
+        help_text="Move stored files (and their .txt sidecars) to processed/ in the share. "
+        "Off by default: nothing on the share is modified.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     # Written by the scanner.
     last_scan_at = models.DateTimeField(null=True, blank=True)
     last_scan_seconds = models.FloatField(null=True, blank=True)
     last_scan_files = models.PositiveIntegerField(default=0, help_text="Image files found by the last scan")
     last_error = models.TextField(blank=True)
-    scan_lease_until = models.DateTimeField(null=True, blank=True, editable=False,
-                                            help_text="Set while a scheduled scan runs (one at a time per folder)")
+    scan_lease_until = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="Set while a scheduled scan runs (one at a time per folder)"
+    )
 
     class Meta:
         ordering = ["path"]

@@ -15,9 +15,13 @@ pytest_plugins = ["tests.worker_fixtures"]
 # waive the minimum images per category and the first model's majority-baseline margin, here and in
 # the worker processes they start (which inherit the environment). tests/workers/test_quality_rules.py
 # turns both back on to test them.
-MECHANICS_ONLY = {"SEM_MIN_IMAGES_PER_CLASS": 1, "SEM_GATE_BASELINE_MARGIN": -1.0,
-                  # ... and the gate's minimum test split (tests/workers/test_bootstrap_gate.py tests it)
-                  "SEM_GATE_MIN_TEST_IMAGES": 0, "SEM_GATE_MIN_TEST_PER_CLASS": 0}
+MECHANICS_ONLY = {
+    "SEM_MIN_IMAGES_PER_CLASS": 1,
+    "SEM_GATE_BASELINE_MARGIN": -1.0,
+    # ... and the gate's minimum test split (tests/workers/test_bootstrap_gate.py tests it)
+    "SEM_GATE_MIN_TEST_IMAGES": 0,
+    "SEM_GATE_MIN_TEST_PER_CLASS": 0,
+}
 for _name, _value in MECHANICS_ONLY.items():
     os.environ.setdefault(_name, str(_value))
     setattr(django_settings, _name, type(_value)(os.environ[_name]))

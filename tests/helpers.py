@@ -23,8 +23,9 @@ def png_bytes(seed: int, size: int = 48) -> bytes:
 def ingest_png(sample, user, seed: int, **kwargs):
     from portal.services.ingest import ingest_file
 
-    return ingest_file(io.BytesIO(png_bytes(seed)), filename=f"img-{seed}.png", sample=sample,
-                       uploaded_by=user, **kwargs).image
+    return ingest_file(
+        io.BytesIO(png_bytes(seed)), filename=f"img-{seed}.png", sample=sample, uploaded_by=user, **kwargs
+    ).image
 
 
 def token_client(user) -> APIClient:

@@ -115,18 +115,19 @@ def test_the_graph_sees_the_house():
     assert "portal.services.classification" in graph["workers.tasks"]  # a lazy import is an edge
 
 
-
-
-
 def test_no_import_circle_among_portal_workers_and_classifier():
     assert circles(import_graph()) == []
 
 
 def test_the_layers_read_workers_then_portal_then_classifier():
     graph = import_graph()
-    upward = sorted((module, target) for module, targets in graph.items() for target in targets
-                    if (module.startswith("portal") and target.startswith("workers"))
-                    or (module.startswith("classifier") and not target.startswith("classifier")))
+    upward = sorted(
+        (module, target)
+        for module, targets in graph.items()
+        for target in targets
+        if (module.startswith("portal") and target.startswith("workers"))
+        or (module.startswith("classifier") and not target.startswith("classifier"))
+    )
     assert upward == []
 
 

@@ -9,8 +9,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_dockerignore_keeps_local_state_out_of_the_image():
-    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert {"var/", ".git/", ".venv/", ".env", "*.sqlite3"} <= ignored
 
 

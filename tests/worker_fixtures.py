@@ -63,6 +63,7 @@ SYNTHETIC_SIZE = (192, 144)
 
 # --- Categories --------------------------------------------------------------------------------
 
+
 def ensure_nffa_categories() -> None:
     from portal.models import Category
 
@@ -88,6 +89,7 @@ def category_name(folder: str) -> str:
 
 # --- Uploads -------------------------------------------------------------------------------------
 
+
 def synthetic_png(folder: str, seed: int, size=SYNTHETIC_SIZE) -> bytes:
     from classifier.synthetic import make_image
 
@@ -101,14 +103,18 @@ def upload_images(nffa_categories):
     """Upload synthetic images through the real ingestion service (which queues them on commit)."""
     from portal.services.ingest import ingest_file
 
-    def upload(sample, user, count: int, *, labelled: bool = False, seed: int = 0,
-               folders=MODEL_FOLDERS) -> list:
+    def upload(sample, user, count: int, *, labelled: bool = False, seed: int = 0, folders=MODEL_FOLDERS) -> list:
         images = []
         for index in range(count):
             folder = folders[index % len(folders)]
             label = nffa_categories[folder] if labelled else None
-            result = ingest_file(io.BytesIO(synthetic_png(folder, seed + index)), filename=f"{folder}-{seed + index}.png",
-                                 sample=sample, uploaded_by=user, label=label)
+            result = ingest_file(
+                io.BytesIO(synthetic_png(folder, seed + index)),
+                filename=f"{folder}-{seed + index}.png",
+                sample=sample,
+                uploaded_by=user,
+                label=label,
+            )
             assert result.created, "synthetic seeds must give distinct images"
             images.append(result.image)
         return images
@@ -117,6 +123,7 @@ def upload_images(nffa_categories):
 
 
 # --- A real trained model ------------------------------------------------------------------------------
+
 
 @dataclass
 class TrainedArtifact:
@@ -127,8 +134,14 @@ class TrainedArtifact:
     metadata: dict
 
 
-TINY_TRAIN_CONFIG = {"arch": "resnet18", "sizes": (32, 48), "epochs": (1, 1), "batch_sizes": (16, 16),
-                     "lrs": (3e-3, 1e-3), "pretrained": False}
+TINY_TRAIN_CONFIG = {
+    "arch": "resnet18",
+    "sizes": (32, 48),
+    "epochs": (1, 1),
+    "batch_sizes": (16, 16),
+    "lrs": (3e-3, 1e-3),
+    "pretrained": False,
+}
 
 
 @pytest.fixture(scope="session")
@@ -148,10 +161,16 @@ def trained_artifact(tmp_path_factory) -> TrainedArtifact:
             make_derivative(crop_databar(make_image(folder, 1000 + seed, size=SYNTHETIC_SIZE))[0]).save(path)
             items.append((str(path), category_name(folder)))
     test_items = items[::5]
-    result = train(items, TrainConfig.from_dict(TINY_TRAIN_CONFIG), str(root / "model.pth"),
-                   test_items=test_items, classes=[category_name(folder) for folder in MODEL_FOLDERS])
-    return TrainedArtifact(Path(result.artifact_path), result.sha256, list(result.metadata["classes"]),
-                           result.evaluation, result.metadata)
+    result = train(
+        items,
+        TrainConfig.from_dict(TINY_TRAIN_CONFIG),
+        str(root / "model.pth"),
+        test_items=test_items,
+        classes=[category_name(folder) for folder in MODEL_FOLDERS],
+    )
+    return TrainedArtifact(
+        Path(result.artifact_path), result.sha256, list(result.metadata["classes"]), result.evaluation, result.metadata
+    )
 
 
 def write_legacy_artifact(path, state_dict: dict, metadata: dict) -> str:
@@ -166,9 +185,15 @@ def write_legacy_artifact(path, state_dict: dict, metadata: dict) -> str:
     buffer = io.BytesIO()
     torch.save({key: value.detach().cpu() for key, value in state_dict.items()}, buffer)
     payload = buffer.getvalue()
-    header = json.dumps({"format_version": 1, "payload_length": len(payload),
-                         "payload_sha256": hashlib.sha256(payload).hexdigest(),
-                         "metadata": {**metadata, "format_version": 1}}, sort_keys=True).encode()
+    header = json.dumps(
+        {
+            "format_version": 1,
+            "payload_length": len(payload),
+            "payload_sha256": hashlib.sha256(payload).hexdigest(),
+            "metadata": {**metadata, "format_version": 1},
+        },
+        sort_keys=True,
+    ).encode()
     blob = b"SEMCLSF\x00" + struct.pack(">Q", len(header)) + header + payload
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_bytes(blob)
@@ -186,8 +211,13 @@ def install_model(artifact: TrainedArtifact, version: int, *, status: str, metri
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(artifact.path, target)
     return ModelVersion.objects.create(
-        version=version, status=status, artifact_path=str(target), artifact_sha256=artifact.sha256,
-        arch=artifact.metadata["arch"], classes=artifact.classes, metrics=metrics or artifact.metrics,
+        version=version,
+        status=status,
+        artifact_path=str(target),
+        artifact_sha256=artifact.sha256,
+        arch=artifact.metadata["arch"],
+        classes=artifact.classes,
+        metrics=metrics or artifact.metrics,
         promoted_at=timezone.now() if status == ModelVersion.Status.PRODUCTION else None,
     )
 
@@ -200,6 +230,7 @@ def production_model(db, trained_artifact, nffa_categories):
 
 
 # --- Worker processes ----------------------------------------------------------------------------
+
 
 def _env_value(value) -> str:
     if isinstance(value, bool):
@@ -243,15 +274,31 @@ class WorkerProcess:
     ready_marker = " ready."
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", self.queues,
-                "--pool=prefork", "--concurrency=1", "--loglevel=INFO", "-n", f"{self.name}@%h",
-                "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        return [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            "-Q",
+            self.queues,
+            "--pool=prefork",
+            "--concurrency=1",
+            "--loglevel=INFO",
+            "-n",
+            f"{self.name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
 
     def start(self) -> WorkerProcess:
         log = open(self.log_path, "ab")
         start_offset = self.log_path.stat().st_size
-        self.process = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=self.env, stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command(), cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         self._wait_ready(start_offset)
         return self
@@ -296,8 +343,14 @@ class WorkerProcess:
         except FileNotFoundError:
             return ""
 
-    def wait_until(self, predicate: Callable[[], object], timeout: float = 60, what: str = "condition",
-                   interval: float = 0.2, require_alive: bool = True):
+    def wait_until(
+        self,
+        predicate: Callable[[], object],
+        timeout: float = 60,
+        what: str = "condition",
+        interval: float = 0.2,
+        require_alive: bool = True,
+    ):
         deadline = time.monotonic() + timeout
         while True:
             value = predicate()
@@ -306,8 +359,9 @@ class WorkerProcess:
             if require_alive and not self.alive:
                 raise AssertionError(f"worker died while waiting for {what}:\n{self.log()[-4000:]}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}; worker log:\n"
-                                     f"{self.log()[-4000:]}")
+                raise AssertionError(
+                    f"timed out after {timeout} s waiting for {what}; worker log:\n{self.log()[-4000:]}"
+                )
             time.sleep(interval)
 
 
@@ -317,8 +371,17 @@ class BeatProcess(WorkerProcess):
     ready_marker = "beat: Starting"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "celery", "-A", "workers", "beat", "--loglevel=INFO",
-                "--schedule", str(self.log_path.with_suffix(".schedule"))]
+        return [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "beat",
+            "--loglevel=INFO",
+            "--schedule",
+            str(self.log_path.with_suffix(".schedule")),
+        ]
 
 
 @pytest.fixture
@@ -332,15 +395,22 @@ def worker_factory(transactional_db, settings, tmp_path):
     purge_broker(broker_url)
     workers: list[WorkerProcess] = []
 
-    def make(start: bool = True, queues: str = "gpu,default", *, beat: bool = False, broker: str | None = None,
-             **overrides) -> WorkerProcess:
+    def make(
+        start: bool = True, queues: str = "gpu,default", *, beat: bool = False, broker: str | None = None, **overrides
+    ) -> WorkerProcess:
         """A worker (or with beat=True a beat scheduler); `broker` replaces the test run's broker URL."""
         for name, value in overrides.items():
             setattr(settings, name, value)
-        env = {**os.environ, "DATABASE_URL": database, "CELERY_BROKER_URL": broker or broker_url,
-               "MEDIA_ROOT": str(django_settings.MEDIA_ROOT), "MODEL_DIR": str(django_settings.MODEL_DIR),
-               "SECRET_KEY": os.environ.get("SECRET_KEY", "test"), "PYTHONUNBUFFERED": "1",
-               **{name: _env_value(value) for name, value in overrides.items()}}
+        env = {
+            **os.environ,
+            "DATABASE_URL": database,
+            "CELERY_BROKER_URL": broker or broker_url,
+            "MEDIA_ROOT": str(django_settings.MEDIA_ROOT),
+            "MODEL_DIR": str(django_settings.MODEL_DIR),
+            "SECRET_KEY": os.environ.get("SECRET_KEY", "test"),
+            "PYTHONUNBUFFERED": "1",
+            **{name: _env_value(value) for name, value in overrides.items()},
+        }
         worker = (BeatProcess if beat else WorkerProcess)(env, tmp_path, queues)
         workers.append(worker)
         return worker.start() if start else worker

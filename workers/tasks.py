@@ -17,8 +17,13 @@ from django.db import InterfaceError, OperationalError
 logger = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)
-RETRY_POLICY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 5, "retry_backoff_max": 300,
-                "retry_jitter": True, "max_retries": 8}
+RETRY_POLICY = {
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": 5,
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
+    "max_retries": 8,
+}
 
 
 @shared_task(name="workers.classify_images", soft_time_limit=600, time_limit=900, **RETRY_POLICY)
@@ -42,8 +47,14 @@ def reclassify_backlog(self, model_version_id: int) -> bool:
 
 # Training acknowledges its message when it starts: a redelivered message would start the same
 # hours-long run again behind a dead one. A lost worker is found by the sweeper (no heartbeat).
-@shared_task(bind=True, name="workers.train_model", acks_late=False, reject_on_worker_lost=False,
-             soft_time_limit=settings.SEM_TRAINING_TIMEOUT_S + 300, time_limit=settings.SEM_TRAINING_TIMEOUT_S + 600)
+@shared_task(
+    bind=True,
+    name="workers.train_model",
+    acks_late=False,
+    reject_on_worker_lost=False,
+    soft_time_limit=settings.SEM_TRAINING_TIMEOUT_S + 300,
+    time_limit=settings.SEM_TRAINING_TIMEOUT_S + 600,
+)
 def train_model(self, training_run_id: int) -> str | None:
     from portal.services import training
 

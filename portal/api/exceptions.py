@@ -81,8 +81,10 @@ class DatabaseUnavailable(ServiceUnavailable):
 class StoredButUnavailable(ServiceUnavailable):
     """The upload was stored (committed), then the database failed before the answer was complete."""
 
-    default_detail = ("The image was stored, but the database became unavailable before the answer was complete; "
-                      "retry in a few seconds (with the same Idempotency-Key or file) to get it.")
+    default_detail = (
+        "The image was stored, but the database became unavailable before the answer was complete; "
+        "retry in a few seconds (with the same Idempotency-Key or file) to get it."
+    )
 
 
 def dependency_errors() -> tuple[type[BaseException], ...]:
@@ -129,8 +131,10 @@ def _translate(exc):
     if isinstance(exc, exceptions.ValidationError):
         return _conflict_or_missing_reference(exc)
     if isinstance(exc, ProtectedError):
-        return Conflict("This object is still referenced (for example a sample with images) and cannot be deleted.",
-                        code="protected")
+        return Conflict(
+            "This object is still referenced (for example a sample with images) and cannot be deleted.",
+            code="protected",
+        )
     if isinstance(exc, (RequestDataTooBig, TooManyFilesSent)):
         return PayloadTooLarge(str(exc) or None)
     if isinstance(exc, (OperationalError, InterfaceError)):

@@ -88,9 +88,11 @@ class ImageFilter(StrictFilterSet):
     sample = IdFilter(field_name="sample", help_text="Sample id.")
     lab_sample_id = django_filters.CharFilter(field_name="sample__lab_sample_id")
     predicted_category = django_filters.CharFilter(
-        field_name="predicted_category__slug", help_text="Category slug of the production model's prediction.")
+        field_name="predicted_category__slug", help_text="Category slug of the production model's prediction."
+    )
     curated_category = django_filters.CharFilter(
-        method="filter_curated", help_text="Category slug of the curated label, or `none` for unlabelled images.")
+        method="filter_curated", help_text="Category slug of the curated label, or `none` for unlabelled images."
+    )
     min_confidence = ConfidenceFilter(field_name="predicted_confidence", lookup_expr="gte")
     max_confidence = ConfidenceFilter(field_name="predicted_confidence", lookup_expr="lte")
     status = django_filters.ChoiceFilter(choices=SEMImage.Status.choices)
@@ -99,8 +101,9 @@ class ImageFilter(StrictFilterSet):
     uploaded_after = UtcIsoDateTimeFilter(field_name="uploaded_at", lookup_expr="gte")
     uploaded_before = UtcIsoDateTimeFilter(field_name="uploaded_at", lookup_expr="lt")
     vendor = django_filters.CharFilter(lookup_expr="iexact")
-    instrument = django_filters.CharFilter(method="filter_instrument",
-                                           help_text="Part of the vendor, instrument model or detector.")
+    instrument = django_filters.CharFilter(
+        method="filter_instrument", help_text="Part of the vendor, instrument model or detector."
+    )
     sha256 = django_filters.CharFilter()
 
     class Meta:
@@ -113,8 +116,9 @@ class ImageFilter(StrictFilterSet):
         return queryset.filter(curated_category__slug=value)
 
     def filter_instrument(self, queryset, name, value):
-        return queryset.filter(Q(vendor__icontains=value) | Q(instrument_model__icontains=value)
-                               | Q(detector__icontains=value))
+        return queryset.filter(
+            Q(vendor__icontains=value) | Q(instrument_model__icontains=value) | Q(detector__icontains=value)
+        )
 
 
 class PredictionFilter(StrictFilterSet):

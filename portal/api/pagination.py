@@ -19,8 +19,9 @@ class StableCursorPagination(CursorPagination):
             return self.page_size
         text = values[-1].strip()
         if len(values) > 1 or not text.isascii() or not text.isdigit() or not 1 <= int(text) <= self.max_page_size:
-            raise ValidationError({self.page_size_query_param: [
-                f"A whole number from 1 to {self.max_page_size}, given once."]})
+            raise ValidationError(
+                {self.page_size_query_param: [f"A whole number from 1 to {self.max_page_size}, given once."]}
+            )
         return int(text)
 
     def get_schema_operation_parameters(self, view):

@@ -86,7 +86,10 @@ def strict_schema(result, generator, request, public):
 def _no_nul(schema) -> None:
     if not isinstance(schema, dict) or schema.get("type") != "string":
         return
-    if "pattern" in schema or "enum" in schema or schema.get("format") in ("binary", "date-time", "date", "uri",
-                                                                            "uuid", "email", "byte"):
+    if (
+        "pattern" in schema
+        or "enum" in schema
+        or schema.get("format") in ("binary", "date-time", "date", "uri", "uuid", "email", "byte")
+    ):
         return
     schema["pattern"] = NO_NUL

@@ -58,14 +58,31 @@ class VisibleProjectField(serializers.PrimaryKeyRelatedField):
 class SampleSerializer(StrictJSONTypes, serializers.ModelSerializer):
     project = VisibleProjectField()
     owner = serializers.CharField(source="owner.username", read_only=True)
-    lims_id = serializers.CharField(max_length=100, required=False, allow_null=True, allow_blank=True,
-                                    help_text="External ID in the LIMS; unique when set.")
+    lims_id = serializers.CharField(
+        max_length=100,
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        help_text="External ID in the LIMS; unique when set.",
+    )
     image_count = serializers.SerializerMethodField()
 
     class Meta:
         model = Sample
-        fields = ["id", "project", "lab_sample_id", "name", "material", "description", "preparation", "owner",
-                  "lims_id", "image_count", "created_at", "updated_at"]
+        fields = [
+            "id",
+            "project",
+            "lab_sample_id",
+            "name",
+            "material",
+            "description",
+            "preparation",
+            "owner",
+            "lims_id",
+            "image_count",
+            "created_at",
+            "updated_at",
+        ]
 
     def get_image_count(self, sample) -> int:
         # Lists annotate the count in one query; a freshly created or updated sample is counted here.
@@ -96,18 +113,48 @@ class ImageSerializer(ImageSummarySerializer):
     uploaded_by = serializers.CharField(source="uploaded_by.username", read_only=True)
     near_duplicate_of = serializers.SerializerMethodField(
         help_text="Id of the closest earlier near-duplicate of this image (a re-saved copy, a neighbouring tile, "
-                  "a crop), whose group keeps it on the same side of the split; null when it has none, or none "
-                  "that you can see.")
+        "a crop), whose group keeps it on the same side of the split; null when it has none, or none "
+        "that you can see."
+    )
 
     class Meta:
         model = SEMImage
         fields = [
-            "id", "sample", "lab_sample_id", "lims_id", "project", "original_filename", "sha256", "format", "file_size",
-            "width", "height", "bit_depth", "mode", "page_count", "uploaded_by", "uploaded_at",
-            "vendor", "instrument_model", "accelerating_voltage_kv", "working_distance_mm", "magnification",
-            "pixel_size_nm", "detector", "acquired_at", "databar_rows", "split", "status", "error",
-            "curated_category", "predicted_category", "predicted_confidence", "predicted_margin",
-            "predicted_model_version", "near_duplicate_of", "links",
+            "id",
+            "sample",
+            "lab_sample_id",
+            "lims_id",
+            "project",
+            "original_filename",
+            "sha256",
+            "format",
+            "file_size",
+            "width",
+            "height",
+            "bit_depth",
+            "mode",
+            "page_count",
+            "uploaded_by",
+            "uploaded_at",
+            "vendor",
+            "instrument_model",
+            "accelerating_voltage_kv",
+            "working_distance_mm",
+            "magnification",
+            "pixel_size_nm",
+            "detector",
+            "acquired_at",
+            "databar_rows",
+            "split",
+            "status",
+            "error",
+            "curated_category",
+            "predicted_category",
+            "predicted_confidence",
+            "predicted_margin",
+            "predicted_model_version",
+            "near_duplicate_of",
+            "links",
         ]
         read_only_fields = fields
 
@@ -128,11 +175,16 @@ class ImageSerializer(ImageSummarySerializer):
         cache = self.context.setdefault("_visible_near_duplicates", None)
         if cache is None:
             shown = self.root.instance
-            images = [shown] if isinstance(shown, SEMImage) else shown if isinstance(shown, (list, tuple, QuerySet)) else []
+            images = (
+                [shown] if isinstance(shown, SEMImage) else shown if isinstance(shown, (list, tuple, QuerySet)) else []
+            )
             wanted = {getattr(image, "near_duplicate_of_id", None) for image in images} - {None}
             request = self.context.get("request")
-            seen = set(visible_images(request.user).filter(pk__in=wanted).values_list("pk", flat=True)) \
-                if wanted and request is not None else set()
+            seen = (
+                set(visible_images(request.user).filter(pk__in=wanted).values_list("pk", flat=True))
+                if wanted and request is not None
+                else set()
+            )
             cache = {pk: pk in seen for pk in wanted} if request is not None else {}
             self.context["_visible_near_duplicates"] = cache
         return cache
@@ -151,8 +203,9 @@ class ImageUploadSerializer(StrictJSONTypes, serializers.Serializer):
     file = serializers.FileField(allow_empty_file=True, help_text="TIFF, PNG, JPEG or BMP; stored byte for byte.")
     sample = serializers.IntegerField(required=False, help_text="Sample id.")
     lab_sample_id = serializers.CharField(required=False, max_length=100, help_text="Or the lab sample ID.")
-    curated_category = CategorySlugField(required=False, allow_null=True,
-                                         help_text="Optional curated label (category slug).")
+    curated_category = CategorySlugField(
+        required=False, allow_null=True, help_text="Optional curated label (category slug)."
+    )
     # Instrument metadata the LIMS knows; fills in what the file itself does not carry.
     vendor = serializers.CharField(required=False, max_length=50)
     instrument_model = serializers.CharField(required=False, max_length=100)
@@ -163,8 +216,16 @@ class ImageUploadSerializer(StrictJSONTypes, serializers.Serializer):
     detector = serializers.CharField(required=False, max_length=100)
     acquired_at = serializers.DateTimeField(required=False)
 
-    METADATA_FIELDS = ["vendor", "instrument_model", "accelerating_voltage_kv", "working_distance_mm",
-                       "magnification", "pixel_size_nm", "detector", "acquired_at"]
+    METADATA_FIELDS = [
+        "vendor",
+        "instrument_model",
+        "accelerating_voltage_kv",
+        "working_distance_mm",
+        "magnification",
+        "pixel_size_nm",
+        "detector",
+        "acquired_at",
+    ]
 
     def validate(self, attrs):
         if attrs.get("sample") is None and not attrs.get("lab_sample_id"):
@@ -181,8 +242,17 @@ class PredictionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Prediction
-        fields = ["id", "image", "model_version", "category", "confidence", "margin", "entropy", "probabilities",
-                  "created_at"]
+        fields = [
+            "id",
+            "image",
+            "model_version",
+            "category",
+            "confidence",
+            "margin",
+            "entropy",
+            "probabilities",
+            "created_at",
+        ]
         read_only_fields = fields
 
 
@@ -214,9 +284,24 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ModelVersion
-        fields = ["version", "status", "arch", "classes", "accuracy", "macro_f1", "gate_passed", "gate_reason",
-                  "train_image_count", "test_image_count", "data_fingerprint", "artifact_sha256", "created_at",
-                  "promoted_at", "promoted_by", "training_run"]
+        fields = [
+            "version",
+            "status",
+            "arch",
+            "classes",
+            "accuracy",
+            "macro_f1",
+            "gate_passed",
+            "gate_reason",
+            "train_image_count",
+            "test_image_count",
+            "data_fingerprint",
+            "artifact_sha256",
+            "created_at",
+            "promoted_at",
+            "promoted_by",
+            "training_run",
+        ]
         read_only_fields = fields
 
     @extend_schema_field(serializers.IntegerField(allow_null=True))
@@ -226,8 +311,9 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 
 
 class ModelVersionDetailSerializer(ModelVersionSerializer):
-    evaluation = serializers.JSONField(source="metrics", read_only=True,
-                                       help_text="Evaluation on the fixed test split (classifier.metrics.evaluate).")
+    evaluation = serializers.JSONField(
+        source="metrics", read_only=True, help_text="Evaluation on the fixed test split (classifier.metrics.evaluate)."
+    )
     metadata = serializers.JSONField(read_only=True, help_text="Training config, history and library versions.")
 
     class Meta(ModelVersionSerializer.Meta):
@@ -261,16 +347,33 @@ class ModelMetricsSerializer(serializers.Serializer):
 
 
 class TrainingRunSerializer(serializers.ModelSerializer):
-    requested_by = serializers.CharField(source="requested_by.username", read_only=True, default=None,
-                                         allow_null=True)
-    model_version = serializers.IntegerField(source="model_version.version", read_only=True, default=None,
-                                             allow_null=True)
+    requested_by = serializers.CharField(source="requested_by.username", read_only=True, default=None, allow_null=True)
+    model_version = serializers.IntegerField(
+        source="model_version.version", read_only=True, default=None, allow_null=True
+    )
 
     class Meta:
         model = TrainingRun
-        fields = ["id", "status", "trigger", "requested_by", "forced", "progress_fraction", "progress", "device",
-                  "train_image_count", "test_image_count", "error", "cancel_requested", "created_at",
-                  "started_at", "heartbeat_at", "finished_at", "duration_s", "model_version"]
+        fields = [
+            "id",
+            "status",
+            "trigger",
+            "requested_by",
+            "forced",
+            "progress_fraction",
+            "progress",
+            "device",
+            "train_image_count",
+            "test_image_count",
+            "error",
+            "cancel_requested",
+            "created_at",
+            "started_at",
+            "heartbeat_at",
+            "finished_at",
+            "duration_s",
+            "model_version",
+        ]
         read_only_fields = fields
 
 
@@ -285,7 +388,9 @@ class TrainingRunDetailSerializer(TrainingRunSerializer):
 _NUMBER = r"[0-9]+(?:[.][0-9]+)?"
 _POSITIVE = r"(?:[0-9]*[1-9][0-9]*(?:[.][0-9]+)?|[0-9]+[.][0-9]*[1-9][0-9]*)"
 _UNIT = r" *(?:[hH]|[mM][iI][nN]|[mM]|[sS][eE][cC]|[sS])"
-DURATION_PATTERN = (rf"^ *(?:{_POSITIVE}(?:{_UNIT})?|(?:{_NUMBER}{_UNIT} *)*{_POSITIVE}{_UNIT}(?: *{_NUMBER}{_UNIT})*)? *$")
+DURATION_PATTERN = (
+    rf"^ *(?:{_POSITIVE}(?:{_UNIT})?|(?:{_NUMBER}{_UNIT} *)*{_POSITIVE}{_UNIT}(?: *{_NUMBER}{_UNIT})*)? *$"
+)
 
 
 @extend_schema_field({"type": "string", "pattern": DURATION_PATTERN, "maxLength": 32})
@@ -295,9 +400,13 @@ class DurationTextField(serializers.CharField):
 
 class TrainingStartSerializer(StrictJSONTypes, serializers.Serializer):
     force = serializers.BooleanField(default=False, help_text="Train even when the curated data is unchanged.")
-    budget = DurationTextField(required=False, allow_blank=True, max_length=32,
-                                   help_text="Wall-clock budget of this run, e.g. `20min`, `90s`, `1h` (default: "
-                                             "SEM_TRAIN_BUDGET); the epochs are planned to fit it.")
+    budget = DurationTextField(
+        required=False,
+        allow_blank=True,
+        max_length=32,
+        help_text="Wall-clock budget of this run, e.g. `20min`, `90s`, `1h` (default: "
+        "SEM_TRAIN_BUDGET); the epochs are planned to fit it.",
+    )
 
     def validate_budget(self, value: str) -> float | None:
         from classifier.budget import parse_duration
@@ -311,14 +420,20 @@ class TrainingStartSerializer(StrictJSONTypes, serializers.Serializer):
 
 
 class WebhookSubscriptionSerializer(StrictJSONTypes, serializers.ModelSerializer):
-    project = VisibleProjectField(required=False, allow_null=True,
-                                  help_text="Only this project's events; null for every project you can see.")
+    project = VisibleProjectField(
+        required=False, allow_null=True, help_text="Only this project's events; null for every project you can see."
+    )
     events = serializers.ListField(
-        child=serializers.ChoiceField(choices=WebhookSubscription.Event.choices), allow_empty=False, min_length=1,
+        child=serializers.ChoiceField(choices=WebhookSubscription.Event.choices),
+        allow_empty=False,
+        min_length=1,
         help_text="Event names to deliver.",
     )
     secret = serializers.CharField(
-        write_only=True, required=False, min_length=16, max_length=128,
+        write_only=True,
+        required=False,
+        min_length=16,
+        max_length=128,
         help_text="HMAC-SHA256 key; generated when omitted and shown only in the creation response.",
     )
 
@@ -351,12 +466,23 @@ class WebhookSubscriptionSerializer(StrictJSONTypes, serializers.ModelSerializer
 class WebhookDeliverySerializer(serializers.ModelSerializer):
     response_excerpt = serializers.SerializerMethodField(
         help_text="The start of the receiver's answer: shown to staff only (null for everyone else), since a "
-                  "member must not be able to read what the portal's network answers.")
+        "member must not be able to read what the portal's network answers."
+    )
 
     class Meta:
         model = WebhookDelivery
-        fields = ["id", "event", "status", "attempts", "response_status", "response_excerpt", "error", "payload",
-                  "created_at", "delivered_at"]
+        fields = [
+            "id",
+            "event",
+            "status",
+            "attempts",
+            "response_status",
+            "response_excerpt",
+            "error",
+            "payload",
+            "created_at",
+            "delivered_at",
+        ]
         read_only_fields = fields
 
     @extend_schema_field(serializers.CharField(allow_null=True))

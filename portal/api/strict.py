@@ -12,8 +12,16 @@ from __future__ import annotations
 from django.http import QueryDict
 from rest_framework import relations, serializers
 
-_STRING_FIELDS = (serializers.CharField, serializers.ChoiceField, serializers.DateTimeField, serializers.DateField,
-                  serializers.TimeField, serializers.DurationField, serializers.UUIDField, relations.SlugRelatedField)
+_STRING_FIELDS = (
+    serializers.CharField,
+    serializers.ChoiceField,
+    serializers.DateTimeField,
+    serializers.DateField,
+    serializers.TimeField,
+    serializers.DurationField,
+    serializers.UUIDField,
+    relations.SlugRelatedField,
+)
 _NUMBER_FIELDS = (serializers.FloatField, serializers.DecimalField)
 
 
@@ -51,8 +59,9 @@ class StrictJSONTypes:
                     continue
                 types, described = expected
                 if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-                    errors[name] = [serializers.ErrorDetail(f"Expected {described}, not {_json_type(value)}.",
-                                                            code="invalid")]
+                    errors[name] = [
+                        serializers.ErrorDetail(f"Expected {described}, not {_json_type(value)}.", code="invalid")
+                    ]
             if errors:
                 raise serializers.ValidationError(errors)
         return super().to_internal_value(data)

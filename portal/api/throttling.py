@@ -86,8 +86,13 @@ class ThrottleCache:
                 return
             self._last_log = now
             down_for = now - self._outage_started
-        logger.warning("API throttling: the shared cache is unavailable (%s: %s) for %.0f s; counting requests "
-                       "in this process until it is back", type(error).__name__, error, down_for)
+        logger.warning(
+            "API throttling: the shared cache is unavailable (%s: %s) for %.0f s; counting requests "
+            "in this process until it is back",
+            type(error).__name__,
+            error,
+            down_for,
+        )
 
     def _recovered(self) -> None:
         if self._outage_started is None:

@@ -48,8 +48,15 @@ def _hand_over_secret(request, response, secret: str) -> None:
     data = secret.encode()
     pad = secrets.token_bytes(len(data))
     request.session[NEW_SECRET_KEY] = pad.hex()
-    response.set_cookie(NEW_SECRET_COOKIE, bytes(a ^ b for a, b in zip(data, pad)).hex(), max_age=300,
-                        path=request.path, secure=settings.SESSION_COOKIE_SECURE, httponly=True, samesite="Lax")
+    response.set_cookie(
+        NEW_SECRET_COOKIE,
+        bytes(a ^ b for a, b in zip(data, pad)).hex(),
+        max_age=300,
+        path=request.path,
+        secure=settings.SESSION_COOKIE_SECURE,
+        httponly=True,
+        samesite="Lax",
+    )
 
 
 def _take_secret(request) -> str | None:

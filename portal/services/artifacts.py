@@ -48,8 +48,12 @@ def ensure_current_format(model: ModelVersion) -> ModelVersion:
         if updated:
             transaction.on_commit(lambda: old_path.unlink(missing_ok=True))
     if updated:
-        logger.warning("model v%s: artifact upgraded to the safetensors format: %s (sha256 %s)",
-                       model.version, new_path, new_sha256)
+        logger.warning(
+            "model v%s: artifact upgraded to the safetensors format: %s (sha256 %s)",
+            model.version,
+            new_path,
+            new_sha256,
+        )
     model.refresh_from_db()
     return model
 

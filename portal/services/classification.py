@@ -90,9 +90,14 @@ def restore_stored_predictions(model: ModelVersion, images: list[SEMImage]) -> s
     with transaction.atomic():
         for prediction in predictions:
             SEMImage.objects.filter(pk=prediction.image_id).update(
-                status=SEMImage.Status.CLASSIFIED, status_changed_at=now, claimed_at=None, error="",
-                predicted_category_id=prediction.category_id, predicted_confidence=prediction.confidence,
-                predicted_margin=prediction.margin, predicted_by=model,
+                status=SEMImage.Status.CLASSIFIED,
+                status_changed_at=now,
+                claimed_at=None,
+                error="",
+                predicted_category_id=prediction.category_id,
+                predicted_confidence=prediction.confidence,
+                predicted_margin=prediction.margin,
+                predicted_by=model,
             )
             restored.add(prediction.image_id)
     return restored
@@ -157,8 +162,12 @@ def predict(engine, images: list[SEMImage]) -> dict[int, object]:
         results.update(zip([image.pk for image in readable], predictions))
     except Exception:
         # Rare: find the culprit by classifying one at a time rather than failing the batch.
-        logger.warning("classification batch of %d images failed; retrying them one by one (images %s)",
-                       len(readable), [image.pk for image in readable], exc_info=True)
+        logger.warning(
+            "classification batch of %d images failed; retrying them one by one (images %s)",
+            len(readable),
+            [image.pk for image in readable],
+            exc_info=True,
+        )
         for image in readable:
             results[image.pk] = _predict_one(engine, image)
     return results
@@ -183,7 +192,9 @@ def _predict_one(engine, image: SEMImage):
 def save_results(model: ModelVersion, classes: list[str], results: dict[int, object]) -> BatchOutcome:
     # Lock the rows: an image deleted meanwhile is skipped, and cannot vanish before the commit.
     present = set(SEMImage.objects.select_for_update().filter(pk__in=results).values_list("pk", flat=True))
-    already = set(Prediction.objects.filter(model_version=model, image_id__in=present).values_list("image_id", flat=True))
+    already = set(
+        Prediction.objects.filter(model_version=model, image_id__in=present).values_list("image_id", flat=True)
+    )
     categories = _categories_for(classes)
     now = timezone.now()
     outcome = BatchOutcome()
@@ -216,17 +227,26 @@ def _categories_for(classes: list[str]) -> dict[str, Category | None]:
 
 def _prediction(image_id, model, classes, categories, result) -> Prediction:
     return Prediction(
-        image_id=image_id, model_version=model, category=categories[result.top_class],
-        confidence=float(result.confidence), margin=float(result.margin), entropy=float(result.entropy),
+        image_id=image_id,
+        model_version=model,
+        category=categories[result.top_class],
+        confidence=float(result.confidence),
+        margin=float(result.margin),
+        entropy=float(result.entropy),
         probabilities={name: float(p) for name, p in zip(classes, result.probabilities)},
     )
 
 
 def _mark_classified(image_id: int, model: ModelVersion, category: Category, result, now) -> None:
     SEMImage.objects.filter(pk=image_id).update(
-        status=SEMImage.Status.CLASSIFIED, status_changed_at=now, claimed_at=None, error="",
-        predicted_category=category, predicted_confidence=float(result.confidence),
-        predicted_margin=float(result.margin), predicted_by=model,
+        status=SEMImage.Status.CLASSIFIED,
+        status_changed_at=now,
+        claimed_at=None,
+        error="",
+        predicted_category=category,
+        predicted_confidence=float(result.confidence),
+        predicted_margin=float(result.margin),
+        predicted_by=model,
     )
 
 
@@ -242,6 +262,7 @@ def _announce(image_ids: list[int], model_version_id: int):
 
 # --- Background re-classification after a promotion ----------------------------------------------
 
+
 def classify_backlog_batch(model_version_id: int) -> bool:
     """Classify the next batch the production model has not seen yet; True while more remain.
 
@@ -251,8 +272,12 @@ def classify_backlog_batch(model_version_id: int) -> bool:
     if model is None or model.pk != model_version_id:
         return False  # a newer promotion started its own backlog
     now = timezone.now()
-    ids = list(needing(model).filter(unclaimed(now)).order_by("-pk").values_list("pk", flat=True)
-               [: settings.SEM_CLASSIFY_BATCH_SIZE])
+    ids = list(
+        needing(model)
+        .filter(unclaimed(now))
+        .order_by("-pk")
+        .values_list("pk", flat=True)[: settings.SEM_CLASSIFY_BATCH_SIZE]
+    )
     if not ids:
         return False
     classify_images(ids)
@@ -261,18 +286,23 @@ def classify_backlog_batch(model_version_id: int) -> bool:
 
 # --- Sweeper ------------------------------------------------------------------------------------
 
+
 def sweep_stale_images() -> int:
     """Re-queue images pending too long (a lost message, a dead worker). Returns how many."""
     now = timezone.now()
     cutoff = now - timedelta(seconds=settings.SEM_PENDING_SWEEP_AFTER_S)
-    stale = (SEMImage.objects.filter(status=SEMImage.Status.PENDING, status_changed_at__lt=cutoff)
-             .filter(unclaimed(now)).order_by("pk"))
+    stale = (
+        SEMImage.objects.filter(status=SEMImage.Status.PENDING, status_changed_at__lt=cutoff)
+        .filter(unclaimed(now))
+        .order_by("pk")
+    )
     ids = list(stale.values_list("pk", flat=True)[:SWEEP_LIMIT])
     if ids:
         # Restart their clock, so an image is re-queued at most once per sweep period.
         SEMImage.objects.filter(pk__in=ids).update(status_changed_at=now)
-        logger.warning("re-queueing %d images left pending for more than %ss", len(ids),
-                       settings.SEM_PENDING_SWEEP_AFTER_S)
+        logger.warning(
+            "re-queueing %d images left pending for more than %ss", len(ids), settings.SEM_PENDING_SWEEP_AFTER_S
+        )
         from portal.services.queueing import enqueue_classification
 
         transaction.on_commit(lambda: enqueue_classification(ids))

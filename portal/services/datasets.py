@@ -60,8 +60,14 @@ def class_readiness() -> list[dict]:
     """Per active category: curated training images, and how many more it needs before a model
     offers it (SEM_MIN_IMAGES_PER_CLASS); for the Training page and the dashboard."""
     minimum = settings.SEM_MIN_IMAGES_PER_CLASS
-    counts = dict(SEMImage.objects.filter(split=SEMImage.Split.TRAIN, curated_category__isnull=False,
-                                          curated_category__active=True)
-                  .values_list("curated_category__name").annotate(n=Count("id")))
-    return [{"name": name, "train_images": counts.get(name, 0), "needed": max(0, minimum - counts.get(name, 0))}
-            for name in Category.objects.filter(active=True).values_list("name", flat=True)]
+    counts = dict(
+        SEMImage.objects.filter(
+            split=SEMImage.Split.TRAIN, curated_category__isnull=False, curated_category__active=True
+        )
+        .values_list("curated_category__name")
+        .annotate(n=Count("id"))
+    )
+    return [
+        {"name": name, "train_images": counts.get(name, 0), "needed": max(0, minimum - counts.get(name, 0))}
+        for name in Category.objects.filter(active=True).values_list("name", flat=True)
+    ]

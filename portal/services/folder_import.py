@@ -69,7 +69,8 @@ def plan_import(root: Path) -> list[tuple[Path, Category]]:
         known = ", ".join(sorted(c.folder_name for c in set(lookup.values())))
         raise ImportProblem(
             f"Unknown category folder(s) in {root}: {', '.join(unknown)}. Known categories: {known}. "
-            "Rename or remove those folders (nothing was imported).")
+            "Rename or remove those folders (nothing was imported)."
+        )
     if not folders:
         raise ImportProblem(f"No category folders in {root} (expected one folder per category).")
     return [(folder, lookup[normalise_name(folder.name)]) for folder in folders]
@@ -78,13 +79,20 @@ def plan_import(root: Path) -> list[tuple[Path, Category]]:
 def list_files(folder: Path) -> list[Path]:
     """Every non-hidden file under a category folder, in a stable order."""
     return sorted(
-        path for path in folder.rglob("*")
+        path
+        for path in folder.rglob("*")
         if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
     )
 
 
-def import_tree(root: Path, *, sample: Sample, user, progress: Callable[[int], object] | None = None,
-                on_total: Callable[[int], object] | None = None) -> ImportSummary:
+def import_tree(
+    root: Path,
+    *,
+    sample: Sample,
+    user,
+    progress: Callable[[int], object] | None = None,
+    on_total: Callable[[int], object] | None = None,
+) -> ImportSummary:
     """Import every file of the tree; ``progress(1)`` is called per file (e.g. tqdm.update)."""
     plan = [(path, category) for folder, category in plan_import(Path(root)) for path in list_files(folder)]
     if on_total:
@@ -98,8 +106,9 @@ def import_tree(root: Path, *, sample: Sample, user, progress: Callable[[int], o
     return summary
 
 
-def _import_one(path: Path, category: Category, *, sample: Sample, user, summary: ImportSummary,
-                seen: set[str]) -> None:
+def _import_one(
+    path: Path, category: Category, *, sample: Sample, user, summary: ImportSummary, seen: set[str]
+) -> None:
     try:
         sha256 = file_sha256(str(path))
     except OSError as error:
@@ -111,8 +120,14 @@ def _import_one(path: Path, category: Category, *, sample: Sample, user, summary
         return
     try:
         with open(path, "rb") as handle:
-            result = ingest_file(handle, filename=path.name, sample=sample, uploaded_by=user,
-                                 label=category, label_source=Label.Source.IMPORT)
+            result = ingest_file(
+                handle,
+                filename=path.name,
+                sample=sample,
+                uploaded_by=user,
+                label=category,
+                label_source=Label.Source.IMPORT,
+            )
     except IngestError as error:
         summary.rejected.append(Rejected(path, error.code, error.message))
         return
@@ -135,16 +150,22 @@ def format_summary(summary: ImportSummary, root: Path | None = None) -> str:
         except ValueError:
             return str(path)
 
-    lines = [f"Stored: {len(summary.stored)}   duplicate (already stored): {len(summary.duplicates)}   "
-             f"rejected: {len(summary.rejected)}   (files: {summary.total})"]
+    lines = [
+        f"Stored: {len(summary.stored)}   duplicate (already stored): {len(summary.duplicates)}   "
+        f"rejected: {len(summary.rejected)}   (files: {summary.total})"
+    ]
     for name, count in sorted(summary.per_category.items()):
         lines.append(f"  stored {count:5d}  {name}")
     if summary.near_duplicates:
         groups = {group for _path, _of, group in summary.near_duplicates}
-        lines.append(f"Near-duplicates of images stored before them: {len(summary.near_duplicates)} "
-                     f"(in {len(groups)} near-duplicate groups, each kept on one side of the train/test split)")
-        lines.extend(f"  {shown(path)}: near-duplicate of image {of} (group {group})"
-                     for path, of, group in summary.near_duplicates)
+        lines.append(
+            f"Near-duplicates of images stored before them: {len(summary.near_duplicates)} "
+            f"(in {len(groups)} near-duplicate groups, each kept on one side of the train/test split)"
+        )
+        lines.extend(
+            f"  {shown(path)}: near-duplicate of image {of} (group {group})"
+            for path, of, group in summary.near_duplicates
+        )
     else:
         lines.append("Near-duplicates of images stored before them: 0")
     if summary.rejected:

@@ -153,9 +153,18 @@ def ingest_file(
             info, metadata, derived = examine(upload.path, upload.head, filename)
         except ValidationError as error:
             raise IngestError(error.code, error.message, filename) from error
-        return _store(upload, info, metadata, derived, filename=filename, sample=sample,
-                      uploaded_by=uploaded_by, label=label, label_source=label_source,
-                      idempotency_key=idempotency_key)
+        return _store(
+            upload,
+            info,
+            metadata,
+            derived,
+            filename=filename,
+            sample=sample,
+            uploaded_by=uploaded_by,
+            label=label,
+            label_source=label_source,
+            idempotency_key=idempotency_key,
+        )
 
 
 def examine(path: str, head: bytes, filename: str) -> tuple[ImageInfo, dict, _Derived]:
@@ -188,9 +197,12 @@ def make_derived_files(grey: Image.Image) -> _Derived:
     derivative = make_derivative(cropped, derivative_short_side(*cropped.size))
     thumbnail = grey.copy()
     thumbnail.thumbnail((THUMBNAIL_MAX_SIDE, THUMBNAIL_MAX_SIDE), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    return _Derived(_encode(derivative, "PNG", optimize=False),
-                    _encode(thumbnail, "JPEG", quality=THUMBNAIL_JPEG_QUALITY), databar_rows,
-                    window_hashes(derivative))
+    return _Derived(
+        _encode(derivative, "PNG", optimize=False),
+        _encode(thumbnail, "JPEG", quality=THUMBNAIL_JPEG_QUALITY),
+        databar_rows,
+        window_hashes(derivative),
+    )
 
 
 def derivative_short_side(width: int, height: int) -> int:
@@ -216,9 +228,11 @@ def _check_idempotency_key(key: str | None, filename: str) -> str | None:
     if not key:
         return None
     if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not key.isprintable():
-        raise IngestError("invalid_idempotency_key",
-                          f"The idempotency key must be printable and at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
-                          filename)
+        raise IngestError(
+            "invalid_idempotency_key",
+            f"The idempotency key must be printable and at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
+            filename,
+        )
     return key
 
 
@@ -226,22 +240,25 @@ def _check_idempotency_key(key: str | None, filename: str) -> str | None:
 # Streaming to a temporary file
 # ---------------------------------------------------------------------------------------------
 
+
 @contextmanager
 def _spooled(fileobj: BinaryIO, filename: str) -> Iterator[_Upload]:
     """Copy the upload to a temporary file, hashing as we go and stopping at the byte limit."""
     limit = settings.SEM_MAX_UPLOAD_BYTES
-    handle = tempfile.NamedTemporaryFile(prefix="sem-upload-", suffix=".bin", delete=False,
-                                         dir=getattr(settings, "FILE_UPLOAD_TEMP_DIR", None))
+    handle = tempfile.NamedTemporaryFile(
+        prefix="sem-upload-", suffix=".bin", delete=False, dir=getattr(settings, "FILE_UPLOAD_TEMP_DIR", None)
+    )
     try:
         digest, size, head = hashlib.sha256(), 0, b""
         with handle:
             for chunk in _chunks(fileobj):
                 size += len(chunk)
                 if size > limit:
-                    raise IngestError("too_large", f"The file is larger than the limit of {_human_bytes(limit)}.",
-                                      filename)
+                    raise IngestError(
+                        "too_large", f"The file is larger than the limit of {_human_bytes(limit)}.", filename
+                    )
                 if len(head) < SNIFF_BYTES:
-                    head += chunk[:SNIFF_BYTES - len(head)]
+                    head += chunk[: SNIFF_BYTES - len(head)]
                 digest.update(chunk)
                 handle.write(chunk)
         if size == 0:
@@ -283,28 +300,67 @@ def _remove_quietly(path: str) -> None:
 # Storing: files + row + label in one transaction
 # ---------------------------------------------------------------------------------------------
 
-def _store(upload: _Upload, info: ImageInfo, metadata: dict, derived: _Derived, *, filename: str,
-           sample: Sample, uploaded_by, label: Category | None, label_source: str,
-           idempotency_key: str | None) -> IngestResult:
+
+def _store(
+    upload: _Upload,
+    info: ImageInfo,
+    metadata: dict,
+    derived: _Derived,
+    *,
+    filename: str,
+    sample: Sample,
+    uploaded_by,
+    label: Category | None,
+    label_source: str,
+    idempotency_key: str | None,
+) -> IngestResult:
     with _ingesting(upload.sha256):
         # Uploads of the same bytes take turns here: the one that waited finds the first one's row.
         existing = find_by_sha256(upload.sha256) or (
-            SEMImage.objects.filter(idempotency_key=idempotency_key).first() if idempotency_key else None)
+            SEMImage.objects.filter(idempotency_key=idempotency_key).first() if idempotency_key else None
+        )
         if existing:
             return IngestResult(existing, created=False)
-        return _store_files_and_row(upload, info, metadata, derived, filename=filename, sample=sample,
-                                    uploaded_by=uploaded_by, label=label, label_source=label_source,
-                                    idempotency_key=idempotency_key)
+        return _store_files_and_row(
+            upload,
+            info,
+            metadata,
+            derived,
+            filename=filename,
+            sample=sample,
+            uploaded_by=uploaded_by,
+            label=label,
+            label_source=label_source,
+            idempotency_key=idempotency_key,
+        )
 
 
-def _store_files_and_row(upload: _Upload, info: ImageInfo, metadata: dict, derived: _Derived, *, filename: str,
-                         sample: Sample, uploaded_by, label: Category | None, label_source: str,
-                         idempotency_key: str | None) -> IngestResult:
+def _store_files_and_row(
+    upload: _Upload,
+    info: ImageInfo,
+    metadata: dict,
+    derived: _Derived,
+    *,
+    filename: str,
+    sample: Sample,
+    uploaded_by,
+    label: Category | None,
+    label_source: str,
+    idempotency_key: str | None,
+) -> IngestResult:
     written: list[tuple[object, str]] = []  # (storage, name) of every file this ingestion created
     try:
         with transaction.atomic():
-            image = _new_image(upload, info, metadata, derived, filename=filename, sample=sample,
-                               uploaded_by=uploaded_by, idempotency_key=idempotency_key)
+            image = _new_image(
+                upload,
+                info,
+                metadata,
+                derived,
+                filename=filename,
+                sample=sample,
+                uploaded_by=uploaded_by,
+                idempotency_key=idempotency_key,
+            )
             _save_files(image, upload, derived, written)
             _place(image, derived)
             if label is not None:
@@ -317,7 +373,8 @@ def _store_files_and_row(upload: _Upload, info: ImageInfo, metadata: dict, deriv
         existing = None
         try:
             existing = find_by_sha256(upload.sha256) or (
-                SEMImage.objects.filter(idempotency_key=idempotency_key).first() if idempotency_key else None)
+                SEMImage.objects.filter(idempotency_key=idempotency_key).first() if idempotency_key else None
+            )
         finally:
             kept = {existing.original.name, existing.derivative.name, existing.thumbnail.name} if existing else set()
             _delete_files([(storage, name) for storage, name in written if name not in kept])
@@ -354,8 +411,17 @@ def _place(image: SEMImage, derived: _Derived) -> None:
     near_duplicates.join_groups(SEMImage, image, matches)
 
 
-def _new_image(upload: _Upload, info: ImageInfo, metadata: dict, derived: _Derived, *, filename: str,
-               sample: Sample, uploaded_by, idempotency_key: str | None) -> SEMImage:
+def _new_image(
+    upload: _Upload,
+    info: ImageInfo,
+    metadata: dict,
+    derived: _Derived,
+    *,
+    filename: str,
+    sample: Sample,
+    uploaded_by,
+    idempotency_key: str | None,
+) -> SEMImage:
     return SEMImage(
         sample=sample,
         sha256=upload.sha256,

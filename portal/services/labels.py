@@ -63,5 +63,6 @@ def confirm_label(image: SEMImage, *, user, source: str = Label.Source.REVIEW, n
     if current is None:
         raise ValueError(f"image {image.pk} has no current label to confirm")
     Label.objects.filter(pk=current.pk).update(is_current=False)
-    return Label.objects.create(image=locked, category_id=current.category_id, source=source, created_by=user,
-                                note=note)
+    return Label.objects.create(
+        image=locked, category_id=current.category_id, source=source, created_by=user, note=note
+    )

@@ -33,8 +33,15 @@ def sweep() -> dict:
     webhooks_requeued = webhooks.sweep_unsent_deliveries()
     partials_removed = remove_stale_partials(settings.MEDIA_ROOT, PARTIAL_FILE_MAX_AGE_S)
     orphans_removed = reconcile_interrupted(INTERRUPTED_UPLOAD_GRACE_S)
-    spool_removed = (remove_stale_files(settings.FILE_UPLOAD_TEMP_DIR, SPOOL_FILE_MAX_AGE_S)
-                     if settings.FILE_UPLOAD_TEMP_DIR else 0)
-    return {"requeued": requeued, "backlog_restarted": backlog_restarted, "failed_runs": failed_runs,
-            "webhooks_requeued": webhooks_requeued, "partial_files_removed": partials_removed,
-            "orphan_files_removed": orphans_removed, "spool_files_removed": spool_removed}
+    spool_removed = (
+        remove_stale_files(settings.FILE_UPLOAD_TEMP_DIR, SPOOL_FILE_MAX_AGE_S) if settings.FILE_UPLOAD_TEMP_DIR else 0
+    )
+    return {
+        "requeued": requeued,
+        "backlog_restarted": backlog_restarted,
+        "failed_runs": failed_runs,
+        "webhooks_requeued": webhooks_requeued,
+        "partial_files_removed": partials_removed,
+        "orphan_files_removed": orphans_removed,
+        "spool_files_removed": spool_removed,
+    }

@@ -47,8 +47,14 @@ MAX_RAW_ITEMS = 4000
 MAX_RAW_DEPTH = 6
 
 TYPED_FIELDS = (
-    "vendor", "instrument_model", "accelerating_voltage_kv", "working_distance_mm",
-    "magnification", "pixel_size_nm", "detector", "acquired_at",
+    "vendor",
+    "instrument_model",
+    "accelerating_voltage_kv",
+    "working_distance_mm",
+    "magnification",
+    "pixel_size_nm",
+    "detector",
+    "acquired_at",
 )
 _STRING_FIELDS = {"vendor", "instrument_model", "detector"}
 
@@ -62,8 +68,19 @@ _PLAUSIBLE = {
 
 _VOLTAGE_TO_KV = {"v": 1e-3, "volt": 1e-3, "volts": 1e-3, "kv": 1.0, "mv": 1e-6}
 _LENGTH_TO_NM = {
-    "m": 1e9, "cm": 1e7, "mm": 1e6, "um": 1e3, "µm": 1e3, "μm": 1e3, "micron": 1e3, "microns": 1e3,
-    "nm": 1.0, "pm": 1e-3, "fm": 1e-6, "a": 0.1, "å": 0.1,
+    "m": 1e9,
+    "cm": 1e7,
+    "mm": 1e6,
+    "um": 1e3,
+    "µm": 1e3,
+    "μm": 1e3,
+    "micron": 1e3,
+    "microns": 1e3,
+    "nm": 1.0,
+    "pm": 1e-3,
+    "fm": 1e-6,
+    "a": 0.1,
+    "å": 0.1,
 }
 _NUMBER_UNIT = re.compile(r"^\s*\(?\s*([-+]?(?:\d+(?:[.,]\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*\)?\s*\(?\s*([^\s()]*)")
 
@@ -108,6 +125,7 @@ def _finalise(parsed: dict[str, Any]) -> dict[str, Any]:
 # TIFF dispatch
 # ---------------------------------------------------------------------------------------------
 
+
 def _parse_tiff(path, image_width: int | None) -> dict[str, Any]:
     import tifffile  # lazily: only TIFF uploads pay for it
 
@@ -115,8 +133,11 @@ def _parse_tiff(path, image_width: int | None) -> dict[str, Any]:
         page = tiff.pages.first
         tags = page.tags
         width = image_width or int(page.shape[1] if len(page.shape) >= 2 else 0) or None
-        for code, parser in ((TAG_FEI_HELIOS, _parse_fei), (TAG_FEI_SFEG, _parse_fei),
-                             (TAG_ZEISS_CZ_SEM, _parse_zeiss)):
+        for code, parser in (
+            (TAG_FEI_HELIOS, _parse_fei),
+            (TAG_FEI_SFEG, _parse_fei),
+            (TAG_ZEISS_CZ_SEM, _parse_zeiss),
+        ):
             value = _safe_tag_value(tags, code)
             if isinstance(value, dict) and value:
                 return parser(value, width)
@@ -127,8 +148,11 @@ def _parse_tiff(path, image_width: int | None) -> dict[str, Any]:
             text = _tag_text(tags, code)
             if not text:
                 continue
-            for recogniser, parser in ((_looks_like_jeol, _parse_jeol), (_looks_like_hitachi, _parse_hitachi),
-                                       (_looks_like_tescan, _parse_tescan)):
+            for recogniser, parser in (
+                (_looks_like_jeol, _parse_jeol),
+                (_looks_like_hitachi, _parse_hitachi),
+                (_looks_like_tescan, _parse_tescan),
+            ):
                 if recogniser(text):
                     parsed = parser(text)
                     parsed["raw"]["embedded_in"] = name
@@ -159,6 +183,7 @@ def _tag_text(tags, code: int) -> str:
 # ---------------------------------------------------------------------------------------------
 # FEI / Thermo Fisher
 # ---------------------------------------------------------------------------------------------
+
 
 def _parse_fei(sections: dict[str, Any], width: int | None) -> dict[str, Any]:
     def get(section: str, key: str) -> Any:
@@ -212,8 +237,9 @@ def _parse_zeiss(entries: dict[str, Any], width: int | None) -> dict[str, Any]:
     return {
         "vendor": VENDOR_ZEISS,
         "instrument_model": _zeiss_model_from_serial(serial),
-        "accelerating_voltage_kv": _first_number(_voltage_kv(*value_and_unit("ap_actualkv")),
-                                                 _voltage_kv(*value_and_unit("ap_manualkv"))),
+        "accelerating_voltage_kv": _first_number(
+            _voltage_kv(*value_and_unit("ap_actualkv")), _voltage_kv(*value_and_unit("ap_manualkv"))
+        ),
         "working_distance_mm": _scaled(_length_nm(*value_and_unit("ap_wd"), default_unit="mm"), 1e-6),
         "magnification": _magnification(*value_and_unit("ap_mag")),
         "pixel_size_nm": pixel_nm,
@@ -232,6 +258,7 @@ def _zeiss_model_from_serial(serial: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # TESCAN, JEOL, Hitachi: text headers
 # ---------------------------------------------------------------------------------------------
+
 
 def _looks_like_tescan(text: str) -> bool:
     return bool(re.search(r"^\s*\[MAIN\]", text, re.M)) and "TESCAN" in text.upper()
@@ -288,8 +315,9 @@ def _parse_jeol(text: str) -> dict[str, str | Any]:
         "vendor": VENDOR_JEOL,
         "instrument_model": fields.get("CM_INSTRUMENT", ""),
         "accelerating_voltage_kv": _voltage_kv(fields.get("CM_ACCEL_VOLT"), default_unit="kV"),
-        "working_distance_mm": _scaled(_length_nm(fields.get("SM_WD") or fields.get("SM_WORKING_DISTANCE"),
-                                                  default_unit="mm"), 1e-6),
+        "working_distance_mm": _scaled(
+            _length_nm(fields.get("SM_WD") or fields.get("SM_WORKING_DISTANCE"), default_unit="mm"), 1e-6
+        ),
         "magnification": _magnification(fields.get("CM_MAG")),
         "pixel_size_nm": _jeol_pixel_size_nm(fields),
         "detector": fields.get("CM_SIGNAL") or fields.get("CM_DETECTOR") or "",
@@ -329,6 +357,7 @@ def _parse_hitachi(text: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Values and units
 # ---------------------------------------------------------------------------------------------
+
 
 def _number_and_unit(value: Any) -> tuple[float | None, str]:
     """5000 -> (5000.0, ''); '4.9 mm' -> (4.9, 'mm'); '1.2e-08 (m)' -> (1.2e-08, 'm')."""
@@ -439,13 +468,13 @@ def _make_aware(naive: datetime) -> datetime:
     try:
         return timezone.make_aware(naive, timezone.get_default_timezone())
     except Exception:  # settings not configured (used outside Django)
-
         return naive.replace(tzinfo=UTC)
 
 
 # ---------------------------------------------------------------------------------------------
 # JSON safety
 # ---------------------------------------------------------------------------------------------
+
 
 def json_safe(value: Any, depth: int = 0) -> Any:
     """Something json.dumps and PostgreSQL's jsonb both accept, bounded in size.

@@ -12,6 +12,7 @@ band indexes, and PostgreSQL checks the full distance (`bit_count`). bench/bench
 Groups: `SEMImage.duplicate_group` is the id of the group's first image (empty for an image with no
 near-duplicate); an image that matches several groups merges them into the oldest.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,10 @@ def probe_sql(table: str, value: int, *, full_only: bool) -> tuple[str, list]:
     `value` (of whole-image hashes only with `full_only`). Shared with the benchmark."""
     neighbours = [band_neighbours(band) for band in bands(value)]
     where = " OR ".join(f"band{i} = ANY(%s)" for i in range(4))
-    sql = (f"SELECT image_id, value FROM {table} WHERE ({where})"
-           f"{' AND region = 0' if full_only else ''} AND bit_count((value # %s)::bit(64)) <= %s")
+    sql = (
+        f"SELECT image_id, value FROM {table} WHERE ({where})"
+        f"{' AND region = 0' if full_only else ''} AND bit_count((value # %s)::bit(64)) <= %s"
+    )
     return sql, [*neighbours, to_signed(value), RADIUS]
 
 
@@ -77,8 +80,11 @@ def hash_rows(model, image_id: int, hashes: dict[int, int]) -> list:
     rows = []
     for window, value in hashes.items():
         b = bands(value)
-        rows.append(model(image_id=image_id, region=window, value=to_signed(value),
-                          band0=b[0], band1=b[1], band2=b[2], band3=b[3]))
+        rows.append(
+            model(
+                image_id=image_id, region=window, value=to_signed(value), band0=b[0], band1=b[1], band2=b[2], band3=b[3]
+            )
+        )
     return rows
 
 
@@ -103,13 +109,18 @@ def group_members(image) -> list[int]:
 
     if not image.duplicate_group:
         return []
-    return list(SEMImage.objects.filter(duplicate_group=image.duplicate_group).exclude(pk=image.pk)
-                .order_by("pk").values_list("pk", flat=True))
+    return list(
+        SEMImage.objects.filter(duplicate_group=image.duplicate_group)
+        .exclude(pk=image.pk)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
 
 
 # --- What a user is shown (upload outcome, image page, API) ----------------------------------------------
 # An image of a project the user cannot see is never revealed, not even that it exists: the link (and the
 # API's `near_duplicate_of`) is shown only when the user may open the other image.
+
 
 def visible_near_duplicate(user, image):
     """`image`'s closest earlier near-duplicate (SEMImage.near_duplicate_of) when `user` may see it, else None."""
@@ -117,8 +128,7 @@ def visible_near_duplicate(user, image):
 
     if not image.near_duplicate_of_id:
         return None
-    return (visible_images(user).filter(pk=image.near_duplicate_of_id)
-            .only("pk", "original_filename", "split").first())
+    return visible_images(user).filter(pk=image.near_duplicate_of_id).only("pk", "original_filename", "split").first()
 
 
 def visible_group_members(user, image, *, limit: int = 12) -> tuple[list, int]:
@@ -128,7 +138,6 @@ def visible_group_members(user, image, *, limit: int = 12) -> tuple[list, int]:
 
     if not image.duplicate_group:
         return [], 0
-    members = (visible_images(user).filter(duplicate_group=image.duplicate_group).exclude(pk=image.pk)
-               .order_by("pk"))
+    members = visible_images(user).filter(duplicate_group=image.duplicate_group).exclude(pk=image.pk).order_by("pk")
     shown = list(members.only("pk", "original_filename", "split")[:limit])
     return shown, (len(shown) if len(shown) < limit else members.count())

@@ -39,8 +39,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # RFC 3986: unreserved, sub-delims, gen-delims and "%" (checked below to start an escape). Nothing else.
 _URL_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
-_URL_SHAPE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<authority>[^/?#]*)(?P<target>[^#]*)(?P<fragment>#.*)?",
-                        re.DOTALL)
+_URL_SHAPE = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<authority>[^/?#]*)(?P<target>[^#]*)(?P<fragment>#.*)?", re.DOTALL
+)
 _AUTHORITY = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9.\-]+))(?::(?P<port>[0-9]{1,5}))?")
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?")
 _NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
@@ -99,8 +100,9 @@ def parse_url(text: str) -> ParsedURL:
         raise RefusedURL("credentials in the URL (user:password@) are not allowed; receivers check the signature")
     parts = _AUTHORITY.fullmatch(authority)
     if parts is None:
-        raise RefusedURL("the host part is not a host name, an IPv4 address or a bracketed IPv6 address, "
-                         "with an optional :port")
+        raise RefusedURL(
+            "the host part is not a host name, an IPv4 address or a bracketed IPv6 address, with an optional :port"
+        )
     port = _DEFAULT_PORTS[scheme] if parts["port"] is None else int(parts["port"])
     if not 1 <= port <= 65535:
         raise RefusedURL("the port must be between 1 and 65535")
@@ -130,8 +132,10 @@ def _parse_host(ipv6: str | None, name: str | None) -> tuple[str, IPAddress | No
             raise RefusedURL(f"{name} is not a host name nor an IPv4 address in dotted-quad form (a.b.c.d)")
         return name, address
     if not all(_LABEL.fullmatch(label) for label in labels):
-        raise RefusedURL(f"{name!r} is not a valid host name (letters, digits and hyphens between dots; "
-                         "international names in their xn-- form)")
+        raise RefusedURL(
+            f"{name!r} is not a valid host name (letters, digits and hyphens between dots; "
+            "international names in their xn-- form)"
+        )
     return name, None
 
 
@@ -164,6 +168,7 @@ def _remove_dot_segments(path: str) -> str:
 
 
 # --- Destination check -------------------------------------------------------------------------------
+
 
 def resolve(parsed: ParsedURL) -> list[IPAddress]:
     """The addresses to check and to connect to, in the resolver's order; the one DNS look-up."""
@@ -205,8 +210,14 @@ def address_refusal(address: IPAddress) -> str | None:
     for candidate in candidates:
         if candidate.is_loopback:  # before is_reserved: Python counts ::1 in the reserved ::/8
             continue
-        if (candidate.is_link_local or candidate.is_multicast or candidate.is_unspecified or candidate.is_reserved
-                or candidate in _THIS_NETWORK or candidate == _BROADCAST):
+        if (
+            candidate.is_link_local
+            or candidate.is_multicast
+            or candidate.is_unspecified
+            or candidate.is_reserved
+            or candidate in _THIS_NETWORK
+            or candidate == _BROADCAST
+        ):
             return "a link-local, multicast, reserved or unspecified address"
     if settings.SEM_WEBHOOK_ALLOW_LOOPBACK:
         return None
@@ -254,6 +265,7 @@ def destination_refusal(url: str) -> str | None:
 
 # --- Pinned delivery ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -274,8 +286,7 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout_s: float) ->
     raise failure
 
 
-def _post_to(parsed: ParsedURL, address: IPAddress, body: bytes, headers: dict[str, str],
-             timeout_s: float) -> Answer:
+def _post_to(parsed: ParsedURL, address: IPAddress, body: bytes, headers: dict[str, str], timeout_s: float) -> Answer:
     import urllib3
     from urllib3.exceptions import HTTPError as Urllib3Error
 
@@ -283,18 +294,34 @@ def _post_to(parsed: ParsedURL, address: IPAddress, body: bytes, headers: dict[s
     options = {"host": str(address), "port": parsed.port, "timeout": timeout, "retries": False, "maxsize": 1}
     if parsed.scheme == "https":
         pool_class = urllib3.HTTPSConnectionPool
-        options.update(cert_reqs="CERT_REQUIRED", ca_certs=_ca_bundle(), assert_hostname=parsed.host,
-                       server_hostname=parsed.host if parsed.ip is None else None)
+        options.update(
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=_ca_bundle(),
+            assert_hostname=parsed.host,
+            server_hostname=parsed.host if parsed.ip is None else None,
+        )
     else:
         pool_class = urllib3.HTTPConnectionPool
     # identity, and no decoding: a compressed answer cannot inflate in the worker's memory.
-    request_headers = {**headers, "Host": parsed.netloc, "Content-Length": str(len(body)),
-                       "Accept-Encoding": "identity"}
+    request_headers = {
+        **headers,
+        "Host": parsed.netloc,
+        "Content-Length": str(len(body)),
+        "Accept-Encoding": "identity",
+    }
     try:
         with pool_class(**options) as pool:
-            response = pool.urlopen("POST", parsed.target, body=body, headers=request_headers, redirect=False,
-                                    retries=False, assert_same_host=False, preload_content=False,
-                                    decode_content=False)
+            response = pool.urlopen(
+                "POST",
+                parsed.target,
+                body=body,
+                headers=request_headers,
+                redirect=False,
+                retries=False,
+                assert_same_host=False,
+                preload_content=False,
+                decode_content=False,
+            )
             try:
                 data = _read_some(response, deadline=time.monotonic() + timeout_s)
             finally:

@@ -42,14 +42,16 @@ def gate_decision(candidate: dict, production: dict | None) -> tuple[bool, str]:
     tolerance, max_drop = settings.SEM_GATE_MACRO_F1_TOLERANCE, settings.SEM_GATE_MAX_RECALL_DROP
     production_f1 = _macro_f1(production)
     if f1 < production_f1 - tolerance:
-        return False, (f"Macro-F1 {f1:.3f} is below production's {production_f1:.3f}"
-                       f" (tolerance {tolerance:.3f})")
+        return False, (f"Macro-F1 {f1:.3f} is below production's {production_f1:.3f} (tolerance {tolerance:.3f})")
     drops = _recall_drops(candidate, production)
     worst = [f"{name} {drop * 100:.1f} points" for name, drop in drops if drop > max_drop + 1e-9]
     if worst:
         return False, f"Recall dropped by more than {max_drop * 100:.1f} points: " + ", ".join(worst)
-    return True, f"Macro-F1 {f1:.3f} vs production {production_f1:.3f}; no class recall dropped more than " \
-                 f"{max_drop * 100:.1f} points"
+    return (
+        True,
+        f"Macro-F1 {f1:.3f} vs production {production_f1:.3f}; no class recall dropped more than "
+        f"{max_drop * 100:.1f} points",
+    )
 
 
 def first_model_decision(candidate: dict) -> tuple[bool, str]:
@@ -62,12 +64,16 @@ def first_model_decision(candidate: dict) -> tuple[bool, str]:
         return False, "First model: no test images to compare it with the majority-class baseline"
     name, baseline = majority
     if accuracy < baseline + margin:
-        return False, (f"First model: accuracy {accuracy:.3f} does not beat the majority-class baseline "
-                       f"(always '{name}': {baseline:.3f}) by the required {margin:.3f}")
+        return False, (
+            f"First model: accuracy {accuracy:.3f} does not beat the majority-class baseline "
+            f"(always '{name}': {baseline:.3f}) by the required {margin:.3f}"
+        )
     if f1 < floor:
         return False, f"First model: macro-F1 {f1:.3f} is below the floor {floor:.3f}"
-    return True, (f"First model: accuracy {accuracy:.3f} beats the majority-class baseline "
-                  f"(always '{name}': {baseline:.3f}) by more than {margin:.3f}; macro-F1 {f1:.3f}")
+    return True, (
+        f"First model: accuracy {accuracy:.3f} beats the majority-class baseline "
+        f"(always '{name}': {baseline:.3f}) by more than {margin:.3f}; macro-F1 {f1:.3f}"
+    )
 
 
 def majority_baseline(metrics: dict) -> tuple[str, float] | None:
@@ -114,37 +120,66 @@ def too_small_to_tell(y_true: list[str], classes: list[str]) -> str | None:
     return None
 
 
-def bootstrap_gate_decision(y_true: list[str], candidate_pred: list[str], production_pred: list[str],
-                            classes: list[str]) -> tuple[bool | None, str, dict]:
+def bootstrap_gate_decision(
+    y_true: list[str], candidate_pred: list[str], production_pred: list[str], classes: list[str]
+) -> tuple[bool | None, str, dict]:
     """(passed, reason, interval summary) from per-image predictions of both models on the same test
     images; passed is None when the test split is too small to tell."""
     from classifier.bootstrap import paired_bootstrap
 
     level, tolerance = settings.SEM_GATE_CONFIDENCE, settings.SEM_GATE_MACRO_F1_TOLERANCE
     max_drop = settings.SEM_GATE_MAX_RECALL_DROP
-    result = paired_bootstrap(y_true, candidate_pred, production_pred, classes,
-                              resamples=settings.SEM_GATE_BOOTSTRAP_RESAMPLES, level=level, seed=0)
+    result = paired_bootstrap(
+        y_true,
+        candidate_pred,
+        production_pred,
+        classes,
+        resamples=settings.SEM_GATE_BOOTSTRAP_RESAMPLES,
+        level=level,
+        seed=0,
+    )
     result.update(tolerance=tolerance, max_recall_drop=max_drop)
     f1 = result["macro_f1"]
-    described = (f"macro-F1 difference {f1['diff']:+.3f}, {level:.0%} interval [{f1['low']:+.3f}, {f1['high']:+.3f}] "
-                 f"on {result['n']} test images ({result['resamples']} paired resamples)")
+    described = (
+        f"macro-F1 difference {f1['diff']:+.3f}, {level:.0%} interval [{f1['low']:+.3f}, {f1['high']:+.3f}] "
+        f"on {result['n']} test images ({result['resamples']} paired resamples)"
+    )
     small = too_small_to_tell(y_true, classes)
     if small:
         result["decision"] = "too_small"
         return None, f"{small}. Not promoted automatically; {described}. An admin may promote it by hand.", result
     if not f1["low"] > -tolerance:
         result["decision"] = "refused"
-        return False, (f"Not shown to be at least as good as production: {described}; the lower bound must be "
-                       f"above {-tolerance:+.3f}"), result
-    drops = [f"{name} [{r['low'] * 100:+.1f}, {r['high'] * 100:+.1f}] points" for name, r in result["recall"].items()
-             if not r["low"] > -max_drop]
+        return (
+            False,
+            (
+                f"Not shown to be at least as good as production: {described}; the lower bound must be "
+                f"above {-tolerance:+.3f}"
+            ),
+            result,
+        )
+    drops = [
+        f"{name} [{r['low'] * 100:+.1f}, {r['high'] * 100:+.1f}] points"
+        for name, r in result["recall"].items()
+        if not r["low"] > -max_drop
+    ]
     if drops:
         result["decision"] = "refused"
-        return False, (f"A class's recall may have dropped by more than {max_drop * 100:.1f} points "
-                       f"({level:.0%} interval): " + ", ".join(drops) + f"; {described}"), result
+        return (
+            False,
+            (
+                f"A class's recall may have dropped by more than {max_drop * 100:.1f} points "
+                f"({level:.0%} interval): " + ", ".join(drops) + f"; {described}"
+            ),
+            result,
+        )
     result["decision"] = "promoted"
-    return True, f"Promoted: {described}, lower bound above {-tolerance:+.3f}; no class's recall interval " \
-                 f"reaches a drop of {max_drop * 100:.1f} points", result
+    return (
+        True,
+        f"Promoted: {described}, lower bound above {-tolerance:+.3f}; no class's recall interval "
+        f"reaches a drop of {max_drop * 100:.1f} points",
+        result,
+    )
 
 
 def test_split_predictions(model: ModelVersion, items: list[tuple[str, str]]) -> list[str]:
@@ -173,7 +208,9 @@ def apply_gate(candidate: ModelVersion) -> bool:
     if "intervals" in metrics:
         metrics["interval_level"] = settings.SEM_GATE_CONFIDENCE
     ModelVersion.objects.filter(pk=candidate.pk).update(
-        gate_passed=bool(passed), gate_reason=reason, metrics=metrics,
+        gate_passed=bool(passed),
+        gate_reason=reason,
+        metrics=metrics,
         status=ModelVersion.Status.REJECTED if passed is False else ModelVersion.Status.CANDIDATE,
     )
     candidate.refresh_from_db()
@@ -190,8 +227,11 @@ def evaluation_intervals(metrics: dict) -> dict:
     matrix, classes = metrics.get("confusion_matrix"), metrics.get("classes")
     if not matrix or not classes or isinstance(matrix, dict) or len(matrix) != len(classes):
         return {}
-    return {"intervals": intervals_from_confusion(matrix, list(classes), level=settings.SEM_GATE_CONFIDENCE,
-                                                  resamples=settings.SEM_GATE_BOOTSTRAP_RESAMPLES)}
+    return {
+        "intervals": intervals_from_confusion(
+            matrix, list(classes), level=settings.SEM_GATE_CONFIDENCE, resamples=settings.SEM_GATE_BOOTSTRAP_RESAMPLES
+        )
+    }
 
 
 def _bootstrap_gate(candidate: ModelVersion, production: ModelVersion):
@@ -211,8 +251,9 @@ def _bootstrap_gate(candidate: ModelVersion, production: ModelVersion):
 
     y_true = [label for _, label in items]
     passed, reason, summary = bootstrap_gate_decision(y_true, candidate_pred, production_pred, list(candidate.classes))
-    summary["intervals"] = metric_intervals(y_true, candidate_pred, list(candidate.classes),
-                                            level=settings.SEM_GATE_CONFIDENCE)
+    summary["intervals"] = metric_intervals(
+        y_true, candidate_pred, list(candidate.classes), level=settings.SEM_GATE_CONFIDENCE
+    )
     return passed, reason, summary
 
 
@@ -236,8 +277,9 @@ def reevaluate_production() -> ModelVersion | None:
     predictions = engine.predict_paths([path for path, _ in items])
     y_true = [label for _, label in items]
     metrics = evaluate(y_true, [p.probabilities for p in predictions], engine.classes)
-    metrics["intervals"] = metric_intervals(y_true, [p.top_class for p in predictions], engine.classes,
-                                            level=settings.SEM_GATE_CONFIDENCE)
+    metrics["intervals"] = metric_intervals(
+        y_true, [p.top_class for p in predictions], engine.classes, level=settings.SEM_GATE_CONFIDENCE
+    )
     metrics["interval_level"] = settings.SEM_GATE_CONFIDENCE
     metrics["test_split"] = test_split_fingerprint()
     for key in ("calibration", "gate"):
@@ -268,16 +310,21 @@ def production_metrics_on_current_test_split(production: ModelVersion, candidate
         predictions = engine.predict_paths([path for path, _ in items])
         return evaluate([label for _, label in items], [p.probabilities for p in predictions], engine.classes)
     except Exception as error:
-        logger.warning("could not re-evaluate v%s for the gate (%s); using its stored metrics",
-                       production.version, error)
+        logger.warning(
+            "could not re-evaluate v%s for the gate (%s); using its stored metrics", production.version, error
+        )
         return production.metrics
 
 
 @transaction.atomic
 def promote(model: ModelVersion, user=None) -> ModelVersion:
     """Make `model` the production model (the previous one is retired); used by the gate, UI and API."""
-    locked = {m.pk: m for m in ModelVersion.objects.select_for_update().filter(
-        Q(pk=model.pk) | Q(status=ModelVersion.Status.PRODUCTION))}
+    locked = {
+        m.pk: m
+        for m in ModelVersion.objects.select_for_update().filter(
+            Q(pk=model.pk) | Q(status=ModelVersion.Status.PRODUCTION)
+        )
+    }
     target = locked.get(model.pk)
     if target is None:
         raise ModelActionError("This model version no longer exists")
@@ -303,16 +350,21 @@ def rollback(user=None) -> ModelVersion:
     current = ModelVersion.objects.select_for_update().filter(status=ModelVersion.Status.PRODUCTION).first()
     if current is None:
         raise ModelActionError("There is no production model to roll back")
-    previous = (ModelVersion.objects.select_for_update()
-                .filter(status=ModelVersion.Status.RETIRED, promoted_at__isnull=False)
-                .exclude(pk=current.pk).order_by("-promoted_at").first())
+    previous = (
+        ModelVersion.objects.select_for_update()
+        .filter(status=ModelVersion.Status.RETIRED, promoted_at__isnull=False)
+        .exclude(pk=current.pk)
+        .order_by("-promoted_at")
+        .first()
+    )
     if previous is None:
         raise ModelActionError("No earlier production model to roll back to")
     if not Path(previous.artifact_path).is_file():
         raise ModelActionError(f"v{previous.version}'s artifact file is missing: {previous.artifact_path}")
     who = getattr(user, "username", None) or "the system"
-    reason = (current.gate_reason + "\n" if current.gate_reason else "") + \
-        f"Rolled back to v{previous.version} by {who} on {timezone.now():%Y-%m-%d %H:%M}"
+    reason = (
+        current.gate_reason + "\n" if current.gate_reason else ""
+    ) + f"Rolled back to v{previous.version} by {who} on {timezone.now():%Y-%m-%d %H:%M}"
     ModelVersion.objects.filter(pk=current.pk).update(status=ModelVersion.Status.REJECTED, gate_reason=reason)
     ModelVersion.objects.filter(pk=previous.pk).update(
         status=ModelVersion.Status.PRODUCTION, promoted_at=timezone.now(), promoted_by=user
@@ -325,6 +377,7 @@ def rollback(user=None) -> ModelVersion:
 def _after_promotion(model_version_id: int, previous_version: int | None) -> None:
     from portal.services.queueing import enqueue_backlog
 
-    transaction.on_commit(lambda: events.emit(
-        "model.promoted", model_version_id=model_version_id, previous_version=previous_version))
+    transaction.on_commit(
+        lambda: events.emit("model.promoted", model_version_id=model_version_id, previous_version=previous_version)
+    )
     transaction.on_commit(lambda: enqueue_backlog(model_version_id))

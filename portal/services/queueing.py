@@ -46,4 +46,4 @@ def enqueue_webhook_deliveries(delivery_ids: Iterable[int]) -> None:
 
 def _batches(ids: list[int], size: int) -> Iterable[list[int]]:
     for start in range(0, len(ids), size):
-        yield ids[start:start + size]
+        yield ids[start : start + size]

@@ -63,8 +63,9 @@ def ordered_disputed(images: QuerySet[SEMImage]) -> QuerySet[SEMImage]:
     return disputed_in(images).order_by(F("predicted_confidence").desc(nulls_last=True), "id")
 
 
-def queue(user, limit: int, *, project_id: int | None = None, exclude: Iterable[int] = (),
-          related: Iterable[str] = ()) -> list[SEMImage]:
+def queue(
+    user, limit: int, *, project_id: int | None = None, exclude: Iterable[int] = (), related: Iterable[str] = ()
+) -> list[SEMImage]:
     """The first `limit` images of the queue. Each image carries `review_part` ("unlabelled" or
     "disputed"): which part of the queue it came from."""
     images = curatable(user, project_id).exclude(pk__in=list(exclude)).defer("metadata")
@@ -74,7 +75,7 @@ def queue(user, limit: int, *, project_id: int | None = None, exclude: Iterable[
     for image in head:
         image.review_part = UNLABELLED
     if len(head) < limit:
-        disagreements = list(ordered_disputed(images)[:limit - len(head)])
+        disagreements = list(ordered_disputed(images)[: limit - len(head)])
         for image in disagreements:
             image.review_part = DISPUTED
         head += disagreements
@@ -105,7 +106,8 @@ def suggestions(image: SEMImage, categories: dict[str, Category], top: int = 3) 
     ranked = sorted(prediction.probabilities.items(), key=lambda item: item[1], reverse=True)
     return [
         {"category": categories[name], "probability": probability}
-        for name, probability in ranked[:top] if name in categories
+        for name, probability in ranked[:top]
+        if name in categories
     ]
 
 

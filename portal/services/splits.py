@@ -14,6 +14,7 @@ Rule (docs/architecture.md, "Data rules"):
 `manage.py reassign_splits`): connected components over "same physical sample" and "same group", each
 on one side (train when its physical samples disagree; else the first image's sha256 in a collection).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,11 @@ TRAIN, TEST = "train", "test"
 def split_for_new_image(image_model, sample, sha256: str, matched_ids: list[int]) -> tuple[str, list[int]]:
     """(side of a new image, ids of stored images that must move to that side to keep its group whole)."""
     if matched_ids:
-        groups = set(image_model.objects.filter(pk__in=matched_ids, duplicate_group__isnull=False)
-                     .values_list("duplicate_group", flat=True))
+        groups = set(
+            image_model.objects.filter(pk__in=matched_ids, duplicate_group__isnull=False).values_list(
+                "duplicate_group", flat=True
+            )
+        )
         rows = list(image_model.objects.filter(pk__in=set(matched_ids) | groups).values_list("pk", "split"))
         rows += list(image_model.objects.filter(duplicate_group__in=groups).values_list("pk", "split"))
         sides = {side for _pk, side in rows}
@@ -52,8 +56,7 @@ def move(image_model, ids: list[int], side: str) -> int:
 
 def rebuild(image_model, sample_model) -> dict:
     """Reassign every image's side from its sample and near-duplicate group; returns counts."""
-    rows = list(image_model.objects.order_by("pk").values_list("pk", "sha256", "sample_id", "duplicate_group",
-                                                                  "split"))
+    rows = list(image_model.objects.order_by("pk").values_list("pk", "sha256", "sample_id", "duplicate_group", "split"))
     sample_side = dict(sample_model.objects.values_list("pk", "split"))
     parent: dict[object, object] = {}
 
@@ -91,7 +94,7 @@ def rebuild(image_model, sample_model) -> dict:
             moves[side].append(pk)
     for side, ids in moves.items():
         for start in range(0, len(ids), 5000):
-            image_model.objects.filter(pk__in=ids[start:start + 5000]).update(split=side)
+            image_model.objects.filter(pk__in=ids[start : start + 5000]).update(split=side)
     return {"images": len(rows), "to_train": len(moves[TRAIN]), "to_test": len(moves[TEST])}
 
 
@@ -100,8 +103,9 @@ def test_split_fingerprint() -> str:
     changed split (a migration, a merged group) is noticed and production is evaluated again."""
     from portal.models import SEMImage
 
-    ids = SEMImage.objects.filter(split=TEST, curated_category__isnull=False).order_by("pk").values_list(
-        "pk", flat=True)
+    ids = (
+        SEMImage.objects.filter(split=TEST, curated_category__isnull=False).order_by("pk").values_list("pk", flat=True)
+    )
     digest = hashlib.sha256()
     for pk in ids.iterator(chunk_size=5000):
         digest.update(f"{pk},".encode())
@@ -114,6 +118,10 @@ def straddling_groups() -> list[int]:
 
     from portal.models import SEMImage
 
-    return list(SEMImage.objects.filter(duplicate_group__isnull=False).values("duplicate_group")
-                .annotate(sides=Count("split", distinct=True)).filter(sides__gt=1)
-                .values_list("duplicate_group", flat=True))
+    return list(
+        SEMImage.objects.filter(duplicate_group__isnull=False)
+        .values("duplicate_group")
+        .annotate(sides=Count("split", distinct=True))
+        .filter(sides__gt=1)
+        .values_list("duplicate_group", flat=True)
+    )

@@ -43,6 +43,7 @@ LOG_LIMIT_CHARS = 200_000
 
 # --- Deciding and requesting -----------------------------------------------------------------------
 
+
 def current_train_labels() -> dict[str, str]:
     """{sha256: category name} of every train-split image with a current curated label."""
     rows = SEMImage.objects.filter(
@@ -89,8 +90,9 @@ def active_run() -> TrainingRun | None:
     return TrainingRun.objects.filter(active=True).first()
 
 
-def request_training(*, trigger: str, user=None, force: bool = False, config: dict | None = None,
-                     enqueue: bool = True) -> TrainingRun | None:
+def request_training(
+    *, trigger: str, user=None, force: bool = False, config: dict | None = None, enqueue: bool = True
+) -> TrainingRun | None:
     """Queue a training run, or return None when one is already active or (unforced) nothing is new.
 
     A scheduled check that finds too few new labels records a SKIPPED run, so the admin sees it ran.
@@ -120,8 +122,9 @@ def request_training(*, trigger: str, user=None, force: bool = False, config: di
 
 def _record_skipped(trigger: str, reason: str) -> None:
     now = timezone.now()
-    TrainingRun.objects.create(status=TrainingRun.Status.SKIPPED, active=None, trigger=trigger,
-                               log=reason, finished_at=now)
+    TrainingRun.objects.create(
+        status=TrainingRun.Status.SKIPPED, active=None, trigger=trigger, log=reason, finished_at=now
+    )
     logger.info("retraining skipped: %s", reason)
 
 
@@ -133,8 +136,11 @@ def training_config(overrides: dict | None = None) -> dict:
     from classifier.config import TrainConfig
 
     overrides = dict(overrides or {})
-    config = {"arch": settings.SEM_TRAIN_ARCH, "sizes": tuple(settings.SEM_TRAIN_SIZES),
-              "weights_path": settings.SEM_PRETRAINED_WEIGHTS or None}
+    config = {
+        "arch": settings.SEM_TRAIN_ARCH,
+        "sizes": tuple(settings.SEM_TRAIN_SIZES),
+        "weights_path": settings.SEM_PRETRAINED_WEIGHTS or None,
+    }
     fixed_epochs = overrides.get("epochs") or settings.SEM_TRAIN_EPOCHS
     if "budget_s" in overrides or not fixed_epochs:
         config["budget_s"] = settings.SEM_TRAIN_BUDGET_S
@@ -148,14 +154,19 @@ def request_cancel(run: TrainingRun) -> bool:
     """A queued run is cancelled at once (releasing the lock); a running one stops at its next batch."""
     now = timezone.now()
     if TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.QUEUED).update(
-            status=TrainingRun.Status.CANCELLED, active=None, cancel_requested=True, finished_at=now,
-            error="Cancelled before it started"):
+        status=TrainingRun.Status.CANCELLED,
+        active=None,
+        cancel_requested=True,
+        finished_at=now,
+        error="Cancelled before it started",
+    ):
         _announce_finished(run.pk)
         return True
     return bool(TrainingRun.objects.filter(pk=run.pk, active=True).update(cancel_requested=True))
 
 
 # --- Running ---------------------------------------------------------------------------------------
+
 
 def claim_run(run_id: int) -> TrainingRun | None:
     """QUEUED -> RUNNING exactly once, however many times the task is delivered."""
@@ -201,11 +212,15 @@ def _train_and_register(run: TrainingRun, monitor: RunMonitor, work_dir: Path) -
 
     data = training_data()
     if len(data.classes) < 2:
-        raise ValueError(f"Training needs at least two categories with {settings.SEM_MIN_IMAGES_PER_CLASS} or more "
-                         "curated train-split images each")
+        raise ValueError(
+            f"Training needs at least two categories with {settings.SEM_MIN_IMAGES_PER_CLASS} or more "
+            "curated train-split images each"
+        )
     fingerprint = data_fingerprint(data.train_labels.items())
-    monitor.log(f"{len(data.train_items)} train and {len(data.test_items)} test images in "
-                f"{len(data.classes)} classes; {data.skipped} curated images without a derivative skipped")
+    monitor.log(
+        f"{len(data.train_items)} train and {len(data.test_items)} test images in "
+        f"{len(data.classes)} classes; {data.skipped} curated images without a derivative skipped"
+    )
     if data.too_few:
         too_few = ", ".join(f"{name} ({n})" for name, n in data.too_few.items())
         monitor.log(f"Not offered (fewer than {settings.SEM_MIN_IMAGES_PER_CLASS} curated training images): {too_few}")
@@ -214,9 +229,14 @@ def _train_and_register(run: TrainingRun, monitor: RunMonitor, work_dir: Path) -
     )
     work_dir.mkdir(parents=True, exist_ok=True)
     result = train(
-        data.train_items, TrainConfig.from_dict(run.config), work_dir / "model.safetensors",
-        test_items=data.test_items or None, classes=data.classes, fingerprint=fingerprint,
-        progress=monitor.progress, should_stop=monitor.should_stop,
+        data.train_items,
+        TrainConfig.from_dict(run.config),
+        work_dir / "model.safetensors",
+        test_items=data.test_items or None,
+        classes=data.classes,
+        fingerprint=fingerprint,
+        progress=monitor.progress,
+        should_stop=monitor.should_stop,
     )
     monitor.history = list(result.history or monitor.history)
     return register_model(run, result, data, fingerprint, work_dir, monitor)
@@ -239,10 +259,15 @@ def register_model(run, result, data: TrainingData, fingerprint: str, work_dir: 
         work_dir.rename(final_dir)
         artifact = final_dir / Path(result.artifact_path).name
         model = ModelVersion.objects.create(
-            version=version, artifact_path=str(artifact), artifact_sha256=file_sha256(artifact),
-            arch=result.metadata.get("arch", run.config.get("arch", "")), classes=list(data.classes),
-            data_fingerprint=fingerprint, train_image_count=len(data.train_items),
-            test_image_count=len(data.test_items), metrics=result.evaluation or {},
+            version=version,
+            artifact_path=str(artifact),
+            artifact_sha256=file_sha256(artifact),
+            arch=result.metadata.get("arch", run.config.get("arch", "")),
+            classes=list(data.classes),
+            data_fingerprint=fingerprint,
+            train_image_count=len(data.train_items),
+            test_image_count=len(data.test_items),
+            metrics=result.evaluation or {},
             metadata=_model_metadata(result.metadata),
         )
         TrainingRun.objects.filter(pk=run.pk).update(model_version=model)
@@ -258,8 +283,14 @@ def register_model(run, result, data: TrainingData, fingerprint: str, work_dir: 
     except Exception as error:  # the run did succeed; the admin can still promote by hand
         logger.exception("promotion gate failed for v%s", model.version)
         ModelVersion.objects.filter(pk=model.pk).update(gate_passed=False, gate_reason=f"Gate failed: {error}")
-    _finish(run, monitor, TrainingRun.Status.SUCCEEDED, model_version=model,
-            device=str(result.device), duration_s=result.duration_s)
+    _finish(
+        run,
+        monitor,
+        TrainingRun.Status.SUCCEEDED,
+        model_version=model,
+        device=str(result.device),
+        duration_s=result.duration_s,
+    )
     return model
 
 
@@ -290,9 +321,15 @@ def _finish(run: TrainingRun, monitor: RunMonitor, status: str, **fields) -> Non
     started = run.started_at or now
     fields.setdefault("duration_s", (now - started).total_seconds())
     TrainingRun.objects.filter(pk=run.pk).update(
-        status=status, active=None, finished_at=now, heartbeat_at=now, log=monitor.log_text(),
-        history=monitor.history, progress=monitor.last_event,
-        progress_fraction=1.0 if status == TrainingRun.Status.SUCCEEDED else monitor.fraction, **fields,
+        status=status,
+        active=None,
+        finished_at=now,
+        heartbeat_at=now,
+        log=monitor.log_text(),
+        history=monitor.history,
+        progress=monitor.last_event,
+        progress_fraction=1.0 if status == TrainingRun.Status.SUCCEEDED else monitor.fraction,
+        **fields,
     )
 
 
@@ -367,9 +404,12 @@ class RunMonitor:
 
     def _record_plan(self, plan: dict) -> None:
         epochs = "/".join(str(e) for e in plan.get("epochs", []))
-        self.log(f"Budget {plan['budget_s']:.0f} s: {epochs} epochs planned ({plan['planned_s']:.0f} s) from measured "
-                 f"step times " + ", ".join(f"{s['size']} px {s['step_s']:.2f} s" for s in plan.get("stages", []))
-                 + (f"; {plan['note']}" if plan.get("note") else ""))
+        self.log(
+            f"Budget {plan['budget_s']:.0f} s: {epochs} epochs planned ({plan['planned_s']:.0f} s) from measured "
+            f"step times "
+            + ", ".join(f"{s['size']} px {s['step_s']:.2f} s" for s in plan.get("stages", []))
+            + (f"; {plan['note']}" if plan.get("note") else "")
+        )
         TrainingRun.objects.filter(pk=self.run_id).update(plan=plan)
 
     def should_stop(self) -> bool:
@@ -385,8 +425,11 @@ class RunMonitor:
     def _write(self) -> None:
         self._last_write = time.monotonic()
         TrainingRun.objects.filter(pk=self.run_id, status=TrainingRun.Status.RUNNING).update(
-            progress=self.last_event, progress_fraction=self.fraction, history=self.history,
-            heartbeat_at=timezone.now(), log=self.log_text(),
+            progress=self.last_event,
+            progress_fraction=self.fraction,
+            history=self.history,
+            heartbeat_at=timezone.now(),
+            log=self.log_text(),
         )
 
     def _beat(self) -> None:
@@ -424,11 +467,15 @@ def _event_dict(event) -> dict:
 
 
 def _describe(event: dict) -> str:
-    return " ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
-                    for key, value in event.items() if not isinstance(value, (dict, list)))
+    return " ".join(
+        f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in event.items()
+        if not isinstance(value, (dict, list))
+    )
 
 
 # --- Sweeper ---------------------------------------------------------------------------------------
+
 
 def fail_stale_runs() -> int:
     """Release the lock of runs whose worker died (no heartbeat) and re-send lost queued runs."""
@@ -437,8 +484,12 @@ def fail_stale_runs() -> int:
     lost = TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING, heartbeat_at__lt=stale)
     failed = 0
     for run in lost:
-        failed += TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING, heartbeat_at__lt=stale).update(
-            status=TrainingRun.Status.FAILED, active=None, finished_at=now,
+        failed += TrainingRun.objects.filter(
+            pk=run.pk, status=TrainingRun.Status.RUNNING, heartbeat_at__lt=stale
+        ).update(
+            status=TrainingRun.Status.FAILED,
+            active=None,
+            finished_at=now,
             error=f"Worker lost: no heartbeat since {run.heartbeat_at:%Y-%m-%d %H:%M:%S %Z}",
         )
         _announce_finished(run.pk)
@@ -452,14 +503,20 @@ def remove_abandoned_work_dirs() -> int:
     mid-run leaves (its own clean-up never ran). Returns how many folders were removed."""
     root = Path(settings.MODEL_DIR)
     try:
-        folders = {int(path.name[4:]): path for path in root.iterdir()
-                   if path.name.startswith("run-") and path.name[4:].isdigit() and path.is_dir()}
+        folders = {
+            int(path.name[4:]): path
+            for path in root.iterdir()
+            if path.name.startswith("run-") and path.name[4:].isdigit() and path.is_dir()
+        }
     except FileNotFoundError:
         return 0
     if not folders:
         return 0
-    live = set(TrainingRun.objects.filter(pk__in=list(folders), status__in=[
-        TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING]).values_list("pk", flat=True))
+    live = set(
+        TrainingRun.objects.filter(
+            pk__in=list(folders), status__in=[TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING]
+        ).values_list("pk", flat=True)
+    )
     removed = 0
     for run_id, folder in folders.items():
         if run_id not in live:

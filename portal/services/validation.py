@@ -21,29 +21,64 @@ from classifier.imageio import load_grey8
 # Canonical stored extension per accepted format.
 ACCEPTED_FORMATS = {"TIFF": ".tif", "PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp"}
 IMAGE_EXTENSIONS = {
-    ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".gif", ".webp", ".svg",
-    ".jp2", ".j2k", ".heic", ".heif", ".avif", ".ico",
+    ".tif",
+    ".tiff",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".bmp",
+    ".dib",
+    ".gif",
+    ".webp",
+    ".svg",
+    ".jp2",
+    ".j2k",
+    ".heic",
+    ".heif",
+    ".avif",
+    ".ico",
 }
 SNIFF_BYTES = 1024
 
 # Image formats we recognise but do not accept (lossy or animated consumer formats, not SEM output).
 _OTHER_IMAGE_SIGNATURES = (
-    (b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
-    (b"\xff\x4f\xff\x51", "JPEG 2000"), (b"\x00\x00\x01\x00", "ICO"), (b"8BPS", "Photoshop"),
-    (b"II\xbc", "JPEG XR"), (b"\xff\x0a", "JPEG XL"), (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
-    (b"DDS ", "DDS"), (b"\x76\x2f\x31\x01", "OpenEXR"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"8BPS", "Photoshop"),
+    (b"II\xbc", "JPEG XR"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+    (b"DDS ", "DDS"),
+    (b"\x76\x2f\x31\x01", "OpenEXR"),
 )
 # Documents, archives and scripts: never images, whatever the file name says.
 _DOCUMENT_SIGNATURES = (
-    (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive (or Office document)"),
-    (b"PK\x05\x06", "a ZIP archive"), (b"\x1f\x8b", "a gzip archive"), (b"Rar!", "a RAR archive"),
-    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"), (b"\x7fELF", "an executable"), (b"MZ", "a Windows executable"),
-    (b"\xd0\xcf\x11\xe0", "an Office document"), (b"#!", "a script"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive (or Office document)"),
+    (b"PK\x05\x06", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"Rar!", "a RAR archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"\x7fELF", "an executable"),
+    (b"MZ", "a Windows executable"),
+    (b"\xd0\xcf\x11\xe0", "an Office document"),
+    (b"#!", "a script"),
 )
 _MARKUP_MARKERS = (
-    (b"<svg", "an SVG drawing"), (b"<!doctype html", "an HTML page"), (b"<html", "an HTML page"),
-    (b"<script", "a script"), (b"<?xml", "an XML document"), (b"<head", "an HTML page"),
-    (b"<body", "an HTML page"), (b"<?php", "a PHP script"), (b"<iframe", "an HTML page"),
+    (b"<svg", "an SVG drawing"),
+    (b"<!doctype html", "an HTML page"),
+    (b"<html", "an HTML page"),
+    (b"<script", "a script"),
+    (b"<?xml", "an XML document"),
+    (b"<head", "an HTML page"),
+    (b"<body", "an HTML page"),
+    (b"<?php", "a PHP script"),
+    (b"<iframe", "an HTML page"),
 )
 
 
@@ -92,11 +127,11 @@ def sniff_format(head: bytes, filename: str) -> str:
     claims_image = os.path.splitext(filename.lower())[1] in IMAGE_EXTENSIONS
     if what and claims_image:
         raise ValidationError(
-            "disguised", f"The file is named like an image but its content is {what}; it was not stored.")
+            "disguised", f"The file is named like an image but its content is {what}; it was not stored."
+        )
     if what:
         raise ValidationError("not_an_image", f"The file is {what}, not an image.")
-    raise ValidationError(
-        "not_an_image", "The file is not a recognised image (accepted: TIFF, PNG, JPEG, BMP).")
+    raise ValidationError("not_an_image", "The file is not a recognised image (accepted: TIFF, PNG, JPEG, BMP).")
 
 
 def inspect_image(path: str, image_format: str) -> tuple[ImageInfo, Image.Image]:
@@ -113,8 +148,7 @@ def inspect_image(path: str, image_format: str) -> tuple[ImageInfo, Image.Image]
         info = _tiff_header(path)
     else:
         info = _pillow_header(path, image_format)
-    check_decoding_budget(info.width, info.height, info.decoded_bytes, samples=info.samples,
-                          bits=info.bit_depth)
+    check_decoding_budget(info.width, info.height, info.decoded_bytes, samples=info.samples, bits=info.bit_depth)
     if image_format != "TIFF":
         _pillow_verify(path)
     return info, _full_decode(path)
@@ -127,7 +161,8 @@ def _plausible_bmp_header(head: bytes) -> bool:
 
 def _unsupported(name: str) -> ValidationError:
     return ValidationError(
-        "unsupported_format", f"{name} images are not accepted; please upload TIFF, PNG, JPEG or BMP.")
+        "unsupported_format", f"{name} images are not accepted; please upload TIFF, PNG, JPEG or BMP."
+    )
 
 
 def _describe_non_image(head: bytes) -> str | None:
@@ -167,8 +202,9 @@ def _tiff_header(path: str) -> ImageInfo:
             try:
                 page = tiff.pages.first
             except IndexError:  # tifffile: "contains no pages" (the first IFD offset is 0)
-                raise ValidationError("corrupt", "The TIFF file contains no image: its header points to no "
-                                                 "image directory.") from None
+                raise ValidationError(
+                    "corrupt", "The TIFF file contains no image: its header points to no image directory."
+                ) from None
             page_count = count_tiff_pages(path)
             width, height = int(page.imagewidth), int(page.imagelength)
             bits = int(page.bitspersample)
@@ -236,8 +272,9 @@ def _check_strips_inside_file(page, file_size: int) -> None:
     for offset, count in zip(page.dataoffsets, page.databytecounts):
         if offset + count > file_size:
             raise ValidationError(
-                "truncated", "The TIFF file is truncated: its image data ends before the file does "
-                             "(incomplete upload or copy?).")
+                "truncated",
+                "The TIFF file is truncated: its image data ends before the file does (incomplete upload or copy?).",
+            )
 
 
 def _pillow_mode_or_guess(path: str, bits: int, samples: int, photometric: int) -> str:
@@ -273,8 +310,9 @@ def _pillow_header(path: str, image_format: str) -> ImageInfo:
         raise ValidationError("corrupt", f"The {image_format} file is corrupt{_detail(error)}.") from error
     bits = _bit_depth(mode)
     decoded = width * height * samples * max(1, -(-bits // 8))
-    return ImageInfo(image_format, ACCEPTED_FORMATS[image_format], width, height, mode, bits,
-                     max(1, page_count), samples, decoded)
+    return ImageInfo(
+        image_format, ACCEPTED_FORMATS[image_format], width, height, mode, bits, max(1, page_count), samples, decoded
+    )
 
 
 def _bit_depth(mode: str) -> int:
@@ -297,13 +335,15 @@ def check_decoding_budget(width: int, height: int, decoded_bytes: int, *, sample
     if width * height > max_pixels:
         raise ValidationError(
             "too_many_pixels",
-            f"The image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,} pixels.")
+            f"The image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,} pixels.",
+        )
     max_ratio = settings.SEM_MAX_ASPECT_RATIO
     if max(width, height) > max_ratio * min(width, height):
         raise ValidationError(
             "extreme_aspect_ratio",
             f"The image is {width}x{height} pixels: one side is {max(width, height) / min(width, height):,.0f} "
-            f"times the other, and at most {max_ratio:g} is accepted (an image this narrow is not a micrograph).")
+            f"times the other, and at most {max_ratio:g} is accepted (an image this narrow is not a micrograph).",
+        )
     max_bytes = settings.SEM_MAX_DECODED_BYTES
     if decoded_bytes > max_bytes:
         per_sample = max(1, -(-bits // 8))
@@ -311,7 +351,8 @@ def check_decoding_budget(width: int, height: int, decoded_bytes: int, *, sample
             "too_many_bytes",
             f"The image would take {_human(decoded_bytes)} once decoded ({width}x{height} pixels x {samples:,} "
             f"sample{'s' if samples != 1 else ''} per pixel x {per_sample} byte{'s' if per_sample != 1 else ''} "
-            f"per sample); the limit is {_human(max_bytes)}.")
+            f"per sample); the limit is {_human(max_bytes)}.",
+        )
 
 
 def _human(count: float) -> str:
@@ -325,7 +366,8 @@ def _human(count: float) -> str:
 def _too_many_pixels_from_pillow(error: Exception) -> ValidationError:
     return ValidationError(
         "too_many_pixels",
-        f"The image has more pixels than allowed ({settings.SEM_MAX_IMAGE_PIXELS:,}): {_short(error)}")
+        f"The image has more pixels than allowed ({settings.SEM_MAX_IMAGE_PIXELS:,}): {_short(error)}",
+    )
 
 
 def _pillow_verify(path: str) -> None:
@@ -355,12 +397,13 @@ def _truncated_or_corrupt(error: Exception) -> ValidationError:
     text = str(error).lower()
     if any(word in text for word in ("truncated", "failed to read", "incomplete", "premature end", "not enough")):
         return ValidationError(
-            "truncated", f"The image is truncated: its data ends early (incomplete upload or copy?).{_detail(error)}")
+            "truncated", f"The image is truncated: its data ends early (incomplete upload or copy?).{_detail(error)}"
+        )
     return ValidationError("corrupt", f"The image data is corrupt and cannot be decoded{_detail(error)}.")
 
 
 def _detail(error: Exception) -> str:
-    """" (what the decoder said)", or nothing when it said nothing a person can use: a bare number or key
+    """ " (what the decoder said)", or nothing when it said nothing a person can use: a bare number or key
     ("corrupt or unreadable (0)" came from an IndexError(0)), or an empty message."""
     text = _short(error)
     informative = len(text) >= 4 and any(ch.isalpha() for ch in text) and text != type(error).__name__

@@ -62,24 +62,27 @@ class FileChanged(Exception):
 
 @dataclass
 class ScanReport:
-    files: int = 0          # image files found
-    new: int = 0            # paths seen for the first time
-    changed: int = 0        # paths whose size or mtime changed (settling again)
-    vanished: int = 0       # settling paths that disappeared
-    settling: int = 0       # paths not yet settled after this scan
+    files: int = 0  # image files found
+    new: int = 0  # paths seen for the first time
+    changed: int = 0  # paths whose size or mtime changed (settling again)
+    vanished: int = 0  # settling paths that disappeared
+    settling: int = 0  # paths not yet settled after this scan
     stored: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason)
     seconds: float = 0.0
 
     def summary(self) -> str:
-        return (f"{self.files} image files: {len(self.stored)} stored, {len(self.duplicates)} duplicates, "
-                f"{len(self.refused)} refused, {self.settling} settling ({self.seconds:.2f} s)")
+        return (
+            f"{self.files} image files: {len(self.stored)} stored, {len(self.duplicates)} duplicates, "
+            f"{len(self.refused)} refused, {self.settling} settling ({self.seconds:.2f} s)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # Walking the share
 # ---------------------------------------------------------------------------------------------
+
 
 def is_candidate(name: str) -> bool:
     """An image file name that is neither hidden nor temporary (Office/instrument lock files, partial copies)."""
@@ -137,8 +140,15 @@ def _storable(relpath: str) -> bool:
 # Scanning
 # ---------------------------------------------------------------------------------------------
 
-def scan_folder(folder: WatchFolder, *, clock=time.time, ingest: bool = True,
-                ingest_budget_s: float | None = None, scanner_id: str | None = None) -> ScanReport:
+
+def scan_folder(
+    folder: WatchFolder,
+    *,
+    clock=time.time,
+    ingest: bool = True,
+    ingest_budget_s: float | None = None,
+    scanner_id: str | None = None,
+) -> ScanReport:
     """One scan of a watch folder (see the module docstring). Safe to run in several processes at once."""
     started = time.monotonic()
     now = clock()
@@ -150,11 +160,18 @@ def scan_folder(folder: WatchFolder, *, clock=time.time, ingest: bool = True,
         return report
     found = walk(root)
     report.files = len(found)
-    rows = {row[1]: row for row in WatchedFile.objects.filter(folder=folder).values_list(
-        "pk", "relpath", "size", "mtime_ns", "status", "stable_since")}
+    rows = {
+        row[1]: row
+        for row in WatchedFile.objects.filter(folder=folder).values_list(
+            "pk", "relpath", "size", "mtime_ns", "status", "stable_since"
+        )
+    }
 
-    new_rows = [WatchedFile(folder=folder, relpath=relpath, size=size, mtime_ns=mtime, stable_since=now)
-                for relpath, (size, mtime) in found.items() if relpath not in rows]
+    new_rows = [
+        WatchedFile(folder=folder, relpath=relpath, size=size, mtime_ns=mtime, stable_since=now)
+        for relpath, (size, mtime) in found.items()
+        if relpath not in rows
+    ]
     if new_rows:
         WatchedFile.objects.bulk_create(new_rows, batch_size=1000, ignore_conflicts=True)
         report.new = len(new_rows)
@@ -169,8 +186,18 @@ def scan_folder(folder: WatchFolder, *, clock=time.time, ingest: bool = True,
         if (size, mtime) != (old_size, old_mtime):
             if status != Status.INGESTING:  # a new version (still growing, or replaced): settles again
                 WatchedFile.objects.filter(pk=pk, size=old_size, mtime_ns=old_mtime).exclude(
-                    status=Status.INGESTING).update(size=size, mtime_ns=mtime, stable_since=now, status=Status.SEEN,
-                                                    code="", reason="", image=None, finished_at=None, moved_to="")
+                    status=Status.INGESTING
+                ).update(
+                    size=size,
+                    mtime_ns=mtime,
+                    stable_since=now,
+                    status=Status.SEEN,
+                    code="",
+                    reason="",
+                    image=None,
+                    finished_at=None,
+                    moved_to="",
+                )
                 report.changed += 1
             report.settling += 1
         elif status == Status.SEEN:
@@ -192,7 +219,8 @@ def scan_folder(folder: WatchFolder, *, clock=time.time, ingest: bool = True,
                 report.settling += 1
                 continue
             claimed = WatchedFile.objects.filter(pk=pk, status=Status.SEEN, size=size, mtime_ns=mtime).update(
-                status=Status.INGESTING, claimed_by=token, claimed_at=timezone.now())
+                status=Status.INGESTING, claimed_by=token, claimed_at=timezone.now()
+            )
             if claimed:
                 _process(context, pk, relpath, size, mtime, token, clock, report)
     elif due:
@@ -205,14 +233,15 @@ def release_stale_claims(folder: WatchFolder) -> int:
     """Claims of a scanner that died mid-file: the file settles again and is ingested by the next scan."""
     cutoff = timezone.now() - timedelta(seconds=CLAIM_TIMEOUT_S)
     return WatchedFile.objects.filter(folder=folder, status=Status.INGESTING, claimed_at__lt=cutoff).update(
-        status=Status.SEEN, claimed_by="", claimed_at=None)
+        status=Status.SEEN, claimed_by="", claimed_at=None
+    )
 
 
 def _record_scan(folder: WatchFolder, report: ScanReport, started: float, error: str = "") -> None:
     report.seconds = time.monotonic() - started
     WatchFolder.objects.filter(pk=folder.pk).update(
-        last_scan_at=timezone.now(), last_scan_seconds=report.seconds, last_scan_files=report.files,
-        last_error=error)
+        last_scan_at=timezone.now(), last_scan_seconds=report.seconds, last_scan_files=report.files, last_error=error
+    )
     if error:
         logger.warning("watch folder %s: %s", folder.path, error)
 
@@ -229,23 +258,30 @@ class _FolderContext:
     @property
     def uploader(self):
         if self._uploader is None:
-            self._uploader = self.folder.uploader or get_user_model().objects.filter(
-                is_superuser=True, is_active=True).order_by("pk").first()
+            self._uploader = (
+                self.folder.uploader
+                or get_user_model().objects.filter(is_superuser=True, is_active=True).order_by("pk").first()
+            )
             if self._uploader is None:
                 raise IngestError("no_uploader", "The watch folder has no uploader and no superuser exists.")
         return self._uploader
 
 
-def _process(context: _FolderContext, pk: int, relpath: str, size: int, mtime: int, token: str, clock,
-             report: ScanReport) -> None:
+def _process(
+    context: _FolderContext, pk: int, relpath: str, size: int, mtime: int, token: str, clock, report: ScanReport
+) -> None:
     folder = context.folder
     path = os.path.join(folder.path, relpath)
     claim = WatchedFile.objects.filter(pk=pk, status=Status.INGESTING, claimed_by=token)
     try:
         sample = resolve_sample(context, relpath)
         with open(path, "rb") as handle:
-            result = ingest_file(_CheckedReader(handle, size, mtime), filename=os.path.basename(relpath),
-                                 sample=sample, uploaded_by=context.uploader)
+            result = ingest_file(
+                _CheckedReader(handle, size, mtime),
+                filename=os.path.basename(relpath),
+                sample=sample,
+                uploaded_by=context.uploader,
+            )
     except FileNotFoundError:
         claim.delete()  # deleted (or moved away) before it was read: nothing to report
         report.vanished += 1
@@ -260,24 +296,36 @@ def _process(context: _FolderContext, pk: int, relpath: str, size: int, mtime: i
         report.settling += 1
         return
     except IngestError as error:
-        claim.update(status=Status.REFUSED, code=error.code[:40], reason=error.message, claimed_by="",
-                     finished_at=timezone.now())
+        claim.update(
+            status=Status.REFUSED, code=error.code[:40], reason=error.message, claimed_by="", finished_at=timezone.now()
+        )
         report.refused.append((relpath, error.message))
         logger.info("watch folder %s: refused %s: %s", folder.path, relpath, error.message)
         return
     except Exception as error:  # a bug or an unreadable share: reported once on the row, not retried every poll
         logger.exception("watch folder %s: could not ingest %s", folder.path, relpath)
-        claim.update(status=Status.REFUSED, code="error", reason=f"Could not be ingested: {error!r}"[:2000],
-                     claimed_by="", finished_at=timezone.now())
+        claim.update(
+            status=Status.REFUSED,
+            code="error",
+            reason=f"Could not be ingested: {error!r}"[:2000],
+            claimed_by="",
+            finished_at=timezone.now(),
+        )
         report.refused.append((relpath, repr(error)))
         return
     if result.created:
         attach_sidecar(result.image, path)
     status = Status.STORED if result.created else Status.DUPLICATE
     moved_to = _move_to_processed(folder, relpath) if folder.move_to_processed else ""
-    claim.update(status=status, image=result.image, code="", reason="" if result.created else
-                 f"Same bytes as image {result.image.pk} ({result.image.original_filename})",
-                 claimed_by="", finished_at=timezone.now(), moved_to=moved_to)
+    claim.update(
+        status=status,
+        image=result.image,
+        code="",
+        reason="" if result.created else f"Same bytes as image {result.image.pk} ({result.image.original_filename})",
+        claimed_by="",
+        finished_at=timezone.now(),
+        moved_to=moved_to,
+    )
     (report.stored if result.created else report.duplicates).append(relpath)
 
 
@@ -302,6 +350,7 @@ class _CheckedReader:
 # ---------------------------------------------------------------------------------------------
 # Samples
 # ---------------------------------------------------------------------------------------------
+
 
 def resolve_sample(context: _FolderContext, relpath: str) -> Sample:
     """The sample of a file by the folder's rule; IngestError (refused, with the reason) when there is none."""
@@ -337,14 +386,19 @@ def _sample_by_lab_id(context: _FolderContext, lab_id: str) -> Sample:
     if sample is None and folder.create_missing_samples:
         try:
             with transaction.atomic():
-                sample = Sample.objects.create(project_id=folder.project_id, lab_sample_id=lab_id, name=lab_id,
-                                               owner=context.uploader,
-                                               description=f"Created by the watch folder {folder.path}")
+                sample = Sample.objects.create(
+                    project_id=folder.project_id,
+                    lab_sample_id=lab_id,
+                    name=lab_id,
+                    owner=context.uploader,
+                    description=f"Created by the watch folder {folder.path}",
+                )
         except IntegrityError:  # another scanner created it meanwhile
             sample = Sample.objects.filter(lab_sample_id=lab_id).first()
     if sample is None:
-        raise IngestError("no_sample", f"No sample {lab_id!r}: create it, or allow the watch folder to create "
-                                       "missing samples.")
+        raise IngestError(
+            "no_sample", f"No sample {lab_id!r}: create it, or allow the watch folder to create missing samples."
+        )
     if sample.project_id != folder.project_id:
         raise IngestError("no_sample", f"Sample {lab_id!r} belongs to another project than the watch folder's.")
     return sample
@@ -353,6 +407,7 @@ def _sample_by_lab_id(context: _FolderContext, lab_id: str) -> Sample:
 # ---------------------------------------------------------------------------------------------
 # Sidecar metadata (JEOL, Hitachi)
 # ---------------------------------------------------------------------------------------------
+
 
 def sidecar_path(image_path: str) -> str | None:
     """`image.txt` (any case of .txt) next to `image.tif`, if present."""
@@ -367,8 +422,10 @@ def sidecar_path(image_path: str) -> str | None:
 
 def parse_sidecar(text: str) -> dict | None:
     """Typed metadata (as metadata.extract_metadata returns it) from a JEOL or Hitachi sidecar's text."""
-    for looks_like, parse in ((metadata_parsers._looks_like_jeol, metadata_parsers._parse_jeol),
-                              (metadata_parsers._looks_like_hitachi, metadata_parsers._parse_hitachi)):
+    for looks_like, parse in (
+        (metadata_parsers._looks_like_jeol, metadata_parsers._parse_jeol),
+        (metadata_parsers._looks_like_hitachi, metadata_parsers._parse_hitachi),
+    ):
         if looks_like(text):
             return metadata_parsers._finalise(parse(text))
     return None
@@ -418,6 +475,7 @@ def attach_sidecar(image: SEMImage, image_path: str) -> bool:
 # processed/
 # ---------------------------------------------------------------------------------------------
 
+
 def _move_to_processed(folder: WatchFolder, relpath: str) -> str:
     """Move the file (and its sidecar) to processed/<relpath>; never overwrites. Returns the new relpath."""
     source = os.path.join(folder.path, relpath)
@@ -428,7 +486,9 @@ def _move_to_processed(folder: WatchFolder, relpath: str) -> str:
         shutil.move(source, os.path.join(folder.path, target_rel))
         if sidecar:
             stem = os.path.splitext(target_rel)[0]
-            shutil.move(sidecar, os.path.join(folder.path, _free_name(folder.path, stem + os.path.splitext(sidecar)[1])))
+            shutil.move(
+                sidecar, os.path.join(folder.path, _free_name(folder.path, stem + os.path.splitext(sidecar)[1]))
+            )
         return target_rel
     except OSError as error:
         logger.warning("watch folder %s: could not move %s to %s/: %s", folder.path, relpath, PROCESSED_DIR, error)
@@ -448,6 +508,7 @@ def _free_name(root: str, relpath: str) -> str:
 # Scheduling (beat) and the Inbox
 # ---------------------------------------------------------------------------------------------
 
+
 def scan_due_folders(*, ingest_budget_s: float = DEFAULT_INGEST_BUDGET_S) -> dict[str, str]:
     """The beat task: scan every enabled folder whose poll interval has passed (one scan per folder at a time)."""
     results = {}
@@ -455,8 +516,11 @@ def scan_due_folders(*, ingest_budget_s: float = DEFAULT_INGEST_BUDGET_S) -> dic
     for folder in WatchFolder.objects.filter(enabled=True).select_related("project", "fixed_sample", "uploader"):
         if folder.last_scan_at and folder.last_scan_at + timedelta(seconds=folder.poll_interval_s) > now:
             continue
-        leased = WatchFolder.objects.filter(pk=folder.pk).exclude(scan_lease_until__gt=now).update(
-            scan_lease_until=now + timedelta(seconds=SCAN_LEASE_S))
+        leased = (
+            WatchFolder.objects.filter(pk=folder.pk)
+            .exclude(scan_lease_until__gt=now)
+            .update(scan_lease_until=now + timedelta(seconds=SCAN_LEASE_S))
+        )
         if not leased:
             continue  # another worker scans it right now
         try:
@@ -487,10 +551,12 @@ def ensure_schedule() -> None:
     if task is None:
         if not wanted:
             return
-        interval, _ = IntervalSchedule.objects.get_or_create(every=SCAN_TASK_INTERVAL_S,
-                                                             period=IntervalSchedule.SECONDS)
-        PeriodicTask.objects.create(name=SCAN_TASK_NAME, task="workers.scan_watch_folders", interval=interval,
-                                    enabled=True)
+        interval, _ = IntervalSchedule.objects.get_or_create(
+            every=SCAN_TASK_INTERVAL_S, period=IntervalSchedule.SECONDS
+        )
+        PeriodicTask.objects.create(
+            name=SCAN_TASK_NAME, task="workers.scan_watch_folders", interval=interval, enabled=True
+        )
     elif task.enabled != wanted:
         task.enabled = wanted
         task.save(update_fields=["enabled"])

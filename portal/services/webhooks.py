@@ -39,6 +39,7 @@ RESPONSE_EXCERPT_CHARS = 500
 
 # --- Signing -----------------------------------------------------------------------------------
 
+
 def new_secret() -> str:
     return "whsec_" + secrets.token_urlsafe(32)
 
@@ -74,8 +75,9 @@ def register_listeners() -> None:
     events.subscribe("training.finished", on_training_finished)
 
 
-def on_label_changed(label_id: int | None = None, image_id: int | None = None,
-                     withdrawn_label_id: int | None = None, **_ignored) -> None:
+def on_label_changed(
+    label_id: int | None = None, image_id: int | None = None, withdrawn_label_id: int | None = None, **_ignored
+) -> None:
     """A new current label, or an undo: then `withdrawn_label_id` names the label taken back and `label`
     is the image's label again (the previous one), or None when the image has no label any more."""
     label = None
@@ -124,19 +126,25 @@ def on_training_finished(run_id: int | None = None, **payload) -> None:
 
 def dispatch(event: str, data: dict, *, project_id: int | None = None) -> list[WebhookDelivery]:
     """Create a pending delivery per matching subscription and enqueue them once committed."""
-    return create_deliveries(event, [(subscription, data)
-                                     for subscription in matching_subscriptions(event, project_id)])
+    return create_deliveries(
+        event, [(subscription, data) for subscription in matching_subscriptions(event, project_id)]
+    )
 
 
 def create_deliveries(event: str, messages: list[tuple[WebhookSubscription, dict]]) -> list[WebhookDelivery]:
     occurred_at = timezone.now().isoformat()
     with transaction.atomic():
         # bulk_create sets the primary keys on PostgreSQL and SQLite, which the enqueue needs.
-        deliveries = WebhookDelivery.objects.bulk_create([
-            WebhookDelivery(subscription=subscription, event=event,
-                            payload={"event": event, "occurred_at": occurred_at, "data": data})
-            for subscription, data in messages
-        ])
+        deliveries = WebhookDelivery.objects.bulk_create(
+            [
+                WebhookDelivery(
+                    subscription=subscription,
+                    event=event,
+                    payload={"event": event, "occurred_at": occurred_at, "data": data},
+                )
+                for subscription, data in messages
+            ]
+        )
         ids = [delivery.pk for delivery in deliveries]
         if ids:
             transaction.on_commit(lambda: enqueue_deliveries(ids))
@@ -170,8 +178,11 @@ def sweep_unsent_deliveries(limit: int = 500) -> int:
     """Re-send deliveries that were never attempted: their message was lost (the broker was down
     when they were queued, say). Attempted ones carry their own retry messages."""
     cutoff = timezone.now() - timedelta(seconds=settings.SEM_PENDING_SWEEP_AFTER_S)
-    ids = list(WebhookDelivery.objects.filter(status=WebhookDelivery.Status.PENDING, attempts=0,
-                                              created_at__lt=cutoff).order_by("pk").values_list("pk", flat=True)[:limit])
+    ids = list(
+        WebhookDelivery.objects.filter(status=WebhookDelivery.Status.PENDING, attempts=0, created_at__lt=cutoff)
+        .order_by("pk")
+        .values_list("pk", flat=True)[:limit]
+    )
     enqueue_deliveries(ids)
     return len(ids)
 
@@ -181,6 +192,7 @@ def enqueue_deliveries(delivery_ids: list[int]) -> None:
 
 
 # --- Payload data ------------------------------------------------------------------------------
+
 
 def image_data(image: SEMImage) -> dict:
     """The shared image representation (portal.representations: the API's names and values)."""
@@ -227,6 +239,7 @@ def training_run_data(run: TrainingRun) -> dict:
 
 # --- Delivery ----------------------------------------------------------------------------------
 
+
 def refused_destination(url: str) -> str | None:
     """Why the portal must not POST to this URL, or None: portal.services.outbound's strict parser and
     destination check (link-local, multicast, reserved and unspecified addresses always; loopback and
@@ -262,7 +275,9 @@ def attempt_delivery(delivery_id: int) -> DeliveryOutcome:
         # subscribed), and sent to the address that was checked.
         response = _post(delivery)
     except outbound.RefusedURL as exc:
-        return _record_final(delivery, WebhookDelivery.Status.FAILED, None, "", f"Webhooks may not be sent there: {exc}")
+        return _record_final(
+            delivery, WebhookDelivery.Status.FAILED, None, "", f"Webhooks may not be sent there: {exc}"
+        )
     except outbound.DeliveryConnectionError as exc:
         return _record_transient(delivery, None, f"{type(exc).__name__}: {exc}")
     excerpt = response.text[:RESPONSE_EXCERPT_CHARS]
@@ -271,8 +286,9 @@ def attempt_delivery(delivery_id: int) -> DeliveryOutcome:
         return _record_final(delivery, WebhookDelivery.Status.DELIVERED, status, excerpt, "")
     if status == 429 or status >= 500:
         return _record_transient(delivery, status, f"HTTP {status}", excerpt)
-    return _record_final(delivery, WebhookDelivery.Status.FAILED, status, excerpt,
-                         f"HTTP {status}: the receiver refused the delivery")
+    return _record_final(
+        delivery, WebhookDelivery.Status.FAILED, status, excerpt, f"HTTP {status}: the receiver refused the delivery"
+    )
 
 
 def _claim(delivery_id: int) -> WebhookDelivery | None:
@@ -303,14 +319,20 @@ def _post(delivery: WebhookDelivery) -> outbound.Answer:
     }
     # No redirects (a signed POST must not be replayed to wherever a 30x points), no proxies, and the
     # connection goes to the address that was checked.
-    return outbound.post(delivery.subscription.url, body.encode("utf-8"), headers,
-                         timeout_s=settings.SEM_WEBHOOK_TIMEOUT_S)
+    return outbound.post(
+        delivery.subscription.url, body.encode("utf-8"), headers, timeout_s=settings.SEM_WEBHOOK_TIMEOUT_S
+    )
 
 
 def _record_transient(delivery, status_code, error, excerpt="") -> DeliveryOutcome:
     if delivery.attempts >= settings.SEM_WEBHOOK_MAX_ATTEMPTS:
-        return _record_final(delivery, WebhookDelivery.Status.FAILED, status_code, excerpt,
-                             f"{error} (gave up after {delivery.attempts} attempts)")
+        return _record_final(
+            delivery,
+            WebhookDelivery.Status.FAILED,
+            status_code,
+            excerpt,
+            f"{error} (gave up after {delivery.attempts} attempts)",
+        )
     WebhookDelivery.objects.filter(pk=delivery.pk).update(
         response_status=status_code, response_excerpt=excerpt, error=error
     )
@@ -319,7 +341,10 @@ def _record_transient(delivery, status_code, error, excerpt="") -> DeliveryOutco
 
 def _record_final(delivery, status, status_code, excerpt, error) -> DeliveryOutcome:
     WebhookDelivery.objects.filter(pk=delivery.pk).update(
-        status=status, response_status=status_code, response_excerpt=excerpt, error=error,
+        status=status,
+        response_status=status_code,
+        response_excerpt=excerpt,
+        error=error,
         delivered_at=timezone.now() if status == WebhookDelivery.Status.DELIVERED else None,
     )
     if status == WebhookDelivery.Status.FAILED:

@@ -20,21 +20,29 @@ def member_required(view):
     return login_required(view)
 
 
-SIGNED_OUT_MESSAGE = ("You are signed out (the session ended, perhaps in another tab). Sign in again, "
-                      "then retry the failed files.")
+SIGNED_OUT_MESSAGE = (
+    "You are signed out (the session ended, perhaps in another tab). Sign in again, then retry the failed files."
+)
 
 
 def member_required_json(view):
     """For endpoints that the page scripts fetch: a signed-out request answers 401 JSON, not a redirect
     to the login page (which fetch would follow and hand to the script as an HTML 200)."""
+
     @wraps(view)
     def checked(request, *args, **kwargs):
         if not request.user.is_authenticated:
             from django.http import JsonResponse
 
-            return JsonResponse({"outcome": "rejected", "reason": SIGNED_OUT_MESSAGE, "signed_out": True,
-                                 "error": {"code": "not_authenticated", "message": SIGNED_OUT_MESSAGE, "fields": {}}},
-                                status=401)
+            return JsonResponse(
+                {
+                    "outcome": "rejected",
+                    "reason": SIGNED_OUT_MESSAGE,
+                    "signed_out": True,
+                    "error": {"code": "not_authenticated", "message": SIGNED_OUT_MESSAGE, "fields": {}},
+                },
+                status=401,
+            )
         return view(request, *args, **kwargs)
 
     return checked

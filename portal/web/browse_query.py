@@ -59,8 +59,7 @@ def _filters(data: dict) -> Q:
         condition &= Q(uploaded_at__lt=_start_of_day(max(data["date_to"], _EARLIEST_DAY) + timedelta(days=1)))
     if data.get("instrument"):
         text = data["instrument"]
-        condition &= (Q(vendor__icontains=text) | Q(instrument_model__icontains=text)
-                      | Q(detector__icontains=text))
+        condition &= Q(vendor__icontains=text) | Q(instrument_model__icontains=text) | Q(detector__icontains=text)
     return condition
 
 

@@ -15,8 +15,10 @@ def selected_model(version: str | None) -> ModelVersion | None:
     """The requested version, else production, else the newest one."""
     if version and version.isdigit():
         return ModelVersion.objects.filter(version=int(version)).first()
-    return (ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).first()
-            or ModelVersion.objects.order_by("-version").first())
+    return (
+        ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).first()
+        or ModelVersion.objects.order_by("-version").first()
+    )
 
 
 def version_history() -> list[dict]:
@@ -24,7 +26,8 @@ def version_history() -> list[dict]:
     versions = ModelVersion.objects.order_by("version").only("version", "status", "metrics")
     return [
         {"version": v.version, "status": v.status, "accuracy": v.accuracy, "macro_f1": v.macro_f1}
-        for v in versions if v.metrics
+        for v in versions
+        if v.metrics
     ]
 
 
@@ -49,8 +52,9 @@ def per_class_rows(model: ModelVersion | None) -> list[dict]:
         row = {"name": name, **per_class[name]}
         if row.get("support"):
             for metric in ("precision", "recall"):
-                row[f"{metric}_interval"] = _interval_bar(row.get(metric), (intervals.get(name) or {}).get(metric),
-                                                          level)
+                row[f"{metric}_interval"] = _interval_bar(
+                    row.get(metric), (intervals.get(name) or {}).get(metric), level
+                )
         rows.append(row)
     return rows
 
@@ -61,10 +65,14 @@ def _interval_bar(point: float | None, bounds, level: float | None) -> dict | No
         return None
     low, high = (min(max(float(value), 0.0), 1.0) for value in bounds)
     # Strings: style attributes must not be localised (a decimal comma would break them).
-    return {"low": f"{low:.3f}", "high": f"{high:.3f}", "left": f"{low * 100:.1f}",
-            "width": f"{max(high - low, 0.0) * 100:.1f}",
-            "point": f"{min(max(float(point), 0.0), 1.0) * 100:.1f}",
-            "level": round(level * 100) if level else None}
+    return {
+        "low": f"{low:.3f}",
+        "high": f"{high:.3f}",
+        "left": f"{low * 100:.1f}",
+        "width": f"{max(high - low, 0.0) * 100:.1f}",
+        "point": f"{min(max(float(point), 0.0), 1.0) * 100:.1f}",
+        "level": round(level * 100) if level else None,
+    }
 
 
 def _signed(value: float) -> str:
@@ -87,12 +95,21 @@ def gate_summary(model: ModelVersion | None) -> dict | None:
             worst = (name, recall)
     return {
         "decision": gate.get("decision") or "",
-        "diff": _signed(f1["diff"]), "low": _signed(f1["low"]), "high": _signed(f1["high"]),
+        "diff": _signed(f1["diff"]),
+        "low": _signed(f1["low"]),
+        "high": _signed(f1["high"]),
         "level": round(level * 100) if level else None,
-        "n": gate.get("n"), "resamples": gate.get("resamples"),
+        "n": gate.get("n"),
+        "resamples": gate.get("resamples"),
         "tolerance": _signed(-float(gate.get("tolerance") or 0.0)),
-        "worst_recall": {"name": worst[0], "diff": _signed(worst[1]["diff"]), "low": _signed(worst[1]["low"]),
-                         "high": _signed(worst[1]["high"])} if worst else None,
+        "worst_recall": {
+            "name": worst[0],
+            "diff": _signed(worst[1]["diff"]),
+            "low": _signed(worst[1]["low"]),
+            "high": _signed(worst[1]["high"]),
+        }
+        if worst
+        else None,
     }
 
 
@@ -111,8 +128,12 @@ def confusion_rows(model: ModelVersion | None) -> tuple[list[str], list[dict]]:
     for actual, row in zip(labels, counts):
         total = sum(row)
         cells = [
-            {"predicted": predicted, "count": count, "percent": 100.0 * count / total if total else 0.0,
-             "correct": predicted == actual}
+            {
+                "predicted": predicted,
+                "count": count,
+                "percent": 100.0 * count / total if total else 0.0,
+                "correct": predicted == actual,
+            }
             for predicted, count in zip(labels, row)
         ]
         rows.append({"actual": actual, "total": total, "cells": cells})
@@ -121,8 +142,13 @@ def confusion_rows(model: ModelVersion | None) -> tuple[list[str], list[dict]]:
 
 def curated_distribution(user) -> list[dict]:
     """How many images carry each curated category (the training data's class balance)."""
-    grouped = (visible_images(user).filter(curated_category__isnull=False)
-               .values("curated_category__name").annotate(n=Count("id")).order_by())
+    grouped = (
+        visible_images(user)
+        .filter(curated_category__isnull=False)
+        .values("curated_category__name")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
     counts = {row["curated_category__name"]: row["n"] for row in grouped}
     names = Category.objects.filter(active=True).values_list("name", flat=True)
     return [{"name": name, "count": counts.get(name, 0)} for name in names]
@@ -146,11 +172,16 @@ def observed_accuracy(user, model: ModelVersion | None) -> dict | None:
     if not model or not model.promoted_at:
         return None
     predicted_same = Prediction.objects.filter(
-        image=OuterRef("image"), model_version=model, category=OuterRef("category"))
+        image=OuterRef("image"), model_version=model, category=OuterRef("category")
+    )
     predicted_any = Prediction.objects.filter(image=OuterRef("image"), model_version=model)
     checked = (
-        Label.objects.filter(is_current=True, source__in=CHECKED_SOURCES, created_at__gt=model.promoted_at,
-                             image__in=visible_images(user))
+        Label.objects.filter(
+            is_current=True,
+            source__in=CHECKED_SOURCES,
+            created_at__gt=model.promoted_at,
+            image__in=visible_images(user),
+        )
         .filter(Exists(predicted_any))
         .aggregate(total=Count("id"), correct=Count("id", filter=Q(Exists(predicted_same))))
     )
@@ -163,8 +194,13 @@ def test_labels_changed(user, model: ModelVersion | None) -> int:
     matrix counts the labels of then, its cell pages the labels of now."""
     if model is None or not model.metrics:
         return 0
-    return (visible_images(user).filter(split=SEMImage.Split.TEST, labels__created_at__gt=model.created_at)
-            .values("pk").distinct().count())
+    return (
+        visible_images(user)
+        .filter(split=SEMImage.Split.TEST, labels__created_at__gt=model.created_at)
+        .values("pk")
+        .distinct()
+        .count()
+    )
 
 
 def evaluated_count(model: ModelVersion, actual: str, predicted: str) -> int | None:
@@ -188,12 +224,13 @@ def cell_images(user, model: ModelVersion, actual: str, predicted: str) -> Query
     )
 
 
-
 def readiness_context() -> dict:
     """Categories with too few curated training images to be offered by a model (Training page, dashboard)."""
     from django.conf import settings
 
     from portal.services.training import class_readiness
 
-    return {"not_ready": [row for row in class_readiness() if row["needed"]],
-            "min_images_per_class": settings.SEM_MIN_IMAGES_PER_CLASS}
+    return {
+        "not_ready": [row for row in class_readiness() if row["needed"]],
+        "min_images_per_class": settings.SEM_MIN_IMAGES_PER_CLASS,
+    }

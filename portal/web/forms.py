@@ -39,26 +39,34 @@ class BrowseFilterForm(forms.Form):
         "magnification": (F("magnification").desc(nulls_last=True), "-id"),
     }
     SORT_CHOICES = [
-        ("newest", "Newest first"), ("oldest", "Oldest first"), ("confidence", "Most confident first"),
-        ("uncertain", "Most uncertain first"), ("filename", "File name"), ("magnification", "Magnification"),
+        ("newest", "Newest first"),
+        ("oldest", "Oldest first"),
+        ("confidence", "Most confident first"),
+        ("uncertain", "Most uncertain first"),
+        ("filename", "File name"),
+        ("magnification", "Magnification"),
     ]
     UNLABELLED = "none"
 
     project = forms.ModelChoiceField(queryset=Project.objects.none(), required=False, empty_label="All projects")
-    sample = forms.CharField(required=False, max_length=100, label="Sample",
-                             widget=forms.TextInput(attrs={"placeholder": "ID or name"}))
+    sample = forms.CharField(
+        required=False, max_length=100, label="Sample", widget=forms.TextInput(attrs={"placeholder": "ID or name"})
+    )
     predicted = forms.TypedChoiceField(required=False, coerce=int, empty_value=None, label="Predicted")
     curated = forms.ChoiceField(required=False, label="Curated")
     conf_min = forms.IntegerField(required=False, min_value=0, max_value=100, label="Confidence ≥ %")
     conf_max = forms.IntegerField(required=False, min_value=0, max_value=100, label="Confidence ≤ %")
     status = forms.ChoiceField(required=False, choices=[("", "Any status")] + SEMImage.Status.choices)
     split = forms.ChoiceField(required=False, choices=[("", "Any split")] + SEMImage.Split.choices)
-    uploader = forms.ModelChoiceField(queryset=get_user_model().objects.none(), required=False,
-                                      empty_label="Anyone")
+    uploader = forms.ModelChoiceField(queryset=get_user_model().objects.none(), required=False, empty_label="Anyone")
     date_from = forms.DateField(required=False, label="Uploaded from", widget=forms.DateInput(attrs={"type": "date"}))
     date_to = forms.DateField(required=False, label="Uploaded to", widget=forms.DateInput(attrs={"type": "date"}))
-    instrument = forms.CharField(required=False, max_length=100, label="Instrument",
-                                 widget=forms.TextInput(attrs={"placeholder": "vendor, model or detector"}))
+    instrument = forms.CharField(
+        required=False,
+        max_length=100,
+        label="Instrument",
+        widget=forms.TextInput(attrs={"placeholder": "vendor, model or detector"}),
+    )
     sort = forms.ChoiceField(required=False, choices=SORT_CHOICES)
 
     def __init__(self, *args, user, categories: list[Category], **kwargs):

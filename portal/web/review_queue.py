@@ -36,14 +36,20 @@ def bulk_counts(user) -> dict[int, int]:
     from django.db.models import Count, Value
     from django.db.models.functions import Floor
 
-    rows = (unlabelled(user).filter(predicted_category__isnull=False, predicted_confidence__gte=0.5)
-            # + 1e-9: 0.95 * 100 is 94.999... in floating point, but 0.95 passes the ≥ 95 % filter
-            .annotate(percent=Floor(F("predicted_confidence") * 100 + Value(1e-9))).values("percent")
-            .annotate(n=Count("id")).order_by())
+    rows = (
+        unlabelled(user)
+        .filter(predicted_category__isnull=False, predicted_confidence__gte=0.5)
+        # + 1e-9: 0.95 * 100 is 94.999... in floating point, but 0.95 passes the ≥ 95 % filter
+        .annotate(percent=Floor(F("predicted_confidence") * 100 + Value(1e-9)))
+        .values("percent")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
     return {int(row["percent"]): row["n"] for row in rows}
 
 
 # --- per-session state -------------------------------------------------------------------------
+
 
 def skipped_ids(session) -> list[int]:
     return session.get(SKIPPED_KEY, [])

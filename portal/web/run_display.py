@@ -26,21 +26,41 @@ def stage_rows(history: list | None) -> list[dict]:
         if isinstance(record.get("epochs"), list):
             epochs = record["epochs"]
             rows[stage] = {
-                "stage": stage, "number": stage + 1, "size": record.get("size"),
-                "batch_size": record.get("batch_size"), "lr": record.get("lr"),
-                "epochs_done": len(epochs), "epochs_planned": len(epochs),
-                "best_epoch": record.get("best_epoch"), "best_valid_loss": record.get("best_valid_loss"),
-                "duration_s": record.get("duration_s"), "finished": True,
+                "stage": stage,
+                "number": stage + 1,
+                "size": record.get("size"),
+                "batch_size": record.get("batch_size"),
+                "lr": record.get("lr"),
+                "epochs_done": len(epochs),
+                "epochs_planned": len(epochs),
+                "best_epoch": record.get("best_epoch"),
+                "best_valid_loss": record.get("best_valid_loss"),
+                "duration_s": record.get("duration_s"),
+                "finished": True,
             }
             continue
-        if record.get("event") not in (None, "epoch_end") or record.get("train_loss") is None and \
-                record.get("valid_loss") is None:
+        if (
+            record.get("event") not in (None, "epoch_end")
+            or record.get("train_loss") is None
+            and record.get("valid_loss") is None
+        ):
             continue
-        row = rows.setdefault(stage, {
-            "stage": stage, "number": stage + 1, "size": record.get("size"), "batch_size": None, "lr": None,
-            "epochs_done": 0, "epochs_planned": None, "best_epoch": None, "best_valid_loss": None,
-            "duration_s": 0.0, "finished": False,
-        })
+        row = rows.setdefault(
+            stage,
+            {
+                "stage": stage,
+                "number": stage + 1,
+                "size": record.get("size"),
+                "batch_size": None,
+                "lr": None,
+                "epochs_done": 0,
+                "epochs_planned": None,
+                "best_epoch": None,
+                "best_valid_loss": None,
+                "duration_s": 0.0,
+                "finished": False,
+            },
+        )
         if row["finished"]:
             continue
         row["epochs_done"] += 1
@@ -65,7 +85,7 @@ def duration_text(seconds: float) -> str:
 
 
 def elapsed_text(run: TrainingRun) -> str:
-    """"running for 1 min 35 s · about 3 min 10 s remaining" (an estimate from the progress so far)."""
+    """ "running for 1 min 35 s · about 3 min 10 s remaining" (an estimate from the progress so far)."""
     if run.status == TrainingRun.Status.QUEUED:
         waited = (timezone.now() - run.created_at).total_seconds() if run.created_at else 0
         return f"queued for {duration_text(waited)}"

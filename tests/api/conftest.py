@@ -50,8 +50,7 @@ def outsider(django_user_model, other_project):
 
 @pytest.fixture
 def other_sample(other_project, outsider):
-    return Sample.objects.create(project=other_project, lab_sample_id="C-0001", name="Pt on alumina",
-                                 owner=outsider)
+    return Sample.objects.create(project=other_project, lab_sample_id="C-0001", name="Pt on alumina", owner=outsider)
 
 
 @pytest.fixture
@@ -96,8 +95,13 @@ def other_image(other_sample, outsider):
 
 def make_model(version: int, *, status=ModelVersion.Status.CANDIDATE, artifact_path="", classes=None, metrics=None):
     return ModelVersion.objects.create(
-        version=version, status=status, artifact_path=artifact_path, artifact_sha256="0" * 64, arch="resnet18",
-        classes=classes or ["Fibres", "Particles"], metrics=metrics or {},
+        version=version,
+        status=status,
+        artifact_path=artifact_path,
+        artifact_sha256="0" * 64,
+        arch="resnet18",
+        classes=classes or ["Fibres", "Particles"],
+        metrics=metrics or {},
     )
 
 

@@ -18,8 +18,9 @@ def admin_client_logged_in(client, django_user_model):
 
 
 def test_admin_creates_a_token_and_sees_the_secret_once(admin_client_logged_in, user):
-    response = admin_client_logged_in.post("/admin/portal/apitoken/add/", {"user": user.pk, "name": "LIMS"},
-                                           follow=True)
+    response = admin_client_logged_in.post(
+        "/admin/portal/apitoken/add/", {"user": user.pk, "name": "LIMS"}, follow=True
+    )
     assert response.status_code == 200
     [message] = [str(m) for m in response.context["messages"] if "Copy the secret" in str(m)]
     secret = message.rsplit(" ", 1)[-1]
@@ -31,27 +32,35 @@ def test_admin_creates_a_token_and_sees_the_secret_once(admin_client_logged_in, 
 
 def test_admin_revokes_tokens(admin_client_logged_in, user):
     created = create_token(user, "old")
-    admin_client_logged_in.post("/admin/portal/apitoken/", {"action": "revoke",
-                                                             "_selected_action": [created.token.pk]})
+    admin_client_logged_in.post("/admin/portal/apitoken/", {"action": "revoke", "_selected_action": [created.token.pk]})
     assert authenticate_secret(created.secret) is None
 
 
 def test_admin_redelivers_a_failed_delivery(admin_client_logged_in, user, django_capture_on_commit_callbacks):
-    subscription = WebhookSubscription.objects.create(owner=user, url="https://x.org/h", events=["label.changed"],
-                                                      secret="x" * 32)
-    delivery = WebhookDelivery.objects.create(subscription=subscription, event="label.changed", payload={},
-                                              status=WebhookDelivery.Status.FAILED, attempts=6, error="HTTP 500")
+    subscription = WebhookSubscription.objects.create(
+        owner=user, url="https://x.org/h", events=["label.changed"], secret="x" * 32
+    )
+    delivery = WebhookDelivery.objects.create(
+        subscription=subscription,
+        event="label.changed",
+        payload={},
+        status=WebhookDelivery.Status.FAILED,
+        attempts=6,
+        error="HTTP 500",
+    )
     with django_capture_on_commit_callbacks() as callbacks:
-        admin_client_logged_in.post("/admin/portal/webhookdelivery/", {"action": "redeliver",
-                                                                       "_selected_action": [delivery.pk]})
+        admin_client_logged_in.post(
+            "/admin/portal/webhookdelivery/", {"action": "redeliver", "_selected_action": [delivery.pk]}
+        )
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts, delivery.error) == ("pending", 0, "")
     assert len(callbacks) == 1  # the enqueue, after commit
 
 
 def test_delivery_log_pages_render(admin_client_logged_in, user):
-    subscription = WebhookSubscription.objects.create(owner=user, url="https://x.org/h", events=["label.changed"],
-                                                      secret="x" * 32)
+    subscription = WebhookSubscription.objects.create(
+        owner=user, url="https://x.org/h", events=["label.changed"], secret="x" * 32
+    )
     delivery = WebhookDelivery.objects.create(subscription=subscription, event="label.changed", payload={"a": 1})
     assert admin_client_logged_in.get("/admin/portal/webhookdelivery/").status_code == 200
     assert admin_client_logged_in.get(f"/admin/portal/webhookdelivery/{delivery.pk}/change/").status_code == 200
@@ -59,6 +68,7 @@ def test_delivery_log_pages_render(admin_client_logged_in, user):
 
 
 # --- What the services own is read-only; actions call the services (issue 15) -----------------------
+
 
 def _action(client, url: str, action: str, ids: list[int], **extra):
     return client.post(url, {"action": action, "_selected_action": ids, **extra}, follow=True)
@@ -78,21 +88,29 @@ def test_label_rows_cannot_be_edited_or_deleted(admin_client_logged_in, image, c
 
     label = set_label(image, categories["fibres"], source=Label.Source.API, user=user)
     assert admin_client_logged_in.get(f"/admin/portal/label/{label.pk}/change/").status_code == 200  # view
-    response = admin_client_logged_in.post(f"/admin/portal/label/{label.pk}/change/",
-                                           {"category": categories["powder"].pk, "source": "api", "is_current": "on"})
+    response = admin_client_logged_in.post(
+        f"/admin/portal/label/{label.pk}/change/",
+        {"category": categories["powder"].pk, "source": "api", "is_current": "on"},
+    )
     assert response.status_code == 403
     assert admin_client_logged_in.post(f"/admin/portal/label/{label.pk}/delete/", {"post": "yes"}).status_code == 403
     label.refresh_from_db()
     assert label.category == categories["fibres"]
 
 
-def test_the_set_label_action_goes_through_the_label_service(admin_client_logged_in, image, categories,
-                                                             django_capture_on_commit_callbacks):
+def test_the_set_label_action_goes_through_the_label_service(
+    admin_client_logged_in, image, categories, django_capture_on_commit_callbacks
+):
     from portal.models import Label
 
     with django_capture_on_commit_callbacks() as callbacks:
-        response = _action(admin_client_logged_in, "/admin/portal/semimage/", "set_curated_label", [image.pk],
-                           category=categories["powder"].pk)
+        response = _action(
+            admin_client_logged_in,
+            "/admin/portal/semimage/",
+            "set_curated_label",
+            [image.pk],
+            category=categories["powder"].pk,
+        )
     assert response.status_code == 200
     image.refresh_from_db()
     assert image.curated_category == categories["powder"]

@@ -71,14 +71,29 @@ def test_schema_is_served_and_documents_every_endpoint(anon_api, db):
     assert response.status_code == 200
     schema = response.json()
     paths = schema["paths"]
-    for path in ("/api/samples/", "/api/samples/by-lims/{lims_id}/", "/api/images/", "/api/images/{id}/original/",
-                 "/api/images/{id}/thumbnail/", "/api/images/{id}/labels/", "/api/images/{id}/predictions/",
-                 "/api/categories/", "/api/review-queue/", "/api/models/{version}/promote/",
-                 "/api/models/rollback/", "/api/models/{version}/metrics/", "/api/training-runs/",
-                 "/api/webhooks/"):
+    for path in (
+        "/api/samples/",
+        "/api/samples/by-lims/{lims_id}/",
+        "/api/images/",
+        "/api/images/{id}/original/",
+        "/api/images/{id}/thumbnail/",
+        "/api/images/{id}/labels/",
+        "/api/images/{id}/predictions/",
+        "/api/categories/",
+        "/api/review-queue/",
+        "/api/models/{version}/promote/",
+        "/api/models/rollback/",
+        "/api/models/{version}/metrics/",
+        "/api/training-runs/",
+        "/api/webhooks/",
+    ):
         assert path in paths, path
-    operations = [op for item in paths.values() for method, op in item.items() if method in
-                  ("get", "post", "put", "patch", "delete")]
+    operations = [
+        op
+        for item in paths.values()
+        for method, op in item.items()
+        if method in ("get", "post", "put", "patch", "delete")
+    ]
     undocumented = [op["operationId"] for op in operations if not op.get("summary")]
     assert undocumented == []
     without_examples = [op["operationId"] for op in operations if not _has_examples(op)]
@@ -102,8 +117,18 @@ def test_docs_are_served_from_vendored_assets(anon_api, db):
         assert "cdn.jsdelivr.net" not in page and "unpkg.com" not in page
 
 
-@pytest.mark.parametrize("value, valid", [("3000/min", True), ("10/s", True), ("5/hour", True), ("lots", False),
-                                          ("10", False), ("/min", False), ("10/week", False)])
+@pytest.mark.parametrize(
+    "value, valid",
+    [
+        ("3000/min", True),
+        ("10/s", True),
+        ("5/hour", True),
+        ("lots", False),
+        ("10", False),
+        ("/min", False),
+        ("10/week", False),
+    ],
+)
 def test_throttle_rate_settings_fail_loudly(monkeypatch, value, valid):
     from django.core.exceptions import ImproperlyConfigured
 
@@ -131,7 +156,6 @@ def test_the_api_never_imports_the_ml_libraries():
         "import portal.services.training as training; training.training_config();"
         "print(sorted(m for m in ('torch', 'fastai', 'torchvision', 'sklearn') if m in sys.modules))"
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

@@ -21,6 +21,7 @@ def upload(client, data: bytes, *, name="wire.png", key=None, **fields):
 
 # --- upload ---------------------------------------------------------------------------------------
 
+
 def test_upload_stores_the_image_and_answers_201(member_api, member, sample):
     data = png_bytes(10)
     response = upload(member_api, data, sample=sample.pk, vendor="Hitachi", accelerating_voltage_kv="5.0")
@@ -76,11 +77,14 @@ def test_too_long_idempotency_key_is_a_400(member_api, sample):
     assert SEMImage.objects.count() == 0
 
 
-@pytest.mark.parametrize("data, name, code", [
-    (b"", "empty.png", "empty"),
-    (b"<html><script>alert(1)</script></html>", "evil.png", None),
-    (png_bytes(18)[:60], "truncated.png", None),
-])
+@pytest.mark.parametrize(
+    "data, name, code",
+    [
+        (b"", "empty.png", "empty"),
+        (b"<html><script>alert(1)</script></html>", "evil.png", None),
+        (png_bytes(18)[:60], "truncated.png", None),
+    ],
+)
 def test_refused_files_give_400_with_the_ingest_code(member_api, sample, data, name, code):
     response = upload(member_api, data, name=name, sample=sample.pk)
     assert response.status_code == 400
@@ -140,6 +144,7 @@ def test_anonymous_cannot_upload(anon_api, sample):
 
 # --- list, detail, filters --------------------------------------------------------------------------
 
+
 def test_list_is_scoped_to_the_users_projects(member_api, admin_api, image, other_image):
     assert [item["id"] for item in member_api.get("/api/images/").json()["results"]] == [image.pk]
     assert {item["id"] for item in admin_api.get("/api/images/").json()["results"]} == {image.pk, other_image.pk}
@@ -174,7 +179,10 @@ def test_filters(member_api, sample, user, categories):
     assert ids(uploaded_by="mona") == set()
     assert ids(sample=sample.pk, project=sample.project_id) == {sure.pk, unsure.pk, pending.pk}
     assert ids(uploaded_after="2000-01-01T00:00:00Z", uploaded_before="2100-01-01T00:00:00Z") == {
-        sure.pk, unsure.pk, pending.pk}
+        sure.pk,
+        unsure.pk,
+        pending.pk,
+    }
     assert ids(uploaded_after="2100-01-01T00:00:00Z") == set()
     from portal.services.labels import set_label
 
@@ -183,8 +191,16 @@ def test_filters(member_api, sample, user, categories):
     assert ids(curated_category="none") == {sure.pk, pending.pk}
 
 
-@pytest.mark.parametrize("params", [{"status": "bogus"}, {"min_confidence": "abc"}, {"uploaded_after": "yesterday"},
-                                    {"uploaded_before": ""}, {"sample": "1.5"}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"status": "bogus"},
+        {"min_confidence": "abc"},
+        {"uploaded_after": "yesterday"},
+        {"uploaded_before": ""},
+        {"sample": "1.5"},
+    ],
+)
 def test_bad_filter_values_are_400_with_field_errors(member_api, image, params):
     response = member_api.get("/api/images/", params)
     assert response.status_code == 400
@@ -192,6 +208,7 @@ def test_bad_filter_values_are_400_with_field_errors(member_api, image, params):
 
 
 # --- files ------------------------------------------------------------------------------------------
+
 
 def test_original_download_is_byte_identical_and_safe(member_api, image):
     response = member_api.get(f"/api/images/{image.pk}/original/", HTTP_ACCEPT="image/tiff")
@@ -220,6 +237,7 @@ def test_missing_original_on_disk_is_a_json_404(member_api, image):
 
 # --- predictions and labels -------------------------------------------------------------------------
 
+
 def test_predictions_per_image_and_per_model(member_api, outsider_api, image, other_image):
     old = make_model(1, status=ModelVersion.Status.RETIRED)
     new = make_model(2, status=ModelVersion.Status.PRODUCTION)
@@ -241,12 +259,12 @@ def test_predictions_per_image_and_per_model(member_api, outsider_api, image, ot
 
 
 def test_curator_posts_a_correction_with_source_api(curator_api, curator, image):
-    response = curator_api.post(f"/api/images/{image.pk}/labels/", {"category": "nanowires", "note": "checked"},
-                                format="json")
+    response = curator_api.post(
+        f"/api/images/{image.pk}/labels/", {"category": "nanowires", "note": "checked"}, format="json"
+    )
     assert response.status_code == 201, response.json()
     label = Label.objects.get(image=image, is_current=True)
-    assert (label.category.slug, label.source, label.created_by, label.note) == ("nanowires", "api", curator,
-                                                                               "checked")
+    assert (label.category.slug, label.source, label.created_by, label.note) == ("nanowires", "api", curator, "checked")
     image.refresh_from_db()
     assert image.curated_category.slug == "nanowires"
     again = curator_api.post(f"/api/images/{image.pk}/labels/", {"category": "nanowires"}, format="json")
@@ -289,8 +307,9 @@ def test_inactive_category_is_refused(curator_api, image, categories):
     assert response.status_code == 400
 
 
-@pytest.mark.parametrize("moment", ["0978-04-22T06:57:38-23:04", "2024-01-01T00:00:00+15:30",
-                                    "0001-01-01T00:30:00+01:00"])
+@pytest.mark.parametrize(
+    "moment", ["0978-04-22T06:57:38-23:04", "2024-01-01T00:00:00+15:30", "0001-01-01T00:30:00+01:00"]
+)
 def test_extreme_time_zone_offsets_are_normalised_or_refused(member_api, image, moment):
     # Found by the schemathesis run: PostgreSQL refuses offsets beyond +-15:59, which ISO 8601 allows.
     response = member_api.get("/api/images/", {"uploaded_before": moment})

@@ -36,7 +36,9 @@ def test_worker_retries_a_failed_delivery_with_backoff(worker_factory, nffa_cate
         label = set_label(_image(sample, user), nffa_categories["Fibres"], source=Label.Source.API, user=user)
         delivery = worker.wait_until(
             lambda: WebhookDelivery.objects.filter(status=WebhookDelivery.Status.DELIVERED).first(),
-            timeout=60, what="the webhook delivery")
+            timeout=60,
+            what="the webhook delivery",
+        )
     assert delivery.attempts == 2 and delivery.response_status == 200
     assert len(receiver.received) == 2
     for request in receiver.received:
@@ -49,10 +51,12 @@ def test_sweeper_sends_a_delivery_whose_message_was_lost(worker_factory, user):
     """As after a broker outage at enqueue time: a pending delivery with no attempt and no message."""
     worker = worker_factory(SEM_PENDING_SWEEP_AFTER_S=10)
     with Receiver([200]) as receiver:
-        subscription = WebhookSubscription.objects.create(owner=user, url=receiver.url, events=["label.changed"],
-                                                          secret=SECRET)
-        lost = WebhookDelivery.objects.create(subscription=subscription, event="label.changed",
-                                              payload={"event": "label.changed", "data": {}})
+        subscription = WebhookSubscription.objects.create(
+            owner=user, url=receiver.url, events=["label.changed"], secret=SECRET
+        )
+        lost = WebhookDelivery.objects.create(
+            subscription=subscription, event="label.changed", payload={"event": "label.changed", "data": {}}
+        )
         WebhookDelivery.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(minutes=5))
         assert sweep()["webhooks_requeued"] == 1
         worker.wait_until(lambda: receiver.received, timeout=60, what="the swept delivery")
@@ -61,12 +65,12 @@ def test_sweeper_sends_a_delivery_whose_message_was_lost(worker_factory, user):
 
 
 def _image(sample, user):
-    return ingest_file(io.BytesIO(synthetic_png("Fibres", 7)), filename="f.png", sample=sample,
-                       uploaded_by=user).image
+    return ingest_file(io.BytesIO(synthetic_png("Fibres", 7)), filename="f.png", sample=sample, uploaded_by=user).image
 
 
-def test_example_lims_client_uploads_waits_and_prints(worker_factory, production_model, live_server, sample, user,
-                                                      tmp_path):
+def test_example_lims_client_uploads_waits_and_prints(
+    worker_factory, production_model, live_server, sample, user, tmp_path
+):
     """The LIMS flow as a LIMS runs it: examples/lims_client.py uploads through the API of a live portal,
     a real worker classifies, the client prints the results, and signed image.classified webhooks arrive."""
     worker_factory(**FAST_RETRIES)
@@ -78,11 +82,24 @@ def test_example_lims_client_uploads_waits_and_prints(worker_factory, production
     (folder / "fake.png").write_bytes(b"<html>not an image</html>")
     client = token_client(user)
     with Receiver([]) as receiver:
-        secret = client.post("/api/webhooks/", {"url": receiver.url, "events": ["image.classified"]},
-                             format="json").json()["secret"]
-        command = [sys.executable, str(REPO_ROOT / "examples" / "lims_client.py"), str(folder),
-                   "--url", live_server.url, "--token", create_token(user, "lims").secret,
-                   "--sample", sample.lab_sample_id, "--interval", "0.5", "--timeout", "90"]
+        secret = client.post(
+            "/api/webhooks/", {"url": receiver.url, "events": ["image.classified"]}, format="json"
+        ).json()["secret"]
+        command = [
+            sys.executable,
+            str(REPO_ROOT / "examples" / "lims_client.py"),
+            str(folder),
+            "--url",
+            live_server.url,
+            "--token",
+            create_token(user, "lims").secret,
+            "--sample",
+            sample.lab_sample_id,
+            "--interval",
+            "0.5",
+            "--timeout",
+            "90",
+        ]
         first = subprocess.run(command, capture_output=True, text=True, timeout=150)
         assert first.returncode == 0, first.stderr
         assert "fake.png: refused: HTTP 400" in first.stderr
@@ -106,8 +123,9 @@ def test_example_lims_client_uploads_waits_and_prints(worker_factory, production
         assert webhooks.verify(secret, headers["X-SEM-Timestamp"], request.body, headers["X-SEM-Signature"])
         image = json.loads(request.body)["data"]["image"]
         classified[image["id"]] = image["predicted_category"]
-    assert classified == {item["id"]: item["predicted_category"]
-                          for item in client.get("/api/images/").json()["results"]}
+    assert classified == {
+        item["id"]: item["predicted_category"] for item in client.get("/api/images/").json()["results"]
+    }
 
 
 def stored_image_count() -> int:

@@ -10,12 +10,19 @@ from tests.api.conftest import make_model
 pytestmark = pytest.mark.django_db
 
 EVALUATION = {  # the shape classifier.metrics.evaluate returns
-    "n": 4, "classes": ["Fibres", "Particles"], "accuracy": 0.75, "top2_accuracy": 1.0, "ece": 0.1,
-    "per_class": {"Fibres": {"precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 2},
-                  "Particles": {"precision": 0.667, "recall": 1.0, "f1": 0.8, "support": 2}},
+    "n": 4,
+    "classes": ["Fibres", "Particles"],
+    "accuracy": 0.75,
+    "top2_accuracy": 1.0,
+    "ece": 0.1,
+    "per_class": {
+        "Fibres": {"precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 2},
+        "Particles": {"precision": 0.667, "recall": 1.0, "f1": 0.8, "support": 2},
+    },
     "macro_avg": {"precision": 0.833, "recall": 0.75, "f1": 0.733, "support": 4},
     "weighted_avg": {"precision": 0.833, "recall": 0.75, "f1": 0.733, "support": 4},
-    "confusion_matrix": [[1, 1], [0, 2]], "confusion_matrix_pct": [[50.0, 50.0], [0.0, 100.0]],
+    "confusion_matrix": [[1, 1], [0, 2]],
+    "confusion_matrix_pct": [[50.0, 50.0], [0.0, 100.0]],
 }
 
 
@@ -57,8 +64,11 @@ def test_metrics_have_per_class_rows_and_a_labelled_confusion_matrix(member_api,
     metrics = member_api.get("/api/models/2/metrics/").json()
     assert metrics["version"] == 2 and metrics["accuracy"] == 0.75 and metrics["top2_accuracy"] == 1.0
     assert metrics["per_class"][0] == {"name": "Fibres", "precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 2}
-    assert metrics["confusion_matrix"] == {"labels": ["Fibres", "Particles"], "counts": [[1, 1], [0, 2]],
-                                           "row_percent": [[50.0, 50.0], [0.0, 100.0]]}
+    assert metrics["confusion_matrix"] == {
+        "labels": ["Fibres", "Particles"],
+        "counts": [[1, 1], [0, 2]],
+        "row_percent": [[50.0, 50.0], [0.0, 100.0]],
+    }
 
 
 def test_metrics_of_an_unevaluated_model_are_404(member_api):
@@ -90,8 +100,11 @@ def test_model_action_errors_are_409(admin_api, models):
     ModelVersion.objects.filter(version=1).update(promoted_at=None)  # no earlier production model left
     response = admin_api.post("/api/models/rollback/")
     assert response.status_code == 409
-    assert response.json()["error"] == {"code": "model_action_failed",
-                                        "message": "No earlier production model to roll back to", "fields": {}}
+    assert response.json()["error"] == {
+        "code": "model_action_failed",
+        "message": "No earlier production model to roll back to",
+        "fields": {},
+    }
     ModelVersion.objects.filter(version=3).update(artifact_path="/nonexistent/model.pth")
     missing = admin_api.post("/api/models/3/promote/")
     assert missing.status_code == 409 and "missing" in missing.json()["error"]["message"]
@@ -99,6 +112,7 @@ def test_model_action_errors_are_409(admin_api, models):
 
 
 # --- training runs ----------------------------------------------------------------------------------
+
 
 def test_admin_starts_training_then_a_second_start_is_409(admin_api):
     response = admin_api.post("/api/training-runs/", {"force": True}, format="json")
@@ -133,18 +147,27 @@ def test_bad_start_payload_is_400(admin_api):
 
 
 def test_runs_list_and_detail_with_progress(member_api, admin_user, models):
-    run = TrainingRun.objects.create(trigger=TrainingRun.Trigger.MANUAL, requested_by=admin_user,
-                                     status=TrainingRun.Status.RUNNING, progress_fraction=0.4,
-                                     progress={"stage": 2, "epoch": 1}, history=[{"epoch": 0, "loss": 1.2}],
-                                     log="stage 1 done")
-    done = TrainingRun.objects.create(trigger=TrainingRun.Trigger.SCHEDULE, status=TrainingRun.Status.SUCCEEDED,
-                                      active=None, model_version=models[2])
+    run = TrainingRun.objects.create(
+        trigger=TrainingRun.Trigger.MANUAL,
+        requested_by=admin_user,
+        status=TrainingRun.Status.RUNNING,
+        progress_fraction=0.4,
+        progress={"stage": 2, "epoch": 1},
+        history=[{"epoch": 0, "loss": 1.2}],
+        log="stage 1 done",
+    )
+    done = TrainingRun.objects.create(
+        trigger=TrainingRun.Trigger.SCHEDULE, status=TrainingRun.Status.SUCCEEDED, active=None, model_version=models[2]
+    )
     listing = member_api.get("/api/training-runs/").json()["results"]
     assert [(r["id"], r["status"]) for r in listing] == [(done.pk, "succeeded"), (run.pk, "running")]
     assert listing[0]["model_version"] == 3 and "log" not in listing[0]
     detail = member_api.get(f"/api/training-runs/{run.pk}/").json()
-    assert (detail["progress_fraction"], detail["progress"], detail["log"]) == (0.4, {"stage": 2, "epoch": 1},
-                                                                               "stage 1 done")
+    assert (detail["progress_fraction"], detail["progress"], detail["log"]) == (
+        0.4,
+        {"stage": 2, "epoch": 1},
+        "stage 1 done",
+    )
     assert detail["history"] == [{"epoch": 0, "loss": 1.2}] and detail["requested_by"] == "root"
     assert member_api.get("/api/training-runs/", {"status": "succeeded"}).json()["results"][0]["id"] == done.pk
     assert member_api.get("/api/models/3/").json()["training_run"] == done.pk

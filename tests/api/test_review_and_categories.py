@@ -24,8 +24,9 @@ def test_categories_are_read_only(admin_api):
     assert response.json()["error"]["code"] == "method_not_allowed"
 
 
-def test_review_queue_orders_uncertain_then_disagreements(curator_api, sample, user, categories, other_sample,
-                                                          outsider):
+def test_review_queue_orders_uncertain_then_disagreements(
+    curator_api, sample, user, categories, other_sample, outsider
+):
     model = make_model(1, status=ModelVersion.Status.PRODUCTION)
     sure = classify(ingest_png(sample, user, seed=40), model, {"Fibres": 0.95, "Particles": 0.05})
     unsure = classify(ingest_png(sample, user, seed=41), model, {"Fibres": 0.48, "Particles": 0.52})
@@ -42,11 +43,16 @@ def test_review_queue_orders_uncertain_then_disagreements(curator_api, sample, u
 
     queue = curator_api.get("/api/review-queue/", {"limit": 10}).json()["results"]
     assert [(item["id"], item["reason"]) for item in queue] == [
-        (unsure.pk, "uncertain"), (middling.pk, "uncertain"), (sure.pk, "uncertain"),
-        (unclassified.pk, "uncertain"), (disputed.pk, "disagreement"),
+        (unsure.pk, "uncertain"),
+        (middling.pk, "uncertain"),
+        (sure.pk, "uncertain"),
+        (unclassified.pk, "uncertain"),
+        (disputed.pk, "disagreement"),
     ]
     assert [item["id"] for item in curator_api.get("/api/review-queue/", {"limit": 2}).json()["results"]] == [
-        unsure.pk, middling.pk]
+        unsure.pk,
+        middling.pk,
+    ]
 
 
 def test_review_queue_is_for_curators(member_api, curator_api, project):

@@ -30,8 +30,7 @@ def test_cannot_create_a_sample_in_another_project(outsider_api, project):
 
 
 def test_duplicate_lab_sample_id_is_a_field_error(curator_api, sample, project):
-    response = curator_api.post("/api/samples/", new_sample(project, lab_sample_id=sample.lab_sample_id),
-                                format="json")
+    response = curator_api.post("/api/samples/", new_sample(project, lab_sample_id=sample.lab_sample_id), format="json")
     assert response.status_code == 409 and response.json()["error"]["code"] == "duplicate"
     assert list(response.json()["error"]["fields"]) == ["lab_sample_id"]
 
@@ -43,8 +42,9 @@ def test_duplicate_lims_id_is_a_field_error_and_blank_means_none(curator_api, sa
     assert clash.status_code == 409 and "lims_id" in clash.json()["error"]["fields"]
     blank = curator_api.post("/api/samples/", new_sample(project, lims_id=""), format="json")
     assert blank.status_code == 201 and blank.json()["lims_id"] is None
-    second_blank = curator_api.post("/api/samples/", new_sample(project, lab_sample_id="S-0101", lims_id=""),
-                                    format="json")
+    second_blank = curator_api.post(
+        "/api/samples/", new_sample(project, lab_sample_id="S-0101", lims_id=""), format="json"
+    )
     assert second_blank.status_code == 201
 
 

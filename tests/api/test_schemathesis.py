@@ -33,16 +33,24 @@ def known_objects(admin_user, sample, image, tmp_path) -> dict[str, dict]:
     artifact.write_bytes(b"weights")
     model = make_model(1, status=ModelVersion.Status.PRODUCTION, artifact_path=str(artifact))
     classify(image, model, {"Fibres": 0.6, "Particles": 0.4})
-    subscription = WebhookSubscription.objects.create(owner=admin_user, url=closed_port_url(),
-                                                      events=["label.changed"], secret="x" * 32)
-    run = TrainingRun.objects.create(trigger=TrainingRun.Trigger.API, status=TrainingRun.Status.SUCCEEDED,
-                                     active=None, model_version=model)
+    subscription = WebhookSubscription.objects.create(
+        owner=admin_user, url=closed_port_url(), events=["label.changed"], secret="x" * 32
+    )
+    run = TrainingRun.objects.create(
+        trigger=TrainingRun.Trigger.API, status=TrainingRun.Status.SUCCEEDED, active=None, model_version=model
+    )
     sample.lims_id = "LIMS-1"
     sample.save()
-    by_prefix = {"/api/samples/by-lims/": {"lims_id": "LIMS-1"}, "/api/samples/": {"id": sample.pk},
-                 "/api/images/": {"id": image.pk}, "/api/webhooks/": {"id": subscription.pk},
-                 "/api/training-runs/": {"id": run.pk}, "/api/models/": {"version": model.version},
-                 "/api/categories/": {"slug": "fibres"}, "/api/projects/": {"id": sample.project_id}}
+    by_prefix = {
+        "/api/samples/by-lims/": {"lims_id": "LIMS-1"},
+        "/api/samples/": {"id": sample.pk},
+        "/api/images/": {"id": image.pk},
+        "/api/webhooks/": {"id": subscription.pk},
+        "/api/training-runs/": {"id": run.pk},
+        "/api/models/": {"version": model.version},
+        "/api/categories/": {"slug": "fibres"},
+        "/api/projects/": {"id": sample.project_id},
+    }
     return by_prefix
 
 
@@ -83,8 +91,14 @@ def _known_for(path: str, known_objects: dict) -> dict:
 
 def _fuzz(operation, headers, known: dict):
     @given(case=operation.as_strategy(), use_known=st.booleans())
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=DERANDOMIZE, database=None,
-              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        derandomize=DERANDOMIZE,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate],
+    )
     def run(case, use_known):
         if use_known and case.path_parameters:
             case.path_parameters = {name: known.get(name, value) for name, value in case.path_parameters.items()}

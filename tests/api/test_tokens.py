@@ -30,7 +30,7 @@ def test_database_never_contains_the_secret(user):
         rows = cursor.fetchall()
     stored = " ".join(str(value) for row in rows for value in row)
     assert created.secret not in stored
-    assert created.secret[len("sem_"):] not in stored
+    assert created.secret[len("sem_") :] not in stored
     token = ApiToken.objects.get()
     assert token.key_hash == hashlib.sha256(created.secret.encode()).hexdigest()
     assert created.secret.startswith(token.prefix) and len(token.prefix) == 12
@@ -99,6 +99,7 @@ def test_session_authentication_works_for_the_browsable_api(client, user, projec
 
 
 # --- token pages ----------------------------------------------------------------------------------
+
 
 def test_token_page_creates_and_shows_the_secret_once(client, user):
     client.force_login(user)

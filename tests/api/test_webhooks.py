@@ -24,8 +24,9 @@ SECRET = "s3cret-for-tests-only-0123456789"
 
 
 def subscribe(owner, url="http://127.0.0.1:9/hook", events=("label.changed",), project=None, active=True):
-    return WebhookSubscription.objects.create(owner=owner, url=url, events=list(events), project=project,
-                                              secret=SECRET, active=active)
+    return WebhookSubscription.objects.create(
+        owner=owner, url=url, events=list(events), project=project, secret=SECRET, active=active
+    )
 
 
 def emit_after_commit(django_capture_on_commit_callbacks, action):
@@ -50,10 +51,17 @@ def closed_port_url() -> str:
 
 # --- subscriptions API ------------------------------------------------------------------------------
 
+
 def test_create_shows_a_generated_secret_once(curator_api, curator, project):
-    response = curator_api.post("/api/webhooks/", {"url": "https://lims.example.org/hook",
-                                                   "events": ["label.changed", "image.classified"],
-                                                   "project": project.pk}, format="json")
+    response = curator_api.post(
+        "/api/webhooks/",
+        {
+            "url": "https://lims.example.org/hook",
+            "events": ["label.changed", "image.classified"],
+            "project": project.pk,
+        },
+        format="json",
+    )
     assert response.status_code == 201, response.json()
     secret = response.json()["secret"]
     subscription = WebhookSubscription.objects.get()
@@ -64,18 +72,24 @@ def test_create_shows_a_generated_secret_once(curator_api, curator, project):
 
 
 def test_client_chosen_secret_is_kept(curator_api):
-    response = curator_api.post("/api/webhooks/", {"url": "https://lims.example.org/h", "events": ["model.promoted"],
-                                                   "secret": SECRET}, format="json")
+    response = curator_api.post(
+        "/api/webhooks/",
+        {"url": "https://lims.example.org/h", "events": ["model.promoted"], "secret": SECRET},
+        format="json",
+    )
     assert response.status_code == 201 and WebhookSubscription.objects.get().secret == SECRET
 
 
-@pytest.mark.parametrize("payload, field", [
-    ({"url": "not a url", "events": ["label.changed"]}, "url"),
-    ({"url": "ftp://x.org/h", "events": ["label.changed"]}, "url"),
-    ({"url": "https://x.org/h", "events": ["image.deleted"]}, "events"),
-    ({"url": "https://x.org/h", "events": []}, "events"),
-    ({"url": "https://x.org/h", "events": ["label.changed"], "secret": "short"}, "secret"),
-])
+@pytest.mark.parametrize(
+    "payload, field",
+    [
+        ({"url": "not a url", "events": ["label.changed"]}, "url"),
+        ({"url": "ftp://x.org/h", "events": ["label.changed"]}, "url"),
+        ({"url": "https://x.org/h", "events": ["image.deleted"]}, "events"),
+        ({"url": "https://x.org/h", "events": []}, "events"),
+        ({"url": "https://x.org/h", "events": ["label.changed"], "secret": "short"}, "secret"),
+    ],
+)
 def test_invalid_subscriptions_are_field_errors(curator_api, payload, field):
     response = curator_api.post("/api/webhooks/", payload, format="json")
     assert response.status_code == 400
@@ -83,8 +97,9 @@ def test_invalid_subscriptions_are_field_errors(curator_api, payload, field):
 
 
 def test_cannot_subscribe_to_another_project(outsider_api, project):
-    response = outsider_api.post("/api/webhooks/", {"url": "https://x.org/h", "events": ["label.changed"],
-                                                    "project": project.pk}, format="json")
+    response = outsider_api.post(
+        "/api/webhooks/", {"url": "https://x.org/h", "events": ["label.changed"], "project": project.pk}, format="json"
+    )
     assert response.status_code == 404 and "project" in response.json()["error"]["fields"]
 
 
@@ -101,8 +116,14 @@ def test_subscriptions_are_private_to_their_owner(curator_api, outsider_api, cur
 
 def test_delivery_log_is_readable_by_the_owner(curator_api, outsider_api, curator):
     subscription = subscribe(curator)
-    WebhookDelivery.objects.create(subscription=subscription, event="label.changed", payload={"x": 1},
-                                   status=WebhookDelivery.Status.FAILED, attempts=3, error="HTTP 503")
+    WebhookDelivery.objects.create(
+        subscription=subscription,
+        event="label.changed",
+        payload={"x": 1},
+        status=WebhookDelivery.Status.FAILED,
+        attempts=3,
+        error="HTTP 503",
+    )
     log = curator_api.get(f"/api/webhooks/{subscription.pk}/deliveries/").json()["results"]
     assert [(d["status"], d["attempts"], d["error"]) for d in log] == [("failed", 3, "HTTP 503")]
     assert outsider_api.get(f"/api/webhooks/{subscription.pk}/deliveries/").status_code == 404
@@ -110,9 +131,10 @@ def test_delivery_log_is_readable_by_the_owner(curator_api, outsider_api, curato
 
 # --- fan-out --------------------------------------------------------------------------------------
 
+
 def test_label_change_reaches_subscribers_who_can_see_the_project(
-        django_capture_on_commit_callbacks, curator, member, outsider, admin_user, image, categories, project,
-        other_project):
+    django_capture_on_commit_callbacks, curator, member, outsider, admin_user, image, categories, project, other_project
+):
     mine = subscribe(curator)
     project_member = subscribe(member, project=project)
     admin_all = subscribe(admin_user)
@@ -121,8 +143,10 @@ def test_label_change_reaches_subscribers_who_can_see_the_project(
     subscribe(curator, events=("image.classified",))  # another event
     subscribe(curator, active=False)
 
-    emit_after_commit(django_capture_on_commit_callbacks,
-                      lambda: set_label(image, categories["fibres"], source=Label.Source.API, user=curator))
+    emit_after_commit(
+        django_capture_on_commit_callbacks,
+        lambda: set_label(image, categories["fibres"], source=Label.Source.API, user=curator),
+    )
 
     deliveries = WebhookDelivery.objects.all()
     assert {d.subscription_id for d in deliveries} == {mine.pk, project_member.pk, admin_all.pk}
@@ -152,8 +176,9 @@ def test_undoing_a_label_tells_subscribers(django_capture_on_commit_callbacks, c
     assert data["image"]["id"] == image.pk and data["image"]["curated_category"] is None
 
 
-def test_undoing_a_confirmation_changes_nothing_a_lims_sees(django_capture_on_commit_callbacks, curator, image,
-                                                            categories):
+def test_undoing_a_confirmation_changes_nothing_a_lims_sees(
+    django_capture_on_commit_callbacks, curator, image, categories
+):
     subscription = subscribe(curator)
     set_label(image, categories["fibres"], source=Label.Source.API, user=curator)
     confirmation = confirm_label(image, user=curator)
@@ -164,8 +189,9 @@ def test_undoing_a_confirmation_changes_nothing_a_lims_sees(django_capture_on_co
 def test_image_classified_fans_out_per_image(django_capture_on_commit_callbacks, curator, image):
     subscription = subscribe(curator, events=("image.classified",))
     model = make_model(1, status=ModelVersion.Status.PRODUCTION)
-    emit_after_commit(django_capture_on_commit_callbacks,
-                      lambda: classify(image, model, {"Fibres": 0.8, "Particles": 0.2}))
+    emit_after_commit(
+        django_capture_on_commit_callbacks, lambda: classify(image, model, {"Fibres": 0.8, "Particles": 0.2})
+    )
     delivery = WebhookDelivery.objects.get(subscription=subscription)
     data = delivery.payload["data"]["image"]
     assert (data["id"], data["predicted_category"], data["predicted_model_version"]) == (image.pk, "fibres", 1)
@@ -181,14 +207,15 @@ def test_the_webhook_image_is_the_api_image(django_capture_on_commit_callbacks, 
 
     subscription = subscribe(curator, events=("image.classified",))
     model = make_model(1, status=ModelVersion.Status.PRODUCTION)
-    emit_after_commit(django_capture_on_commit_callbacks,
-                      lambda: classify(image, model, {"Fibres": 0.8, "Particles": 0.2}))
+    emit_after_commit(
+        django_capture_on_commit_callbacks, lambda: classify(image, model, {"Fibres": 0.8, "Particles": 0.2})
+    )
     data = WebhookDelivery.objects.get(subscription=subscription).payload["data"]["image"]
     api = curator_api.get(f"/api/images/{image.pk}/").json()
     assert sorted(data) == sorted(SUMMARY_FIELDS)
     assert {name: api[name] for name in SUMMARY_FIELDS} == data
     docs = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
-    section = docs[docs.index("The image in webhook payloads"):]
+    section = docs[docs.index("The image in webhook payloads") :]
     assert all(f"`{name}`" in section for name in SUMMARY_FIELDS)
 
 
@@ -196,16 +223,24 @@ def test_model_promoted_and_training_finished_are_global(curator, outsider, tmp_
     promoted = subscribe(outsider, events=("model.promoted",))
     finished = subscribe(curator, events=("training.finished",))
     model = make_model(4, status=ModelVersion.Status.PRODUCTION)
-    run = TrainingRun.objects.create(trigger=TrainingRun.Trigger.API, status=TrainingRun.Status.SUCCEEDED,
-                                     active=None, model_version=model)
+    run = TrainingRun.objects.create(
+        trigger=TrainingRun.Trigger.API, status=TrainingRun.Status.SUCCEEDED, active=None, model_version=model
+    )
     webhooks.on_model_promoted(model_version_id=model.pk, previous_version=3)
     webhooks.on_training_finished(run_id=run.pk)
     promoted_payload = WebhookDelivery.objects.get(subscription=promoted).payload
     assert promoted_payload["data"]["model"]["version"] == 4 and promoted_payload["data"]["previous_version"] == 3
     finished_payload = WebhookDelivery.objects.get(subscription=finished).payload
     assert finished_payload["data"]["training_run"] == {
-        "id": run.pk, "url": f"/api/training-runs/{run.pk}/", "status": "succeeded", "trigger": "api",
-        "model_version": 4, "duration_s": None, "error": "", "finished_at": None}
+        "id": run.pk,
+        "url": f"/api/training-runs/{run.pk}/",
+        "status": "succeeded",
+        "trigger": "api",
+        "model_version": 4,
+        "duration_s": None,
+        "error": "",
+        "finished_at": None,
+    }
 
 
 def test_listeners_ignore_rows_deleted_meanwhile(curator):
@@ -228,11 +263,14 @@ def test_listeners_are_registered_at_start_up():
 
 # --- delivery -------------------------------------------------------------------------------------
 
+
 def make_delivery(owner, url):
     subscription = subscribe(owner, url=url)
-    return WebhookDelivery.objects.create(subscription=subscription, event="label.changed",
-                                          payload={"event": "label.changed", "occurred_at": "2025-01-01T00:00:00Z",
-                                                   "data": {"label": {"id": 1}}})
+    return WebhookDelivery.objects.create(
+        subscription=subscription,
+        event="label.changed",
+        payload={"event": "label.changed", "occurred_at": "2025-01-01T00:00:00Z", "data": {"label": {"id": 1}}},
+    )
 
 
 def test_signed_delivery_is_retried_after_a_500_then_delivered(curator, settings):
@@ -332,8 +370,9 @@ def test_redirects_are_not_followed(curator):
     assert (delivery.status, delivery.response_status) == ("failed", 302)
 
 
-def test_a_classified_batch_makes_one_delivery_per_image_and_subscriber(curator, admin_user, sample, user,
-                                                                        django_assert_max_num_queries):
+def test_a_classified_batch_makes_one_delivery_per_image_and_subscriber(
+    curator, admin_user, sample, user, django_assert_max_num_queries
+):
     from tests.api.conftest import ingest_png
 
     subscribe(curator, events=("image.classified",))
@@ -347,8 +386,16 @@ def test_a_classified_batch_makes_one_delivery_per_image_and_subscriber(curator,
 
 # --- destinations the portal must not reach (SSRF) ---------------------------------------------------
 
-@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/", "http://[fe80::1]/hook",
-                                 "http://224.0.0.1/hook", "http://0.0.0.0:8000/hook"])
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fe80::1]/hook",
+        "http://224.0.0.1/hook",
+        "http://0.0.0.0:8000/hook",
+    ],
+)
 def test_link_local_multicast_and_unspecified_destinations_are_refused(curator_api, url):
     response = curator_api.post("/api/webhooks/", {"url": url, "events": ["label.changed"]}, format="json")
     assert response.status_code == 400

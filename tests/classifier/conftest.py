@@ -1,4 +1,5 @@
 """Synthetic SEM-like data for the classifier tests (no database needed)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -58,8 +59,9 @@ def trained(synthetic_items, tmp_path_factory):
     logging.getLogger("classifier").addHandler(handler)
     events: list[dict] = []
     out = tmp_path_factory.mktemp("model") / "model.semcls"
-    config = TrainConfig(arch="resnet18", sizes=(32, 48), epochs=(1, 1), batch_sizes=(8, 8),
-                         lrs=(3e-3, 1e-3), pretrained=True, seed=7)
+    config = TrainConfig(
+        arch="resnet18", sizes=(32, 48), epochs=(1, 1), batch_sizes=(8, 8), lrs=(3e-3, 1e-3), pretrained=True, seed=7
+    )
     try:
         result = train(synthetic_items, config, str(out), progress=events.append)
     finally:

@@ -1,4 +1,5 @@
 """Artifact format, metrics and calibration (no training needed)."""
+
 from __future__ import annotations
 
 import json
@@ -125,15 +126,19 @@ def test_metrics_against_hand_computed_confusion_matrix():
     classes = ["A", "B", "C"]
     y_true = ["A", "A", "A", "B", "B", "C"]
     # predictions: A,A,B | B,C | C  -> confusion [[2,1,0],[0,1,1],[0,0,1]]
-    probabilities = np.array([
-        [0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.3, 0.6, 0.1],
-        [0.1, 0.8, 0.1], [0.1, 0.3, 0.6], [0.2, 0.1, 0.7]])
+    probabilities = np.array(
+        [[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.3, 0.6, 0.1], [0.1, 0.8, 0.1], [0.1, 0.3, 0.6], [0.2, 0.1, 0.7]]
+    )
     result = evaluate(y_true, probabilities, classes)
     assert result["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
     assert result["confusion_matrix_pct"][0] == pytest.approx([66.67, 33.33, 0.0], abs=0.01)
     assert result["accuracy"] == pytest.approx(4 / 6)
-    assert result["per_class"]["A"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8),
-                                        "support": 3}
+    assert result["per_class"]["A"] == {
+        "precision": 1.0,
+        "recall": pytest.approx(2 / 3),
+        "f1": pytest.approx(0.8),
+        "support": 3,
+    }
     assert result["per_class"]["B"]["precision"] == pytest.approx(0.5)
     assert result["per_class"]["C"]["precision"] == pytest.approx(0.5)
     assert result["macro_avg"]["recall"] == pytest.approx((2 / 3 + 0.5 + 1) / 3)

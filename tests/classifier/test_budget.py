@@ -1,12 +1,22 @@
 """The budget planner: the progressive schedule fitted into a wall-clock budget from measured step times."""
+
 import pytest
 
 from classifier.budget import MAX_SCALE, StageCost, parse_duration, plan_epochs
 
 
-@pytest.mark.parametrize("text, seconds", [
-    ("20min", 1200), ("90s", 90), ("1h30min", 5400), ("1.5h", 5400), ("600", 600), (45, 45), ("2 min", 120),
-])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("20min", 1200),
+        ("90s", 90),
+        ("1h30min", 5400),
+        ("1.5h", 5400),
+        ("600", 600),
+        (45, 45),
+        ("2 min", 120),
+    ],
+)
 def test_durations_parse(text, seconds):
     assert parse_duration(text) == seconds
 

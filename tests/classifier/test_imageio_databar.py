@@ -1,4 +1,5 @@
 """Torch-free image handling: decoding, data-bar detection, derivatives, fingerprint."""
+
 from __future__ import annotations
 
 import io
@@ -214,9 +215,13 @@ def test_vendor_tiffs_bars():
     if not root.is_dir():
         pytest.skip("shared/sem-vendor-tiff not present")
     expected = {
-        "test_tiff_Zeiss_SEM_1k.tif": True, "test_tiff_Zeiss_SEM_512pix.tif": True,
-        "FEBID_A3_50g1T_001.tif": True, "FEI-Helios-Ebeam-8bits.tif": True,
-        "FEI-Helios-Ebeam-16bits.tif": True, "FEI-Helios-navcam.tif": False, "ZEISS_SEM_multipage.tif": False,
+        "test_tiff_Zeiss_SEM_1k.tif": True,
+        "test_tiff_Zeiss_SEM_512pix.tif": True,
+        "FEBID_A3_50g1T_001.tif": True,
+        "FEI-Helios-Ebeam-8bits.tif": True,
+        "FEI-Helios-Ebeam-16bits.tif": True,
+        "FEI-Helios-navcam.tif": False,
+        "ZEISS_SEM_multipage.tif": False,
     }
     for name, has_bar in expected.items():
         grey = load_grey8(root / name)

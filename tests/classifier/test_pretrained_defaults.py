@@ -4,6 +4,7 @@ No download: the "pretrained" body is produced here, by training a resnet18 on o
 and saving its body as a torchvision state dict (the format of an ImageNet weights file). The defaults then
 train on a second task of the same textures with and without that file.
 """
+
 from __future__ import annotations
 
 import pytest

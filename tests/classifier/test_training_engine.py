@@ -1,4 +1,5 @@
 """Training, progress, cancellation, engine parity (tiny synthetic runs)."""
+
 from __future__ import annotations
 
 import json
@@ -57,9 +58,23 @@ def test_offline_pretrained_falls_back_to_scratch(trained):
 def test_artifact_metadata_is_complete(trained):
     result, _, _ = trained
     metadata = load_artifact(result.artifact_path, expected_sha256=result.sha256).metadata
-    for key in ("format_version", "classes", "input_size", "normalisation", "arch", "training_config", "history",
-                "data_fingerprint", "library_versions", "temperature", "evaluation", "pretrained_used",
-                "created_at", "device", "duration_s"):
+    for key in (
+        "format_version",
+        "classes",
+        "input_size",
+        "normalisation",
+        "arch",
+        "training_config",
+        "history",
+        "data_fingerprint",
+        "library_versions",
+        "temperature",
+        "evaluation",
+        "pretrained_used",
+        "created_at",
+        "device",
+        "duration_s",
+    ):
         assert key in metadata, key
     assert metadata["classes"] == CLASSES and metadata["input_size"] == 48
     assert TrainConfig.from_dict(metadata["training_config"]).sizes == (32, 48)
@@ -135,9 +150,17 @@ def test_weighted_sampler_raw_inputs_local_weights_and_seed(tmp_path, dataset_fa
     items = dataset_factory(tmp_path / "data", {"dots": 10, "noise": 2, "stripes": 6}, seed=3)
     weights = tmp_path / "resnet18-local.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
-    config = TrainConfig(arch="resnet18", sizes=(32,), epochs=(1,), batch_sizes=(6,), imbalance="weighted_sampler",
-                         raw_inputs=True, weights_path=str(weights), seed=11,
-                         derivative_cache=str(tmp_path / "cache"))
+    config = TrainConfig(
+        arch="resnet18",
+        sizes=(32,),
+        epochs=(1,),
+        batch_sizes=(6,),
+        imbalance="weighted_sampler",
+        raw_inputs=True,
+        weights_path=str(weights),
+        seed=11,
+        derivative_cache=str(tmp_path / "cache"),
+    )
     first = train(items, config, str(tmp_path / "a.semcls"))
     second = train(items, config, str(tmp_path / "b.semcls"))
     assert first.metadata["pretrained_used"] is True
@@ -176,8 +199,9 @@ def test_timm_architecture_trains_loads_local_weights_and_matches_the_learner(sy
     timm = pytest.importorskip("timm")
     weights = tmp_path / "resnet10t-local.pth"
     torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), weights)
-    config = TrainConfig(arch="timm/resnet10t", sizes=(32,), epochs=(1,), batch_sizes=(8,),
-                         weights_path=str(weights), seed=3)
+    config = TrainConfig(
+        arch="timm/resnet10t", sizes=(32,), epochs=(1,), batch_sizes=(8,), weights_path=str(weights), seed=3
+    )
     result = train(synthetic_items, config, str(tmp_path / "timm.semcls"))
     assert result.metadata["pretrained_used"] is True and result.metadata["arch"] == "timm/resnet10t"
 

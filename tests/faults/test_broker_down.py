@@ -37,13 +37,35 @@ def _free_port() -> int:
 def portal_server(broker_url: str, log_path, **extra_env: str):
     """The portal under gunicorn, on this test's database and media, with the given broker."""
     port = _free_port()
-    env = {**os.environ, "DATABASE_URL": database_url(), "CELERY_BROKER_URL": broker_url,
-           "MEDIA_ROOT": str(django_settings.MEDIA_ROOT), "MODEL_DIR": str(django_settings.MODEL_DIR),
-           "SECRET_KEY": "test-only-secret-key", "PYTHONUNBUFFERED": "1", **extra_env}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "CELERY_BROKER_URL": broker_url,
+        "MEDIA_ROOT": str(django_settings.MEDIA_ROOT),
+        "MODEL_DIR": str(django_settings.MODEL_DIR),
+        "SECRET_KEY": "test-only-secret-key",
+        "PYTHONUNBUFFERED": "1",
+        **extra_env,
+    }
     with open(log_path, "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "gunicorn", "portal.wsgi:application", "--bind",
-                                   f"127.0.0.1:{port}", "--workers", "1", "--timeout", "60"],
-                                  cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "portal.wsgi:application",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "1",
+                "--timeout",
+                "60",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_until_serving(url, server, log_path)
@@ -67,15 +89,20 @@ def _wait_until_serving(url: str, server: subprocess.Popen, log_path) -> None:
 
 
 def test_an_upload_while_the_broker_is_down_is_stored_and_classified_later(
-        worker_factory, production_model, sample, user, tmp_path):
+    worker_factory, production_model, sample, user, tmp_path
+):
     worker = worker_factory(start=False)
     secret = create_token(user, "lims").secret
     data = tiff_bytes(20)
 
     with portal_server(f"redis://127.0.0.1:{_free_port()}/0", tmp_path / "gunicorn.log") as url:
-        response = requests.post(f"{url}/api/images/", headers={"Authorization": f"Bearer {secret}"},
-                                 data={"sample": sample.pk}, files={"file": ("down.tif", data, "image/tiff")},
-                                 timeout=120)
+        response = requests.post(
+            f"{url}/api/images/",
+            headers={"Authorization": f"Bearer {secret}"},
+            data={"sample": sample.pk},
+            files={"file": ("down.tif", data, "image/tiff")},
+            timeout=120,
+        )
 
     assert response.status_code == 201, response.text
     image = SEMImage.objects.get(pk=response.json()["id"])
@@ -90,7 +117,9 @@ def test_an_upload_while_the_broker_is_down_is_stored_and_classified_later(
     from workers.tasks import sweep
 
     sweep.delay()  # what beat sends every minute
-    worker.wait_until(lambda: SEMImage.objects.get(pk=image.pk).status == SEMImage.Status.CLASSIFIED,
-                      what="the swept image classified")
+    worker.wait_until(
+        lambda: SEMImage.objects.get(pk=image.pk).status == SEMImage.Status.CLASSIFIED,
+        what="the swept image classified",
+    )
     assert Prediction.objects.filter(image=image).count() == 1
     assert Prediction.objects.get(image=image).model_version_id == production_model.pk

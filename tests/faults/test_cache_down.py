@@ -40,8 +40,9 @@ def cache_on_redis(settings, redis_process, tmp_path, monkeypatch):
 
 def _upload(api_client, sample, seed: int):
     upload = SimpleUploadedFile(f"outage-{seed}.tif", tiff_bytes(seed), content_type="image/tiff")
-    return api_client.post("/api/images/", {"file": upload, "sample": sample.pk}, format="multipart",
-                           HTTP_IDEMPOTENCY_KEY=f"outage-{seed}")
+    return api_client.post(
+        "/api/images/", {"file": upload, "sample": sample.pk}, format="multipart", HTTP_IDEMPOTENCY_KEY=f"outage-{seed}"
+    )
 
 
 def _assert_503_json(response):
@@ -85,8 +86,7 @@ def test_throttling_is_still_enforced_per_process_while_the_cache_is_down(api_cl
     assert throttled.json()["error"]["code"] == "throttled"
 
 
-def test_a_cache_error_inside_an_api_view_answers_503_json_with_retry_after(api_client, cache_on_redis,
-                                                                           monkeypatch):
+def test_a_cache_error_inside_an_api_view_answers_503_json_with_retry_after(api_client, cache_on_redis, monkeypatch):
     def list_reading_the_cache(self, request, *args, **kwargs):
         cache.get("anything")  # the stopped Redis: a real redis ConnectionError
         raise AssertionError("unreachable")
@@ -125,8 +125,7 @@ def test_a_cache_error_outside_the_api_views_answers_503_too(cache_on_redis):
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)  # gunicorn sees this test's rows
-def test_under_gunicorn_no_api_request_gets_a_500_while_the_cache_redis_is_down(user, sample, redis_process,
-                                                                                tmp_path):
+def test_under_gunicorn_no_api_request_gets_a_500_while_the_cache_redis_is_down(user, sample, redis_process, tmp_path):
     """The issue's reproduction: a real server whose CACHE_URL Redis is killed mid-run."""
     import requests
 
@@ -137,11 +136,19 @@ def test_under_gunicorn_no_api_request_gets_a_500_while_the_cache_redis_is_down(
     log = tmp_path / "gunicorn.log"
     answers = []
     with portal_server(django_settings.CELERY_BROKER_URL, log, CACHE_URL=redis_process.url) as url:
+
         def round_of_requests(seed: int) -> None:
             answers.append(requests.get(f"{url}/api/images/", headers=headers, timeout=30))
             answers.append(requests.get(f"{url}/api/samples/{sample.pk}/", headers=headers, timeout=30))
-            answers.append(requests.post(f"{url}/api/images/", headers=headers, timeout=60, data={"sample": sample.pk},
-                                         files={"file": (f"{seed}.tif", tiff_bytes(seed), "image/tiff")}))
+            answers.append(
+                requests.post(
+                    f"{url}/api/images/",
+                    headers=headers,
+                    timeout=60,
+                    data={"sample": sample.pk},
+                    files={"file": (f"{seed}.tif", tiff_bytes(seed), "image/tiff")},
+                )
+            )
 
         round_of_requests(50)
         redis_process.stop()

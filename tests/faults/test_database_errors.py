@@ -26,8 +26,9 @@ def test_a_constraint_failing_at_commit_leaves_no_orphan_files(sample, user, set
     Category.objects.filter(pk=vanished.pk).delete()
 
     with pytest.raises(IntegrityError):
-        ingest.ingest_file(io.BytesIO(tiff_bytes(10)), filename="a.tif", sample=sample, uploaded_by=user,
-                           label=vanished)
+        ingest.ingest_file(
+            io.BytesIO(tiff_bytes(10)), filename="a.tif", sample=sample, uploaded_by=user, label=vanished
+        )
 
     assert not SEMImage.objects.exists() and not Label.objects.exists()
     assert media_files(settings.MEDIA_ROOT) == set()
@@ -54,19 +55,28 @@ class _connection_dropped_after_files:
 
 def _terminate_backend(pid: int) -> None:
     params = connection.settings_dict
-    with psycopg.connect(host=params["HOST"] or "127.0.0.1", port=params["PORT"] or 5432, user=params["USER"],
-                         password=params["PASSWORD"] or None, dbname=params["NAME"], autocommit=True) as admin:
+    with psycopg.connect(
+        host=params["HOST"] or "127.0.0.1",
+        port=params["PORT"] or 5432,
+        user=params["USER"],
+        password=params["PASSWORD"] or None,
+        dbname=params["NAME"],
+        autocommit=True,
+    ) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", [pid])
 
 
 def _upload(api_client, sample, data: bytes):
     upload = SimpleUploadedFile("drop.tif", data, content_type="image/tiff")
-    return api_client.post("/api/images/", {"file": upload, "sample": sample.pk}, format="multipart",
-                           HTTP_IDEMPOTENCY_KEY="lims-run-7/drop.tif")
+    return api_client.post(
+        "/api/images/",
+        {"file": upload, "sample": sample.pk},
+        format="multipart",
+        HTTP_IDEMPOTENCY_KEY="lims-run-7/drop.tif",
+    )
 
 
-def test_a_dropped_database_connection_mid_upload_answers_503_and_the_retry_stores_once(
-        api_client, sample, settings):
+def test_a_dropped_database_connection_mid_upload_answers_503_and_the_retry_stores_once(api_client, sample, settings):
     data = tiff_bytes(11)
     with _connection_dropped_after_files():
         response = _upload(api_client, sample, data)
@@ -87,8 +97,9 @@ def test_the_web_upload_says_retry_when_the_database_connection_drops(client, us
     client.force_login(user)
 
     def post():
-        return client.post(reverse("web:upload_file"),
-                           {"sample": sample.pk, "file": SimpleUploadedFile("drop.tif", tiff_bytes(12))})
+        return client.post(
+            reverse("web:upload_file"), {"sample": sample.pk, "file": SimpleUploadedFile("drop.tif", tiff_bytes(12))}
+        )
 
     with _connection_dropped_after_files():
         response = post()
@@ -100,8 +111,7 @@ def test_the_web_upload_says_retry_when_the_database_connection_drops(client, us
     assert post().json()["outcome"] == "stored"
 
 
-def test_a_database_failing_after_the_upload_committed_says_stored_and_the_retry_finds_it(
-        api_client, sample, settings):
+def test_a_database_failing_after_the_upload_committed_says_stored_and_the_retry_finds_it(api_client, sample, settings):
     """The connection drops right after COMMIT, before the view reads the image back: the answer is a
     503 that says the image was stored (not "nothing was changed"), and the retry answers 200."""
     data = tiff_bytes(13)
@@ -112,9 +122,16 @@ def test_a_database_failing_after_the_upload_committed_says_stored_and_the_retry
         _terminate_backend(connection.connection.info.backend_pid)
 
     def upload():
-        return api_client.post("/api/images/", {"file": SimpleUploadedFile("late.tif", data, content_type="image/tiff"),
-                                                "sample": sample.pk, "magnification": "25000"},
-                               format="multipart", HTTP_IDEMPOTENCY_KEY="lims-run-7/late.tif")
+        return api_client.post(
+            "/api/images/",
+            {
+                "file": SimpleUploadedFile("late.tif", data, content_type="image/tiff"),
+                "sample": sample.pk,
+                "magnification": "25000",
+            },
+            format="multipart",
+            HTTP_IDEMPOTENCY_KEY="lims-run-7/late.tif",
+        )
 
     with mock.patch.object(ingest, "_enqueue_classification", enqueue_then_drop):
         response = upload()

@@ -19,8 +19,9 @@ WHERE_FULL = {"mid-original": lambda size: size // 2, "after-original": lambda s
 
 def _api_upload(api_client, sample, data: bytes, key: str):
     upload = SimpleUploadedFile("full.tif", data, content_type="image/tiff")
-    return api_client.post(IMAGES_URL, {"file": upload, "sample": sample.pk}, format="multipart",
-                           HTTP_IDEMPOTENCY_KEY=key)
+    return api_client.post(
+        IMAGES_URL, {"file": upload, "sample": sample.pk}, format="multipart", HTTP_IDEMPOTENCY_KEY=key
+    )
 
 
 @pytest.mark.parametrize("where", WHERE_FULL)
@@ -48,8 +49,9 @@ def test_web_upload_on_a_full_disk_says_so_and_stores_nothing(client, user, samp
     data = tiff_bytes(2)
 
     def post():
-        return client.post(reverse("web:upload_file"),
-                           {"sample": sample.pk, "file": SimpleUploadedFile("full.tif", data)})
+        return client.post(
+            reverse("web:upload_file"), {"sample": sample.pk, "file": SimpleUploadedFile("full.tif", data)}
+        )
 
     with media_disk_with(len(data) // 3):
         response = post()
@@ -82,8 +84,9 @@ def test_the_sweeper_removes_partial_files_of_a_process_killed_mid_write(setting
 
 
 @pytest.mark.parametrize("kind", ["preview", "full"])
-def test_a_rendition_on_a_full_disk_answers_507_and_leaves_no_partial_file(api_client, client, user, sample,
-                                                                            settings, kind):
+def test_a_rendition_on_a_full_disk_answers_507_and_leaves_no_partial_file(
+    api_client, client, user, sample, settings, kind
+):
     """The web viewer's PNG renditions are made on first view and cached on the media disk."""
     from pathlib import Path
 

@@ -51,10 +51,20 @@ ingest.ingest_file(io.BytesIO(data), filename="killed.tif", sample=Sample.object
 def _upload_killed_before_commit(data: bytes, sample, user, tmp_path) -> None:
     body = tmp_path / "body.tif"
     body.write_bytes(data)
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings", "DATABASE_URL": database_url(),
-           "MEDIA_ROOT": str(django_settings.MEDIA_ROOT), "SECRET_KEY": "test-only-secret-key"}
-    process = subprocess.run([sys.executable, "-c", KILLED_UPLOAD, str(body), str(sample.pk), str(user.pk)],
-                             cwd=REPO_ROOT, env=env, capture_output=True, timeout=120)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+        "DATABASE_URL": database_url(),
+        "MEDIA_ROOT": str(django_settings.MEDIA_ROOT),
+        "SECRET_KEY": "test-only-secret-key",
+    }
+    process = subprocess.run(
+        [sys.executable, "-c", KILLED_UPLOAD, str(body), str(sample.pk), str(user.pk)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     assert process.returncode == -signal.SIGKILL, process.stderr.decode(errors="replace")[-3000:]
 
 
@@ -134,8 +144,11 @@ def test_upload_bodies_spool_to_a_known_folder_that_the_sweeper_cleans(settings,
 
     from workers.tasks import sweep
 
-    assert Path(django_settings.FILE_UPLOAD_TEMP_DIR).is_relative_to(Path(django_settings.BASE_DIR) / "var") or \
-        "SEM_UPLOAD_TEMP_DIR" in os.environ or "SEM_VAR_DIR" in os.environ
+    assert (
+        Path(django_settings.FILE_UPLOAD_TEMP_DIR).is_relative_to(Path(django_settings.BASE_DIR) / "var")
+        or "SEM_UPLOAD_TEMP_DIR" in os.environ
+        or "SEM_VAR_DIR" in os.environ
+    )
     spool = tmp_path / "spool"
     spool.mkdir()
     settings.FILE_UPLOAD_TEMP_DIR = str(spool)

@@ -75,7 +75,10 @@ def multipart_body(fields: dict[str, str], filename: str, data: bytes) -> tuple[
     for name, value in fields.items():
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
     disposition = f"form-data; name=\"file\"; filename*=UTF-8''{quote(filename, safe='')}"
-    parts.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
-                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    parts.append(
+        f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: application/octet-stream\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+    )
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"

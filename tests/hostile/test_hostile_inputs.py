@@ -35,6 +35,7 @@ MAX_STORED_METADATA_CHARS = 100_000
 
 # --- shared assertions --------------------------------------------------------------------------
 
+
 def assert_nothing_stored(before) -> None:
     assert before.new_rows() == {}
     assert before.new_files() == set(), "a refused upload left files behind"
@@ -56,6 +57,7 @@ def assert_stored_safely(entry: HostileFile, before, image_id: int) -> None:
 
 
 # --- (a) the ingestion service --------------------------------------------------------------------
+
 
 def ingest(entry: HostileFile, sample, user):
     return ingest_file(io.BytesIO(entry.data), filename=entry.filename, sample=sample, uploaded_by=user)
@@ -91,6 +93,7 @@ def test_names_that_are_only_path_syntax_become_upload(name, sample, user):
 
 # --- (b) the web upload endpoint (what the upload page's script posts) -------------------------------
 
+
 def post_to_web(client, sample, entry: HostileFile):
     body, content_type = multipart_body({"sample": str(sample.pk)}, entry.filename, entry.data)
     return client.post(reverse("web:upload_file"), data=body, content_type=content_type)
@@ -119,6 +122,7 @@ def test_web_upload_stores_real_images_safely(entry, client, member, sample, sna
 
 
 # --- (c) the REST API ---------------------------------------------------------------------------------
+
 
 def post_to_api(api, sample, entry: HostileFile, **headers):
     body, content_type = multipart_body({"sample": str(sample.pk)}, entry.filename, entry.data)
@@ -185,8 +189,7 @@ def test_import_folder_lists_every_refused_file_and_stores_only_the_images(tmp_p
     call_command("import_folder", str(root), "--sample", sample.lab_sample_id, "--no-progress", stdout=out)
     output = out.getvalue()
 
-    assert (f"Stored: {len(accepted())}   duplicate (already stored): 0   rejected: {len(refused())}"
-            in output), output
+    assert f"Stored: {len(accepted())}   duplicate (already stored): 0   rejected: {len(refused())}" in output, output
     reported = {match["id"]: match["code"] for match in REJECTED_LINE.finditer(output)}
     assert reported == {entry.id: entry.refused_with for entry in refused()}
     assert all(len(match["message"]) > 15 for match in REJECTED_LINE.finditer(output))

@@ -25,11 +25,22 @@ from tests.portal.sem_builders import files_under
 
 pytestmark = pytest.mark.django_db
 
-KNOWN_CODES = {"empty", "too_large", "not_an_image", "disguised", "unsupported_format", "truncated",
-               "too_many_pixels", "extreme_aspect_ratio", "too_many_bytes", "corrupt"}
+KNOWN_CODES = {
+    "empty",
+    "too_large",
+    "not_an_image",
+    "disguised",
+    "unsupported_format",
+    "truncated",
+    "too_many_pixels",
+    "extreme_aspect_ratio",
+    "too_many_bytes",
+    "corrupt",
+}
 SEEDS = [valid_tiff(1), valid_tiff(2, compression="zlib"), valid_png(3), valid_jpeg(4), valid_bmp(5)]
 NAMES = st.sampled_from(["scan.tif", "scan.png", "x.jpg", "noext", "../../evil.tif", "a\x00b.png"]) | st.text(
-    max_size=40)
+    max_size=40
+)
 
 
 @st.composite
@@ -45,10 +56,11 @@ def mutated_image(draw) -> bytes:
         elif mutation == "splice":  # a piece of another valid file inserted here
             donor = draw(st.sampled_from(SEEDS))
             start = draw(st.integers(0, len(donor) - 1))
-            data[position:position] = donor[start:start + draw(st.integers(1, 512))]
+            data[position:position] = donor[start : start + draw(st.integers(1, 512))]
         else:  # header fields are where parsers get hurt: overwrite a few bytes with extremes
-            data[position:position + 4] = draw(st.sampled_from([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00",
-                                                                b"\x7f\xff\xff\xff", b"\x80\x00\x00\x01"]))
+            data[position : position + 4] = draw(
+                st.sampled_from([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff", b"\x80\x00\x00\x01"])
+            )
     return bytes(data)
 
 
@@ -61,8 +73,12 @@ def small_pixel_limit(settings):
     settings.SEM_MAX_IMAGE_PIXELS = 4_000_000
 
 
-@hypothesis_settings(max_examples=300, deadline=None, database=None,
-                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@hypothesis_settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=FUZZ_INPUT, filename=NAMES)
 def test_ingest_stores_exactly_the_input_or_refuses_cleanly(data, filename, sample, user, small_pixel_limit):
     media_before = set(files_under(settings.MEDIA_ROOT))

@@ -42,18 +42,28 @@ Name=ETD
 Mode=SE
 """
 
-ZEISS_CZ_SEM = "\r\n".join([
-    "0",
-    "AP_ACTUALKV", "EHT = 5.00 kV",
-    "AP_WD", "WD = 4.9 mm",
-    "AP_MAG", "Mag = 20.00 K X",
-    "AP_IMAGE_PIXEL_SIZE", "Image Pixel Size = 4.4 nm",
-    "DP_DETECTOR_CHANNEL", "Signal A = SE2",
-    "SV_SERIAL_NUMBER", "Serial No. = Sigma 300-62-11",
-    "AP_DATE", "Date :07 Feb 2022",
-    "AP_TIME", "Time :16:05:33",
-    "",
-])
+ZEISS_CZ_SEM = "\r\n".join(
+    [
+        "0",
+        "AP_ACTUALKV",
+        "EHT = 5.00 kV",
+        "AP_WD",
+        "WD = 4.9 mm",
+        "AP_MAG",
+        "Mag = 20.00 K X",
+        "AP_IMAGE_PIXEL_SIZE",
+        "Image Pixel Size = 4.4 nm",
+        "DP_DETECTOR_CHANNEL",
+        "Signal A = SE2",
+        "SV_SERIAL_NUMBER",
+        "Serial No. = Sigma 300-62-11",
+        "AP_DATE",
+        "Date :07 Feb 2022",
+        "AP_TIME",
+        "Time :16:05:33",
+        "",
+    ]
+)
 
 TESCAN_INI = """[MAIN]
 Company=TESCAN
@@ -118,8 +128,9 @@ def pillow_bytes(image: Image.Image, image_format: str, **options) -> bytes:
     return buffer.getvalue()
 
 
-def tiff_with_text_tag(code: int, text: str, *, dtype: str = "s", array: np.ndarray | None = None,
-                       encoding: str = "utf-8") -> bytes:
+def tiff_with_text_tag(
+    code: int, text: str, *, dtype: str = "s", array: np.ndarray | None = None, encoding: str = "utf-8"
+) -> bytes:
     """A TIFF carrying ``text`` in tag ``code``: as an ASCII tag ('s', 7-bit, ends at a NUL) or as
     raw bytes ('B', how vendors store non-ASCII text such as cp1252 'µ')."""
     array = grey_pattern(96, 128) if array is None else array
@@ -139,13 +150,19 @@ def accepted_samples() -> dict[str, tuple[str, bytes, dict]]:
         "tiff_grey8": ("a.tif", tiff_bytes(grey8), {"format": "TIFF", "mode": "L", "bit_depth": 8}),
         "tiff_grey16": ("b.tiff", tiff_bytes(grey16), {"format": "TIFF", "mode": "I;16", "bit_depth": 16}),
         "tiff_rgb": ("c.tif", tiff_bytes(rgb, photometric="rgb"), {"format": "TIFF", "mode": "RGB", "bit_depth": 8}),
-        "tiff_palette": ("d.tif", tiff_bytes(grey8, photometric="palette", colormap=palette),
-                         {"format": "TIFF", "mode": "P", "bit_depth": 8}),
+        "tiff_palette": (
+            "d.tif",
+            tiff_bytes(grey8, photometric="palette", colormap=palette),
+            {"format": "TIFF", "mode": "P", "bit_depth": 8},
+        ),
         "tiff_multipage": ("e.tif", tiff_bytes(pages), {"format": "TIFF", "page_count": 2, "mode": "L"}),
         "tiff_zlib16": ("f.tif", tiff_bytes(grey16, compression="zlib"), {"format": "TIFF", "bit_depth": 16}),
         "png_grey8": ("g.png", pillow_bytes(Image.fromarray(grey8), "PNG"), {"format": "PNG", "mode": "L"}),
-        "png_grey16": ("h.png", pillow_bytes(Image.fromarray(grey16), "PNG"),
-                       {"format": "PNG", "mode": "I;16", "bit_depth": 16}),
+        "png_grey16": (
+            "h.png",
+            pillow_bytes(Image.fromarray(grey16), "PNG"),
+            {"format": "PNG", "mode": "I;16", "bit_depth": 16},
+        ),
         "png_rgb": ("i.png", pillow_bytes(Image.fromarray(rgb), "PNG"), {"format": "PNG", "mode": "RGB"}),
         "jpeg": ("j.jpg", pillow_bytes(Image.fromarray(grey8), "JPEG", quality=90), {"format": "JPEG", "mode": "L"}),
         "jpeg_rgb": ("k.jpeg", pillow_bytes(Image.fromarray(rgb), "JPEG"), {"format": "JPEG", "mode": "RGB"}),
@@ -155,6 +172,7 @@ def accepted_samples() -> dict[str, tuple[str, bytes, dict]]:
 
 def png_declaring(width: int, height: int) -> bytes:
     """A tiny PNG whose header declares width x height (a decompression bomb's header)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -165,12 +183,22 @@ def png_declaring(width: int, height: int) -> bytes:
 
 def tiff_declaring(width: int, height: int) -> bytes:
     """A little-endian TIFF header (one strip) declaring width x height 8-bit grey pixels."""
-    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-               (273, 4, 1, 8 + 2 + 12 * 9 + 4), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, 16)]
+    entries = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 8 + 2 + 12 * 9 + 4),
+        (277, 3, 1, 1),
+        (278, 4, 1, height),
+        (279, 4, 1, 16),
+    ]
     ifd = struct.pack("<H", len(entries))
     for tag, kind, count, value in entries:
         ifd += struct.pack("<HHI", tag, kind, count) + (
-            struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+            struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+        )
     return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + b"\x00" * 16
 
 

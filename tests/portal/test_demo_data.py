@@ -58,8 +58,17 @@ def test_write_dataset_layout(tmp_path):
 @pytest.mark.django_db
 def test_make_demo_data_writes_only(tmp_path):
     out = StringIO()
-    call_command("make_demo_data", "--per-class", "2", "--out", str(tmp_path / "demo"), "--size", "160x120",
-                 "--no-progress", stdout=out)
+    call_command(
+        "make_demo_data",
+        "--per-class",
+        "2",
+        "--out",
+        str(tmp_path / "demo"),
+        "--size",
+        "160x120",
+        "--no-progress",
+        stdout=out,
+    )
     assert "Wrote 20 synthetic images" in out.getvalue()
     assert len(files_under(tmp_path / "demo")) == 20
     assert SEMImage.objects.count() == 0
@@ -68,16 +77,25 @@ def test_make_demo_data_writes_only(tmp_path):
 @pytest.mark.django_db
 def test_make_demo_data_import_is_curated_and_rerunnable(tmp_path, django_user_model):
     admin = django_user_model.objects.create_superuser("admin", "admin@example.org", "pw")
-    args = ["make_demo_data", "--per-class", "3", "--out", str(tmp_path / "demo"),  # quick-start size 512x384
-            "--import", "--no-progress"]
+    args = [
+        "make_demo_data",
+        "--per-class",
+        "3",
+        "--out",
+        str(tmp_path / "demo"),  # quick-start size 512x384
+        "--import",
+        "--no-progress",
+    ]
     out = StringIO()
     call_command(*args, stdout=out)
     assert "Stored: 30" in out.getvalue()
     sample = Sample.objects.get(lab_sample_id="DEMO-001")
     assert sample.project.name == "Demo" and sample.owner == admin
     assert SEMImage.objects.filter(sample=sample).count() == 30
-    per_category = {c.folder_name: Label.objects.filter(category=c, source=Label.Source.IMPORT).count()
-                    for c in Category.objects.all()}
+    per_category = {
+        c.folder_name: Label.objects.filter(category=c, source=Label.Source.IMPORT).count()
+        for c in Category.objects.all()
+    }
     assert per_category == {c: 3 for c in CATEGORIES}
     assert SEMImage.objects.filter(databar_rows__gt=0).count() >= 27  # the synthetic data bar is found
 
@@ -88,8 +106,18 @@ def test_make_demo_data_import_is_curated_and_rerunnable(tmp_path, django_user_m
 
 @pytest.mark.django_db
 def test_make_demo_data_without_any_user_creates_a_demo_importer(tmp_path):
-    call_command("make_demo_data", "--per-class", "1", "--out", str(tmp_path / "d"), "--size", "128x96",
-                 "--import", "--no-progress", stdout=StringIO())
+    call_command(
+        "make_demo_data",
+        "--per-class",
+        "1",
+        "--out",
+        str(tmp_path / "d"),
+        "--size",
+        "128x96",
+        "--import",
+        "--no-progress",
+        stdout=StringIO(),
+    )
     sample = Sample.objects.get(lab_sample_id="DEMO-001")
     assert sample.owner.username == "demo-importer" and not sample.owner.has_usable_password()
     assert SEMImage.objects.count() == 10

@@ -46,8 +46,10 @@ def test_import_summary_labels_and_resume(tmp_path, sample, user):
     assert "Powder/notes.png: [disguised]" in output
     assert "Powder/cut.png: [truncated]" in output
     assert SEMImage.objects.count() == 6
-    labels = {label.image.original_filename: (label.category.folder_name, label.source)
-              for label in Label.objects.select_related("image", "category")}
+    labels = {
+        label.image.original_filename: (label.category.folder_name, label.source)
+        for label in Label.objects.select_related("image", "category")
+    }
     assert labels["p1.png"] == ("Powder", Label.Source.IMPORT)
     assert labels["n1.jpg"] == ("Nanowires", Label.Source.IMPORT)
     assert labels["s0.bmp"] == ("Porous_Sponge", Label.Source.IMPORT)
@@ -118,9 +120,14 @@ def test_exit_status_of_the_real_command(tmp_path, sample):
     else:
         pytest.skip("the command runs in another process; the test database is PostgreSQL-only here")
     repo = Path(__file__).resolve().parents[2]
-    completed = subprocess.run([sys.executable, "manage.py", "import_folder", str(tmp_path / "missing"),
-                                "--sample", "S-0001"], cwd=repo, env=env, capture_output=True, text=True,
-                               timeout=120)
+    completed = subprocess.run(
+        [sys.executable, "manage.py", "import_folder", str(tmp_path / "missing"), "--sample", "S-0001"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode != 0
     assert "Folder not found" in completed.stderr
 

@@ -124,6 +124,7 @@ def test_files_without_instrument_metadata_get_empty_typed_values(sample, user):
 
 # --- refusals --------------------------------------------------------------------------------
 
+
 def _truncated(data: bytes, keep: float = 0.6) -> bytes:
     return data[: int(len(data) * keep)]
 
@@ -198,6 +199,7 @@ def test_png_with_bad_checksum_is_refused(sample, user):
 
 # --- atomicity -------------------------------------------------------------------------------
 
+
 def test_failure_while_making_the_derivative_leaves_nothing(monkeypatch, sample, user):
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
@@ -236,6 +238,7 @@ def test_failure_saving_the_row_leaves_no_files(monkeypatch, sample, user):
 
 
 # --- dedup, idempotency, labels, queueing ---------------------------------------------------
+
 
 def test_same_bytes_return_the_existing_image(sample, user):
     filename, data, _ = ACCEPTED["tiff_grey8"]
@@ -280,8 +283,9 @@ def test_race_on_identical_bytes_returns_the_winner_and_cleans_up(monkeypatch, s
 
 def test_label_is_recorded_in_the_same_transaction(sample, user):
     category = Category.objects.get(folder_name="Nanowires")
-    image = ingest_bytes(ACCEPTED["jpeg"][1], "nw.jpg", sample, user, label=category,
-                         label_source=Label.Source.API).image
+    image = ingest_bytes(
+        ACCEPTED["jpeg"][1], "nw.jpg", sample, user, label=category, label_source=Label.Source.API
+    ).image
     label = Label.objects.get(image=image)
     assert (label.category, label.source, label.created_by, label.is_current) == (category, "api", user, True)
     assert SEMImage.objects.get(pk=image.pk).curated_category == category
@@ -298,8 +302,9 @@ def test_classification_is_queued_only_after_commit(monkeypatch, sample, user, d
     assert queued == [[image.pk]]
 
 
-def test_queue_failure_after_commit_does_not_lose_the_image(monkeypatch, sample, user,
-                                                           django_capture_on_commit_callbacks):
+def test_queue_failure_after_commit_does_not_lose_the_image(
+    monkeypatch, sample, user, django_capture_on_commit_callbacks
+):
     def broker_down(ids):
         raise ConnectionError("broker unreachable")
 
@@ -330,12 +335,19 @@ def test_ingestion_code_never_imports_torch_or_fastai():
     import sys
     from pathlib import Path
 
-    code = ("import sys, django; django.setup(); "
-            "import portal.services.ingest, portal.services.folder_import, classifier.synthetic; "
-            "import portal.management.commands.import_folder, portal.management.commands.make_demo_data; "
-            "heavy = sorted(m for m in ('torch', 'fastai', 'torchvision') if m in sys.modules); "
-            "print(heavy); sys.exit(1 if heavy else 0)")
-    completed = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
-                               env={**__import__("os").environ, "DJANGO_SETTINGS_MODULE": "portal.settings"},
-                               capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys, django; django.setup(); "
+        "import portal.services.ingest, portal.services.folder_import, classifier.synthetic; "
+        "import portal.management.commands.import_folder, portal.management.commands.make_demo_data; "
+        "heavy = sorted(m for m in ('torch', 'fastai', 'torchvision') if m in sys.modules); "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**__import__("os").environ, "DJANGO_SETTINGS_MODULE": "portal.settings"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode == 0, completed.stdout + completed.stderr

@@ -45,8 +45,9 @@ def test_no_banner_nothing_cropped_on_textured_images(category):
 
 def test_no_banner_false_positive_rate_is_low_over_all_categories():
     """Dark, empty substrates with bright objects near the bottom can look like a banner; keep that rare."""
-    crops = [crop_databar(make_image(category, seed, databar=False))[1] for category in CATEGORIES
-             for seed in range(20)]
+    crops = [
+        crop_databar(make_image(category, seed, databar=False))[1] for category in CATEGORIES for seed in range(20)
+    ]
     false_positive_rate = sum(rows > 0 for rows in crops) / len(crops)
     assert false_positive_rate <= 0.10
 

@@ -38,15 +38,19 @@ def test_every_real_sem_image_is_ingested(sem_real_dir, sample, user):
     print(f"\ndata bar detected in {len(with_bar)} of {len(manifest)} real images")
 
 
-@pytest.mark.parametrize("name, vendor, model, kv, detector", [
-    ("FEBID_A3_50g1T_001.tif", VENDOR_FEI, "Helios NanoLab 650", 5.0, "TLD"),
-    ("FEI-Helios-Ebeam-16bits.tif", VENDOR_FEI, "Helios NanoLab 660", 5.0, "ETD"),
-    ("ZEISS_SEM_multipage.tif", VENDOR_ZEISS, "Auriga 60", 1.8, "InLens"),
-    ("test_tiff_Zeiss_SEM_1k.tif", VENDOR_ZEISS, "Merlin", 25.0, "HE-SE2"),
-    ("test_tiff_Zeiss_SEM_512pix.tif", VENDOR_ZEISS, "ULTRA 55", 5.0, "InLens"),
-])
-def test_real_vendor_tiffs_are_ingested_with_typed_metadata(name, vendor, model, kv, detector,
-                                                             sem_vendor_tiff_dir, sample, user):
+@pytest.mark.parametrize(
+    "name, vendor, model, kv, detector",
+    [
+        ("FEBID_A3_50g1T_001.tif", VENDOR_FEI, "Helios NanoLab 650", 5.0, "TLD"),
+        ("FEI-Helios-Ebeam-16bits.tif", VENDOR_FEI, "Helios NanoLab 660", 5.0, "ETD"),
+        ("ZEISS_SEM_multipage.tif", VENDOR_ZEISS, "Auriga 60", 1.8, "InLens"),
+        ("test_tiff_Zeiss_SEM_1k.tif", VENDOR_ZEISS, "Merlin", 25.0, "HE-SE2"),
+        ("test_tiff_Zeiss_SEM_512pix.tif", VENDOR_ZEISS, "ULTRA 55", 5.0, "InLens"),
+    ],
+)
+def test_real_vendor_tiffs_are_ingested_with_typed_metadata(
+    name, vendor, model, kv, detector, sem_vendor_tiff_dir, sample, user
+):
     with open(sem_vendor_tiff_dir / name, "rb") as handle:
         image = ingest_file(handle, filename=name, sample=sample, uploaded_by=user).image
     image.refresh_from_db()

@@ -12,9 +12,23 @@ pytestmark = pytest.mark.django_db
 
 
 def make_image(sample, user, sha="a" * 64, **extra) -> SEMImage:
-    fields = dict(sample=sample, sha256=sha, original_filename="x.tif", extension=".tif", format="TIFF",
-                  file_size=10, width=4, height=4, bit_depth=8, mode="L", uploaded_by=user,
-                  split=split_for_sha256(sha), original="originals/x.tif", thumbnail="t.jpg", derivative="d.png")
+    fields = dict(
+        sample=sample,
+        sha256=sha,
+        original_filename="x.tif",
+        extension=".tif",
+        format="TIFF",
+        file_size=10,
+        width=4,
+        height=4,
+        bit_depth=8,
+        mode="L",
+        uploaded_by=user,
+        split=split_for_sha256(sha),
+        original="originals/x.tif",
+        thumbnail="t.jpg",
+        derivative="d.png",
+    )
     fields.update(extra)
     return SEMImage.objects.create(**fields)
 
@@ -50,8 +64,7 @@ def test_lims_id_unique_when_set_and_blank_means_null(project, user):
     Sample.objects.create(project=project, lab_sample_id="B", name="b", owner=user, lims_id="")
     Sample.objects.create(project=project, lab_sample_id="C", name="c", owner=user)
     assert Sample.objects.filter(lims_id__isnull=True).count() == 2
-    violates(lambda: Sample.objects.create(project=project, lab_sample_id="D", name="d", owner=user,
-                                           lims_id="LIMS-1"))
+    violates(lambda: Sample.objects.create(project=project, lab_sample_id="D", name="d", owner=user, lims_id="LIMS-1"))
 
 
 def test_lab_sample_id_unique(project, user):
@@ -61,8 +74,9 @@ def test_lab_sample_id_unique(project, user):
 
 def test_one_production_model(db):
     def version(number, status):
-        return ModelVersion.objects.create(version=number, status=status, artifact_path=f"m{number}",
-                                           artifact_sha256="0" * 64, arch="resnet34")
+        return ModelVersion.objects.create(
+            version=number, status=status, artifact_path=f"m{number}", artifact_sha256="0" * 64, arch="resnet34"
+        )
 
     version(1, ModelVersion.Status.PRODUCTION)
     version(2, ModelVersion.Status.CANDIDATE)

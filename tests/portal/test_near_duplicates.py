@@ -108,8 +108,11 @@ def test_a_group_that_joins_both_sides_moves_to_train(sample, user, project):
 
 def test_lookup_finds_what_a_scan_finds(sample, user):
     """The banded index returns exactly the stored hashes within the radius (checked against a scan)."""
-    images = [store(sample, user, pillow_bytes(make_image(c, s, size=(320, 240)), "PNG"), f"{c}{s}.png")
-              for c in ("Powder", "Films_Coated_Surface") for s in range(3)]
+    images = [
+        store(sample, user, pillow_bytes(make_image(c, s, size=(320, 240)), "PNG"), f"{c}{s}.png")
+        for c in ("Powder", "Films_Coated_Surface")
+        for s in range(3)
+    ]
     probe = window_hashes(make_image("Powder", 1, size=(320, 240)).convert("L").resize((341, 256)))
     found = {m.image_id for m in near_duplicates.find_matches(probe)}
     scan = set()

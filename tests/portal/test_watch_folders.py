@@ -79,8 +79,9 @@ def share(tmp_path) -> Path:
 
 @pytest.fixture
 def folder(db, share, project, user) -> WatchFolder:
-    return WatchFolder.objects.create(path=str(share), project=project, uploader=user, settle_s=5,
-                                      create_missing_samples=True)
+    return WatchFolder.objects.create(
+        path=str(share), project=project, uploader=user, settle_s=5, create_missing_samples=True
+    )
 
 
 def settle_and_scan(folder: WatchFolder, clock: Clock) -> watch.ScanReport:
@@ -93,6 +94,7 @@ def settle_and_scan(folder: WatchFolder, clock: Clock) -> watch.ScanReport:
 # Settling, skipping, idempotency
 # ---------------------------------------------------------------------------------------------
 
+
 def test_subfolder_rule_settles_then_stores_once_and_leaves_the_share_untouched(folder, share, project):
     write(share / "LAB-1" / "a.png", png(1))
     write(share / "LAB-1" / "b.tif", tif(2))
@@ -103,7 +105,7 @@ def test_subfolder_rule_settles_then_stores_once_and_leaves_the_share_untouched(
     first = watch.scan_folder(folder, clock=clock)
     assert (first.new, first.stored, first.settling) == (3, [], 3)  # seen once: not yet settled
     clock.advance(2)
-    assert watch.scan_folder(folder, clock=clock).stored == []      # unchanged, but not for settle_s yet
+    assert watch.scan_folder(folder, clock=clock).stored == []  # unchanged, but not for settle_s yet
     clock.advance(4)
     second = watch.scan_folder(folder, clock=clock)
     assert sorted(second.stored) == ["LAB-1/a.png", "LAB-1/b.tif", "LAB-2/c.png"]
@@ -163,10 +165,13 @@ def test_a_claim_left_by_a_dead_scanner_is_released_and_the_file_ingested(folder
 
     from django.utils import timezone
 
-    WatchedFile.objects.update(status=Status.INGESTING, claimed_by="dead",
-                               claimed_at=timezone.now() - timedelta(seconds=watch.CLAIM_TIMEOUT_S + 1))
+    WatchedFile.objects.update(
+        status=Status.INGESTING,
+        claimed_by="dead",
+        claimed_at=timezone.now() - timedelta(seconds=watch.CLAIM_TIMEOUT_S + 1),
+    )
     clock.advance(10)
-    watch.scan_folder(folder, clock=clock)          # releases the claim
+    watch.scan_folder(folder, clock=clock)  # releases the claim
     clock.advance(10)
     assert watch.scan_folder(folder, clock=clock).stored == ["LAB-1/a.png"]
 
@@ -174,6 +179,7 @@ def test_a_claim_left_by_a_dead_scanner_is_released_and_the_file_ingested(folder
 # ---------------------------------------------------------------------------------------------
 # Refusals: reported once; a rewritten file is judged again
 # ---------------------------------------------------------------------------------------------
+
 
 def test_a_truncated_file_is_refused_once_then_stored_when_completed(folder, share):
     data = tif(7)
@@ -206,16 +212,23 @@ def test_files_without_a_sample_are_refused_with_the_reason(db, share, project, 
 
 
 def test_pattern_rule_and_fixed_rule(db, share, project, user, sample):
-    pattern = WatchFolder.objects.create(path=str(share / "p"), project=project, uploader=user, settle_s=0,
-                                         sample_rule="pattern", filename_pattern=r"^(?P<sample>S-\d{4})_")
+    pattern = WatchFolder.objects.create(
+        path=str(share / "p"),
+        project=project,
+        uploader=user,
+        settle_s=0,
+        sample_rule="pattern",
+        filename_pattern=r"^(?P<sample>S-\d{4})_",
+    )
     write(share / "p" / "S-0001_001.png", png(10))
     write(share / "p" / "other.png", png(11))
     report = settle_and_scan(pattern, Clock())
     assert report.stored == ["S-0001_001.png"] and [r for r, _ in report.refused] == ["other.png"]
     assert SEMImage.objects.get(original_filename="S-0001_001.png").sample == sample
 
-    fixed = WatchFolder.objects.create(path=str(share / "f"), project=project, uploader=user, settle_s=0,
-                                       sample_rule="fixed", fixed_sample=sample)
+    fixed = WatchFolder.objects.create(
+        path=str(share / "f"), project=project, uploader=user, settle_s=0, sample_rule="fixed", fixed_sample=sample
+    )
     write(share / "f" / "deep" / "x.png", png(12))
     assert settle_and_scan(fixed, Clock()).stored == ["deep/x.png"]
     assert SEMImage.objects.get(original_filename="x.png").sample == sample
@@ -235,6 +248,7 @@ def test_watch_folder_validation(db, project, share):
 # ---------------------------------------------------------------------------------------------
 # Files that change: replaced, renamed into place, deleted mid-scan
 # ---------------------------------------------------------------------------------------------
+
 
 def test_a_replaced_file_is_a_new_version(folder, share):
     path = write(share / "LAB-1" / "a.png", png(13))
@@ -319,8 +333,9 @@ def _write_slowly(tmp_path: Path, target: Path, data: bytes, *, chunks: int, pau
     source = tmp_path / f"source-{target.name}"
     source.write_bytes(data)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(target), str(source), str(chunks), str(pause),
-                             "1" if rename else "0"])
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(target), str(source), str(chunks), str(pause), "1" if rename else "0"]
+    )
 
 
 @pytest.mark.parametrize("rename", [False, True], ids=["written-in-place", "renamed-into-place"])
@@ -350,10 +365,12 @@ def test_a_file_written_slowly_by_another_process_is_stored_once_and_whole(folde
 # Two scanners at once
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.django_db(transaction=True)
 def test_two_scanners_at_once_ingest_every_file_exactly_once(share, project, user):
-    folder = WatchFolder.objects.create(path=str(share), project=project, uploader=user, settle_s=0,
-                                        create_missing_samples=True)
+    folder = WatchFolder.objects.create(
+        path=str(share), project=project, uploader=user, settle_s=0, create_missing_samples=True
+    )
     expected = {f"LAB-{i % 2}/img{i}.png": png(100 + i) for i in range(6)}
     for relpath, data in expected.items():
         write(share / relpath, data)
@@ -364,8 +381,9 @@ def test_two_scanners_at_once_ingest_every_file_exactly_once(share, project, use
     def scanner(name):
         try:
             start.wait()
-            reports.append(watch.scan_folder(WatchFolder.objects.get(pk=folder.pk), clock=Clock(2_000_000),
-                                             scanner_id=name))
+            reports.append(
+                watch.scan_folder(WatchFolder.objects.get(pk=folder.pk), clock=Clock(2_000_000), scanner_id=name)
+            )
         except Exception as error:  # noqa: BLE001 - asserted below
             errors.append(error)
         finally:
@@ -378,7 +396,7 @@ def test_two_scanners_at_once_ingest_every_file_exactly_once(share, project, use
         thread.join(120)
     assert errors == []
     stored = [relpath for report in reports for relpath in report.stored]
-    assert sorted(stored) == sorted(expected)          # each file once, by one scanner or the other
+    assert sorted(stored) == sorted(expected)  # each file once, by one scanner or the other
     assert [r for report in reports for r in report.duplicates] == []
     assert SEMImage.objects.count() == len(expected)
     assert set(WatchedFile.objects.values_list("status", flat=True)) == {Status.STORED}
@@ -389,6 +407,7 @@ def test_two_scanners_at_once_ingest_every_file_exactly_once(share, project, use
 # Sidecars, processed/
 # ---------------------------------------------------------------------------------------------
 
+
 def test_jeol_and_hitachi_sidecars_are_attached(folder, share):
     write(share / "LAB-1" / "jeol.tif", tif(20))
     write(share / "LAB-1" / "jeol.txt", JEOL_TXT.encode())
@@ -398,7 +417,11 @@ def test_jeol_and_hitachi_sidecars_are_attached(folder, share):
     settle_and_scan(folder, Clock())
     jeol = SEMImage.objects.get(original_filename="jeol.tif")
     assert (jeol.vendor, jeol.instrument_model, jeol.magnification, jeol.accelerating_voltage_kv) == (
-        "JEOL", "JSM-7600F", 8000.0, 15.0)
+        "JEOL",
+        "JSM-7600F",
+        8000.0,
+        15.0,
+    )
     assert jeol.metadata["sidecar"] == "jeol.txt" and jeol.metadata["jeol"]["CM_MAG"] == "8000"
     hitachi = SEMImage.objects.get(original_filename="hitachi.tif")
     assert (hitachi.vendor, hitachi.instrument_model, hitachi.magnification) == ("Hitachi", "SU8230", 50000.0)
@@ -427,6 +450,7 @@ def test_move_to_processed_moves_stored_files_and_their_sidecars(folder, share):
 # Command, beat task, schedule, Inbox
 # ---------------------------------------------------------------------------------------------
 
+
 def test_watch_folder_command_once(db, share, user, tmp_path):
     user.is_superuser = True
     user.save()
@@ -434,8 +458,17 @@ def test_watch_folder_command_once(db, share, user, tmp_path):
     write(share / "LAB-7" / "broken.tif", b"II*\x00garbage")
     out = io.StringIO()
     with pytest.raises(Exception) as refused:
-        call_command("watch_folder", str(share), "--project", "Night shift", "--create-samples", "--settle", "0",
-                     "--once", stdout=out)
+        call_command(
+            "watch_folder",
+            str(share),
+            "--project",
+            "Night shift",
+            "--create-samples",
+            "--settle",
+            "0",
+            "--once",
+            stdout=out,
+        )
     assert "1 files were refused" in str(refused.value)
     assert "1 stored" in out.getvalue() and "broken.tif" in out.getvalue()
     folder = WatchFolder.objects.get(path=str(share))
@@ -449,13 +482,14 @@ def test_beat_schedule_is_off_until_a_folder_is_enabled_and_scans_due_folders(db
     from django_celery_beat.models import PeriodicTask
 
     assert not PeriodicTask.objects.filter(name=watch.SCAN_TASK_NAME).exists()
-    folder = WatchFolder.objects.create(path=str(share), project=project, uploader=user, settle_s=0,
-                                        create_missing_samples=True, poll_interval_s=3600)
+    folder = WatchFolder.objects.create(
+        path=str(share), project=project, uploader=user, settle_s=0, create_missing_samples=True, poll_interval_s=3600
+    )
     task = PeriodicTask.objects.get(name=watch.SCAN_TASK_NAME)
     assert task.enabled and task.task == "workers.scan_watch_folders"
     write(share / "LAB-1" / "a.png", png(25))
     assert list(watch.scan_due_folders()) == [str(share)]
-    assert watch.scan_due_folders() == {}          # not due again before its poll interval
+    assert watch.scan_due_folders() == {}  # not due again before its poll interval
     WatchFolder.objects.filter(pk=folder.pk).update(last_scan_at=None)
     from workers.tasks import scan_watch_folders
 
@@ -493,13 +527,25 @@ def test_admin_pages_of_watch_folders_render(client, django_user_model, folder, 
     write(share / "LAB-1" / "a.png", png(27))
     settle_and_scan(folder, Clock())
     client.force_login(admin_user)
-    for url in (reverse("admin:portal_watchfolder_changelist"), reverse("admin:portal_watchfolder_add"),
-                reverse("admin:portal_watchfolder_change", args=[folder.pk]),
-                reverse("admin:portal_watchedfile_changelist")):
+    for url in (
+        reverse("admin:portal_watchfolder_changelist"),
+        reverse("admin:portal_watchfolder_add"),
+        reverse("admin:portal_watchfolder_change", args=[folder.pk]),
+        reverse("admin:portal_watchedfile_changelist"),
+    ):
         response = client.get(url)
         assert response.status_code == 200, url
     assert "1 / 0 / 0 / 0" in client.get(reverse("admin:portal_watchfolder_changelist")).content.decode()
-    response = client.post(reverse("admin:portal_watchfolder_add"), {
-        "path": "/mnt/elsewhere", "project": folder.project_id, "enabled": "on", "sample_rule": "pattern",
-        "filename_pattern": r"^(\d+)_", "poll_interval_s": 60, "settle_s": 10})
+    response = client.post(
+        reverse("admin:portal_watchfolder_add"),
+        {
+            "path": "/mnt/elsewhere",
+            "project": folder.project_id,
+            "enabled": "on",
+            "sample_rule": "pattern",
+            "filename_pattern": r"^(\d+)_",
+            "poll_interval_s": 60,
+            "settle_s": 10,
+        },
+    )
     assert response.status_code == 200 and "group named sample" in response.content.decode()

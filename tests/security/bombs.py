@@ -41,8 +41,17 @@ def tiff_chained_ifds(count: int) -> bytes:
     return bytes(out)
 
 
-def tiff_strip_bomb(width: int, height: int, *, samples: int = 1, bits: int = 8, rows_per_strip: int | None = None,
-                    photometric: int | None = None, sample_format: int = 1, ramp: bool = False) -> bytes:
+def tiff_strip_bomb(
+    width: int,
+    height: int,
+    *,
+    samples: int = 1,
+    bits: int = 8,
+    rows_per_strip: int | None = None,
+    photometric: int | None = None,
+    sample_format: int = 1,
+    ramp: bool = False,
+) -> bytes:
     """A valid, deflate-compressed, chunky TIFF whose strips all point at one deflated block.
 
     The block is zeros, or with `ramp` rows of a grey ramp (so that a percentile stretch has a range to

@@ -76,14 +76,24 @@ def main(argv: list[str]) -> int:
             outcome, message = error.code, error.message
         except MemoryError as error:
             outcome, message = "MemoryError", str(error)
-        print(json.dumps({"file": Path(file).name, "outcome": outcome, "message": message,
-                          "peak_bytes": _rss_peak_bytes() - before,
-                          "seconds": round(time.monotonic() - started, 3)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "file": Path(file).name,
+                    "outcome": outcome,
+                    "message": message,
+                    "peak_bytes": _rss_peak_bytes() - before,
+                    "seconds": round(time.monotonic() - started, 3),
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 
-def probe(path: Path, *, limit_bytes: int | None = None, env: dict[str, str | None] | None = None,
-          timeout_s: float = 300) -> dict:
+def probe(
+    path: Path, *, limit_bytes: int | None = None, env: dict[str, str | None] | None = None, timeout_s: float = 300
+) -> dict:
     """Probe one file in a fresh interpreter; returns its JSON line as a dict. `env` overrides the
     environment (None removes a variable: its default applies)."""
     command = [sys.executable, "-m", "tests.security.memory_probe"]
@@ -95,8 +105,9 @@ def probe(path: Path, *, limit_bytes: int | None = None, env: dict[str, str | No
             environment.pop(name, None)
         else:
             environment[name] = value
-    done = subprocess.run(command + [str(path)], cwd=REPO_ROOT, env=environment, capture_output=True, text=True,
-                          timeout=timeout_s)
+    done = subprocess.run(
+        command + [str(path)], cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=timeout_s
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         raise AssertionError(f"memory probe failed ({done.returncode}): {done.stderr[-3000:]}")

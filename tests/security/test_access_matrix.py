@@ -49,8 +49,20 @@ class World:
 
 
 @pytest.fixture
-def world(project, sample, user, member, admin_user, make_user, other_project, make_image, make_model, predict,
-          categories, tmp_path) -> World:
+def world(
+    project,
+    sample,
+    user,
+    member,
+    admin_user,
+    make_user,
+    other_project,
+    make_image,
+    make_model,
+    predict,
+    categories,
+    tmp_path,
+) -> World:
     from portal.watch_models import WatchFolder
 
     outsider = make_user("otto-outsider", project=other_project, role=Membership.Role.CURATOR)
@@ -59,14 +71,23 @@ def world(project, sample, user, member, admin_user, make_user, other_project, m
     model = make_model(1, status="production")
     image = make_image(sample, split="test", curated=categories["Fibres"])
     predict(image, model, {"Particles": 0.6, "Fibres": 0.3, "Powder": 0.1}, categories)
-    run = TrainingRun.objects.create(trigger=TrainingRun.Trigger.MANUAL, active=None,
-                                     status=TrainingRun.Status.SUCCEEDED)
-    webhook = WebhookSubscription.objects.create(owner=member, url="https://lims.example.org/hook",
-                                                 events=["image.classified"], secret="s" * 32)
+    run = TrainingRun.objects.create(
+        trigger=TrainingRun.Trigger.MANUAL, active=None, status=TrainingRun.Status.SUCCEEDED
+    )
+    webhook = WebhookSubscription.objects.create(
+        owner=member, url="https://lims.example.org/hook", events=["image.classified"], secret="s" * 32
+    )
     return World(
         users={"member": member, "curator": user, "admin": admin_user, "outsider": outsider},
-        image=image, model=model, candidate=make_model(2), run=run, sample=sample, project=project,
-        webhook=webhook, token=create_token(member, "lims").token, categories=categories,
+        image=image,
+        model=model,
+        candidate=make_model(2),
+        run=run,
+        sample=sample,
+        project=project,
+        webhook=webhook,
+        token=create_token(member, "lims").token,
+        categories=categories,
         watch_folder=WatchFolder.objects.create(path=str(tmp_path / "share"), project=project, uploader=user),
     )
 
@@ -133,8 +154,9 @@ WEB_ROUTES = {
     "web:review_undo": Route({"POST": CURATORS}),
     "web:review_bulk_accept": Route({"POST": CURATORS}, data=lambda w: {"min_confidence": 95}),
     "web:dashboard": Route({"GET": EVERYONE}),
-    "web:confusion_cell": Route({"GET": EVERYONE}, kwargs=lambda w: {"version": w.model.version},
-                                query="?actual=Fibres&predicted=Particles"),
+    "web:confusion_cell": Route(
+        {"GET": EVERYONE}, kwargs=lambda w: {"version": w.model.version}, query="?actual=Fibres&predicted=Particles"
+    ),
     "web:training": Route({"GET": EVERYONE}),
     "web:training_start": Route({"POST": ADMINS}),
     "web:training_run": Route({"GET": EVERYONE}, kwargs=lambda w: {"pk": w.run.pk}),
@@ -152,17 +174,23 @@ API_ROUTES = {
     "api:api-root": Route({"GET": EVERYONE}),
     "api:project-list": Route({"GET": EVERYONE}),
     "api:project-detail": Route({"GET": PROJECT}, kwargs=lambda w: {"pk": w.project.pk}),
-    "api:sample-list": Route({"GET": EVERYONE, "POST": OWN_PROJECT_FIELD},
-                             data=lambda w: {"project": w.project.pk, "lab_sample_id": f"NEW-{next(_serial)}",
-                                             "name": "n"}),
-    "api:sample-detail": Route({"GET": PROJECT, "PATCH": PROJECT, "DELETE": PROJECT_CURATORS},
-                               kwargs=lambda w: {"pk": w.sample.pk}, data=lambda w: {"material": "ZnO"}),
+    "api:sample-list": Route(
+        {"GET": EVERYONE, "POST": OWN_PROJECT_FIELD},
+        data=lambda w: {"project": w.project.pk, "lab_sample_id": f"NEW-{next(_serial)}", "name": "n"},
+    ),
+    "api:sample-detail": Route(
+        {"GET": PROJECT, "PATCH": PROJECT, "DELETE": PROJECT_CURATORS},
+        kwargs=lambda w: {"pk": w.sample.pk},
+        data=lambda w: {"material": "ZnO"},
+    ),
     "api:sample-by-lims": Route({"GET": PROJECT}, kwargs=lambda w: {"lims_id": w.sample.lims_id}),
-    "api:image-list": Route({"GET": EVERYONE, "POST": OWN_PROJECT_FIELD},
-                            data=lambda w: {"sample": w.sample.pk, "file": new_png()}),
+    "api:image-list": Route(
+        {"GET": EVERYONE, "POST": OWN_PROJECT_FIELD}, data=lambda w: {"sample": w.sample.pk, "file": new_png()}
+    ),
     "api:image-detail": Route({"GET": PROJECT}, **IMAGE),
-    "api:image-labels": Route({"GET": PROJECT, "POST": PROJECT_CURATORS}, **IMAGE,
-                              data=lambda w: {"category": w.categories["Powder"].slug}),
+    "api:image-labels": Route(
+        {"GET": PROJECT, "POST": PROJECT_CURATORS}, **IMAGE, data=lambda w: {"category": w.categories["Powder"].slug}
+    ),
     "api:image-original": Route({"GET": PROJECT}, **IMAGE),
     "api:image-thumbnail": Route({"GET": PROJECT}, **IMAGE),
     "api:image-predictions": Route({"GET": PROJECT}, **IMAGE),
@@ -178,10 +206,15 @@ API_ROUTES = {
     "api:training-run-list": Route({"GET": EVERYONE, "POST": ADMINS}, data=lambda w: {"force": True}),
     "api:training-run-detail": Route({"GET": EVERYONE}, kwargs=lambda w: {"pk": w.run.pk}),
     "api:training-run-cancel": Route({"POST": ADMINS}, kwargs=lambda w: {"pk": w.run.pk}),
-    "api:webhook-list": Route({"GET": EVERYONE, "POST": EVERYONE}, data=lambda w: {
-        "url": "https://lims.example.org/other", "events": ["image.classified"]}),
-    "api:webhook-detail": Route({"GET": OWNER, "PATCH": OWNER, "DELETE": OWNER},
-                                kwargs=lambda w: {"pk": w.webhook.pk}, data=lambda w: {"active": False}),
+    "api:webhook-list": Route(
+        {"GET": EVERYONE, "POST": EVERYONE},
+        data=lambda w: {"url": "https://lims.example.org/other", "events": ["image.classified"]},
+    ),
+    "api:webhook-detail": Route(
+        {"GET": OWNER, "PATCH": OWNER, "DELETE": OWNER},
+        kwargs=lambda w: {"pk": w.webhook.pk},
+        data=lambda w: {"active": False},
+    ),
     "api:webhook-deliveries": Route({"GET": OWNER}, kwargs=lambda w: {"pk": w.webhook.pk}),
 }
 
@@ -224,6 +257,7 @@ def test_every_url_pattern_is_in_the_table():
 
 # --- running one case -------------------------------------------------------------------------------
 
+
 def client_for(role: str, world: World, api: bool):
     if role == "anonymous":
         return APIClient() if api else Client()
@@ -261,8 +295,7 @@ def call(client, method: str, url: str, data: dict, api: bool):
 
 FETCH_ROUTES = {"web:upload_file", "web:upload_status", "web:training_progress"}
 
-CASES = [pytest.param(name, method, id=f"{name}-{method}")
-         for name, route in TABLE.items() for method in route.methods]
+CASES = [pytest.param(name, method, id=f"{name}-{method}") for name, route in TABLE.items() for method in route.methods]
 
 
 @pytest.mark.parametrize(("name", "method"), CASES)
@@ -287,9 +320,15 @@ def test_anonymous_api_refusal_uses_the_error_body(world):
 # --- files are served with safe headers -------------------------------------------------------------
 
 SAFE_TYPES = {"image/png", "image/jpeg", "image/tiff", "image/bmp", "application/octet-stream"}
-FILE_URLS = [("web:image_original", True), ("web:image_thumbnail", False), ("web:image_derivative", False),
-             ("web:image_full", False), ("web:image_preview", False), ("api:image-original", True),
-             ("api:image-thumbnail", False)]
+FILE_URLS = [
+    ("web:image_original", True),
+    ("web:image_thumbnail", False),
+    ("web:image_derivative", False),
+    ("web:image_full", False),
+    ("web:image_preview", False),
+    ("api:image-original", True),
+    ("api:image-thumbnail", False),
+]
 
 
 def fetch_file(world: World, name: str):
@@ -311,16 +350,19 @@ def test_files_are_served_with_safe_headers(name, is_original, world):
     assert "private" in response["Cache-Control"]
 
 
-@pytest.mark.parametrize("name", ["web:image_original", "api:image-original", "web:image_thumbnail",
-                                  "api:image-thumbnail"])
+@pytest.mark.parametrize(
+    "name", ["web:image_original", "api:image-original", "web:image_thumbnail", "api:image-thumbnail"]
+)
 def test_markup_is_never_served_as_markup(name, world):
     """Even if a row said SVG and a stored file ended in .html (a tampered row, a future format),
     the browser gets an opaque download, never a document it would render."""
     image = world.image
-    image.thumbnail.save(f"{image.sha256[:2]}/{image.sha256}.html", ContentFile(b"<script>alert(1)</script>"),
-                         save=False)
-    SEMImage.objects.filter(pk=image.pk).update(format="SVG", thumbnail=image.thumbnail.name,
-                                                original_filename="drawing.svg")
+    image.thumbnail.save(
+        f"{image.sha256[:2]}/{image.sha256}.html", ContentFile(b"<script>alert(1)</script>"), save=False
+    )
+    SEMImage.objects.filter(pk=image.pk).update(
+        format="SVG", thumbnail=image.thumbnail.name, original_filename="drawing.svg"
+    )
     response, _ = fetch_file(world, name)
     assert response["Content-Type"] == "application/octet-stream"
     assert response["Content-Disposition"].startswith("attachment;")
@@ -335,6 +377,7 @@ def test_hostile_stored_names_cannot_break_out_of_content_disposition(name, worl
 
 
 # --- CSRF -----------------------------------------------------------------------------------------------
+
 
 class PostForms(HTMLParser):
     """Collects (action, has csrfmiddlewaretoken) of every <form method="post">."""
@@ -419,31 +462,44 @@ def test_every_post_form_carries_a_csrf_token(world):
             if not has_token:
                 missing.append((url, action))
     assert missing == []
-    expected = {reverse(SELF_POSTING_TEMPLATES.get(name, name), kwargs=_kwargs_for(name, world))
-                for name in template_post_form_targets()}
+    expected = {
+        reverse(SELF_POSTING_TEMPLATES.get(name, name), kwargs=_kwargs_for(name, world))
+        for name in template_post_form_targets()
+    }
     assert expected - seen_targets == set(), "some POST forms of the templates were never rendered here"
 
 
 def _kwargs_for(name: str, world: World) -> dict:
-    return {"web:image_label": {"pk": world.image.pk}, "web:review_label": {"pk": world.image.pk},
-            "web:review_skip": {"pk": world.image.pk}, "web:model_promote": {"version": world.candidate.version},
-            "account:token_revoke": {"pk": world.token.pk}, "web:inbox_toggle": {"pk": world.watch_folder.pk},
-            "web:training_cancel": {"pk": TrainingRun.objects.filter(active=True).values_list("pk", flat=True).first()},
-            }.get(name, {})
+    return {
+        "web:image_label": {"pk": world.image.pk},
+        "web:review_label": {"pk": world.image.pk},
+        "web:review_skip": {"pk": world.image.pk},
+        "web:model_promote": {"version": world.candidate.version},
+        "account:token_revoke": {"pk": world.token.pk},
+        "web:inbox_toggle": {"pk": world.watch_folder.pk},
+        "web:training_cancel": {"pk": TrainingRun.objects.filter(active=True).values_list("pk", flat=True).first()},
+    }.get(name, {})
 
 
-@pytest.mark.parametrize(("url_name", "kwargs", "data"), [
-    ("web:image_label", "image", "category"),
-    ("web:upload_file", None, "sample"),
-    ("web:review_bulk_accept", None, "threshold"),
-    ("account:tokens", None, "token_name"),
-    ("logout", None, None),
-])
+@pytest.mark.parametrize(
+    ("url_name", "kwargs", "data"),
+    [
+        ("web:image_label", "image", "category"),
+        ("web:upload_file", None, "sample"),
+        ("web:review_bulk_accept", None, "threshold"),
+        ("account:tokens", None, "token_name"),
+        ("logout", None, None),
+    ],
+)
 def test_post_without_csrf_token_is_refused(url_name, kwargs, data, world):
     client = Client(enforce_csrf_checks=True)
     client.force_login(world.users["curator"])
-    payload = {"category": {"category": world.categories["Powder"].pk}, "sample": {"sample": world.sample.pk},
-               "threshold": {"min_confidence": 50}, "token_name": {"name": "csrf"}}.get(data, {})
+    payload = {
+        "category": {"category": world.categories["Powder"].pk},
+        "sample": {"sample": world.sample.pk},
+        "threshold": {"min_confidence": 50},
+        "token_name": {"name": "csrf"},
+    }.get(data, {})
     url = reverse(url_name, kwargs={"pk": world.image.pk} if kwargs else None)
     labels, tokens = Label.objects.count(), ApiToken.objects.count()
     assert client.post(url, payload).status_code == 403
@@ -457,8 +513,10 @@ def test_post_with_the_csrf_token_is_accepted(world):
     client.force_login(world.users["curator"])
     client.get(reverse("web:image_detail", args=[world.image.pk]))  # sets the CSRF cookie
     token = client.cookies["csrftoken"].value
-    response = client.post(reverse("web:image_label", args=[world.image.pk]),
-                           {"category": world.categories["Powder"].pk, "csrfmiddlewaretoken": token})
+    response = client.post(
+        reverse("web:image_label", args=[world.image.pk]),
+        {"category": world.categories["Powder"].pk, "csrfmiddlewaretoken": token},
+    )
     assert response.status_code == 302
     assert Label.objects.get(image=world.image, is_current=True).category == world.categories["Powder"]
 
@@ -467,13 +525,17 @@ def test_api_with_a_session_but_without_csrf_token_is_refused(world):
     """Session authentication on the API (the browsable API) must not open a CSRF hole."""
     client = APIClient(enforce_csrf_checks=True)
     client.force_login(world.users["curator"])
-    response = client.post(reverse("api:image-labels", kwargs={"pk": world.image.pk}),
-                           {"category": world.categories["Powder"].slug}, format="json")
+    response = client.post(
+        reverse("api:image-labels", kwargs={"pk": world.image.pk}),
+        {"category": world.categories["Powder"].slug},
+        format="json",
+    )
     assert response.status_code == 403
     assert "CSRF" in response.json()["error"]["message"]
 
 
 # --- tokens --------------------------------------------------------------------------------------------
+
 
 def test_token_made_on_the_token_page_is_stored_only_hashed(world):
     """Through the real page: the secret is shown once and is in no table (tokens, sessions, messages)."""
@@ -488,4 +550,3 @@ def test_token_made_on_the_token_page_is_stored_only_hashed(world):
             assert secret not in stored and secret[4:] not in stored, table
     assert secret not in client.get(reverse("account:tokens")).content.decode()  # shown once only
     assert APIClient(HTTP_AUTHORIZATION=f"Bearer {secret}").get(reverse("api:project-list")).status_code == 200
-

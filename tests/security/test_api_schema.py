@@ -53,12 +53,26 @@ def world(admin_user, member, other_project, categories):
     Membership.objects.create(project=project, user=member, role=Membership.Role.CURATOR)
     sample = Sample.objects.create(project=project, lab_sample_id="SCH-1", name="s", owner=member)
     image = ingest_file(io.BytesIO(png_bytes(4242)), filename="n.png", sample=sample, uploaded_by=member).image
-    model = ModelVersion.objects.create(version=7, status=ModelVersion.Status.CANDIDATE, artifact_sha256="0" * 64,
-                                        arch="resnet18", classes=["Fibres", "Particles"], metrics={})
-    run = TrainingRun.objects.create(trigger=TrainingRun.Trigger.SCHEDULE, status=TrainingRun.Status.FAILED,
-                                     active=None)
-    return {"image": image, "model": model, "run": run, "sample": sample, "curator": member, "admin": admin_user,
-            "hidden_project": other_project}
+    model = ModelVersion.objects.create(
+        version=7,
+        status=ModelVersion.Status.CANDIDATE,
+        artifact_sha256="0" * 64,
+        arch="resnet18",
+        classes=["Fibres", "Particles"],
+        metrics={},
+    )
+    run = TrainingRun.objects.create(
+        trigger=TrainingRun.Trigger.SCHEDULE, status=TrainingRun.Status.FAILED, active=None
+    )
+    return {
+        "image": image,
+        "model": model,
+        "run": run,
+        "sample": sample,
+        "curator": member,
+        "admin": admin_user,
+        "hidden_project": other_project,
+    }
 
 
 def conforms(api_schema, user, method: str, path: str, *, path_parameters=None, query=None):
@@ -73,23 +87,41 @@ def conforms(api_schema, user, method: str, path: str, *, path_parameters=None, 
 
 def test_responses_with_nulls_and_strict_requests_match_the_schema(api_schema, world):
     curator, admin, image = world["curator"], world["admin"], world["image"]
-    assert conforms(api_schema, curator, "GET", "/api/images/{id}/", path_parameters={"id": image.pk}).status_code == 200
+    assert (
+        conforms(api_schema, curator, "GET", "/api/images/{id}/", path_parameters={"id": image.pk}).status_code == 200
+    )
     assert conforms(api_schema, curator, "GET", "/api/images/").status_code == 200
     assert conforms(api_schema, curator, "GET", "/api/review-queue/").status_code == 200
     assert conforms(api_schema, admin, "GET", "/api/models/").status_code == 200
-    assert conforms(api_schema, admin, "GET", "/api/training-runs/{id}/",
-                    path_parameters={"id": world["run"].pk}).status_code == 200
-    assert conforms(api_schema, curator, "GET", "/api/images/{id}/original/",
-                    path_parameters={"id": image.pk}).status_code == 200
+    assert (
+        conforms(
+            api_schema, admin, "GET", "/api/training-runs/{id}/", path_parameters={"id": world["run"].pk}
+        ).status_code
+        == 200
+    )
+    assert (
+        conforms(api_schema, curator, "GET", "/api/images/{id}/original/", path_parameters={"id": image.pk}).status_code
+        == 200
+    )
     # An invisible project is no different from one that does not exist: an empty list, not a 400.
-    assert conforms(api_schema, curator, "GET", "/api/samples/",
-                    query={"project": world["hidden_project"].pk}).json()["results"] == []
+    assert (
+        conforms(api_schema, curator, "GET", "/api/samples/", query={"project": world["hidden_project"].pk}).json()[
+            "results"
+        ]
+        == []
+    )
 
 
-@pytest.mark.parametrize(("path", "query"), [
-    ("/api/images/", {"page_size": "abc"}), ("/api/images/", {"page_size": "0"}), ("/api/images/", {"status": ""}),
-    ("/api/images/", {"uploaded_before": ""}), ("/api/images/", {"max_confidence": "7"}),
-])
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        ("/api/images/", {"page_size": "abc"}),
+        ("/api/images/", {"page_size": "0"}),
+        ("/api/images/", {"status": ""}),
+        ("/api/images/", {"uploaded_before": ""}),
+        ("/api/images/", {"max_confidence": "7"}),
+    ],
+)
 def test_query_values_the_schema_refuses_are_refused(world, path, query):
     client = APIClient()
     client.force_authenticate(world["curator"])
@@ -119,23 +151,51 @@ def test_taken_ids_conflict_and_unknown_references_are_not_found(world):
 
 # --- the full run ----------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)  # gunicorn sees this test's rows
 def test_schemathesis_full_check_set_passes_for_a_curator_and_an_admin(world, tmp_path):
     from tests.faults.test_broker_down import portal_server
 
-    tokens = {"curator": create_token(world["curator"], "fuzz").secret,
-              "admin": create_token(world["admin"], "fuzz").secret}
-    env = {"SEM_VAR_DIR": str(tmp_path / "var"), "SEM_API_RATE": "100000/min", "SEM_API_UPLOAD_RATE": "100000/min",
-           "SEM_WEBHOOK_ALLOW_LOOPBACK": "true"}
+    tokens = {
+        "curator": create_token(world["curator"], "fuzz").secret,
+        "admin": create_token(world["admin"], "fuzz").secret,
+    }
+    env = {
+        "SEM_VAR_DIR": str(tmp_path / "var"),
+        "SEM_API_RATE": "100000/min",
+        "SEM_API_UPLOAD_RATE": "100000/min",
+        "SEM_WEBHOOK_ALLOW_LOOPBACK": "true",
+    }
     failures = {}
     with portal_server("memory://", tmp_path / "gunicorn.log", **env) as url:
         for role, secret in tokens.items():
             done = subprocess.run(
-                [str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(CONFIG), "--no-color", "run",
-                 f"{url}/api/schema/", "-H", f"Authorization: Bearer {secret}", "--max-examples", EXAMPLES,
-                 "--seed", "1", "--workers", "1", "--report", "ndjson", "--report-dir", str(tmp_path / role)],
-                cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+                [
+                    str(Path(sys.executable).with_name("schemathesis")),
+                    "--config-file",
+                    str(CONFIG),
+                    "--no-color",
+                    "run",
+                    f"{url}/api/schema/",
+                    "-H",
+                    f"Authorization: Bearer {secret}",
+                    "--max-examples",
+                    EXAMPLES,
+                    "--seed",
+                    "1",
+                    "--workers",
+                    "1",
+                    "--report",
+                    "ndjson",
+                    "--report-dir",
+                    str(tmp_path / role),
+                ],
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
             if done.returncode != 0:
                 failures[role] = done.stdout[-6000:] + done.stderr[-2000:]
     assert not failures, json.dumps(failures, indent=1)[:12000]

@@ -34,10 +34,13 @@ def test_the_status_poll_keeps_the_duplicate_s_file_name(user, sample):
     assert [image["existing_filename"] for image in polled] == ["first-scan.png"]
 
 
-@pytest.mark.parametrize(("data", "expected"), [
-    (b"II*\x00" + struct.pack("<I", 0) + b"\x00" * 32, "contains no image"),
-    (b"MM\x00*" + struct.pack(">I", 0) + b"\x00" * 32, "contains no image"),
-])
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"II*\x00" + struct.pack("<I", 0) + b"\x00" * 32, "contains no image"),
+        (b"MM\x00*" + struct.pack(">I", 0) + b"\x00" * 32, "contains no image"),
+    ],
+)
 def test_refusals_never_end_in_a_bare_number(data, expected, user, sample):
     with pytest.raises(IngestError) as caught:
         ingest_file(io.BytesIO(data), filename="x.tif", sample=sample, uploaded_by=user)

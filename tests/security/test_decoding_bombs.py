@@ -49,15 +49,18 @@ def test_bombs_are_refused_from_the_header_with_a_clear_reason(name, data, code,
 def test_decoded_bytes_count_samples_and_bits_not_just_pixels(sample, user, settings):
     """Well under the pixel limit, over the decoded-bytes budget: refused whatever the pixel count says."""
     settings.SEM_MAX_DECODED_BYTES = 8 * 1024**2
-    for data in (tiff_strip_bomb(1000, 1000, samples=9),  # 9 MB of 8-bit samples
-                 tiff_strip_bomb(1500, 1500, bits=32, sample_format=3),  # 9 MB of float32
-                 tiff_strip_bomb(1000, 1000, samples=3, bits=32, sample_format=3)):
+    for data in (
+        tiff_strip_bomb(1000, 1000, samples=9),  # 9 MB of 8-bit samples
+        tiff_strip_bomb(1500, 1500, bits=32, sample_format=3),  # 9 MB of float32
+        tiff_strip_bomb(1000, 1000, samples=3, bits=32, sample_format=3),
+    ):
         with pytest.raises(IngestError) as caught:
             ingest_file(io.BytesIO(data), filename="many.tif", sample=sample, uploaded_by=user)
         assert caught.value.code == "too_many_bytes", caught.value.message
     # Just under the budget is stored.
-    stored = ingest_file(io.BytesIO(tiff_strip_bomb(2000, 2000, bits=16, ramp=True)), filename="ok.tif",
-                         sample=sample, uploaded_by=user)
+    stored = ingest_file(
+        io.BytesIO(tiff_strip_bomb(2000, 2000, bits=16, ramp=True)), filename="ok.tif", sample=sample, uploaded_by=user
+    )
     assert stored.created
 
 
@@ -107,9 +110,11 @@ def test_worst_case_memory_of_one_upload_is_bounded(name, tmp_path):
     data = bombs()[name][0] if name in bombs() else at_the_limits()[name]
     path = tmp_path / f"{name}.bin"
     path.write_bytes(data)
-    result = probe(path, limit_bytes=3 * WORST_CASE_BYTES, env={"SEM_MAX_IMAGE_PIXELS": None,
-                                                                 "SEM_MAX_DECODED_BYTES": None,
-                                                                 "SEM_MAX_ASPECT_RATIO": None})
+    result = probe(
+        path,
+        limit_bytes=3 * WORST_CASE_BYTES,
+        env={"SEM_MAX_IMAGE_PIXELS": None, "SEM_MAX_DECODED_BYTES": None, "SEM_MAX_ASPECT_RATIO": None},
+    )
     expected = bombs()[name][1] if name in bombs() else None
     assert result["outcome"] == (expected or "accepted"), result
     assert result["peak_bytes"] <= WORST_CASE_BYTES, result

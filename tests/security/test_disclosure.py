@@ -60,18 +60,25 @@ def test_the_api_and_the_web_answers_carry_no_server_path(user, sample):
     web.force_login(user)
     for data in CORRUPT.values():
         boundary = uuid.uuid4().hex
-        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="sample"\r\n\r\n{sample.pk}\r\n'
-                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n').encode() \
-            + data + f"\r\n--{boundary}--\r\n".encode()
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="sample"\r\n\r\n{sample.pk}\r\n'
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
+            ).encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
         content_type = f"multipart/form-data; boundary={boundary}"
-        for response in (Client().post("/api/images/", data=body, content_type=content_type,
-                                       HTTP_AUTHORIZATION=f"Bearer {token}"),
-                         web.post(reverse("web:upload_file"), data=body, content_type=content_type)):
+        for response in (
+            Client().post("/api/images/", data=body, content_type=content_type, HTTP_AUTHORIZATION=f"Bearer {token}"),
+            web.post(reverse("web:upload_file"), data=body, content_type=content_type),
+        ):
             assert response.status_code in (400, 422), response.content[:300]
             assert not SERVER_DETAIL.search(response.content.decode()), response.content[:500]
 
 
 # --- "not there" and "not yours" answer alike ---------------------------------------------------------
+
 
 @pytest.fixture
 def hidden(django_user_model):
@@ -80,8 +87,15 @@ def hidden(django_user_model):
     # Ids of a distinctive length, so that a page's text can be compared with the id blanked out.
     project = Project.objects.create(pk=7_000_001, name="Hidden alloys")
     Membership.objects.create(project=project, user=owner, role=Membership.Role.CURATOR)
-    sample = Sample.objects.create(pk=7_000_002, project=project, lab_sample_id="HID-1", name="Secret alloy",
-                                   owner=owner, lims_id="LIMS-HID-1", material="Unobtainium")
+    sample = Sample.objects.create(
+        pk=7_000_002,
+        project=project,
+        lab_sample_id="HID-1",
+        name="Secret alloy",
+        owner=owner,
+        lims_id="LIMS-HID-1",
+        material="Unobtainium",
+    )
     image = ingest_file(io.BytesIO(png_bytes(9090)), filename="secret.png", sample=sample, uploaded_by=owner).image
     return {"project": project.pk, "sample": sample.pk, "image": image.pk}
 
@@ -100,8 +114,11 @@ API_PROBES = [
     ("get", "/api/images/{image}/predictions/", None),
     ("get", "/api/images/{image}/original/", None),
     ("post", "/api/samples/", {"project": "{project}", "lab_sample_id": "NEW-1", "name": "n"}),
-    ("post", "/api/webhooks/", {"url": "https://lims.example.org/h", "events": ["label.changed"],
-                                "project": "{project}"}),
+    (
+        "post",
+        "/api/webhooks/",
+        {"url": "https://lims.example.org/h", "events": ["label.changed"], "project": "{project}"},
+    ),
     ("post", "/api/images/{image}/labels/", {"category": "fibres"}),
 ]
 
@@ -123,8 +140,7 @@ def _normalised(response, ids: dict) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize(("method", "path", "body"), API_PROBES, ids=[f"{m} {p}" for m, p, _ in API_PROBES])
-def test_api_answers_the_same_for_missing_and_invisible(method, path, body, user, project, sample, hidden,
-                                                        categories):
+def test_api_answers_the_same_for_missing_and_invisible(method, path, body, user, project, sample, hidden, categories):
     token = create_token(user, "probe").secret
     answers = []
     for ids in (hidden, {"project": MISSING, "sample": MISSING + 1, "image": MISSING + 2}):
@@ -144,11 +160,20 @@ def test_api_upload_to_a_missing_or_invisible_sample_answers_alike(user, sample,
     answers = []
     for sample_id in (hidden["sample"], MISSING):
         boundary = uuid.uuid4().hex
-        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="sample"\r\n\r\n{sample_id}\r\n'
-                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n').encode() \
-            + valid_png(7070) + f"\r\n--{boundary}--\r\n".encode()
-        response = Client().post("/api/images/", data=body, content_type=f"multipart/form-data; boundary={boundary}",
-                                 HTTP_AUTHORIZATION=f"Bearer {token}")
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="sample"\r\n\r\n{sample_id}\r\n'
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
+            ).encode()
+            + valid_png(7070)
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        response = Client().post(
+            "/api/images/",
+            data=body,
+            content_type=f"multipart/form-data; boundary={boundary}",
+            HTTP_AUTHORIZATION=f"Bearer {token}",
+        )
         answers.append(_normalised(response, {"sample": sample_id}))
     assert answers[0] == answers[1] and answers[0][0] == 404, answers
 
@@ -179,8 +204,10 @@ def test_a_taken_lab_or_lims_id_conflicts_without_naming_anything_of_the_other_p
         response = api.post("/api/samples/", payload, content_type="application/json", **token)
         assert response.status_code == 409, response.content
         text = response.content.decode()
-        assert not any(secret in text for secret in ("Secret alloy", "Unobtainium", "Hidden alloys", "hidden-owner",
-                                                     str(hidden["sample"])))
+        assert not any(
+            secret in text
+            for secret in ("Secret alloy", "Unobtainium", "Hidden alloys", "hidden-owner", str(hidden["sample"]))
+        )
         bodies.append(text)
     # Taken in an invisible project or in one's own: the same answer.
     assert bodies[0] == bodies[1] and bodies[2] == bodies[3]
@@ -191,7 +218,15 @@ def test_the_schema_and_the_docs_are_public_and_carry_no_instance_data(user, pro
     schema = anonymous.get("/api/schema/", HTTP_ACCEPT="application/json")
     assert schema.status_code == 200
     text = schema.content.decode()
-    for secret in ("Secret alloy", "HID-1", "LIMS-HID-1", "Hidden alloys", "hidden-owner",
-                   str(settings.MEDIA_ROOT), str(settings.BASE_DIR), settings.SECRET_KEY):
+    for secret in (
+        "Secret alloy",
+        "HID-1",
+        "LIMS-HID-1",
+        "Hidden alloys",
+        "hidden-owner",
+        str(settings.MEDIA_ROOT),
+        str(settings.BASE_DIR),
+        settings.SECRET_KEY,
+    ):
         assert secret not in text, secret
     assert anonymous.get("/api/docs/").status_code == 200

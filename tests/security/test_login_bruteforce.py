@@ -98,8 +98,9 @@ def test_an_admin_unlocks_in_the_admin(django_user_model, victim):
     listing = staff.get("/admin/axes/accessattempt/")
     assert listing.status_code == 200 and "victim" in listing.content.decode()
     ids = [str(pk) for pk in AccessAttempt.objects.filter(username="victim").values_list("pk", flat=True)]
-    response = staff.post("/admin/axes/accessattempt/", {"action": "delete_selected", "_selected_action": ids,
-                                                         "post": "yes"})
+    response = staff.post(
+        "/admin/axes/accessattempt/", {"action": "delete_selected", "_selected_action": ids, "post": "yes"}
+    )
     assert response.status_code == 302
     client = Client()
     assert attempt(client, "/login/", "victim", PASSWORD).status_code == 302
@@ -122,9 +123,13 @@ def test_the_lockout_ends_after_the_cool_off_and_a_command_unlocks_too(victim):
 
 def test_logins_work_and_are_counted_while_the_cache_is_down(settings, victim):
     """The counts live in the database: a dead cache Redis neither blocks logins nor lifts the limit."""
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
-                                   "LOCATION": "redis://127.0.0.1:9/0",
-                                   "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2}}}
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:9/0",
+            "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+        }
+    }
     client = Client()
     assert attempt(client, "/login/", "victim", PASSWORD).status_code == 302
     assert logged_in(client)

@@ -70,17 +70,20 @@ class TestNulBytesInInput:
         lab = client.post("/api/images/", {"file": _upload_file(), "lab_sample_id": "S-0001\x00"}, format="multipart")
         assert_api_error(lab, 400, 404)
 
-    @pytest.mark.parametrize("path", [
-        "/dashboard/v1/cell/?actual=%00&predicted=Fibres",
-        "/dashboard/v1/cell/?actual=Fibres&predicted=%00",
-        "/dashboard/?model=%00",
-        "/browse/?sample=%00",
-        "/browse/?q=%00",
-        "/browse/?project=%00",
-        "/review/?project=%00",
-        "/upload/?sample=%00",
-        "/images/%00/",
-    ])
+    @pytest.mark.parametrize(
+        "path",
+        [
+            "/dashboard/v1/cell/?actual=%00&predicted=Fibres",
+            "/dashboard/v1/cell/?actual=Fibres&predicted=%00",
+            "/dashboard/?model=%00",
+            "/browse/?sample=%00",
+            "/browse/?q=%00",
+            "/browse/?project=%00",
+            "/review/?project=%00",
+            "/upload/?sample=%00",
+            "/images/%00/",
+        ],
+    )
     def test_web_query_values(self, user, project, sample, image, model, path):
         response = web_client(user).get(path)
         assert response.status_code in (200, 400, 404), (path, response.status_code)
@@ -91,8 +94,7 @@ class TestNulBytesInInput:
         for path in (f"/images/{image.pk}/label/", f"/review/{image.pk}/label/"):
             response = client.post(path, {"category": category})
             assert response.status_code in (302, 400, 404), (path, response.status_code)
-        upload = client.post("/upload/file/", {"sample": sample.pk, "category": category,
-                                               "file": _upload_file()})
+        upload = client.post("/upload/file/", {"sample": sample.pk, "category": category, "file": _upload_file()})
         assert upload.status_code in (200, 201, 400, 404, 422), upload.status_code
         assert client.post("/upload/file/", {"sample": "1\x00", "file": _upload_file()}).status_code in (400, 404)
 
@@ -104,14 +106,28 @@ def _upload_file():
 
 
 class TestDatesAtTheEndOfTheCalendar:
-    @pytest.mark.parametrize("query", ["date_to=9999-12-31", "date_from=9999-12-31", "date_from=0001-01-01",
-                                       "date_to=0001-01-01", "date_from=0001-01-01&date_to=9999-12-31"])
+    @pytest.mark.parametrize(
+        "query",
+        [
+            "date_to=9999-12-31",
+            "date_from=9999-12-31",
+            "date_from=0001-01-01",
+            "date_to=0001-01-01",
+            "date_from=0001-01-01&date_to=9999-12-31",
+        ],
+    )
     def test_browse(self, user, sample, image, query):
         response = web_client(user).get(f"/browse/?{query}")
         assert response.status_code in (200, 400), response.status_code
 
-    @pytest.mark.parametrize("query", ["uploaded_before=9999-12-31T23:59:59", "uploaded_after=0001-01-01T00:00:00",
-                                       "uploaded_after=9999-12-31T23:59:59%2B14:00"])
+    @pytest.mark.parametrize(
+        "query",
+        [
+            "uploaded_before=9999-12-31T23:59:59",
+            "uploaded_after=0001-01-01T00:00:00",
+            "uploaded_after=9999-12-31T23:59:59%2B14:00",
+        ],
+    )
     def test_api_filters(self, user, sample, image, query):
         response = token_client(user).get(f"/api/images/?{query}")
         assert response.status_code in (200, 400), response.status_code
@@ -130,12 +146,23 @@ class TestApiAnswersAreJson:
 
     def test_a_csrf_failure_on_a_real_endpoint_is_json(self, user, project):
         client = web_client(user, enforce_csrf_checks=True)
-        response = client.post("/api/samples/", {"project": project.pk, "lab_sample_id": "X"},
-                               content_type="application/json")
+        response = client.post(
+            "/api/samples/", {"project": project.pk, "lab_sample_id": "X"}, content_type="application/json"
+        )
         assert_api_error(response, 403)
 
-    @pytest.mark.parametrize("path", ["/api/images/%0A", "/api/%0A", "/api/images/1%0A/", "/api/%0A/x",
-                                      "/api/images/%0D%0A", "/api/schema/%0A", "/api/%E2%80%A8"])
+    @pytest.mark.parametrize(
+        "path",
+        [
+            "/api/images/%0A",
+            "/api/%0A",
+            "/api/images/1%0A/",
+            "/api/%0A/x",
+            "/api/images/%0D%0A",
+            "/api/schema/%0A",
+            "/api/%E2%80%A8",
+        ],
+    )
     def test_paths_with_line_breaks_and_odd_characters(self, user, path):
         assert_api_error(token_client(user).get(path), 404)
         assert_api_error(token_client(user).post(path, {}, format="json"), 404, 405)

@@ -47,27 +47,39 @@ def spooled(monkeypatch):
 @pytest.fixture(autouse=True)
 def _own_throttle_cache(settings):
     """Throttle counts in this test's own memory, not the shared cache folder."""
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-                                   "LOCATION": f"bodies-{uuid.uuid4().hex}"}}
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": f"bodies-{uuid.uuid4().hex}",
+        }
+    }
 
 
 def multipart(fields: dict[str, str], file_bytes: bytes, filename: str = "big.tif") -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-             for name, value in fields.items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + file_bytes + b"\r\n")
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n".encode()
+        + file_bytes
+        + b"\r\n"
+    )
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
-@pytest.mark.parametrize("path", ["/login/", "/admin/login/", "/upload/file/", "/api/images/", "/api/nowhere/",
-                                  "/browse/"])
+@pytest.mark.parametrize(
+    "path", ["/login/", "/admin/login/", "/upload/file/", "/api/images/", "/api/nowhere/", "/browse/"]
+)
 def test_anonymous_bodies_are_refused_unread_and_never_spooled(path, spooled):
     client = Client(enforce_csrf_checks=True)
     client.cookies["csrftoken"] = "x" * 32  # made up: the CSRF check would refuse it, after reading the body
-    body, content_type = multipart({"csrfmiddlewaretoken": "y" * 32, "username": "a", "password": "b"},
-                                   b"\0" * (8 * MiB))
+    body, content_type = multipart(
+        {"csrfmiddlewaretoken": "y" * 32, "username": "a", "password": "b"}, b"\0" * (8 * MiB)
+    )
     response = client.post(path, data=body, content_type=content_type)
     assert response.status_code == 413, (response.status_code, response.content[:300])
     assert spooled == []
@@ -85,15 +97,17 @@ def test_api_uploads_over_the_limit_are_refused_before_they_are_read(settings, u
     settings.SEM_MAX_UPLOAD_BYTES = 2 * MiB
     secret = create_token(user, "lims").secret
     body, content_type = multipart({"sample": str(sample.pk)}, b"II*\0" + b"\0" * (8 * MiB))
-    response = Client().post("/api/images/", data=body, content_type=content_type,
-                             HTTP_AUTHORIZATION=f"Bearer {secret}")
+    response = Client().post(
+        "/api/images/", data=body, content_type=content_type, HTTP_AUTHORIZATION=f"Bearer {secret}"
+    )
     assert response.status_code == 413, response.content[:300]
     error = response.json()["error"]
     assert error["code"] == "too_large" and "2.0 MiB" in error["message"]
     assert spooled == [] and SEMImage.objects.count() == 0
     # A made-up token is no better than none.
-    response = Client().post("/api/images/", data=body, content_type=content_type,
-                             HTTP_AUTHORIZATION="Bearer sem_madeup")
+    response = Client().post(
+        "/api/images/", data=body, content_type=content_type, HTTP_AUTHORIZATION="Bearer sem_madeup"
+    )
     assert response.status_code == 413 and spooled == []
 
 
@@ -140,6 +154,7 @@ def test_web_and_api_uploads_share_one_budget(monkeypatch, user, sample):
 
 # --- under gunicorn: the WSGI layer and an unread body --------------------------------------------
 
+
 def _raw_request(port: int, head: bytes, body_part: bytes, timeout_s: float = 10) -> bytes:
     """Send the headers and only the start of the declared body; return what the server answers."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as connection:
@@ -164,19 +179,24 @@ def test_under_gunicorn_a_40_mib_anonymous_body_is_answered_before_it_is_sent(tm
 
     spool = tmp_path / "spool"
     spool.mkdir()
-    with portal_server("filesystem://", tmp_path / "gunicorn.log", SEM_UPLOAD_TEMP_DIR=str(spool),
-                       SEM_MAX_UPLOAD_BYTES="8MiB") as url:
+    with portal_server(
+        "filesystem://", tmp_path / "gunicorn.log", SEM_UPLOAD_TEMP_DIR=str(spool), SEM_MAX_UPLOAD_BYTES="8MiB"
+    ) as url:
         port = int(url.rsplit(":", 1)[1])
         boundary = "b" * 20
         for path, length in (("/login/", 40 * MiB), ("/api/images/", 400 * MiB)):
-            head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: csrftoken={'x' * 32}\r\n"
-                    f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-                    f"Content-Length: {length}\r\n\r\n").encode()
+            head = (
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: csrftoken={'x' * 32}\r\n"
+                f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                f"Content-Length: {length}\r\n\r\n"
+            ).encode()
             started = time.monotonic()
             answer = _raw_request(port, head, f"--{boundary}\r\n".encode() + b"\0" * MiB)
             assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
             assert time.monotonic() - started < 5  # answered without waiting for the other 39 MiB
-        head = (b"POST /api/images/ HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
-                b"Content-Type: application/octet-stream\r\n\r\n")
+        head = (
+            b"POST /api/images/ HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n"
+        )
         assert _raw_request(port, head, b"10\r\n" + b"\0" * 16 + b"\r\n").startswith(b"HTTP/1.1 411")
     assert list(spool.iterdir()) == []

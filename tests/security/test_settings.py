@@ -25,11 +25,15 @@ PRODUCTION_ENV = {
 
 
 def run_manage(*args: str, env_overrides: dict[str, str]) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items()
-           if key not in {"DATABASE_URL", "SECRET_KEY", "DEBUG", "SEM_EMBEDDED"}}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"DATABASE_URL", "SECRET_KEY", "DEBUG", "SEM_EMBEDDED"}
+    }
     env.update(env_overrides)
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_check_deploy_is_clean_with_production_settings():
@@ -46,8 +50,9 @@ def test_missing_secret_key_fails_loudly_outside_embedded_mode():
 
 
 def test_secret_key_is_the_environment_value_in_production():
-    result = run_manage("shell", "-c", "from django.conf import settings; print(settings.SECRET_KEY)",
-                        env_overrides=PRODUCTION_ENV)
+    result = run_manage(
+        "shell", "-c", "from django.conf import settings; print(settings.SECRET_KEY)", env_overrides=PRODUCTION_ENV
+    )
     assert result.returncode == 0, result.stderr
     # (Django 5.2's shell may print a line about auto-imported objects first.)
     assert result.stdout.strip().splitlines()[-1] == PRODUCTION_ENV["SECRET_KEY"]
@@ -59,8 +64,10 @@ def test_no_secret_key_is_written_in_the_code_or_the_compose_file():
 
     assignments = [
         (path.relative_to(REPO_ROOT), line.strip())
-        for folder in ("portal", "workers", "classifier") for path in (REPO_ROOT / folder).rglob("*.py")
-        for line in path.read_text().splitlines() if re.match(r"\s*SECRET_KEY\s*=", line)
+        for folder in ("portal", "workers", "classifier")
+        for path in (REPO_ROOT / folder).rglob("*.py")
+        for line in path.read_text().splitlines()
+        if re.match(r"\s*SECRET_KEY\s*=", line)
     ]
     assert [str(path) for path, _ in assignments] == ["portal/settings.py"]
     literals = set(re.findall(r"[\"']([^\"']*)[\"']", assignments[0][1]))
@@ -69,14 +76,17 @@ def test_no_secret_key_is_written_in_the_code_or_the_compose_file():
     assert "SECRET_KEY: ${SECRET_KEY:?" in compose  # compose refuses to start without it
 
 
-@pytest.mark.parametrize(("name", "value", "message"), [
-    ("DEBUG", "maybe", "is not a boolean"),
-    ("SEM_MAX_UPLOAD_BYTES", "lots", "is not a size"),
-    ("SEM_MAX_IMAGE_PIXELS", "-5", "must be at least 1"),
-    ("SEM_GATE_MAX_RECALL_DROP", "7", "must be within"),
-    ("DATABASE_URL", "mysql://x@y/z", "is not supported"),
-    ("CACHE_URL", "memcached://cache:11211", "is not supported"),
-])
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("DEBUG", "maybe", "is not a boolean"),
+        ("SEM_MAX_UPLOAD_BYTES", "lots", "is not a size"),
+        ("SEM_MAX_IMAGE_PIXELS", "-5", "must be at least 1"),
+        ("SEM_GATE_MAX_RECALL_DROP", "7", "must be within"),
+        ("DATABASE_URL", "mysql://x@y/z", "is not supported"),
+        ("CACHE_URL", "memcached://cache:11211", "is not supported"),
+    ],
+)
 def test_bad_environment_values_refuse_to_start(name, value, message):
     result = run_manage("check", env_overrides={**PRODUCTION_ENV, name: value})
     assert result.returncode != 0
@@ -95,7 +105,13 @@ def test_database_url_parsing():
     from portal.env import parse_database_url
 
     pg = parse_database_url("postgres://u%40x:p%3Aw@db.example:6543/sem?sslmode=require")
-    assert (pg["USER"], pg["PASSWORD"], pg["HOST"], pg["PORT"], pg["NAME"]) == ("u@x", "p:w", "db.example", "6543", "sem")
+    assert (pg["USER"], pg["PASSWORD"], pg["HOST"], pg["PORT"], pg["NAME"]) == (
+        "u@x",
+        "p:w",
+        "db.example",
+        "6543",
+        "sem",
+    )
     assert pg["OPTIONS"] == {"sslmode": "require"}
     assert parse_database_url("sqlite:////abs/db.sqlite3")["NAME"] == "/abs/db.sqlite3"
     assert parse_database_url("sqlite:///var/db.sqlite3")["NAME"] == "var/db.sqlite3"

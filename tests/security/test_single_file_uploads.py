@@ -24,8 +24,12 @@ def multipart(sample_pk: int, files: list[tuple[str, str, bytes]]) -> tuple[byte
     boundary = uuid.uuid4().hex
     parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="sample"\r\n\r\n{sample_pk}\r\n'.encode()]
     for field, name, data in files:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
-                     f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n")
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+            f"Content-Type: image/png\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
@@ -53,8 +57,12 @@ def test_web_upload_refuses_several_files(shape, user, sample):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_api_upload_refuses_several_files(shape, user, sample):
     body, content_type = multipart(sample.pk, SHAPES[shape])
-    response = Client().post("/api/images/", data=body, content_type=content_type,
-                             HTTP_AUTHORIZATION=f"Bearer {create_token(user, 'lims').secret}")
+    response = Client().post(
+        "/api/images/",
+        data=body,
+        content_type=content_type,
+        HTTP_AUTHORIZATION=f"Bearer {create_token(user, 'lims').secret}",
+    )
     assert response.status_code == 400, response.content[:300]
     error = response.json()["error"]
     assert error["code"] == "too_many_files" and "one request per file" in error["message"]
@@ -68,7 +76,11 @@ def test_one_file_is_still_stored(user, sample):
     client.force_login(user)
     assert client.post(reverse("web:upload_file"), data=body, content_type=content_type).status_code == 201
     body, content_type = multipart(sample.pk, [("file", "two.png", valid_png(811))])
-    response = Client().post("/api/images/", data=body, content_type=content_type,
-                             HTTP_AUTHORIZATION=f"Bearer {create_token(user, 'lims').secret}")
+    response = Client().post(
+        "/api/images/",
+        data=body,
+        content_type=content_type,
+        HTTP_AUTHORIZATION=f"Bearer {create_token(user, 'lims').secret}",
+    )
     assert response.status_code == 201
     assert SEMImage.objects.count() == 2

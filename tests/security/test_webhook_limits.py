@@ -21,10 +21,12 @@ def retrying(settings):
 
 def failing_once_then_stopped(owner, receiver, stop) -> WebhookDelivery:
     """A delivery whose first attempt gets a 503 (a retry is due), then `stop(subscription)`, then the retry."""
-    subscription = WebhookSubscription.objects.create(owner=owner, url=receiver.url, events=["label.changed"],
-                                                      secret="s3cret-for-tests-only-0123456789")
-    delivery = WebhookDelivery.objects.create(subscription=subscription, event="label.changed",
-                                              payload={"event": "label.changed", "data": {}})
+    subscription = WebhookSubscription.objects.create(
+        owner=owner, url=receiver.url, events=["label.changed"], secret="s3cret-for-tests-only-0123456789"
+    )
+    delivery = WebhookDelivery.objects.create(
+        subscription=subscription, event="label.changed", payload={"event": "label.changed", "data": {}}
+    )
     assert webhooks.attempt_delivery(delivery.pk).retry_in_s is not None
     stop(subscription)
     outcome = webhooks.attempt_delivery(delivery.pk)

@@ -26,8 +26,9 @@ def stored_delivery(owner, url: str) -> WebhookDelivery:
     """A subscription written straight to the database (as an old row, or one saved while the rules were
     different) and one delivery of it: the delivery path must check on its own."""
     subscription = WebhookSubscription.objects.create(owner=owner, url=url, events=["label.changed"], secret=SECRET)
-    return WebhookDelivery.objects.create(subscription=subscription, event="label.changed",
-                                          payload={"event": "label.changed", "data": {}})
+    return WebhookDelivery.objects.create(
+        subscription=subscription, event="label.changed", payload={"event": "label.changed", "data": {}}
+    )
 
 
 def subscribe_via_api(user, url: str):
@@ -110,9 +111,14 @@ class TestAuthorityConfusion:
 
 
 class TestCredentialsInUrl:
-    @pytest.mark.parametrize("url", ["https://user:password@lims.example.org/hook",
-                                     "https://token@lims.example.org/hook",
-                                     "http://:@lims.example.org/hook"])
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "https://user:password@lims.example.org/hook",
+            "https://token@lims.example.org/hook",
+            "http://:@lims.example.org/hook",
+        ],
+    )
     def test_credentials_are_refused(self, member, url):
         response = subscribe_via_api(member, url)
         assert response.status_code == 400
@@ -149,8 +155,9 @@ class TestDnsRebinding:
         monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
         return asked
 
-    def test_the_connection_goes_to_the_checked_address(self, no_loopback, receiver, member, rebinding_resolver,
-                                                        settings):
+    def test_the_connection_goes_to_the_checked_address(
+        self, no_loopback, receiver, member, rebinding_resolver, settings
+    ):
         settings.SEM_WEBHOOK_TIMEOUT_S = 1
         delivery = stored_delivery(member, f"http://{self.NAME}:{receiver_port(receiver)}/hook")
         webhooks.attempt_delivery(delivery.pk)
@@ -172,8 +179,9 @@ class TestDnsRebinding:
         monkeypatch.setattr(urllib3, "HTTPSConnectionPool", RecordingPool)
         delivery = stored_delivery(member, f"https://{self.NAME}/hook")
         webhooks.attempt_delivery(delivery.pk)
-        assert [(o["host"], o["port"], o["server_hostname"], o["assert_hostname"], o["cert_reqs"]) for o in opened] \
-            == [(self.CHECKED, 443, self.NAME, self.NAME, "CERT_REQUIRED")]
+        assert [(o["host"], o["port"], o["server_hostname"], o["assert_hostname"], o["cert_reqs"]) for o in opened] == [
+            (self.CHECKED, 443, self.NAME, self.NAME, "CERT_REQUIRED")
+        ]
         assert rebinding_resolver.count(self.NAME) == 1
 
 
@@ -184,9 +192,31 @@ def self_signed_certificate(directory, name: str):
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make a test certificate")
     cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-days", "1", "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            f"subjectAltName=DNS:{name}",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return cert, key
 
 
@@ -294,8 +324,9 @@ class TestOwnAndLoopbackAddresses:
             response = subscribe_via_api(member, f"http://[::1]:{port}/hook")
             assert response.status_code == 201, response.json()
             subscription = WebhookSubscription.objects.get()
-            delivery = WebhookDelivery.objects.create(subscription=subscription, event="label.changed",
-                                                      payload={"event": "label.changed", "data": {}})
+            delivery = WebhookDelivery.objects.create(
+                subscription=subscription, event="label.changed", payload={"event": "label.changed", "data": {}}
+            )
             webhooks.attempt_delivery(delivery.pk)
         finally:
             server.shutdown()
@@ -318,7 +349,8 @@ class TestResponseExcerptVisibility:
         for owner in (member, admin_user):
             delivery = stored_delivery(owner, "https://lims.example.org/hook")
             WebhookDelivery.objects.filter(pk=delivery.pk).update(
-                status="failed", response_status=403, response_excerpt="internal answer", error="HTTP 403")
+                status="failed", response_status=403, response_excerpt="internal answer", error="HTTP 403"
+            )
         member_subscription = WebhookSubscription.objects.get(owner=member)
         admin_subscription = WebhookSubscription.objects.get(owner=admin_user)
 

@@ -30,8 +30,7 @@ def make_user(django_user_model):
     def make(username: str, *, project=None, role: str = "member", staff: bool = False):
         from portal.models import Membership
 
-        person = django_user_model.objects.create_user(username, f"{username}@example.org", PASSWORD,
-                                                       is_staff=staff)
+        person = django_user_model.objects.create_user(username, f"{username}@example.org", PASSWORD, is_staff=staff)
         if project is not None:
             Membership.objects.create(project=project, user=person, role=role)
         return person
@@ -85,16 +84,40 @@ def make_image(db):
     """An SEMImage row with real files, bypassing ingestion (fast; ingestion has its own tests)."""
     from portal.models import SEMImage, split_for_sha256
 
-    def make(sample, *, uploaded_by=None, predicted=None, confidence=None, margin=None, model=None,
-             curated=None, status=SEMImage.Status.PENDING, split=None, **fields) -> SEMImage:
+    def make(
+        sample,
+        *,
+        uploaded_by=None,
+        predicted=None,
+        confidence=None,
+        margin=None,
+        model=None,
+        curated=None,
+        status=SEMImage.Status.PENDING,
+        split=None,
+        **fields,
+    ) -> SEMImage:
         data = png_bytes(next(_seeds))
         sha256 = hashlib.sha256(data).hexdigest()
         image = SEMImage(
-            sample=sample, sha256=sha256, original_filename=f"image-{sha256[:8]}.png", extension=".png",
-            format="PNG", file_size=len(data), width=64, height=48, bit_depth=8, mode="L",
-            uploaded_by=uploaded_by or sample.owner, split=split or split_for_sha256(sha256), status=status,
-            predicted_category=predicted, predicted_confidence=confidence,
-            predicted_margin=margin, predicted_by=model, **fields,
+            sample=sample,
+            sha256=sha256,
+            original_filename=f"image-{sha256[:8]}.png",
+            extension=".png",
+            format="PNG",
+            file_size=len(data),
+            width=64,
+            height=48,
+            bit_depth=8,
+            mode="L",
+            uploaded_by=uploaded_by or sample.owner,
+            split=split or split_for_sha256(sha256),
+            status=status,
+            predicted_category=predicted,
+            predicted_confidence=confidence,
+            predicted_margin=margin,
+            predicted_by=model,
+            **fields,
         )
         image.original.save(f"{sha256}.png", ContentFile(data), save=False)
         image.thumbnail.save(f"{sha256[:2]}/{sha256}.png", ContentFile(data), save=False)
@@ -130,12 +153,23 @@ def make_model(db):
 
     from portal.models import ModelVersion
 
-    def make(version: int, *, status=ModelVersion.Status.CANDIDATE, classes=("Fibres", "Particles", "Powder"),
-             counts=None, **fields) -> ModelVersion:
+    def make(
+        version: int,
+        *,
+        status=ModelVersion.Status.CANDIDATE,
+        classes=("Fibres", "Particles", "Powder"),
+        counts=None,
+        **fields,
+    ) -> ModelVersion:
         counts = counts or [[8, 1, 1], [2, 7, 1], [0, 1, 9]][: len(classes)]
-        defaults = {"artifact_path": f"/nonexistent/v{version}/model.pth", "artifact_sha256": "0" * 64,
-                    "arch": "resnet18", "classes": list(classes), "metrics": evaluation(classes, counts),
-                    "promoted_at": timezone.now() if status == ModelVersion.Status.PRODUCTION else None}
+        defaults = {
+            "artifact_path": f"/nonexistent/v{version}/model.pth",
+            "artifact_sha256": "0" * 64,
+            "arch": "resnet18",
+            "classes": list(classes),
+            "metrics": evaluation(classes, counts),
+            "promoted_at": timezone.now() if status == ModelVersion.Status.PRODUCTION else None,
+        }
         return ModelVersion.objects.create(version=version, status=status, **{**defaults, **fields})
 
     return make
@@ -151,11 +185,21 @@ def predict(db):
         ranked = sorted(probabilities.items(), key=lambda item: item[1], reverse=True)
         top, second = ranked[0], (ranked[1] if len(ranked) > 1 else (None, 0.0))
         prediction = Prediction.objects.create(
-            image=image, model_version=model, category=categories[top[0]], confidence=top[1],
-            margin=top[1] - second[1], entropy=0.5, probabilities=probabilities)
+            image=image,
+            model_version=model,
+            category=categories[top[0]],
+            confidence=top[1],
+            margin=top[1] - second[1],
+            entropy=0.5,
+            probabilities=probabilities,
+        )
         SEMImage.objects.filter(pk=image.pk).update(
-            predicted_category=categories[top[0]], predicted_confidence=top[1], predicted_margin=top[1] - second[1],
-            predicted_by=model, status=SEMImage.Status.CLASSIFIED)
+            predicted_category=categories[top[0]],
+            predicted_confidence=top[1],
+            predicted_margin=top[1] - second[1],
+            predicted_by=model,
+            status=SEMImage.Status.CLASSIFIED,
+        )
         image.refresh_from_db()
         return prediction
 

@@ -43,8 +43,9 @@ def page_urls(image, run, model) -> list[str]:
 
 @pytest.fixture
 def run(db):
-    return TrainingRun.objects.create(trigger=TrainingRun.Trigger.MANUAL, active=None,
-                                      status=TrainingRun.Status.SUCCEEDED)
+    return TrainingRun.objects.create(
+        trigger=TrainingRun.Trigger.MANUAL, active=None, status=TrainingRun.Status.SUCCEEDED
+    )
 
 
 def test_anonymous_is_sent_to_login_everywhere(client, own_image, run, make_model):
@@ -77,8 +78,14 @@ def test_member_sees_own_project_pages_but_not_the_review_queue(client, member, 
 @pytest.mark.parametrize("role", ["member", "curator"])
 def test_other_projects_images_are_404(client, make_user, project, foreign_image, role):
     client.force_login(make_user(f"someone-{role}", project=project, role=role))
-    for name in ("web:image_detail", "web:image_original", "web:image_thumbnail", "web:image_derivative",
-                 "web:image_full", "web:image_preview"):
+    for name in (
+        "web:image_detail",
+        "web:image_original",
+        "web:image_thumbnail",
+        "web:image_derivative",
+        "web:image_full",
+        "web:image_preview",
+    ):
         assert client.get(reverse(name, args=[foreign_image.pk])).status_code == 404, name
     response = client.post(reverse("web:image_label", args=[foreign_image.pk]), {"category": 1})
     assert response.status_code == 404
@@ -123,8 +130,9 @@ def test_curator_corrects_a_label_in_one_click(client, curator, own_image, categ
     assert (label.source, label.created_by) == (Label.Source.IMAGE_PAGE, curator)
 
 
-def test_curator_of_another_project_cannot_curate_here(client, make_user, project, other_project, own_image,
-                                                       categories):
+def test_curator_of_another_project_cannot_curate_here(
+    client, make_user, project, other_project, own_image, categories
+):
     # A member here who curates elsewhere sees the image but may not label it.
     person = make_user("mixed", project=project, role="member")
     from portal.models import Membership
@@ -137,8 +145,10 @@ def test_curator_of_another_project_cannot_curate_here(client, make_user, projec
 
 def test_label_redirect_ignores_foreign_next_urls(client, curator, own_image, categories):
     client.force_login(curator)
-    response = client.post(reverse("web:image_label", args=[own_image.pk]),
-                           {"category": categories["Tips"].pk, "next": "https://evil.example/"})
+    response = client.post(
+        reverse("web:image_label", args=[own_image.pk]),
+        {"category": categories["Tips"].pk, "next": "https://evil.example/"},
+    )
     assert response["Location"] == reverse("web:image_detail", args=[own_image.pk])
 
 
@@ -163,7 +173,11 @@ def test_admin_starts_a_training_run_once(client, admin_user):
     client.post(reverse("web:training_start"))
     run = TrainingRun.objects.get()
     assert (run.status, run.active, run.trigger, run.requested_by) == (
-        TrainingRun.Status.QUEUED, True, TrainingRun.Trigger.MANUAL, admin_user)
+        TrainingRun.Status.QUEUED,
+        True,
+        TrainingRun.Trigger.MANUAL,
+        admin_user,
+    )
     # The lock holds: a second click does not queue a second run.
     response = client.post(reverse("web:training_start"), follow=True)
     assert TrainingRun.objects.count() == 1
@@ -218,8 +232,10 @@ def test_login_and_logout(client, member):
     assert page.status_code == 200 and 'name="password"' in page.content.decode()
     response = client.post(reverse("login"), {"username": member.username, "password": "wrong"})
     assert response.status_code == 200 and "_auth_user_id" not in client.session
-    response = client.post(reverse("login"), {"username": member.username, "password": "pw-web-tests-123",
-                                              "next": reverse("web:dashboard")})
+    response = client.post(
+        reverse("login"),
+        {"username": member.username, "password": "pw-web-tests-123", "next": reverse("web:dashboard")},
+    )
     assert response["Location"] == reverse("web:dashboard")
     assert client.post(reverse("logout")).status_code == 302
     assert client.get(reverse("web:browse")).status_code == 302

@@ -24,12 +24,31 @@ def catalogue(make_image, sample, categories, make_model, make_user, project):
     """Four images that differ in every filtered column."""
     model = make_model(1)
     bob = make_user("bob", project=project)
-    fibre = make_image(sample, predicted=categories["Fibres"], confidence=0.95, margin=0.9, model=model,
-                       status=SEMImage.Status.CLASSIFIED, vendor="Zeiss", instrument_model="Sigma 300",
-                       detector="InLens", magnification=5000)
-    powder = make_image(sample, predicted=categories["Powder"], confidence=0.55, margin=0.05, model=model,
-                        status=SEMImage.Status.CLASSIFIED, curated=categories["Particles"], uploaded_by=bob,
-                        vendor="Thermo Fisher (FEI)", instrument_model="Quanta 250", magnification=20000)
+    fibre = make_image(
+        sample,
+        predicted=categories["Fibres"],
+        confidence=0.95,
+        margin=0.9,
+        model=model,
+        status=SEMImage.Status.CLASSIFIED,
+        vendor="Zeiss",
+        instrument_model="Sigma 300",
+        detector="InLens",
+        magnification=5000,
+    )
+    powder = make_image(
+        sample,
+        predicted=categories["Powder"],
+        confidence=0.55,
+        margin=0.05,
+        model=model,
+        status=SEMImage.Status.CLASSIFIED,
+        curated=categories["Particles"],
+        uploaded_by=bob,
+        vendor="Thermo Fisher (FEI)",
+        instrument_model="Quanta 250",
+        magnification=20000,
+    )
     pending = make_image(sample)
     failed = make_image(sample, status=SEMImage.Status.FAILED, curated=categories["Tips"])
     SEMImage.objects.filter(pk=pending.pk).update(uploaded_at=timezone.now() - timedelta(days=10))
@@ -98,9 +117,15 @@ def test_pagination_keeps_the_filters(client, curator, sample, make_image):
 
 def _fill(make_image, sample, categories, model, count):
     for index in range(count):
-        make_image(sample, predicted=categories["Fibres"], confidence=0.9, margin=0.5, model=model,
-                   status=SEMImage.Status.CLASSIFIED,
-                   curated=categories["Powder"] if index % 2 else None)
+        make_image(
+            sample,
+            predicted=categories["Fibres"],
+            confidence=0.9,
+            margin=0.5,
+            model=model,
+            status=SEMImage.Status.CLASSIFIED,
+            curated=categories["Powder"] if index % 2 else None,
+        )
 
 
 def _queries_for(client, url) -> int:
@@ -113,8 +138,9 @@ def _queries_for(client, url) -> int:
 
 
 @pytest.mark.parametrize("url_name", ["web:browse", "web:dashboard"])
-def test_query_count_does_not_grow_with_images(client, member, sample, categories, make_image, make_model,
-                                              django_assert_max_num_queries, url_name):
+def test_query_count_does_not_grow_with_images(
+    client, member, sample, categories, make_image, make_model, django_assert_max_num_queries, url_name
+):
     model = make_model(1, status="production")
     client.force_login(member)
     _fill(make_image, sample, categories, model, 5)

@@ -18,8 +18,15 @@ from tests.worker_fixtures import synthetic_png
 pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.slow]
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 ASSET_TYPES = {"script", "stylesheet", "image", "font"}
 PASSWORD = "pw-browser-123"
@@ -100,13 +107,18 @@ def lab(django_user_model, *, staff: bool = False, split: str = Sample.AUTO_SPLI
     project = Project.objects.create(name="Nanostructures lab")
     person = django_user_model.objects.create_user("rosa" if not staff else "root", password=PASSWORD, is_staff=staff)
     Membership.objects.create(project=project, user=person, role=Membership.Role.CURATOR)
-    sample = Sample.objects.create(project=project, lab_sample_id="NS-0042", name="Mixed nanostructures",
-                                   material="ZnO / Si", owner=person, split=split)
+    sample = Sample.objects.create(
+        project=project,
+        lab_sample_id="NS-0042",
+        name="Mixed nanostructures",
+        material="ZnO / Si",
+        owner=person,
+        split=split,
+    )
     return person, sample
 
 
-def test_upload_classify_review_and_dashboard(browser, celery_worker, production_model, django_user_model,
-                                              tmp_path):
+def test_upload_classify_review_and_dashboard(browser, celery_worker, production_model, django_user_model, tmp_path):
     page = browser
     curator, sample = lab(django_user_model)
     files = []
@@ -124,8 +136,8 @@ def test_upload_classify_review_and_dashboard(browser, celery_worker, production
     page.goto(f"{reverse('web:upload')}?sample={sample.pk}")
     page.set_input_files("#id_files", files)
     page.wait_for_function(
-        "document.getElementById('upload-summary').textContent.includes('classification finished')",
-        timeout=120_000)
+        "document.getElementById('upload-summary').textContent.includes('classification finished')", timeout=120_000
+    )
     outcomes = page.locator(".file-row .outcome").all_text_contents()
     assert len(outcomes) == 3 and all("Stored" in text and "Classified:" in text for text in outcomes), outcomes
     screenshot(page, "02-upload")
@@ -192,8 +204,9 @@ def test_upload_classify_review_and_dashboard(browser, celery_worker, production
 
 def test_admin_trains_a_model_and_sees_it_promoted(browser, worker_factory, upload_images, django_user_model):
     page = browser
-    worker = worker_factory(SEM_TRAIN_ARCH="resnet18", SEM_TRAIN_SIZES=[32, 48], SEM_TRAIN_EPOCHS=[2, 1],
-                            SEM_GATE_FIRST_MODEL_FLOOR=0.0)
+    worker = worker_factory(
+        SEM_TRAIN_ARCH="resnet18", SEM_TRAIN_SIZES=[32, 48], SEM_TRAIN_EPOCHS=[2, 1], SEM_GATE_FIRST_MODEL_FLOOR=0.0
+    )
     admin, sample = lab(django_user_model, staff=True, split="")
     upload_images(sample, admin, 16, labelled=True)
     log_in(page, admin.username)
@@ -204,8 +217,11 @@ def test_admin_trains_a_model_and_sees_it_promoted(browser, worker_factory, uplo
     assert "queued" in page.text_content(".messages")
     run = TrainingRun.objects.get()
     # The progress bar follows the run; when it ends the page reloads with the new model.
-    worker.wait_until(lambda: TrainingRun.objects.filter(pk=run.pk, status="running").exists(), timeout=60,
-                      what="the training run to start")
+    worker.wait_until(
+        lambda: TrainingRun.objects.filter(pk=run.pk, status="running").exists(),
+        timeout=60,
+        what="the training run to start",
+    )
     # The script has polled the progress endpoint once it shows a state other than the server-rendered one
     # (or the run already ended and the page reloaded without the progress panel).
     page.wait_for_function("""() => {
@@ -213,8 +229,11 @@ def test_admin_trains_a_model_and_sees_it_promoted(browser, worker_factory, uplo
         return !status || status.textContent.trim() !== 'Queued';
     }""")
     screenshot(page, "10-training-progress")
-    worker.wait_until(lambda: TrainingRun.objects.get(pk=run.pk).status in ("succeeded", "failed"), timeout=240,
-                      what="the training run to finish")
+    worker.wait_until(
+        lambda: TrainingRun.objects.get(pk=run.pk).status in ("succeeded", "failed"),
+        timeout=240,
+        what="the training run to finish",
+    )
     run.refresh_from_db()
     assert run.status == "succeeded", run.error
     page.wait_for_selector("#models", timeout=30_000)
@@ -247,8 +266,7 @@ def test_admin_trains_a_model_and_sees_it_promoted(browser, worker_factory, uplo
     page.problems.assert_none()
 
 
-def test_upload_row_links_the_near_duplicate_and_the_image_page_lists_its_group(browser, django_user_model,
-                                                                                tmp_path):
+def test_upload_row_links_the_near_duplicate_and_the_image_page_lists_its_group(browser, django_user_model, tmp_path):
     """Issue 13: a re-saved copy (10 % brighter) of an image stored before says "near-duplicate of image N"
     with a link; the first image's page lists the copy in its group. No worker: classification waits."""
     from PIL import ImageEnhance

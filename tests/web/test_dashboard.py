@@ -55,7 +55,8 @@ def test_per_class_table_and_confusion_matrix(client, member, make_model):
 
 
 def test_confusion_cell_lists_that_cells_test_images_for_relabelling(
-        client, curator, member, sample, other_sample, make_image, make_model, predict, categories):
+    client, curator, member, sample, other_sample, make_image, make_model, predict, categories
+):
     model = make_model(1, status="production")
     in_cell = make_image(sample, split="test", curated=categories["Fibres"])
     predict(in_cell, model, {"Particles": 0.6, "Fibres": 0.3, "Powder": 0.1}, categories)
@@ -71,8 +72,7 @@ def test_confusion_cell_lists_that_cells_test_images_for_relabelling(
     response = client.get(url)
     assert [image.pk for image in response.context["page"].object_list] == [in_cell.pk]
     assert "Relabel</button>" in response.content.decode()
-    client.post(reverse("web:image_label", args=[in_cell.pk]),
-                {"category": categories["Particles"].pk, "next": url})
+    client.post(reverse("web:image_label", args=[in_cell.pk]), {"category": categories["Particles"].pk, "next": url})
     assert SEMImage.objects.get(pk=in_cell.pk).curated_category == categories["Particles"]
     assert list(client.get(url).context["page"].object_list) == []
 
@@ -96,8 +96,9 @@ def test_curated_distribution_and_backlog_are_scoped(client, member, sample, oth
     assert (backlog["images"], backlog["unlabelled"], backlog["waiting"], backlog["failed"]) == (5, 2, 4, 1)
 
 
-def test_observed_accuracy_counts_review_labels_since_promotion(client, curator, sample, make_image, make_model,
-                                                                 predict, categories):
+def test_observed_accuracy_counts_review_labels_since_promotion(
+    client, curator, sample, make_image, make_model, predict, categories
+):
     model = make_model(1, status="production", promoted_at=timezone.now() - timedelta(hours=1))
     images = [make_image(sample) for _ in range(4)]
     for image in images:
@@ -115,7 +116,6 @@ def test_observed_accuracy_counts_review_labels_since_promotion(client, curator,
     assert observed["accuracy"] == pytest.approx(2 / 3)
 
 
-
 def _dashboard_queries(client) -> int:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -127,7 +127,8 @@ def _dashboard_queries(client) -> int:
 
 
 def test_dashboard_query_count_is_constant_as_model_versions_and_images_grow(
-        client, member, sample, categories, make_model, make_image, predict):
+    client, member, sample, categories, make_model, make_image, predict
+):
     production = make_model(1, status="production")
 
     def grow(versions: range, images: int) -> None:

@@ -44,6 +44,7 @@ def api_client(user) -> APIClient:
 
 # --- near-duplicates --------------------------------------------------------------------------------------
 
+
 def test_upload_outcome_image_page_and_api_name_the_near_duplicate(client, member, sample):
     original, copy = original_and_copy()
     client.force_login(member)
@@ -69,8 +70,9 @@ def test_upload_outcome_image_page_and_api_name_the_near_duplicate(client, membe
 
 def test_a_near_duplicate_the_user_cannot_see_is_never_revealed(client, member, sample, other_sample):
     original, copy = original_and_copy(seed=5)
-    hidden = ingest_file(io.BytesIO(original), filename="theirs.png", sample=other_sample,
-                         uploaded_by=other_sample.owner).image
+    hidden = ingest_file(
+        io.BytesIO(original), filename="theirs.png", sample=other_sample, uploaded_by=other_sample.owner
+    ).image
     client.force_login(member)
 
     body = post_file(client, sample, "mine.png", copy).json()
@@ -87,18 +89,37 @@ def test_a_near_duplicate_the_user_cannot_see_is_never_revealed(client, member, 
 
 # --- the gate on the Training page ------------------------------------------------------------------------
 
+
 def _gate(decision: str, diff: float, low: float, high: float) -> dict:
-    return {"level": 0.9, "resamples": 2000, "seed": 0, "n": 60, "tolerance": 0.0, "max_recall_drop": 0.05,
-            "decision": decision, "macro_f1": {"diff": diff, "low": low, "high": high},
-            "recall": {"Fibres": {"diff": -0.05, "low": -0.15, "high": 0.05, "support": 20},
-                       "Particles": {"diff": 0.1, "low": 0.0, "high": 0.2, "support": 40}}}
+    return {
+        "level": 0.9,
+        "resamples": 2000,
+        "seed": 0,
+        "n": 60,
+        "tolerance": 0.0,
+        "max_recall_drop": 0.05,
+        "decision": decision,
+        "macro_f1": {"diff": diff, "low": low, "high": high},
+        "recall": {
+            "Fibres": {"diff": -0.05, "low": -0.15, "high": 0.05, "support": 20},
+            "Particles": {"diff": 0.1, "low": 0.0, "high": 0.2, "support": 40},
+        },
+    }
 
 
 def test_training_page_shows_each_models_gate_interval_and_decision(client, member, make_model):
-    for version, gate in [(1, None), (2, _gate("promoted", 0.031, 0.0004, 0.080)),
-                          (3, _gate("refused", 0.031, -0.012, 0.080)), (4, _gate("too_small", 0.2, -0.1, 0.5))]:
-        model = make_model(version, status="production" if version == 2 else "candidate",
-                           gate_passed=version < 3, gate_reason=f"reason {version}")
+    for version, gate in [
+        (1, None),
+        (2, _gate("promoted", 0.031, 0.0004, 0.080)),
+        (3, _gate("refused", 0.031, -0.012, 0.080)),
+        (4, _gate("too_small", 0.2, -0.1, 0.5)),
+    ]:
+        model = make_model(
+            version,
+            status="production" if version == 2 else "candidate",
+            gate_passed=version < 3,
+            gate_reason=f"reason {version}",
+        )
         if gate:
             model.metrics = {**model.metrics, "gate": gate}
             model.save()
@@ -106,16 +127,21 @@ def test_training_page_shows_each_models_gate_interval_and_decision(client, memb
 
     html = client.get(reverse("web:training")).content.decode()
 
-    rows = {int(row.split("?model=")[1].split('"')[0]): row
-            for row in html.split('id="models"')[1].split("</table>")[0].split("<tr>")[2:]}
+    rows = {
+        int(row.split("?model=")[1].split('"')[0]): row
+        for row in html.split('id="models"')[1].split("</table>")[0].split("<tr>")[2:]
+    }
     assert "Δ macro-F1" not in rows[1] and "passed" in rows[1] and "reason 1" in rows[1]
     assert "passed" in rows[2] and "+0.031 [+0.000, +0.080]</span> at 90&nbsp;%" in rows[2]
-    assert "refused" in rows[3] and "Δ macro-F1 <span class=\"mono\">+0.031 [−0.012, +0.080]</span> at 90&nbsp;%" in rows[3]
+    assert (
+        "refused" in rows[3] and 'Δ macro-F1 <span class="mono">+0.031 [−0.012, +0.080]</span> at 90&nbsp;%' in rows[3]
+    )
     assert "worst recall: Fibres" in rows[3] and "−0.050 [−0.150, +0.050]" in rows[3]
     assert "too small to tell" in rows[4] and "refused" not in rows[4]
 
 
 # --- per-class intervals on the dashboard -----------------------------------------------------------------
+
 
 def test_dashboard_draws_per_class_interval_bars_with_the_test_support(client, member, make_model):
     from portal.services.promotion import evaluation_intervals
@@ -139,7 +165,7 @@ def test_dashboard_draws_per_class_interval_bars_with_the_test_support(client, m
     table = html.split('id="per-class"')[1].split("</table>")[0]
     assert table.count('class="ci"') == 4  # precision and recall of the two classes with test images
     assert f'style="left: {bar["left"]}%; width: {bar["width"]}%"' in table
-    assert "Test support" in table and "<td class=\"num\">20</td>" in table
+    assert "Test support" in table and '<td class="num">20</td>' in table
     assert "90&nbsp;% interval of a stratified bootstrap" in html
     powder = table.split("<td>Powder</td>")[1].split("</tr>")[0]
     assert powder.count("—") == 3 and "ci" not in powder

@@ -20,10 +20,15 @@ def browser_test(function):
     """Chromium against the live server. The categories of the data migration are put back by the
     nffa_categories fixture: a transactional test before this one emptied the tables (serialized_rollback
     collided with content types restored by other transactional tests in a full run)."""
-    for mark in (pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True),
-                 pytest.mark.usefixtures("nffa_categories")):
+    for mark in (
+        pytest.mark.browser,
+        pytest.mark.slow,
+        pytest.mark.django_db(transaction=True),
+        pytest.mark.usefixtures("nffa_categories"),
+    ):
         function = mark(function)
     return function
+
 
 # --- helpers ---------------------------------------------------------------------------------------
 
@@ -76,8 +81,7 @@ def sign_in(page, live_server, client, user) -> None:
     """Sign the browser in with a session made by Django's test client (faster than the login form)."""
     client.force_login(user)
     cookie = client.cookies[settings.SESSION_COOKIE_NAME]
-    page.context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": cookie.value,
-                               "url": live_server.url}])
+    page.context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": cookie.value, "url": live_server.url}])
 
 
 @pytest.fixture
@@ -91,8 +95,7 @@ def review_queue(make_image, sample, categories, model, predict):
     images = []
     for margin in (0.05, 0.2, 0.4):
         image = make_image(sample)
-        predict(image, model, {"Fibres": 0.5 + margin / 2, "Particles": 0.5 - margin / 2, "Powder": 0.0},
-                categories)
+        predict(image, model, {"Fibres": 0.5 + margin / 2, "Particles": 0.5 - margin / 2, "Powder": 0.0}, categories)
         images.append(image)
     return images
 
@@ -103,9 +106,11 @@ def review_head(page) -> int:
 
 # --- 1 and 7: review keys ----------------------------------------------------------------------------
 
+
 @browser_test
-def test_review_enter_on_a_focused_control_activates_that_control(browser, live_server, client, curator,
-                                                                  review_queue, categories):
+def test_review_enter_on_a_focused_control_activates_that_control(
+    browser, live_server, client, curator, review_queue, categories
+):
     page = browser
     sign_in(page, live_server, client, curator)
     page.goto(reverse("web:review"))
@@ -157,9 +162,13 @@ def test_review_u_after_s_undoes_the_skip(browser, live_server, client, curator,
 
 # --- 2 and 3: upload ---------------------------------------------------------------------------------
 
+
 def test_fetch_endpoints_answer_401_json_when_signed_out(client, sample, curator):
-    for method, url in (("post", reverse("web:upload_file")), ("get", reverse("web:upload_status") + "?ids=1"),
-                        ("get", reverse("web:training_progress", args=[1]))):
+    for method, url in (
+        ("post", reverse("web:upload_file")),
+        ("get", reverse("web:upload_status") + "?ids=1"),
+        ("get", reverse("web:training_progress", args=[1])),
+    ):
         response = getattr(client, method)(url, HTTP_ACCEPT="application/json")
         assert response.status_code == 401, url
         body = response.json()
@@ -235,6 +244,7 @@ def test_drop_zone_is_reachable_with_the_keyboard(browser, live_server, client, 
 
 # --- 4: API tokens -------------------------------------------------------------------------------------
 
+
 def test_token_page_posts_redirects_and_shows_the_secret_once(client, member):
     client.force_login(member)
     response = client.post(reverse("account:tokens"), {"name": "LIMS production"})
@@ -255,22 +265,39 @@ def test_token_page_posts_redirects_and_shows_the_secret_once(client, member):
 
 # --- 5: a running training run ---------------------------------------------------------------------
 
+
 def epoch_event(stage: int, size: int, epoch: int, epochs: int, fraction: float) -> dict:
-    return {"event": "epoch_end", "stage": stage, "stages": 2, "size": size, "epoch": epoch, "epochs": epochs,
-            "train_loss": 2.0 - 0.1 * epoch, "valid_loss": 2.2 - 0.1 * epoch, "metrics": {}, "duration_s": 3.0,
-            "fraction": fraction}
+    return {
+        "event": "epoch_end",
+        "stage": stage,
+        "stages": 2,
+        "size": size,
+        "epoch": epoch,
+        "epochs": epochs,
+        "train_loss": 2.0 - 0.1 * epoch,
+        "valid_loss": 2.2 - 0.1 * epoch,
+        "metrics": {},
+        "duration_s": 3.0,
+        "fraction": fraction,
+    }
 
 
 @pytest.fixture
 def running_run(admin_user):
     return TrainingRun.objects.create(
-        status=TrainingRun.Status.RUNNING, active=True, trigger=TrainingRun.Trigger.MANUAL, requested_by=admin_user,
-        started_at=timezone.now() - timedelta(seconds=95), heartbeat_at=timezone.now(),
+        status=TrainingRun.Status.RUNNING,
+        active=True,
+        trigger=TrainingRun.Trigger.MANUAL,
+        requested_by=admin_user,
+        started_at=timezone.now() - timedelta(seconds=95),
+        heartbeat_at=timezone.now(),
         config={"arch": "resnet18", "sizes": [64, 128], "epochs": [3, 2], "pretrained": True},
         history=[epoch_event(0, 64, e, 3, 0.1 * (e + 1)) for e in range(3)],
-        progress=epoch_event(0, 64, 2, 3, 0.3), progress_fraction=0.3,
+        progress=epoch_event(0, 64, 2, 3, 0.3),
+        progress_fraction=0.3,
         log="2024-01-01 10:00:00 stage 1 at 64 px\n2024-01-01 10:00:09 epoch 3 of stage 1 done",
-        train_image_count=40, test_image_count=8,
+        train_image_count=40,
+        test_image_count=8,
     )
 
 
@@ -289,8 +316,10 @@ def test_running_run_page_groups_stages_refreshes_and_cancels(browser, live_serv
     # The worker goes on: a second stage starts and the log grows; the page follows without a reload.
     TrainingRun.objects.filter(pk=running_run.pk).update(
         history=running_run.history + [epoch_event(1, 128, 0, 2, 0.6)],
-        progress=epoch_event(1, 128, 0, 2, 0.6), progress_fraction=0.6,
-        log=running_run.log + "\n2024-01-01 10:00:30 epoch 1 of stage 2 done")
+        progress=epoch_event(1, 128, 0, 2, 0.6),
+        progress_fraction=0.6,
+        log=running_run.log + "\n2024-01-01 10:00:30 epoch 1 of stage 2 done",
+    )
     page.wait_for_function("document.querySelectorAll('#stage-table tbody tr').length === 2")
     page.wait_for_function("document.querySelector('pre.log').textContent.includes('epoch 1 of stage 2 done')")
     assert "128 px" in rows.nth(1).text_content()
@@ -309,15 +338,22 @@ def test_running_run_page_groups_stages_refreshes_and_cancels(browser, live_serv
 @browser_test
 def test_training_page_runs_table_agrees_with_the_progress_panel(browser, live_server, client, admin_user):
     page = browser
-    run = TrainingRun.objects.create(status=TrainingRun.Status.QUEUED, active=True,
-                                     trigger=TrainingRun.Trigger.MANUAL, requested_by=admin_user)
+    run = TrainingRun.objects.create(
+        status=TrainingRun.Status.QUEUED, active=True, trigger=TrainingRun.Trigger.MANUAL, requested_by=admin_user
+    )
     sign_in(page, live_server, client, admin_user)
     page.goto(reverse("web:training"))
     row = page.locator("#runs tbody tr").first
     assert "0 / 0" not in row.text_content()
-    TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.RUNNING, started_at=timezone.now(),
-                                                 progress_fraction=0.1, progress={"event": "stage_start"})
-    page.wait_for_function("document.querySelector('.run-progress [data-field=status]').textContent.trim() === 'Running'")
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status=TrainingRun.Status.RUNNING,
+        started_at=timezone.now(),
+        progress_fraction=0.1,
+        progress={"event": "stage_start"},
+    )
+    page.wait_for_function(
+        "document.querySelector('.run-progress [data-field=status]').textContent.trim() === 'Running'"
+    )
     assert row.locator(".badge").text_content().strip() == "Running"
     assert page.locator("#cancel-run").count() == 1
     page.problems.assert_none()
@@ -336,8 +372,10 @@ def test_cancel_needs_an_admin_and_a_post(client, member, admin_user, running_ru
 
 # --- 6: dashboard after a relabel ------------------------------------------------------------------
 
-def test_dashboard_hints_that_test_labels_changed_since_the_evaluation(client, curator, sample, make_image, make_model,
-                                                                       predict, categories):
+
+def test_dashboard_hints_that_test_labels_changed_since_the_evaluation(
+    client, curator, sample, make_image, make_model, predict, categories
+):
     image = make_image(sample, split=SEMImage.Split.TEST, curated=categories["Fibres"])
     Label.objects.filter(image=image).update(created_at=timezone.now() - timedelta(hours=1))  # before training
     model = make_model(1, status="production", classes=("Fibres", "Particles"), counts=[[1, 1], [0, 1]])
@@ -358,6 +396,7 @@ def test_dashboard_hints_that_test_labels_changed_since_the_evaluation(client, c
 
 
 # --- 8: error pages and the API docs ---------------------------------------------------------------
+
 
 def test_403_and_404_pages_are_in_the_portal_frame_with_a_way_back(client, member):
     client.force_login(member)
@@ -380,6 +419,7 @@ def test_api_docs_link_back_to_the_portal(client, member):
 
 
 # --- 9: layout at 1024 px and contrast -------------------------------------------------------------
+
 
 @pytest.fixture
 def dashboard_data(make_model, make_image, sample, categories, predict, model):
@@ -434,10 +474,26 @@ def test_text_contrast_meets_wcag_aa(browser, live_server, client, curator, dash
     page = browser
     sign_in(page, live_server, client, curator)
     failures = []
-    selectors = [".badge", ".heatmap td a", ".heatmap td span", ".heatmap th", ".muted", "label", ".btn",
-                 ".toggle button", "table.data th", ".stat .label", ".topbar nav a", ".account a"]
-    for url in (reverse("web:dashboard"), reverse("web:browse"), reverse("web:training"),
-                reverse("web:training_run", args=[running_run.pk])):
+    selectors = [
+        ".badge",
+        ".heatmap td a",
+        ".heatmap td span",
+        ".heatmap th",
+        ".muted",
+        "label",
+        ".btn",
+        ".toggle button",
+        "table.data th",
+        ".stat .label",
+        ".topbar nav a",
+        ".account a",
+    ]
+    for url in (
+        reverse("web:dashboard"),
+        reverse("web:browse"),
+        reverse("web:training"),
+        reverse("web:training_run", args=[running_run.pk]),
+    ):
         page.goto(url)
         for mode in ("count", "percent"):
             if mode == "percent":
@@ -456,16 +512,20 @@ def test_text_contrast_meets_wcag_aa(browser, live_server, client, curator, dash
         return {colour: style.outlineColor, width: parseFloat(style.outlineWidth), style: style.outlineStyle};
     }""")
     assert outline["style"] != "none" and outline["width"] >= 2, outline
-    ratio = page.evaluate("""(colour) => {
+    ratio = page.evaluate(
+        """(colour) => {
         const rgb = colour.match(/\\d+/g).slice(0, 3).map(Number).map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
         const l = 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2];
         return 1.05 / (l + 0.05);
-    }""", outline["colour"])
+    }""",
+        outline["colour"],
+    )
     assert ratio >= 3, (outline, ratio)
     page.problems.assert_none()
 
 
 # --- 10: small ones ----------------------------------------------------------------------------------
+
 
 def test_classes_without_test_support_show_a_dash(client, member, make_model):
     from tests.web.conftest import evaluation
@@ -501,10 +561,14 @@ def test_corrections_on_the_image_page_are_recorded_as_such(client, curator, mak
 
 def test_run_configuration_says_whether_pretrained_weights_were_used(client, member, make_model, admin_user):
     model = make_model(3, metadata={"pretrained_used": False, "arch": "resnet18"})
-    run = TrainingRun.objects.create(status=TrainingRun.Status.SUCCEEDED, active=None,
-                                     trigger=TrainingRun.Trigger.MANUAL, model_version=model,
-                                     config={"arch": "resnet18", "pretrained": True},
-                                     log="no pretrained weights found; training from scratch")
+    run = TrainingRun.objects.create(
+        status=TrainingRun.Status.SUCCEEDED,
+        active=None,
+        trigger=TrainingRun.Trigger.MANUAL,
+        model_version=model,
+        config={"arch": "resnet18", "pretrained": True},
+        log="no pretrained weights found; training from scratch",
+    )
     client.force_login(member)
     page = client.get(reverse("web:training_run", args=[run.pk])).content.decode()
     assert 'id="pretrained-used"' in page
@@ -516,9 +580,11 @@ def test_run_configuration_says_whether_pretrained_weights_were_used(client, mem
 
 # --- friction ----------------------------------------------------------------------------------------
 
+
 @browser_test
-def test_review_uses_the_zoomable_viewer_with_keys_and_preloads_the_next_image(browser, live_server, client, curator,
-                                                                              review_queue, categories):
+def test_review_uses_the_zoomable_viewer_with_keys_and_preloads_the_next_image(
+    browser, live_server, client, curator, review_queue, categories
+):
     page = browser
     sign_in(page, live_server, client, curator)
     page.goto(reverse("web:review"))
@@ -532,8 +598,9 @@ def test_review_uses_the_zoomable_viewer_with_keys_and_preloads_the_next_image(b
     # The next image of the queue is in the browser cache before the key press.
     next_url = page.get_attribute("#viewer", "data-next-url")
     assert next_url == reverse("web:image_full", args=[review_queue[1].pk])
-    page.wait_for_function("(url) => performance.getEntriesByType('resource').some(e => e.name.endsWith(url))",
-                           arg=next_url)
+    page.wait_for_function(
+        "(url) => performance.getEntriesByType('resource').some(e => e.name.endsWith(url))", arg=next_url
+    )
     timings = []
     for _ in range(2):  # the queue has three images
         key = page.get_attribute(f'#category-keys button[value="{categories["Powder"].pk}"]', "data-key")
@@ -551,8 +618,9 @@ def test_review_uses_the_zoomable_viewer_with_keys_and_preloads_the_next_image(b
 
 
 @browser_test
-def test_risky_actions_ask_first_and_roll_back_needs_an_earlier_version(browser, live_server, client, admin_user,
-                                                                        make_model):
+def test_risky_actions_ask_first_and_roll_back_needs_an_earlier_version(
+    browser, live_server, client, admin_user, make_model
+):
     from portal.services.tokens import create_token
 
     page = browser
@@ -577,7 +645,10 @@ def test_risky_actions_ask_first_and_roll_back_needs_an_earlier_version(browser,
     page.click("#models form[action$='/v3/promote/'] button")
     assert "from v2 to v1" in asked[0] and "Promote v3" in asked[1], asked
     assert list(ModelVersion.objects.order_by("version").values_list("status", flat=True)) == [
-        "retired", "production", "candidate"]
+        "retired",
+        "production",
+        "candidate",
+    ]
     created = create_token(admin_user, "LIMS")
     page.goto(reverse("account:tokens"))
     page.click("form[action$='/revoke/'] button")
@@ -594,8 +665,9 @@ def test_risky_actions_ask_first_and_roll_back_needs_an_earlier_version(browser,
 
 
 @browser_test
-def test_bulk_accept_says_how_many_images_it_will_label(browser, live_server, client, curator, sample, make_image,
-                                                       model, predict, categories):
+def test_bulk_accept_says_how_many_images_it_will_label(
+    browser, live_server, client, curator, sample, make_image, model, predict, categories
+):
     page = browser
     for confidence in (0.97, 0.95, 0.6):
         image = make_image(sample)

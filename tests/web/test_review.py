@@ -89,7 +89,9 @@ def test_disputed_label_confirmed_leaves_the_queue(client, curator, queue, categ
     client.post(reverse("web:review_label", args=[image.pk]), {"category": categories["Particles"].pk})
     labels = list(Label.objects.filter(image=image).order_by("created_at", "id"))
     assert [(label.category.name, label.source, label.is_current) for label in labels] == [
-        ("Particles", "import", False), ("Particles", "review", True)]
+        ("Particles", "import", False),
+        ("Particles", "review", True),
+    ]
     assert head(client)[0] is None
     # Undo withdraws the confirmation: the import label is current again and the dispute is back.
     client.post(reverse("web:review_undo"))

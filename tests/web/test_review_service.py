@@ -49,8 +49,7 @@ def images(make_image, sample, categories, model, predict, curator):
 
 def test_uncertain_first_then_the_most_confident_unchecked_disagreement(curator, images):
     head = review.queue(curator, 10)
-    assert head == [images["uncertain"], images["confident"], images["unclassified"], images["api"],
-                    images["imported"]]
+    assert head == [images["uncertain"], images["confident"], images["unclassified"], images["api"], images["imported"]]
     assert [image.review_part for image in head] == ["unlabelled"] * 3 + ["disputed"] * 2
     assert review.queue(curator, 2) == [images["uncertain"], images["confident"]]
     assert review.remaining(curator) == {"unlabelled": 3, "disputed": 2, "total": 5}

@@ -24,15 +24,25 @@ def synthetic_png(folder="Particles", seed=1) -> bytes:
 
 
 def post_file(client, sample, name, content, **extra):
-    return client.post(reverse("web:upload_file"),
-                       {"sample": sample.pk, "file": SimpleUploadedFile(name, content), **extra})
+    return client.post(
+        reverse("web:upload_file"), {"sample": sample.pk, "file": SimpleUploadedFile(name, content), **extra}
+    )
 
 
 def test_member_creates_a_sample_with_its_metadata(client, member, project):
     client.force_login(member)
-    response = client.post(reverse("web:upload"), {
-        "project": project.pk, "lab_sample_id": "TF-2031", "name": "ZnO nanowires on Si",
-        "material": "ZnO", "preparation": "5 nm Pt sputter", "description": "", "lims_id": "LIMS-77"})
+    response = client.post(
+        reverse("web:upload"),
+        {
+            "project": project.pk,
+            "lab_sample_id": "TF-2031",
+            "name": "ZnO nanowires on Si",
+            "material": "ZnO",
+            "preparation": "5 nm Pt sputter",
+            "description": "",
+            "lims_id": "LIMS-77",
+        },
+    )
     sample = Sample.objects.get(lab_sample_id="TF-2031")
     assert response["Location"] == f"{reverse('web:upload')}?sample={sample.pk}"
     assert (sample.owner, sample.project, sample.material, sample.lims_id) == (member, project, "ZnO", "LIMS-77")
@@ -54,7 +64,11 @@ def test_upload_stores_reports_duplicates_and_rejects(client, member, sample):
     assert stored.status_code == 201
     body = stored.json()
     image = SEMImage.objects.get(pk=body["id"])
-    assert (body["outcome"], body["status"], body["url"]) == ("stored", "pending", reverse("web:image_detail", args=[image.pk]))
+    assert (body["outcome"], body["status"], body["url"]) == (
+        "stored",
+        "pending",
+        reverse("web:image_detail", args=[image.pk]),
+    )
     assert image.uploaded_by == member and image.original_filename == "particles.png"
 
     duplicate = post_file(client, sample, "again.png", content)
@@ -103,10 +117,16 @@ def test_status_endpoint_reports_classification(client, member, sample, make_ima
     predict(image, make_model(1), {"Powder": 0.75, "Fibres": 0.25}, categories)
     [status] = client.get(url).json()["images"]
     assert (status["status"], status["predicted_category_name"], status["predicted_confidence"]) == (
-        "classified", "Powder", 0.75)
+        "classified",
+        "Powder",
+        0.75,
+    )
     # The shared representation (portal.representations): the API's names and values.
     assert (status["predicted_category"], status["predicted_model_version"], status["project"]) == (
-        "powder", 1, sample.project_id)
+        "powder",
+        1,
+        sample.project_id,
+    )
 
 
 def test_files_have_safe_types_and_dispositions(client, member, sample):
@@ -117,8 +137,9 @@ def test_files_have_safe_types_and_dispositions(client, member, sample):
 
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, (np.arange(200 * 150, dtype=np.uint16).reshape(150, 200) * 2))
-    image = ingest_file(io.BytesIO(buffer.getvalue()), filename='evil"name.tif', sample=sample,
-                        uploaded_by=member).image
+    image = ingest_file(
+        io.BytesIO(buffer.getvalue()), filename='evil"name.tif', sample=sample, uploaded_by=member
+    ).image
     client.force_login(member)
 
     original = client.get(reverse("web:image_original", args=[image.pk]))
@@ -138,15 +159,37 @@ def test_files_have_safe_types_and_dispositions(client, member, sample):
     assert Image.open(io.BytesIO(b"".join(preview.streaming_content))).size == (200, 150)
 
 
-def test_detail_page_shows_metadata_predictions_and_history(client, curator, sample, make_image, make_model,
-                                                           predict, categories):
-    image = make_image(sample, vendor="Zeiss", instrument_model="Sigma 300", accelerating_voltage_kv=5.0,
-                       working_distance_mm=4.2, magnification=25000, pixel_size_nm=2.5, detector="InLens",
-                       curated=categories["Fibres"])
+def test_detail_page_shows_metadata_predictions_and_history(
+    client, curator, sample, make_image, make_model, predict, categories
+):
+    image = make_image(
+        sample,
+        vendor="Zeiss",
+        instrument_model="Sigma 300",
+        accelerating_voltage_kv=5.0,
+        working_distance_mm=4.2,
+        magnification=25000,
+        pixel_size_nm=2.5,
+        detector="InLens",
+        curated=categories["Fibres"],
+    )
     predict(image, make_model(1, status="production"), {"Powder": 0.7, "Fibres": 0.2, "Particles": 0.1}, categories)
     client.force_login(curator)
     client.post(reverse("web:image_label", args=[image.pk]), {"category": categories["Powder"].pk})
     html = client.get(reverse("web:image_detail", args=[image.pk])).content.decode()
-    for text in ("Sigma 300", "5 kV", "4.2 mm", "25,000×", "2.5 nm", "InLens", "Test wafer", "S-0001",
-                 "Model v1", "70%", "Folder import", "Image page", 'id="viewer"'):
+    for text in (
+        "Sigma 300",
+        "5 kV",
+        "4.2 mm",
+        "25,000×",
+        "2.5 nm",
+        "InLens",
+        "Test wafer",
+        "S-0001",
+        "Model v1",
+        "70%",
+        "Folder import",
+        "Image page",
+        'id="viewer"',
+    ):
         assert text in html, text

@@ -46,7 +46,8 @@ def test_a_second_delivery_of_the_same_batch_writes_nothing(production_model, sa
 
 
 def test_a_message_for_one_upload_takes_other_pending_uploads_into_its_batch(
-        production_model, sample, user, upload_images, settings):
+    production_model, sample, user, upload_images, settings
+):
     settings.SEM_CLASSIFY_BATCH_SIZE = 3
     images = upload_images(sample, user, 5)
 
@@ -72,7 +73,8 @@ def test_claims_are_exclusive_until_they_go_stale(production_model, sample, user
     first = classification.claim(ids, production_model)
     second = classification.claim(ids, production_model)
     SEMImage.objects.filter(pk__in=ids).update(
-        claimed_at=timezone.now() - timedelta(seconds=settings.SEM_PENDING_SWEEP_AFTER_S + 1))
+        claimed_at=timezone.now() - timedelta(seconds=settings.SEM_PENDING_SWEEP_AFTER_S + 1)
+    )
     after_expiry = classification.claim(ids, production_model)
 
     assert sorted(image.pk for image in first) == sorted(ids)
@@ -125,12 +127,15 @@ def test_a_broken_model_releases_the_claims(production_model, sample, user, uplo
         classification.classify_images(ids)
     clear_engine_cache()
 
-    assert all(image.claimed_at is None and image.status == SEMImage.Status.PENDING
-               for image in SEMImage.objects.filter(pk__in=ids))
+    assert all(
+        image.claimed_at is None and image.status == SEMImage.Status.PENDING
+        for image in SEMImage.objects.filter(pk__in=ids)
+    )
 
 
-def test_sweeper_requeues_only_images_pending_too_long(sample, user, upload_images, settings,
-                                                       django_capture_on_commit_callbacks):
+def test_sweeper_requeues_only_images_pending_too_long(
+    sample, user, upload_images, settings, django_capture_on_commit_callbacks
+):
     fresh, stale, stale_but_held = upload_images(sample, user, 3)
     long_ago = timezone.now() - timedelta(seconds=settings.SEM_PENDING_SWEEP_AFTER_S + 5)
     SEMImage.objects.filter(pk__in=[stale.pk, stale_but_held.pk]).update(status_changed_at=long_ago)
@@ -147,7 +152,8 @@ def test_sweeper_requeues_only_images_pending_too_long(sample, user, upload_imag
 
 
 def test_backlog_covers_waiting_images_and_older_models_predictions(
-        production_model, trained_artifact, sample, user, upload_images, settings):
+    production_model, trained_artifact, sample, user, upload_images, settings
+):
     from tests.worker_fixtures import install_model
 
     images = upload_images(sample, user, 4)
@@ -162,8 +168,9 @@ def test_backlog_covers_waiting_images_and_older_models_predictions(
     assert set(classification.needing(production_model).values_list("pk", flat=True)) == {images[0].pk}
 
 
-def test_backlog_batches_stop_when_the_model_is_no_longer_production(production_model, sample, user,
-                                                                      upload_images, settings):
+def test_backlog_batches_stop_when_the_model_is_no_longer_production(
+    production_model, sample, user, upload_images, settings
+):
     settings.SEM_CLASSIFY_BATCH_SIZE = 2
     images = upload_images(sample, user, 3)
     SEMImage.objects.filter(pk__in=[image.pk for image in images]).update(status=SEMImage.Status.NO_MODEL)
@@ -178,8 +185,9 @@ def test_rolled_back_model_reuses_its_stored_predictions(production_model, sampl
     images = upload_images(sample, user, 2)
     classification.classify_images([image.pk for image in images])
     before = {p.image_id: p.confidence for p in Prediction.objects.all()}
-    SEMImage.objects.filter(pk__in=before).update(status=SEMImage.Status.PENDING, predicted_by=None,
-                                                  predicted_confidence=None)
+    SEMImage.objects.filter(pk__in=before).update(
+        status=SEMImage.Status.PENDING, predicted_by=None, predicted_confidence=None
+    )
 
     outcome = classification.classify_images(list(before))
 
@@ -189,8 +197,9 @@ def test_rolled_back_model_reuses_its_stored_predictions(production_model, sampl
         assert image.predicted_confidence == pytest.approx(before[image.pk])
 
 
-def test_an_old_format_artifact_loads_once_and_is_rewritten(production_model, sample, user, upload_images,
-                                                             django_capture_on_commit_callbacks):
+def test_an_old_format_artifact_loads_once_and_is_rewritten(
+    production_model, sample, user, upload_images, django_capture_on_commit_callbacks
+):
     """Issue 15: a format version 1 artifact (torch pickle) of a registered model is upgraded to the
     safetensors format before the worker loads it; the row points at the new file, the old one goes."""
     from pathlib import Path

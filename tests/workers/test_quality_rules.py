@@ -26,7 +26,8 @@ def _train_counts(images) -> Counter:
 
 
 def test_a_category_below_the_minimum_is_not_offered_and_says_how_many_it_needs(
-        quality_rules, sample, user, upload_images):
+    quality_rules, sample, user, upload_images
+):
     images = upload_images(sample, user, 40, labelled=True, folders=("Fibres", "Particles"))
     images += upload_images(sample, user, 3, labelled=True, seed=100, folders=("Powder",))
     powder_train = _train_counts(images)["Powder"]
@@ -57,7 +58,8 @@ def test_the_model_never_predicts_a_category_it_had_too_few_images_for(quality_r
 
 
 def test_the_training_page_and_dashboard_say_what_a_category_still_needs(
-        quality_rules, sample, user, upload_images, client, django_user_model):
+    quality_rules, sample, user, upload_images, client, django_user_model
+):
     upload_images(sample, user, 2, labelled=True, folders=("Powder",))
     admin = django_user_model.objects.create_superuser("boss", "boss@example.org", "pw-123456789")
     client.force_login(admin)
@@ -69,11 +71,16 @@ def test_the_training_page_and_dashboard_say_what_a_category_still_needs(
 
 def _evaluation(correct: dict[str, int], support: dict[str, int]) -> dict:
     n = sum(support.values())
-    per_class = {name: {"precision": 1.0, "recall": correct[name] / s, "f1": correct[name] / s, "support": s}
-                 for name, s in support.items()}
+    per_class = {
+        name: {"precision": 1.0, "recall": correct[name] / s, "f1": correct[name] / s, "support": s}
+        for name, s in support.items()
+    }
     recall = sum(v["recall"] for v in per_class.values()) / len(per_class)
-    return {"accuracy": sum(correct.values()) / n, "per_class": per_class,
-            "macro_avg": {"precision": 1.0, "recall": recall, "f1": recall}}
+    return {
+        "accuracy": sum(correct.values()) / n,
+        "per_class": per_class,
+        "macro_avg": {"precision": 1.0, "recall": recall, "f1": recall},
+    }
 
 
 def test_a_first_model_no_better_than_always_answering_the_largest_class_is_refused(quality_rules):
@@ -115,7 +122,10 @@ def test_the_schedule_rule_lives_in_the_classifier(settings):
     config = training.training_config()
     expected = TrainConfig(sizes=(128, 224))
     assert (config["epochs"], config["lrs"], config["batch_sizes"]) == (
-        list(expected.epochs), list(expected.lrs), list(expected.batch_sizes))
+        list(expected.epochs),
+        list(expected.lrs),
+        list(expected.batch_sizes),
+    )
     assert config["epochs"] == [10, 10] and config["lrs"] == [1e-3, 5e-4]
 
 

@@ -35,6 +35,7 @@ def _train_now(**request) -> TrainingRun:
 
 # --- Real training -----------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_first_training_records_everything_and_promotes_v1(tiny_training, sample, user, upload_images):
     images = upload_images(sample, user, 20, labelled=True)
@@ -84,16 +85,20 @@ def test_retraining_waits_for_enough_new_labels(tiny_training, sample, user, upl
 
 
 def test_new_labels_are_counted_against_the_newest_model_when_none_is_in_production(
-        trained_artifact, sample, user, upload_images, settings):
+    trained_artifact, sample, user, upload_images, settings
+):
     upload_images(sample, user, 8, labelled=True)
     assert training.new_label_count() == SEMImage.objects.filter(split=SEMImage.Split.TRAIN).count()
     rejected = install_model(trained_artifact, 1, status=ModelVersion.Status.REJECTED)
-    (Path(rejected.artifact_path).parent / training.LABEL_SET_FILE).write_text(json.dumps(training.current_train_labels()))
+    (Path(rejected.artifact_path).parent / training.LABEL_SET_FILE).write_text(
+        json.dumps(training.current_train_labels())
+    )
 
     assert training.new_label_count() == 0
 
 
 # --- Failures leave production alone -------------------------------------------------------------------------
+
 
 def _classified_production(production_model, sample, user, upload_images):
     images = upload_images(sample, user, 6, labelled=True)
@@ -110,8 +115,7 @@ def _assert_production_untouched(production_model, predictions_before):
     assert training.active_run() is None  # the lock is released
 
 
-def test_a_failing_training_leaves_production_untouched(production_model, tiny_training, sample, user,
-                                                        upload_images):
+def test_a_failing_training_leaves_production_untouched(production_model, tiny_training, sample, user, upload_images):
     before = _classified_production(production_model, sample, user, upload_images)
 
     run = _train_now(config={"arch": "no-such-architecture"})
@@ -123,8 +127,7 @@ def test_a_failing_training_leaves_production_untouched(production_model, tiny_t
 
 
 @pytest.mark.slow
-def test_a_timed_out_training_is_stopped_and_recorded(production_model, tiny_training, sample, user,
-                                                      upload_images):
+def test_a_timed_out_training_is_stopped_and_recorded(production_model, tiny_training, sample, user, upload_images):
     before = _classified_production(production_model, sample, user, upload_images)
     tiny_training.SEM_TRAINING_TIMEOUT_S = 0
 
@@ -135,8 +138,7 @@ def test_a_timed_out_training_is_stopped_and_recorded(production_model, tiny_tra
 
 
 @pytest.mark.slow
-def test_a_cancelled_training_is_recorded_as_cancelled(production_model, tiny_training, sample, user,
-                                                       upload_images):
+def test_a_cancelled_training_is_recorded_as_cancelled(production_model, tiny_training, sample, user, upload_images):
     before = _classified_production(production_model, sample, user, upload_images)
     run = training.request_training(trigger=TrainingRun.Trigger.MANUAL, force=True, enqueue=False)
     run = training.claim_run(run.pk)  # running now: cancellation is polled between batches
@@ -163,8 +165,12 @@ def test_cancelling_a_queued_run_releases_the_lock_at_once(db):
 
 def test_the_sweeper_fails_a_run_whose_worker_died(db, settings):
     long_ago = timezone.now() - timedelta(seconds=settings.SEM_TRAINING_STALE_AFTER_S + 1)
-    run = TrainingRun.objects.create(trigger=TrainingRun.Trigger.SCHEDULE, status=TrainingRun.Status.RUNNING,
-                                     started_at=long_ago, heartbeat_at=long_ago)
+    run = TrainingRun.objects.create(
+        trigger=TrainingRun.Trigger.SCHEDULE,
+        status=TrainingRun.Status.RUNNING,
+        started_at=long_ago,
+        heartbeat_at=long_ago,
+    )
 
     assert training.fail_stale_runs() == 1
 
@@ -184,6 +190,7 @@ def test_a_run_is_claimed_once_however_often_its_message_arrives(db):
 
 # --- The lock ----------------------------------------------------------------------------------------------
 
+
 def test_two_simultaneous_triggers_give_one_run(transactional_db):
     for attempt in range(3):
         results = request_training_twice_at_once()
@@ -195,22 +202,43 @@ def test_two_simultaneous_triggers_give_one_run(transactional_db):
 
 # --- Promotion gate, promote, roll back -----------------------------------------------------------------------
 
+
 def _metrics(macro_f1: float, recalls: dict[str, float]) -> dict:
-    return {"macro_avg": {"f1": macro_f1, "precision": macro_f1, "recall": macro_f1},
-            "per_class": {name: {"precision": r, "recall": r, "f1": r, "support": 10} for name, r in recalls.items()}}
+    return {
+        "macro_avg": {"f1": macro_f1, "precision": macro_f1, "recall": macro_f1},
+        "per_class": {name: {"precision": r, "recall": r, "f1": r, "support": 10} for name, r in recalls.items()},
+    }
 
 
-PRODUCTION_METRICS = _metrics(0.80, {"Fibres": 0.8, "Particles": 0.8, "Patterned surfaces": 0.8,
-                                     "Porous sponge": 0.8})
+PRODUCTION_METRICS = _metrics(0.80, {"Fibres": 0.8, "Particles": 0.8, "Patterned surfaces": 0.8, "Porous sponge": 0.8})
 
 
-@pytest.mark.parametrize(("candidate", "passes", "reason"), [
-    (_metrics(0.85, {"Fibres": 0.9, "Particles": 0.8, "Patterned surfaces": 0.8, "Porous sponge": 0.8}), True, "no class"),
-    (_metrics(0.80, {"Fibres": 0.76, "Particles": 0.8, "Patterned surfaces": 0.8, "Porous sponge": 0.8}), True, "no class"),
-    (_metrics(0.79, {"Fibres": 0.9, "Particles": 0.9, "Patterned surfaces": 0.9, "Porous sponge": 0.9}), False, "below"),
-    (_metrics(0.90, {"Fibres": 0.7, "Particles": 1.0, "Patterned surfaces": 1.0, "Porous sponge": 1.0}), False, "Fibres 10.0"),
-    (_metrics(0.90, {"Fibres": 1.0, "Particles": 1.0, "Patterned surfaces": 1.0}), False, "Porous sponge 80.0"),
-])
+@pytest.mark.parametrize(
+    ("candidate", "passes", "reason"),
+    [
+        (
+            _metrics(0.85, {"Fibres": 0.9, "Particles": 0.8, "Patterned surfaces": 0.8, "Porous sponge": 0.8}),
+            True,
+            "no class",
+        ),
+        (
+            _metrics(0.80, {"Fibres": 0.76, "Particles": 0.8, "Patterned surfaces": 0.8, "Porous sponge": 0.8}),
+            True,
+            "no class",
+        ),
+        (
+            _metrics(0.79, {"Fibres": 0.9, "Particles": 0.9, "Patterned surfaces": 0.9, "Porous sponge": 0.9}),
+            False,
+            "below",
+        ),
+        (
+            _metrics(0.90, {"Fibres": 0.7, "Particles": 1.0, "Patterned surfaces": 1.0, "Porous sponge": 1.0}),
+            False,
+            "Fibres 10.0",
+        ),
+        (_metrics(0.90, {"Fibres": 1.0, "Particles": 1.0, "Patterned surfaces": 1.0}), False, "Porous sponge 80.0"),
+    ],
+)
 def test_gate_decision(settings, candidate, passes, reason):
     settings.SEM_GATE_MACRO_F1_TOLERANCE = 0.0
     settings.SEM_GATE_MAX_RECALL_DROP = 0.05
@@ -228,17 +256,28 @@ def test_gate_tolerance_and_first_model_floor(settings):
     assert promotion.gate_decision(slightly_worse, PRODUCTION_METRICS)[0] is True
     two_classes = {"Fibres": 0.5, "Particles": 0.5}
     assert promotion.gate_decision(_metrics(0.49, two_classes), None) == (
-        False, "First model: macro-F1 0.490 is below the floor 0.500")
+        False,
+        "First model: macro-F1 0.490 is below the floor 0.500",
+    )
     assert promotion.gate_decision(_metrics(0.51, two_classes), None)[0] is True
 
 
-def test_gate_refuses_a_worse_candidate_and_promotes_a_better_one(trained_artifact, nffa_categories, settings,
-                                                                  django_capture_on_commit_callbacks):
+def test_gate_refuses_a_worse_candidate_and_promotes_a_better_one(
+    trained_artifact, nffa_categories, settings, django_capture_on_commit_callbacks
+):
     production = install_model(trained_artifact, 1, status=ModelVersion.Status.PRODUCTION, metrics=PRODUCTION_METRICS)
-    worse = install_model(trained_artifact, 2, status=ModelVersion.Status.CANDIDATE,
-                          metrics=_metrics(0.70, {name: 0.7 for name in PRODUCTION_METRICS["per_class"]}))
-    better = install_model(trained_artifact, 3, status=ModelVersion.Status.CANDIDATE,
-                           metrics=_metrics(0.90, {name: 0.9 for name in PRODUCTION_METRICS["per_class"]}))
+    worse = install_model(
+        trained_artifact,
+        2,
+        status=ModelVersion.Status.CANDIDATE,
+        metrics=_metrics(0.70, {name: 0.7 for name in PRODUCTION_METRICS["per_class"]}),
+    )
+    better = install_model(
+        trained_artifact,
+        3,
+        status=ModelVersion.Status.CANDIDATE,
+        metrics=_metrics(0.90, {name: 0.9 for name in PRODUCTION_METRICS["per_class"]}),
+    )
 
     assert promotion.apply_gate(worse) is False
     worse.refresh_from_db(), production.refresh_from_db()

@@ -32,10 +32,10 @@ def _all_have(ids, status) -> bool:
     return _statuses(ids) == {status: len(ids)}
 
 
-def test_an_upload_is_classified_by_a_worker(celery_worker, production_model, sample, user, upload_images,
-                                             admin_user):
-    WebhookSubscription.objects.create(owner=admin_user, url="http://127.0.0.1:9/hook",
-                                       events=["image.classified"], secret="s3cret")
+def test_an_upload_is_classified_by_a_worker(celery_worker, production_model, sample, user, upload_images, admin_user):
+    WebhookSubscription.objects.create(
+        owner=admin_user, url="http://127.0.0.1:9/hook", events=["image.classified"], secret="s3cret"
+    )
     images = upload_images(sample, user, 3)
     ids = [image.pk for image in images]
 
@@ -47,12 +47,15 @@ def test_an_upload_is_classified_by_a_worker(celery_worker, production_model, sa
         assert image.predicted_category_id == prediction.category_id
         assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
     # The worker emitted image.classified after its commit; the webhook listener made deliveries.
-    celery_worker.wait_until(lambda: WebhookDelivery.objects.filter(event="image.classified").exists(),
-                             what="an image.classified webhook delivery")
+    celery_worker.wait_until(
+        lambda: WebhookDelivery.objects.filter(event="image.classified").exists(),
+        what="an image.classified webhook delivery",
+    )
 
 
 def test_images_wait_for_the_first_model_and_are_classified_once_it_is_promoted(
-        celery_worker, trained_artifact, sample, user, upload_images):
+    celery_worker, trained_artifact, sample, user, upload_images
+):
     ids = [image.pk for image in upload_images(sample, user, 4)]
     celery_worker.wait_until(lambda: _all_have(ids, SEMImage.Status.NO_MODEL), what="images waiting for a model")
 
@@ -64,22 +67,26 @@ def test_images_wait_for_the_first_model_and_are_classified_once_it_is_promoted(
 
 
 def test_a_worker_killed_mid_batch_loses_nothing_and_classifies_nothing_twice(
-        worker_factory, production_model, sample, user, upload_images, settings):
+    worker_factory, production_model, sample, user, upload_images, settings
+):
     worker = worker_factory(start=False, SEM_CLASSIFY_BATCH_SIZE=50)
     ids = [image.pk for image in upload_images(sample, user, 50)]  # 50 messages wait in Redis
     with _blocked_prediction_inserts():
         worker.start()
         # The worker has claimed the whole batch and computed it; its insert waits on our lock.
-        worker.wait_until(lambda: SEMImage.objects.filter(pk__in=ids, claimed_at__isnull=False).count() == 50,
-                          what="the batch of 50 claimed")
+        worker.wait_until(
+            lambda: SEMImage.objects.filter(pk__in=ids, claimed_at__isnull=False).count() == 50,
+            what="the batch of 50 claimed",
+        )
         worker.wait_until(_a_worker_waits_on_a_lock, what="the worker blocked while saving")
         worker.kill9()
         _terminate_backends_waiting_on_locks()  # what PostgreSQL does once it notices the dead client
     assert _all_have(ids, SEMImage.Status.PENDING) and not Prediction.objects.exists()
 
     # The dead worker's claims keep others off the images until they go stale: let time pass.
-    SEMImage.objects.filter(pk__in=ids).update(claimed_at=timezone.now() - timedelta(hours=1),
-                                               status_changed_at=timezone.now() - timedelta(hours=1))
+    SEMImage.objects.filter(pk__in=ids).update(
+        claimed_at=timezone.now() - timedelta(hours=1), status_changed_at=timezone.now() - timedelta(hours=1)
+    )
     worker.start()
     from workers.tasks import sweep
 
@@ -96,9 +103,13 @@ class _blocked_prediction_inserts:
 
     def __enter__(self):
         params = connection.settings_dict
-        self.connection = psycopg.connect(host=params["HOST"] or "127.0.0.1", port=params["PORT"] or 5432,
-                                          user=params["USER"], password=params["PASSWORD"] or None,
-                                          dbname=params["NAME"])
+        self.connection = psycopg.connect(
+            host=params["HOST"] or "127.0.0.1",
+            port=params["PORT"] or 5432,
+            user=params["USER"],
+            password=params["PASSWORD"] or None,
+            dbname=params["NAME"],
+        )
         self.connection.execute("LOCK TABLE portal_prediction IN SHARE MODE")
         return self
 
@@ -107,8 +118,10 @@ class _blocked_prediction_inserts:
         self.connection.close()
 
 
-WAITING_ON_PREDICTION_LOCK = ("FROM pg_stat_activity WHERE datname = current_database() "
-                              "AND wait_event_type = 'Lock' AND query ILIKE '%%portal_prediction%%'")
+WAITING_ON_PREDICTION_LOCK = (
+    "FROM pg_stat_activity WHERE datname = current_database() "
+    "AND wait_event_type = 'Lock' AND query ILIKE '%%portal_prediction%%'"
+)
 
 
 def _a_worker_waits_on_a_lock() -> bool:
@@ -123,7 +136,8 @@ def _terminate_backends_waiting_on_locks() -> None:
 
 
 def test_images_whose_messages_were_lost_are_recovered_by_the_sweeper(
-        worker_factory, production_model, sample, user, upload_images):
+    worker_factory, production_model, sample, user, upload_images
+):
     from tests.worker_fixtures import purge_broker
     from workers.tasks import sweep
 
@@ -162,29 +176,41 @@ def test_retraining_loop_train_promote_reclassify_then_skip(worker_factory, samp
 
     maybe_retrain.delay()
 
-    run = worker.wait_until(lambda: TrainingRun.objects.filter(status=TrainingRun.Status.SUCCEEDED).first(),
-                            timeout=180, what="the training run")
+    run = worker.wait_until(
+        lambda: TrainingRun.objects.filter(status=TrainingRun.Status.SUCCEEDED).first(),
+        timeout=180,
+        what="the training run",
+    )
     # The run is marked succeeded (releasing the lock) before the gate decides, outside its transaction.
-    model = worker.wait_until(lambda: ModelVersion.objects.filter(pk=run.model_version_id, gate_passed__isnull=False)
-                              .first(), timeout=60, what="the gate's decision")
+    model = worker.wait_until(
+        lambda: ModelVersion.objects.filter(pk=run.model_version_id, gate_passed__isnull=False).first(),
+        timeout=60,
+        what="the gate's decision",
+    )
     assert run.trigger == TrainingRun.Trigger.SCHEDULE and model.version == 1
     assert model.status == ModelVersion.Status.PRODUCTION
     worker.wait_until(lambda: _all_have(ids, SEMImage.Status.CLASSIFIED), what="backlog classified by v1")
     assert set(SEMImage.objects.filter(pk__in=ids).values_list("predicted_by", flat=True)) == {model.pk}
 
     maybe_retrain.delay()  # nothing changed since v1
-    worker.wait_until(lambda: TrainingRun.objects.filter(status=TrainingRun.Status.SKIPPED).exists(),
-                      what="a skipped check")
+    worker.wait_until(
+        lambda: TrainingRun.objects.filter(status=TrainingRun.Status.SKIPPED).exists(), what="a skipped check"
+    )
     assert TrainingRun.objects.exclude(status=TrainingRun.Status.SKIPPED).count() == 1
 
 
-def test_a_killed_training_leaves_production_untouched(worker_factory, production_model, sample, user,
-                                                       upload_images, tmp_path):
+def test_a_killed_training_leaves_production_untouched(
+    worker_factory, production_model, sample, user, upload_images, tmp_path
+):
     # The run holds at its first batch (a test hook) until the worker is killed: the test waits on that
     # durable state, never on a progress event a short run may have passed already.
     hold = tmp_path / "training-held"
-    worker = worker_factory(SEM_TRAIN_ARCH="resnet18", SEM_TRAIN_SIZES=[64, 96], SEM_TRAIN_EPOCHS=[3, 3],
-                            SEM_TEST_HOLD_TRAINING_FILE=str(hold))
+    worker = worker_factory(
+        SEM_TRAIN_ARCH="resnet18",
+        SEM_TRAIN_SIZES=[64, 96],
+        SEM_TRAIN_EPOCHS=[3, 3],
+        SEM_TEST_HOLD_TRAINING_FILE=str(hold),
+    )
     ids = [image.pk for image in upload_images(sample, user, 16, labelled=True)]
     worker.wait_until(lambda: _all_have(ids, SEMImage.Status.CLASSIFIED), what="uploads classified")
     before = list(Prediction.objects.order_by("pk").values_list("pk", "category", "confidence"))
@@ -220,8 +246,9 @@ def test_two_triggers_racing_through_workers_start_one_training(worker_factory, 
     assert TrainingRun.objects.count() == 1
 
 
-def test_embedded_mode_beat_and_worker_on_the_filesystem_broker(worker_factory, production_model, sample, user,
-                                                                upload_images, tmp_path):
+def test_embedded_mode_beat_and_worker_on_the_filesystem_broker(
+    worker_factory, production_model, sample, user, upload_images, tmp_path
+):
     """The quick start's broker: beat sends the sweep on `default`, the sweep queues work on `gpu`."""
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
@@ -235,7 +262,9 @@ def test_embedded_mode_beat_and_worker_on_the_filesystem_broker(worker_factory, 
     worker_factory(beat=True, **embedded)
 
     worker.wait_until(lambda: _all_have(ids, SEMImage.Status.CLASSIFIED), what="classified via beat and sweeper")
-    worker.wait_until(lambda: _task_succeeded(worker, "workers.sweep")
-                      and _task_succeeded(worker, "workers.classify_images"), what="both tasks logged")
+    worker.wait_until(
+        lambda: _task_succeeded(worker, "workers.sweep") and _task_succeeded(worker, "workers.classify_images"),
+        what="both tasks logged",
+    )
     bindings = json.loads((tmp_path / "var" / "broker" / "control" / "default.exchange").read_text())
     assert {queue for _, _, queue in bindings} >= {"gpu", "default"}  # both queues routed through the folder

@@ -18,10 +18,12 @@ QUEUE_RELATED = ("sample", "uploaded_by", "curated_category", "predicted_categor
 
 
 @extend_schema_view(
-    list=extend_schema(summary="The classifier's categories", tags=["categories"],
-                       examples=[ex.example("Categories", [ex.CATEGORY])]),
-    retrieve=extend_schema(summary="One category", tags=["categories"],
-                           examples=[ex.example("Category", ex.CATEGORY), ex.NOT_FOUND]),
+    list=extend_schema(
+        summary="The classifier's categories", tags=["categories"], examples=[ex.example("Categories", [ex.CATEGORY])]
+    ),
+    retrieve=extend_schema(
+        summary="One category", tags=["categories"], examples=[ex.example("Category", ex.CATEGORY), ex.NOT_FOUND]
+    ),
 )
 class CategoryViewSet(viewsets.ReadOnlyModelViewSet):
     """Ten NFFA-EUROPE categories; admins edit them in the Django admin."""
@@ -33,8 +35,12 @@ class CategoryViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 class ReviewQueueQuery(serializers.Serializer):
-    limit = serializers.IntegerField(min_value=1, max_value=MAX_QUEUE_LENGTH, default=DEFAULT_QUEUE_LENGTH,
-                                     help_text=f"How many (1-{MAX_QUEUE_LENGTH}, default {DEFAULT_QUEUE_LENGTH}).")
+    limit = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_QUEUE_LENGTH,
+        default=DEFAULT_QUEUE_LENGTH,
+        help_text=f"How many (1-{MAX_QUEUE_LENGTH}, default {DEFAULT_QUEUE_LENGTH}).",
+    )
     project = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1, help_text="Only this project.")
 
 
@@ -44,17 +50,24 @@ class ReviewQueueResponse(serializers.Serializer):
 
 class ReviewQueueView(APIView):
     @extend_schema(
-        summary="Next images to review (curators)", tags=["labels"],
+        summary="Next images to review (curators)",
+        tags=["labels"],
         parameters=[ReviewQueueQuery],  # the schema's limits are the ones the view checks
         responses=ReviewQueueResponse,
-        examples=[ex.example("Queue", {"results": [ex.IMAGE | {"reason": "uncertain", "predicted_margin": 0.02}]}),
-                  ex.FORBIDDEN],
+        examples=[
+            ex.example("Queue", {"results": [ex.IMAGE | {"reason": "uncertain", "predicted_margin": 0.02}]}),
+            ex.FORBIDDEN,
+        ],
     )
     def get(self, request):
         if not is_curator(request.user):
             raise PermissionDenied("The review queue needs the curator role in a project.")
         query = ReviewQueueQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
-        images = review.queue(request.user, query.validated_data["limit"],
-                              project_id=query.validated_data.get("project"), related=QUEUE_RELATED)
+        images = review.queue(
+            request.user,
+            query.validated_data["limit"],
+            project_id=query.validated_data.get("project"),
+            related=QUEUE_RELATED,
+        )
         return Response({"results": ReviewItemSerializer(images, many=True, context={"request": request}).data})

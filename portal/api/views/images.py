@@ -39,7 +39,10 @@ THUMBNAIL_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/p
 # Client keys are namespaced per user, so two LIMS users can never collide or see each other's uploads.
 MAX_IDEMPOTENCY_KEY = 150
 IDEMPOTENCY_HEADER = OpenApiParameter(
-    "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
     description="Retry-safe uploads: the same key (per user) returns the image stored by the first request.",
 )
 
@@ -70,12 +73,15 @@ def _file_response(field_file, *, content_type: str, filename: str, attachment: 
 
 @extend_schema_view(
     list=extend_schema(
-        summary="List images (the browse page's filters)", tags=["images"],
+        summary="List images (the browse page's filters)",
+        tags=["images"],
         examples=[ex.example("Images", ex.page(ex.IMAGE))],
     ),
-    retrieve=extend_schema(summary="One image with its instrument metadata", tags=["images"],
-                           examples=[ex.example("Image", ex.IMAGE | {"metadata": {"FEI": {"HV": 10000}}}),
-                                     ex.NOT_FOUND]),
+    retrieve=extend_schema(
+        summary="One image with its instrument metadata",
+        tags=["images"],
+        examples=[ex.example("Image", ex.IMAGE | {"metadata": {"FEI": {"HV": 10000}}}), ex.NOT_FOUND],
+    ),
 )
 class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     filterset_class = ImageFilter
@@ -92,7 +98,8 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
 
     def get_queryset(self):
         images = visible_images(self.request.user).select_related(
-            "sample", "uploaded_by", "curated_category", "predicted_category", "predicted_by")
+            "sample", "uploaded_by", "curated_category", "predicted_category", "predicted_by"
+        )
         if self.action not in ("retrieve", "create"):
             images = images.defer("metadata")  # can be kilobytes per image; only the detail shows it
         return images.order_by("-id")
@@ -103,7 +110,8 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     # --- upload ------------------------------------------------------------------------------------
 
     @extend_schema(
-        summary="Upload an image (idempotent)", tags=["images"],
+        summary="Upload an image (idempotent)",
+        tags=["images"],
         description=(
             "Multipart upload. The same bytes (sha256) or the same `Idempotency-Key` return the stored image "
             "with 200 instead of 201, never a duplicate. An optional `curated_category` records a curated label "
@@ -111,19 +119,31 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         ),
         request={"multipart/form-data": ImageUploadSerializer},
         parameters=[IDEMPOTENCY_HEADER],
-        responses={201: ImageDetailSerializer, 200: ImageDetailSerializer, 400: OpenApiResponse(
-            description="Invalid fields, or the file was refused (code: empty, too_large, not_an_image, disguised, "
-                        "unsupported_format, corrupt, truncated, too_many_pixels, extreme_aspect_ratio, "
-                        "too_many_bytes)."),
+        responses={
+            201: ImageDetailSerializer,
+            200: ImageDetailSerializer,
+            400: OpenApiResponse(
+                description="Invalid fields, or the file was refused (code: empty, too_large, not_an_image, disguised, "
+                "unsupported_format, corrupt, truncated, too_many_pixels, extreme_aspect_ratio, "
+                "too_many_bytes)."
+            ),
             409: OpenApiResponse(description="The same bytes are stored in a project you cannot see."),
             507: OpenApiResponse(description="No storage space left (code insufficient_storage); nothing was stored."),
-            503: OpenApiResponse(description="The database, cache or broker is restarting (code unavailable, "
-                                             "Retry-After); retry with the same Idempotency-Key.")},
+            503: OpenApiResponse(
+                description="The database, cache or broker is restarting (code unavailable, "
+                "Retry-After); retry with the same Idempotency-Key."
+            ),
+        },
         examples=[
             ex.example("Stored", ex.IMAGE | {"status": "pending", "predicted_category": None}, status="201"),
             ex.example("Already stored", ex.IMAGE, status="200"),
-            ex.error_example("Refused file", "disguised", "The file is an HTML document, not an image.", "400",
-                             {"file": ["The file is an HTML document, not an image."]}),
+            ex.error_example(
+                "Refused file",
+                "disguised",
+                "The file is an HTML document, not an image.",
+                "400",
+                {"file": ["The file is an HTML document, not an image."]},
+            ),
         ],
     )
     def create(self, request, *args, **kwargs):
@@ -147,8 +167,11 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             raise StoredButUnavailable() from error
         status_code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
         headers = {"Location": ImageSerializer().get_links(image)["self"]}
-        return Response(ImageDetailSerializer(image, context=self.get_serializer_context()).data,
-                        status=status_code, headers=headers)
+        return Response(
+            ImageDetailSerializer(image, context=self.get_serializer_context()).data,
+            status=status_code,
+            headers=headers,
+        )
 
     def _stored_image(self, result, upload) -> SEMImage:
         image = result.image
@@ -167,16 +190,24 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         else:
             sample = samples.filter(lab_sample_id=data["lab_sample_id"]).first()
         if sample is None or not can_upload_to(self.request.user, sample):
-            raise serializers.ValidationError({"sample": [serializers.ErrorDetail(
-                "No such sample in your projects.", code="does_not_exist")]})
+            raise serializers.ValidationError(
+                {"sample": [serializers.ErrorDetail("No such sample in your projects.", code="does_not_exist")]}
+            )
         return sample
 
     def _ingest(self, file, sample, label):
         from portal.services.ingest import IngestError, StorageFull, ingest_file
 
         try:
-            return ingest_file(file, filename=file.name, sample=sample, uploaded_by=self.request.user, label=label,
-                               label_source=Label.Source.UPLOAD, idempotency_key=self._idempotency_key())
+            return ingest_file(
+                file,
+                filename=file.name,
+                sample=sample,
+                uploaded_by=self.request.user,
+                label=label,
+                label_source=Label.Source.UPLOAD,
+                idempotency_key=self._idempotency_key(),
+            )
         except IngestError as error:
             raise IngestRejected(error.code, error.message) from error
         except StorageFull as error:
@@ -188,24 +219,37 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             return None
         if len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
             raise serializers.ValidationError(
-                {"Idempotency-Key": [f"Use at most {MAX_IDEMPOTENCY_KEY} printable characters."]})
+                {"Idempotency-Key": [f"Use at most {MAX_IDEMPOTENCY_KEY} printable characters."]}
+            )
         return f"user-{self.request.user.pk}:{key}"
 
     # --- files ---------------------------------------------------------------------------------------
 
-    @extend_schema(summary="Download the original file, byte for byte", tags=["images"],
-                   responses={(200, content_type): OpenApiTypes.BINARY
-                              for content_type in [*ORIGINAL_TYPES.values(), "application/octet-stream"]},
-                   examples=[ex.NOT_FOUND])
+    @extend_schema(
+        summary="Download the original file, byte for byte",
+        tags=["images"],
+        responses={
+            (200, content_type): OpenApiTypes.BINARY
+            for content_type in [*ORIGINAL_TYPES.values(), "application/octet-stream"]
+        },
+        examples=[ex.NOT_FOUND],
+    )
     @action(detail=True, methods=["get"], content_negotiation_class=FirstRendererNegotiation)
     def original(self, request, pk=None):
         image = self.get_object()
-        return _file_response(image.original, content_type=ORIGINAL_TYPES.get(image.format.upper(),
-                                                                               "application/octet-stream"),
-                              filename=image.original_filename, attachment=True)
+        return _file_response(
+            image.original,
+            content_type=ORIGINAL_TYPES.get(image.format.upper(), "application/octet-stream"),
+            filename=image.original_filename,
+            attachment=True,
+        )
 
-    @extend_schema(summary="The thumbnail (JPEG, at most 256 px)", tags=["images"],
-                   responses={(200, "image/jpeg"): OpenApiTypes.BINARY}, examples=[ex.NOT_FOUND])
+    @extend_schema(
+        summary="The thumbnail (JPEG, at most 256 px)",
+        tags=["images"],
+        responses={(200, "image/jpeg"): OpenApiTypes.BINARY},
+        examples=[ex.NOT_FOUND],
+    )
     @action(detail=True, methods=["get"], content_negotiation_class=FirstRendererNegotiation)
     def thumbnail(self, request, pk=None):
         image = self.get_object()
@@ -214,29 +258,48 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         suffix = PurePath(image.thumbnail.name).suffix.lower()
         content_type = THUMBNAIL_TYPES.get(suffix, "application/octet-stream")
         stem = PurePath(image.original_filename).stem
-        return _file_response(image.thumbnail, content_type=content_type, filename=f"{stem}-thumbnail{suffix}",
-                              attachment=content_type == "application/octet-stream")
+        return _file_response(
+            image.thumbnail,
+            content_type=content_type,
+            filename=f"{stem}-thumbnail{suffix}",
+            attachment=content_type == "application/octet-stream",
+        )
 
     # --- predictions and labels --------------------------------------------------------------------
 
-    @extend_schema(summary="Predictions of every model version for this image", tags=["predictions"],
-                   responses=PredictionSerializer(many=True),
-                   examples=[ex.example("Predictions", ex.page(ex.PREDICTION))])
+    @extend_schema(
+        summary="Predictions of every model version for this image",
+        tags=["predictions"],
+        responses=PredictionSerializer(many=True),
+        examples=[ex.example("Predictions", ex.page(ex.PREDICTION))],
+    )
     @action(detail=True, methods=["get"], filterset_class=None)
     def predictions(self, request, pk=None):
         image = self.get_object()
         predictions = image.predictions.select_related("category", "model_version").order_by("-id")
         return self._paginated(predictions, PredictionSerializer)
 
-    @extend_schema(methods=["GET"], summary="Label history of this image (newest first)", tags=["labels"],
-                   responses=LabelSerializer(many=True), examples=[ex.example("History", ex.page(ex.LABEL))])
-    @extend_schema(methods=["POST"], summary="Correct the curated label (curators only)", tags=["labels"],
-                   request=LabelCorrectionSerializer, responses={201: LabelSerializer, 200: LabelSerializer},
-                   description="Records a new current label with source `api`. Re-stating the current category "
-                               "changes nothing and answers 200.",
-                   examples=[ex.example("Correction", {"category": "fibres", "note": "Checked at 50k x"},
-                                        request=True),
-                             ex.example("Recorded", ex.LABEL, status="201"), ex.FORBIDDEN])
+    @extend_schema(
+        methods=["GET"],
+        summary="Label history of this image (newest first)",
+        tags=["labels"],
+        responses=LabelSerializer(many=True),
+        examples=[ex.example("History", ex.page(ex.LABEL))],
+    )
+    @extend_schema(
+        methods=["POST"],
+        summary="Correct the curated label (curators only)",
+        tags=["labels"],
+        request=LabelCorrectionSerializer,
+        responses={201: LabelSerializer, 200: LabelSerializer},
+        description="Records a new current label with source `api`. Re-stating the current category "
+        "changes nothing and answers 200.",
+        examples=[
+            ex.example("Correction", {"category": "fibres", "note": "Checked at 50k x"}, request=True),
+            ex.example("Recorded", ex.LABEL, status="201"),
+            ex.FORBIDDEN,
+        ],
+    )
     @action(detail=True, methods=["get", "post"], filterset_class=None)
     def labels(self, request, pk=None):
         image = self.get_object()
@@ -251,8 +314,13 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         correction = LabelCorrectionSerializer(data=self.request.data)
         correction.is_valid(raise_exception=True)
         before = image.labels.filter(is_current=True).values_list("pk", flat=True).first()
-        label = set_label(image, correction.validated_data["category"], source=Label.Source.API,
-                          user=self.request.user, note=correction.validated_data["note"])
+        label = set_label(
+            image,
+            correction.validated_data["category"],
+            source=Label.Source.API,
+            user=self.request.user,
+            note=correction.validated_data["note"],
+        )
         created = label.pk != before
         return Response(LabelSerializer(label).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
@@ -268,6 +336,7 @@ def _apply_client_metadata(image: SEMImage, values: dict) -> None:
         return
     changes = {name: value for name, value in values.items() if getattr(image, name) in (None, "")}
     metadata = dict(image.metadata or {})
-    metadata["client"] = {name: (value.isoformat() if hasattr(value, "isoformat") else value)
-                          for name, value in values.items()}
+    metadata["client"] = {
+        name: (value.isoformat() if hasattr(value, "isoformat") else value) for name, value in values.items()
+    }
     SEMImage.objects.filter(pk=image.pk).update(metadata=metadata, **changes)

@@ -35,10 +35,14 @@ ADMIN_ACTIONS = {"promote", "rollback", "create", "cancel"}
 
 
 @extend_schema_view(
-    list=extend_schema(summary="Model versions, newest first", tags=["models"],
-                       examples=[ex.example("Models", ex.page(ex.MODEL))]),
-    retrieve=extend_schema(summary="One model version with its evaluation on the test split", tags=["models"],
-                           examples=[ex.example("Model", ex.MODEL_DETAIL), ex.NOT_FOUND]),
+    list=extend_schema(
+        summary="Model versions, newest first", tags=["models"], examples=[ex.example("Models", ex.page(ex.MODEL))]
+    ),
+    retrieve=extend_schema(
+        summary="One model version with its evaluation on the test split",
+        tags=["models"],
+        examples=[ex.example("Model", ex.MODEL_DETAIL), ex.NOT_FOUND],
+    ),
 )
 class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
     lookup_field = "version"
@@ -55,21 +59,37 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
             return [IsPortalAdmin()]
         return super().get_permissions()
 
-    @extend_schema(summary="Make this version the production model (admins)", tags=["models"], request=None,
-                   responses={200: ModelVersionDetailSerializer, 409: None},
-                   examples=[ex.example("Promoted", ex.MODEL), ex.FORBIDDEN,
-                             ex.error_example("Artifact missing", "model_action_failed",
-                                              "v3's artifact file is missing: /models/v3/model.pth", "409")])
+    @extend_schema(
+        summary="Make this version the production model (admins)",
+        tags=["models"],
+        request=None,
+        responses={200: ModelVersionDetailSerializer, 409: None},
+        examples=[
+            ex.example("Promoted", ex.MODEL),
+            ex.FORBIDDEN,
+            ex.error_example(
+                "Artifact missing", "model_action_failed", "v3's artifact file is missing: /models/v3/model.pth", "409"
+            ),
+        ],
+    )
     @action(detail=True, methods=["post"])
     def promote(self, request, version=None):
         model = self.get_object()
         return self._model_action(lambda: promote(model, request.user))
 
-    @extend_schema(summary="Roll back to the previous production model (admins)", tags=["models"], request=None,
-                   responses={200: ModelVersionDetailSerializer, 409: None},
-                   examples=[ex.example("Rolled back", ex.MODEL | {"version": 3}), ex.FORBIDDEN,
-                             ex.error_example("Nothing to roll back to", "model_action_failed",
-                                              "No earlier production model to roll back to", "409")])
+    @extend_schema(
+        summary="Roll back to the previous production model (admins)",
+        tags=["models"],
+        request=None,
+        responses={200: ModelVersionDetailSerializer, 409: None},
+        examples=[
+            ex.example("Rolled back", ex.MODEL | {"version": 3}),
+            ex.FORBIDDEN,
+            ex.error_example(
+                "Nothing to roll back to", "model_action_failed", "No earlier production model to roll back to", "409"
+            ),
+        ],
+    )
     @action(detail=False, methods=["post"])
     def rollback(self, request):
         return self._model_action(lambda: rollback(request.user))
@@ -82,8 +102,12 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
         model = self.get_queryset().get(pk=model.pk)
         return Response(ModelVersionDetailSerializer(model, context=self.get_serializer_context()).data)
 
-    @extend_schema(summary="Per-class precision, recall, F1 and the confusion matrix", tags=["models"],
-                   responses=ModelMetricsSerializer, examples=[ex.example("Metrics", ex.METRICS), ex.NOT_FOUND])
+    @extend_schema(
+        summary="Per-class precision, recall, F1 and the confusion matrix",
+        tags=["models"],
+        responses=ModelMetricsSerializer,
+        examples=[ex.example("Metrics", ex.METRICS), ex.NOT_FOUND],
+    )
     @action(detail=True, methods=["get"])
     def metrics(self, request, version=None):
         model = self.get_object()
@@ -91,16 +115,22 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
             raise NotFound("This model version has no evaluation.", code="no_metrics")
         return Response(ModelMetricsSerializer(metrics_view(model)).data)
 
-    @extend_schema(summary="Predictions made by this model version (your projects' images)", tags=["predictions"],
-                   responses=PredictionSerializer(many=True), parameters=PREDICTION_FILTER_PARAMETERS,
-                   examples=[ex.example("Predictions", ex.page(ex.PREDICTION))])
+    @extend_schema(
+        summary="Predictions made by this model version (your projects' images)",
+        tags=["predictions"],
+        responses=PredictionSerializer(many=True),
+        parameters=PREDICTION_FILTER_PARAMETERS,
+        examples=[ex.example("Predictions", ex.page(ex.PREDICTION))],
+    )
     @action(detail=True, methods=["get"])
     def predictions(self, request, version=None):
         # Not self.get_object(): that would apply the prediction filters to the model look-up.
         model = get_object_or_404(self.get_queryset(), version=version)
-        predictions = Prediction.objects.filter(
-            model_version=model, image__in=visible_images(request.user)
-        ).select_related("category", "model_version").order_by("-id")
+        predictions = (
+            Prediction.objects.filter(model_version=model, image__in=visible_images(request.user))
+            .select_related("category", "model_version")
+            .order_by("-id")
+        )
         filters = PredictionFilter(request.query_params, queryset=predictions, request=request)
         if not filters.is_valid():
             raise ValidationError(filters.errors)
@@ -130,14 +160,23 @@ def metrics_view(model: ModelVersion) -> dict:
 
 
 @extend_schema_view(
-    list=extend_schema(summary="Training runs, newest first", tags=["training"],
-                       examples=[ex.example("Runs", ex.page(ex.TRAINING_RUN))]),
-    retrieve=extend_schema(summary="One training run with progress, history and log", tags=["training"],
-                           examples=[ex.example("Run", ex.TRAINING_RUN | {"config": {}, "history": [], "log": "",
-                                                                          "data_fingerprint": ""}), ex.NOT_FOUND]),
+    list=extend_schema(
+        summary="Training runs, newest first",
+        tags=["training"],
+        examples=[ex.example("Runs", ex.page(ex.TRAINING_RUN))],
+    ),
+    retrieve=extend_schema(
+        summary="One training run with progress, history and log",
+        tags=["training"],
+        examples=[
+            ex.example("Run", ex.TRAINING_RUN | {"config": {}, "history": [], "log": "", "data_fingerprint": ""}),
+            ex.NOT_FOUND,
+        ],
+    ),
 )
-class TrainingRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
-                         viewsets.GenericViewSet):
+class TrainingRunViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+):
     filterset_class = TrainingRunFilter
 
     def get_queryset(self):
@@ -155,21 +194,31 @@ class TrainingRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixin
             return [IsPortalAdmin()]
         return super().get_permissions()
 
-    @extend_schema(summary="Start a training run (admins)", tags=["training"], request=TrainingStartSerializer,
-                   responses={202: TrainingRunDetailSerializer, 409: None},
-                   description="Queues a run on the workers. 409 `training_active` while another run is queued or "
-                               "running; 409 `no_new_labels` when the curated data has not changed enough (use "
-                               "`force`).",
-                   examples=[ex.example("Start", {"force": False}, request=True),
-                             ex.example("Queued", ex.TRAINING_RUN | {"status": "queued"}, status="202"),
-                             ex.error_example("Already running", "training_active",
-                                              "Training run 18 is already running.", "409"), ex.FORBIDDEN])
+    @extend_schema(
+        summary="Start a training run (admins)",
+        tags=["training"],
+        request=TrainingStartSerializer,
+        responses={202: TrainingRunDetailSerializer, 409: None},
+        description="Queues a run on the workers. 409 `training_active` while another run is queued or "
+        "running; 409 `no_new_labels` when the curated data has not changed enough (use "
+        "`force`).",
+        examples=[
+            ex.example("Start", {"force": False}, request=True),
+            ex.example("Queued", ex.TRAINING_RUN | {"status": "queued"}, status="202"),
+            ex.error_example("Already running", "training_active", "Training run 18 is already running.", "409"),
+            ex.FORBIDDEN,
+        ],
+    )
     def create(self, request, *args, **kwargs):
         start = TrainingStartSerializer(data=request.data)
         start.is_valid(raise_exception=True)
         budget_s = start.validated_data.get("budget")
-        run = request_training(trigger=TrainingRun.Trigger.API, user=request.user,
-                               force=start.validated_data["force"], config={"budget_s": budget_s} if budget_s else None)
+        run = request_training(
+            trigger=TrainingRun.Trigger.API,
+            user=request.user,
+            force=start.validated_data["force"],
+            config={"budget_s": budget_s} if budget_s else None,
+        )
         if run is None:
             raise self._not_started(active_run())
         run = self.get_queryset().get(pk=run.pk)
@@ -179,12 +228,18 @@ class TrainingRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixin
     def _not_started(active) -> Conflict:
         if active is not None:
             return Conflict(f"Training run {active.pk} is already {active.status}.", code="training_active")
-        return Conflict("Not enough new or changed curated labels since the last model; use force to train anyway.",
-                        code="no_new_labels")
+        return Conflict(
+            "Not enough new or changed curated labels since the last model; use force to train anyway.",
+            code="no_new_labels",
+        )
 
-    @extend_schema(summary="Ask a queued or running training to stop (admins)", tags=["training"], request=None,
-                   responses={202: TrainingRunDetailSerializer, 409: None},
-                   examples=[ex.example("Cancelling", ex.TRAINING_RUN | {"cancel_requested": True}, status="202")])
+    @extend_schema(
+        summary="Ask a queued or running training to stop (admins)",
+        tags=["training"],
+        request=None,
+        responses={202: TrainingRunDetailSerializer, 409: None},
+        examples=[ex.example("Cancelling", ex.TRAINING_RUN | {"cancel_requested": True}, status="202")],
+    )
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         run = self.get_object()

@@ -23,22 +23,41 @@ SIGNATURE_HELP = (
 
 
 @extend_schema_view(
-    list=extend_schema(summary="Your webhook subscriptions", tags=["webhooks"],
-                       examples=[ex.example("Subscriptions", ex.page(ex.WEBHOOK))]),
-    retrieve=extend_schema(summary="One of your subscriptions", tags=["webhooks"],
-                           examples=[ex.example("Subscription", ex.WEBHOOK), ex.NOT_FOUND]),
-    create=extend_schema(summary="Subscribe a URL to events", tags=["webhooks"], description=SIGNATURE_HELP,
-                         examples=[ex.example("Subscribe", ex.WEBHOOK_CREATE, request=True),
-                                   ex.example("Created (the secret is shown only now)", ex.WEBHOOK_CREATED,
-                                              status="201")]),
-    update=extend_schema(summary="Replace a subscription", tags=["webhooks"],
-                         examples=[ex.example("Subscription", ex.WEBHOOK_CREATE, request=True),
-                                   ex.example("Updated", ex.WEBHOOK)]),
-    partial_update=extend_schema(summary="Change a subscription (e.g. pause it)", tags=["webhooks"],
-                                 examples=[ex.example("Pause", {"active": False}, request=True),
-                                           ex.example("Updated", ex.WEBHOOK | {"active": False})]),
-    destroy=extend_schema(summary="Delete a subscription and its delivery log", tags=["webhooks"],
-                          examples=[ex.NOT_FOUND]),
+    list=extend_schema(
+        summary="Your webhook subscriptions",
+        tags=["webhooks"],
+        examples=[ex.example("Subscriptions", ex.page(ex.WEBHOOK))],
+    ),
+    retrieve=extend_schema(
+        summary="One of your subscriptions",
+        tags=["webhooks"],
+        examples=[ex.example("Subscription", ex.WEBHOOK), ex.NOT_FOUND],
+    ),
+    create=extend_schema(
+        summary="Subscribe a URL to events",
+        tags=["webhooks"],
+        description=SIGNATURE_HELP,
+        examples=[
+            ex.example("Subscribe", ex.WEBHOOK_CREATE, request=True),
+            ex.example("Created (the secret is shown only now)", ex.WEBHOOK_CREATED, status="201"),
+        ],
+    ),
+    update=extend_schema(
+        summary="Replace a subscription",
+        tags=["webhooks"],
+        examples=[ex.example("Subscription", ex.WEBHOOK_CREATE, request=True), ex.example("Updated", ex.WEBHOOK)],
+    ),
+    partial_update=extend_schema(
+        summary="Change a subscription (e.g. pause it)",
+        tags=["webhooks"],
+        examples=[
+            ex.example("Pause", {"active": False}, request=True),
+            ex.example("Updated", ex.WEBHOOK | {"active": False}),
+        ],
+    ),
+    destroy=extend_schema(
+        summary="Delete a subscription and its delivery log", tags=["webhooks"], examples=[ex.NOT_FOUND]
+    ),
 )
 class WebhookSubscriptionViewSet(viewsets.ModelViewSet):
     serializer_class = WebhookSubscriptionSerializer
@@ -57,16 +76,26 @@ class WebhookSubscriptionViewSet(viewsets.ModelViewSet):
             get_user_model().objects.select_for_update().filter(pk=request.user.pk).first()
             limit = settings.SEM_WEBHOOK_MAX_SUBSCRIPTIONS_PER_USER
             if WebhookSubscription.objects.filter(owner=request.user).count() >= limit:
-                raise ValidationError({"url": [ErrorDetail(
-                    f"You already have {limit} webhook subscriptions, the most allowed; delete one first.",
-                    code="too_many_subscriptions")]})
+                raise ValidationError(
+                    {
+                        "url": [
+                            ErrorDetail(
+                                f"You already have {limit} webhook subscriptions, the most allowed; delete one first.",
+                                code="too_many_subscriptions",
+                            )
+                        ]
+                    }
+                )
             subscription = serializer.save(owner=request.user, secret=secret)
         data = dict(self.get_serializer(subscription).data, secret=secret)  # shown once, like API tokens
         return Response(data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(summary="Delivery log of a subscription, newest first", tags=["webhooks"],
-                   responses=WebhookDeliverySerializer(many=True),
-                   examples=[ex.example("Deliveries", ex.page(ex.DELIVERY))])
+    @extend_schema(
+        summary="Delivery log of a subscription, newest first",
+        tags=["webhooks"],
+        responses=WebhookDeliverySerializer(many=True),
+        examples=[ex.example("Deliveries", ex.page(ex.DELIVERY))],
+    )
     @action(detail=True, methods=["get"])
     def deliveries(self, request, pk=None):
         subscription = self.get_object()

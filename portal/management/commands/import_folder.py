@@ -24,14 +24,18 @@ class Command(BaseCommand):
         parser.add_argument("path", help="Root folder holding one sub-folder per category")
         parser.add_argument("--sample", required=True, metavar="LAB_ID", help="Lab sample ID the images belong to")
         parser.add_argument("--project", metavar="NAME", help="Project of the sample (needed with --create-sample)")
-        parser.add_argument("--create-sample", action="store_true",
-                            help="Create the sample (and the project) when it does not exist")
-        parser.add_argument("--user", metavar="USERNAME",
-                            help="Uploader recorded on the images (default: the sample's owner)")
+        parser.add_argument(
+            "--create-sample", action="store_true", help="Create the sample (and the project) when it does not exist"
+        )
+        parser.add_argument(
+            "--user", metavar="USERNAME", help="Uploader recorded on the images (default: the sample's owner)"
+        )
         parser.add_argument("--no-progress", action="store_true", help="No progress bar")
-        parser.add_argument("--strict", action="store_true",
-                            help="Exit with status 1 when any file was refused (for scripts); the others are "
-                                 "stored either way")
+        parser.add_argument(
+            "--strict",
+            action="store_true",
+            help="Exit with status 1 when any file was refused (for scripts); the others are stored either way",
+        )
 
     def handle(self, *args, **options):
         root = Path(options["path"]).expanduser()
@@ -40,13 +44,14 @@ class Command(BaseCommand):
         except ImportProblem as problem:
             raise CommandError(str(problem)) from problem
         user = resolve_user(options["user"])
-        sample = resolve_sample(options["sample"], project_name=options["project"],
-                                create=options["create_sample"], user=user)
+        sample = resolve_sample(
+            options["sample"], project_name=options["project"], create=options["create_sample"], user=user
+        )
         user = user or sample.owner
-        with tqdm(unit="file", desc="Importing", file=sys.stderr,
-                  disable=options["no_progress"] or None) as bar:
-            summary = import_tree(root, sample=sample, user=user, progress=bar.update,
-                                  on_total=lambda total: setattr(bar, "total", total))
+        with tqdm(unit="file", desc="Importing", file=sys.stderr, disable=options["no_progress"] or None) as bar:
+            summary = import_tree(
+                root, sample=sample, user=user, progress=bar.update, on_total=lambda total: setattr(bar, "total", total)
+            )
         self.stdout.write(format_summary(summary, root))
         if options["strict"] and summary.rejected:
             raise CommandError(f"{len(summary.rejected)} files were refused (listed above)", returncode=1)
@@ -68,7 +73,8 @@ def resolve_sample(lab_sample_id: str, *, project_name: str | None, create: bool
     if sample:
         if project_name and sample.project.name != project_name:
             raise CommandError(
-                f"Sample {lab_sample_id} belongs to project {sample.project.name!r}, not {project_name!r}")
+                f"Sample {lab_sample_id} belongs to project {sample.project.name!r}, not {project_name!r}"
+            )
         return sample
     if not create:
         raise CommandError(f"No sample {lab_sample_id!r}; pass --create-sample --project NAME to create it")
@@ -77,11 +83,11 @@ def resolve_sample(lab_sample_id: str, *, project_name: str | None, create: bool
     owner = user or default_owner()
     with transaction.atomic():
         project, _ = Project.objects.get_or_create(name=project_name)
-        Membership.objects.get_or_create(project=project, user=owner,
-                                         defaults={"role": Membership.Role.CURATOR})
+        Membership.objects.get_or_create(project=project, user=owner, defaults={"role": Membership.Role.CURATOR})
         # A folder of a dataset holds many samples: a collection, split per near-duplicate group.
-        return Sample.objects.create(project=project, lab_sample_id=lab_sample_id, name=lab_sample_id, owner=owner,
-                                     split="")
+        return Sample.objects.create(
+            project=project, lab_sample_id=lab_sample_id, name=lab_sample_id, owner=owner, split=""
+        )
 
 
 def default_owner():

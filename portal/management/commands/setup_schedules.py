@@ -32,8 +32,12 @@ class Command(BaseCommand):
             raise CommandError(f"SEM_RETRAIN_CRON={settings.SEM_RETRAIN_CRON!r}: expected 5 cron fields")
         minute, hour, day_of_month, month_of_year, day_of_week = fields
         crontab, _ = CrontabSchedule.objects.get_or_create(
-            minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
-            day_of_week=day_of_week, timezone=settings.TIME_ZONE,
+            minute=minute,
+            hour=hour,
+            day_of_month=day_of_month,
+            month_of_year=month_of_year,
+            day_of_week=day_of_week,
+            timezone=settings.TIME_ZONE,
         )
         return crontab
 

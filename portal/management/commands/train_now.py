@@ -26,14 +26,20 @@ class Command(BaseCommand):
         parser.add_argument("--wait", action="store_true", help="Follow the run until it finishes")
         parser.add_argument("--here", action="store_true", help="Run the training in this process, not on a worker")
         parser.add_argument("--timeout", type=float, default=None, help="With --wait: give up after this many seconds")
-        parser.add_argument("--budget", type=_duration, default=None,
-                            help="Time budget of this run, e.g. 20min (default: SEM_TRAIN_BUDGET)")
+        parser.add_argument(
+            "--budget",
+            type=_duration,
+            default=None,
+            help="Time budget of this run, e.g. 20min (default: SEM_TRAIN_BUDGET)",
+        )
 
-    def handle(self, *args, force: bool, wait: bool, here: bool, timeout: float | None, budget: float | None,
-               **options):
+    def handle(
+        self, *args, force: bool, wait: bool, here: bool, timeout: float | None, budget: float | None, **options
+    ):
         run = self._request(force, here, {"budget_s": budget} if budget else None)
-        self.stdout.write(f"Training run {run.pk} queued ({len(run.config.get('sizes', []))} stages, "
-                          f"{run.config.get('arch')}).")
+        self.stdout.write(
+            f"Training run {run.pk} queued ({len(run.config.get('sizes', []))} stages, {run.config.get('arch')})."
+        )
         if here:
             run = training.run_training(run.pk) or TrainingRun.objects.get(pk=run.pk)
         elif wait:
@@ -46,11 +52,14 @@ class Command(BaseCommand):
         active = training.active_run()
         if active is not None:
             raise CommandError(f"Training run {active.pk} is already {active.status}; one at a time.")
-        run = training.request_training(trigger=TrainingRun.Trigger.COMMAND, force=force, enqueue=not here,
-                                        config=config)
+        run = training.request_training(
+            trigger=TrainingRun.Trigger.COMMAND, force=force, enqueue=not here, config=config
+        )
         if run is None:
-            raise CommandError(f"Nothing to do: {training.new_label_count()} new or changed curated labels "
-                               "(use --force to train anyway), or another run started meanwhile.")
+            raise CommandError(
+                f"Nothing to do: {training.new_label_count()} new or changed curated labels "
+                "(use --force to train anyway), or another run started meanwhile."
+            )
         return run
 
     def _follow(self, run: TrainingRun, timeout: float | None) -> TrainingRun:
@@ -71,9 +80,12 @@ class Command(BaseCommand):
         if run.status != TrainingRun.Status.SUCCEEDED:
             raise CommandError(f"Training run {run.pk} {run.status}: {run.error}")
         model = run.model_version
-        self.stdout.write(self.style.SUCCESS(
-            f"v{model.version}: macro-F1 {model.macro_f1 or 0:.3f}, accuracy {model.accuracy or 0:.3f}, "
-            f"{run.duration_s:.0f} s on {run.device}; {model.status} ({model.gate_reason})"))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"v{model.version}: macro-F1 {model.macro_f1 or 0:.3f}, accuracy {model.accuracy or 0:.3f}, "
+                f"{run.duration_s:.0f} s on {run.device}; {model.status} ({model.gate_reason})"
+            )
+        )
 
 
 def _stage(progress: dict) -> str:

@@ -27,19 +27,34 @@ class Command(BaseCommand):
         parser.add_argument("path", nargs="?", help="Folder to watch (absolute, as this host sees it)")
         parser.add_argument("--all", action="store_true", help="Scan every enabled watch folder in a loop")
         parser.add_argument("--project", metavar="NAME", help="Project of the images (created when missing)")
-        parser.add_argument("--sample-rule", default=None, metavar="RULE",
-                            help="subfolder (default: <share>/<LAB-ID>/image.tif), pattern:REGEX (with a group "
-                                 "(?P<sample>...)), or fixed:LAB_ID")
+        parser.add_argument(
+            "--sample-rule",
+            default=None,
+            metavar="RULE",
+            help="subfolder (default: <share>/<LAB-ID>/image.tif), pattern:REGEX (with a group "
+            "(?P<sample>...)), or fixed:LAB_ID",
+        )
         parser.add_argument("--create-samples", action="store_true", help="Create samples that do not exist yet")
         parser.add_argument("--settle", type=int, metavar="S", help="Settle time in seconds (default 10)")
         parser.add_argument("--interval", type=int, metavar="S", help="Poll interval in seconds (default 60)")
-        parser.add_argument("--move-to-processed", action="store_true",
-                            help="Move stored files to processed/ (off: the share is never modified)")
+        parser.add_argument(
+            "--move-to-processed",
+            action="store_true",
+            help="Move stored files to processed/ (off: the share is never modified)",
+        )
         parser.add_argument("--user", metavar="USERNAME", help="Uploader of the images and owner of new samples")
-        parser.add_argument("--once", action="store_true",
-                            help="Ingest what is there once it has settled, then exit (status 1 if any was refused)")
-        parser.add_argument("--max-wait", type=float, default=600.0, metavar="S",
-                            help="--once: stop waiting for files that keep changing after this long")
+        parser.add_argument(
+            "--once",
+            action="store_true",
+            help="Ingest what is there once it has settled, then exit (status 1 if any was refused)",
+        )
+        parser.add_argument(
+            "--max-wait",
+            type=float,
+            default=600.0,
+            metavar="S",
+            help="--once: stop waiting for files that keep changing after this long",
+        )
 
     def handle(self, *args, **options):
         if options["all"]:
@@ -79,8 +94,9 @@ class Command(BaseCommand):
         try:
             folder.full_clean()
         except ValidationError as error:
-            raise CommandError("; ".join(f"{key}: {' '.join(messages)}"
-                                         for key, messages in error.message_dict.items())) from error
+            raise CommandError(
+                "; ".join(f"{key}: {' '.join(messages)}" for key, messages in error.message_dict.items())
+            ) from error
         folder.save()
         return folder
 
@@ -115,8 +131,10 @@ class Command(BaseCommand):
             if report.settling == 0 or time.monotonic() > deadline:
                 break
             time.sleep(max(0.2, min(folder.settle_s / 2, 5.0)))
-        self.stdout.write(f"{folder.path}: {stored} stored, {duplicates} duplicates, {len(refused)} refused, "
-                          f"{report.settling} still settling")
+        self.stdout.write(
+            f"{folder.path}: {stored} stored, {duplicates} duplicates, {len(refused)} refused, "
+            f"{report.settling} still settling"
+        )
         for relpath, reason in refused:
             self.stdout.write(f"  refused {relpath}: {reason}")
         return len(refused)

@@ -34,7 +34,6 @@ def dashboard(request):
     return render(request, "portal/dashboard.html", context)
 
 
-
 @member_required
 def confusion_cell(request, version: int):
     """Test-split images curated as one class (row) that this model predicted as another (column)."""
@@ -45,7 +44,10 @@ def confusion_cell(request, version: int):
     images = data.cell_images(request.user, model, actual, predicted)
     page = Paginator(images, 48).get_page(request.GET.get("page"))
     context = {
-        "model": model, "actual": actual, "predicted": predicted, "page": page,
+        "model": model,
+        "actual": actual,
+        "predicted": predicted,
+        "page": page,
         "evaluated_count": data.evaluated_count(model, actual, predicted),
         "categories": Category.objects.filter(active=True),
         "curated_project_ids": set(curated_projects(request.user).values_list("pk", flat=True)),

@@ -31,15 +31,23 @@ ORIGINAL_TYPES = {"TIFF": "image/tiff", "PNG": "image/png", "JPEG": "image/jpeg"
 
 
 def visible_image_or_404(user, pk: int) -> SEMImage:
-    related = ("sample__project", "sample__owner", "uploaded_by", "predicted_category", "curated_category",
-               "predicted_by")
+    related = (
+        "sample__project",
+        "sample__owner",
+        "uploaded_by",
+        "predicted_category",
+        "curated_category",
+        "predicted_by",
+    )
     return get_object_or_404(visible_images(user).select_related(*related), pk=pk)
 
 
 @member_required
 def image_detail(request, pk: int):
     image = visible_image_or_404(request.user, pk)
-    predictions = list(image.predictions.select_related("model_version", "category").order_by("-model_version__version"))
+    predictions = list(
+        image.predictions.select_related("model_version", "category").order_by("-model_version__version")
+    )
     for prediction in predictions:
         prediction.ranked = sorted(prediction.probabilities.items(), key=lambda item: item[1], reverse=True)
     context = {
@@ -59,13 +67,17 @@ def near_duplicate_context(user, image: SEMImage) -> dict:
     from portal.services.near_duplicates import visible_group_members, visible_near_duplicate
 
     members, member_count = visible_group_members(user, image)
-    return {"near_duplicate": visible_near_duplicate(user, image), "group_members": members,
-            "group_member_count": member_count}
+    return {
+        "near_duplicate": visible_near_duplicate(user, image),
+        "group_members": members,
+        "group_member_count": member_count,
+    }
 
 
 def instrument_rows(image: SEMImage) -> list[tuple[str, str]]:
     values = [
-        ("Vendor", image.vendor), ("Model", image.instrument_model),
+        ("Vendor", image.vendor),
+        ("Model", image.instrument_model),
         ("Accelerating voltage", _unit(image.accelerating_voltage_kv, "kV")),
         ("Working distance", _unit(image.working_distance_mm, "mm")),
         ("Magnification", f"{image.magnification:,.0f}×" if image.magnification else ""),
@@ -106,6 +118,7 @@ def _safe_next(request) -> str | None:
 
 # --- files -------------------------------------------------------------------------------------
 
+
 def _file_response(path_or_file, *, content_type: str, filename: str, attachment: bool) -> FileResponse:
     if content_type not in SAFE_IMAGE_TYPES:
         content_type, attachment = "application/octet-stream", True
@@ -119,8 +132,9 @@ def _file_response(path_or_file, *, content_type: str, filename: str, attachment
 def image_original(request, pk: int):
     image = visible_image_or_404(request.user, pk)
     content_type = ORIGINAL_TYPES.get(image.format.upper(), "application/octet-stream")
-    return _file_response(image.original.open("rb"), content_type=content_type,
-                          filename=image.original_filename, attachment=True)
+    return _file_response(
+        image.original.open("rb"), content_type=content_type, filename=image.original_filename, attachment=True
+    )
 
 
 @member_required
@@ -132,8 +146,12 @@ def image_derived(request, pk: int, kind: str):
         raise Http404("This image has no such file.")
     content_type = mimetypes.guess_type(stored.name)[0] or "application/octet-stream"
     stem = PurePath(image.original_filename).stem
-    return _file_response(stored.open("rb"), content_type=content_type,
-                          filename=f"{stem}-{kind}{PurePath(stored.name).suffix}", attachment=False)
+    return _file_response(
+        stored.open("rb"),
+        content_type=content_type,
+        filename=f"{stem}-{kind}{PurePath(stored.name).suffix}",
+        attachment=False,
+    )
 
 
 @member_required
@@ -148,9 +166,11 @@ def image_rendition(request, pk: int, kind: str):
             raise
         # Made once and cached on the media disk: a full disk is the server's state, not a bug.
         logger.warning("no space left for the %s rendition of image %s: %s", kind, image.pk, error)
-        response = HttpResponse("The server has no storage space left to prepare this view; try again later.",
-                                content_type="text/plain; charset=utf-8", status=507)
+        response = HttpResponse(
+            "The server has no storage space left to prepare this view; try again later.",
+            content_type="text/plain; charset=utf-8",
+            status=507,
+        )
         response["Retry-After"] = str(RENDITION_RETRY_AFTER_S)
         return response
-    return _file_response(open(path, "rb"), content_type="image/png", filename=f"{stem}-{kind}.png",
-                          attachment=False)
+    return _file_response(open(path, "rb"), content_type="image/png", filename=f"{stem}-{kind}.png", attachment=False)

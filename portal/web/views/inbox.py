@@ -26,13 +26,16 @@ def inbox(request):
     folders = []
     for folder in _folders(request.user):
         files = WatchedFile.objects.filter(folder=folder).select_related("image")
-        folders.append({
-            "folder": folder,
-            "stats": folder_stats(folder),
-            "refused": files.filter(status=WatchedFile.Status.REFUSED).order_by("-finished_at")[:RECENT_REFUSED],
-            "recent": files.filter(status__in=[WatchedFile.Status.STORED, WatchedFile.Status.DUPLICATE])
-                           .order_by("-finished_at")[:RECENT_STORED],
-        })
+        folders.append(
+            {
+                "folder": folder,
+                "stats": folder_stats(folder),
+                "refused": files.filter(status=WatchedFile.Status.REFUSED).order_by("-finished_at")[:RECENT_REFUSED],
+                "recent": files.filter(status__in=[WatchedFile.Status.STORED, WatchedFile.Status.DUPLICATE]).order_by(
+                    "-finished_at"
+                )[:RECENT_STORED],
+            }
+        )
     return render(request, "portal/inbox.html", {"folders": folders})
 
 

@@ -84,8 +84,7 @@ def review_undo(request):
         messages.info(request, "Skip undone.")
         return redirect("web:review")
     # Only this user's own labels, in projects they still curate.
-    labels = Label.objects.filter(pk__in=label_ids, created_by=request.user,
-                                  image__in=queue.curatable(request.user))
+    labels = Label.objects.filter(pk__in=label_ids, created_by=request.user, image__in=queue.curatable(request.user))
     with transaction.atomic():
         undone = [undo_label(label) for label in labels]
     messages.info(request, f"Undid {len(undone)} label{'s' if len(undone) != 1 else ''}.")
@@ -103,12 +102,20 @@ def review_bulk_accept(request):
     candidates = queue.bulk_candidates(request.user, threshold / 100).select_related("predicted_category")
     with transaction.atomic():
         created = [
-            set_label(image, image.predicted_category, source=Label.Source.REVIEW, user=request.user,
-                      note=f"bulk acceptance at confidence ≥ {threshold} %").pk
+            set_label(
+                image,
+                image.predicted_category,
+                source=Label.Source.REVIEW,
+                user=request.user,
+                note=f"bulk acceptance at confidence ≥ {threshold} %",
+            ).pk
             for image in candidates
         ]
     if created:
         queue.push_undo(request.session, created)
-    messages.success(request, f"Accepted {len(created)} prediction{'s' if len(created) != 1 else ''} "
-                              f"at confidence ≥ {threshold} % (U undoes).")
+    messages.success(
+        request,
+        f"Accepted {len(created)} prediction{'s' if len(created) != 1 else ''} "
+        f"at confidence ≥ {threshold} % (U undoes).",
+    )
     return redirect("web:review")

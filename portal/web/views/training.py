@@ -49,8 +49,13 @@ def rollback_context() -> dict:
     production = ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).only("version").first()
     target = None
     if production is not None:
-        target = (ModelVersion.objects.filter(status=ModelVersion.Status.RETIRED, promoted_at__isnull=False)
-                  .exclude(pk=production.pk).order_by("-promoted_at").only("version").first())
+        target = (
+            ModelVersion.objects.filter(status=ModelVersion.Status.RETIRED, promoted_at__isnull=False)
+            .exclude(pk=production.pk)
+            .order_by("-promoted_at")
+            .only("version")
+            .first()
+        )
     return {"production_model": production, "rollback_target": target}
 
 

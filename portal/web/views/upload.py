@@ -53,16 +53,25 @@ def upload_file(request):
         return JsonResponse({"outcome": "rejected", "reason": "No file in the request."}, status=400)
     label = _upload_label(request, sample)
     try:
-        result = ingest_file(upload, filename=upload.name, sample=sample, uploaded_by=request.user,
-                             label=label, label_source=Label.Source.UPLOAD)
+        result = ingest_file(
+            upload,
+            filename=upload.name,
+            sample=sample,
+            uploaded_by=request.user,
+            label=label,
+            label_source=Label.Source.UPLOAD,
+        )
     except IngestError as error:
-        return JsonResponse({"outcome": "rejected", "filename": upload.name, "code": error.code,
-                             "reason": error.message}, status=422)
+        return JsonResponse(
+            {"outcome": "rejected", "filename": upload.name, "code": error.code, "reason": error.message}, status=422
+        )
     except StorageFull as error:
-        return JsonResponse({"outcome": "rejected", "filename": upload.name, "code": error.code,
-                             "reason": error.message}, status=507)
-    return JsonResponse(_outcome(request.user, result.image, result.created, upload.name),
-                        status=201 if result.created else 200)
+        return JsonResponse(
+            {"outcome": "rejected", "filename": upload.name, "code": error.code, "reason": error.message}, status=507
+        )
+    return JsonResponse(
+        _outcome(request.user, result.image, result.created, upload.name), status=201 if result.created else 200
+    )
 
 
 def _upload_label(request, sample) -> Category | None:
@@ -75,8 +84,12 @@ def _upload_label(request, sample) -> Category | None:
 
 def _outcome(user, image: SEMImage, created: bool, filename: str) -> dict:
     if created:
-        return {"outcome": "stored", "filename": filename, **image_status(image),
-                "near_duplicate_of": near_duplicate_link(user, image)}
+        return {
+            "outcome": "stored",
+            "filename": filename,
+            **image_status(image),
+            "near_duplicate_of": near_duplicate_link(user, image),
+        }
     # The same bytes are already stored, possibly in a project this user cannot see: link it only
     # when visible, and never reveal anything about an invisible one.
     visible = visible_images(user).filter(pk=image.pk).exists()
