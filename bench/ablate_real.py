@@ -19,11 +19,9 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,34 +306,10 @@ def run(args) -> None:
 
 
 def table(paths: list[str]) -> str:
-    rows = defaultdict(list)
-    for path in paths:
-        for line in open(path):
-            row = json.loads(line)
-            if "variant" in row:
-                rows[row["variant"]].append(row)
-    lines = [
-        "| variant | seeds | accuracy | macro recall | macro-F1 | ECE | train s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, group in rows.items():
-        lines.append(
-            f"| {name} | {len(group)} | "
-            + " | ".join(
-                _mean_sd([r[k] for r in group]) for k in ("accuracy", "macro_recall", "macro_f1", "ece", "seconds")
-            )
-            + " |"
-        )
-    return "\n".join(lines)
+    import real_data
 
-
-def _mean_sd(values) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+    rows = [json.loads(line) for path in paths for line in open(path)]
+    return real_data.summary_table([row for row in rows if "variant" in row], "variant", "seconds")
 
 
 def main() -> None:

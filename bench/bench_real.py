@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -120,15 +119,6 @@ def majority(test) -> tuple[str, float]:
     return name, count / len(test)
 
 
-def summary(rows: list[dict]) -> str:
-    lines = ["| recipe | seeds | accuracy | macro recall | macro-F1 | ECE | wall s |", "|---|---|---|---|---|---|---|"]
-    for recipe in dict.fromkeys(r["recipe"] for r in rows):
-        group = [r for r in rows if r["recipe"] == recipe]
-        cells = [_mean_sd([r[k] for r in group]) for k in ("accuracy", "macro_recall", "macro_f1", "ece", "wall_s")]
-        lines.append(f"| {recipe} | {len(group)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def ratios(rows: list[dict]) -> str:
     out = []
     for seed in sorted({r["seed"] for r in rows}):
@@ -141,15 +131,6 @@ def ratios(rows: list[dict]) -> str:
                 f"wall time ratio {p['wall_s'] / q['wall_s']:.2f}"
             )
     return "\n".join(out)
-
-
-def _mean_sd(values) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def main() -> None:
@@ -201,7 +182,7 @@ def main() -> None:
                     handle.write(json.dumps(row) + "\n")
         rows += runs
     print()
-    print(summary(rows))
+    print(real_data.summary_table(rows, "recipe", "wall_s"))
     print(ratios(rows))
 
 

@@ -15,6 +15,7 @@ import csv
 import hashlib
 import os
 import random
+import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,29 @@ def describe(train, test) -> str:
         f"train {len(train)} images / {len({i.group for i in train})} sources ({counts(train)}); "
         f"test {len(test)} / {len({i.group for i in test})} sources ({counts(test)})"
     )
+
+
+METRICS = ("accuracy", "macro_recall", "macro_f1", "ece")
+
+
+def summary_table(rows: list[dict], by: str, seconds: str) -> str:
+    """Markdown: one line per `by` value with mean ± sd over its runs (seeds) of the metrics and `seconds`."""
+    header = f"| {by} | seeds | accuracy | macro recall | macro-F1 | ECE | {seconds} |"
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(row[by] for row in rows):
+        group = [row for row in rows if row[by] == name]
+        cells = [mean_sd([row.get(key) for row in group]) for key in (*METRICS, seconds)]
+        lines.append(f"| {name} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def mean_sd(values) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def _main():
