@@ -196,9 +196,14 @@ def apply_gate(candidate: ModelVersion) -> bool:
     passed, reason, summary = None, "", None
     if production is not None:
         passed, reason, summary = _bootstrap_gate(candidate, production)
-    if summary is None:  # a first model, or no per-image predictions: the point rule
-        baseline = production_metrics_on_current_test_split(production, candidate) if production else None
-        passed, reason = gate_decision(candidate.metrics, baseline)
+    if summary is None and production is None:  # a first model: the majority-baseline rule
+        passed, reason = gate_decision(candidate.metrics, None)
+    elif summary is None:  # no per-image predictions: the point rule, on the same test images only
+        baseline, why_not = production_metrics_on_current_test_split(production, candidate)
+        if baseline is None:
+            passed, reason = False, f"Not compared: {why_not}. An admin may promote it by hand."
+        else:
+            passed, reason = gate_decision(candidate.metrics, baseline)
     metrics = dict(candidate.metrics or {})
     if summary is not None:
         metrics["intervals"] = summary.pop("intervals", {})
@@ -290,30 +295,29 @@ def reevaluate_production() -> ModelVersion | None:
     return production
 
 
-def production_metrics_on_current_test_split(production: ModelVersion, candidate: ModelVersion) -> dict:
-    """Production evaluated on the candidate's test images, so both are compared on the same images.
-
-    Falls back to production's stored metrics when it cannot be re-evaluated (artifact gone,
-    classes changed since).
-    """
+def production_metrics_on_current_test_split(
+    production: ModelVersion, candidate: ModelVersion
+) -> tuple[dict | None, str]:
+    """(production's metrics on the candidate's test images, "") so both are compared on the same images,
+    or (None, why) when production cannot be evaluated there: its stored metrics come from another test
+    split and would compare different things."""
     from portal.services.datasets import training_data
 
-    data = training_data()
-    items = data.test_items
-    if not items or set(production.classes) != set(candidate.classes):
-        return production.metrics
+    items = training_data().test_items
+    if not items:
+        return None, "the current test split has no curated images"
+    if set(production.classes) != set(candidate.classes):
+        return None, f"production v{production.version} offers other categories than this candidate"
     try:
         from classifier.engine import Engine
         from classifier.metrics import evaluate
 
         engine = Engine.from_artifact(production.artifact_path, expected_sha256=production.artifact_sha256 or None)
         predictions = engine.predict_paths([path for path, _ in items])
-        return evaluate([label for _, label in items], [p.probabilities for p in predictions], engine.classes)
+        return evaluate([label for _, label in items], [p.probabilities for p in predictions], engine.classes), ""
     except Exception as error:
-        logger.warning(
-            "could not re-evaluate v%s for the gate (%s); using its stored metrics", production.version, error
-        )
-        return production.metrics
+        logger.warning("could not evaluate v%s on the test split for the gate: %s", production.version, error)
+        return None, f"production v{production.version} could not be evaluated on the current test split ({error})"
 
 
 @transaction.atomic

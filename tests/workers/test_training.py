@@ -263,9 +263,11 @@ def test_gate_tolerance_and_first_model_floor(settings):
 
 
 def test_gate_refuses_a_worse_candidate_and_promotes_a_better_one(
-    trained_artifact, nffa_categories, settings, django_capture_on_commit_callbacks
+    trained_artifact, nffa_categories, settings, django_capture_on_commit_callbacks, monkeypatch
 ):
     production = install_model(trained_artifact, 1, status=ModelVersion.Status.PRODUCTION, metrics=PRODUCTION_METRICS)
+    # The point rule (no per-image predictions): production as evaluated on today's test split.
+    monkeypatch.setattr(promotion, "production_metrics_on_current_test_split", lambda *models: (PRODUCTION_METRICS, ""))
     worse = install_model(
         trained_artifact,
         2,
@@ -324,12 +326,26 @@ def test_production_is_re_evaluated_on_the_current_test_split(production_model, 
     test_images = [image for image in images if image.split == SEMImage.Split.TEST]
     candidate = install_model_like(production_model)
 
-    evaluation = promotion.production_metrics_on_current_test_split(production_model, candidate)
+    evaluation, why_not = promotion.production_metrics_on_current_test_split(production_model, candidate)
 
     assert test_images, "the synthetic seeds are fixed, so some uploads always land in the test split"
-    assert evaluation is not production_model.metrics
+    assert why_not == "" and evaluation is not production_model.metrics
     assert evaluation["n"] == len(test_images)
     assert set(evaluation["per_class"]) == set(production_model.classes)
+
+
+def test_the_gate_refuses_to_compare_with_stored_metrics_from_another_split(
+    production_model, sample, user, upload_images
+):
+    """Issue 15, item 5: production that cannot be evaluated on today's test split is not compared
+    through its stored metrics (another split): the candidate is not promoted, and the reason says why."""
+    upload_images(sample, user, 24, labelled=True)
+    Path(production_model.artifact_path).unlink()
+    candidate = install_model_like(production_model)
+
+    evaluation, why_not = promotion.production_metrics_on_current_test_split(production_model, candidate)
+
+    assert evaluation is None and "could not be evaluated on the current test split" in why_not
 
 
 def install_model_like(model: ModelVersion) -> ModelVersion:
