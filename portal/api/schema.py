@@ -16,6 +16,9 @@ WRITE_ERROR_STATUSES = {
     "413": "The body is larger than this endpoint accepts (`too_large`); nothing was read.",
 }
 
+# Answered by the web server (gunicorn's request-line limit) before the portal sees the request.
+URI_TOO_LONG = "The URL with its query is longer than the web server accepts (4094 bytes); sent by the web server."
+
 
 class ErrorDetailSerializer(serializers.Serializer):
     code = serializers.CharField(help_text="Stable machine-readable code, e.g. invalid, not_found, duplicate.")
@@ -38,6 +41,7 @@ class PortalAutoSchema(AutoSchema):
                 response = self._get_response_for_code(ErrorSerializer, code, direction=direction)
                 response["description"] = description
                 responses[code] = response
+        responses.setdefault("414", {"description": URI_TOO_LONG})  # no body schema: the web server's own page
         return responses
 
     def _error_applies(self, code: str) -> bool:

@@ -17,9 +17,12 @@ _seeds = itertools.count(1)
 
 @pytest.fixture
 def categories(db):
-    """The ten NFFA-EUROPE categories of the data migration, by name."""
+    """The ten NFFA-EUROPE categories of the data migration, by name (put back first: a transactional
+    test that ran before this one in the same session emptied the tables)."""
     from portal.models import Category
+    from tests.worker_fixtures import ensure_nffa_categories
 
+    ensure_nffa_categories()
     found = {category.name: category for category in Category.objects.all()}
     assert len(found) == 10, "the data migration provides the ten categories"
     return found
