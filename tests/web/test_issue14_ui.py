@@ -236,9 +236,15 @@ def test_drop_zone_is_reachable_with_the_keyboard(browser, live_server, client, 
     path = tmp_path / "keyboard.png"
     path.write_bytes(png_bytes(950))
     page.focus("#dropzone")  # Tab may have stopped on a control inside the zone; Enter on the zone itself
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Enter")
-    chooser.value.set_files(str(path))
+    # Enter must open the chooser, i.e. click the hidden file input. The click is recorded rather than waiting
+    # for Chromium's file-chooser event, which a loaded 2-core machine sometimes failed to deliver in 20 s.
+    page.evaluate(
+        "document.getElementById('id_files').addEventListener('click', e => { window.chooserOpened = true; "
+        "e.preventDefault(); })"
+    )
+    page.keyboard.press("Enter")
+    page.wait_for_function("window.chooserOpened === true")
+    page.set_input_files("#id_files", str(path))
     page.wait_for_function("document.querySelectorAll('.file-row .outcome.stored').length === 1")
     page.problems.assert_none()
 
