@@ -230,7 +230,11 @@ def readiness_context() -> dict:
 
     from portal.services.training import class_readiness
 
+    rows = [row for row in class_readiness() if row["needed"]]
     return {
-        "not_ready": [row for row in class_readiness() if row["needed"]],
+        # Categories being collected get a row each; those without any curated image one line, so that a
+        # lab that never images MEMS or tips is not told ten times what it needs.
+        "not_ready": [row for row in rows if row["train_images"]],
+        "not_started": [row["name"] for row in rows if not row["train_images"]],
         "min_images_per_class": settings.SEM_MIN_IMAGES_PER_CLASS,
     }
