@@ -14,10 +14,9 @@ from portal.storage import remove_stale_files, remove_stale_partials
 
 # A partial media file older than this belongs to a process that died mid-write (uploads take seconds).
 PARTIAL_FILE_MAX_AGE_S = 3600
-# The same for spooled upload bodies (FILE_UPLOAD_TEMP_DIR), and for the files of an upload killed
-# between writing them and committing its row (portal.services.ingest.reconcile_interrupted).
+# The same for spooled upload bodies (FILE_UPLOAD_TEMP_DIR). The files of an upload killed between
+# writing them and committing its row wait SEM_INTERRUPTED_UPLOAD_GRACE_S (ingest.reconcile_interrupted).
 SPOOL_FILE_MAX_AGE_S = 3600
-INTERRUPTED_UPLOAD_GRACE_S = 3600
 
 
 def sweep() -> dict:
@@ -32,7 +31,7 @@ def sweep() -> dict:
     failed_runs = training.fail_stale_runs()
     webhooks_requeued = webhooks.sweep_unsent_deliveries()
     partials_removed = remove_stale_partials(settings.MEDIA_ROOT, PARTIAL_FILE_MAX_AGE_S)
-    orphans_removed = reconcile_interrupted(INTERRUPTED_UPLOAD_GRACE_S)
+    orphans_removed = reconcile_interrupted(settings.SEM_INTERRUPTED_UPLOAD_GRACE_S)
     spool_removed = (
         remove_stale_files(settings.FILE_UPLOAD_TEMP_DIR, SPOOL_FILE_MAX_AGE_S) if settings.FILE_UPLOAD_TEMP_DIR else 0
     )
