@@ -7,11 +7,9 @@ set, then temperature scaling, evaluation and an atomically written artifact.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import logging
-import math
 import os
 import random
 import tempfile
@@ -26,19 +24,21 @@ from typing import Any
 import numpy as np
 
 from . import transforms
-from .budget import BudgetPlan, StageCost, plan_epochs, replan_remaining
 from .config import TrainConfig
+from .fit_callbacks import (  # noqa: F401  (TrainingCancelled is part of this module's interface)
+    TRAINING_SHARE,
+    BestWeights,
+    ProgressEventsCallback,
+    ProgressTracker,
+    TrainingCancelled,
+    finite,
+)
+from .stage_budget import plan_for_budget, replan_config
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[dict], None]
 StopFn = Callable[[], bool]
-# Share of the progress bar given to training; the rest is calibration/evaluation.
-TRAINING_SHARE = 0.97
-
-
-class TrainingCancelled(Exception):
-    """Raised when ``should_stop()`` returned True between batches."""
 
 
 @dataclass
@@ -114,14 +114,16 @@ def _train(items, config, out_path, *, test_items, classes, fingerprint, progres
         )
         config = dataclasses.replace(config, epochs=plan.epochs)
         emit({"event": "plan", "stages": config.stages, "fraction": 0.0, **plan.to_dict()})
-    tracker = _ProgressTracker(emit, stop, config, stage_sizes, len(train_idx))
+    tracker = ProgressTracker(emit, stop, config, stage_sizes, len(train_idx))
     history: list[dict] = []
     learner = None
     with tempfile.TemporaryDirectory(prefix="semcls-") as workdir:
         for stage, size in enumerate(config.sizes):
             if plan and stage:
                 before = config.epochs
-                config = _replan(plan, config, history, stage, budget_left=plan.budget_s - (time.monotonic() - started))
+                config = replan_config(
+                    plan, config, history, stage, budget_left=plan.budget_s - (time.monotonic() - started)
+                )
                 tracker.config = config
                 if config.epochs != before:
                     emit({"event": "plan", "stages": config.stages, "fraction": tracker.fraction, **plan.to_dict()})
@@ -325,76 +327,6 @@ def _class_weights(items, train_idx, classes) -> list[float]:
     return raw
 
 
-# ---------------------------------------------------------------- budget
-
-# Seconds for the artifact, model copies and other work outside the measured passes.
-FIXED_OVERHEAD_S = 5.0
-
-
-def plan_for_budget(model, stage_dls, config: TrainConfig, device, n_test: int, spent_s: float) -> BudgetPlan:
-    """Measure a training step at every stage size on real batches, then fit the epochs into what
-    is left of the budget (the time already spent, e.g. on the measurement, counts)."""
-    measure_started = time.monotonic()
-    costs = [
-        StageCost(size, dls.train.bs, len(dls.train), len(dls.valid), measure_step_s(model, dls, device))
-        for size, dls in zip(config.sizes, stage_dls)
-    ]
-    spent_s += time.monotonic() - measure_started
-    last = costs[-1]
-    # Calibration (validation) and evaluation (test) run once at the last size, forward only.
-    final_batches = last.valid_batches + math.ceil(n_test / max(1, last.batch_size))
-    final_s = FIXED_OVERHEAD_S + final_batches * last.step_s / 3
-    plan = plan_epochs(config.budget_s, config.epochs, costs, spent_s + final_s, reserved_s_final=final_s)
-    log.info(
-        "budget %.0f s: epochs %s planned (%.0f s), from step times %s",
-        config.budget_s,
-        plan.epochs,
-        plan.planned_s,
-        [round(c.step_s, 3) for c in costs],
-    )
-    return plan
-
-
-def _replan(plan: BudgetPlan, config: TrainConfig, history: list[dict], stage: int, budget_left: float):
-    """Before each later stage: if the finished stages ran slower than measured, fewer epochs now."""
-    planned = sum(e * c.epoch_s for e, c in zip(config.epochs[:stage], plan.stages[:stage]))
-    actual = sum(record["duration_s"] for record in history)
-    epochs = replan_remaining(plan, stage, planned, actual, budget_left)
-    if epochs != tuple(config.epochs):
-        log.info("stages ran %.0f s instead of %.0f s: epochs now %s", actual, planned, epochs)
-        plan.note = (
-            plan.note + "; " if plan.note else ""
-        ) + f"re-planned to {'/'.join(map(str, epochs))} epochs after stage {stage} (machine slower than measured)"
-        plan.epochs = epochs
-    return dataclasses.replace(config, epochs=epochs)
-
-
-def measure_step_s(model, dls, device, steps: int = 2) -> float:
-    """Seconds of one training step (loading a batch, forward, backward) at this stage's size; the
-    model's weights and BatchNorm statistics are restored afterwards."""
-    import torch
-
-    state = copy.deepcopy(model.state_dict())
-    model.to(device).train()
-    loss_fn = torch.nn.CrossEntropyLoss()
-    timings = []
-    try:
-        batches = iter(dls.train)
-        for _ in range(steps + 1):  # the first step warms up (allocations, kernel selection)
-            started = time.perf_counter()
-            inputs, targets = (t.as_subclass(torch.Tensor) for t in next(batches))  # plain tensors, not fastai's
-            loss_fn(model(inputs), targets).backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            timings.append(time.perf_counter() - started)
-            model.zero_grad(set_to_none=True)
-    except StopIteration:
-        pass
-    finally:
-        model.load_state_dict(state)
-    return min(timings[1:] or timings)
-
-
 # ---------------------------------------------------------------- learner
 
 
@@ -418,7 +350,7 @@ def _make_learner(dls, model, items, train_idx, classes, config, device, workdir
         metrics=[accuracy],
         wd=config.weight_decay,
         path=workdir,
-        cbs=[_ProgressCallback(tracker)],
+        cbs=[ProgressEventsCallback(tracker)],
         splitter=default_split,
     )
     if ProgressCallback in [type(cb) for cb in learner.cbs]:
@@ -439,12 +371,12 @@ def _fit_stage(learner, stage, size, config, pretrained_used, tracker) -> dict:
         learner.unfreeze()
     lr = config.lrs[stage]
     if config.lr_find:
-        with learner.removed_cbs(learner.cbs.filter(lambda cb: isinstance(cb, _ProgressCallback))):
+        with learner.removed_cbs(learner.cbs.filter(lambda cb: isinstance(cb, ProgressEventsCallback))):
             suggestion = learner.lr_find(show_plot=False)
         lr = float(suggestion.valley)
     lr_arg = slice(lr / 100, lr) if pretrained_used and stage > 0 else lr
     tracker.start_stage(stage, size, len(learner.dls.train))
-    best = _BestWeights(restore=config.select_best_epoch)
+    best = BestWeights(restore=config.select_best_epoch)
     stage_started = time.monotonic()
     learner.fit_one_cycle(config.epochs[stage], lr_arg, cbs=[best])
     record = {
@@ -454,166 +386,12 @@ def _fit_stage(learner, stage, size, config, pretrained_used, tracker) -> dict:
         "batch_size": learner.dls.train.bs,
         "epochs": tracker.stage_epochs,
         "best_epoch": best.best_epoch,
-        "best_valid_loss": _finite(best.best_loss),
+        "best_valid_loss": finite(best.best_loss),
         "duration_s": time.monotonic() - stage_started,
         "input_shape": tracker.stage_input_shape,
     }
     tracker.end_stage(record)
     return record
-
-
-def _finite(value):
-    return float(value) if value is not None and math.isfinite(value) else None
-
-
-def _callback_base():
-    from fastai.callback.core import Callback
-
-    return Callback
-
-
-class _BestWeights(_callback_base()):
-    """Keep the weights of the epoch with the lowest validation loss (in memory;
-    SaveModelCallback would write a file per improvement)."""
-
-    order = 61  # after Recorder (50), so this epoch's values are recorded
-
-    def __init__(self, restore: bool = True):
-        self.restore = restore
-
-    def before_fit(self):
-        self.best_loss, self.best_epoch, self.best_state = math.inf, None, None
-
-    def after_epoch(self):
-        valid_loss = float(self.learn.recorder.values[-1][1])
-        if math.isfinite(valid_loss) and valid_loss < self.best_loss:
-            self.best_loss, self.best_epoch = valid_loss, self.epoch
-            if self.restore:
-                self.best_state = copy.deepcopy(self.learn.model.state_dict())
-
-    def after_fit(self):
-        if self.restore and self.best_state is not None:
-            self.learn.model.load_state_dict(self.best_state)
-
-
-class _ProgressTracker:
-    """Turns fastai events into the progress dicts of the public contract."""
-
-    def __init__(self, emit, should_stop, config, stage_batch_sizes, n_train):
-        self.emit, self.should_stop, self.config = emit, should_stop, config
-        # Expected work per stage ~ batches x pixels: gives a fraction that moves evenly in time.
-        batches = [max(1, n_train // bs) * e for bs, e in zip(stage_batch_sizes, config.epochs)]
-        weights = [b * bs * s * s for b, bs, s in zip(batches, stage_batch_sizes, config.sizes)]
-        total = float(sum(weights))
-        self.stage_offsets = [sum(weights[:i]) / total for i in range(len(weights))]
-        self.stage_shares = [w / total for w in weights]
-        self.stage, self.size, self.batches, self.done_in_stage = 0, 0, 1, 0
-        self.stage_epochs: list[dict] = []
-        self.stage_input_shape = None
-        self.fraction = 0.0
-
-    def _base(self) -> dict:
-        return {"stage": self.stage, "stages": self.config.stages, "size": self.size}
-
-    def _fraction(self) -> float:
-        total = self.batches * self.config.epochs[self.stage]
-        within = min(1.0, self.done_in_stage / max(1, total))
-        value = TRAINING_SHARE * (self.stage_offsets[self.stage] + self.stage_shares[self.stage] * within)
-        self.fraction = max(self.fraction, value)
-        return self.fraction
-
-    def start_stage(self, stage, size, batches):
-        self.stage, self.size, self.batches, self.done_in_stage = stage, size, max(1, batches), 0
-        self.stage_epochs, self.stage_input_shape = [], None
-        self.emit(
-            {
-                **self._base(),
-                "event": "stage_start",
-                "epochs": self.config.epochs[stage],
-                "batches": self.batches,
-                "fraction": self._fraction(),
-            }
-        )
-
-    def check_stop(self):
-        if self.should_stop():
-            raise TrainingCancelled(f"cancelled during stage {self.stage} ({self.size} px)")
-
-    def batch(self, epoch, index, loss, shape):
-        self.done_in_stage += 1
-        self.stage_input_shape = list(shape)
-        self.emit(
-            {
-                **self._base(),
-                "event": "batch",
-                "epoch": epoch,
-                "epochs": self.config.epochs[self.stage],
-                "batch": index,
-                "batches": self.batches,
-                "train_loss": loss,
-                "input_shape": list(shape),
-                "fraction": self._fraction(),
-            }
-        )
-
-    def epoch_end(self, epoch, names, values, duration):
-        record = dict(zip(names, values))
-        metrics = {k: v for k, v in record.items() if k not in ("train_loss", "valid_loss")}
-        entry = {
-            "epoch": epoch,
-            "train_loss": record.get("train_loss"),
-            "valid_loss": record.get("valid_loss"),
-            "metrics": metrics,
-            "duration_s": duration,
-        }
-        self.stage_epochs.append(entry)
-        self.emit(
-            {
-                **self._base(),
-                "event": "epoch_end",
-                "epochs": self.config.epochs[self.stage],
-                **entry,
-                "fraction": self._fraction(),
-            }
-        )
-
-    def end_stage(self, record):
-        self.emit(
-            {
-                **self._base(),
-                "event": "stage_end",
-                "best_epoch": record["best_epoch"],
-                "best_valid_loss": record["best_valid_loss"],
-                "fraction": self._fraction(),
-            }
-        )
-
-    def emit_simple(self, event, fraction, **extra):
-        self.fraction = max(self.fraction, fraction)
-        self.emit({"event": event, "stages": self.config.stages, "fraction": self.fraction, **extra})
-
-
-class _ProgressCallback(_callback_base()):
-    order = 60  # after Recorder, so epoch values are available
-
-    def __init__(self, tracker: _ProgressTracker):
-        self.tracker = tracker
-
-    def before_epoch(self):
-        self.epoch_started = time.monotonic()
-
-    def before_batch(self):
-        self.tracker.check_stop()
-
-    def after_batch(self):
-        if self.training:
-            self.tracker.batch(self.epoch, self.iter, _finite(self.learn.loss.item()), tuple(self.learn.xb[0].shape))
-
-    def after_epoch(self):
-        recorder = self.learn.recorder
-        names = [n for n in recorder.metric_names[1:] if n != "time"]
-        values = [_finite(float(v)) if v is not None else None for v in recorder.values[-1][: len(names)]]
-        self.tracker.epoch_end(self.epoch, names, values, time.monotonic() - self.epoch_started)
 
 
 # ---------------------------------------------------------------- after training
