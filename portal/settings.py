@@ -213,6 +213,8 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True  # they are re
 if CELERY_BROKER_URL.startswith("filesystem"):
     # kombu does not create the folders, and puts its exchange table in ./control unless told.
     CELERY_BROKER_TRANSPORT_OPTIONS["control_folder"] = str(VAR_DIR / "broker" / "control")
+    # kombu's filesystem transport with atomic message files (a worker could read a half-written one).
+    CELERY_BROKER_TRANSPORT = "portal.broker_transport:Transport"
     # The folder is polled; kombu's default of 1 s idles a worker for up to a second between batches.
     CELERY_BROKER_TRANSPORT_OPTIONS["polling_interval"] = 0.1
     for _folder in ("out", "processed", "control"):
