@@ -60,7 +60,8 @@ class FileCache:
             _touch(entry)
             return entry
         self._fetch(storage, name, entry, expected_sha256)
-        self._trim_if_over()
+        if self._size is None or self._size > self.max_bytes:
+            self.trim(keep=str(entry))  # never the copy about to be read
         return entry
 
     def release(self) -> None:
@@ -68,8 +69,9 @@ class FileCache:
         with self._lock:
             self._pinned.clear()
 
-    def trim(self) -> int:
-        """Remove least recently used entries until the cache fits its size; returns how many."""
+    def trim(self, keep: str = "") -> int:
+        """Remove least recently used entries (not pinned, not `keep`) until the cache fits its size;
+        returns how many."""
         entries = []
         for path in self.root.glob("??/*"):
             if path.suffix == RECORDED_SUFFIX or not path.is_file():
@@ -82,7 +84,7 @@ class FileCache:
         total = sum(size for _, size, _ in entries)
         removed = 0
         with self._lock:
-            pinned = set(self._pinned)
+            pinned = self._pinned | {keep}
         for _mtime, size, path in sorted(entries):
             if total <= self.max_bytes:
                 break
@@ -128,10 +130,6 @@ class FileCache:
         self._verified[str(entry)] = _signature(entry)
         if self._size is not None:
             self._size += size
-
-    def _trim_if_over(self) -> None:
-        if self._size is None or self._size > self.max_bytes:
-            self.trim()
 
 
 def _download(storage, name: str, target: Path) -> tuple[str, int]:
