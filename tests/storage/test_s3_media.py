@@ -9,6 +9,7 @@ import time
 import pytest
 import requests
 from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from portal.models import Membership, Project, Sample, SEMImage
@@ -144,3 +145,28 @@ def test_the_sweeper_removes_what_a_killed_upload_left_in_the_bucket(s3, sample,
     assert s3.media_keys() == expected
     assert s3.client.list_multipart_uploads(Bucket=s3.media_bucket).get("Uploads", []) == []
     assert SEMImage.objects.count() == 1
+
+
+def test_an_unreachable_object_store_answers_503_and_stores_nothing(s3, sample, user, settings):
+    from rest_framework.test import APIClient
+
+    from portal.services.tokens import create_token
+    from tests.storage.conftest import _free_port
+
+    closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            **settings.STORAGES["default"],
+            "OPTIONS": {**settings.STORAGES["default"]["OPTIONS"], "endpoint_url": closed},
+        },
+    }
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {create_token(user, 'storage').secret}")
+    upload = SimpleUploadedFile("down.png", synthetic_png("Fibres", 5), content_type="image/png")
+
+    response = api.post("/api/images/", {"file": upload, "sample": sample.pk}, format="multipart")
+
+    assert response.status_code == 503 and int(response["Retry-After"]) > 0
+    assert response.json()["error"]["code"] == "unavailable"
+    assert SEMImage.objects.count() == 0 and s3.media_keys() == set()
