@@ -4,8 +4,8 @@
 
 The S3 side is moto's standalone S3 server on loopback (MinIO cannot be installed here), reached over
 HTTP through boto3 and django-storages as production reaches MinIO; a real store adds its network
-round trips on top. Each round runs both backends in turn (local, S3) on the same distinct 1024x768
-16-bit TIFFs:
+round trips on top. Each round runs both backends in turn (local first, then S3 first in the next round)
+on the same distinct 1024x768 16-bit TIFFs:
 
 - upload: the real `ingest_file` (validation, metadata, derivative, thumbnail, three stored files, the
   row), inside a transaction rolled back after the round (DATABASE_URL, else the embedded SQLite);
@@ -134,7 +134,7 @@ def one_round(label: str, files: list[bytes], engine, cache_root: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="8 images, 1 round")
     options = parser.parse_args()
     count, rounds = (8, 1) if options.quick else (options.count, options.rounds)
@@ -159,9 +159,10 @@ def main() -> None:
             "s3": override_settings(STORAGES=s3_storages(settings, endpoint)),
         }
         one_round("warm-up", files[:2], engine, root / "cache")
-        for _ in range(rounds):
-            for label, overrides in backends.items():
-                with overrides:
+        for index in range(rounds):
+            order = list(backends) if index % 2 == 0 else list(reversed(backends))  # neither always goes first
+            for label in order:
+                with backends[label]:
                     measured[label].append(one_round(label, files, engine, root / "cache"))
     report(measured, count, len(files[0]) / 1e6, connection.vendor)
 
