@@ -1,7 +1,7 @@
 """Load and fault tolerance of the whole upload path: gunicorn + PostgreSQL + Redis + one Celery worker + beat.
 
 Starts everything on loopback against a dedicated database (sem_bench_load, dropped and re-created)
-and Redis db 11, installs a small trained model as production, then runs N concurrent API clients
+and Redis db 9, installs a small trained model as production, then runs N concurrent API clients
 uploading distinct ~1 MB TIFFs (1024x1024, 8-bit, random pixels) for --seconds. Prints uploads/s,
 latency percentiles and errors; waits until the worker has drained the queue; then checks that every
 upload is stored exactly once (rows, sha256, files on disk), classified exactly once by the
@@ -10,13 +10,22 @@ production model, and that the production model did not change. Exit status 1 wh
 Clients retry failed uploads (connection errors, 5xx, 429) with the same Idempotency-Key, as
 docs/api.md tells LIMS clients to, so a retry never stores a second copy.
 
---fault redis|postgres|worker injects one fault at --fault-at seconds into the load:
-  redis     `redis-cli shutdown nosave`, then a fresh redis-server (queued messages are lost)
-  postgres  `pg_ctlcluster ... restart` (every open connection is dropped)
-  worker    kill -9 the worker's process group, then start a new worker
+--fault injects one fault at --fault-at seconds into the load:
+  redis        `redis-cli shutdown nosave`, --outage seconds (60) without Redis, then a fresh redis-server:
+               broker and cache (CACHE_URL) are gone, queued messages are lost
+  postgres     `pg_ctlcluster ... restart` (every open connection is dropped)
+  worker       kill -9 the worker's process group, then start a new worker
+  kill-commit  uploads are held between writing their files and their commit (the bench holds the
+               advisory lock every ingestion takes just before it commits), then every gunicorn worker
+               is killed with -9; the clients retry; the sweeper must reconcile what was left
+  disk-full    the media folder is a real tmpfs; a ballast file fills it for --outage seconds
+               (uploads must answer 507 and store nothing half), then the space comes back
 The run then also reports the errors clients saw during the fault and how long until uploads
-succeeded again. Lost classification messages are re-queued by the sweeper that beat sends every
-minute (SEM_PENDING_SWEEP_AFTER_S is lowered to 30 s here so that a run takes minutes, not ten).
+succeeded again. A webhook subscription to a receiver in this process gets every image.classified
+event: a delivery received twice is redundant work, as is a message the sweeper re-sends while the
+original still waits in the queue (the sweeper's counts, from the worker log, against the messages the
+fault really lost). Checks also fail on any client 500 and on any file under MEDIA_ROOT without a row.
+Lost classification messages are re-queued by the sweeper that beat sends every minute (SEM_PENDING_SWEEP_AFTER_S is lowered to 30 s here so that a run takes minutes, not ten).
 
 NOTE: the redis and postgres faults restart the machine's shared servers: other test runs see them too.
 
@@ -41,38 +50,32 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import load_faults
 import numpy as np
 import requests
+from load_checks import (
+    DRAIN_TIMEOUT_S,
+    check_outcome,
+    expect,
+    wait_for_drain,
+    wait_for_orphans_reconciled,
+    wait_for_webhooks,
+)
+from load_faults import WebhookReceiver, wait_for
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 DATABASE_NAME = "sem_bench_load"
 DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DATABASE_NAME}"
-BROKER_URL = "redis://127.0.0.1:6379/11"
+BROKER_URL = "redis://127.0.0.1:6379/9"
 SWEEP_AFTER_S = 30
+ORPHAN_GRACE_S = 60  # SEM_INTERRUPTED_UPLOAD_GRACE_S: an hour by default; minutes would make a slow bench
+CACHE_URL = "redis://127.0.0.1:6379/12"
+TMPFS_SIZE = "4g"
 IMAGE_SIDE = 1024  # 1024 x 1024 x 8 bit = 1 MiB of pixels
 CLIENT_TIMEOUT_S = 120
 RETRY_FOR_S = 180  # a client gives an upload up after retrying this long
-DRAIN_TIMEOUT_S = 900
-REDIS_START = [
-    "redis-server",
-    "--daemonize",
-    "yes",
-    "--bind",
-    "127.0.0.1",
-    "-::1",
-    "--port",
-    "6379",
-    "--save",
-    "",
-    "--appendonly",
-    "no",
-    "--dir",
-    "/var/lib/redis",
-    "--logfile",
-    "/var/log/redis/ci.log",
-]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,6 +93,9 @@ def portal_env(root: Path) -> dict[str, str]:
         "MODEL_DIR": str(root / "models"),
         "SEM_VAR_DIR": str(root / "var"),
         "SEM_PENDING_SWEEP_AFTER_S": str(SWEEP_AFTER_S),
+        "SEM_INTERRUPTED_UPLOAD_GRACE_S": str(ORPHAN_GRACE_S),
+        "CACHE_URL": CACHE_URL,  # the API's throttles read it, as in production
+        "SEM_WEBHOOK_ALLOW_LOOPBACK": "true",
         # The bench measures the pipeline, not the per-token throttle (600 uploads/min by default).
         "SEM_API_UPLOAD_RATE": "100000/min",
         "SEM_API_RATE": "100000/min",
@@ -233,7 +239,7 @@ def new_worker(env, log_dir: Path, args) -> Service:
             "workers",
             "worker",
             "-Q",
-            "gpu,default",
+            "gpu,default,maintenance",
             f"--concurrency={args.worker_concurrency}",
             "--loglevel=INFO",
         ],
@@ -377,157 +383,35 @@ def retry_delay(response) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Faults
+# Faults (bench/load_faults.py)
 # ---------------------------------------------------------------------------------------------
 
 
-def inject_fault(kind: str, services: dict[str, Service], env, log_dir: Path, args) -> None:
-    if kind == "redis":
-        subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], check=False)
-        time.sleep(1)
-        subprocess.run(REDIS_START, check=True)
-        wait_for(
-            lambda: (
-                subprocess.run(["redis-cli", "-h", "127.0.0.1", "ping"], capture_output=True).stdout.strip() == b"PONG"
-            ),
-            "Redis",
-        )
-    elif kind == "postgres":
-        version = sorted(os.listdir("/etc/postgresql"))[0]
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True)
-        wait_for(lambda: subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"]).returncode == 0, "PostgreSQL")
-    elif kind == "worker":
-        # Kill it mid-batch: wait (briefly) until it holds claimed, unfinished images.
-        in_flight = 0
-        for _ in range(50):
-            in_flight = claimed_unfinished()
-            if in_flight:
-                break
-            time.sleep(0.1)
-        services["worker"].kill9()
-        print(f"fault worker: kill -9 with {in_flight} images claimed by its batch in flight")
-        services["worker"] = new_worker(env, log_dir, args).start()
+def inject_fault(args, services: dict[str, Service], env, log_dir: Path) -> str:
+    if args.fault == "redis":
+        return load_faults.redis_outage(BROKER_URL, args.outage)
+    if args.fault == "postgres":
+        return load_faults.postgres_restart()
+    if args.fault == "worker":
+        return load_faults.kill_worker(services, lambda: new_worker(env, log_dir, args).start())
+    if args.fault == "kill-commit":
+        return load_faults.kill_web_workers_before_commit(services, DATABASE_URL, Path(env["MEDIA_ROOT"]))
+    return load_faults.disk_full(Path(env["MEDIA_ROOT"]).parent, args.outage)
 
 
-def claimed_unfinished() -> int:
-    from django.db import connection
+def subscribe_webhook(url: str) -> None:
+    """image.classified events of the bench project to the receiver in this process."""
+    from django.contrib.auth import get_user_model
 
-    from portal.models import SEMImage
+    from portal.models import WebhookSubscription
 
-    try:
-        return SEMImage.objects.filter(claimed_at__isnull=False).exclude(status=SEMImage.Status.CLASSIFIED).count()
-    finally:
-        connection.close()  # this thread's connection; the checks later use their own
-
-
-def wait_for(predicate, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not come back")
-        time.sleep(0.2)
+    owner = get_user_model().objects.get(username="lims-bench")
+    WebhookSubscription.objects.create(owner=owner, url=url, events=["image.classified"], secret="bench-" * 6)
 
 
 # ---------------------------------------------------------------------------------------------
 # After the load: drain and checks
 # ---------------------------------------------------------------------------------------------
-
-
-def wait_for_drain(timeout: float) -> float | None:
-    """Seconds until no image waits for classification (None on timeout)."""
-    from django.db import close_old_connections, connection
-
-    from portal.models import SEMImage
-
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        try:
-            waiting = SEMImage.objects.exclude(status=SEMImage.Status.CLASSIFIED).count()
-        except Exception:  # the database restarting under us: try again
-            waiting = -1
-        connection.close()  # a fresh connection each poll survives a PostgreSQL restart
-        close_old_connections()
-        if waiting == 0:
-            return time.monotonic() - started
-        time.sleep(1)
-    return None
-
-
-def check_outcome(record: Record, media_root: Path, model_before: tuple) -> list[str]:
-    """Every check the run must pass; returns the failures (empty when all passed)."""
-    from django.db.models import Count
-
-    from portal.models import ModelVersion, Prediction, SEMImage
-
-    failures = []
-    succeeded = [upload for upload in record.uploads if upload.image_id is not None]
-    given_up = [upload.key for upload in record.uploads if upload.image_id is None]
-    rows = {
-        row["pk"]: row
-        for row in SEMImage.objects.values(
-            "pk", "sha256", "status", "predicted_by", "original", "derivative", "thumbnail"
-        )
-    }
-    expect(failures, not given_up, f"{len(given_up)} uploads never succeeded: {given_up[:5]}")
-    expect(failures, len(rows) == len(succeeded), f"{len(rows)} rows for {len(succeeded)} successful uploads")
-    expect(
-        failures,
-        len({upload.image_id for upload in succeeded}) == len(succeeded),
-        "two uploads were answered with the same image",
-    )
-    mismatched = [
-        upload.key
-        for upload in succeeded
-        if upload.image_id not in rows or rows[upload.image_id]["sha256"] != upload.sha256
-    ]
-    expect(failures, not mismatched, f"uploads missing or with other bytes: {mismatched[:5]}")
-    expect(failures, len({row["sha256"] for row in rows.values()}) == len(rows), "duplicate sha256 rows")
-    failures += check_files(rows.values(), media_root)
-    per_image = Counter(Prediction.objects.values_list("image_id", flat=True))
-    production = ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION)
-    expect(failures, [(m.pk, m.artifact_sha256) for m in production] == [model_before], "the production model changed")
-    expect(
-        failures,
-        all(per_image.get(pk) == 1 for pk in rows) and set(per_image) <= set(rows),
-        f"predictions per image: {Counter(per_image.get(pk, 0) for pk in rows)}",
-    )
-    unclassified = [
-        pk
-        for pk, row in rows.items()
-        if row["status"] != SEMImage.Status.CLASSIFIED or row["predicted_by"] != model_before[0]
-    ]
-    expect(failures, not unclassified, f"{len(unclassified)} images not classified by production")
-    by_model = Prediction.objects.values("model_version").annotate(n=Count("pk"))
-    expect(
-        failures, [row["model_version"] for row in by_model] in ([model_before[0]], []), "predictions by another model"
-    )
-    return failures
-
-
-def check_files(rows, media_root: Path) -> list[str]:
-    """Files on disk are exactly the rows' files; every original has its row's sha256 (none half-stored)."""
-    on_disk = {str(path.relative_to(media_root)) for path in media_root.rglob("*") if path.is_file()}
-    referenced = {row[name] for row in rows for name in ("original", "derivative", "thumbnail")}
-    failures = []
-    expect(
-        failures,
-        on_disk == referenced,
-        f"files without rows: {sorted(on_disk - referenced)[:5]}; rows without files: "
-        f"{sorted(referenced - on_disk)[:5]}",
-    )
-    corrupt = [
-        row["original"]
-        for row in rows
-        if (media_root / row["original"]).is_file()
-        and hashlib.sha256((media_root / row["original"]).read_bytes()).hexdigest() != row["sha256"]
-    ]
-    expect(failures, not corrupt, f"originals whose bytes differ from their sha256: {corrupt[:5]}")
-    return failures
-
-
-def expect(failures: list[str], condition: bool, message: str) -> None:
-    if not condition:
-        failures.append(message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,7 +467,8 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--clients", type=int, default=20)
-    parser.add_argument("--fault", choices=["redis", "postgres", "worker"])
+    parser.add_argument("--fault", choices=["redis", "postgres", "worker", "kill-commit", "disk-full"])
+    parser.add_argument("--outage", type=float, default=60, help="seconds the redis and disk-full faults last")
     parser.add_argument("--fault-at", type=float, help="seconds into the load (default: a third of it)")
     parser.add_argument("--web-workers", type=int, default=4, help="gunicorn sync workers (the Dockerfile's 4)")
     parser.add_argument("--worker-concurrency", type=int, default=1)
@@ -595,6 +480,9 @@ def main() -> int:
     args = parse_args()
     root = Path(tempfile.mkdtemp(prefix="sem-bench-load-"))
     env = portal_env(root)
+    if args.fault == "disk-full":
+        load_faults.mount_tmpfs(root / "media-disk", TMPFS_SIZE)
+        env["MEDIA_ROOT"] = str(root / "media-disk" / "media")
     recreate_database()
     flush_broker()
     setup_django(env)
@@ -603,23 +491,28 @@ def main() -> int:
     model = install_production_model(root)
     model_before = (model.pk, model.artifact_sha256)
     token, sample_id = create_uploader()
+    receiver = WebhookReceiver()
+    subscribe_webhook(receiver.url)
     services, url = start_services(env, root, args)
     try:
-        return run(args, env, root, services, url, token, sample_id, model_before)
+        return run(args, env, root, services, url, (token, sample_id), model_before, receiver)
     finally:
         for service in services.values():
             service.stop()
+        receiver.stop()
+        if args.fault == "disk-full":
+            load_faults.unmount(root / "media-disk")
         print(f"logs and media: {root}" if args.keep else "", end="\n" if args.keep else "")
         if not args.keep:
             subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
-def run(args, env, root: Path, services, url: str, token: str, sample_id: int, model_before) -> int:
+def run(args, env, root: Path, services, url: str, uploader: tuple, model_before, receiver) -> int:
     record = Record()
     started = time.monotonic()
     deadline = started + args.seconds
     threads = [
-        threading.Thread(target=run_client, args=(client, url, token, sample_id, deadline, record))
+        threading.Thread(target=run_client, args=(client, url, *uploader, deadline, record))
         for client in range(args.clients)
     ]
     for thread in threads:
@@ -628,34 +521,58 @@ def run(args, env, root: Path, services, url: str, token: str, sample_id: int, m
     if args.fault:
         time.sleep(max(0.0, started + (args.fault_at or args.seconds / 3) - time.monotonic()))
         fault_started = time.monotonic()
-        inject_fault(args.fault, services, env, root, args)
+        print(f"fault {args.fault}: {inject_fault(args, services, env, root)}")
         fault_times = (fault_started, time.monotonic())
     for thread in threads:
         thread.join()
-    load_seconds = time.monotonic() - started
-    print_load(record, load_seconds, args.clients)
+    print_load(record, time.monotonic() - started, args.clients)
     if fault_times:
         print_fault(args.fault, record, *fault_times)
         unqueued = services["gunicorn"].log().count("could not queue classification")
         print(f"fault {args.fault}: {unqueued} uploads stored while the broker could not take their message")
-    drained = wait_for_drain(DRAIN_TIMEOUT_S)
-    print(
-        f"drain: all images classified {drained:.1f} s after the load ended"
-        if drained is not None
-        else f"drain: NOT drained after {DRAIN_TIMEOUT_S} s"
-    )
-    failures = check_outcome(record, root / "media", model_before) + ([] if drained is not None else ["not drained"])
+    failures = drain_and_check(args, env, services, record, model_before, receiver)
     images = len([upload for upload in record.uploads if upload.image_id is not None])
     for failure in failures:
         print(f"CHECK FAILED: {failure}")
     if not failures:
         print(
             f"checks: OK: {images} uploads stored once (rows, sha256, files on disk match, nothing "
-            f"half-stored), each classified once by production model v1, production unchanged"
+            f"half-stored, no orphan), each classified once by production model v1, production unchanged, "
+            f"no client 500, no webhook delivered twice"
         )
     else:
         print(f"worker log tail:\n{services['worker'].log()[-2000:]}")
     return 1 if failures else 0
+
+
+def drain_and_check(args, env, services, record: Record, model_before, receiver) -> list[str]:
+    failures = []
+    drained = wait_for_drain(DRAIN_TIMEOUT_S)
+    print(
+        f"drain: all images classified {drained:.1f} s after the load ended"
+        if drained is not None
+        else f"drain: NOT drained after {DRAIN_TIMEOUT_S} s"
+    )
+    expect(failures, drained is not None, "not drained")
+    media_root = Path(env["MEDIA_ROOT"])
+    reconciled = wait_for_orphans_reconciled(media_root, ORPHAN_GRACE_S + 240)
+    print(
+        f"orphans: none under MEDIA_ROOT {reconciled:.0f} s after the drain"
+        if reconciled is not None
+        else "orphans: files without rows are still there"
+    )
+    pending = wait_for_webhooks()
+    resends = load_faults.sweeper_resends(services["worker"].log())
+    print(
+        f"webhooks: {sum(receiver.received.values())} received, {len(receiver.received)} distinct deliveries, "
+        f"{receiver.duplicates()} received twice, {pending} still pending; sweeper re-sent: {dict(resends) or 'nothing'}"
+    )
+    server_errors = sum(1 for _, outcome in record.errors if outcome == "500")
+    print(f"client 500s: {server_errors}")
+    expect(failures, server_errors == 0, f"{server_errors} client requests answered 500")
+    expect(failures, receiver.duplicates() == 0, f"{receiver.duplicates()} webhook deliveries received twice")
+    expect(failures, pending == 0, f"{pending} webhook deliveries never sent")
+    return failures + check_outcome(record, media_root, model_before)
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ class CeleryWorker:
                 "workers",
                 "worker",
                 "-Q",
-                "gpu,default",
+                "gpu,default,maintenance",
                 "--pool=prefork",
                 "-c",
                 "1",

@@ -14,5 +14,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
 app = Celery("sem_portal", include=["workers.tasks", "workers.webhooks"])
 app.config_from_object("django.conf:settings", namespace="CELERY")
-# Declared explicitly so that `-Q gpu,default` means the same on Redis and the filesystem broker.
-app.conf.task_queues = (Queue("gpu", routing_key="gpu"), Queue("default", routing_key="default"))
+# Declared explicitly so that `-Q gpu,default,maintenance` means the same on Redis and the filesystem broker.
+app.conf.task_queues = tuple(Queue(name, routing_key=name) for name in ("gpu", "default", "maintenance"))

@@ -221,16 +221,18 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
 )
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
-# Workers (issue 4). Two queues: `gpu` runs classification and training (a GPU host runs a worker
-# on it; without a GPU the same tasks run on the CPU), `default` runs the sweeper, the retrain
-# check and webhooks. A worker that should do everything listens on both: -Q gpu,default.
+# Workers (issue 4). Three queues: `gpu` runs classification and training (a GPU host runs a worker
+# on it; without a GPU the same tasks run on the CPU), `default` runs webhook deliveries, and
+# `maintenance` the beat's periodic tasks (the sweeper, the retrain check, watch-folder scans), so that
+# a flood of deliveries never makes the sweeper late. A worker that does everything: -Q gpu,default,maintenance.
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "workers.classify_images": {"queue": "gpu"},
     "workers.reclassify_backlog": {"queue": "gpu"},
     "workers.train_model": {"queue": "gpu"},
-    "workers.sweep": {"queue": "default"},
-    "workers.maybe_retrain": {"queue": "default"},
+    "workers.sweep": {"queue": "maintenance"},
+    "workers.maybe_retrain": {"queue": "maintenance"},
+    "workers.scan_watch_folders": {"queue": "maintenance"},
     "workers.webhooks.*": {"queue": "default"},
 }
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -295,9 +297,9 @@ SEM_PRETRAINED_WEIGHTS = env_str("SEM_PRETRAINED_WEIGHTS", "")
 # lost its worker; the sweeper fails it and releases the training lock.
 SEM_TRAINING_STALE_AFTER_S = env_int("SEM_TRAINING_STALE_AFTER_S", 600, minimum=30)
 SEM_BACKLOG_PRIORITY = 9  # Redis: 0 runs first; new uploads use the default 0
-if not CELERY_BROKER_URL.startswith("filesystem") and "CELERY_VISIBILITY_TIMEOUT" not in os.environ:
-    # An unacknowledged message is redelivered after this: keep it above the longest task.
-    CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] = SEM_TRAINING_TIMEOUT_S + 3600
+# Files of an upload killed between writing them and its commit are removed by the sweeper after this
+# (an upload takes seconds; the grace only has to outlast the slowest one).
+SEM_INTERRUPTED_UPLOAD_GRACE_S = env_int("SEM_INTERRUPTED_UPLOAD_GRACE_S", 3600, minimum=30)
 
 # --- REST API --------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -358,6 +360,15 @@ SPECTACULAR_SETTINGS = {
 SEM_WEBHOOK_MAX_ATTEMPTS = env_int("SEM_WEBHOOK_MAX_ATTEMPTS", 6, minimum=1)
 SEM_WEBHOOK_BACKOFF_S = env_float("SEM_WEBHOOK_BACKOFF_S", 30.0, minimum=0.0)
 SEM_WEBHOOK_BACKOFF_MAX_S = env_float("SEM_WEBHOOK_BACKOFF_MAX_S", 3600.0, minimum=0.0)
+# Redis returns a message that a worker took but never acknowledged (the whole worker died) to its
+# queue after this timeout. It must outlast the longest acknowledged-late task (classification: 15 min
+# hard limit) and the longest retry countdown (a webhook's backoff), or a message still held by a live
+# worker would run twice. Training acknowledges on start, so it does not count (it was 7 hours here).
+CLASSIFY_TIME_LIMIT_S = 900
+if not CELERY_BROKER_URL.startswith("filesystem") and "CELERY_VISIBILITY_TIMEOUT" not in os.environ:
+    CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] = int(
+        max(CLASSIFY_TIME_LIMIT_S, SEM_WEBHOOK_BACKOFF_MAX_S) + 600
+    )
 SEM_WEBHOOK_TIMEOUT_S = env_float("SEM_WEBHOOK_TIMEOUT_S", 10.0, minimum=0.1)
 # Deliveries to this server itself (loopback) are refused unless allowed (a LIMS on the same host, the tests).
 SEM_WEBHOOK_ALLOW_LOOPBACK = env_bool("SEM_WEBHOOK_ALLOW_LOOPBACK", EMBEDDED)

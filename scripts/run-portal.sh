@@ -25,7 +25,7 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-.venv/bin/celery -A workers worker -Q gpu,default --loglevel INFO \
+.venv/bin/celery -A workers worker -Q gpu,default,maintenance --loglevel INFO \
     >>var/log/worker.log 2>&1 & pids+=($!)
 .venv/bin/celery -A workers beat --loglevel INFO >>var/log/beat.log 2>&1 & pids+=($!)
 .venv/bin/gunicorn portal.wsgi:application --bind "$HOST:$PORT" --workers 2 --threads 4 \

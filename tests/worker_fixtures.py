@@ -2,11 +2,11 @@
 
 Fixtures
 --------
-``celery_worker``      a started WorkerProcess: `celery -A workers worker -Q gpu,default --pool=prefork -c 1`
+``celery_worker``      a started WorkerProcess: `celery -A workers worker -Q gpu,default,maintenance --pool=prefork -c 1`
                        on the test run's broker (CELERY_BROKER_URL, purged first) and the pytest-django test
                        database (the worker's DATABASE_URL names it), with MEDIA_ROOT/MODEL_DIR of this test.
                        Implies ``transactional_db``: rows must be committed for the worker to see them.
-``worker_factory``     ``worker_factory(start=True, queues="gpu,default", beat=False, broker=None, **settings)``
+``worker_factory``     ``worker_factory(start=True, queues="gpu,default,maintenance", beat=False, broker=None, **settings)``
                        for a worker with changed settings, e.g. ``worker_factory(SEM_CLASSIFY_BATCH_SIZE=50)``;
                        the values are applied to this test's Django settings too, so both processes agree.
                        ``beat=True`` starts `celery beat` (DatabaseScheduler) instead; ``broker="filesystem://"``
@@ -263,7 +263,7 @@ class WorkerProcess:
 
     counter = 0
 
-    def __init__(self, env: dict[str, str], log_dir: Path, queues: str = "gpu,default") -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, queues: str = "gpu,default,maintenance") -> None:
         WorkerProcess.counter += 1
         self.name = f"test{WorkerProcess.counter}-{os.getpid()}"
         self.env = env
@@ -396,7 +396,12 @@ def worker_factory(transactional_db, settings, tmp_path):
     workers: list[WorkerProcess] = []
 
     def make(
-        start: bool = True, queues: str = "gpu,default", *, beat: bool = False, broker: str | None = None, **overrides
+        start: bool = True,
+        queues: str = "gpu,default,maintenance",
+        *,
+        beat: bool = False,
+        broker: str | None = None,
+        **overrides,
     ) -> WorkerProcess:
         """A worker (or with beat=True a beat scheduler); `broker` replaces the test run's broker URL."""
         for name, value in overrides.items():

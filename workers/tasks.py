@@ -2,8 +2,8 @@
 
 Retries are for named transient errors only (the database connection dropping); anything else is a
 bug or bad data, recorded on the rows by the services. Rows deleted meanwhile are skipped by the
-services (they re-select by ID). Routing: classification and training on `gpu`, the rest on
-`default` (settings.CELERY_TASK_ROUTES).
+services (they re-select by ID). Routing: classification and training on `gpu`, webhook deliveries on
+`default`, the beat's periodic tasks on `maintenance` (settings.CELERY_TASK_ROUTES).
 """
 
 from __future__ import annotations
@@ -26,7 +26,12 @@ RETRY_POLICY = {
 }
 
 
-@shared_task(name="workers.classify_images", soft_time_limit=600, time_limit=900, **RETRY_POLICY)
+@shared_task(
+    name="workers.classify_images",
+    soft_time_limit=settings.CLASSIFY_TIME_LIMIT_S - 300,
+    time_limit=settings.CLASSIFY_TIME_LIMIT_S,
+    **RETRY_POLICY,
+)
 def classify_images(image_ids: list[int]) -> dict:
     from portal.services import classification
 
@@ -34,7 +39,13 @@ def classify_images(image_ids: list[int]) -> dict:
     return {"classified": len(outcome.classified), "failed": len(outcome.failed), "parked": outcome.parked}
 
 
-@shared_task(bind=True, name="workers.reclassify_backlog", soft_time_limit=600, time_limit=900, **RETRY_POLICY)
+@shared_task(
+    bind=True,
+    name="workers.reclassify_backlog",
+    soft_time_limit=settings.CLASSIFY_TIME_LIMIT_S - 300,
+    time_limit=settings.CLASSIFY_TIME_LIMIT_S,
+    **RETRY_POLICY,
+)
 def reclassify_backlog(self, model_version_id: int) -> bool:
     """One batch of the background re-classification, then queue the next behind newer work."""
     from portal.services import classification

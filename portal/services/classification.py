@@ -2,8 +2,9 @@
 
 An image needs the production model when it is pending, waiting for a first model, or (with
 SEM_RECLASSIFY_AFTER_PROMOTION) classified by an older model. Workers claim such images with a
-timestamp in `claimed_at`; a claim older than SEM_PENDING_SWEEP_AFTER_S belongs to a dead worker and
-may be taken again. Predictions are unique per image and model version, so a batch that runs twice
+timestamp in `claimed_at`, renewed while the batch runs (`ClaimRenewal`), so a claim older than
+SEM_PENDING_SWEEP_AFTER_S belongs to a dead worker and may be taken again; a slow batch is never
+claimed and inferred a second time. Predictions are unique per image and model version, so a batch that runs twice
 (a redelivered message, a re-queue by the sweeper) writes nothing twice.
 
 torch and the classifier engine are imported only inside the functions that classify, so the web
@@ -13,11 +14,12 @@ process can import this module.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
@@ -72,8 +74,9 @@ def classify_images(image_ids: list[int]) -> BatchOutcome:
     if not to_predict:
         return BatchOutcome(classified=sorted(stored))
     try:
-        engine = load_engine(model)
-        results = predict(engine, to_predict)
+        with ClaimRenewal(to_predict):
+            engine = load_engine(model)
+            results = predict(engine, to_predict)
     except BaseException:
         release(to_predict)  # a model or worker problem, not the images': let another attempt take them
         raise
@@ -129,7 +132,48 @@ def claim(image_ids: list[int], model: ModelVersion) -> list[SEMImage]:
     SEMImage.objects.filter(pk__in=ids).filter(unclaimed(now)).update(
         claimed_at=now, classify_attempts=F("classify_attempts") + 1
     )
-    return list(SEMImage.objects.filter(pk__in=ids, claimed_at=now).only("pk", "derivative", "sha256"))
+    return list(SEMImage.objects.filter(pk__in=ids, claimed_at=now).only("pk", "derivative", "sha256", "claimed_at"))
+
+
+class ClaimRenewal:
+    """Keeps a batch's claims fresh while it runs: a thread (with its own database connection) moves
+    `claimed_at` forward every third of the claim expiry. Without it, a batch slower than the expiry
+    (a loaded machine, a cold model) was claimed and inferred again by another worker. Only rows that
+    still carry this batch's timestamp are renewed, so a claim taken over is never taken back."""
+
+    def __init__(self, images: list[SEMImage]) -> None:
+        self.ids = [image.pk for image in images]
+        self.stamp = images[0].claimed_at if images else None
+        self.interval_s = settings.SEM_PENDING_SWEEP_AFTER_S / 3
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="claim-renewal", daemon=True)
+
+    def __enter__(self) -> ClaimRenewal:
+        if self.ids:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while not self._stopped.wait(self.interval_s):
+                self.renew()
+        finally:
+            connection.close()  # the connection Django opened for this thread
+
+    def renew(self) -> int:
+        now = timezone.now()
+        try:
+            renewed = SEMImage.objects.filter(pk__in=self.ids, claimed_at=self.stamp).update(claimed_at=now)
+        except DatabaseError as error:  # the next renewal tries again; the claim is still valid meanwhile
+            logger.warning("could not renew the claims of images %s: %s", self.ids, error)
+            return 0
+        self.stamp = now
+        return renewed
 
 
 def release(images: list[SEMImage]) -> None:
@@ -283,7 +327,11 @@ def classify_backlog_batch(model_version_id: int) -> bool:
 
 
 def sweep_stale_images() -> int:
-    """Re-queue images pending too long (a lost message, a dead worker). Returns how many."""
+    """Re-queue images pending too long whose message is lost (a broker restarted empty, a send that
+    failed) or whose worker died (its claim was no longer renewed). Returns how many.
+
+    An image whose message is merely waiting in the queue is left alone: re-sending it would only
+    double the queue (portal.services.broker_queue)."""
     now = timezone.now()
     cutoff = now - timedelta(seconds=settings.SEM_PENDING_SWEEP_AFTER_S)
     stale = (
@@ -291,16 +339,22 @@ def sweep_stale_images() -> int:
         .filter(unclaimed(now))
         .order_by("pk")
     )
-    ids = list(stale.values_list("pk", flat=True)[:SWEEP_LIMIT])
+    candidates = list(stale.values_list("pk", "claimed_at")[:SWEEP_LIMIT])
+    if not candidates:
+        return 0
+    from portal.services import broker_queue, queueing
+
+    waiting = broker_queue.waiting_ids(queueing.CLASSIFY_IMAGES) or set()
+    # A claim that went stale belongs to a dead worker: its message may sit unacknowledged until the
+    # broker's visibility timeout, so those images are re-sent now.
+    ids = [pk for pk, claimed_at in candidates if claimed_at is not None or pk not in waiting]
     if ids:
         # Restart their clock, so an image is re-queued at most once per sweep period.
         SEMImage.objects.filter(pk__in=ids).update(status_changed_at=now)
         logger.warning(
             "re-queueing %d images left pending for more than %ss", len(ids), settings.SEM_PENDING_SWEEP_AFTER_S
         )
-        from portal.services.queueing import enqueue_classification
-
-        transaction.on_commit(lambda: enqueue_classification(ids))
+        transaction.on_commit(lambda: queueing.enqueue_classification(ids))
     return len(ids)
 
 
@@ -311,4 +365,14 @@ def backlog_stalled(model: ModelVersion) -> bool:
         return False
     if Prediction.objects.filter(model_version=model, created_at__gt=cutoff).exists():
         return False
-    return needing(model).filter(unclaimed(timezone.now())).exclude(status=SEMImage.Status.PENDING).exists()
+    if not needing(model).filter(unclaimed(timezone.now())).exclude(status=SEMImage.Status.PENDING).exists():
+        return False
+    return not _backlog_message_waiting(model)
+
+
+def _backlog_message_waiting(model: ModelVersion) -> bool:
+    """The backlog's next batch is in the queue (behind other work): it is slow, not stalled."""
+    from portal.services import broker_queue, queueing
+
+    waiting = broker_queue.waiting_args(queueing.RECLASSIFY_BACKLOG) or []
+    return any(args[:1] == [model.pk] for args in waiting)

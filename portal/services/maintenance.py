@@ -15,10 +15,9 @@ from portal.storage import media_storage, model_storage, remove_stale_files
 # A partial media file (on object storage: an unfinished multipart upload) older than this belongs to a
 # process that died mid-write (uploads take seconds).
 PARTIAL_FILE_MAX_AGE_S = 3600
-# The same for spooled upload bodies (FILE_UPLOAD_TEMP_DIR), and for the files of an upload killed
-# between writing them and committing its row (portal.services.ingest_recovery.reconcile_interrupted).
+# The same for spooled upload bodies (FILE_UPLOAD_TEMP_DIR). The files of an upload killed between
+# writing them and committing its row wait SEM_INTERRUPTED_UPLOAD_GRACE_S (ingest_recovery.reconcile_interrupted).
 SPOOL_FILE_MAX_AGE_S = 3600
-INTERRUPTED_UPLOAD_GRACE_S = 3600
 
 
 def sweep() -> dict:
@@ -35,7 +34,7 @@ def sweep() -> dict:
     partials_removed = sum(
         storage.remove_stale_partials(PARTIAL_FILE_MAX_AGE_S) for storage in _distinct(media_storage(), model_storage())
     )
-    orphans_removed = reconcile_interrupted(INTERRUPTED_UPLOAD_GRACE_S)
+    orphans_removed = reconcile_interrupted(settings.SEM_INTERRUPTED_UPLOAD_GRACE_S)
     spool_removed = (
         remove_stale_files(settings.FILE_UPLOAD_TEMP_DIR, SPOOL_FILE_MAX_AGE_S) if settings.FILE_UPLOAD_TEMP_DIR else 0
     )

@@ -28,7 +28,7 @@ from portal import events
 from portal.models import Label, ModelVersion, SEMImage, TrainingRun, WebhookDelivery, WebhookSubscription
 from portal.permissions import visible_projects
 from portal.representations import SUMMARY_RELATED, image_summary
-from portal.services import outbound, queueing
+from portal.services import broker_queue, outbound, queueing
 
 logger = logging.getLogger(__name__)
 
@@ -175,14 +175,19 @@ def _may_see(subscription: WebhookSubscription, project_id: int) -> bool:
 
 
 def sweep_unsent_deliveries(limit: int = 500) -> int:
-    """Re-send deliveries that were never attempted: their message was lost (the broker was down
-    when they were queued, say). Attempted ones carry their own retry messages."""
+    """Re-send deliveries that were never attempted and whose message is not waiting in the broker:
+    it was lost (the broker was down when they were queued, say). A delivery merely waiting behind
+    others is left alone. Attempted ones carry their own retry messages."""
     cutoff = timezone.now() - timedelta(seconds=settings.SEM_PENDING_SWEEP_AFTER_S)
-    ids = list(
+    candidates = list(
         WebhookDelivery.objects.filter(status=WebhookDelivery.Status.PENDING, attempts=0, created_at__lt=cutoff)
         .order_by("pk")
         .values_list("pk", flat=True)[:limit]
     )
+    if not candidates:
+        return 0
+    waiting = broker_queue.waiting_ids(queueing.DELIVER_WEBHOOK) or set()
+    ids = [pk for pk in candidates if pk not in waiting]
     enqueue_deliveries(ids)
     return len(ids)
 

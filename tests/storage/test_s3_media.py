@@ -119,7 +119,7 @@ def test_a_signed_url_is_short_lived(s3, sample, user, client, settings):
     assert "X-Amz-Expires=30&" in response["Location"] and response["Cache-Control"] == "private, no-store"
 
 
-def test_the_sweeper_removes_what_a_killed_upload_left_in_the_bucket(s3, sample, user, monkeypatch):
+def test_the_sweeper_removes_what_a_killed_upload_left_in_the_bucket(s3, sample, user, settings, monkeypatch):
     """Files and a marker of an upload killed before its commit (no row), and an unfinished multipart upload."""
     kept = _ingest(sample, user, synthetic_png("Fibres", 4)).image
     storage = media_storage()
@@ -135,7 +135,7 @@ def test_the_sweeper_removes_what_a_killed_upload_left_in_the_bucket(s3, sample,
     before = s3.media_keys()
     assert len(before) == 7
     time.sleep(1.1)  # S3 times have one-second resolution
-    monkeypatch.setattr(maintenance, "INTERRUPTED_UPLOAD_GRACE_S", 0)
+    settings.SEM_INTERRUPTED_UPLOAD_GRACE_S = 0
     monkeypatch.setattr(maintenance, "PARTIAL_FILE_MAX_AGE_S", 0)
 
     done = maintenance.sweep()

@@ -24,7 +24,8 @@ class Command(BaseCommand):
     def handle(self, *args, reset: bool, **options):
         self._schedule(RETRAIN_TASK_NAME, "workers.maybe_retrain", reset, crontab=self._retrain_crontab())
         every_minute, _ = IntervalSchedule.objects.get_or_create(every=60, period=IntervalSchedule.SECONDS)
-        self._schedule(SWEEP_TASK_NAME, "workers.sweep", reset, interval=every_minute)
+        # A sweep still queued when the next one is due is dropped: sweeps never pile up behind a backlog.
+        self._schedule(SWEEP_TASK_NAME, "workers.sweep", reset, interval=every_minute, expire_seconds=55)
 
     def _retrain_crontab(self) -> CrontabSchedule:
         fields = settings.SEM_RETRAIN_CRON.split()
