@@ -33,8 +33,11 @@ class S3MediaStorage(S3Storage):
     _writing = threading.local()
 
     def _save(self, name, content):
+        return self._put(name, content, _sha256_of(content))
+
+    def _put(self, name, content, sha256: str) -> str:
         # Every object records the sha256 of its bytes: content-addressed reuse and the worker cache check it.
-        self._writing.sha256 = _sha256_of(content)
+        self._writing.sha256 = sha256
         try:
             return super()._save(name, content)
         finally:
@@ -65,7 +68,7 @@ class S3MediaStorage(S3Storage):
         while True:
             stored = self.stored_sha256(name)
             if stored is None:
-                return self._save(name, content), True
+                return self._put(name, content, digest), True  # hashed once, above
             if stored == digest:
                 self._touch(name)
                 return name, False

@@ -126,10 +126,15 @@ def model_storage() -> Storage:
     return storages["models"]
 
 
+def is_local(storage: Storage) -> bool:
+    """Whether `storage` keeps its files on a (local or NFS) file system, where they have paths."""
+    return isinstance(storage, FileSystemStorage)
+
+
 def local_path(storage: Storage, name: str) -> str | None:
-    """The file's path on this host when `storage` keeps its files on a (local or NFS) file system;
-    None for object storage, whose files a worker reads through its cache (portal.services.file_cache)."""
-    return storage.path(name) if isinstance(storage, FileSystemStorage) else None
+    """The file's path on this host when `storage` keeps its files on a file system; None for object
+    storage, whose files a worker reads through its cache (portal.services.file_cache)."""
+    return storage.path(name) if is_local(storage) else None
 
 
 def _link_without_overwriting(source: str, target: str) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from portal.storage import local_path
+from portal.storage import is_local, local_path
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def local_derivatives(storage, rows: list[tuple[str, str]], *, pin=False) -> dic
             logger.warning("derivative %s is not readable: %s", name, error)
             return name, None
 
-    if local_path(storage, "x") is not None or len(rows) < 2:
+    if is_local(storage) or len(rows) < 2:
         return dict(map(one, rows))
     with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
         return dict(pool.map(one, rows))
