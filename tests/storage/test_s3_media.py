@@ -19,6 +19,16 @@ from tests.storage.conftest import MEDIA_PREFIX, local_files
 from tests.worker_fixtures import synthetic_png
 
 
+def _api(user):
+    from rest_framework.test import APIClient
+
+    from portal.services.tokens import create_token
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {create_token(user, 'storage').secret}")
+    return client
+
+
 def _ingest(sample, user, data: bytes, name="a.png"):
     return ingest.ingest_file(io.BytesIO(data), filename=name, sample=sample, uploaded_by=user)
 
@@ -104,6 +114,13 @@ def test_downloads_keep_the_access_checks(s3, sample, user, other_member, client
         assert "attachment; filename*=UTF-8''a.png" in fetched.headers["Content-Disposition"]
     else:
         assert response.status_code == 200 and b"".join(response.streaming_content) == data
+    api_original = f"/api/images/{image.pk}/original/"
+    assert _api(other_member).get(api_original).status_code == 404
+    answer = _api(user).get(api_original)
+    if signed:
+        assert answer.status_code == 302 and requests.get(answer["Location"], timeout=30).content == data
+    else:
+        assert answer.status_code == 200 and b"".join(answer.streaming_content) == data
     preview = client.get(reverse("web:image_preview", args=[image.pk]))
     assert preview.status_code in (200, 302)
     assert f"{MEDIA_PREFIX}/renditions/preview/{image.sha256[:2]}/{image.sha256}.png" in s3.media_keys()
@@ -148,9 +165,6 @@ def test_the_sweeper_removes_what_a_killed_upload_left_in_the_bucket(s3, sample,
 
 
 def test_an_unreachable_object_store_answers_503_and_stores_nothing(s3, sample, user, settings):
-    from rest_framework.test import APIClient
-
-    from portal.services.tokens import create_token
     from tests.storage.conftest import _free_port
 
     closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
@@ -161,8 +175,7 @@ def test_an_unreachable_object_store_answers_503_and_stores_nothing(s3, sample, 
             "OPTIONS": {**settings.STORAGES["default"]["OPTIONS"], "endpoint_url": closed},
         },
     }
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Bearer {create_token(user, 'storage').secret}")
+    api = _api(user)
     upload = SimpleUploadedFile("down.png", synthetic_png("Fibres", 5), content_type="image/png")
 
     response = api.post("/api/images/", {"file": upload, "sample": sample.pk}, format="multipart")
