@@ -15,7 +15,6 @@ The guarantees of `portal.storage.MediaStorage`, in object-storage terms:
 
 from __future__ import annotations
 
-import hashlib
 import threading
 
 from botocore.exceptions import ClientError
@@ -23,8 +22,9 @@ from django.core.files import File
 from django.core.files.utils import validate_file_name
 from storages.backends.s3 import S3Storage
 
+from classifier.fingerprint import file_sha256
+
 SHA256_METADATA = "sha256"
-HASH_CHUNK_BYTES = 1024 * 1024
 MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 
 
@@ -86,7 +86,7 @@ class S3MediaStorage(S3Storage):
         if recorded:
             return recorded
         with self.open_stream(name) as body:  # written by another tool: hash the bytes themselves
-            return _sha256_of(body)
+            return file_sha256(body)
 
     def open_stream(self, name: str):
         """A readable, unbuffered stream of the object (for responses: nothing spooled to disk first).
@@ -149,20 +149,13 @@ class S3MediaStorage(S3Storage):
 
 
 def _sha256_of(content) -> str:
-    """sha256 of a file-like object's bytes, read from the start; the position is restored to the start."""
-    digest = hashlib.sha256()
+    """sha256 of a file-like object's bytes, read from the start; the position is left at the start."""
     if hasattr(content, "seek"):
         content.seek(0)
-    reader = (
-        content.chunks(HASH_CHUNK_BYTES)
-        if hasattr(content, "chunks")
-        else iter(lambda: content.read(HASH_CHUNK_BYTES), b"")
-    )
-    for chunk in reader:
-        digest.update(chunk)
+    digest = file_sha256(content)
     if hasattr(content, "seek"):
         content.seek(0)
-    return digest.hexdigest()
+    return digest
 
 
 def _quote(filename: str) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from classifier.fingerprint import file_sha256
 from portal.storage import is_local, local_path
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class FileCache:
         if self._verified.get(str(entry)) == signature:
             return True
         wanted = expected_sha256 or _read_recorded(entry)
-        if wanted and _file_sha256(entry) == wanted:
+        if wanted and file_sha256(entry) == wanted:
             self._verified[str(entry)] = signature
             return True
         logger.warning("worker cache: %s does not match its sha256; fetching it again", entry)
@@ -142,14 +143,6 @@ def _download(storage, name: str, target: Path) -> tuple[str, int]:
             size += len(chunk)
             out.write(chunk)
     return digest.hexdigest(), size
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_recorded(entry: Path) -> str:

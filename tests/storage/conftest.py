@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import secrets
-import socket
 from dataclasses import dataclass
 
 import pytest
+
+from tests.faults.conftest import free_port
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the S3 server logs every request
 
@@ -22,17 +23,11 @@ ACCESS = {"S3_ACCESS_KEY_ID": "test-access", "S3_SECRET_ACCESS_KEY": "test-secre
 MEDIA_PREFIX = "lab"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_server():
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"

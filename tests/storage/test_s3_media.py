@@ -64,6 +64,13 @@ def test_content_addressed_names_reuse_the_same_bytes_and_never_overwrite_others
         assert first.read() == b"first"
     assert storage.stored_sha256(other) == hashlib.sha256(b"other bytes").hexdigest()
 
+    # An object put there by another tool (no sha256 in its metadata): its bytes are hashed instead.
+    s3.client.put_object(Bucket=s3.media_bucket, Key=f"{MEDIA_PREFIX}/thumbnails/ab/abc.jpg", Body=b"mirrored")
+    assert storage.save_content_addressed("thumbnails/ab/abc.jpg", ContentFile(b"mirrored")) == (
+        "thumbnails/ab/abc.jpg",
+        False,
+    )
+
 
 def test_a_failed_multipart_upload_is_aborted_and_leaves_no_object(s3, sample, user):
     """Large files go up as multipart uploads; one that fails mid-way is aborted, nothing appears."""
@@ -165,9 +172,9 @@ def test_the_sweeper_removes_what_a_killed_upload_left_in_the_bucket(s3, sample,
 
 
 def test_an_unreachable_object_store_answers_503_and_stores_nothing(s3, sample, user, settings):
-    from tests.storage.conftest import _free_port
+    from tests.faults.conftest import free_port
 
-    closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     settings.STORAGES = {
         **settings.STORAGES,
         "default": {
