@@ -63,6 +63,13 @@ def env_float(name: str, default: float, *, minimum: float | None = None, maximu
     return parsed
 
 
+def env_choice(name: str, default: str, choices: set[str]) -> str:
+    value = os.environ.get(name, default).strip()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} must be one of {', '.join(sorted(choices))}")
+    return value
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     value = os.environ.get(name)
     if value is None:
@@ -201,3 +208,15 @@ def local_secret_key(path: Path) -> str:
     finally:
         os.remove(partial)
     return key
+
+
+def parse_storage_url(name: str, url: str) -> tuple[str, str] | None:
+    """(bucket, key prefix) from `s3://bucket/prefix`; None for an empty value or `file://` (the local
+    file system). Anything else refuses to start: a typo must not silently store media on a local disk."""
+    url = url.strip()
+    if not url or url == "file://":
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc or parsed.query or parsed.fragment:
+        raise ImproperlyConfigured(f"{name}={url!r} is not a bucket URL (use s3://bucket or s3://bucket/prefix)")
+    return parsed.netloc, parsed.path.strip("/")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from portal.env import (
     env_bool,
+    env_choice,
     env_duration_s,
     env_float,
     env_int,
@@ -22,6 +23,7 @@ from portal.env import (
     local_secret_key,
     parse_cache_url,
     parse_database_url,
+    parse_storage_url,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -137,8 +139,45 @@ MEDIA_ROOT = env_path("MEDIA_ROOT", VAR_DIR / "media")
 MODEL_DIR = env_path("MODEL_DIR", VAR_DIR / "models")
 # API throttle counters, shared by all web processes (see parse_cache_url).
 CACHES = {"default": parse_cache_url(env_str("CACHE_URL", ""), VAR_DIR / "cache")}
+# --- Media and model storage (docs/operations.md, "Object storage") -------------------------------
+# Unset: files under MEDIA_ROOT and MODEL_DIR, on one host or a shared (NFS) mount. `s3://bucket/prefix`:
+# an S3-compatible object store (AWS S3, MinIO, Ceph RGW), and workers need no shared disk: each keeps a
+# local read-through cache (SEM_WORKER_CACHE_DIR). Models default to `models/` beside the media.
+MEDIA_BUCKET = parse_storage_url("MEDIA_STORAGE_URL", env_str("MEDIA_STORAGE_URL", ""))
+MODEL_BUCKET = parse_storage_url(
+    "MODEL_STORAGE_URL",
+    env_str("MODEL_STORAGE_URL", f"s3://{MEDIA_BUCKET[0]}/{MEDIA_BUCKET[1]}/models" if MEDIA_BUCKET else ""),
+)
+# Object storage downloads: streamed through the web process (default), or a redirect to a signed URL
+# valid this long, handed out only after the same access check (the store must be reachable by browsers).
+SEM_SIGNED_DOWNLOADS = env_bool("SEM_SIGNED_DOWNLOADS", False)
+SEM_SIGNED_URL_EXPIRY_S = env_int("SEM_SIGNED_URL_EXPIRY_S", 60, minimum=5)
+S3_OPTIONS = {
+    "endpoint_url": env_str("S3_ENDPOINT_URL", "") or None,  # MinIO, Ceph RGW; unset: AWS
+    "region_name": env_str("S3_REGION", "us-east-1"),
+    "access_key": env_str("S3_ACCESS_KEY_ID", "") or None,  # unset: boto3's own chain (AWS_*, instance role)
+    "secret_key": env_str("S3_SECRET_ACCESS_KEY", "") or None,
+    "addressing_style": env_choice("S3_ADDRESSING_STYLE", "path", {"path", "virtual", "auto"}),
+    "signature_version": "s3v4",  # signed URLs that AWS, MinIO and Ceph RGW all accept
+    "file_overwrite": False,  # a taken name gets a suffix, as on the file system
+    "querystring_expire": SEM_SIGNED_URL_EXPIRY_S,
+    "max_memory_size": 8 * 1024**2,  # larger objects opened as files spool to FILE_UPLOAD_TEMP_DIR
+}
+
+
+def _storage(bucket: tuple[str, str] | None, local_backend: str) -> dict:
+    if bucket is None:
+        return {"BACKEND": local_backend}
+    return {
+        "BACKEND": "portal.s3_storage.S3MediaStorage",
+        "OPTIONS": {**S3_OPTIONS, "bucket_name": bucket[0], "location": bucket[1].strip("/")},
+    }
+
+
 STORAGES = {
-    "default": {"BACKEND": "portal.storage.MediaStorage"},  # no half-written files (portal/storage.py)
+    # No half-written files on either backend (portal/storage.py, portal/s3_storage.py).
+    "default": _storage(MEDIA_BUCKET, "portal.storage.MediaStorage"),
+    "models": _storage(MODEL_BUCKET, "portal.storage.ModelFileStorage"),
     "staticfiles": {
         "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
         if DEBUG
@@ -163,6 +202,10 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024**2
 # the sweeper's worker sees it too (docker-compose: under the media volume).
 FILE_UPLOAD_TEMP_DIR = str(env_path("SEM_UPLOAD_TEMP_DIR", VAR_DIR / "upload-spool"))
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("SEM_MAX_FILES_PER_REQUEST", 500, minimum=1)
+# Workers' local copies of derivatives and model artifacts from object storage, keyed by sha256, checked
+# when loaded, least recently used removed beyond this size (portal/services/file_cache.py).
+SEM_WORKER_CACHE_DIR = env_path("SEM_WORKER_CACHE_DIR", VAR_DIR / "worker-cache")
+SEM_WORKER_CACHE_MAX_BYTES = env_size_bytes("SEM_WORKER_CACHE_MAX", 20 * 1024**3)
 
 # --- Celery ----------------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")

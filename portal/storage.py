@@ -12,6 +12,10 @@ Content-addressed names (`save_content_addressed`: the name is the sha256 of the
 idempotent: when the name is taken by a file with the same bytes (left by an upload that was killed
 before its row committed, or stored by a concurrent upload of the same file), that file is reused
 instead of storing a second copy under a `_AbCdEfG` suffix.
+
+`ModelFileStorage` is the same for model artifacts under MODEL_DIR. The object-storage counterparts
+(S3, MinIO, Ceph RGW) are in `portal/s3_storage.py`; code outside the storages asks `local_path` for a
+file's local path, which only the file-system backends have (the others go through the worker cache).
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import os
 import secrets
 import time
 
+from django.conf import settings
 from django.core.files import File
-from django.core.files.storage import FileSystemStorage
+from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.core.files.utils import validate_file_name
 
 PARTIAL_DIR = ".partial"
@@ -68,6 +73,10 @@ class MediaStorage(FileSystemStorage):
         finally:
             self._remove_quietly(partial_name)
 
+    def remove_stale_partials(self, older_than_s: float) -> int:
+        """What processes killed mid-write left in `.partial/` (the sweeper)."""
+        return remove_stale_partials(self.location, older_than_s)
+
     def _publish(self, partial_name: str, name: str) -> str:
         """Give the complete file its final name; a taken name gets a new one, as Django does."""
         self._make_parent(name)
@@ -95,6 +104,37 @@ class MediaStorage(FileSystemStorage):
             os.remove(self.path(name))
         except FileNotFoundError:
             pass
+
+
+class ModelFileStorage(MediaStorage):
+    """Model artifacts under MODEL_DIR, read when first used so that a changed setting (tests) applies."""
+
+    @property
+    def base_location(self):
+        return self._value_or_setting(self._location, settings.MODEL_DIR)
+
+    @property
+    def location(self):
+        return os.path.abspath(self.base_location)
+
+
+def media_storage() -> Storage:
+    return storages["default"]
+
+
+def model_storage() -> Storage:
+    return storages["models"]
+
+
+def is_local(storage: Storage) -> bool:
+    """Whether `storage` keeps its files on a (local or NFS) file system, where they have paths."""
+    return isinstance(storage, FileSystemStorage)
+
+
+def local_path(storage: Storage, name: str) -> str | None:
+    """The file's path on this host when `storage` keeps its files on a file system; None for object
+    storage, whose files a worker reads through its cache (portal.services.file_cache)."""
+    return storage.path(name) if is_local(storage) else None
 
 
 def _link_without_overwriting(source: str, target: str) -> None:

@@ -88,7 +88,7 @@ class StoredButUnavailable(ServiceUnavailable):
 
 
 def dependency_errors() -> tuple[type[BaseException], ...]:
-    """Connection errors of the cache (Redis) and the task broker (kombu): an outage, not a bug.
+    """Connection errors of the cache (Redis), the task broker (kombu) and the object store: an outage, not a bug.
     Database errors are handled on their own (OperationalError, InterfaceError)."""
     errors: list[type[BaseException]] = [ConnectionError]  # the builtin: refused, reset, aborted
     try:
@@ -96,6 +96,12 @@ def dependency_errors() -> tuple[type[BaseException], ...]:
 
         errors += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
     except ImportError:  # pragma: no cover - redis is a dependency
+        pass
+    try:
+        import botocore.exceptions  # the object store (MEDIA_STORAGE_URL=s3://...) unreachable or too slow
+
+        errors += [botocore.exceptions.ConnectionError, botocore.exceptions.ReadTimeoutError]
+    except ImportError:  # pragma: no cover - boto3 is a dependency
         pass
     try:
         import kombu.exceptions

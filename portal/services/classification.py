@@ -17,7 +17,6 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
@@ -26,6 +25,7 @@ from django.utils import timezone
 
 from portal import events
 from portal.models import Category, ModelVersion, Prediction, SEMImage
+from portal.storage import media_storage
 
 logger = logging.getLogger(__name__)
 
@@ -183,26 +183,28 @@ def release(images: list[SEMImage]) -> None:
 def load_engine(model: ModelVersion):
     """The production model's engine, loaded once per process and replaced after a promotion."""
     from classifier.engine import get_engine
-    from portal.services.artifacts import ensure_current_format
+    from portal.services.artifacts import ensure_current_format, local_artifact
 
     model = ensure_current_format(model)  # a format version 1 artifact is rewritten once, never unpickled again
-    return get_engine(model.artifact_path, sha256=model.artifact_sha256 or None)
+    return get_engine(local_artifact(model), sha256=model.artifact_sha256 or None)
 
 
 def predict(engine, images: list[SEMImage]) -> dict[int, object]:
     """{image id: ImagePrediction or the error message}. One bad derivative fails only its image."""
+    from portal.services.file_cache import local_derivatives
+
     results: dict[int, object] = {}
-    readable: list[SEMImage] = []
+    present = [image for image in images if image.derivative]
+    local = local_derivatives(media_storage(), [(image.derivative.name, image.sha256) for image in present])
+    paths = {image.pk: local.get(image.derivative.name) for image in present}
+    readable = [image for image in images if paths.get(image.pk) is not None]
     for image in images:
-        path = _derivative_path(image)
-        if path is None:
+        if paths.get(image.pk) is None:
             results[image.pk] = "The model-input derivative is missing"
-        else:
-            readable.append(image)
     if not readable:
         return results
     try:
-        predictions = engine.predict_paths([image.derivative.path for image in readable])
+        predictions = engine.predict_paths([paths[image.pk] for image in readable])
         results.update(zip([image.pk for image in readable], predictions))
     except Exception:
         # Rare: find the culprit by classifying one at a time rather than failing the batch.
@@ -213,20 +215,13 @@ def predict(engine, images: list[SEMImage]) -> dict[int, object]:
             exc_info=True,
         )
         for image in readable:
-            results[image.pk] = _predict_one(engine, image)
+            results[image.pk] = _predict_one(engine, image, paths[image.pk])
     return results
 
 
-def _derivative_path(image: SEMImage) -> Path | None:
-    if not image.derivative:
-        return None
-    path = Path(image.derivative.path)
-    return path if path.is_file() else None
-
-
-def _predict_one(engine, image: SEMImage):
+def _predict_one(engine, image: SEMImage, path):
     try:
-        return engine.predict_paths([image.derivative.path])[0]
+        return engine.predict_paths([path])[0]
     except Exception as error:
         logger.warning("image %s: classification failed: %s", image.pk, error)
         return f"Could not classify the derivative: {error}"

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from django.conf import settings
 from django.db.models import Count
 
 from portal.models import Category, SEMImage
+from portal.services.file_cache import local_derivatives
+from portal.storage import media_storage
 
 
 @dataclass
@@ -28,15 +29,20 @@ class TrainingData:
 
 
 def training_data() -> TrainingData:
-    """Curated train-split derivatives to learn from; curated test-split ones to evaluate on."""
-    rows = SEMImage.objects.filter(curated_category__isnull=False, curated_category__active=True).values_list(
-        "split", "derivative", "sha256", "curated_category__name"
+    """Curated train-split derivatives to learn from; curated test-split ones to evaluate on, as local
+    paths (on object storage: copies in this worker's cache, pinned until the run releases them)."""
+    rows = list(
+        SEMImage.objects.filter(curated_category__isnull=False, curated_category__active=True).values_list(
+            "split", "derivative", "sha256", "curated_category__name"
+        )
+    )
+    local = local_derivatives(
+        media_storage(), [(derivative, sha256) for _, derivative, sha256, _ in rows if derivative], pin=True
     )
     train, test, labels, skipped = [], [], {}, 0
-    media = Path(settings.MEDIA_ROOT)
     for split, derivative, sha256, category in rows:
-        path = media / derivative if derivative else None
-        if path is None or not path.is_file():
+        path = local.get(derivative) if derivative else None
+        if path is None:
             skipped += 1
             continue
         if split == SEMImage.Split.TRAIN:

@@ -11,9 +11,9 @@ half-stored. Classification is queued only once the transaction has committed.
 
 A process killed between writing the files and the commit cannot clean up. The files' names are
 content-addressed and idempotent (the retry of the same bytes reuses them, see
-`MediaStorage.save_content_addressed`), and a marker in `MEDIA_ROOT/.ingesting/` written before the
-files lets the sweeper find what such a process left behind (`reconcile_interrupted`): after a grace
-period, files of that sha256 that no row points to are removed.
+`MediaStorage.save_content_addressed`), and a marker in `.ingesting/` of the media storage written before
+the files lets the sweeper find what such a process left behind (`portal.services.ingest_recovery`): after
+a grace period, files of that sha256 that no row points to are removed.
 
 Callers should not wrap `ingest_file` in their own transaction: if an outer transaction rolls back
 after a successful call, the row disappears but the content-addressed files stay behind as orphans.
@@ -35,7 +35,7 @@ from typing import BinaryIO
 from django.conf import settings
 from django.core.files import File
 from django.core.files.base import ContentFile
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, transaction
 from PIL import Image
 
 from classifier.databar import crop_databar
@@ -43,6 +43,8 @@ from classifier.perceptual import window_hashes
 from classifier.preprocess import DERIVATIVE_SHORT_SIDE, make_derivative
 from portal.models import Category, Label, Sample, SEMImage, split_for_sha256
 from portal.services import queueing
+from portal.services.ingest_recovery import INGESTING_DIR, reconcile_interrupted  # noqa: F401  (callers import them from here)
+from portal.services.ingest_recovery import ingesting as _ingesting
 from portal.services.labels import set_label
 from portal.services.metadata import extract_metadata
 from portal.services.validation import SNIFF_BYTES, ImageInfo, ValidationError, inspect_image, sniff_format
@@ -497,121 +499,6 @@ def _restore_vanished_files(image: SEMImage, upload: _Upload, derived: _Derived)
         if again != stored:
             SEMImage.objects.filter(pk=image.pk).update(**{field_file.field.attname: again})
             setattr(image, field_file.field.attname, again)
-
-
-# ---------------------------------------------------------------------------------------------
-# Uploads killed between the files and the commit
-# ---------------------------------------------------------------------------------------------
-
-INGESTING_DIR = ".ingesting"
-CONTENT_FOLDERS = ("originals", "derivatives", "thumbnails")
-
-
-def _marker_folder() -> str:
-    return os.path.join(settings.MEDIA_ROOT, INGESTING_DIR)
-
-
-@contextmanager
-def _sha_lock(sha256: str, *, wait: bool = True) -> Iterator[bool]:
-    """A PostgreSQL advisory lock per sha256, held (by this database session) while the files of those
-    bytes are written and committed or cleaned up, or while the sweeper removes them; PostgreSQL
-    releases it when the process dies. Yields False when `wait` is False and another session holds it.
-    SQLite (the single-host quick start) has no such lock: the content-addressed reuse still applies."""
-    if connection.vendor != "postgresql":
-        yield True
-        return
-    key = int(sha256[:15], 16)  # 60 bits: a positive bigint
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_lock(%s)" if wait else "SELECT pg_try_advisory_lock(%s)", [key])
-        locked = wait or bool(cursor.fetchone()[0])
-    try:
-        yield locked
-    finally:
-        if locked:
-            try:
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
-            except DatabaseError as error:  # the connection is gone, and its locks with it
-                logger.warning("could not release the ingestion lock of %s: %s", sha256, error)
-
-
-@contextmanager
-def _ingesting(sha256: str) -> Iterator[None]:
-    """Hold the lock of `sha256`, with a marker file that says these bytes are being stored: a marker
-    that outlives its grace period belongs to a killed process (`reconcile_interrupted`)."""
-    with _sha_lock(sha256):
-        os.makedirs(_marker_folder(), exist_ok=True)
-        marker = os.path.join(_marker_folder(), f"{sha256}.{os.getpid()}.{os.urandom(4).hex()}")
-        with open(marker, "wb"):
-            pass
-        try:
-            yield
-        finally:
-            _remove_quietly(marker)
-
-
-def reconcile_interrupted(grace_s: float) -> int:
-    """Remove what uploads killed between their files and their commit left behind; returns how many
-    files were removed.
-
-    A marker older than `grace_s` belongs to a process that died. The files of its sha256 that no row
-    points to (and that were not touched within `grace_s`, so no upload is reusing them right now) are
-    removed, then the marker. Markers of a sha256 that is being ingested right now wait.
-    """
-    import time
-
-    folder = _marker_folder()
-    try:
-        markers = [entry for entry in os.scandir(folder) if entry.is_file(follow_symlinks=False)]
-    except FileNotFoundError:
-        return 0
-    cutoff = time.time() - grace_s
-    ages: dict[str, list[tuple[str, float]]] = {}
-    for entry in markers:
-        try:
-            ages.setdefault(entry.name.split(".", 1)[0], []).append((entry.path, entry.stat().st_mtime))
-        except FileNotFoundError:
-            pass  # that upload finished meanwhile
-    removed = 0
-    for sha256, found in ages.items():
-        if any(mtime >= cutoff for _path, mtime in found) or not _is_sha256(sha256):
-            continue  # an upload of these bytes may be in progress (or not a marker of ours)
-        with _sha_lock(sha256, wait=False) as locked:
-            if not locked:
-                continue  # being stored right now; next sweep
-            removed += _remove_unreferenced_files(sha256, cutoff)
-            for path, _mtime in found:
-                _remove_quietly(path)
-    return removed
-
-
-def _is_sha256(text: str) -> bool:
-    return len(text) == 64 and all(ch in "0123456789abcdef" for ch in text)
-
-
-def _remove_unreferenced_files(sha256: str, cutoff: float) -> int:
-    referenced = set()
-    for names in SEMImage.objects.filter(sha256=sha256).values_list("original", "derivative", "thumbnail"):
-        referenced.update(names)
-    removed = 0
-    for content_folder in CONTENT_FOLDERS:
-        directory = os.path.join(settings.MEDIA_ROOT, content_folder, sha256[:2])
-        try:
-            entries = list(os.scandir(directory))
-        except FileNotFoundError:
-            continue
-        for entry in entries:
-            name = f"{content_folder}/{sha256[:2]}/{entry.name}"
-            if not entry.name.startswith(sha256) or name in referenced:
-                continue
-            try:
-                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
-                    os.remove(entry.path)
-                    removed += 1
-                    logger.info("removed %s: left by an upload killed before its commit", name)
-            except FileNotFoundError:
-                pass
-    return removed
 
 
 def _delete_files(written: list) -> None:

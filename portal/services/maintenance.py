@@ -8,14 +8,15 @@ from __future__ import annotations
 from django.conf import settings
 
 from portal.services import classification, training, webhooks
-from portal.services.ingest import reconcile_interrupted
+from portal.services.ingest_recovery import reconcile_interrupted
 from portal.services.queueing import enqueue_backlog
-from portal.storage import remove_stale_files, remove_stale_partials
+from portal.storage import media_storage, model_storage, remove_stale_files
 
-# A partial media file older than this belongs to a process that died mid-write (uploads take seconds).
+# A partial media file (on object storage: an unfinished multipart upload) older than this belongs to a
+# process that died mid-write (uploads take seconds).
 PARTIAL_FILE_MAX_AGE_S = 3600
 # The same for spooled upload bodies (FILE_UPLOAD_TEMP_DIR). The files of an upload killed between
-# writing them and committing its row wait SEM_INTERRUPTED_UPLOAD_GRACE_S (ingest.reconcile_interrupted).
+# writing them and committing its row wait SEM_INTERRUPTED_UPLOAD_GRACE_S (ingest_recovery.reconcile_interrupted).
 SPOOL_FILE_MAX_AGE_S = 3600
 
 
@@ -30,7 +31,9 @@ def sweep() -> dict:
         enqueue_backlog(model.pk)
     failed_runs = training.fail_stale_runs()
     webhooks_requeued = webhooks.sweep_unsent_deliveries()
-    partials_removed = remove_stale_partials(settings.MEDIA_ROOT, PARTIAL_FILE_MAX_AGE_S)
+    partials_removed = sum(
+        storage.remove_stale_partials(PARTIAL_FILE_MAX_AGE_S) for storage in _distinct(media_storage(), model_storage())
+    )
     orphans_removed = reconcile_interrupted(settings.SEM_INTERRUPTED_UPLOAD_GRACE_S)
     spool_removed = (
         remove_stale_files(settings.FILE_UPLOAD_TEMP_DIR, SPOOL_FILE_MAX_AGE_S) if settings.FILE_UPLOAD_TEMP_DIR else 0
@@ -44,3 +47,14 @@ def sweep() -> dict:
         "orphan_files_removed": orphans_removed,
         "spool_files_removed": spool_removed,
     }
+
+
+def _distinct(*storages) -> list:
+    """Media and models may share a folder or bucket: sweep each place once."""
+    seen, unique = set(), []
+    for storage in storages:
+        place = (getattr(storage, "bucket_name", None), getattr(storage, "location", None))
+        if place not in seen:
+            seen.add(place)
+            unique.append(storage)
+    return unique

@@ -16,7 +16,6 @@ re-classification of existing images and announces `model.promoted`.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
@@ -25,6 +24,7 @@ from django.utils import timezone
 
 from portal import events
 from portal.models import ModelVersion
+from portal.services.artifacts import artifact_exists, local_artifact
 from portal.services.classification import production_model
 
 logger = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def test_split_predictions(model: ModelVersion, items: list[tuple[str, str]]) ->
     """The model's top class for each test item, through the engine (what production computes)."""
     from classifier.engine import Engine
 
-    engine = Engine.from_artifact(model.artifact_path, expected_sha256=model.artifact_sha256 or None)
+    engine = Engine.from_artifact(local_artifact(model), expected_sha256=model.artifact_sha256 or None)
     return [p.top_class for p in engine.predict_paths([path for path, _ in items])]
 
 
@@ -278,7 +278,7 @@ def reevaluate_production() -> ModelVersion | None:
     items = [(path, label) for path, label in training_data().test_items if label in set(classes)]
     if not items:
         return production
-    engine = Engine.from_artifact(production.artifact_path, expected_sha256=production.artifact_sha256 or None)
+    engine = Engine.from_artifact(local_artifact(production), expected_sha256=production.artifact_sha256 or None)
     predictions = engine.predict_paths([path for path, _ in items])
     y_true = [label for _, label in items]
     metrics = evaluate(y_true, [p.probabilities for p in predictions], engine.classes)
@@ -312,7 +312,7 @@ def production_metrics_on_current_test_split(
         from classifier.engine import Engine
         from classifier.metrics import evaluate
 
-        engine = Engine.from_artifact(production.artifact_path, expected_sha256=production.artifact_sha256 or None)
+        engine = Engine.from_artifact(local_artifact(production), expected_sha256=production.artifact_sha256 or None)
         predictions = engine.predict_paths([path for path, _ in items])
         return evaluate([label for _, label in items], [p.probabilities for p in predictions], engine.classes), ""
     except Exception as error:
@@ -334,7 +334,7 @@ def promote(model: ModelVersion, user=None) -> ModelVersion:
         raise ModelActionError("This model version no longer exists")
     if target.status == ModelVersion.Status.PRODUCTION:
         return target
-    if not Path(target.artifact_path).is_file():
+    if not artifact_exists(target):
         raise ModelActionError(f"v{target.version}'s artifact file is missing: {target.artifact_path}")
     previous = next((m for m in locked.values() if m.status == ModelVersion.Status.PRODUCTION), None)
     if previous:
@@ -363,7 +363,7 @@ def rollback(user=None) -> ModelVersion:
     )
     if previous is None:
         raise ModelActionError("No earlier production model to roll back to")
-    if not Path(previous.artifact_path).is_file():
+    if not artifact_exists(previous):
         raise ModelActionError(f"v{previous.version}'s artifact file is missing: {previous.artifact_path}")
     who = getattr(user, "username", None) or "the system"
     reason = (

@@ -28,7 +28,8 @@ from django.utils import timezone
 
 from portal import events
 from portal.models import ModelVersion, SEMImage, TrainingRun
-from portal.services.artifacts import ensure_current_format
+from portal.services import file_cache
+from portal.services.artifacts import ensure_current_format, read_label_set, store_artifact
 from portal.services.classification import production_model
 from portal.services.datasets import TrainingData, class_readiness, training_data  # noqa: F401  (callers import them from here)
 from portal.services.promotion import apply_gate
@@ -70,11 +71,7 @@ def new_label_count() -> int:
 
 
 def load_label_set(model: ModelVersion) -> dict[str, str] | None:
-    path = Path(model.artifact_path).parent / LABEL_SET_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return read_label_set(model, LABEL_SET_FILE)
 
 
 def _labels_created_after(model: ModelVersion) -> int:
@@ -201,6 +198,7 @@ def execute_run(run: TrainingRun, *, celery_task_id: str = "") -> TrainingRun | 
         return TrainingRun.objects.get(pk=run.pk)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+        file_cache.cache().release()  # the data set's cached derivatives may be evicted again
     _announce_finished(run.pk)
     return TrainingRun.objects.select_related("model_version").get(pk=run.pk) if model else None
 
@@ -243,24 +241,20 @@ def _train_and_register(run: TrainingRun, monitor: RunMonitor, work_dir: Path) -
 
 
 def register_model(run, result, data: TrainingData, fingerprint: str, work_dir: Path, monitor) -> ModelVersion | None:
-    """Move the artifact to MODEL_DIR/v{n}/ and create the ModelVersion in one transaction, then apply
-    the gate and close the run as succeeded."""
+    """Store the artifact as v{n}/ (MODEL_DIR or the models bucket) and create the ModelVersion in one
+    transaction, then apply the gate and close the run as succeeded."""
     from classifier.fingerprint import file_sha256
 
-    (work_dir / LABEL_SET_FILE).write_text(json.dumps(data.train_labels))
     with transaction.atomic():
         # The run may have been failed by the sweeper (no heartbeat) while this worker was busy.
         if not TrainingRun.objects.select_for_update().filter(pk=run.pk, status=TrainingRun.Status.RUNNING).exists():
             monitor.log("The run was closed while training (declared lost); its model is discarded")
             return None
         version = (ModelVersion.objects.aggregate(Max("version"))["version__max"] or 0) + 1
-        final_dir = Path(settings.MODEL_DIR) / f"v{version}"
-        shutil.rmtree(final_dir, ignore_errors=True)  # an unregistered leftover of a crashed commit
-        work_dir.rename(final_dir)
-        artifact = final_dir / Path(result.artifact_path).name
+        artifact = work_dir / Path(result.artifact_path).name
         model = ModelVersion.objects.create(
             version=version,
-            artifact_path=str(artifact),
+            artifact_path=store_artifact(version, artifact, data.train_labels, LABEL_SET_FILE),
             artifact_sha256=file_sha256(artifact),
             arch=result.metadata.get("arch", run.config.get("arch", "")),
             classes=list(data.classes),

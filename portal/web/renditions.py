@@ -1,32 +1,34 @@
 """Browser-displayable renditions of SEM originals (browsers cannot show 16-bit TIFF).
 
 A rendition is an 8-bit greyscale PNG made once from the original with classifier.imageio
-(numpy + Pillow, no torch) and cached under MEDIA_ROOT/renditions/, keyed by the content hash,
-so it never goes stale: the original of a given sha256 never changes.
+(numpy + Pillow, no torch) and cached in the media storage under renditions/, keyed by the content
+hash, so it never goes stale: the original of a given sha256 never changes.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
+import io
 
-from django.conf import settings
+from django.core.files.base import ContentFile
 from PIL import Image
 
 from portal.models import SEMImage
+from portal.storage import media_storage
 
 # Long side in pixels of each rendition; "full" keeps the original's resolution up to a cap that
 # keeps the PNG a reasonable download (a 6144 x 4096 frame is well within it).
 RENDITION_LONG_SIDE = {"full": 8192, "preview": 1280}
 
 
-def rendition_path(image: SEMImage, kind: str) -> Path:
-    """Path of the cached PNG, made on first use."""
-    path = Path(settings.MEDIA_ROOT) / "renditions" / kind / image.sha256[:2] / f"{image.sha256}.png"
-    if not path.exists():
-        _write_atomically(_render(image, RENDITION_LONG_SIDE[kind]), path)
-    return path
+def rendition_name(image: SEMImage, kind: str) -> str:
+    """Name of the cached PNG in the media storage, made on first use."""
+    name = f"renditions/{kind}/{image.sha256[:2]}/{image.sha256}.png"
+    storage = media_storage()
+    if not storage.exists(name):
+        # Two requests may render the same image at once: the storage publishes only complete files,
+        # and the same bytes under the same name are stored once.
+        storage.save_content_addressed(name, ContentFile(_png(_render(image, RENDITION_LONG_SIDE[kind]))))
+    return name
 
 
 def _render(image: SEMImage, long_side: int) -> Image.Image:
@@ -39,15 +41,7 @@ def _render(image: SEMImage, long_side: int) -> Image.Image:
     return grey
 
 
-def _write_atomically(picture: Image.Image, path: Path) -> None:
-    # Two requests may render the same image at once: write to a temporary file and rename, so a
-    # reader never sees a half-written PNG.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            picture.save(out, format="PNG", optimize=False, compress_level=3)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def _png(picture: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=False, compress_level=3)
+    return buffer.getvalue()

@@ -83,14 +83,12 @@ class _FillingFile:
 
 @contextmanager
 def media_disk_with(capacity: int):
-    """The media filesystem has `capacity` free bytes while the block runs: for the storage (uploads)
-    and for the web UI's cached renditions (portal/web/renditions.py)."""
+    """The media filesystem has `capacity` free bytes while the block runs: for the storage (uploads, and
+    the web UI's cached renditions, portal/web/renditions.py, which it stores too)."""
     from unittest import mock
 
-    from portal.web import renditions
-
     disk = _FullDisk(capacity)
-    with mock.patch.object(filesystem, "os", disk), mock.patch.object(renditions, "os", disk):
+    with mock.patch.object(filesystem, "os", disk):
         yield
 
 

@@ -85,6 +85,9 @@ def test_no_secret_key_is_written_in_the_code_or_the_compose_file():
         ("SEM_GATE_MAX_RECALL_DROP", "7", "must be within"),
         ("DATABASE_URL", "mysql://x@y/z", "is not supported"),
         ("CACHE_URL", "memcached://cache:11211", "is not supported"),
+        ("MEDIA_STORAGE_URL", "/srv/media", "is not a bucket URL"),
+        ("MODEL_STORAGE_URL", "s3:///no-bucket", "is not a bucket URL"),
+        ("S3_ADDRESSING_STYLE", "sideways", "must be one of"),
     ],
 )
 def test_bad_environment_values_refuse_to_start(name, value, message):

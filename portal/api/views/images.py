@@ -6,7 +6,7 @@ import logging
 from pathlib import PurePath
 
 from django.db import InterfaceError, OperationalError
-from django.http import FileResponse, Http404
+from django.http import FileResponse, Http404, HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
@@ -27,6 +27,7 @@ from portal.api.serializers import (
     LabelSerializer,
     PredictionSerializer,
 )
+from portal.downloads import stored_file_response
 from portal.models import Label, SEMImage
 from portal.permissions import can_curate_image, can_upload_to, curated_projects, visible_images, visible_samples
 from portal.request_limits import several_files_message
@@ -57,17 +58,19 @@ class FirstRendererNegotiation(BaseContentNegotiation):
         return parsers[0] if parsers else None
 
 
-def _file_response(field_file, *, content_type: str, filename: str, attachment: bool) -> FileResponse:
+def _file_response(field_file, *, content_type: str, filename: str, attachment: bool) -> HttpResponse:
     try:
-        handle = field_file.open("rb")
+        response = stored_file_response(
+            field_file.storage, field_file.name, content_type=content_type, filename=filename, attachment=attachment
+        )
     except (FileNotFoundError, ValueError):
         logger.error("stored file %s is missing", getattr(field_file, "name", "?"))
         raise Http404("The stored file is missing.") from None
-    response = FileResponse(handle, content_type=content_type, as_attachment=attachment, filename=filename)
-    response["X-Content-Type-Options"] = "nosniff"
-    # Never executed or rendered as a document, even if a browser opens the URL directly.
-    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
-    response["Cache-Control"] = "private, max-age=86400"  # content-addressed: a URL's bytes never change
+    if isinstance(response, FileResponse):
+        response["X-Content-Type-Options"] = "nosniff"
+        # Never executed or rendered as a document, even if a browser opens the URL directly.
+        response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+        response["Cache-Control"] = "private, max-age=86400"  # content-addressed: a URL's bytes never change
     return response
 
 

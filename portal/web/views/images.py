@@ -15,11 +15,13 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
+from portal.downloads import stored_file_response
 from portal.models import Category, Label, SEMImage
 from portal.permissions import can_curate_image, visible_images
 from portal.services.labels import set_label
+from portal.storage import media_storage
 from portal.web.access import member_required, posted_category_or_404
-from portal.web.renditions import rendition_path
+from portal.web.renditions import rendition_name
 
 logger = logging.getLogger(__name__)
 
@@ -119,12 +121,19 @@ def _safe_next(request) -> str | None:
 # --- files -------------------------------------------------------------------------------------
 
 
-def _file_response(path_or_file, *, content_type: str, filename: str, attachment: bool) -> FileResponse:
+def _file_response(storage, name: str, *, content_type: str, filename: str, attachment: bool) -> HttpResponse:
     if content_type not in SAFE_IMAGE_TYPES:
         content_type, attachment = "application/octet-stream", True
-    response = FileResponse(path_or_file, content_type=content_type, as_attachment=attachment, filename=filename)
-    # Files of a given URL never change (content-addressed); private: they are permission-checked.
-    response["Cache-Control"] = "private, max-age=86400"
+    try:
+        response = stored_file_response(
+            storage, name, content_type=content_type, filename=filename, attachment=attachment
+        )
+    except FileNotFoundError:
+        logger.error("stored file %s is missing", name)
+        raise Http404("The stored file is missing.") from None
+    if isinstance(response, FileResponse):
+        # Files of a given URL never change (content-addressed); private: they are permission-checked.
+        response["Cache-Control"] = "private, max-age=86400"
     return response
 
 
@@ -133,7 +142,11 @@ def image_original(request, pk: int):
     image = visible_image_or_404(request.user, pk)
     content_type = ORIGINAL_TYPES.get(image.format.upper(), "application/octet-stream")
     return _file_response(
-        image.original.open("rb"), content_type=content_type, filename=image.original_filename, attachment=True
+        image.original.storage,
+        image.original.name,
+        content_type=content_type,
+        filename=image.original_filename,
+        attachment=True,
     )
 
 
@@ -147,7 +160,8 @@ def image_derived(request, pk: int, kind: str):
     content_type = mimetypes.guess_type(stored.name)[0] or "application/octet-stream"
     stem = PurePath(image.original_filename).stem
     return _file_response(
-        stored.open("rb"),
+        stored.storage,
+        stored.name,
         content_type=content_type,
         filename=f"{stem}-{kind}{PurePath(stored.name).suffix}",
         attachment=False,
@@ -160,7 +174,7 @@ def image_rendition(request, pk: int, kind: str):
     image = visible_image_or_404(request.user, pk)
     stem = PurePath(image.original_filename).stem
     try:
-        path = rendition_path(image, kind)
+        name = rendition_name(image, kind)
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -173,4 +187,6 @@ def image_rendition(request, pk: int, kind: str):
         )
         response["Retry-After"] = str(RENDITION_RETRY_AFTER_S)
         return response
-    return _file_response(open(path, "rb"), content_type="image/png", filename=f"{stem}-{kind}.png", attachment=False)
+    return _file_response(
+        media_storage(), name, content_type="image/png", filename=f"{stem}-{kind}.png", attachment=False
+    )
