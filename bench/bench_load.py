@@ -66,9 +66,10 @@ from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
-DATABASE_NAME = "sem_bench_load"
+# Dropped and re-created by each run: a run beside another checkout's names its own (SEM_BENCH_DATABASE).
+DATABASE_NAME = os.environ.get("SEM_BENCH_DATABASE", "sem_bench_load")
 DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DATABASE_NAME}"
-BROKER_URL = "redis://127.0.0.1:6379/9"
+BROKER_URL = os.environ.get("SEM_BENCH_BROKER_URL", "redis://127.0.0.1:6379/9")
 SWEEP_AFTER_S = 30
 ORPHAN_GRACE_S = 60  # SEM_INTERRUPTED_UPLOAD_GRACE_S: an hour by default; minutes would make a slow bench
 CACHE_URL = "redis://127.0.0.1:6379/12"

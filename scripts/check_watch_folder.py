@@ -128,7 +128,7 @@ def wait_on_browse(page, url: str, expected: dict[str, str], out: Path) -> dict[
     deadline = time.monotonic() + TIMEOUT_S
     while True:
         rows = api_images(page, url)
-        found = {row["filename"]: row for row in rows if row["filename"] in expected}
+        found = {row["original_filename"]: row for row in rows if row["original_filename"] in expected}
         classified = [name for name, row in found.items() if row["status"] == "classified"]
         print(f"  {len(found)}/{len(expected)} stored, {len(classified)} classified")
         if len(classified) == len(expected) or time.monotonic() > deadline:
@@ -166,16 +166,16 @@ def check_exactly_once(page, url: str, expected: dict[str, str]) -> list[str]:
     rows = api_images(page, url)
     failures = []
     for name, sample in expected.items():
-        matching = [row for row in rows if row["filename"] == name]
+        matching = [row for row in rows if row["original_filename"] == name]
         if len(matching) != 1:
             failures.append(f"{name}: stored {len(matching)} times")
-        elif sample not in str(matching[0].get("sample")):
+        elif sample not in str(matching[0].get("lab_sample_id")):
             failures.append(f"{name}: sample {matching[0].get('sample')!r}, expected {sample}")
-    if any(row["filename"].startswith("~$") for row in rows):
+    if any(row["original_filename"].startswith("~$") for row in rows):
         failures.append("the temporary ~$ file was ingested")
     # The stalled copy has the bytes of an image already stored: once complete it is that image's duplicate;
     # its half-written state must never have become an image of its own.
-    if any(row["filename"].startswith("stalled-") for row in rows):
+    if any(row["original_filename"].startswith("stalled-") for row in rows):
         failures.append("the stalled copy was stored as an image of its own")
     return failures
 
