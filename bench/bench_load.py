@@ -27,6 +27,9 @@ original still waits in the queue (the sweeper's counts, from the worker log, ag
 fault really lost). Checks also fail on any client 500 and on any file under MEDIA_ROOT without a row.
 Lost classification messages are re-queued by the sweeper that beat sends every minute (SEM_PENDING_SWEEP_AFTER_S is lowered to 30 s here so that a run takes minutes, not ten).
 
+--s3 puts media and models in a bucket of moto's S3 server (started in this process; MinIO cannot be installed
+here): uploads, classification and the checks go through the object store, workers through their cache.
+
 NOTE: the redis and postgres faults restart the machine's shared servers: other test runs see them too.
 
     .venv/bin/python bench/bench_load.py                      # 60 s, 20 clients
@@ -255,7 +258,7 @@ def new_worker(env, log_dir: Path, args) -> Service:
 # ---------------------------------------------------------------------------------------------
 
 
-def install_production_model(root: Path):
+def install_production_model(root: Path, args_s3: bool = False):
     """A small real model (trained as the worker tests train theirs), promoted to production."""
     from classifier.config import TrainConfig
     from classifier.databar import crop_databar
@@ -291,6 +294,17 @@ def install_production_model(root: Path):
     artifact = TrainedArtifact(
         Path(result.artifact_path), result.sha256, list(result.metadata["classes"]), result.evaluation, result.metadata
     )
+    if args_s3:
+        from django.core.files import File
+
+        from portal.storage import model_storage
+
+        with open(artifact.path, "rb") as handle:
+            name = model_storage().save("v1/model.safetensors", File(handle))
+        model = install_model(artifact, 1, status=ModelVersion.Status.CANDIDATE)
+        ModelVersion.objects.filter(pk=model.pk).update(artifact_path=name)  # the bucket's copy, not MODEL_DIR's
+        model.refresh_from_db()
+        return promote(model)
     return promote(install_model(artifact, 1, status=ModelVersion.Status.CANDIDATE))
 
 
@@ -396,7 +410,7 @@ def inject_fault(args, services: dict[str, Service], env, log_dir: Path) -> str:
     if args.fault == "worker":
         return load_faults.kill_worker(services, lambda: new_worker(env, log_dir, args).start())
     if args.fault == "kill-commit":
-        return load_faults.kill_web_workers_before_commit(services, DATABASE_URL, Path(env["MEDIA_ROOT"]))
+        return load_faults.kill_web_workers_before_commit(services, DATABASE_URL)
     return load_faults.disk_full(Path(env["MEDIA_ROOT"]).parent, args.outage)
 
 
@@ -469,6 +483,7 @@ def parse_args():
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--fault", choices=["redis", "postgres", "worker", "kill-commit", "disk-full"])
+    parser.add_argument("--s3", action="store_true", help="media and models on S3 (moto's server in this process)")
     parser.add_argument("--outage", type=float, default=60, help="seconds the redis and disk-full faults last")
     parser.add_argument("--fault-at", type=float, help="seconds into the load (default: a third of it)")
     parser.add_argument("--web-workers", type=int, default=4, help="gunicorn sync workers (the Dockerfile's 4)")
@@ -481,6 +496,8 @@ def main() -> int:
     args = parse_args()
     root = Path(tempfile.mkdtemp(prefix="sem-bench-load-"))
     env = portal_env(root)
+    if args.s3:
+        env.update(load_faults.start_s3_server("bench-load"))
     if args.fault == "disk-full":
         load_faults.mount_tmpfs(root / "media-disk", TMPFS_SIZE)
         env["MEDIA_ROOT"] = str(root / "media-disk" / "media")
@@ -489,7 +506,7 @@ def main() -> int:
     setup_django(env)
     manage(env, "migrate", "--noinput")
     manage(env, "setup_schedules")
-    model = install_production_model(root)
+    model = install_production_model(root, args.s3)
     model_before = (model.pk, model.artifact_sha256)
     token, sample_id = create_uploader()
     receiver = WebhookReceiver()

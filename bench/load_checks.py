@@ -114,8 +114,12 @@ def check_outcome(record, media_root: Path, model_before: tuple) -> list[str]:
 
 
 def check_files(rows, media_root: Path) -> list[str]:
-    """Files on disk are exactly the rows' files; every original has its row's sha256 (none half-stored)."""
-    on_disk = {str(path.relative_to(media_root)) for path in media_root.rglob("*") if path.is_file()}
+    """Stored files are exactly the rows' files; every original has its row's sha256 (none half-stored).
+    Listed through the media storage, so the same check holds on the local disk and on S3 (`--s3`)."""
+    from portal.storage import media_storage
+
+    storage = media_storage()
+    on_disk = set(stored_files(storage))
     referenced = {row[name] for row in rows for name in ("original", "derivative", "thumbnail")}
     failures = []
     expect(
@@ -127,11 +131,30 @@ def check_files(rows, media_root: Path) -> list[str]:
     corrupt = [
         row["original"]
         for row in rows
-        if (media_root / row["original"]).is_file()
-        and hashlib.sha256((media_root / row["original"]).read_bytes()).hexdigest() != row["sha256"]
+        if row["original"] in on_disk and _sha256(storage, row["original"]) != row["sha256"]
     ]
     expect(failures, not corrupt, f"originals whose bytes differ from their sha256: {corrupt[:5]}")
     return failures
+
+
+def stored_files(storage, folder: str = ""):
+    """Every file name in the storage below `folder` (hidden folders such as .partial/ and .ingesting/ too)."""
+    try:
+        folders, files = storage.listdir(folder)
+    except FileNotFoundError:
+        return
+    for name in files:
+        yield f"{folder}/{name}" if folder else name
+    for name in folders:
+        yield from stored_files(storage, f"{folder}/{name}" if folder else name)
+
+
+def _sha256(storage, name: str) -> str:
+    digest = hashlib.sha256()
+    with storage.open(name, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def expect(failures: list[str], condition: bool, message: str) -> None:

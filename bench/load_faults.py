@@ -83,14 +83,14 @@ def kill_worker(services, restart) -> str:
     return f"kill -9 of the worker with {in_flight} images claimed by its batch in flight"
 
 
-def kill_web_workers_before_commit(services, database_url: str, media_root: Path) -> str:
+def kill_web_workers_before_commit(services, database_url: str) -> str:
     """Hold every upload between its files and its commit, then kill -9 every gunicorn worker."""
     import psycopg
 
     with psycopg.connect(database_url.replace("postgres://", "postgresql://"), autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", [NEAR_DUPLICATE_LOCK_KEY])
         time.sleep(HOLD_BEFORE_KILL_S)  # uploads pile up behind the lock with their files written
-        held = len(list((media_root / ".ingesting").glob("*")))
+        held = ingesting_markers()
         killed = kill_children(services["gunicorn"].process.pid)
     # The master starts new workers; the killed ones' transactions were rolled back with their connections.
     return f"kill -9 of {killed} gunicorn workers holding {held} uploads with files written, not committed"
@@ -111,6 +111,16 @@ def disk_full(media_mount: Path, outage_s: float) -> str:
     time.sleep(outage_s)
     ballast.unlink()
     return f"media disk ({free / 2**20:.0f} MiB free) full for {outage_s:.0f} s"
+
+
+def ingesting_markers() -> int:
+    """Uploads between their files and their commit (their markers in the media storage's .ingesting/)."""
+    from portal.storage import media_storage
+
+    try:
+        return len(media_storage().listdir(".ingesting")[1])
+    except FileNotFoundError:
+        return 0
 
 
 def kill_children(pid: int) -> int:
@@ -153,6 +163,36 @@ def queued_messages(broker_url: str) -> int:
         for step in (0, 3, 6, 9)
     ]
     return sum(client.llen(key) for key in keys) + client.hlen(REDIS_UNACKED_KEY)
+
+
+def start_s3_server(bucket: str) -> dict[str, str]:
+    """moto's standalone S3 server in this process (MinIO cannot be installed here), with `bucket`; returns
+    the portal's settings for media and models in it."""
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False).start()
+    env = {
+        "S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "S3_ACCESS_KEY_ID": "bench",
+        "S3_SECRET_ACCESS_KEY": "bench-secret",
+        "S3_REGION": "us-east-1",
+        "MEDIA_STORAGE_URL": f"s3://{bucket}/media",
+        "MODEL_STORAGE_URL": f"s3://{bucket}/models",
+    }
+    boto3.client(
+        "s3",
+        endpoint_url=env["S3_ENDPOINT_URL"],
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench-secret",
+        region_name="us-east-1",
+    ).create_bucket(Bucket=bucket)
+    return env
 
 
 # --- The sweeper's re-sends, from the worker log ------------------------------------------------
