@@ -168,10 +168,13 @@ def queued_messages(broker_url: str) -> int:
 def start_s3_server(bucket: str) -> dict[str, str]:
     """moto's standalone S3 server in this process (MinIO cannot be installed here), with `bucket`; returns
     the portal's settings for media and models in it."""
+    import logging
     import socket
 
     import boto3
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the S3 server logs every request
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
