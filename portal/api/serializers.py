@@ -21,6 +21,7 @@ from portal.models import (
 )
 from portal.permissions import visible_images, visible_projects
 from portal.representations import ImageSummarySerializer
+from portal.services.metadata import TYPED_FIELDS
 
 
 class CategorySerializer(serializers.ModelSerializer):
@@ -136,14 +137,7 @@ class ImageSerializer(ImageSummarySerializer):
             "page_count",
             "uploaded_by",
             "uploaded_at",
-            "vendor",
-            "instrument_model",
-            "accelerating_voltage_kv",
-            "working_distance_mm",
-            "magnification",
-            "pixel_size_nm",
-            "detector",
-            "acquired_at",
+            *TYPED_FIELDS,  # the instrument metadata columns
             "databar_rows",
             "split",
             "status",

@@ -318,9 +318,7 @@ def _store(
 ) -> IngestResult:
     with _ingesting(upload.sha256):
         # Uploads of the same bytes take turns here: the one that waited finds the first one's row.
-        existing = find_by_sha256(upload.sha256) or (
-            SEMImage.objects.filter(idempotency_key=idempotency_key).first() if idempotency_key else None
-        )
+        existing = _existing_image(upload.sha256, idempotency_key)
         if existing:
             return IngestResult(existing, created=False)
         return _store_files_and_row(
@@ -335,6 +333,13 @@ def _store(
             label_source=label_source,
             idempotency_key=idempotency_key,
         )
+
+
+def _existing_image(sha256: str, idempotency_key: str | None) -> SEMImage | None:
+    """The image already stored for these bytes, or for this idempotency key."""
+    return find_by_sha256(sha256) or (
+        SEMImage.objects.filter(idempotency_key=idempotency_key).first() if idempotency_key else None
+    )
 
 
 def _store_files_and_row(
@@ -374,9 +379,7 @@ def _store_files_and_row(
         # row may point to files this one wrote (same bytes, same names): those stay.
         existing = None
         try:
-            existing = find_by_sha256(upload.sha256) or (
-                SEMImage.objects.filter(idempotency_key=idempotency_key).first() if idempotency_key else None
-            )
+            existing = _existing_image(upload.sha256, idempotency_key)
         finally:
             kept = {existing.original.name, existing.derivative.name, existing.thumbnail.name} if existing else set()
             _delete_files([(storage, name) for storage, name in written if name not in kept])
