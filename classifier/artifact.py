@@ -168,8 +168,15 @@ def file_sha256(path: str | os.PathLike) -> str:
 def build_model(metadata: dict[str, Any]):
     """The network described by ``metadata``, randomly initialised, ready for
     ``load_state_dict`` (no fastai Learner involved)."""
+    from .backbones import get_backbone, is_backbone
     from .network import create_network
 
+    if is_backbone(metadata["arch"]):
+        from .feature_head import build_classifier
+
+        return build_classifier(
+            get_backbone(metadata["arch"]), len(metadata["classes"]), tta_views=metadata["tta_views"]
+        )
     return create_network(metadata["arch"], len(metadata["classes"]))
 
 

@@ -6,13 +6,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-IMBALANCE_MODES = ("weighted_loss", "sqrt_weighted_loss", "weighted_sampler", "none")
+from .backbones import DEFAULT_BACKBONE
 
-# The first model of a quick start learns from ~200 demo images with no ImageNet weights (offline
-# laptops): a small network with a higher one-cycle learning rate learns there in about 90 s on 2 CPU
-# cores (test accuracy ~0.4 on 10 classes, against ~0.3 for the resnet34 defaults in twice the time;
-# bench/RESULTS.md). Overrides of TrainConfig's defaults; the portal passes them through unchanged.
-SMALL_DATA_PROFILE = {"arch": "resnet18", "sizes": (64, 128, 224), "epochs": (8, 4, 2), "lrs": (1e-2, 3e-3, 1e-3)}
+IMBALANCE_MODES = ("weighted_loss", "sqrt_weighted_loss", "weighted_sampler", "none")
 
 
 @dataclass
@@ -23,7 +19,9 @@ class TrainConfig:
     shrink as images grow so memory per batch stays roughly constant.
     """
 
-    arch: str = "resnet34"
+    # A pretrained backbone of backbones.py (the frozen-feature recipe, head_training.py), or a
+    # torchvision/timm architecture fine-tuned with progressive resizing (train.py).
+    arch: str = DEFAULT_BACKBONE
     sizes: tuple[int, ...] = (64, 128, 224)
     # Epochs per stage; with a budget, the shape that the planner scales to fit it (budget.py).
     epochs: tuple[int, ...] = (15, 10, 10)
@@ -43,6 +41,8 @@ class TrainConfig:
     freeze_first_stage: bool = True
     weight_decay: float = 1e-2
     label_smoothing: float = 0.0
+    # Inverse L2 strength of the frozen-feature recipe's logistic regression (scikit-learn's C).
+    head_c: float = 1.0
     # Restore, per stage, the weights of the epoch with the lowest validation loss.
     select_best_epoch: bool = True
     # After training, re-estimate BatchNorm statistics on the training images at eval transforms.

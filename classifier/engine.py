@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from . import transforms
+from .backbones import is_backbone
 from .calibration import softmax
 
 
@@ -28,6 +29,9 @@ class ImagePrediction:
     confidence: float
     margin: float
     entropy: float
+    # The head's input (standardised features) from the same forward pass, for similarity search and
+    # out-of-scope scores; None for fine-tuned architectures. Not part of to_dict().
+    embedding: np.ndarray | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -73,6 +77,19 @@ def model_logits(
     std=transforms.NORMALISE_STD,
 ) -> np.ndarray:
     """Raw logits for one batch of uint8 (H, W) arrays of equal size."""
+    return model_outputs(model, arrays, device=device, channels_last=channels_last, mean=mean, std=std)[0]
+
+
+def model_outputs(
+    model,
+    arrays: Iterable[np.ndarray],
+    *,
+    device,
+    channels_last: bool = True,
+    mean=transforms.NORMALISE_MEAN,
+    std=transforms.NORMALISE_STD,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(logits, embeddings) for one batch; embeddings only from a model with ``embed`` (feature_head)."""
     import torch
 
     batch = torch.from_numpy(np.stack(list(arrays))).to(device, non_blocking=True)
@@ -80,7 +97,10 @@ def model_logits(
     if channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        return model(inputs).float().cpu().numpy()
+        if not hasattr(model, "embed"):
+            return model(inputs).float().cpu().numpy(), None
+        embeddings = model.embed(inputs)
+        return model.linear(embeddings).float().cpu().numpy(), embeddings.float().cpu().numpy()
 
 
 def predict_logits_for_paths(
@@ -141,8 +161,8 @@ class Engine:
         model.load_state_dict(artifact.state_dict)
         torch_device = select_device(device)
         model = model.to(torch_device).eval()
-        if fold_batchnorm:
-            model = fold(model)
+        if fold_batchnorm and not is_backbone(artifact.metadata["arch"]):
+            model = fold(model)  # torch.fx cannot trace the TF-padded EfficientNet-Lite convolutions
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         return cls(model, artifact.metadata, artifact.sha256, torch_device, channels_last)
@@ -191,11 +211,14 @@ class Engine:
         return transforms.to_uint8_array(transforms.eval_crop_resize(grey, self.input_size))
 
     def _from_arrays(self, arrays: list[np.ndarray]) -> list[ImagePrediction]:
-        logits = model_logits(
+        logits, embeddings = model_outputs(
             self.model, arrays, device=self.device, channels_last=self.channels_last, mean=self.mean, std=self.std
         )
-        probabilities = softmax(logits, self.temperature)
-        return [prediction_from_probabilities(p, self.classes) for p in probabilities]
+        predictions = [prediction_from_probabilities(p, self.classes) for p in softmax(logits, self.temperature)]
+        if embeddings is not None:
+            for prediction, embedding in zip(predictions, embeddings):
+                prediction.embedding = embedding
+        return predictions
 
 
 _cache_lock = threading.Lock()

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import transforms
+from .backbones import is_backbone
 from .config import TrainConfig
 from .fit_callbacks import (  # noqa: F401  (TrainingCancelled is part of this module's interface)
     TRAINING_SHARE,
@@ -50,6 +51,8 @@ class TrainResult:
     duration_s: float
     device: str
     sha256: str = ""
+    # Calibrated probabilities of the evaluated images (test, else validation), in classes' order.
+    test_probabilities: Any = field(default=None, repr=False)
     # The fastai Learner of the run, for notebooks and tests; not serialised.
     learner: Any = field(default=None, repr=False)
 
@@ -96,6 +99,21 @@ def _train(items, config, out_path, *, test_items, classes, fingerprint, progres
     classes = list(classes) if classes else sorted({label for _, label in items})
     _check_labels(items, classes, "items")
     _check_labels(test_items or [], classes, "test_items")
+    if is_backbone(config.arch):  # a pretrained backbone of backbones.py: the frozen-feature recipe
+        from .head_training import train_feature_head
+
+        return train_feature_head(
+            items,
+            config,
+            out_path,
+            device=device,
+            test_items=test_items,
+            classes=classes,
+            fingerprint=fingerprint or _fingerprint(items),
+            emit=emit,
+            stop=stop,
+            started=started,
+        )
     train_idx, valid_idx = stratified_split([label for _, label in items], config.valid_pct, config.seed)
 
     body_state, weights_source = _pretrained_body(config)
@@ -144,14 +162,15 @@ def _train(items, config, out_path, *, test_items, classes, fingerprint, progres
         learner.model, items, valid_idx, test_items, classes, config.sizes[-1], device, config.contrast
     )
     duration = time.monotonic() - started
-    metadata = _metadata(
+    pretrained = {"source": "file", "file": os.path.basename(weights_source)} if weights_source else None
+    metadata = metadata_for(
         config,
         classes,
         history,
         calibration,
         evaluation,
         fingerprint or _fingerprint(items),
-        weights_source,
+        pretrained,
         device,
         duration,
         len(train_idx),
@@ -478,9 +497,22 @@ def _library_versions() -> dict:
     }
 
 
-def _metadata(
-    config, classes, history, calibration, evaluation, fingerprint, weights_source, device, duration, n_train, n_valid
+def metadata_for(
+    config,
+    classes,
+    history,
+    calibration,
+    evaluation,
+    fingerprint,
+    pretrained: dict | None,
+    device,
+    duration,
+    n_train,
+    n_valid,
+    backbone=None,
 ) -> dict:
+    """The artifact's metadata. ``pretrained``: where the ImageNet weights came from (package, version,
+    file, sha256, licence), or None; ``backbone``: a backbones.Backbone, whose input statistics apply."""
     from .artifact import FORMAT_VERSION
 
     return {
@@ -488,8 +520,8 @@ def _metadata(
         "classes": list(classes),
         "input_size": config.sizes[-1],
         "normalisation": {
-            "mean": list(transforms.NORMALISE_MEAN),
-            "std": list(transforms.NORMALISE_STD),
+            "mean": list(backbone.mean if backbone else transforms.NORMALISE_MEAN),
+            "std": list(backbone.std if backbone else transforms.NORMALISE_STD),
             "channels": transforms.CHANNELS,
             "greyscale_replicated": True,
             "contrast": config.contrast,
@@ -504,8 +536,9 @@ def _metadata(
         "temperature": calibration["temperature"],
         "calibration": calibration,
         "evaluation": evaluation,
-        "pretrained_used": weights_source is not None,
-        "pretrained_source": os.path.basename(weights_source) if weights_source else None,
+        "pretrained_used": pretrained is not None,
+        "pretrained_source": pretrained["file"] if pretrained else None,
+        "pretrained": pretrained,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": str(device),
         "duration_s": duration,

@@ -9,6 +9,7 @@ import datetime
 import os
 from pathlib import Path
 
+from classifier.backbones import DEFAULT_BACKBONE
 from portal.env import (
     env_bool,
     env_choice,
@@ -286,7 +287,9 @@ SEM_GATE_BOOTSTRAP_RESAMPLES = env_int("SEM_GATE_BOOTSTRAP_RESAMPLES", 2000, min
 SEM_GATE_MIN_TEST_IMAGES = env_int("SEM_GATE_MIN_TEST_IMAGES", 30, minimum=0)
 SEM_GATE_MIN_TEST_PER_CLASS = env_int("SEM_GATE_MIN_TEST_PER_CLASS", 3, minimum=0)
 SEM_RECLASSIFY_AFTER_PROMOTION = env_bool("SEM_RECLASSIFY_AFTER_PROMOTION", True)
-SEM_TRAIN_ARCH = env_str("SEM_TRAIN_ARCH", "resnet34")
+# The default learns from frozen ImageNet features (classifier/backbones.py: weights from a pinned
+# package, nothing downloads); a torchvision/timm name fine-tunes with progressive resizing instead.
+SEM_TRAIN_ARCH = env_str("SEM_TRAIN_ARCH", DEFAULT_BACKBONE)
 SEM_TRAIN_SIZES = [int(size) for size in env_list("SEM_TRAIN_SIZES", ["64", "128", "224"])]
 # Scheduled and manual runs fit their epochs into this wall-clock budget (measured step times);
 # SEM_TRAIN_EPOCHS, when set, fixes the epochs per stage instead.

@@ -13,13 +13,9 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from classifier.config import SMALL_DATA_PROFILE
 from portal.models import ModelVersion, SEMImage, TrainingRun
 
 ADMIN_USERNAME = "admin"
-# The first model uses the classifier's small-data profile (classifier.config.SMALL_DATA_PROFILE); later
-# retrainings use the SEM_TRAIN_* settings and must pass the promotion gate.
-DEMO_TRAINING = SMALL_DATA_PROFILE
 
 
 class Command(BaseCommand):
@@ -59,6 +55,6 @@ class Command(BaseCommand):
             return
         from portal.services.training import request_training
 
-        run = request_training(trigger=TrainingRun.Trigger.BOOTSTRAP, force=True, config=DEMO_TRAINING)
+        run = request_training(trigger=TrainingRun.Trigger.BOOTSTRAP, force=True)
         if run is not None:
             self.stdout.write(f"Queued the first training (run {run.pk}) on the demo data.")
