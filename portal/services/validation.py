@@ -498,7 +498,11 @@ def _full_decode(path: str) -> Image.Image:
             return load_grey8(path)
     except Image.DecompressionBombError as error:
         raise _too_many_pixels_from_pillow(error) from error
-    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, MemoryError) as error:
+    except MemoryError as error:  # the capped decoding process's limit (decode_guard), not a bad file
+        raise ValidationError(
+            "decoding_limit", "The image could not be decoded within the server's limits: it needed too much memory."
+        ) from error
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as error:
         raise _truncated_or_corrupt(error) from error
 
 
