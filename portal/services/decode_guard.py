@@ -22,6 +22,7 @@ import resource
 import threading
 import traceback
 from collections.abc import Callable
+from multiprocessing import forkserver, spawn
 from typing import Any
 
 from django.conf import settings
@@ -31,6 +32,8 @@ from portal.services.validation import ValidationError
 # The settings the decoding code reads; the child gets the parent's values (tests and operators may have
 # changed them after the forkserver started).
 LIMIT_SETTINGS = ("SEM_MAX_IMAGE_PIXELS", "SEM_MAX_DECODED_BYTES", "SEM_MAX_ASPECT_RATIO")
+
+PARENT_MAIN_VARIABLE = "SEM_DECODE_PARENT_MAIN"
 
 _lock = threading.Lock()
 _context: multiprocessing.context.BaseContext | None = None
@@ -63,8 +66,21 @@ def _get_context() -> multiprocessing.context.BaseContext:
         if _context is None:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["portal.services.decode_preload"])
+            _start_forkserver()
             _context = context
         return _context
+
+
+def _start_forkserver() -> None:
+    """Start the forkserver now, telling it the parent's main script (decode_preload reads it): each child
+    would otherwise re-run that script (gunicorn's, celery's, manage.py) before doing anything else."""
+    main_path = spawn.get_preparation_data("decode").get("init_main_from_path")
+    if main_path:
+        os.environ[PARENT_MAIN_VARIABLE] = main_path
+    try:
+        forkserver.ensure_running()
+    finally:
+        os.environ.pop(PARENT_MAIN_VARIABLE, None)
 
 
 def _receive(receiver, timeout_s: float) -> tuple:

@@ -5,9 +5,16 @@ there (Pillow's plugin registry, tifffile, numpy's percentile code), so no child
 
 import io
 import os
+import sys
 import tempfile
 
 import django
+
+# multiprocessing makes each child import the parent's main script unless this process's __main__ already
+# claims to be it: the children need nothing from that script (they run functions of portal and the
+# standard library), and re-running it per child would cost time and, unguarded, start its work again.
+if os.environ.get("SEM_DECODE_PARENT_MAIN"):
+    sys.modules["__main__"].__file__ = os.environ["SEM_DECODE_PARENT_MAIN"]
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 django.setup()
