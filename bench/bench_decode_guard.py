@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from multiprocessing import forkserver
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,6 +47,7 @@ def overhead(rounds: int) -> None:
     started = time.perf_counter()
     run_guarded(len, "warm")  # the forkserver starts once per process: Django and the decoders imported
     print(f"forkserver start (once per web/worker process): {1000 * (time.perf_counter() - started):.0f} ms")
+    print(f"forkserver resident memory: {_resident_mib(forkserver._forkserver._forkserver_pid):.0f} MiB")
     print(f"guarded call of a no-op (fork, cap, pipe, exit): {_median(run_guarded, len, 'x'):.1f} ms")
     print("| file | in process (ms) | capped child (ms) | child / in process | overhead (ms) |")
     print("|---|---|---|---|---|")
@@ -60,6 +62,14 @@ def overhead(rounds: int) -> None:
                 guarded.append(_timed(run_guarded, examine, *args))
             a, b = statistics.median(inline), statistics.median(guarded)
             print(f"| {name} | {a:.0f} | {b:.0f} | {b / a:.2f} | {b - a:+.0f} |")
+
+
+def _resident_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _timed(call, *args) -> float:
