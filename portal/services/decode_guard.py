@@ -21,8 +21,10 @@ import os
 import resource
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from multiprocessing import forkserver, spawn
+from multiprocessing.process import AuthenticationString
 from typing import Any
 
 from django.conf import settings
@@ -36,7 +38,22 @@ LIMIT_SETTINGS = ("SEM_MAX_IMAGE_PIXELS", "SEM_MAX_DECODED_BYTES", "SEM_MAX_ASPE
 PARENT_MAIN_VARIABLE = "SEM_DECODE_PARENT_MAIN"
 
 _lock = threading.Lock()
+_start_lock = threading.Lock()
 _context: multiprocessing.context.BaseContext | None = None
+
+
+def _forget_the_forkserver_after_fork() -> None:
+    """A forked copy of this process (a Celery or gunicorn worker forked after a first upload) is not the
+    forkserver's parent, so multiprocessing's checks on it fail there: it starts its own on first use."""
+    global _context, _lock, _start_lock
+    _context, _lock, _start_lock = None, threading.Lock(), threading.Lock()
+    server = forkserver._forkserver
+    if server._forkserver_alive_fd is not None:
+        os.close(server._forkserver_alive_fd)  # the parent's server must not live on for this copy
+    server._forkserver_pid = server._forkserver_address = server._forkserver_alive_fd = None
+
+
+os.register_at_fork(after_in_child=_forget_the_forkserver_after_fork)
 
 
 def run_guarded(function: Callable[..., Any], *args: Any) -> Any:
@@ -46,10 +63,11 @@ def run_guarded(function: Callable[..., Any], *args: Any) -> Any:
         return function(*args)
     limits = {name: getattr(settings, name) for name in LIMIT_SETTINGS}
     receiver, sender = _get_context().Pipe(duplex=False)
-    child = _get_context().Process(
-        target=_child_main, args=(sender, function, args, limits, settings.SEM_DECODE_MEMORY_BYTES), daemon=True
-    )
-    child.start()
+    with _children_allowed():  # the child copies this process's multiprocessing state when it is made
+        child = _get_context().Process(
+            target=_child_main, args=(sender, function, args, limits, settings.SEM_DECODE_MEMORY_BYTES), daemon=True
+        )
+        child.start()
     sender.close()
     try:
         return _outcome(_receive(receiver, settings.SEM_DECODE_TIMEOUT_S))
@@ -69,6 +87,24 @@ def _get_context() -> multiprocessing.context.BaseContext:
             _start_forkserver()
             _context = context
         return _context
+
+
+@contextmanager
+def _children_allowed() -> Iterator[None]:
+    """What Celery's prefork pool (billiard) leaves in its workers' multiprocessing state, lifted for the
+    start of one child: the daemonic mark (multiprocessing refuses children to a daemonic process, as they
+    would be orphaned when it exits; ours cannot be, run_guarded joins or kills its child before it
+    returns) and billiard's own authentication-key type, which multiprocessing cannot pass to the child."""
+    config = multiprocessing.current_process()._config
+    with _start_lock:
+        saved = {name: config[name] for name in ("daemon", "authkey") if name in config}
+        config.pop("daemon", None)
+        config["authkey"] = AuthenticationString(bytes(saved.get("authkey", b"") or os.urandom(32)))
+        try:
+            yield
+        finally:
+            config.pop("daemon", None)
+            config.update(saved)
 
 
 def _start_forkserver() -> None:

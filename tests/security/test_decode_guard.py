@@ -51,6 +51,18 @@ def test_a_child_that_crashes_in_c_code_is_a_refusal():
     assert caught.value.code == "decoding_limit"
 
 
+def _guarded_length(text: str) -> int:
+    return run_guarded(len, text)
+
+
+def test_guarded_decoding_works_in_a_celery_prefork_worker():
+    """Celery's pool workers are daemonic billiard processes (watch-folder scans ingest there)."""
+    import billiard
+
+    with billiard.Pool(1) as pool:
+        assert pool.map(_guarded_length, ["abcd"]) == [4]
+
+
 def test_the_child_sees_the_limits_of_the_request_not_of_its_start(settings, tmp_path):
     from portal.services.validation import check_decoding_budget
 
