@@ -47,9 +47,14 @@ def test_unicode_digits_and_huge_ids_in_parameters_are_never_a_500(value, user, 
         f"/upload/?sample={value}",
         f"/upload/status/?ids=1,{value}",
         f"/dashboard/?model={value}",
+        f"/browse/?curated={value}&predicted={value}&project={value}&sample={value}",
+        f"/review/?project={value}",
     ):
         response = client.get(path)
         assert response.status_code in (200, 400, 404), (path, response.status_code)
+    api = token_client(user)
+    for path in (f"/api/images/?sample={value}", f"/api/images/{value}/", f"/api/samples/{value}/"):
+        assert api.get(path).status_code in (200, 400, 404), path
     upload = client.post(
         reverse("web:upload_file"), {"sample": value, "category": value, "file": _png_file()}, follow=False
     )
