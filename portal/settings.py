@@ -196,10 +196,12 @@ SEM_MAX_DECODED_BYTES = env_size_bytes("SEM_MAX_DECODED_BYTES", 256 * 1024**2)
 SEM_MAX_ASPECT_RATIO = env_float("SEM_MAX_ASPECT_RATIO", 20.0, minimum=1.0)
 # Untrusted files are decoded in a child process (portal/services/decode_guard.py) capped at this much
 # address space above its start and killed after this long: a decoder surprise refuses one upload
-# ("decoding_limit") instead of taking the web or worker process down. Off only for debugging.
+# ("decoding_limit") instead of taking the web or worker process down. Off only for debugging. The deadline
+# stays well under gunicorn's 120 s worker timeout (Dockerfile): the decode must end before the request does.
+# The largest accepted images take a few seconds.
 SEM_DECODE_IN_CHILD = env_bool("SEM_DECODE_IN_CHILD", True)
 SEM_DECODE_MEMORY_BYTES = env_size_bytes("SEM_DECODE_MEMORY_BYTES", 2 * 1024**3)
-SEM_DECODE_TIMEOUT_S = env_duration_s("SEM_DECODE_TIMEOUT_S", "120s")
+SEM_DECODE_TIMEOUT_S = env_duration_s("SEM_DECODE_TIMEOUT_S", "60s")
 SEM_TEST_SPLIT_PERCENT = env_int("SEM_TEST_SPLIT_PERCENT", 15, minimum=0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024**2
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024**2
