@@ -195,6 +195,14 @@ SEM_MAX_IMAGE_PIXELS = env_int("SEM_MAX_IMAGE_PIXELS", 100_000_000, minimum=1)
 SEM_MAX_DECODED_BYTES = env_size_bytes("SEM_MAX_DECODED_BYTES", 256 * 1024**2)
 # Longest side / shortest side: a 1 x 200,000 strip is no micrograph (and its derivative would be huge).
 SEM_MAX_ASPECT_RATIO = env_float("SEM_MAX_ASPECT_RATIO", 20.0, minimum=1.0)
+# Untrusted files are decoded in a child process (portal/services/decode_guard.py) capped at this much
+# address space above its start and killed after this long: a decoder surprise refuses one upload
+# ("decoding_limit") instead of taking the web or worker process down. Off only for debugging. The deadline
+# stays well under gunicorn's 120 s worker timeout (Dockerfile): the decode must end before the request does.
+# The largest accepted images take a few seconds.
+SEM_DECODE_IN_CHILD = env_bool("SEM_DECODE_IN_CHILD", True)
+SEM_DECODE_MEMORY_BYTES = env_size_bytes("SEM_DECODE_MEMORY_BYTES", 2 * 1024**3)
+SEM_DECODE_TIMEOUT_S = env_duration_s("SEM_DECODE_TIMEOUT_S", "60s")
 SEM_TEST_SPLIT_PERCENT = env_int("SEM_TEST_SPLIT_PERCENT", 15, minimum=0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024**2
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024**2
@@ -329,7 +337,7 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "portal.api.exceptions.api_exception_handler",
     # JSON bodies (the image upload is multipart: portal/api/views/images.py): one encoding, whose types and
     # nulls mean what the schema says.
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["portal.api.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",

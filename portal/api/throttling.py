@@ -132,6 +132,12 @@ class UploadRateThrottle(PerTokenRateThrottle):
 
     scope = "upload"
 
+    def get_cache_key(self, request, view):
+        # Per user, not per token: tokens are free to create, and the web upload shares this budget.
+        if request.user and request.user.is_authenticated:
+            return self.cache_format % {"scope": self.scope, "ident": f"user-{request.user.pk}"}
+        return super().get_cache_key(request, view)
+
     def allow_request(self, request, view):
         if request.method != "POST":
             return True

@@ -43,6 +43,7 @@ from classifier.perceptual import window_hashes
 from classifier.preprocess import DERIVATIVE_SHORT_SIDE, make_derivative
 from portal.models import Category, Label, Sample, SEMImage, split_for_sha256
 from portal.services import queueing
+from portal.services.decode_guard import run_guarded
 from portal.services.ingest_recovery import INGESTING_DIR, reconcile_interrupted  # noqa: F401  (callers import them from here)
 from portal.services.ingest_recovery import ingesting as _ingesting
 from portal.services.labels import set_label
@@ -66,7 +67,9 @@ class IngestError(Exception):
     """An upload that was refused. Nothing was stored.
 
     ``code`` is a short machine code: empty, too_large, not_an_image, disguised, unsupported_format,
-    corrupt, truncated, too_many_pixels, extreme_aspect_ratio, too_many_bytes, invalid_idempotency_key.
+    corrupt, truncated, too_many_pixels, extreme_aspect_ratio, too_many_bytes, too_many_samples,
+    malformed_structure, decoding_limit (the capped decoding process ran out of memory or time),
+    invalid_idempotency_key.
     ``message`` is for humans.
     """
 
@@ -152,7 +155,8 @@ def ingest_file(
         if existing:
             return IngestResult(existing, created=False)
         try:
-            info, metadata, derived = examine(upload.path, upload.head, filename)
+            # In a capped child process: whatever the decoders do with this file, this process lives on.
+            info, metadata, derived = run_guarded(examine, upload.path, upload.head, filename)
         except ValidationError as error:
             raise IngestError(error.code, error.message, filename) from error
         return _store(

@@ -19,7 +19,9 @@ reach. Three rules, each closing a class of bypass:
 Refused addresses: link-local (cloud metadata at 169.254.169.254), multicast, unspecified, reserved,
 "this network" (0.0.0.0/8) and broadcast always; loopback and the portal host's own addresses unless
 SEM_WEBHOOK_ALLOW_LOOPBACK. IPv4 addresses embedded in IPv6 ones (IPv4-mapped, 6to4, Teredo, NAT64)
-are checked as well. Private networks stay allowed: that is where a lab's LIMS lives.
+are checked as well. Private networks stay allowed: that is where a lab's LIMS lives; only the cloud
+metadata services on private and shared ranges are refused there (fd00:ec2::254, 100.100.100.200,
+192.0.0.192, 168.63.129.16).
 """
 
 from __future__ import annotations
@@ -204,6 +206,14 @@ def _addresses_to_check(address: IPAddress) -> list[IPAddress]:
     return [candidate for candidate in embedded if candidate is not None]
 
 
+# Cloud metadata services outside the link-local range, on private and shared ranges that stay allowed
+# otherwise: AWS's IPv6 IMDS, Alibaba Cloud, Oracle Cloud, Azure's WireServer.
+_CLOUD_METADATA = tuple(
+    ipaddress.ip_network(network)
+    for network in ("fd00:ec2::/32", "100.100.100.200/32", "192.0.0.192/32", "168.63.129.16/32")
+)
+
+
 def address_refusal(address: IPAddress) -> str | None:
     """Why no request may go to this address ("a link-local ... address"), or None."""
     candidates = _addresses_to_check(address)
@@ -219,6 +229,8 @@ def address_refusal(address: IPAddress) -> str | None:
             or candidate == _BROADCAST
         ):
             return "a link-local, multicast, reserved or unspecified address"
+        if any(candidate in network for network in _CLOUD_METADATA):
+            return "a cloud metadata service"
     if settings.SEM_WEBHOOK_ALLOW_LOOPBACK:
         return None
     for candidate in candidates:

@@ -151,6 +151,8 @@ def inspect_image(path: str, image_format: str) -> tuple[ImageInfo, Image.Image]
     check_decoding_budget(info.width, info.height, info.decoded_bytes, samples=info.samples, bits=info.bit_depth)
     if image_format != "TIFF":
         _pillow_verify(path)
+    if image_format == "JPEG":
+        check_jpeg_scan_size(path, info.width, info.height)
     return info, _full_decode(path)
 
 
@@ -210,9 +212,11 @@ def _tiff_header(path: str) -> ImageInfo:
             bits = int(page.bitspersample)
             samples = int(page.samplesperpixel)
             photometric = int(page.photometric)
+            # Before any decoder runs: a decoder trusts the chunk table and the tile size, not the page shape.
+            check_tiff_structure(page, width, height, samples)
             decoded = _tiff_decoded_bytes(page, width, height, samples, bits)
-            # Before anything else reads the file: the strips of a bomb are all inside it.
             check_decoding_budget(width, height, decoded, samples=samples, bits=bits)
+            check_samples_per_pixel(samples)
             _check_strips_inside_file(page, os.path.getsize(path))
     except ValidationError:
         raise
@@ -264,17 +268,84 @@ def _tiff_decoded_bytes(page, width: int, height: int, samples: int, bits: int) 
         shaped = math.prod(int(side) for side in page.shape) * itemsize
     except Exception:  # an unusual page tifffile describes only partly: the header's arithmetic decides
         shaped = 0
-    return max(declared, shaped)
+    return max(declared, shaped, _padded_tile_bytes(page, width, height, samples, bits) * depth)
+
+
+def _padded_tile_bytes(page, width: int, height: int, samples: int, bits: int) -> int:
+    """Decoders fill whole tiles: the tile grid, not the image, is what they allocate."""
+    if not page.is_tiled:
+        return 0
+    tile_width, tile_length = max(1, int(page.tilewidth)), max(1, int(page.tilelength))
+    padded_width = -(-width // tile_width) * tile_width
+    padded_height = -(-height // tile_length) * tile_length
+    return padded_width * padded_height * max(1, samples) * max(1, -(-bits // 8))
 
 
 def _check_strips_inside_file(page, file_size: int) -> None:
-    """A truncated TIFF has strips or tiles that point beyond the end of the file."""
+    """A truncated TIFF has strips or tiles that point beyond the end of the file, or that were never
+    written (offset or byte count 0: a writer that stopped after the first tile)."""
     for offset, count in zip(page.dataoffsets, page.databytecounts):
-        if offset + count > file_size:
+        if offset + count > file_size or not count or not offset:
             raise ValidationError(
                 "truncated",
                 "The TIFF file is truncated: its image data ends before the file does (incomplete upload or copy?).",
             )
+
+
+MAX_SAMPLES_PER_PIXEL = 4  # grey, grey + alpha, RGB, RGBA: SEM images never have more
+
+
+def check_samples_per_pixel(samples: int) -> None:
+    if samples > MAX_SAMPLES_PER_PIXEL:
+        raise ValidationError(
+            "too_many_samples",
+            f"The image has {samples:,} samples per pixel; at most {MAX_SAMPLES_PER_PIXEL} "
+            "(grey, grey and alpha, RGB or RGBA) are accepted.",
+        )
+
+
+# A tile may pad the image (tiles are multiples of 16 and cover it whole) but not dwarf it: up to twice
+# the image's side, or this many pixels for small images, where 256- or 512-pixel tiles are the norm.
+MIN_TILE_SIDE_ALLOWED = 1024
+
+
+def check_tiff_structure(page, width: int, height: int, samples: int) -> None:
+    """Tile size and the number of strips or tiles must follow from the page's own geometry.
+
+    Decoders allocate per tile and loop per table entry: a 2,000 x 2,000 page of one 32,768-pixel tile
+    costs a gigabyte, and a strip table of millions of entries (tifffile truncates it, Pillow does not)
+    costs seconds and hundreds of megabytes, whatever the page shape says."""
+    if page.is_tiled:
+        sides = ((int(page.tilewidth), width), (int(page.tilelength), height))
+        for tile, side in sides:
+            if tile <= 0 or tile > max(2 * side, MIN_TILE_SIDE_ALLOWED):
+                raise _malformed(
+                    f"its tiles are {page.tilewidth}x{page.tilelength} pixels for a {width}x{height} image"
+                )
+        depth = -(-_image_depth(page) // max(1, int(getattr(page, "tiledepth", 1) or 1)))
+        expected = -(-width // sides[0][0]) * -(-height // sides[1][0]) * depth
+        names = ("TileOffsets", "TileByteCounts")
+    else:
+        rows = min(int(page.rowsperstrip or height), height) or height
+        expected = -(-height // rows) * _image_depth(page)
+        names = ("StripOffsets", "StripByteCounts")
+    if int(page.planarconfig) == 2:
+        expected *= max(1, samples)
+    for name in names:
+        tag = page.tags.get(name)
+        found = int(tag.count) if tag is not None else 0
+        if found != expected:
+            raise _malformed(f"its {name} table has {found:,} entries where the image needs {expected:,}")
+
+
+def _image_depth(page) -> int:
+    return max(1, int(getattr(page, "imagedepth", 1) or 1))
+
+
+def _malformed(what: str) -> ValidationError:
+    return ValidationError(
+        "malformed_structure", f"The TIFF file's structure does not match its own header: {what}; it was not stored."
+    )
 
 
 def _pillow_mode_or_guess(path: str, bits: int, samples: int, photometric: int) -> str:
@@ -289,6 +360,44 @@ def _pillow_mode_or_guess(path: str, bits: int, samples: int, photometric: int) 
         if samples >= 3:
             return "RGB" if bits == 8 else f"RGB;{bits}"
         return {1: "1", 8: "L", 16: "I;16", 32: "F"}.get(bits, f"L;{bits}")
+
+
+_HUFFMAN_FRAMES = {0xC0, 0xC1, 0xC2}  # baseline, extended and progressive Huffman-coded JPEG
+
+
+def check_jpeg_scan_size(path: str, width: int, height: int) -> None:
+    """A JPEG whose frame header declares more pixels than its data can hold is truncated, even when it
+    ends with a proper end marker: libjpeg then only warns and fills the rest with grey. In Huffman-coded
+    JPEG each 8 x 8 block of the first component takes at least one bit (its DC difference)."""
+    frame, data_start = _jpeg_frame_and_scan_start(path)
+    if frame not in _HUFFMAN_FRAMES or data_start is None:
+        return
+    blocks = -(-width // 8) * -(-height // 8)
+    if (os.path.getsize(path) - data_start) * 8 < blocks:
+        raise ValidationError(
+            "truncated",
+            f"The JPEG file is truncated: it declares {width}x{height} pixels but holds data for far fewer "
+            "(incomplete upload or copy?).",
+        )
+
+
+def _jpeg_frame_and_scan_start(path: str) -> tuple[int | None, int | None]:
+    """The frame marker (SOFn) and where the first scan's data starts, walking the marker segments."""
+    frame = None
+    with open(path, "rb") as handle:
+        handle.seek(2)
+        while True:
+            marker = handle.read(2)
+            if len(marker) < 2 or marker[0] != 0xFF:
+                return frame, None
+            length = handle.read(2)
+            if len(length) < 2:
+                return frame, None
+            if 0xC0 <= marker[1] <= 0xCF and marker[1] not in (0xC4, 0xC8, 0xCC):
+                frame = marker[1]
+            handle.seek(int.from_bytes(length, "big") - 2, os.SEEK_CUR)
+            if marker[1] == 0xDA:  # start of scan: the entropy-coded data follows its header
+                return frame, handle.tell()
 
 
 def _pillow_header(path: str, image_format: str) -> ImageInfo:
@@ -389,7 +498,11 @@ def _full_decode(path: str) -> Image.Image:
             return load_grey8(path)
     except Image.DecompressionBombError as error:
         raise _too_many_pixels_from_pillow(error) from error
-    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, MemoryError) as error:
+    except MemoryError as error:  # the capped decoding process's limit (decode_guard), not a bad file
+        raise ValidationError(
+            "decoding_limit", "The image could not be decoded within the server's limits: it needed too much memory."
+        ) from error
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as error:
         raise _truncated_or_corrupt(error) from error
 
 

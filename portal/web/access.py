@@ -68,6 +68,18 @@ def admin_required(view):
     return login_required(checked)
 
 
+MAX_ID_DIGITS = 18  # every 18-digit number fits a 64-bit primary key, on PostgreSQL and SQLite alike
+
+
+def parse_id(value) -> int | None:
+    """An id from a query or form parameter, or None: ASCII digits only (str.isdigit() also accepts "²",
+    which int() refuses) and short enough for the database (SQLite overflows on 30 digits)."""
+    text = str(value or "")
+    if not text.isascii() or not text.isdigit() or len(text) > MAX_ID_DIGITS:
+        return None
+    return int(text)
+
+
 def posted_category_or_404(request):
     """The active category whose id was posted as `category`; 404 for anything else (a name, a NUL, a
     number out of range), never a 500 from the look-up."""
@@ -75,10 +87,10 @@ def posted_category_or_404(request):
 
     from portal.models import Category
 
-    value = request.POST.get("category", "")
-    if not value.isascii() or not value.isdigit() or len(value) > 18:
+    value = parse_id(request.POST.get("category"))
+    if value is None:
         raise Http404("No such category.")
-    category = Category.objects.filter(pk=int(value), active=True).first()
+    category = Category.objects.filter(pk=value, active=True).first()
     if category is None:
         raise Http404("No such category.")
     return category

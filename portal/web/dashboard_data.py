@@ -9,12 +9,13 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from portal.models import Category, Label, ModelVersion, Prediction, SEMImage
 from portal.permissions import visible_images
 from portal.services.review import CHECKED_SOURCES, disputed_in
+from portal.web.access import parse_id
 
 
 def selected_model(version: str | None) -> ModelVersion | None:
     """The requested version, else production, else the newest one."""
-    if version and version.isdigit():
-        return ModelVersion.objects.filter(version=int(version)).first()
+    if parse_id(version) is not None:
+        return ModelVersion.objects.filter(version=parse_id(version)).first()
     return (
         ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).first()
         or ModelVersion.objects.order_by("-version").first()

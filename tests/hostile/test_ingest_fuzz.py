@@ -36,6 +36,9 @@ KNOWN_CODES = {
     "extreme_aspect_ratio",
     "too_many_bytes",
     "corrupt",
+    "malformed_structure",
+    "too_many_samples",
+    "decoding_limit",
 }
 SEEDS = [valid_tiff(1), valid_tiff(2, compression="zlib"), valid_png(3), valid_jpeg(4), valid_bmp(5)]
 NAMES = st.sampled_from(["scan.tif", "scan.png", "x.jpg", "noext", "../../evil.tif", "a\x00b.png"]) | st.text(

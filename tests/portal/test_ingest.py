@@ -200,7 +200,9 @@ def test_png_with_bad_checksum_is_refused(sample, user):
 # --- atomicity -------------------------------------------------------------------------------
 
 
-def test_failure_while_making_the_derivative_leaves_nothing(monkeypatch, sample, user):
+def test_failure_while_making_the_derivative_leaves_nothing(monkeypatch, sample, user, settings):
+    settings.SEM_DECODE_IN_CHILD = False  # the patch below exists in this process only
+
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 

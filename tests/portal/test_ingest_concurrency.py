@@ -6,7 +6,6 @@ import io
 import threading
 
 import pytest
-from django.conf import settings
 from django.db import connection
 
 from portal.models import SEMImage
@@ -16,7 +15,8 @@ from tests.portal.sem_builders import accepted_samples, files_under
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_identical_uploads_create_one_image(monkeypatch, sample, user):
+def test_concurrent_identical_uploads_create_one_image(monkeypatch, sample, user, settings):
+    settings.SEM_DECODE_IN_CHILD = False  # the barrier below must run in this process
     _, data, _ = accepted_samples()["tiff_grey16"]
     both_validated = threading.Barrier(2, timeout=30)
     real_derived = ingest_module.make_derived_files

@@ -83,6 +83,7 @@ def main(argv: list[str]) -> int:
                     "outcome": outcome,
                     "message": message,
                     "peak_bytes": _rss_peak_bytes() - before,
+                    "process_peak_bytes": _rss_peak_bytes(),  # the whole interpreter's, imports included
                     "seconds": round(time.monotonic() - started, 3),
                 }
             ),

@@ -165,7 +165,7 @@ WEB_ROUTES = {
     "web:model_promote": Route({"POST": ADMINS}, kwargs=lambda w: {"version": w.candidate.version}),
     "web:model_rollback": Route({"POST": ADMINS}),
     "web:inbox": Route({"GET": CURATORS}),
-    "web:inbox_toggle": Route({"POST": rule(403, OK, OK, 403)}, kwargs=lambda w: {"pk": w.watch_folder.pk}),
+    "web:inbox_toggle": Route({"POST": PROJECT_CURATORS}, kwargs=lambda w: {"pk": w.watch_folder.pk}),
     "account:tokens": Route({"GET": EVERYONE, "POST": EVERYONE}, data=lambda w: {"name": "new"}),
     "account:token_revoke": Route({"POST": OWNER}, kwargs=lambda w: {"pk": w.token.pk}),
 }

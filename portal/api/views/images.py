@@ -13,12 +13,13 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 
 from portal.api import examples as ex
 from portal.api.exceptions import Conflict, IngestRejected, InsufficientStorage, StoredButUnavailable
 from portal.api.filters import ImageFilter
+from portal.api.parsers import JSONParser
 from portal.api.serializers import (
     ImageDetailSerializer,
     ImageSerializer,

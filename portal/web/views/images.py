@@ -19,6 +19,7 @@ from portal.downloads import stored_file_response
 from portal.models import Category, Label, SEMImage
 from portal.permissions import can_curate_image, visible_images
 from portal.services.labels import set_label
+from portal.services.validation import ValidationError
 from portal.storage import media_storage
 from portal.web.access import member_required, posted_category_or_404
 from portal.web.renditions import rendition_name
@@ -175,6 +176,10 @@ def image_rendition(request, pk: int, kind: str):
     stem = PurePath(image.original_filename).stem
     try:
         name = rendition_name(image, kind)
+    except ValidationError as error:
+        # Stored before today's checks and refused by them (or by the capped decoder): nothing to show.
+        logger.warning("no %s rendition of image %s: %s (%s)", kind, image.pk, error.code, error.message)
+        return HttpResponse(error.message, content_type="text/plain; charset=utf-8", status=422)
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

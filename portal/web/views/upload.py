@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 from portal.models import Category, Label, SEMImage
 from portal.permissions import can_upload_to, curated_projects, visible_images, visible_samples
 from portal.representations import SUMMARY_RELATED, image_summary
-from portal.web.access import member_required, member_required_json
+from portal.web.access import member_required, member_required_json, parse_id
 from portal.web.forms import SampleForm
 
 MAX_STATUS_IDS = 500
@@ -28,7 +28,8 @@ def upload_page(request):
         messages.success(request, f"Sample {sample.lab_sample_id} created.")
         return redirect(f"{reverse('web:upload')}?sample={sample.pk}")
     samples = visible_samples(request.user).select_related("project").order_by("project__name", "lab_sample_id")
-    selected = samples.filter(pk=request.GET.get("sample")).first() if request.GET.get("sample", "").isdigit() else None
+    sample_id = parse_id(request.GET.get("sample"))
+    selected = samples.filter(pk=sample_id).first() if sample_id is not None else None
     context = {
         "sample_form": form,
         "samples": samples,
@@ -129,10 +130,11 @@ def image_status(image: SEMImage) -> dict:
 @require_GET
 def upload_status(request):
     """Live status of the given images (the upload page polls this until all are classified)."""
-    ids = [int(part) for part in request.GET.get("ids", "").split(",") if part.isdigit()][:MAX_STATUS_IDS]
+    ids = [parse_id(part) for part in request.GET.get("ids", "").split(",")]
+    ids = [pk for pk in ids if pk is not None][:MAX_STATUS_IDS]
     images = visible_images(request.user).filter(pk__in=ids).select_related(*SUMMARY_RELATED)
     return JsonResponse({"images": [image_status(image) for image in images]})
 
 
 def _int(value) -> int | None:
-    return int(value) if value and str(value).isdigit() else None
+    return parse_id(value)
