@@ -1,0 +1,90 @@
+"""Issue 23 (UI), items 4, 9, 10, 11 and the lows: a new installation's first run, the user admin's project
+roles, the upload page, the viewer, focus, the skip link, wording, search and tokens. Browser tests drive
+Debian's Chromium (the `browser` fixture of test_browser.py); the others use Django's test client."""
+
+from __future__ import annotations
+
+from django.urls import reverse
+
+from portal.models import Membership
+from tests.web.conftest import PASSWORD  # noqa: F401  (users of make_user sign in with it)
+from tests.web.issue14_support import browser_test, running_run, sign_in  # noqa: F401
+from tests.web.test_browser import browser, screenshot  # noqa: F401  (the fixture)
+
+# --- 4: the first run and the first steps -------------------------------------------------------------
+
+
+def test_browse_shows_the_first_runs_progress_and_the_first_steps(client, admin_user, running_run):
+    client.force_login(admin_user)
+    page = client.get(reverse("web:browse")).content.decode()
+    banner = page.split('id="first-run-banner"')[1].split('id="first-steps"')[0]
+    assert "The first model is training" in banner and f"Run {running_run.pk}" in banner
+    assert f'data-progress-url="{reverse("web:training_progress", args=[running_run.pk])}"' in banner
+    steps = page.split('id="first-steps"')[1].split("</ol>")[0]
+    for link in ("admin:portal_project_add", "admin:auth_user_changelist", "web:upload", "web:review"):
+        assert f'href="{reverse(link)}"' in steps
+    assert "js/training.js" in page  # the progress bar is live
+
+
+def test_no_banner_once_a_model_exists(client, admin_user, running_run, make_model):
+    make_model(1, status="production", counts=[[9, 1], [1, 9]], classes=("Fibres", "Particles"))
+    client.force_login(admin_user)
+    page = client.get(reverse("web:browse")).content.decode()
+    assert 'id="first-run-banner"' not in page and 'id="first-steps"' not in page
+
+
+def test_training_page_says_the_first_model_is_being_trained(client, admin_user, running_run):
+    client.force_login(admin_user)
+    text = client.get(reverse("web:training")).content.decode().split('id="no-model-yet">')[1].split("</p>")[0]
+    assert f"being trained by run {running_run.pk}" in text and "No model trained yet" not in text
+
+
+# --- 9: project roles on the user's admin page --------------------------------------------------------
+
+
+def test_user_admin_page_edits_project_roles(client, django_user_model, member, project):
+    boss = django_user_model.objects.create_superuser("boss", "boss@example.org", PASSWORD)
+    client.force_login(boss)
+    url = reverse("admin:auth_user_change", args=[member.pk])
+    page = client.get(url).content.decode()
+    assert "Project roles (memberships)" in page and "Portal access comes from the project roles below" in page
+    form = client.get(url).context["adminform"].form
+    data = {name: value for name, value in form.initial.items() if value is not None and name != "password"}
+    data.update(
+        {
+            "username": member.username,
+            "date_joined_0": "2026-01-01",
+            "date_joined_1": "10:00:00",
+            "memberships-TOTAL_FORMS": "1",
+            "memberships-INITIAL_FORMS": "1",
+            "memberships-0-id": str(Membership.objects.get(user=member).pk),
+            "memberships-0-user": str(member.pk),
+            "memberships-0-project": str(project.pk),
+            "memberships-0-role": "curator",
+        }
+    )
+    data.pop("last_login", None)
+    data.pop("groups", None)
+    data.pop("user_permissions", None)
+    response = client.post(url, data)
+    assert response.status_code == 302, response.context["adminform"].form.errors if response.context else response
+    assert Membership.objects.get(user=member, project=project).role == "curator"
+
+
+# --- lows: wording and search -------------------------------------------------------------------------
+
+
+def test_inbox_403_speaks_of_the_inbox(client, member):
+    client.force_login(member)
+    response = client.get(reverse("web:inbox"))
+    text = response.content.decode()
+    assert response.status_code == 403
+    assert "The inbox (what the watch folders picked up) needs the curator role" in text
+    assert "Reviewing labels" not in text
+
+
+def test_sample_search_matches_part_of_the_lab_sample_id(client, curator, sample, make_image):
+    image = make_image(sample)  # lab sample ID S-0001, name "Test wafer"
+    client.force_login(curator)
+    found = client.get(reverse("web:browse"), {"sample": "0001"}).context["page"].object_list
+    assert [row.pk for row in found] == [image.pk]
