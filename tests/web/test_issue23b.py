@@ -4,9 +4,10 @@ Debian's Chromium (the `browser` fixture of test_browser.py); the others use Dja
 
 from __future__ import annotations
 
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from portal.models import Membership
+from portal.models import Membership, SEMImage
 from tests.web.conftest import PASSWORD  # noqa: F401  (users of make_user sign in with it)
 from tests.web.issue14_support import browser_test, running_run, sign_in  # noqa: F401
 from tests.web.test_browser import browser, screenshot  # noqa: F401  (the fixture)
@@ -88,3 +89,56 @@ def test_sample_search_matches_part_of_the_lab_sample_id(client, curator, sample
     client.force_login(curator)
     found = client.get(reverse("web:browse"), {"sample": "0001"}).context["page"].object_list
     assert [row.pk for row in found] == [image.pk]
+
+
+# --- 10: upload ---------------------------------------------------------------------------------------
+
+
+@browser_test
+def test_picking_a_sample_enables_the_drop_zone_without_a_reload(
+    browser, live_server, client, curator, sample, tmp_path
+):
+    from tests.web.conftest import png_bytes
+
+    page = browser
+    sign_in(page, live_server, client, curator)
+    page.goto(reverse("web:upload"))
+    assert page.get_attribute("#dropzone", "aria-disabled") == "true"
+    page.evaluate("window.notReloaded = true")
+    page.select_option("#id_sample_pick", str(sample.pk))
+    assert page.get_attribute("#dropzone", "aria-disabled") is None
+    assert page.evaluate("window.notReloaded") is True
+    assert sample.lab_sample_id in page.text_content("#upload-target")
+    assert page.is_visible("#known-category-field")  # alice curates the sample's project
+    path = tmp_path / "picked.png"
+    path.write_bytes(png_bytes(960))
+    page.set_input_files("#id_files", str(path))
+    page.wait_for_function("document.querySelectorAll('.file-row .outcome.stored').length === 1")
+    assert SEMImage.objects.filter(sample=sample).count() == 1
+    # Coming back to Upload: the last sample is chosen and the drop zone is ready.
+    page.goto(reverse("web:upload"))
+    assert page.input_value("#id_sample_pick") == str(sample.pk)
+    assert page.get_attribute("#dropzone", "aria-disabled") is None
+    screenshot(page, "i23-upload-remembered")
+    page.problems.assert_none()
+
+
+def test_last_upload_sample_is_remembered(client, curator, sample, other_sample):
+    from tests.web.conftest import png_bytes
+
+    client.force_login(curator)
+    assert client.get(reverse("web:upload")).context["selected"] is None
+    upload = SimpleUploadedFile("a.png", png_bytes(961), content_type="image/png")
+    assert client.post(reverse("web:upload_file"), {"sample": sample.pk, "file": upload}).status_code == 201
+    assert client.get(reverse("web:upload")).context["selected"] == sample
+    # A sample of a project the user cannot see is never preselected.
+    session = client.session
+    session["upload_last_sample"] = other_sample.pk
+    session.save()
+    assert client.get(reverse("web:upload")).context["selected"] is None
+
+
+def test_a_members_only_project_is_preselected_for_a_new_sample(client, member, project, other_project):
+    client.force_login(member)
+    page = client.get(reverse("web:upload")).content.decode()
+    assert f'<option value="{project.pk}" selected>' in page
