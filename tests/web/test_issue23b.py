@@ -7,7 +7,7 @@ from __future__ import annotations
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from portal.models import Membership, SEMImage
+from portal.models import ApiToken, Membership, SEMImage, TrainingRun
 from tests.web.conftest import PASSWORD  # noqa: F401  (users of make_user sign in with it)
 from tests.web.issue14_support import browser_test, running_run, sign_in  # noqa: F401
 from tests.web.test_browser import browser, screenshot  # noqa: F401  (the fixture)
@@ -142,3 +142,80 @@ def test_a_members_only_project_is_preselected_for_a_new_sample(client, member, 
     client.force_login(member)
     page = client.get(reverse("web:upload")).content.decode()
     assert f'<option value="{project.pk}" selected>' in page
+
+
+# --- lows: tokens, focus, skip link, validation loss ----------------------------------------------------
+
+
+@browser_test
+def test_token_secret_has_a_copy_button_and_revoke_asks_and_confirms(browser, live_server, client, member):
+    page = browser
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    sign_in(page, live_server, client, member)
+    page.goto(reverse("account:tokens"))
+    page.fill("#id_name", "LIMS")
+    with page.expect_navigation():
+        page.click("button.primary[type=submit]")
+    secret = page.text_content("#new-token-secret").strip()
+    page.click("#copy-token")
+    page.wait_for_function("document.getElementById('copy-token-status').textContent.length > 0")
+    assert page.text_content("#copy-token-status") == "Copied."
+    assert page.evaluate("navigator.clipboard.readText()") == secret
+    questions = []
+    page.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.dismiss()))
+    page.click("text=Revoke")
+    assert questions and "Revoke the token “LIMS”" in questions[0]
+    assert ApiToken.objects.get(user=member).revoked_at is None  # dismissed: nothing happened
+    page.once("dialog", lambda dialog: dialog.accept())
+    with page.expect_navigation():
+        page.click("text=Revoke")
+    assert "Token “LIMS” revoked" in page.text_content(".messages")
+    assert ApiToken.objects.get(user=member).revoked_at is not None
+    page.problems.assert_none()
+
+
+@browser_test
+def test_focus_stays_on_the_label_button_after_the_reload(
+    browser, live_server, client, curator, sample, make_image, categories
+):
+    image = make_image(sample)
+    page = browser
+    sign_in(page, live_server, client, curator)
+    page.goto(reverse("web:image_detail", args=[image.pk]))
+    fibres = categories["Fibres"].pk
+    page.focus(f'form[data-label-form] button[value="{fibres}"]')
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert "labelled Fibres" in page.text_content(".messages")
+    assert page.evaluate("document.activeElement.tagName") == "BUTTON"
+    assert page.evaluate("document.activeElement.value") == str(fibres)
+    page.problems.assert_none()
+
+
+@browser_test
+def test_first_tab_reaches_a_visible_skip_link(browser, live_server, client, member):
+    page = browser
+    sign_in(page, live_server, client, member)
+    page.goto(reverse("web:dashboard"))
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    box = page.locator(".skip-link").bounding_box()
+    assert box and box["y"] >= 0, "the focused skip link is on screen"
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "content"
+
+
+@browser_test
+def test_progress_labels_the_validation_loss(browser, live_server, client, admin_user, running_run):
+    page = browser
+    sign_in(page, live_server, client, admin_user)
+    page.goto(reverse("web:training"))
+    detail = '.run-progress [data-field="detail"]'
+    page.wait_for_function(f"document.querySelector('{detail}').textContent.includes('loss')")
+    text = page.text_content(detail)
+    assert "validation loss 2.000" in text, text  # the epoch_end event of running_run: valid_loss 2.2 - 0.2
+    TrainingRun.objects.filter(pk=running_run.pk).update(
+        progress={"event": "batch", "stage": 0, "stages": 2, "batch": 3, "batches": 9, "train_loss": 1.5}
+    )
+    page.wait_for_function(f"document.querySelector('{detail}').textContent.includes('batch loss 1.500')")
+    page.problems.assert_none()
