@@ -219,3 +219,53 @@ def test_progress_labels_the_validation_loss(browser, live_server, client, admin
     )
     page.wait_for_function(f"document.querySelector('{detail}').textContent.includes('batch loss 1.500')")
     page.problems.assert_none()
+
+
+# --- 11: the viewer -----------------------------------------------------------------------------------
+
+
+@browser_test
+def test_viewer_controls_focus_ring_scale_bar_and_navigator(browser, live_server, client, curator, sample):
+    import io
+
+    from portal.services.ingest import ingest_file
+    from tests.helpers import png_bytes
+
+    image = ingest_file(io.BytesIO(png_bytes(77, size=1000)), filename="big.png", sample=sample, uploaded_by=curator)
+    SEMImage.objects.filter(pk=image.image.pk).update(pixel_size_nm=2.5)
+    page = browser
+    sign_in(page, live_server, client, curator)
+    page.goto(reverse("web:image_detail", args=[image.image.pk]))
+    page.wait_for_function("window.imageViewer && window.imageViewer.world.getItemCount() === 1")
+    viewer = page.locator("#viewer").bounding_box()
+    navigator = page.locator("#viewer .navigator").bounding_box()
+    assert navigator["y"] + navigator["height"] < viewer["y"] + viewer["height"] / 2, "navigator at the top"
+    assert page.is_hidden("#viewer-scale-bar"), "at the home view the instrument's own bar is enough"
+    # The canvas's focus ring is drawn inside the clipped box.
+    page.focus("#viewer .openseadragon-canvas")
+    ring = page.evaluate(
+        "(() => { const s = getComputedStyle(document.activeElement); return [s.outlineStyle, s.outlineOffset]; })()"
+    )
+    assert ring[0] != "none" and ring[1].startswith("-"), ring
+    # Tab from the canvas reaches "Zoom in"; Enter zooms in.
+    for _ in range(8):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.getAttribute('aria-label')") == "Zoom in":
+            break
+    assert page.evaluate("document.activeElement.getAttribute('role')") == "button"
+    home = page.evaluate("window.imageViewer.viewport.getZoom(true)")
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"window.imageViewer.viewport.getZoom(true) > {home} * 1.1")
+    page.wait_for_selector("#viewer-scale-bar", state="visible")
+    text = page.text_content("#viewer-scale-bar")
+    assert text.endswith(" nm") or text.endswith(" µm"), text
+    width = page.evaluate("parseFloat(document.querySelector('#viewer-scale-bar div').style.width)")
+    zoom = page.evaluate(
+        "(() => { const i = window.imageViewer.world.getItemAt(0);"
+        " return i.imageToViewerElementCoordinates(new OpenSeadragon.Point(1, 0)).x -"
+        " i.imageToViewerElementCoordinates(new OpenSeadragon.Point(0, 0)).x; })()"
+    )
+    shown_nm = float(text.split()[0]) * (1000 if text.endswith("µm") else 1)
+    assert abs(width / zoom * 2.5 - shown_nm) / shown_nm < 0.02, (width, zoom, text)  # the bar is that long
+    screenshot(page, "i23-viewer-zoomed")
+    page.problems.assert_none()
