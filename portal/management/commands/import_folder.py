@@ -32,7 +32,9 @@ from portal.services.folder_import import (
 class Command(BaseCommand):
     help = (
         "Import a folder-per-category tree (NFFA-EUROPE layout: one folder per category, named like the "
-        "category's folder name, name or slug) as curated labels. Resumable: files already stored are skipped."
+        "category's folder name, name or slug) as curated labels. Each series becomes a sample (--manifest, or "
+        "a category/SAMPLE/file tree), so the train/test split keeps a series on one side; --sample puts the whole "
+        "tree in one sample. Resumable: files already stored are skipped."
     )
 
     def add_arguments(self, parser):
