@@ -20,6 +20,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from classifier.series import source_group
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 REAL_SETS = ("sem-real", "sem-real-2")
@@ -36,18 +38,6 @@ class RealImage:
 
 def available() -> bool:
     return all((SHARED / name / "manifest.csv").is_file() for name in REAL_SETS)
-
-
-def source_group(repo: str, file: str, path: str) -> str:
-    """The source series an image belongs to (see the module docstring)."""
-    name = Path(file).stem
-    if repo.startswith("ARIM-Academy/"):
-        family = name.split("_")[1]  # mp_<family>_...: bead, frag, psfrag, polyester, pfibre, foam
-        family = "polyester" if family == "pfibre" else family  # the close-ups of the same fibres
-        return f"{repo}#{family}"
-    if repo.startswith("baiyubaiyu/"):
-        return f"{repo}#{Path(path).parent.name}"  # one filler loading: one sample, several magnifications
-    return repo
 
 
 def load_images(sets=REAL_SETS) -> list[RealImage]:

@@ -9,6 +9,8 @@ and its label.changed event, one production model and its re-classification, the
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
 from django.db import transaction
 from django.utils.html import format_html
 
@@ -32,6 +34,38 @@ class MembershipInline(admin.TabularInline):
     model = Membership
     extra = 1
     autocomplete_fields = ["user"]
+
+
+class UserMembershipInline(admin.TabularInline):
+    """The user's projects and roles, on the user's own page (the portal's access comes from these)."""
+
+    model = Membership
+    extra = 1
+    autocomplete_fields = ["project"]
+    verbose_name = "project role"
+    verbose_name_plural = "Project roles (memberships)"
+
+
+class PortalUserAdmin(UserAdmin):
+    inlines = [*UserAdmin.inlines, UserMembershipInline]
+
+    def get_fieldsets(self, request, obj=None):
+        # Django's permissions and groups look like the place to give access; say where it really is.
+        fieldsets = [(name, dict(options)) for name, options in super().get_fieldsets(request, obj)]
+        for name, options in fieldsets:
+            if name == "Permissions":
+                options["description"] = (
+                    "Portal access comes from the project roles below (member: upload, browse, metrics; curator: "
+                    "also review labels) and from Staff status (an administrator). Groups and user permissions "
+                    "only matter in this admin site."
+                )
+        return fieldsets
+
+
+User = get_user_model()
+if admin.site.is_registered(User):
+    admin.site.unregister(User)
+admin.site.register(User, PortalUserAdmin)
 
 
 @admin.register(Project)

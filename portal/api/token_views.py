@@ -6,6 +6,7 @@ import secrets
 
 from django import forms
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
@@ -77,6 +78,7 @@ def _take_secret(request) -> str | None:
 def token_revoke(request, pk: int):
     token = get_object_or_404(ApiToken, pk=pk, user=request.user)  # someone else's token: 404
     revoke_token(token)
+    messages.success(request, f"Token “{token.name}” revoked: clients that send it are refused from now on.")
     return redirect("account:tokens")
 
 

@@ -125,3 +125,34 @@ def straddling_groups() -> list[int]:
         .filter(sides__gt=1)
         .values_list("duplicate_group", flat=True)
     )
+
+
+# Fewer distinct samples than this on the test side and the test figures say little about a new sample.
+MIN_TEST_SAMPLES = 3
+
+
+def sample_independence() -> dict:
+    """Whether the test split's curated images come from samples never seen in training.
+
+    The figures are optimistic (the Training page and the dashboard say so) when any curated test image
+    belongs to a sample that also has curated training images (a collection import: tiles and
+    magnifications of one series on both sides), or when they come from fewer than MIN_TEST_SAMPLES
+    samples."""
+    from django.db.models import Count
+
+    from portal.models import SEMImage
+
+    counts: dict[int, dict[str, int]] = {}
+    rows = SEMImage.objects.filter(curated_category__isnull=False).values("sample_id", "split").annotate(n=Count("pk"))
+    for row in rows:
+        counts.setdefault(row["sample_id"], {})[row["split"]] = row["n"]
+    test_images = sum(sides.get(TEST, 0) for sides in counts.values())
+    shared = sum(sides.get(TEST, 0) for sides in counts.values() if sides.get(TEST) and sides.get(TRAIN))
+    test_samples = sum(1 for sides in counts.values() if sides.get(TEST))
+    return {
+        "test_images": test_images,
+        "shared_test_images": shared,
+        "test_samples": test_samples,
+        "min_test_samples": MIN_TEST_SAMPLES,
+        "optimistic": bool(test_images) and (shared > 0 or test_samples < MIN_TEST_SAMPLES),
+    }

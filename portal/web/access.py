@@ -48,11 +48,15 @@ def member_required_json(view):
     return checked
 
 
-def curator_required(view):
+def curator_required(view=None, *, needed_for: str = "Reviewing labels"):
+    """`@curator_required`, or `@curator_required(needed_for="The inbox")`: the 403 names the page refused."""
+    if view is None:
+        return lambda inner: curator_required(inner, needed_for=needed_for)
+
     @wraps(view)
     def checked(request, *args, **kwargs):
         if not is_curator(request.user):
-            raise PermissionDenied("Reviewing labels needs the curator role in a project.")
+            raise PermissionDenied(f"{needed_for} needs the curator role in a project.")
         return view(request, *args, **kwargs)
 
     return login_required(checked)

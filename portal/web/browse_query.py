@@ -39,7 +39,7 @@ def _filters(data: dict) -> Q:
     if data.get("project"):
         condition &= Q(sample__project=data["project"])
     if data.get("sample"):
-        condition &= Q(sample__lab_sample_id__iexact=data["sample"]) | Q(sample__name__icontains=data["sample"])
+        condition &= Q(sample__lab_sample_id__icontains=data["sample"]) | Q(sample__name__icontains=data["sample"])
     if data.get("predicted"):
         condition &= Q(predicted_category_id=data["predicted"])
     condition &= _curated_filter(data.get("curated"))

@@ -226,13 +226,16 @@ def cell_images(user, model: ModelVersion, actual: str, predicted: str) -> Query
 
 
 def readiness_context() -> dict:
-    """Categories with too few curated training images to be offered by a model (Training page, dashboard)."""
+    """Categories with too few curated training images to be offered by a model, and whether the test split
+    holds unseen samples (Training page, dashboard)."""
     from django.conf import settings
 
+    from portal.services.splits import sample_independence
     from portal.services.training import class_readiness
 
     rows = [row for row in class_readiness() if row["needed"]]
     return {
+        "split_check": sample_independence(),
         # Categories being collected get a row each; those without any curated image one line, so that a
         # lab that never images MEMS or tips is not told ten times what it needs.
         "not_ready": [row for row in rows if row["train_images"]],

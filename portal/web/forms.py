@@ -23,7 +23,12 @@ class SampleForm(forms.ModelForm):
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["project"].queryset = visible_projects(user)
+        projects = visible_projects(user)
+        self.fields["project"].queryset = projects
+        # A member of a single project has nothing to choose: preselect it.
+        only = list(projects[:2])
+        if len(only) == 1 and not self.is_bound:
+            self.initial.setdefault("project", only[0].pk)
 
 
 class BrowseFilterForm(forms.Form):

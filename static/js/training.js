@@ -12,8 +12,9 @@
     if (progress.size) parts.push(progress.size + " px");
     if (progress.epoch !== undefined && progress.epochs) parts.push("epoch " + (progress.epoch + 1) + "/" + progress.epochs);
     if (progress.batch !== undefined && progress.batches) parts.push("batch " + (progress.batch + 1) + "/" + progress.batches);
-    var loss = progress.valid_loss !== undefined && progress.valid_loss !== null ? progress.valid_loss : progress.train_loss;
-    if (typeof loss === "number") parts.push("loss " + loss.toFixed(3));
+    // An epoch's end reports the validation loss, a batch its own training loss: say which one it is.
+    if (typeof progress.valid_loss === "number") parts.push("validation loss " + progress.valid_loss.toFixed(3));
+    else if (typeof progress.train_loss === "number") parts.push("batch loss " + progress.train_loss.toFixed(3));
     if (!parts.length) parts.push(progress.event.replace(/_/g, " "));
     return parts.join(" · ");
   }

@@ -24,6 +24,7 @@
   var retryButton = document.getElementById("retry-failed");
 
   function addFiles(files) {
+    if (!panel.dataset.sampleId) return; // no sample chosen yet: the drop zone is disabled
     Array.prototype.forEach.call(files, function (file) {
       waiting.push({ file: file, row: makeRow(file) });
     });
@@ -221,6 +222,29 @@
   }
 
   if (retryButton) retryButton.addEventListener("click", retryFailed);
+  // Choosing a sample enables the drop zone at once; the URL keeps it for a reload, the server remembers
+  // the sample after the first upload (the next visit preselects it).
+  var picker = document.getElementById("id_sample_pick");
+  function useSample() {
+    var option = picker.options[picker.selectedIndex];
+    var chosen = Boolean(picker.value);
+    panel.dataset.sampleId = picker.value;
+    dropzone.classList.toggle("disabled", !chosen);
+    if (chosen) dropzone.removeAttribute("aria-disabled"); else dropzone.setAttribute("aria-disabled", "true");
+    input.disabled = !chosen;
+    document.getElementById("choose-sample-first").hidden = chosen;
+    var target = document.getElementById("upload-target");
+    target.hidden = !chosen;
+    target.querySelector('[data-field="sample"]').textContent = chosen ? option.dataset.target : "";
+    var labelField = document.getElementById("known-category-field");
+    if (labelField) labelField.hidden = !(chosen && option.hasAttribute("data-can-label"));
+    if (knownCategory && labelField && labelField.hidden) knownCategory.value = "";
+    var url = new URL(window.location.href);
+    if (chosen) url.searchParams.set("sample", picker.value); else url.searchParams.delete("sample");
+    window.history.replaceState(null, "", url);
+  }
+  if (picker) picker.addEventListener("change", useSample);
+
   // The drop zone is a button for the keyboard: Enter or Space opens the file chooser.
   dropzone.addEventListener("keydown", function (event) {
     if (event.target !== dropzone || (event.key !== "Enter" && event.key !== " ")) return;

@@ -1,4 +1,11 @@
-"""manage.py import_folder PATH --sample LAB_ID [--project NAME --create-sample] [--user USERNAME] [--strict]"""
+"""manage.py import_folder PATH (--sample LAB_ID [--project NAME --create-sample] | --project NAME [--manifest FILE])
+[--user USERNAME] [--strict]
+
+Which sample an image belongs to decides its side of the train/test split, so the series matter:
+--sample puts the whole tree in one sample (a collection, split per near-duplicate group: images of
+one series land on both sides); --manifest, or a `category/SAMPLE/file` tree without either option,
+makes one sample per series.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +18,43 @@ from django.db import transaction
 from tqdm import tqdm
 
 from portal.models import Membership, Project, Sample
-from portal.services.folder_import import ImportProblem, format_summary, import_tree, plan_import
+from portal.services.folder_import import (
+    ImportProblem,
+    format_summary,
+    import_tree,
+    plan_files,
+    samples_for_series,
+    series_from_folders,
+    series_from_manifest,
+)
 
 
 class Command(BaseCommand):
     help = (
         "Import a folder-per-category tree (NFFA-EUROPE layout: one folder per category, named like the "
-        "category's folder name, name or slug) as curated labels. Resumable: files already stored are skipped."
+        "category's folder name, name or slug) as curated labels. Each series becomes a sample (--manifest, or "
+        "a category/SAMPLE/file tree), so the train/test split keeps a series on one side; --sample puts the whole "
+        "tree in one sample. Resumable: files already stored are skipped."
     )
 
     def add_arguments(self, parser):
         parser.add_argument("path", help="Root folder holding one sub-folder per category")
-        parser.add_argument("--sample", required=True, metavar="LAB_ID", help="Lab sample ID the images belong to")
-        parser.add_argument("--project", metavar="NAME", help="Project of the sample (needed with --create-sample)")
+        series = parser.add_mutually_exclusive_group()
+        series.add_argument(
+            "--sample", metavar="LAB_ID", help="One lab sample ID for every image of the tree (subfolders ignored)"
+        )
+        series.add_argument(
+            "--manifest",
+            metavar="FILE",
+            help="CSV naming each file's series: columns file,sample (file relative to PATH), or the sem-real "
+            "manifests' file,repo,path. One sample per series is created in --project",
+        )
+        parser.add_argument(
+            "--project",
+            metavar="NAME",
+            help="Project of the sample(s): needed with --create-sample, --manifest and the category/SAMPLE/file "
+            "layout (used when neither --sample nor --manifest is given); created when missing",
+        )
         parser.add_argument(
             "--create-sample", action="store_true", help="Create the sample (and the project) when it does not exist"
         )
@@ -39,23 +70,46 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         root = Path(options["path"]).expanduser()
+        user = resolve_user(options["user"])
         try:
-            plan_import(root)  # fail before touching the database when the tree is wrong
+            # Fail before touching the database when the tree (or its series) is wrong.
+            files = [path for path, _category in plan_files(root)]
+            targets = self.resolve_targets(root, files, options, user)
         except ImportProblem as problem:
             raise CommandError(str(problem)) from problem
-        user = resolve_user(options["user"])
-        sample = resolve_sample(
-            options["sample"], project_name=options["project"], create=options["create_sample"], user=user
-        )
-        user = user or sample.owner
         with tqdm(unit="file", desc="Importing", file=sys.stderr, disable=options["no_progress"] or None) as bar:
             summary = import_tree(
-                root, sample=sample, user=user, progress=bar.update, on_total=lambda total: setattr(bar, "total", total)
+                root, **targets, progress=bar.update, on_total=lambda total: setattr(bar, "total", total)
             )
         self.stdout.write(format_summary(summary, root))
         if options["strict"] and summary.rejected:
             raise CommandError(f"{len(summary.rejected)} files were refused (listed above)", returncode=1)
         return None
+
+    def resolve_targets(self, root: Path, files: list[Path], options, user) -> dict:
+        """import_tree's sample(s) and user: one sample (--sample), or one per series."""
+        if options["sample"]:
+            sample = resolve_sample(
+                options["sample"], project_name=options["project"], create=options["create_sample"], user=user
+            )
+            return {"sample": sample, "user": user or sample.owner}
+        if not options["project"]:
+            raise CommandError("Pass --project NAME (the project of the series' samples), or --sample LAB_ID")
+        if options["manifest"]:
+            series = series_from_manifest(root, files, Path(options["manifest"]).expanduser())
+        else:
+            series = series_from_folders(root, files)
+        owner = user or default_owner()
+        with transaction.atomic():
+            project = ensure_project(options["project"], owner)
+            by_series = samples_for_series(set(series.values()), project=project, owner=owner)
+        return {"samples": {path: by_series[name] for path, name in series.items()}, "user": owner}
+
+
+def ensure_project(name: str, owner) -> Project:
+    project, _ = Project.objects.get_or_create(name=name)
+    Membership.objects.get_or_create(project=project, user=owner, defaults={"role": Membership.Role.CURATOR})
+    return project
 
 
 def resolve_user(username: str | None):
@@ -82,8 +136,7 @@ def resolve_sample(lab_sample_id: str, *, project_name: str | None, create: bool
         raise CommandError("--create-sample needs --project NAME")
     owner = user or default_owner()
     with transaction.atomic():
-        project, _ = Project.objects.get_or_create(name=project_name)
-        Membership.objects.get_or_create(project=project, user=owner, defaults={"role": Membership.Role.CURATOR})
+        project = ensure_project(project_name, owner)
         # A folder of a dataset holds many samples: a collection, split per near-duplicate group.
         return Sample.objects.create(
             project=project, lab_sample_id=lab_sample_id, name=lab_sample_id, owner=owner, split=""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.paginator import Paginator
 from django.shortcuts import redirect, render
 
-from portal.models import Category
+from portal.models import Category, ModelVersion, TrainingRun
 from portal.web.access import member_required
 from portal.web.browse_query import filtered_images
 from portal.web.forms import BrowseFilterForm
@@ -24,4 +24,13 @@ def browse(request):
     form = BrowseFilterForm(request.GET or None, user=request.user, categories=categories)
     images = filtered_images(request.user, form)
     page = Paginator(images, PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "portal/browse.html", {"form": form, "page": page, "filtered": bool(request.GET)})
+    context = {"form": form, "page": page, "filtered": bool(request.GET), **first_model_context()}
+    return render(request, "portal/browse.html", context)
+
+
+def first_model_context() -> dict:
+    """Before any model exists every card waits for one: say whether the first run is training (its live
+    progress) and list the first steps, so a new installation does not look stuck."""
+    if ModelVersion.objects.exists():
+        return {}
+    return {"first_run": TrainingRun.objects.filter(active=True).first(), "first_steps": True}

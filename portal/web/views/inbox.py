@@ -20,7 +20,7 @@ def _folders(user):
     return WatchFolder.objects.filter(project__in=curated_projects(user)).select_related("project", "fixed_sample")
 
 
-@curator_required
+@curator_required(needed_for="The inbox (what the watch folders picked up)")
 def inbox(request):
     folders = []
     for folder in _folders(request.user):
@@ -38,7 +38,7 @@ def inbox(request):
     return render(request, "portal/inbox.html", {"folders": folders})
 
 
-@curator_required
+@curator_required(needed_for="Pausing a watch folder")
 @require_POST
 def inbox_toggle(request, pk: int):
     # Another project's folder is as unknown as a missing one: a 403 would confirm that the id exists.

@@ -28,16 +28,27 @@ def upload_page(request):
         messages.success(request, f"Sample {sample.lab_sample_id} created.")
         return redirect(f"{reverse('web:upload')}?sample={sample.pk}")
     samples = visible_samples(request.user).select_related("project").order_by("project__name", "lab_sample_id")
-    sample_id = parse_id(request.GET.get("sample"))
-    selected = samples.filter(pk=sample_id).first() if sample_id is not None else None
+    selected = _selected_sample(request, samples)
+    curated_ids = set(curated_projects(request.user).values_list("pk", flat=True))
     context = {
         "sample_form": form,
         "samples": samples,
         "selected": selected,
-        "can_label": selected is not None and curated_projects(request.user).filter(pk=selected.project_id).exists(),
+        "curated_project_ids": curated_ids,
+        "can_label": selected is not None and selected.project_id in curated_ids,
         "categories": Category.objects.filter(active=True),
     }
     return render(request, "portal/upload.html", context)
+
+
+LAST_SAMPLE_KEY = "upload_last_sample"
+
+
+def _selected_sample(request, samples):
+    """?sample=, else the sample this user last uploaded to (remembered in the session by upload_file),
+    so coming back to Upload does not mean choosing it again."""
+    wanted = _int(request.GET.get("sample")) or request.session.get(LAST_SAMPLE_KEY)
+    return samples.filter(pk=wanted).first() if wanted else None
 
 
 @member_required_json
@@ -52,6 +63,7 @@ def upload_file(request):
     upload = request.FILES.get("file")
     if upload is None:
         return JsonResponse({"outcome": "rejected", "reason": "No file in the request."}, status=400)
+    request.session[LAST_SAMPLE_KEY] = sample.pk
     label = _upload_label(request, sample)
     try:
         result = ingest_file(
