@@ -70,6 +70,8 @@ def classify_images(image_ids: list[int]) -> BatchOutcome:
     if not claimed:
         return BatchOutcome()
     stored = restore_stored_predictions(model, claimed)
+    if stored is None:
+        return BatchOutcome()  # demoted meanwhile: production's re-classification takes the images
     to_predict = [image for image in claimed if image.pk not in stored]
     if not to_predict:
         return BatchOutcome(classified=sorted(stored))
@@ -85,12 +87,17 @@ def classify_images(image_ids: list[int]) -> BatchOutcome:
     return outcome
 
 
-def restore_stored_predictions(model: ModelVersion, images: list[SEMImage]) -> set[int]:
-    """Images this model already predicted (a roll-back re-promotes an older model): copy, don't recompute."""
+def restore_stored_predictions(model: ModelVersion, images: list[SEMImage]) -> set[int] | None:
+    """Images this model already predicted (a roll-back re-promotes an older model): copy, don't recompute.
+    None when `model` is no longer production."""
     predictions = Prediction.objects.filter(model_version=model, image_id__in=[image.pk for image in images])
     now = timezone.now()
     restored = set()
     with transaction.atomic():
+        if not predictions:
+            return restored
+        if lock_for_writing(model, [image.pk for image in images]) is None:
+            return None
         for prediction in predictions:
             SEMImage.objects.filter(pk=prediction.image_id).update(
                 status=SEMImage.Status.CLASSIFIED,
@@ -104,6 +111,36 @@ def restore_stored_predictions(model: ModelVersion, images: list[SEMImage]) -> s
             )
             restored.add(prediction.image_id)
     return restored
+
+
+def lock_for_writing(model: ModelVersion, image_ids: list[int]) -> set[int] | None:
+    """Lock the batch's images, then `model`'s row, inside the caller's transaction: the ids of the images
+    still present, or None when `model` is no longer production.
+
+    A batch runs for seconds; a promotion or roll-back may commit meanwhile, and its own re-classification
+    skips the images this batch still claims. The check holds the model's row lock until the batch's
+    writes commit, so promote/rollback (which lock the same row) run wholly before or after them. A batch
+    that finds its model demoted writes nothing, hands its images back and queues production's
+    re-classification, so no image keeps a demoted model's answer.
+    """
+    present = set(SEMImage.objects.select_for_update().filter(pk__in=image_ids).values_list("pk", flat=True))
+    production = ModelVersion.objects.select_for_update().filter(pk=model.pk, status=ModelVersion.Status.PRODUCTION)
+    if list(production.values_list("pk", flat=True)):
+        return present
+    SEMImage.objects.filter(pk__in=present).update(claimed_at=None)
+    logger.info(
+        "v%s was demoted while it classified images %s; production re-classifies them", model.version, image_ids
+    )
+    transaction.on_commit(_requeue_for_production)
+    return None
+
+
+def _requeue_for_production() -> None:
+    from portal.services.queueing import enqueue_backlog
+
+    current = production_model()
+    if current is not None:
+        enqueue_backlog(current.pk)
 
 
 def park_without_model(image_ids: list[int]) -> int:
@@ -230,7 +267,9 @@ def _predict_one(engine, image: SEMImage, path):
 @transaction.atomic
 def save_results(model: ModelVersion, classes: list[str], results: dict[int, object]) -> BatchOutcome:
     # Lock the rows: an image deleted meanwhile is skipped, and cannot vanish before the commit.
-    present = set(SEMImage.objects.select_for_update().filter(pk__in=results).values_list("pk", flat=True))
+    present = lock_for_writing(model, list(results))
+    if present is None:
+        return BatchOutcome()
     already = set(
         Prediction.objects.filter(model_version=model, image_id__in=present).values_list("image_id", flat=True)
     )
