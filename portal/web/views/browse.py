@@ -6,6 +6,7 @@ from django.core.paginator import Paginator
 from django.shortcuts import redirect, render
 
 from portal.models import Category
+from portal.services.classification import production_model
 from portal.web.access import member_required
 from portal.web.browse_query import filtered_images
 from portal.web.forms import BrowseFilterForm
@@ -24,4 +25,5 @@ def browse(request):
     form = BrowseFilterForm(request.GET or None, user=request.user, categories=categories)
     images = filtered_images(request.user, form)
     page = Paginator(images, PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "portal/browse.html", {"form": form, "page": page, "filtered": bool(request.GET)})
+    context = {"form": form, "page": page, "filtered": bool(request.GET), "production_model": production_model()}
+    return render(request, "portal/browse.html", context)
