@@ -72,3 +72,56 @@ def test_a_blank_upload_is_flagged_as_blank(client, member, sample, user, catego
 
     assert "blank image" in page and "Classified, uncertain" in page
     assert "blank image" in _html(client, "web:browse")
+
+
+# --- 4: review queue filters with counts ---------------------------------------------------------------
+
+
+@pytest.fixture
+def two_project_queue(make_image, sample, make_user, other_project, curator, categories, make_model, predict):
+    """In the curator's project: one unlabelled image and one disagreement; in a second project the
+    curator also curates: two unlabelled images."""
+    from portal.models import Membership, Sample
+
+    Membership.objects.create(project=other_project, user=curator, role="curator")
+    other = Sample.objects.create(project=other_project, lab_sample_id="CAT-1", name="Catalyst", owner=curator)
+    model = make_model(1, status="production")
+    fresh, disputed = make_image(sample), make_image(sample, curated=categories["Fibres"])
+    foreign = [make_image(other), make_image(other)]
+    for image in [fresh, disputed, *foreign]:
+        predict(image, model, {"Particles": 0.9, "Fibres": 0.05, "Powder": 0.05}, categories)
+    return {"fresh": fresh, "disputed": disputed, "foreign": foreign, "other_project": other_project}
+
+
+def _head(client, **params):
+    response = client.get(reverse("web:review"), params)
+    assert response.status_code == 200
+    return response.context["image"], response.content.decode()
+
+
+def test_review_filters_by_project_and_reason_with_counts(client, curator, project, two_project_queue):
+    client.force_login(curator)
+    other = two_project_queue["other_project"]
+
+    image, html = _head(client)
+    assert f"{project.name} (2)" in html and f"{other.name} (2)" in html
+    assert "Without a curated label (3)" in html and "Model disagrees with the label (1)" in html
+
+    image, html = _head(client, project=other.pk)
+    assert image in two_project_queue["foreign"]
+    assert "Without a curated label (2)" in html and "Model disagrees with the label (0)" in html
+
+    image, _ = _head(client, reason="disputed")
+    assert image == two_project_queue["disputed"]
+    image, html = _head(client, project=project.pk, reason="unlabelled")
+    assert image == two_project_queue["fresh"]
+    assert f'action="{reverse("web:review_skip", args=[image.pk])}?project={project.pk}&amp;reason=unlabelled"' in html
+
+
+def test_an_action_under_a_filter_comes_back_to_the_same_filter(client, curator, project, two_project_queue):
+    client.force_login(curator)
+    fresh = two_project_queue["fresh"]
+    response = client.post(f"{reverse('web:review_skip', args=[fresh.pk])}?project={project.pk}&reason=unlabelled")
+    assert response.url == f"{reverse('web:review')}?project={project.pk}&reason=unlabelled"
+    image, html = _head(client, project=project.pk, reason="unlabelled")
+    assert image is None and "Nothing left under these filters" in html
