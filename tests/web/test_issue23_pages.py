@@ -125,3 +125,27 @@ def test_an_action_under_a_filter_comes_back_to_the_same_filter(client, curator,
     assert response.url == f"{reverse('web:review')}?project={project.pk}&reason=unlabelled"
     image, html = _head(client, project=project.pk, reason="unlabelled")
     assert image is None and "Nothing left under these filters" in html
+
+
+# --- 5: a member's dashboard says where its figures come from ---------------------------------------------
+
+
+def test_a_members_dashboard_names_its_sources_and_invites_no_relabelling(
+    client, member, project, sample, other_sample, make_image, make_model, predict, categories
+):
+    model = make_model(1, status="production")
+    mine = make_image(sample, split="test", curated=categories["Powder"])
+    predict(mine, model, {"Powder": 0.9, "Fibres": 0.05, "Particles": 0.05}, categories)
+    for _ in range(2):
+        foreign = make_image(other_sample, split="test", curated=categories["Fibres"])
+        predict(foreign, model, {"Particles": 0.9, "Fibres": 0.05, "Powder": 0.05}, categories)
+    client.force_login(member)
+
+    html = _html(client, "web:dashboard")
+    cell = _html(client, "web:confusion_cell", 1, actual="Fibres", predicted="Particles")
+
+    assert f"1 curated image of {project.name} and 2 of projects you cannot open" in html
+    assert other_sample.project.name not in html
+    assert "relabel" not in html.lower()
+    assert "in projects you cannot open (2 images); none is in yours" in cell
+    assert "labels have changed" not in cell and "relabel" not in cell.lower()
