@@ -52,3 +52,53 @@ def test_a_number_key_still_replaces_a_disputed_label(
 
     assert SEMImage.objects.get(pk=image.pk).curated_category == categories["Particles"]
     page.problems.assert_none()
+
+
+# --- 6: the Training page at 1024 px -------------------------------------------------------------------------
+
+LONG_REASON = (
+    "Not shown to be at least as good as production: macro-F1 difference +0.031, 90% interval [-0.012, +0.080] "
+    "on 60 test images (2000 paired resamples); the lower bound must be above +0.000\n"
+    "Rolled back to v1 by ada-admin on 2026-12-06 14:23"
+)
+
+
+def _gate(decision: str) -> dict:
+    recall = {"diff": -0.05, "low": -0.153, "high": 0.051, "support": 20}
+    return {
+        "level": 0.9,
+        "resamples": 2000,
+        "n": 60,
+        "tolerance": 0.0,
+        "decision": decision,
+        "macro_f1": {"diff": 0.031, "low": -0.012, "high": 0.08},
+        "recall": {"Patterned_surface": recall, "Porous_Sponge": {**recall, "low": -0.01}},
+    }
+
+
+@browser_test
+def test_training_page_fits_a_1024_px_window(browser, live_server, client, admin_user, make_model):
+    page = browser
+    for version, status, decision in [(1, "retired", None), (2, "rejected", "refused"), (3, "production", "promoted")]:
+        model = make_model(version, status=status, gate_passed=decision != "refused", gate_reason=LONG_REASON)
+        if decision:
+            model.metrics = {**model.metrics, "gate": _gate(decision)}
+            model.save()
+    make_model(4, status="candidate", arch="efficientnet_b0_very_long_name", gate_reason=LONG_REASON)
+    page.set_viewport_size({"width": 1024, "height": 768})
+    sign_in(page, live_server, client, admin_user)
+    page.goto(reverse("web:training"))
+    screenshot(page, "issue23-training-1024")
+
+    scroll_width = page.evaluate("document.documentElement.scrollWidth")
+    table = page.locator("#models").bounding_box()
+    promote = page.locator("#models button:has-text('Promote')").last.bounding_box()
+
+    inner = page.evaluate(
+        "[...document.querySelectorAll('#models, .table-wrap')].map(e => e.scrollWidth - e.clientWidth)"
+    )
+    assert scroll_width <= 1024, f"the page scrolls sideways: {scroll_width} px wide"
+    assert max(inner) <= 0, f"the versions table scrolls inside its panel by {max(inner)} px"
+    assert table["x"] + table["width"] <= 1024
+    assert promote["x"] + promote["width"] <= 1024
+    page.problems.assert_none()
