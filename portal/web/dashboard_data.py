@@ -4,7 +4,7 @@ user's projects. Each function is one query, whatever the number of images."""
 
 from __future__ import annotations
 
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Value, When
 
 from portal.models import Category, Label, ModelVersion, Prediction, SEMImage
 from portal.permissions import visible_images, visible_projects
@@ -214,17 +214,15 @@ def evaluated_count(model: ModelVersion, actual: str, predicted: str) -> int | N
 def test_split_sources(user) -> dict:
     """Where the test split's curated images come from (the evaluation uses every project's): the user's
     projects by name with their counts, and one count for the projects the user cannot open (never named)."""
-    rows = (
+    mine = Case(When(sample__project__in=visible_projects(user), then=Value(True)), default=Value(False))
+    rows = list(
         SEMImage.objects.filter(split=SEMImage.Split.TEST, curated_category__isnull=False)
         .values("sample__project", "sample__project__name")
-        .annotate(n=Count("id"))
+        .annotate(n=Count("id"), mine=mine)
         .order_by("sample__project__name")
     )
-    visible = set(visible_projects(user).values_list("pk", flat=True))
-    yours = [
-        {"name": row["sample__project__name"], "count": row["n"]} for row in rows if row["sample__project"] in visible
-    ]
-    return {"yours": yours, "others": sum(row["n"] for row in rows if row["sample__project"] not in visible)}
+    yours = [{"name": row["sample__project__name"], "count": row["n"]} for row in rows if row["mine"]]
+    return {"yours": yours, "others": sum(row["n"] for row in rows if not row["mine"])}
 
 
 def hidden_cell_count(user, model: ModelVersion, actual: str, predicted: str) -> int:
