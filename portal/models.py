@@ -307,6 +307,14 @@ class ModelVersion(models.Model):
         return self.metrics.get("accuracy") if self.metrics else None
 
     @property
+    def status_display(self) -> str:
+        """The status as shown: a rejected version that had been in production was rolled back, not refused
+        by the gate (the gate decides before a promotion, so a gate-rejected version was never promoted)."""
+        if self.status == self.Status.REJECTED and self.promoted_at is not None:
+            return "Rolled back"
+        return self.get_status_display()
+
+    @property
     def uncertain_below(self) -> float:
         """Confidence below which this model's prediction is shown as "uncertain".
 

@@ -149,3 +149,66 @@ def test_a_members_dashboard_names_its_sources_and_invites_no_relabelling(
     assert "relabel" not in html.lower()
     assert "in projects you cannot open (2 images); none is in yours" in cell
     assert "labels have changed" not in cell and "relabel" not in cell.lower()
+
+
+# --- 7: the small mislabellings -------------------------------------------------------------------------------
+
+
+def test_a_rolled_back_version_says_rolled_back_and_a_gate_refusal_still_says_rejected(
+    client, member, make_model, trained_artifact_free_rollback
+):
+    client.force_login(member)
+    html = _html(client, "web:training")
+    rows = {row.split("?model=")[1].split('"')[0]: row for row in html.split('id="models"')[1].split("<tr>")[2:]}
+
+    assert "Rolled back" in rows["2"] and "Rejected by the gate" not in rows["2"]
+    assert "Rejected by the gate" in rows["3"]
+
+
+@pytest.fixture
+def trained_artifact_free_rollback(make_model, settings, tmp_path):
+    """v1 then v2 in production, v2 rolled back by promotion.rollback (artifacts are placeholder files: a
+    roll-back only checks that v1's exists); v3 refused by the gate."""
+    from django.utils import timezone
+
+    from portal.services import promotion
+
+    settings.MODEL_DIR = str(tmp_path)
+    artifact = tmp_path / "v1.pth"
+    artifact.write_bytes(b"placeholder")
+    make_model(1, status="retired", artifact_path=str(artifact), promoted_at=timezone.now())
+    make_model(2, status="production")
+    promotion.rollback()
+    make_model(3, status="rejected", gate_passed=False, gate_reason="Macro-F1 below production's")
+
+
+def test_an_out_of_range_confidence_filter_says_it_was_not_applied(client, member, sample, make_image):
+    make_image(sample)
+    client.force_login(member)
+    html = _html(client, "web:browse", conf_min="150")
+    assert "filters not applied: Confidence ≥ % Enter a confidence between 0 and 100 %." in html
+    assert "match the filters" not in html
+
+
+def test_an_unlabelled_upload_shows_no_split(client, member, sample, make_image, categories):
+    unlabelled = make_image(sample, split="train")
+    curated = make_image(sample, split="train", curated=categories["Fibres"])
+    client.force_login(member)
+    assert '<dd id="split"><span class="muted">none until it is labelled' in _html(
+        client, "web:image_detail", unlabelled.pk
+    )
+    assert '<dd id="split">Train</dd>' in _html(client, "web:image_detail", curated.pk)
+
+
+def test_most_uncertain_first_shows_the_margin_it_sorts_by(
+    client, member, sample, make_image, make_model, predict, categories
+):
+    model = make_model(1, status="production")
+    for fibres in (0.5, 0.8):
+        predict(make_image(sample), model, {"Fibres": fibres, "Particles": 1 - fibres, "Powder": 0.0}, categories)
+    client.force_login(member)
+
+    sorted_html = _html(client, "web:browse", sort="uncertain")
+
+    assert sorted_html.index("margin 0.00") < sorted_html.index("margin 0.60")
+    assert "margin 0.60" not in _html(client, "web:browse")

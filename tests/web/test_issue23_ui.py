@@ -102,3 +102,32 @@ def test_training_page_fits_a_1024_px_window(browser, live_server, client, admin
     assert table["x"] + table["width"] <= 1024
     assert promote["x"] + promote["width"] <= 1024
     page.problems.assert_none()
+
+
+# --- 7: a refused file's progress bar ----------------------------------------------------------------------
+
+
+@browser_test
+def test_a_refused_files_progress_bar_is_red_not_blue(browser, live_server, client, curator, sample, tmp_path):
+    from tests.web.conftest import png_bytes
+
+    page = browser
+    sign_in(page, live_server, client, curator)
+    page.goto(f"{reverse('web:upload')}?sample={sample.pk}")
+    refused, stored = tmp_path / "notes.png", tmp_path / "fine.png"
+    refused.write_bytes(b"this is not an image at all")
+    stored.write_bytes(png_bytes(4242))
+    page.set_input_files("#id_files", [str(refused), str(stored)])
+    page.wait_for_function("document.querySelectorAll('.file-row .outcome.rejected').length === 1")
+    page.wait_for_function("document.querySelectorAll('.file-row .outcome.stored').length === 1")
+
+    colours = page.evaluate(
+        """() => [...document.querySelectorAll('.file-row')].map(row => [
+            row.querySelector('.outcome').className, getComputedStyle(row.querySelector('.progress > span')).backgroundColor])"""
+    )
+    by_outcome = {"rejected" if "rejected" in name else "stored": colour for name, colour in colours}
+    assert by_outcome["rejected"] == "rgb(179, 38, 30)"  # --bad
+    assert by_outcome["stored"] != by_outcome["rejected"]
+    # The browser logs the refusal itself (422); nothing else may fail.
+    page.problems.items = [item for item in page.problems.items if "status of 422" not in item]
+    page.problems.assert_none()

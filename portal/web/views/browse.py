@@ -25,5 +25,12 @@ def browse(request):
     form = BrowseFilterForm(request.GET or None, user=request.user, categories=categories)
     images = filtered_images(request.user, form)
     page = Paginator(images, PAGE_SIZE).get_page(request.GET.get("page"))
-    context = {"form": form, "page": page, "filtered": bool(request.GET), "production_model": production_model()}
+    context = {
+        "form": form,
+        "page": page,
+        "filtered": bool(request.GET),
+        "production_model": production_model(),
+        # "Most uncertain first" sorts by the margin between the top two classes: the cards show it.
+        "show_margin": form.is_valid() and form.cleaned_data.get("sort") == "uncertain",
+    }
     return render(request, "portal/browse.html", context)
