@@ -240,6 +240,7 @@ def predict(engine, images: list[SEMImage]) -> dict[int, object]:
             results[image.pk] = "The model-input derivative is missing"
     if not readable:
         return results
+    flag_blank({image.pk: paths[image.pk] for image in readable})
     try:
         predictions = engine.predict_paths([paths[image.pk] for image in readable])
         results.update(zip([image.pk for image in readable], predictions))
@@ -254,6 +255,25 @@ def predict(engine, images: list[SEMImage]) -> dict[int, object]:
         for image in readable:
             results[image.pk] = _predict_one(engine, image, paths[image.pk])
     return results
+
+
+def flag_blank(paths: dict[int, object]) -> None:
+    """Mark images whose derivative is near-constant as blank: ingestion does it for new uploads, this
+    catches images stored before it did. A fact about the file, whichever model classifies it."""
+    from PIL import Image
+
+    from portal.services.ingest import is_blank
+
+    blank = []
+    for image_id, path in paths.items():
+        try:
+            with Image.open(path) as derivative:
+                if is_blank(derivative.convert("L")):
+                    blank.append(image_id)
+        except OSError:  # the engine reports an unreadable derivative for its image
+            continue
+    if blank:
+        SEMImage.objects.filter(pk__in=blank, blank=False).update(blank=True)
 
 
 def _predict_one(engine, image: SEMImage, path):

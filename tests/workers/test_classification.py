@@ -270,3 +270,23 @@ def test_a_batch_whose_model_was_demoted_meanwhile_writes_nothing_and_hands_its_
         == [(SEMImage.Status.PENDING, None, None)] * 2
     )
     assert len(callbacks) == 1  # production's re-classification is queued for them
+
+
+def test_classification_flags_a_blank_derivative_stored_before_ingestion_did(
+    production_model, sample, user, upload_images
+):
+    import io
+
+    from PIL import Image
+
+    [image] = upload_images(sample, user, 1)
+    black = io.BytesIO()
+    Image.new("L", (256, 192), 0).save(black, format="PNG")
+    with open(image.derivative.path, "wb") as derivative:  # an image ingested before blank frames were flagged
+        derivative.write(black.getvalue())
+    assert SEMImage.objects.get(pk=image.pk).blank is False
+
+    classification.classify_images([image.pk])
+
+    image.refresh_from_db()
+    assert image.blank is True and image.status == SEMImage.Status.CLASSIFIED
