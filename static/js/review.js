@@ -70,15 +70,6 @@
     return target !== document.body && target.closest && !!target.closest("button, a[href], summary, [role=button]");
   }
 
-  // The queue's filters apply as soon as one is chosen (the Filter button does the same without script).
-  (function filters() {
-    var form = document.getElementById("review-filters");
-    if (!form) return;
-    form.querySelectorAll("select").forEach(function (select) {
-      select.addEventListener("change", function () { form.requestSubmit(); });
-    });
-  })();
-
   // Bulk acceptance says how many images it will label, and asks before it does.
   (function bulkCount() {
     var form = document.getElementById("bulk-form");

@@ -24,6 +24,7 @@ def test_enter_on_a_disagreement_keeps_the_curated_label(
     assert review_head(page) == image.pk
     assert "Accept Particles" not in page.text_content("#review")
     assert page.text_content("#accept-suggestion").strip().endswith("Keep Fibres")
+    screenshot(page, "issue23-review-disagreement")
 
     with page.expect_navigation():
         page.keyboard.press("Enter")
