@@ -212,3 +212,15 @@ def test_most_uncertain_first_shows_the_margin_it_sorts_by(
 
     assert sorted_html.index("margin 0.00") < sorted_html.index("margin 0.60")
     assert "margin 0.60" not in _html(client, "web:browse")
+
+
+def test_bulk_acceptance_under_a_project_filter_labels_only_that_project(client, curator, project, two_project_queue):
+    client.force_login(curator)
+    other = two_project_queue["other_project"]
+    counts = client.get(reverse("web:review"), {"project": other.pk}).context["bulk_counts"]
+    assert sum(counts.values()) == 2  # the live count: the two unlabelled images of that project
+
+    client.post(f"{reverse('web:review_bulk_accept')}?project={other.pk}", {"min_confidence": 90})
+
+    labelled = set(SEMImage.objects.filter(curated_category__isnull=False).values_list("pk", flat=True))
+    assert labelled == {image.pk for image in two_project_queue["foreign"]} | {two_project_queue["disputed"].pk}
