@@ -5,7 +5,9 @@ SEM_RECLASSIFY_AFTER_PROMOTION) classified by an older model. Workers claim such
 timestamp in `claimed_at`, renewed while the batch runs (`ClaimRenewal`), so a claim older than
 SEM_PENDING_SWEEP_AFTER_S belongs to a dead worker and may be taken again; a slow batch is never
 claimed and inferred a second time. Predictions are unique per image and model version, so a batch that runs twice
-(a redelivered message, a re-queue by the sweeper) writes nothing twice.
+(a redelivered message, a re-queue by the sweeper) writes nothing twice. A batch writes only while its
+model is still production (`lock_for_writing`): one that outlived a promotion or roll-back hands its images
+to the new production model, so every current prediction comes from production.
 
 torch and the classifier engine are imported only inside the functions that classify, so the web
 process can import this module.
@@ -270,7 +272,7 @@ def flag_blank(paths: dict[int, object]) -> None:
             with Image.open(path) as derivative:
                 if is_blank(derivative.convert("L")):
                     blank.append(image_id)
-        except OSError:  # the engine reports an unreadable derivative for its image
+        except Exception:  # an unreadable derivative: the engine reports it for its own image, not the batch
             continue
     if blank:
         SEMImage.objects.filter(pk__in=blank, blank=False).update(blank=True)
