@@ -165,6 +165,9 @@ class SEMImage(models.Model):
     thumbnail = models.FileField(upload_to="thumbnails/", max_length=300)
     derivative = models.FileField(upload_to="derivatives/", max_length=300)
     databar_rows = models.PositiveIntegerField(default=0, help_text="Rows cropped off the bottom as the data bar")
+    blank = models.BooleanField(
+        default=False, help_text="The model-input derivative is near-constant (an all-black or empty frame)"
+    )
 
     split = models.CharField(max_length=5, choices=Split.choices, db_index=True)
     # Near-duplicates (portal.services.near_duplicates): the closest earlier image when this one was
@@ -203,6 +206,16 @@ class SEMImage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.original_filename} ({self.sha256[:10]})"
+
+    @property
+    def prediction_uncertain(self) -> bool:
+        """The current prediction is not to be trusted: a blank frame, or a confidence below what its
+        model reaches reliably (ModelVersion.uncertain_below). Select predicted_by with the image."""
+        if self.predicted_category_id is None:
+            return False
+        if self.blank or self.predicted_by is None:
+            return True
+        return (self.predicted_confidence or 0.0) < self.predicted_by.uncertain_below
 
 
 class PerceptualHash(models.Model):
@@ -292,6 +305,31 @@ class ModelVersion(models.Model):
     @property
     def accuracy(self) -> float | None:
         return self.metrics.get("accuracy") if self.metrics else None
+
+    @property
+    def status_display(self) -> str:
+        """The status as shown: a rejected version that had been in production was rolled back, not refused
+        by the gate (the gate decides before a promotion, so a gate-rejected version was never promoted)."""
+        if self.status == self.Status.REJECTED and self.promoted_at is not None:
+            return "Rolled back"
+        return self.get_status_display()
+
+    @property
+    def uncertain_below(self) -> float:
+        """Confidence below which this model's prediction is shown as "uncertain".
+
+        SEM_UNCERTAIN_BELOW, raised by the model's expected calibration error on its test split (its
+        confidences may overstate by that much). A model without an evaluation, or one that does not beat
+        always answering the test split's largest class by SEM_GATE_BASELINE_MARGIN, is no better than a
+        guess: every prediction of it is uncertain (the threshold is above any confidence).
+        """
+        metrics = self.metrics or {}
+        supports = [int(v.get("support") or 0) for v in (metrics.get("per_class") or {}).values()]
+        if self.accuracy is None or not sum(supports):
+            return 1.01
+        if self.accuracy < max(supports) / sum(supports) + settings.SEM_GATE_BASELINE_MARGIN:
+            return 1.01
+        return min(settings.SEM_UNCERTAIN_BELOW + float(metrics.get("ece") or 0.0), 1.01)
 
 
 class TrainingRun(models.Model):

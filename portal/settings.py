@@ -287,6 +287,9 @@ SEM_GATE_FIRST_MODEL_FLOOR = env_float("SEM_GATE_FIRST_MODEL_FLOOR", 0.0, minimu
 # A first model must beat always answering the largest test class by this much accuracy (a negative
 # value lets a worse one through: only the tests of the loop's mechanics do that).
 SEM_GATE_BASELINE_MARGIN = env_float("SEM_GATE_BASELINE_MARGIN", 0.05, minimum=-1.0, maximum=1.0)
+# A prediction below this confidence (plus its model's calibration error) is shown as "uncertain"
+# (ModelVersion.uncertain_below): with temperature-scaled confidences, a 0.6 answer is wrong 4 times in 10.
+SEM_UNCERTAIN_BELOW = env_float("SEM_UNCERTAIN_BELOW", 0.6, minimum=0.0, maximum=1.0)
 # The gate's uncertainty (portal.services.promotion): a paired, stratified bootstrap of candidate minus
 # production on the same test images; promote when the lower bound at this level is above -tolerance.
 SEM_GATE_CONFIDENCE = env_float("SEM_GATE_CONFIDENCE", 0.9, minimum=0.5, maximum=0.999)

@@ -5,7 +5,9 @@ SEM_RECLASSIFY_AFTER_PROMOTION) classified by an older model. Workers claim such
 timestamp in `claimed_at`, renewed while the batch runs (`ClaimRenewal`), so a claim older than
 SEM_PENDING_SWEEP_AFTER_S belongs to a dead worker and may be taken again; a slow batch is never
 claimed and inferred a second time. Predictions are unique per image and model version, so a batch that runs twice
-(a redelivered message, a re-queue by the sweeper) writes nothing twice.
+(a redelivered message, a re-queue by the sweeper) writes nothing twice. A batch writes only while its
+model is still production (`lock_for_writing`): one that outlived a promotion or roll-back hands its images
+to the new production model, so every current prediction comes from production.
 
 torch and the classifier engine are imported only inside the functions that classify, so the web
 process can import this module.
@@ -70,6 +72,8 @@ def classify_images(image_ids: list[int]) -> BatchOutcome:
     if not claimed:
         return BatchOutcome()
     stored = restore_stored_predictions(model, claimed)
+    if stored is None:
+        return BatchOutcome()  # demoted meanwhile: production's re-classification takes the images
     to_predict = [image for image in claimed if image.pk not in stored]
     if not to_predict:
         return BatchOutcome(classified=sorted(stored))
@@ -85,12 +89,17 @@ def classify_images(image_ids: list[int]) -> BatchOutcome:
     return outcome
 
 
-def restore_stored_predictions(model: ModelVersion, images: list[SEMImage]) -> set[int]:
-    """Images this model already predicted (a roll-back re-promotes an older model): copy, don't recompute."""
+def restore_stored_predictions(model: ModelVersion, images: list[SEMImage]) -> set[int] | None:
+    """Images this model already predicted (a roll-back re-promotes an older model): copy, don't recompute.
+    None when `model` is no longer production."""
     predictions = Prediction.objects.filter(model_version=model, image_id__in=[image.pk for image in images])
     now = timezone.now()
     restored = set()
     with transaction.atomic():
+        if not predictions:
+            return restored
+        if lock_for_writing(model, [image.pk for image in images]) is None:
+            return None
         for prediction in predictions:
             SEMImage.objects.filter(pk=prediction.image_id).update(
                 status=SEMImage.Status.CLASSIFIED,
@@ -104,6 +113,36 @@ def restore_stored_predictions(model: ModelVersion, images: list[SEMImage]) -> s
             )
             restored.add(prediction.image_id)
     return restored
+
+
+def lock_for_writing(model: ModelVersion, image_ids: list[int]) -> set[int] | None:
+    """Lock the batch's images, then `model`'s row, inside the caller's transaction: the ids of the images
+    still present, or None when `model` is no longer production.
+
+    A batch runs for seconds; a promotion or roll-back may commit meanwhile, and its own re-classification
+    skips the images this batch still claims. The check holds the model's row lock until the batch's
+    writes commit, so promote/rollback (which lock the same row) run wholly before or after them. A batch
+    that finds its model demoted writes nothing, hands its images back and queues production's
+    re-classification, so no image keeps a demoted model's answer.
+    """
+    present = set(SEMImage.objects.select_for_update().filter(pk__in=image_ids).values_list("pk", flat=True))
+    production = ModelVersion.objects.select_for_update().filter(pk=model.pk, status=ModelVersion.Status.PRODUCTION)
+    if list(production.values_list("pk", flat=True)):
+        return present
+    SEMImage.objects.filter(pk__in=present).update(claimed_at=None)
+    logger.info(
+        "v%s was demoted while it classified images %s; production re-classifies them", model.version, image_ids
+    )
+    transaction.on_commit(_requeue_for_production)
+    return None
+
+
+def _requeue_for_production() -> None:
+    from portal.services.queueing import enqueue_backlog
+
+    current = production_model()
+    if current is not None:
+        enqueue_backlog(current.pk)
 
 
 def park_without_model(image_ids: list[int]) -> int:
@@ -203,6 +242,7 @@ def predict(engine, images: list[SEMImage]) -> dict[int, object]:
             results[image.pk] = "The model-input derivative is missing"
     if not readable:
         return results
+    flag_blank({image.pk: paths[image.pk] for image in readable})
     try:
         predictions = engine.predict_paths([paths[image.pk] for image in readable])
         results.update(zip([image.pk for image in readable], predictions))
@@ -219,6 +259,25 @@ def predict(engine, images: list[SEMImage]) -> dict[int, object]:
     return results
 
 
+def flag_blank(paths: dict[int, object]) -> None:
+    """Mark images whose derivative is near-constant as blank: ingestion does it for new uploads, this
+    catches images stored before it did. A fact about the file, whichever model classifies it."""
+    from PIL import Image
+
+    from portal.services.ingest import is_blank
+
+    blank = []
+    for image_id, path in paths.items():
+        try:
+            with Image.open(path) as derivative:
+                if is_blank(derivative.convert("L")):
+                    blank.append(image_id)
+        except Exception:  # an unreadable derivative: the engine reports it for its own image, not the batch
+            continue
+    if blank:
+        SEMImage.objects.filter(pk__in=blank, blank=False).update(blank=True)
+
+
 def _predict_one(engine, image: SEMImage, path):
     try:
         return engine.predict_paths([path])[0]
@@ -230,7 +289,9 @@ def _predict_one(engine, image: SEMImage, path):
 @transaction.atomic
 def save_results(model: ModelVersion, classes: list[str], results: dict[int, object]) -> BatchOutcome:
     # Lock the rows: an image deleted meanwhile is skipped, and cannot vanish before the commit.
-    present = set(SEMImage.objects.select_for_update().filter(pk__in=results).values_list("pk", flat=True))
+    present = lock_for_writing(model, list(results))
+    if present is None:
+        return BatchOutcome()
     already = set(
         Prediction.objects.filter(model_version=model, image_id__in=present).values_list("image_id", flat=True)
     )

@@ -36,7 +36,7 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, connection, transaction
-from PIL import Image
+from PIL import Image, ImageStat
 
 from classifier.databar import crop_databar
 from classifier.perceptual import window_hashes
@@ -59,6 +59,9 @@ THUMBNAIL_MAX_SIDE = 256
 # is cropped off. At most 256 x 8192 px = 2 MiB, whatever the upload.
 DERIVATIVE_MAX_LONG_SIDE = 32 * DERIVATIVE_SHORT_SIDE
 THUMBNAIL_JPEG_QUALITY = 85
+# A derivative whose grey levels vary less than this (standard deviation, 0-255) shows nothing: an all-black
+# or empty frame, the beam off. The model still answers for it, so the image is flagged as blank.
+BLANK_STDDEV = 2.0
 MAX_IDEMPOTENCY_KEY_LENGTH = SEMImage._meta.get_field("idempotency_key").max_length
 MAX_FILENAME_LENGTH = SEMImage._meta.get_field("original_filename").max_length
 
@@ -130,6 +133,7 @@ class _Derived:
     thumbnail_jpeg: bytes
     databar_rows: int
     hashes: dict = field(default_factory=dict)  # {window: perceptual hash} (classifier.perceptual)
+    blank: bool = False
 
 
 def ingest_file(
@@ -208,7 +212,13 @@ def make_derived_files(grey: Image.Image) -> _Derived:
         _encode(thumbnail, "JPEG", quality=THUMBNAIL_JPEG_QUALITY),
         databar_rows,
         window_hashes(derivative),
+        is_blank(derivative),
     )
+
+
+def is_blank(grey: Image.Image) -> bool:
+    """A near-constant 8-bit greyscale image (BLANK_STDDEV)."""
+    return ImageStat.Stat(grey).stddev[0] < BLANK_STDDEV
 
 
 def derivative_short_side(width: int, height: int) -> int:
@@ -455,6 +465,7 @@ def _new_image(
         detector=metadata["detector"],
         acquired_at=metadata["acquired_at"],
         databar_rows=derived.databar_rows,
+        blank=derived.blank,
         split=split_for_sha256(upload.sha256),
         status=SEMImage.Status.PENDING,
     )

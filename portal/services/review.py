@@ -64,17 +64,23 @@ def ordered_disputed(images: QuerySet[SEMImage]) -> QuerySet[SEMImage]:
 
 
 def queue(
-    user, limit: int, *, project_id: int | None = None, exclude: Iterable[int] = (), related: Iterable[str] = ()
+    user,
+    limit: int,
+    *,
+    project_id: int | None = None,
+    reason: str | None = None,
+    exclude: Iterable[int] = (),
+    related: Iterable[str] = (),
 ) -> list[SEMImage]:
-    """The first `limit` images of the queue. Each image carries `review_part` ("unlabelled" or
-    "disputed"): which part of the queue it came from."""
+    """The first `limit` images of the queue (only one `reason`'s part of it when given). Each image
+    carries `review_part` ("unlabelled" or "disputed"): which part of the queue it came from."""
     images = curatable(user, project_id).exclude(pk__in=list(exclude)).defer("metadata")
     if related:
         images = images.select_related(*related)
-    head = list(ordered_unlabelled(images)[:limit])
+    head = list(ordered_unlabelled(images)[:limit]) if reason != DISPUTED else []
     for image in head:
         image.review_part = UNLABELLED
-    if len(head) < limit:
+    if len(head) < limit and reason != UNLABELLED:
         disagreements = list(ordered_disputed(images)[: limit - len(head)])
         for image in disagreements:
             image.review_part = DISPUTED
@@ -82,18 +88,36 @@ def queue(
     return head
 
 
-def next_image(user, skipped: Iterable[int] = (), *, related: Iterable[str] = ()) -> tuple[SEMImage | None, str]:
+def next_image(
+    user,
+    skipped: Iterable[int] = (),
+    *,
+    project_id: int | None = None,
+    reason: str | None = None,
+    related: Iterable[str] = (),
+) -> tuple[SEMImage | None, str]:
     """The head of the queue and which part of it ("unlabelled" or "disputed") it came from."""
-    head = queue(user, 1, exclude=skipped, related=related)
+    head = queue(user, 1, project_id=project_id, reason=reason, exclude=skipped, related=related)
     if not head:
         return None, DISPUTED
     return head[0], head[0].review_part
 
 
-def remaining(user) -> dict[str, int]:
-    unlabelled_count = unlabelled(user).count()
-    disputed_count = disputed(user).count()
+def remaining(user, project_id: int | None = None) -> dict[str, int]:
+    unlabelled_count = unlabelled(user, project_id).count()
+    disputed_count = disputed(user, project_id).count()
     return {"unlabelled": unlabelled_count, "disputed": disputed_count, "total": unlabelled_count + disputed_count}
+
+
+def remaining_by_project(user) -> list[dict]:
+    """[{"project": Project, "total": images left to review}] for each project the user curates."""
+    from django.db.models import Count
+
+    counts: dict[int, int] = {}
+    for part in (unlabelled(user), disputed(user)):
+        for row in part.values("sample__project").annotate(n=Count("id")).order_by():
+            counts[row["sample__project"]] = counts.get(row["sample__project"], 0) + row["n"]
+    return [{"project": project, "total": counts.get(project.pk, 0)} for project in curated_projects(user)]
 
 
 def suggestions(image: SEMImage, categories: dict[str, Category], top: int = 3) -> list[dict]:
@@ -111,6 +135,8 @@ def suggestions(image: SEMImage, categories: dict[str, Category], top: int = 3) 
     ]
 
 
-def bulk_candidates(user, min_confidence: float) -> QuerySet[SEMImage]:
+def bulk_candidates(user, min_confidence: float, project_id: int | None = None) -> QuerySet[SEMImage]:
     """Unlabelled images whose prediction is at least this confident (bulk acceptance)."""
-    return unlabelled(user).filter(predicted_confidence__gte=min_confidence, predicted_category__isnull=False)
+    return unlabelled(user, project_id).filter(
+        predicted_confidence__gte=min_confidence, predicted_category__isnull=False
+    )

@@ -16,9 +16,10 @@ def card_queryset(user) -> QuerySet[SEMImage]:
     """Images the user may see, with everything a thumbnail card shows joined in (no N+1)."""
     return (
         visible_images(user)
-        .select_related("sample__project", "predicted_category", "curated_category", "uploaded_by")
-        # The parsed instrument metadata can be kilobytes per image and no card shows it.
-        .defer("metadata")
+        .select_related("sample__project", "predicted_category", "curated_category", "uploaded_by", "predicted_by")
+        # The parsed instrument metadata (and the model's training history) can be kilobytes per image and no
+        # card shows it; the model's metrics say whether its prediction is uncertain.
+        .defer("metadata", "predicted_by__metadata")
     )
 
 

@@ -4,10 +4,10 @@ user's projects. Each function is one query, whatever the number of images."""
 
 from __future__ import annotations
 
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Value, When
 
 from portal.models import Category, Label, ModelVersion, Prediction, SEMImage
-from portal.permissions import visible_images
+from portal.permissions import visible_images, visible_projects
 from portal.services.review import CHECKED_SOURCES, disputed_in
 from portal.web.access import parse_id
 
@@ -212,13 +212,35 @@ def evaluated_count(model: ModelVersion, actual: str, predicted: str) -> int | N
     return None
 
 
+def test_split_sources(user) -> dict:
+    """Where the test split's curated images come from (the evaluation uses every project's): the user's
+    projects by name with their counts, and one count for the projects the user cannot open (never named)."""
+    mine = Case(When(sample__project__in=visible_projects(user), then=Value(True)), default=Value(False))
+    rows = list(
+        SEMImage.objects.filter(split=SEMImage.Split.TEST, curated_category__isnull=False)
+        .values("sample__project", "sample__project__name")
+        .annotate(n=Count("id"), mine=mine)
+        .order_by("sample__project__name")
+    )
+    yours = [{"name": row["sample__project__name"], "count": row["n"]} for row in rows if row["mine"]]
+    return {"yours": yours, "others": sum(row["n"] for row in rows if not row["mine"])}
+
+
+def hidden_cell_count(user, model: ModelVersion, actual: str, predicted: str) -> int:
+    """Images of one confusion cell in projects the user cannot open (so the cell page cannot list them)."""
+    everyone = _in_cell(SEMImage.objects.all(), model, actual, predicted)
+    return everyone.exclude(sample__project__in=visible_projects(user)).count()
+
+
+def _in_cell(images: QuerySet[SEMImage], model: ModelVersion, actual: str, predicted: str) -> QuerySet[SEMImage]:
+    by_model = Prediction.objects.filter(image=OuterRef("pk"), model_version=model, category__name=predicted)
+    return images.filter(split=SEMImage.Split.TEST, curated_category__name=actual).filter(Exists(by_model))
+
+
 def cell_images(user, model: ModelVersion, actual: str, predicted: str) -> QuerySet[SEMImage]:
     """Test-split images curated as `actual` that `model` predicted as `predicted`."""
-    by_model = Prediction.objects.filter(image=OuterRef("pk"), model_version=model, category__name=predicted)
     return (
-        visible_images(user)
-        .filter(split=SEMImage.Split.TEST, curated_category__name=actual)
-        .filter(Exists(by_model))
+        _in_cell(visible_images(user), model, actual, predicted)
         .select_related("sample__project", "predicted_category", "curated_category", "uploaded_by")
         .defer("metadata")
         .order_by("-uploaded_at", "-id")

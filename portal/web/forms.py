@@ -31,6 +31,10 @@ class SampleForm(forms.ModelForm):
             self.initial.setdefault("project", only[0].pk)
 
 
+# Confidence is a percentage; one message for every way to get it wrong ("%%": the messages are %-formatted).
+CONFIDENCE_ERRORS = {key: "Enter a confidence between 0 and 100 %%." for key in ("invalid", "min_value", "max_value")}
+
+
 class BrowseFilterForm(forms.Form):
     """GET filters of the browse page; every field is optional and maps to an indexed column."""
 
@@ -47,7 +51,7 @@ class BrowseFilterForm(forms.Form):
         ("newest", "Newest first"),
         ("oldest", "Oldest first"),
         ("confidence", "Most confident first"),
-        ("uncertain", "Most uncertain first"),
+        ("uncertain", "Most uncertain first (smallest margin)"),
         ("filename", "File name"),
         ("magnification", "Magnification"),
     ]
@@ -59,8 +63,12 @@ class BrowseFilterForm(forms.Form):
     )
     predicted = forms.TypedChoiceField(required=False, coerce=int, empty_value=None, label="Predicted")
     curated = forms.ChoiceField(required=False, label="Curated")
-    conf_min = forms.IntegerField(required=False, min_value=0, max_value=100, label="Confidence ≥ %")
-    conf_max = forms.IntegerField(required=False, min_value=0, max_value=100, label="Confidence ≤ %")
+    conf_min = forms.IntegerField(
+        required=False, min_value=0, max_value=100, label="Confidence ≥ %", error_messages=CONFIDENCE_ERRORS
+    )
+    conf_max = forms.IntegerField(
+        required=False, min_value=0, max_value=100, label="Confidence ≤ %", error_messages=CONFIDENCE_ERRORS
+    )
     status = forms.ChoiceField(required=False, choices=[("", "Any status")] + SEMImage.Status.choices)
     split = forms.ChoiceField(required=False, choices=[("", "Any split")] + SEMImage.Split.choices)
     uploader = forms.ModelChoiceField(queryset=get_user_model().objects.none(), required=False, empty_label="Anyone")

@@ -8,11 +8,14 @@ from django.db.models import F
 
 from portal.services.review import (  # noqa: F401  (the web views' names for the service)
     CHECKED_SOURCES,
+    DISPUTED,
+    UNLABELLED,
     bulk_candidates,
     curatable,
     disputed,
     disputed_in,
     remaining,
+    remaining_by_project,
     suggestions,
     unlabelled,
     unlabelled_in,
@@ -25,19 +28,39 @@ MAX_REMEMBERED = 500  # bounded session size: older skips and undo steps are for
 RELATED = ("sample__project", "predicted_category", "curated_category", "predicted_by")
 
 
-def next_image(user, skipped: list[int]):
+def next_image(user, skipped: list[int], project_id: int | None = None, reason: str | None = None):
     """The head of the queue and which part of it ("unlabelled" or "disputed") it came from."""
-    return _next_image(user, skipped, related=RELATED)
+    return _next_image(user, skipped, project_id=project_id, reason=reason, related=RELATED)
 
 
-def bulk_counts(user) -> dict[int, int]:
+def queue_filter(user, params) -> dict:
+    """{"project_id", "reason"} from the page's query string; a project the user does not curate, or an
+    unknown reason, filters nothing."""
+    from portal.permissions import curated_projects
+
+    project = params.get("project") or ""
+    project_id = int(project) if project.isdigit() and curated_projects(user).filter(pk=project).exists() else None
+    reason = params.get("reason")
+    return {"project_id": project_id, "reason": reason if reason in (UNLABELLED, DISPUTED) else None}
+
+
+def filter_query(chosen: dict) -> str:
+    """The query string that keeps the filters across the page's actions ("" without filters)."""
+    from django.utils.http import urlencode
+
+    params = {"project": chosen["project_id"], "reason": chosen["reason"]}
+    kept = {name: value for name, value in params.items() if value}
+    return "?" + urlencode(kept) if kept else ""
+
+
+def bulk_counts(user, project_id: int | None = None) -> dict[int, int]:
     """{whole percent: unlabelled predictions with a confidence in [p, p+1) %} from 50 % up, so that the
     page can say how many images bulk acceptance will label at any threshold before it does."""
     from django.db.models import Count, Value
     from django.db.models.functions import Floor
 
     rows = (
-        unlabelled(user)
+        unlabelled(user, project_id)
         .filter(predicted_category__isnull=False, predicted_confidence__gte=0.5)
         # + 1e-9: 0.95 * 100 is 94.999... in floating point, but 0.95 passes the ≥ 95 % filter
         .annotate(percent=Floor(F("predicted_confidence") * 100 + Value(1e-9)))

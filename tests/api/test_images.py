@@ -239,9 +239,11 @@ def test_missing_original_on_disk_is_a_json_404(member_api, image):
 
 
 def test_predictions_per_image_and_per_model(member_api, outsider_api, image, other_image):
-    old = make_model(1, status=ModelVersion.Status.RETIRED)
-    new = make_model(2, status=ModelVersion.Status.PRODUCTION)
+    # Predictions are stored only while their model is production: v1's first, then v2 replaces it.
+    old = make_model(1, status=ModelVersion.Status.PRODUCTION)
     classify(image, old, {"Fibres": 0.7, "Particles": 0.3})
+    ModelVersion.objects.filter(pk=old.pk).update(status=ModelVersion.Status.RETIRED)
+    new = make_model(2, status=ModelVersion.Status.PRODUCTION)
     classify(image, new, {"Fibres": 0.2, "Particles": 0.8})
     classify(other_image, new, {"Fibres": 0.6, "Particles": 0.4})
 

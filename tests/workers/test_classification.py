@@ -246,3 +246,47 @@ def test_a_replaced_old_format_artifact_is_never_unpickled(production_model, mon
     with pytest.raises(ArtifactError, match="sha256 mismatch"):
         ensure_current_format(ModelVersion.objects.get(pk=production_model.pk))
     assert old_path.exists()
+
+
+def test_a_batch_whose_model_was_demoted_meanwhile_writes_nothing_and_hands_its_images_back(
+    production_model, trained_artifact, sample, user, upload_images, django_capture_on_commit_callbacks
+):
+    from portal.services import promotion
+    from tests.worker_fixtures import install_model
+
+    ids = [image.pk for image in upload_images(sample, user, 2)]
+    claimed = classification.claim(ids, production_model)
+    engine = classification.load_engine(production_model)
+    results = classification.predict(engine, claimed)
+    newer = install_model(trained_artifact, 2, status=ModelVersion.Status.CANDIDATE)
+    promotion.promote(newer)  # while the batch computed
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        outcome = classification.save_results(production_model, engine.classes, results)
+
+    assert outcome.claimed == 0 and not Prediction.objects.filter(image_id__in=ids).exists()
+    assert (
+        list(SEMImage.objects.filter(pk__in=ids).values_list("status", "predicted_by", "claimed_at"))
+        == [(SEMImage.Status.PENDING, None, None)] * 2
+    )
+    assert len(callbacks) == 1  # production's re-classification is queued for them
+
+
+def test_classification_flags_a_blank_derivative_stored_before_ingestion_did(
+    production_model, sample, user, upload_images
+):
+    import io
+
+    from PIL import Image
+
+    [image] = upload_images(sample, user, 1)
+    black = io.BytesIO()
+    Image.new("L", (256, 192), 0).save(black, format="PNG")
+    with open(image.derivative.path, "wb") as derivative:  # an image ingested before blank frames were flagged
+        derivative.write(black.getvalue())
+    assert SEMImage.objects.get(pk=image.pk).blank is False
+
+    classification.classify_images([image.pk])
+
+    image.refresh_from_db()
+    assert image.blank is True and image.status == SEMImage.Status.CLASSIFIED

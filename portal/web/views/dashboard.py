@@ -29,6 +29,7 @@ def dashboard(request):
         "backlog": data.backlog(request.user),
         "observed": data.observed_accuracy(request.user, model),
         "labels_changed": data.test_labels_changed(request.user, model),
+        "sources": data.test_split_sources(request.user),
         **data.readiness_context(),
     }
     return render(request, "portal/dashboard.html", context)
@@ -49,6 +50,7 @@ def confusion_cell(request, version: int):
         "predicted": predicted,
         "page": page,
         "evaluated_count": data.evaluated_count(model, actual, predicted),
+        "hidden_count": data.hidden_cell_count(request.user, model, actual, predicted),
         "categories": Category.objects.filter(active=True),
         "curated_project_ids": set(curated_projects(request.user).values_list("pk", flat=True)),
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.db import transaction
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from portal.models import Category, Label
@@ -23,22 +24,32 @@ SHORTCUT_KEYS = "1234567890"
 @curator_required
 def review(request):
     categories = list(Category.objects.filter(active=True))
-    image, part = queue.next_image(request.user, queue.skipped_ids(request.session))
+    chosen = queue.queue_filter(request.user, request.GET)
+    skipped = queue.skipped_ids(request.session)
+    image, part = queue.next_image(request.user, skipped, **chosen)
     # The image after this one, preloaded by the page so that the next key press shows it at once.
-    after = queue.next_image(request.user, queue.skipped_ids(request.session) + [image.pk])[0] if image else None
+    after = queue.next_image(request.user, skipped + [image.pk], **chosen)[0] if image else None
     context = {
         "image": image,
         "next_image": after,
         "part": part,
-        "remaining": queue.remaining(request.user),
-        "skipped": len(queue.skipped_ids(request.session)),
+        "chosen": chosen,
+        "filter_query": queue.filter_query(chosen),
+        "remaining": queue.remaining(request.user, chosen["project_id"]),
+        "by_project": queue.remaining_by_project(request.user),
+        "skipped": len(skipped),
         "can_undo": queue.undo_depth(request.session) > 0,
         "shortcuts": list(zip(SHORTCUT_KEYS, categories)),
         "suggestions": queue.suggestions(image, {c.name: c for c in categories}) if image else [],
         "bulk_form": BulkAcceptForm(),
-        "bulk_counts": queue.bulk_counts(request.user),
+        "bulk_counts": queue.bulk_counts(request.user, chosen["project_id"]),
     }
     return render(request, "portal/review.html", context)
+
+
+def back_to_queue(request):
+    """The queue again, with the filters the action was posted under."""
+    return redirect(reverse("web:review") + queue.filter_query(queue.queue_filter(request.user, request.GET)))
 
 
 @curator_required
@@ -52,7 +63,7 @@ def review_label(request, pk: int):
     else:
         label = set_label(image, category, source=Label.Source.REVIEW, user=request.user)
     queue.push_undo(request.session, [label.pk])
-    return redirect("web:review")
+    return back_to_queue(request)
 
 
 @curator_required
@@ -60,14 +71,14 @@ def review_label(request, pk: int):
 def review_skip(request, pk: int):
     queue.remember_skip(request.session, pk)
     queue.push_skip_undo(request.session, pk)
-    return redirect("web:review")
+    return back_to_queue(request)
 
 
 @curator_required
 @require_POST
 def review_unskip(request):
     queue.forget_skips(request.session)
-    return redirect("web:review")
+    return back_to_queue(request)
 
 
 @curator_required
@@ -78,17 +89,17 @@ def review_undo(request):
     label_ids = queue.pop_undo(request.session)
     if not label_ids:
         messages.info(request, "Nothing to undo.")
-        return redirect("web:review")
+        return back_to_queue(request)
     if isinstance(label_ids, dict):
         queue.forget_skip(request.session, label_ids.get("skip"))
         messages.info(request, "Skip undone.")
-        return redirect("web:review")
+        return back_to_queue(request)
     # Only this user's own labels, in projects they still curate.
     labels = Label.objects.filter(pk__in=label_ids, created_by=request.user, image__in=queue.curatable(request.user))
     with transaction.atomic():
         undone = [undo_label(label) for label in labels]
     messages.info(request, f"Undid {len(undone)} label{'s' if len(undone) != 1 else ''}.")
-    return redirect("web:review")
+    return back_to_queue(request)
 
 
 @curator_required
@@ -97,9 +108,10 @@ def review_bulk_accept(request):
     form = BulkAcceptForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Choose a confidence between 50 and 100 %.")
-        return redirect("web:review")
+        return back_to_queue(request)
     threshold = form.cleaned_data["min_confidence"]
-    candidates = queue.bulk_candidates(request.user, threshold / 100).select_related("predicted_category")
+    project_id = queue.queue_filter(request.user, request.GET)["project_id"]
+    candidates = queue.bulk_candidates(request.user, threshold / 100, project_id).select_related("predicted_category")
     with transaction.atomic():
         created = [
             set_label(
@@ -118,4 +130,4 @@ def review_bulk_accept(request):
         f"Accepted {len(created)} prediction{'s' if len(created) != 1 else ''} "
         f"at confidence ≥ {threshold} % (U undoes).",
     )
-    return redirect("web:review")
+    return back_to_queue(request)
