@@ -135,6 +135,7 @@ def run_portal(images, splits, classes, seed, derived, threads, work: Path):
             str(work / f"portal-{seed}-{fold}.safetensors"),
             test_items=real_data.items([images[i] for i in test_idx], derived),
             classes=fold_classes,
+            groups=[images[i].group for i in train_idx],  # the portal passes each image's sample
         )
         walls.append(time.monotonic() - started)
         budgets.append(walls[-1] / config.budget_s if config.budget_s else None)

@@ -64,11 +64,15 @@ def train(
     *,
     test_items: list[tuple[str, str]] | None = None,
     classes: list[str] | None = None,
+    groups: list[str] | None = None,
     fingerprint: str | None = None,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> TrainResult:
     """Train on (image path, category) pairs and write the artifact to ``out_path``.
+
+    ``groups``: the sample (physical series) of each item, when known; the frozen-feature recipe weighs
+    series equally within a class and calibrates on whole series.
 
     Sets torch's CPU thread count for the run and restores the caller's afterwards."""
     import torch
@@ -81,6 +85,7 @@ def train(
             out_path,
             test_items=test_items,
             classes=classes,
+            groups=groups,
             fingerprint=fingerprint,
             progress=progress,
             should_stop=should_stop,
@@ -89,7 +94,7 @@ def train(
         torch.set_num_threads(threads)
 
 
-def _train(items, config, out_path, *, test_items, classes, fingerprint, progress, should_stop) -> TrainResult:
+def _train(items, config, out_path, *, test_items, classes, groups, fingerprint, progress, should_stop) -> TrainResult:
     started = time.monotonic()
     emit = progress or (lambda event: None)
     stop = should_stop or (lambda: False)
@@ -109,6 +114,7 @@ def _train(items, config, out_path, *, test_items, classes, fingerprint, progres
             device=device,
             test_items=test_items,
             classes=classes,
+            groups=groups,
             fingerprint=fingerprint or _fingerprint(items),
             emit=emit,
             stop=stop,
@@ -181,7 +187,9 @@ def _train(items, config, out_path, *, test_items, classes, fingerprint, progres
 
     sha256 = save_artifact(out_path, learner.model.state_dict(), metadata)
     tracker.emit_simple("done", 1.0, artifact_path=os.fspath(out_path), sha256=sha256)
-    return TrainResult(os.fspath(out_path), metadata, evaluation, history, duration, str(device), sha256, learner)
+    return TrainResult(
+        os.fspath(out_path), metadata, evaluation, history, duration, str(device), sha256, learner=learner
+    )
 
 
 # ---------------------------------------------------------------- runtime

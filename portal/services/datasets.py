@@ -26,6 +26,9 @@ class TrainingData:
     train_labels: dict[str, str]  # {sha256: category name}
     skipped: int  # curated images without a readable derivative
     too_few: dict[str, int] = field(default_factory=dict)  # {category: curated train images} below the minimum
+    # The sample (physical series) of each train item: training weighs series, not images, and
+    # calibrates on whole series, so a long series of one sample does not pass for many sources.
+    train_groups: list[str] = field(default_factory=list)
 
 
 def training_data() -> TrainingData:
@@ -33,14 +36,14 @@ def training_data() -> TrainingData:
     paths (on object storage: copies in this worker's cache, pinned until the run releases them)."""
     rows = list(
         SEMImage.objects.filter(curated_category__isnull=False, curated_category__active=True).values_list(
-            "split", "derivative", "sha256", "curated_category__name"
+            "split", "derivative", "sha256", "curated_category__name", "sample_id"
         )
     )
     local = local_derivatives(
-        media_storage(), [(derivative, sha256) for _, derivative, sha256, _ in rows if derivative], pin=True
+        media_storage(), [(derivative, sha256) for _, derivative, sha256, _, _ in rows if derivative], pin=True
     )
-    train, test, labels, skipped = [], [], {}, 0
-    for split, derivative, sha256, category in rows:
+    train, test, labels, skipped, groups = [], [], {}, 0, {}
+    for split, derivative, sha256, category, sample_id in rows:
         path = local.get(derivative) if derivative else None
         if path is None:
             skipped += 1
@@ -48,6 +51,7 @@ def training_data() -> TrainingData:
         if split == SEMImage.Split.TRAIN:
             train.append((str(path), category))
             labels[sha256] = category
+            groups[str(path)] = f"sample-{sample_id}"
         else:
             test.append((str(path), category))
     order = list(Category.objects.values_list("name", flat=True))  # admin-defined display order
@@ -59,7 +63,7 @@ def training_data() -> TrainingData:
     train = [(path, category) for path, category in train if category in offered]
     test = [(path, category) for path, category in test if category in offered]
     labels = {sha: category for sha, category in labels.items() if category in offered}
-    return TrainingData(train, test, classes, labels, skipped, too_few)
+    return TrainingData(train, test, classes, labels, skipped, too_few, [groups[path] for path, _ in train])
 
 
 def class_readiness() -> list[dict]:

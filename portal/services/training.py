@@ -232,6 +232,7 @@ def _train_and_register(run: TrainingRun, monitor: RunMonitor, work_dir: Path) -
         work_dir / "model.safetensors",
         test_items=data.test_items or None,
         classes=data.classes,
+        groups=data.train_groups,
         fingerprint=fingerprint,
         progress=monitor.progress,
         should_stop=monitor.should_stop,

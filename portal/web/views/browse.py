@@ -5,12 +5,8 @@ from __future__ import annotations
 from django.core.paginator import Paginator
 from django.shortcuts import redirect, render
 
-<<<<<<< HEAD
 from portal.models import Category, ModelVersion, TrainingRun
-=======
-from portal.models import Category
 from portal.services.classification import production_model
->>>>>>> issue-23a
 from portal.web.access import member_required
 from portal.web.browse_query import filtered_images
 from portal.web.forms import BrowseFilterForm
@@ -29,8 +25,15 @@ def browse(request):
     form = BrowseFilterForm(request.GET or None, user=request.user, categories=categories)
     images = filtered_images(request.user, form)
     page = Paginator(images, PAGE_SIZE).get_page(request.GET.get("page"))
-<<<<<<< HEAD
-    context = {"form": form, "page": page, "filtered": bool(request.GET), **first_model_context()}
+    context = {
+        "form": form,
+        "page": page,
+        "filtered": bool(request.GET),
+        "production_model": production_model(),
+        # "Most uncertain first" sorts by the margin between the top two classes: the cards show it.
+        "show_margin": form.is_valid() and form.cleaned_data.get("sort") == "uncertain",
+        **first_model_context(),
+    }
     return render(request, "portal/browse.html", context)
 
 
@@ -40,14 +43,3 @@ def first_model_context() -> dict:
     if ModelVersion.objects.exists():
         return {}
     return {"first_run": TrainingRun.objects.filter(active=True).first(), "first_steps": True}
-=======
-    context = {
-        "form": form,
-        "page": page,
-        "filtered": bool(request.GET),
-        "production_model": production_model(),
-        # "Most uncertain first" sorts by the margin between the top two classes: the cards show it.
-        "show_margin": form.is_valid() and form.cleaned_data.get("sort") == "uncertain",
-    }
-    return render(request, "portal/browse.html", context)
->>>>>>> issue-23a
