@@ -23,6 +23,7 @@ import numpy as np
 from . import transforms
 from .backbones import get_backbone, load_pretrained_body
 from .feature_head import VIEWS, build_classifier, dihedral_views
+from .training_common import TrainResult, metadata_for, stratified_split
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,6 @@ def train_feature_head(
     items, config, out_path, *, device, test_items, classes, groups, fingerprint, emit, stop, started
 ):
     """Train, evaluate and save; returns classifier.train.TrainResult."""
-    from .train import TrainingCancelled, TrainResult, metadata_for, stratified_split
 
     backbone = get_backbone(config.arch)
     size = config.sizes[-1]
@@ -51,6 +51,8 @@ def train_feature_head(
 
     def cancelled():
         if stop():
+            from .fit_callbacks import TrainingCancelled
+
             raise TrainingCancelled("cancelled while computing features")
 
     emit({"event": "stage_start", "stage": 0, "stages": 1, "size": size, "epochs": 1, "fraction": 0.0})
@@ -197,8 +199,6 @@ def group_split(labels: np.ndarray, groups: list[str], valid_pct: float, seed: i
     validation, stratified by class (scikit-learn's StratifiedGroupKFold, its first fold); every class
     keeps a series for training. Falls back to a stratified split when there are too few series."""
     from sklearn.model_selection import StratifiedGroupKFold
-
-    from .train import stratified_split
 
     folds = max(2, round(1 / valid_pct))
     if len(set(groups)) < folds:

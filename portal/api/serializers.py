@@ -275,6 +275,10 @@ class ModelVersionSerializer(serializers.ModelSerializer):
     accuracy = serializers.FloatField(read_only=True, allow_null=True)
     macro_f1 = serializers.FloatField(read_only=True, allow_null=True)
     training_run = serializers.SerializerMethodField()
+    pretrained = serializers.SerializerMethodField(
+        help_text="Where the ImageNet weights came from: source (package or file), package, version, file, "
+        "sha256, licence; null when the model was trained from scratch."
+    )
 
     class Meta:
         model = ModelVersion
@@ -295,8 +299,13 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "promoted_at",
             "promoted_by",
             "training_run",
+            "pretrained",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(serializers.JSONField(allow_null=True))
+    def get_pretrained(self, model) -> dict | None:
+        return (model.metadata or {}).get("pretrained")
 
     @extend_schema_field(serializers.IntegerField(allow_null=True))
     def get_training_run(self, model) -> int | None:

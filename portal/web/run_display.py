@@ -106,6 +106,12 @@ def pretrained_fact(run: TrainingRun) -> str | None:
     if "pretrained_used" not in metadata:
         return None
     requested = (run.config or {}).get("pretrained", True)
+    provenance = metadata.get("pretrained") or {}
+    if provenance.get("package"):
+        return (
+            f"ImageNet weights from the package {provenance['package']} {provenance.get('version', '')} "
+            f"({provenance['file']}, sha256 {provenance['sha256'][:12]}…, licence {provenance.get('licence')})"
+        )
     if metadata["pretrained_used"]:
         source = metadata.get("pretrained_source") or metadata.get("weights_source")
         return "used" + (f" ({source})" if source else "")

