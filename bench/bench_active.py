@@ -72,7 +72,7 @@ def _extract(paths: list[str]) -> np.ndarray:
 class Pool:
     """One split: standardised features, hidden pool labels and the test side; classes as indices."""
 
-    def __init__(self, images, matrix, seed: int):
+    def __init__(self, images, matrix, seed: int, dims: int = 0):
         train, test = real_data.split_by_source(images, seed)
         position = {image.path: i for i, image in enumerate(images)}
         rng = np.random.default_rng(seed)
@@ -84,6 +84,10 @@ class Pool:
         scale[scale < 1e-6] = 1.0
         # label-free statistics of the whole pool: what the sampler's embedding may use
         self.embeddings = (pool - mean) / scale
+        if dims:  # an ablation: PCA of the pool (label-free), as TypiClust's paper clusters a compact space
+            from sklearn.decomposition import PCA
+
+            self.embeddings = PCA(dims, random_state=seed).fit_transform(self.embeddings)
         self.x, self.y = pool, np.array([self.classes.index(image.category) for image in train])
         self.x_test = matrix[[position[image.path] for image in test]].astype(np.float64)
         self.y_test = np.array([self.classes.index(image.category) for image in test])
@@ -157,6 +161,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--min-per-class", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pca", type=int, default=0, help="sampler embedding: PCA to this many dims (0: none)")
     parser.add_argument("--head-c", type=float, default=0.01, help="the logistic regression's C")
     parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("active_learning_curve.png"))
     args = parser.parse_args()
@@ -167,7 +172,7 @@ def main() -> None:
     matrix = features(images, args.work)
     runs = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        pool = Pool(images, matrix, seed)
+        pool = Pool(images, matrix, seed, args.pca)
         everything = scores(pool, fit_predict(pool, np.ones(len(pool.y), bool), seed, args.head_c)[1])
         for order in ORDERS:
             points, switched = curve(order, pool, seed, args.min_per_class, args.head_c)
