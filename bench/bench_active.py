@@ -1,0 +1,292 @@
+"""Benchmark: labels needed for the same accuracy, by review order (issue 25).
+
+Simulated curators on the real micrographs (`../shared/sem-real*`, bench/real_data.py): for each source
+split (seed), the training side is an unlabelled pool whose labels stay hidden from the sampler and are
+revealed only for the images it asks for; after 10, 20, 40, 80, 160 labels (or the whole pool) a head is
+trained as the product trains it (standardisation + balanced logistic regression, C=0.01 unless --head-c) and scored on
+the unseen-source test side. Orders: random, margin only (smallest top-1 - top-2 probability, after a
+random first batch), and `classifier.active.select_batch` (typical-and-diverse first, then margin with
+diversity).
+
+Features are the frozen EfficientNet-Lite0 texture features averaged over the 8 dihedral views, computed
+once for all images and cached in `<work>/features.npz` (a few minutes on a 2-core CPU).
+
+    .venv/bin/python bench/bench_active.py --work /tmp/bench-active [--quick] [--seeds 0,...,9] [--min-per-class 3]
+      [--head-c 0.01] [--pca 0] [--plot bench/active_learning_curve.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import real_data  # noqa: E402
+
+BATCH = 16  # images per feature pass
+CHECKPOINTS = (10, 20, 40, 80, 160)
+STEP = 10  # labels per review round: the sampler sees a model retrained after every round
+ORDERS = ("random", "margin", "select_batch")
+
+
+def features(images, work: Path) -> np.ndarray:
+    """(N, D) raw features of every image, in `images` order; computed once, then read from the cache."""
+    cache = work / "features.npz"
+    keys = np.array([str(image.path) for image in images])
+    if cache.exists():
+        stored = np.load(cache)
+        if np.array_equal(stored["keys"], keys):
+            return stored["features"]
+    derived = real_data.derivatives(images, work / "derivatives")
+    matrix = _extract([derived[image.path] for image in images])
+    work.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, keys=keys, features=matrix)
+    return matrix
+
+
+def _extract(paths: list[str]) -> np.ndarray:
+    import torch
+
+    from classifier import transforms
+    from classifier.backbones import get_backbone, load_pretrained_body
+    from classifier.feature_head import build_classifier, dihedral_views
+
+    backbone = get_backbone("efficientnet_lite0")
+    body, _ = load_pretrained_body(backbone)
+    # embed() would standardise with the unfitted buffers (zeros/ones); the raw features are wanted here
+    model = build_classifier(backbone, 2, body).eval()
+    chunks = []
+    for start in range(0, len(paths), BATCH):
+        arrays = [transforms.eval_array(path, 224) for path in paths[start : start + BATCH]]
+        batch = transforms.normalise_batch(torch.from_numpy(np.stack(arrays)), backbone.mean, backbone.std)
+        with torch.inference_mode():
+            views = [model.features(view) for view in dihedral_views(batch)]
+        chunks.append(torch.stack(views).mean(0).float().numpy())
+        print(f"features {start + len(arrays)}/{len(paths)}", flush=True)
+    return np.concatenate(chunks)
+
+
+class Pool:
+    """One split: standardised features, hidden pool labels and the test side; classes as indices."""
+
+    def __init__(self, images, matrix, seed: int, dims: int = 0):
+        train, test = real_data.split_by_source(images, seed)
+        position = {image.path: i for i, image in enumerate(images)}
+        rng = np.random.default_rng(seed)
+        # a shuffled pool, so that no order inherits the manifest's grouping by source
+        train = [train[i] for i in rng.permutation(len(train))]
+        self.classes = sorted({image.category for image in images})
+        pool = matrix[[position[image.path] for image in train]].astype(np.float64)
+        mean, scale = pool.mean(0), pool.std(0)
+        scale[scale < 1e-6] = 1.0
+        # label-free statistics of the whole pool: what the sampler's embedding may use
+        self.embeddings = (pool - mean) / scale
+        if dims:  # an ablation: PCA of the pool (label-free), as TypiClust's paper clusters a compact space
+            from sklearn.decomposition import PCA
+
+            self.embeddings = PCA(dims, random_state=seed).fit_transform(self.embeddings)
+        self.x, self.y = pool, np.array([self.classes.index(image.category) for image in train])
+        self.x_test = matrix[[position[image.path] for image in test]].astype(np.float64)
+        self.y_test = np.array([self.classes.index(image.category) for image in test])
+
+
+def fit_predict(pool: Pool, labelled: np.ndarray, seed: int, c: float):
+    """The product's head on the labelled images: (pool probabilities (N, C), test predictions)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = pool.x[labelled], pool.y[labelled]
+    present = np.unique(y)
+    probabilities = np.zeros((len(pool.x), len(pool.classes)))
+    if len(present) < 2:  # nothing to separate: the only class seen is the answer
+        probabilities[:, present[0]] = 1.0
+        return probabilities, np.full(len(pool.x_test), present[0])
+    mean, scale = x.mean(0), x.std(0)
+    scale[scale < 1e-6] = 1.0
+    head = LogisticRegression(C=c, class_weight="balanced", max_iter=3000, random_state=seed)
+    head.fit((x - mean) / scale, y)
+    probabilities[:, present] = head.predict_proba((pool.x - mean) / scale)
+    return probabilities, head.predict((pool.x_test - mean) / scale)
+
+
+def scores(pool: Pool, predictions) -> tuple[float, float]:
+    from sklearn.metrics import recall_score
+
+    accuracy = float(np.mean(predictions == pool.y_test))
+    recall = recall_score(pool.y_test, predictions, labels=np.unique(pool.y_test), average="macro", zero_division=0)
+    return accuracy, float(recall)
+
+
+def next_batch(order: str, pool: Pool, labelled, probabilities, size: int, seed: int, rng, min_per_class: int):
+    """(indices to reveal, whether the order used the model's uncertainty this round)."""
+    unlabelled = np.flatnonzero(~labelled)
+    if order == "random" or (order == "margin" and probabilities is None):
+        return rng.choice(unlabelled, size, replace=False), False
+    if order == "margin":
+        top = np.sort(probabilities[unlabelled], axis=1)[:, ::-1]
+        return unlabelled[np.argsort(top[:, 0] - top[:, 1], kind="stable")[:size]], True
+    from classifier.active import select_batch
+
+    labels = [pool.classes[c] if known else None for c, known in zip(pool.y, labelled)]
+    picks = select_batch(
+        pool.embeddings, labelled, labels, probabilities, size, min_per_class, seed, class_names=pool.classes
+    )
+    return np.array([index for index, _ in picks]), picks[0][1].startswith("model unsure")
+
+
+def curve(order: str, pool: Pool, seed: int, min_per_class: int, c: float):
+    """({labels: (accuracy, macro recall)} after every round, up to the last checkpoint or the whole pool;
+    labels at hand when the order first used the model's probabilities, or None)."""
+    rng = np.random.default_rng(1000 + seed)
+    labelled = np.zeros(len(pool.y), bool)
+    probabilities, points, switched = None, {}, None
+    end = min(CHECKPOINTS[-1], len(pool.y))
+    while labelled.sum() < end:
+        size = min(STEP, end - int(labelled.sum()))
+        chosen, uncertain = next_batch(order, pool, labelled, probabilities, size, seed, rng, min_per_class)
+        if uncertain and switched is None:
+            switched = int(labelled.sum())  # labels at hand when the order first followed the model
+        assert not labelled[chosen].any() and len(chosen) == size
+        labelled[chosen] = True  # the curator reveals these labels, and only these
+        probabilities, predictions = fit_predict(pool, labelled, seed, c)
+        points[int(labelled.sum())] = scores(pool, predictions)
+    return points, switched
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7,8,9")
+    parser.add_argument("--quick", action="store_true", help="one split (seed 0): a check of the wiring")
+    parser.add_argument("--min-per-class", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pca", type=int, default=0, help="sampler embedding: PCA to this many dims (0: none)")
+    parser.add_argument("--head-c", type=float, default=0.01, help="the logistic regression's C")
+    parser.add_argument(
+        "--plot", type=Path, help="PNG path (default bench/active_learning_curve.png; none with --quick)"
+    )
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    images = real_data.load_images()
+    matrix = features(images, args.work)
+    runs = []
+    seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+    for seed in seeds:
+        pool = Pool(images, matrix, seed, args.pca)
+        everything = scores(pool, fit_predict(pool, np.ones(len(pool.y), bool), seed, args.head_c)[1])
+        for order in ORDERS:
+            points, switched = curve(order, pool, seed, args.min_per_class, args.head_c)
+            runs.append({"seed": seed, "order": order, "curve": points, "all": everything, "switched": switched})
+            print(seed, order, f"model from {switched}:", {k: round(v[0], 3) for k, v in points.items()}, flush=True)
+    table = report(runs)
+    print(table)
+    if args.plot or not args.quick:  # a one-split check must not overwrite the committed figure
+        plot(runs, args.plot or Path(__file__).with_name("active_learning_curve.png"))
+
+
+def report(runs) -> str:
+    """Markdown: accuracy and macro recall on the unseen sources, mean ± sd over seeds, per order."""
+    counts = sorted({n for run in runs for n in run["curve"] if n in CHECKPOINTS or n == max(run["curve"])})
+    lines = [
+        "| order | metric | " + " | ".join(str(n) for n in counts) + " | all pool images |",
+        "|---|---|" + "---|" * (len(counts) + 1),
+    ]
+    for order in ORDERS:
+        group = [run for run in runs if run["order"] == order]
+        for metric, name in enumerate(("accuracy", "macro recall")):
+            cells = [real_data.mean_sd([run["curve"][n][metric] for run in group]) for n in counts]
+            cells.append(real_data.mean_sd([run["all"][metric] for run in group]))
+            lines.append(f"| {order} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + paired_table(runs, counts) + "\n\n" + reach_table(runs)
+
+
+def paired_table(runs, counts) -> str:
+    """Each metric minus random's on the same split (mean ± sd over seeds, seeds ahead): the splits differ
+    far more from one another than the orders do, so the paired difference is the fairer comparison."""
+    by = {(run["seed"], run["order"]): run for run in runs}
+    seeds = sorted({run["seed"] for run in runs})
+    lines = [
+        "| minus random's | metric | " + " | ".join(str(n) for n in counts) + " |",
+        "|---|---|" + "---|" * len(counts),
+    ]
+    for order in ORDERS[1:]:
+        for metric, name in enumerate(("accuracy", "macro recall")):
+            cells = []
+            for n in counts:
+                gaps = [by[s, order]["curve"][n][metric] - by[s, "random"]["curve"][n][metric] for s in seeds]
+                cells.append(f"{real_data.mean_sd(gaps)} ({sum(g > 0 for g in gaps)}/{len(gaps)} ahead)")
+            lines.append(f"| {order} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def labels_to_reach(run, target: float, stay: bool):
+    """The fewest labels (rounds of STEP) after which accuracy is at least ``target`` (with ``stay``: and
+    remains so in every later round); None if never."""
+    ordered = sorted(run["curve"].items())
+    for position, (n, _) in enumerate(ordered):
+        later = ordered[position:] if stay else ordered[position : position + 1]
+        if all(accuracy >= target - 1e-9 for _, (accuracy, _) in later):
+            return n
+    return None
+
+
+def reach_table(runs) -> str:
+    """Per seed: labels each order needs to reach random's accuracy at its last round."""
+    seeds = sorted({run["seed"] for run in runs})
+    by = {(run["seed"], run["order"]): run for run in runs}
+    header = "| order | criterion | " + " | ".join(f"seed {s}" for s in seeds) + " | median | mean ± sd (reached) |"
+    lines = [header, "|---|---|" + "---|" * (len(seeds) + 2)]
+    for order in ORDERS:
+        for stay, criterion in ((False, "first reaches"), (True, "reaches and stays")):
+            needed = []
+            for seed in seeds:
+                last = max(by[seed, "random"]["curve"])
+                needed.append(labels_to_reach(by[seed, order], by[seed, "random"]["curve"][last][0], stay))
+            cells = ["—" if n is None else str(n) for n in needed]
+            reached = [n for n in needed if n is not None]
+            median = f"{np.median(reached):.0f}" if reached else "—"
+            spread = f"{np.mean(reached):.0f} ± {np.std(reached, ddof=1):.0f}" if len(reached) > 1 else "—"
+            lines.append(
+                f"| {order} | {criterion} | "
+                + " | ".join(cells)
+                + f" | {median} | {spread} ({len(reached)}/{len(seeds)}) |"
+            )
+    switched = [run["switched"] for run in runs if run["order"] == "select_batch"]
+    lines.append(f"\nselect_batch followed the model from these label counts on: {switched} (None: never).")
+    return "\n".join(lines)
+
+
+def plot(runs, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    for order in ORDERS:
+        group = [run for run in runs if run["order"] == order]
+        counts = sorted(set.intersection(*(set(run["curve"]) for run in group)))
+        for metric, axis in enumerate(axes):
+            values = np.array([[run["curve"][n][metric] for n in counts] for run in group])
+            mean, sd = values.mean(0), values.std(0, ddof=1) if len(group) > 1 else 0 * values.mean(0)
+            axis.plot(counts, mean, label=order)
+            axis.fill_between(counts, mean - sd, mean + sd, alpha=0.15)
+    for axis, name in zip(axes, ("accuracy", "macro recall")):
+        axis.set(xlabel="labels", ylabel=f"{name}, unseen sources", xscale="log")
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    figure.suptitle(
+        f"Review order on the real SEM images (mean ± sd over {len({r['seed'] for r in runs})} source splits)"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    main()
