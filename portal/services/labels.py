@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.db import transaction
 
 from portal.models import Category, Label, SEMImage
+from portal.services import similar
 
 
 @transaction.atomic
@@ -20,6 +21,7 @@ def set_label(image: SEMImage, category: Category, *, source: str, user=None, no
     SEMImage.objects.filter(pk=locked.pk).update(curated_category=category)
     image.curated_category = category
     transaction.on_commit(lambda: _label_changed(label.pk))
+    transaction.on_commit(similar.bump_generation)  # the image may have joined the curated search rows
     return label
 
 
@@ -36,6 +38,7 @@ def undo_label(label: Label) -> Label | None:
     if previous:
         Label.objects.filter(pk=previous.pk).update(is_current=True)
     SEMImage.objects.filter(pk=image.pk).update(curated_category=previous.category if previous else None)
+    transaction.on_commit(similar.bump_generation)
     if previous is None or previous.category_id != withdrawn_category_id:
         # Subscribers (a LIMS) must drop the withdrawn label: the image's label is the previous one, or none.
         previous_id = previous.pk if previous else None

@@ -1,0 +1,138 @@
+"""Similar curated images: exact cosine search over the production model's stored embeddings.
+
+Each process keeps one matrix (the unit-length embeddings of the curated images, float32 so NumPy runs
+one BLAS matrix-vector product per query) keyed by the production model version and a change counter.
+The counter lives in the Django cache, shared by the web and worker processes: classification (new
+embeddings), labels (an image becomes curated or not) and promotions bump it, and the next query
+reloads the matrix. The rows found are read again from the database through the viewer's visible
+images, so a matrix a moment stale can never show an image the viewer may not see or a withdrawn label.
+
+No database extension: the vectors are float16 bytes in a BinaryField (SQLite and PostgreSQL alike).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+from django.core.cache import cache
+
+from portal.models import Embedding, ModelVersion, SEMImage
+from portal.permissions import is_admin, visible_images, visible_projects
+
+GENERATION_KEY = "similar-images:generation"
+DEFAULT_K = 6
+MAX_K = 50
+# Rows taken from the matrix beyond k, so that rows dropped by the database check (a label withdrawn,
+# an image deleted since the matrix was loaded) still leave k results.
+SPARE_ROWS = 20
+
+ENCODING = np.dtype("<f2")
+
+
+def encode(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype=np.float32).astype(ENCODING).tobytes()
+
+
+def decode(data: bytes | memoryview) -> np.ndarray:
+    return np.frombuffer(bytes(data), dtype=ENCODING)
+
+
+def bump_generation() -> None:
+    """Mark every process's matrix stale. A fresh random token, not an increment: a cache that evicted
+    the key and counts again from 1 could otherwise repeat a generation a process already holds."""
+    cache.set(GENERATION_KEY, uuid.uuid4().hex, timeout=None)
+
+
+def generation() -> str:
+    return cache.get(GENERATION_KEY) or ""
+
+
+@dataclass
+class SearchIndex:
+    model_version_id: int
+    generation: str
+    image_ids: np.ndarray  # int64, one per row
+    project_ids: np.ndarray  # int64, one per row
+    matrix: np.ndarray  # float32 (rows, dimension), unit rows
+    loaded_in_s: float = 0.0
+
+    def search(self, query: np.ndarray, k: int, *, exclude: int, projects: set[int] | None) -> list[tuple[int, float]]:
+        """The rows most similar to `query` (best first), as (image id, cosine), within `projects`."""
+        if not len(self.image_ids):
+            return []
+        scores = self.matrix @ unit(query)
+        allowed = self.image_ids != exclude
+        if projects is not None:
+            allowed &= np.isin(self.project_ids, np.fromiter(projects, dtype=np.int64))
+        scores = np.where(allowed, scores, -np.inf)
+        take = min(k, int(allowed.sum()))
+        if take == 0:
+            return []
+        best = np.argpartition(-scores, take - 1)[:take]
+        best = best[np.argsort(-scores[best], kind="stable")]
+        return [(int(self.image_ids[row]), float(scores[row])) for row in best]
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)  # a zero vector stays zero (similar to nothing)
+
+
+def build_index(model_version_id: int, gen: str, rows) -> SearchIndex:
+    """The index from (image id, project id, float16 bytes) rows; rows of another dimension are skipped."""
+    started = time.perf_counter()
+    rows = list(rows)
+    sizes = [len(row[2]) for row in rows]
+    size = max(set(sizes), key=sizes.count) if rows else 0
+    rows = [row for row in rows if len(row[2]) == size]
+    matrix = np.frombuffer(b"".join(bytes(row[2]) for row in rows), dtype=ENCODING).reshape(len(rows), size // 2)
+    return SearchIndex(
+        model_version_id=model_version_id,
+        generation=gen,
+        image_ids=np.array([row[0] for row in rows], dtype=np.int64),
+        project_ids=np.array([row[1] for row in rows], dtype=np.int64),
+        matrix=unit(matrix),
+        loaded_in_s=time.perf_counter() - started,
+    )
+
+
+_lock = threading.Lock()
+_index: SearchIndex | None = None  # one per process: the production model's, replaced when stale
+
+
+def current_index(model: ModelVersion) -> SearchIndex:
+    global _index
+    gen = generation()
+    with _lock:
+        if _index is None or _index.model_version_id != model.pk or _index.generation != gen:
+            _index = None  # let the old matrix go before the new one is built (peak memory)
+            rows = Embedding.objects.filter(model_version=model, image__curated_category__isnull=False).values_list(
+                "image_id", "image__sample__project_id", "vector"
+            )
+            _index = build_index(model.pk, gen, rows.iterator(chunk_size=2000))
+        return _index
+
+
+def similar_images(
+    user, image: SEMImage, k: int = DEFAULT_K
+) -> tuple[ModelVersion | None, list[tuple[SEMImage, float]]]:
+    """The production model and the k curated images most like `image` that `user` may see, best first.
+
+    Empty when there is no production model or it stored no embedding for `image` (a model without
+    one, or the image not classified yet)."""
+    model = ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).first()
+    if model is None:
+        return None, []
+    stored = Embedding.objects.filter(image=image, model_version=model).values_list("vector", flat=True).first()
+    if stored is None:
+        return model, []
+    projects = None if is_admin(user) else set(visible_projects(user).values_list("pk", flat=True))
+    found = current_index(model).search(decode(stored), k + SPARE_ROWS, exclude=image.pk, projects=projects)
+    shown = visible_images(user).filter(pk__in=[pk for pk, _ in found], curated_category__isnull=False)
+    by_id = {candidate.pk: candidate for candidate in shown.select_related("curated_category")}
+    return model, [(by_id[pk], score) for pk, score in found if pk in by_id][:k]
