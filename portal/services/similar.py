@@ -48,7 +48,13 @@ def bump_generation() -> None:
 
 
 def generation() -> str:
-    return cache.get(GENERATION_KEY) or ""
+    """The current token; a missing one (a cache cleared or restarted) is replaced by a fresh token, so
+    a matrix loaded before the loss is never taken for current."""
+    token = cache.get(GENERATION_KEY)
+    if token is None:
+        cache.add(GENERATION_KEY, uuid.uuid4().hex, timeout=None)
+        token = cache.get(GENERATION_KEY) or ""
+    return token
 
 
 @dataclass
