@@ -506,7 +506,7 @@ class SimilarQuerySerializer(serializers.Serializer):
 
 class SimilarImageSerializer(serializers.Serializer):
     id = serializers.IntegerField()
-    label = serializers.CharField(help_text="The image's curated category")
+    label = serializers.CharField(help_text="The image's curated category (slug, see /api/categories/)")
     similarity = serializers.FloatField(help_text="Cosine similarity of the embeddings, -1 to 1")
     thumbnail_url = serializers.CharField(help_text="Path of the thumbnail (JPEG), like the image's links")
 

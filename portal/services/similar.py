@@ -59,28 +59,33 @@ def generation() -> str:
 
 @dataclass
 class SearchIndex:
+    """Rows sorted by project, so that a viewer of a few projects scans only their rows."""
+
     model_version_id: int
     generation: str
     image_ids: np.ndarray  # int64, one per row
-    project_ids: np.ndarray  # int64, one per row
     matrix: np.ndarray  # float32 (rows, dimension), unit rows
+    project_rows: dict[int, slice]  # project id -> its contiguous rows
     loaded_in_s: float = 0.0
 
     def search(self, query: np.ndarray, k: int, *, exclude: int, projects: set[int] | None) -> list[tuple[int, float]]:
         """The rows most similar to `query` (best first), as (image id, cosine), within `projects`."""
-        if not len(self.image_ids):
+        if projects is None:
+            parts = [slice(0, len(self.image_ids))]
+        else:
+            parts = [self.project_rows[pk] for pk in sorted(projects) if pk in self.project_rows]
+        if not parts:
             return []
-        scores = self.matrix @ unit(query)
-        allowed = self.image_ids != exclude
-        if projects is not None:
-            allowed &= np.isin(self.project_ids, np.fromiter(projects, dtype=np.int64))
-        scores = np.where(allowed, scores, -np.inf)
-        take = min(k, int(allowed.sum()))
+        query = unit(query)
+        ids = np.concatenate([self.image_ids[part] for part in parts])
+        scores = np.concatenate([self.matrix[part] @ query for part in parts])
+        scores[ids == exclude] = -np.inf
+        take = min(k, int(np.isfinite(scores).sum()))
         if take == 0:
             return []
         best = np.argpartition(-scores, take - 1)[:take]
         best = best[np.argsort(-scores[best], kind="stable")]
-        return [(int(self.image_ids[row]), float(scores[row])) for row in best]
+        return [(int(ids[row]), float(scores[row])) for row in best]
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:
@@ -95,14 +100,20 @@ def build_index(model_version_id: int, gen: str, rows) -> SearchIndex:
     rows = list(rows)
     sizes = [len(row[2]) for row in rows]
     size = max(set(sizes), key=sizes.count) if rows else 0
-    rows = [row for row in rows if len(row[2]) == size]
-    matrix = np.frombuffer(b"".join(bytes(row[2]) for row in rows), dtype=ENCODING).reshape(len(rows), size // 2)
+    rows = sorted((row for row in rows if len(row[2]) == size), key=lambda row: (row[1], row[0]))
+    matrix = np.empty((len(rows), size // 2), dtype=np.float32)  # filled row by row: no float16 copy of it all
+    for index, row in enumerate(rows):
+        matrix[index] = decode(row[2])
+    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    projects = np.array([row[1] for row in rows], dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, projects[1:] != projects[:-1]]) if len(rows) else np.array([], int)
+    stops = np.r_[starts[1:], len(rows)]
     return SearchIndex(
         model_version_id=model_version_id,
         generation=gen,
         image_ids=np.array([row[0] for row in rows], dtype=np.int64),
-        project_ids=np.array([row[1] for row in rows], dtype=np.int64),
-        matrix=unit(matrix),
+        matrix=matrix,
+        project_rows={int(projects[a]): slice(int(a), int(b)) for a, b in zip(starts, stops)},
         loaded_in_s=time.perf_counter() - started,
     )
 

@@ -59,7 +59,7 @@ def test_a_member_gets_the_nearest_curated_images_of_their_projects_only(member_
     assert body["model_version"] == model.version
     assert [item["id"] for item in body["results"]] == [images["near"].pk, images["far"].pk]
     near = body["results"][0]
-    assert near["label"] == categories["fibres"].name
+    assert near["label"] == categories["fibres"].slug
     assert near["similarity"] == pytest.approx(0.7071, abs=1e-3)
     assert near["thumbnail_url"] == f"/api/images/{images['near'].pk}/thumbnail/"
     assert member_api.get(near["thumbnail_url"]).status_code == 200
@@ -89,7 +89,7 @@ def test_a_newly_curated_image_joins_after_the_label_commits(curator_api, scene,
         set_label(images["twin"], categories["particles"], source="import")
 
     first = curator_api.get(url(images["query"])).json()["results"][0]
-    assert (first["id"], first["label"]) == (images["twin"].pk, categories["particles"].name)
+    assert (first["id"], first["label"]) == (images["twin"].pk, categories["particles"].slug)
 
 
 def test_no_embedding_for_the_production_model_gives_an_empty_list(member_api, scene):

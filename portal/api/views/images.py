@@ -300,7 +300,7 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         results = [
             {
                 "id": other.pk,
-                "label": other.curated_category.name,
+                "label": other.curated_category.slug,
                 "similarity": round(score, 4),
                 "thumbnail_url": reverse("api:image-thumbnail", args=[other.pk]),
             }
