@@ -28,7 +28,7 @@ DEFAULT_K = 6
 MAX_K = 50
 # Rows taken from the matrix beyond k, so that rows dropped by the database check (a label withdrawn,
 # an image deleted since the matrix was loaded) still leave k results.
-SPARE_ROWS = 20
+SPARE_ROWS = 10
 
 ENCODING = np.dtype("<f2")
 
@@ -151,5 +151,5 @@ def similar_images(
     projects = None if is_admin(user) else set(visible_projects(user).values_list("pk", flat=True))
     found = current_index(model).search(decode(stored), k + SPARE_ROWS, exclude=image.pk, projects=projects)
     shown = visible_images(user).filter(pk__in=[pk for pk, _ in found], curated_category__isnull=False)
-    by_id = {candidate.pk: candidate for candidate in shown.select_related("curated_category")}
+    by_id = {candidate.pk: candidate for candidate in shown.select_related("curated_category").defer("metadata")}
     return model, [(by_id[pk], score) for pk, score in found if pk in by_id][:k]
