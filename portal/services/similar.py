@@ -3,9 +3,10 @@
 Each process keeps one matrix (the unit-length embeddings of the curated images, float32 so NumPy runs
 one BLAS matrix-vector product per query) keyed by the production model version and a change counter.
 The counter lives in the Django cache, shared by the web and worker processes: classification (new
-embeddings), labels (an image becomes curated or not) and promotions bump it, and the next query
-reloads the matrix. The rows found are read again from the database through the viewer's visible
-images, so a matrix a moment stale can never show an image the viewer may not see or a withdrawn label.
+embeddings), labels (an image becomes curated or not) and promotions bump it, and a later query reloads
+the matrix (at most every SEM_SIMILAR_REFRESH_S; a new production version at once). The rows found are
+read again from the database through the viewer's visible images, so a matrix a moment stale can never
+show an image the viewer may not see or a withdrawn label.
 
 No database extension: the vectors are float16 bytes in a BinaryField (SQLite and PostgreSQL alike).
 """
@@ -15,9 +16,10 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+from django.conf import settings
 from django.core.cache import cache
 
 from portal.models import Embedding, ModelVersion, SEMImage
@@ -67,6 +69,7 @@ class SearchIndex:
     matrix: np.ndarray  # float32 (rows, dimension), unit rows
     project_rows: dict[int, slice]  # project id -> its contiguous rows
     loaded_in_s: float = 0.0
+    built_at: float = field(default_factory=time.monotonic)
 
     def search(self, query: np.ndarray, k: int, *, exclude: int, projects: set[int] | None) -> list[tuple[int, float]]:
         """The rows most similar to `query` (best first), as (image id, cosine), within `projects`."""
@@ -126,13 +129,20 @@ def current_index(model: ModelVersion) -> SearchIndex:
     global _index
     gen = generation()
     with _lock:
-        if _index is None or _index.model_version_id != model.pk or _index.generation != gen:
+        if _index is None or _index.model_version_id != model.pk or _stale(_index, gen):
             _index = None  # let the old matrix go before the new one is built (peak memory)
             rows = Embedding.objects.filter(model_version=model, image__curated_category__isnull=False).values_list(
                 "image_id", "image__sample__project_id", "vector"
             )
             _index = build_index(model.pk, gen, rows.iterator(chunk_size=2000))
         return _index
+
+
+def _stale(index: SearchIndex, gen: str) -> bool:
+    """Changed since loaded, and loaded long enough ago: a burst of labels reloads the matrix once, not
+    per label. Meanwhile the rows found are re-read from the database, so the viewer still sees only
+    current labels of images they may see; an image curated in the last seconds may be missing."""
+    return index.generation != gen and time.monotonic() - index.built_at >= settings.SEM_SIMILAR_REFRESH_S
 
 
 def similar_images(

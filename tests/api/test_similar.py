@@ -25,8 +25,9 @@ def embed(image, model, vector) -> None:
 
 
 @pytest.fixture
-def scene(sample, other_sample, user, outsider):
+def scene(sample, other_sample, user, outsider, monkeypatch):
     """A query image in `project`, curated neighbours in both projects, one uncurated twin."""
+    monkeypatch.setattr(similar, "_index", None)  # this process's matrix from an earlier test's rows
     fibres, particles = Category.objects.order_by("pk")[:2]
     model = make_model(1, status=ModelVersion.Status.PRODUCTION)
     images = {name: ingest_png(sample, user, seed) for seed, name in enumerate(["query", "near", "far", "twin"], 10)}
@@ -81,13 +82,19 @@ def test_another_projects_image_is_not_found_and_never_listed(outsider_api, scen
     assert body["results"] == []  # its project's only image: the query's own project is out of reach
 
 
-def test_a_newly_curated_image_joins_after_the_label_commits(curator_api, scene, django_capture_on_commit_callbacks):
+def test_a_newly_curated_image_joins_once_the_refresh_interval_allows(
+    curator_api, scene, django_capture_on_commit_callbacks, settings
+):
     images, categories, _model = scene
+    settings.SEM_SIMILAR_REFRESH_S = 3600
     assert curator_api.get(url(images["query"])).json()["results"][0]["id"] == images["near"].pk
 
     with django_capture_on_commit_callbacks(execute=True):
         set_label(images["twin"], categories["particles"], source="import")
 
+    # Within the interval the loaded matrix serves (one reload per burst of labels, not per label).
+    assert curator_api.get(url(images["query"])).json()["results"][0]["id"] == images["near"].pk
+    settings.SEM_SIMILAR_REFRESH_S = 0
     first = curator_api.get(url(images["query"])).json()["results"][0]
     assert (first["id"], first["label"]) == (images["twin"].pk, categories["particles"].slug)
 

@@ -16,8 +16,9 @@ def embed(image, model, *weights: float) -> None:
 
 
 def test_the_image_page_shows_similar_curated_images_the_viewer_may_see(
-    client, member, sample, other_sample, make_image, make_model, categories
+    client, member, sample, other_sample, make_image, make_model, categories, monkeypatch
 ):
+    monkeypatch.setattr(similar, "_index", None)  # this process's matrix from an earlier test's rows
     model = make_model(1, status=ModelVersion.Status.PRODUCTION)
     query = make_image(sample)
     near = make_image(sample, curated=categories["Fibres"])

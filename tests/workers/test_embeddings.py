@@ -55,9 +55,10 @@ def test_a_batch_stores_the_embedding_of_the_same_forward_pass(feature_model, sa
 
 
 def test_a_rolled_back_model_keeps_its_embeddings_and_search_uses_them(
-    feature_model, feature_head_artifact, sample, user, upload_images, settings
+    feature_model, feature_head_artifact, sample, user, upload_images, settings, monkeypatch
 ):
     settings.SEM_RECLASSIFY_AFTER_PROMOTION = True
+    monkeypatch.setattr(similar, "_index", None)  # this process's matrix from an earlier test's rows
     images = upload_images(sample, user, 2, labelled=True)
     classification.classify_images([image.pk for image in images])
     before = dict(Embedding.objects.values_list("image_id", "vector"))
