@@ -21,7 +21,6 @@ def set_label(image: SEMImage, category: Category, *, source: str, user=None, no
     SEMImage.objects.filter(pk=locked.pk).update(curated_category=category)
     image.curated_category = category
     transaction.on_commit(lambda: _label_changed(label.pk))
-    transaction.on_commit(similar.bump_generation)  # the image may have joined the curated search rows
     return label
 
 
@@ -38,7 +37,6 @@ def undo_label(label: Label) -> Label | None:
     if previous:
         Label.objects.filter(pk=previous.pk).update(is_current=True)
     SEMImage.objects.filter(pk=image.pk).update(curated_category=previous.category if previous else None)
-    transaction.on_commit(similar.bump_generation)
     if previous is None or previous.category_id != withdrawn_category_id:
         # Subscribers (a LIMS) must drop the withdrawn label: the image's label is the previous one, or none.
         previous_id = previous.pk if previous else None
@@ -47,9 +45,12 @@ def undo_label(label: Label) -> Label | None:
 
 
 def _label_changed(label_id: int | None, **undo) -> None:
-    """Hook for events (webhooks) once the label is committed; the workers package wires delivery."""
+    """Hook for events (webhooks) once the label is committed; the workers package wires delivery.
+    Also marks the similar-image matrices stale: an image may have joined or left the curated rows
+    (undo_label calls this whenever it leaves an image without a label)."""
     from portal import events
 
+    similar.bump_generation()
     events.emit_label_changed(label_id, **undo)
 
 
