@@ -24,7 +24,6 @@ from django.utils import timezone
 
 from portal import events
 from portal.models import ModelVersion
-from portal.services import similar
 from portal.services.artifacts import artifact_exists, local_artifact
 from portal.services.classification import production_model
 
@@ -386,5 +385,3 @@ def _after_promotion(model_version_id: int, previous_version: int | None) -> Non
         lambda: events.emit("model.promoted", model_version_id=model_version_id, previous_version=previous_version)
     )
     transaction.on_commit(lambda: enqueue_backlog(model_version_id))
-    # A roll-back re-promotes a version whose matrix a process may still hold from before: reload it.
-    transaction.on_commit(similar.bump_generation)

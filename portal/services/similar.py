@@ -3,8 +3,9 @@
 Each process keeps one matrix (the unit-length embeddings of the curated images, float32 so NumPy runs
 one BLAS matrix-vector product per query) keyed by the production model version and a change counter.
 The counter lives in the Django cache, shared by the web and worker processes: classification (new
-embeddings), labels (an image becomes curated or not) and promotions bump it, and a later query reloads
-the matrix (at most every SEM_SIMILAR_REFRESH_S; a new production version at once). The rows found are
+embeddings) and labels (an image becomes curated or not) bump it, and a later query reloads the matrix
+(at most every SEM_SIMILAR_REFRESH_S). A promotion or roll-back changes the production version, which
+reloads at once; a matrix of a rolled-back-to version kept from before is stale by the counter anyway. The rows found are
 read again from the database through the viewer's visible images, so a matrix a moment stale can never
 show an image the viewer may not see or a withdrawn label.
 
