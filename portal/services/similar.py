@@ -14,6 +14,7 @@ No database extension: the vectors are float16 bytes in a BinaryField (SQLite an
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -25,6 +26,8 @@ from django.core.cache import cache
 
 from portal.models import Embedding, ModelVersion, SEMImage
 from portal.permissions import is_admin, visible_images, visible_projects
+
+logger = logging.getLogger(__name__)
 
 GENERATION_KEY = "similar-images:generation"
 DEFAULT_K = 6
@@ -44,19 +47,37 @@ def decode(data: bytes | memoryview) -> np.ndarray:
     return np.frombuffer(bytes(data), dtype=ENCODING)
 
 
+def _cache_errors() -> tuple[type[BaseException], ...]:
+    """What the cache raises when its server or disk is unavailable (as portal/api/throttling.py)."""
+    import redis.exceptions
+
+    return (OSError, redis.exceptions.RedisError)
+
+
+CACHE_ERRORS = _cache_errors()
+
+
 def bump_generation() -> None:
     """Mark every process's matrix stale. A fresh random token, not an increment: a cache that evicted
-    the key and counts again from 1 could otherwise repeat a generation a process already holds."""
-    cache.set(GENERATION_KEY, uuid.uuid4().hex, timeout=None)
+    the key and counts again from 1 could otherwise repeat a generation a process already holds.
+    A cache outage must not fail the label or batch that called this (it runs after their commit)."""
+    try:
+        cache.set(GENERATION_KEY, uuid.uuid4().hex, timeout=None)
+    except CACHE_ERRORS as error:
+        logger.warning("could not mark the similar-image matrices stale (cache unavailable): %s", error)
 
 
-def generation() -> str:
-    """The current token; a missing one (a cache cleared or restarted) is replaced by a fresh token, so
-    a matrix loaded before the loss is never taken for current."""
-    token = cache.get(GENERATION_KEY)
-    if token is None:
-        cache.add(GENERATION_KEY, uuid.uuid4().hex, timeout=None)
-        token = cache.get(GENERATION_KEY) or ""
+def generation() -> str | None:
+    """The current token, or None while the cache is unavailable; a missing one (a cache cleared or
+    restarted) is replaced by a fresh token, so a matrix loaded before the loss is never taken for current."""
+    try:
+        token = cache.get(GENERATION_KEY)
+        if token is None:
+            cache.add(GENERATION_KEY, uuid.uuid4().hex, timeout=None)
+            token = cache.get(GENERATION_KEY) or ""
+    except CACHE_ERRORS as error:
+        logger.warning("similar-image search: cache unavailable, keeping the loaded matrix: %s", error)
+        return None
     return token
 
 
@@ -135,14 +156,16 @@ def current_index(model: ModelVersion) -> SearchIndex:
             rows = Embedding.objects.filter(model_version=model, image__curated_category__isnull=False).values_list(
                 "image_id", "image__sample__project_id", "vector"
             )
-            _index = build_index(model.pk, gen, rows.iterator(chunk_size=2000))
+            _index = build_index(model.pk, gen or "", rows.iterator(chunk_size=2000))
         return _index
 
 
-def _stale(index: SearchIndex, gen: str) -> bool:
+def _stale(index: SearchIndex, gen: str | None) -> bool:
     """Changed since loaded, and loaded long enough ago: a burst of labels reloads the matrix once, not
     per label. Meanwhile the rows found are re-read from the database, so the viewer still sees only
     current labels of images they may see; an image curated in the last seconds may be missing."""
+    if gen is None:
+        return False  # the cache is down: the loaded matrix, rather than a reload per query
     return index.generation != gen and time.monotonic() - index.built_at >= settings.SEM_SIMILAR_REFRESH_S
 
 

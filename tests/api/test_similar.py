@@ -112,3 +112,23 @@ def test_an_invalid_k_is_a_400(member_api, scene, k):
     response = member_api.get(url(images["query"], k=k))
     assert response.status_code == 400
     assert "k" in response.json()["error"]["fields"]
+
+
+def test_a_cache_outage_fails_neither_labels_nor_searches(
+    curator_api, scene, settings, django_capture_on_commit_callbacks
+):
+    images, categories, _model = scene
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens there
+            "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+        }
+    }
+
+    with django_capture_on_commit_callbacks(execute=True):
+        set_label(images["twin"], categories["particles"], source="import")
+    response = curator_api.get(url(images["query"]))
+
+    assert response.status_code == 200
+    assert images["near"].pk in [item["id"] for item in response.json()["results"]]
