@@ -99,7 +99,7 @@ class SearchIndex:
             parts = [slice(0, len(self.image_ids))]
         else:
             parts = [self.project_rows[pk] for pk in sorted(projects) if pk in self.project_rows]
-        if not parts:
+        if not parts or query.size != self.matrix.shape[1]:  # a vector of another dimension: nothing alike
             return []
         query = unit(query)
         ids = np.concatenate([self.image_ids[part] for part in parts])
