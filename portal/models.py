@@ -404,6 +404,24 @@ class Prediction(models.Model):
         return f"{self.image_id}: {self.category} {self.confidence:.2f} (v{self.model_version_id})"
 
 
+class Embedding(models.Model):
+    """The model's input features for one image (the same forward pass as its prediction), used for
+    similar-image search. One row per image and model version, like Prediction, so a roll-back finds
+    the older model's embeddings still in place. A separate table keeps the bytes out of Prediction queries."""
+
+    image = models.ForeignKey(SEMImage, on_delete=models.CASCADE, related_name="embeddings")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="embeddings")
+    dimension = models.PositiveIntegerField()
+    vector = models.BinaryField(help_text="float16, little-endian, `dimension` values")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["image", "model_version"], name="embedding_unique_image_model")]
+
+    def __str__(self) -> str:
+        return f"{self.image_id}: {self.dimension} dims (v{self.model_version_id})"
+
+
 class ApiToken(models.Model):
     """Per-user API token; only a SHA-256 of the secret is stored, the secret is shown once."""
 

@@ -278,6 +278,9 @@ else:
 # --- Classification and retraining -----------------------------------------------------------
 SEM_CLASSIFY_BATCH_SIZE = env_int("SEM_CLASSIFY_BATCH_SIZE", 32, minimum=1)
 SEM_PENDING_SWEEP_AFTER_S = env_int("SEM_PENDING_SWEEP_AFTER_S", 300, minimum=10)
+# A web process reloads its similar-image matrix (seconds at 100,000 images) at most this often after
+# labels or classifications change; a promotion or roll-back reloads at once (portal/services/similar.py).
+SEM_SIMILAR_REFRESH_S = env_int("SEM_SIMILAR_REFRESH_S", 30, minimum=0)
 SEM_RETRAIN_MIN_NEW_LABELS = env_int("SEM_RETRAIN_MIN_NEW_LABELS", 50, minimum=1)
 SEM_RETRAIN_CRON = env_str("SEM_RETRAIN_CRON", "0 2 * * *")
 SEM_TRAINING_TIMEOUT_S = env_int("SEM_TRAINING_TIMEOUT_S", 6 * 3600, minimum=60)

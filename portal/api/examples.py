@@ -78,6 +78,14 @@ PREDICTION = {
     "probabilities": {"Nanowires": 0.93, "Fibres": 0.05, "Particles": 0.02},
     "created_at": "2025-03-04T10:16:09Z",
 }
+
+SIMILAR_IMAGE = {
+    "id": 4711,
+    "label": "fibres",
+    "similarity": 0.8123,
+    "thumbnail_url": "/api/images/4711/thumbnail/",
+}
+
 LABEL = {
     "id": 77,
     "image": 501,

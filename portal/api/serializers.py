@@ -505,3 +505,23 @@ class ReviewItemSerializer(ImageSerializer):
     @extend_schema_field(serializers.ChoiceField(choices=["uncertain", "disagreement"]))
     def get_reason(self, image) -> str:
         return "disagreement" if image.curated_category_id else "uncertain"
+
+
+class SimilarQuerySerializer(serializers.Serializer):
+    k = serializers.IntegerField(
+        min_value=1, max_value=50, default=6, help_text="How many similar curated images (1 to 50)"
+    )
+
+
+class SimilarImageSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    label = serializers.CharField(help_text="The image's curated category (slug, see /api/categories/)")
+    similarity = serializers.FloatField(help_text="Cosine similarity of the embeddings, -1 to 1")
+    thumbnail_url = serializers.CharField(help_text="Path of the thumbnail (JPEG), like the image's links")
+
+
+class SimilarImagesSerializer(serializers.Serializer):
+    model_version = serializers.IntegerField(
+        allow_null=True, help_text="Version of the production model whose embeddings were searched"
+    )
+    results = SimilarImageSerializer(many=True, help_text="Most similar first; only images you may see")

@@ -26,7 +26,8 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from portal import events
-from portal.models import Category, ModelVersion, Prediction, SEMImage
+from portal.models import Category, Embedding, ModelVersion, Prediction, SEMImage
+from portal.services import similar
 from portal.storage import media_storage
 
 logger = logging.getLogger(__name__)
@@ -298,7 +299,7 @@ def save_results(model: ModelVersion, classes: list[str], results: dict[int, obj
     categories = _categories_for(classes)
     now = timezone.now()
     outcome = BatchOutcome()
-    new_predictions = []
+    new_predictions, new_embeddings = [], []
     for image_id, result in results.items():
         if image_id not in present:
             continue
@@ -308,9 +309,13 @@ def save_results(model: ModelVersion, classes: list[str], results: dict[int, obj
             continue
         if image_id not in already:
             new_predictions.append(_prediction(image_id, model, classes, categories, result))
+            new_embeddings += _embedding(image_id, model, result)
         _mark_classified(image_id, model, categories[result.top_class], result, now)
         outcome.classified.append(image_id)
     Prediction.objects.bulk_create(new_predictions, ignore_conflicts=True)
+    Embedding.objects.bulk_create(new_embeddings, ignore_conflicts=True)
+    if new_embeddings:
+        transaction.on_commit(similar.bump_generation)  # the search matrix of this model grew
     if new_predictions:
         transaction.on_commit(_announce([p.image_id for p in new_predictions], model.pk))
     return outcome
@@ -335,6 +340,14 @@ def _prediction(image_id, model, classes, categories, result) -> Prediction:
         entropy=float(result.entropy),
         probabilities={name: float(p) for name, p in zip(classes, result.probabilities)},
     )
+
+
+def _embedding(image_id, model, result) -> list[Embedding]:
+    """The image's embedding from the same forward pass, if the model has one (feature-head models)."""
+    if getattr(result, "embedding", None) is None:
+        return []
+    vector = similar.encode(result.embedding)
+    return [Embedding(image_id=image_id, model_version=model, dimension=result.embedding.size, vector=vector)]
 
 
 def _mark_classified(image_id: int, model: ModelVersion, category: Category, result, now) -> None:

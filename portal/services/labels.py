@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.db import transaction
 
 from portal.models import Category, Label, SEMImage
+from portal.services import similar
 
 
 @transaction.atomic
@@ -44,9 +45,12 @@ def undo_label(label: Label) -> Label | None:
 
 
 def _label_changed(label_id: int | None, **undo) -> None:
-    """Hook for events (webhooks) once the label is committed; the workers package wires delivery."""
+    """Hook for events (webhooks) once the label is committed; the workers package wires delivery.
+    Also marks the similar-image matrices stale: an image may have joined or left the curated rows
+    (undo_label calls this whenever it leaves an image without a label)."""
     from portal import events
 
+    similar.bump_generation()
     events.emit_label_changed(label_id, **undo)
 
 

@@ -7,6 +7,7 @@ from pathlib import PurePath
 
 from django.db import InterfaceError, OperationalError
 from django.http import FileResponse, Http404, HttpResponse
+from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
@@ -27,6 +28,8 @@ from portal.api.serializers import (
     LabelCorrectionSerializer,
     LabelSerializer,
     PredictionSerializer,
+    SimilarImagesSerializer,
+    SimilarQuerySerializer,
 )
 from portal.downloads import stored_file_response
 from portal.models import Label, SEMImage
@@ -268,6 +271,43 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             filename=f"{stem}-thumbnail{suffix}",
             attachment=content_type == "application/octet-stream",
         )
+
+    # --- similar images ---------------------------------------------------------------------------
+
+    @extend_schema(
+        summary="The curated images most similar to this one",
+        tags=["images"],
+        parameters=[SimilarQuerySerializer],
+        responses=SimilarImagesSerializer,
+        description="Exact cosine search over the production model's embeddings of curated images, "
+        "limited to the projects you may see. Empty when the production model stored no embedding for "
+        "this image (not classified yet, or a model without embeddings).",
+        examples=[
+            ex.example(
+                "Similar",
+                {"model_version": 3, "results": [ex.SIMILAR_IMAGE]},
+            ),
+            ex.NOT_FOUND,
+        ],
+    )
+    @action(detail=True, methods=["get"], filterset_class=None, pagination_class=None)
+    def similar(self, request, pk=None):
+        from portal.services.similar import similar_images
+
+        image = self.get_object()
+        query = SimilarQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        model, found = similar_images(request.user, image, query.validated_data["k"])
+        results = [
+            {
+                "id": other.pk,
+                "label": other.curated_category.slug,
+                "similarity": round(score, 4),
+                "thumbnail_url": reverse("api:image-thumbnail", args=[other.pk]),
+            }
+            for other, score in found
+        ]
+        return Response(SimilarImagesSerializer({"model_version": model and model.version, "results": results}).data)
 
     # --- predictions and labels --------------------------------------------------------------------
 

@@ -61,8 +61,17 @@ def image_detail(request, pk: int):
         "categories": Category.objects.filter(active=True),
         "instrument_rows": instrument_rows(image),
         **near_duplicate_context(request.user, image),
+        "similar": similar_context(request.user, image),
     }
     return render(request, "portal/image_detail.html", context)
+
+
+def similar_context(user, image: SEMImage) -> list[dict]:
+    """The curated images most like this one that the user may see (the production model's embeddings)."""
+    from portal.services.similar import similar_images
+
+    _model, found = similar_images(user, image)
+    return [{"image": other, "score": score} for other, score in found]
 
 
 def near_duplicate_context(user, image: SEMImage) -> dict:
