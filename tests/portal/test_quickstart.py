@@ -7,7 +7,6 @@ from io import StringIO
 from django.core.management import call_command
 from django_celery_beat.models import PeriodicTask
 
-from portal.management.commands.quickstart import DEMO_TRAINING
 from portal.models import Label, SEMImage, TrainingRun
 
 
@@ -30,7 +29,8 @@ def test_first_run_prepares_everything_and_a_second_run_changes_nothing(db, sett
     assert PeriodicTask.objects.filter(task__in=["workers.maybe_retrain", "workers.sweep"]).count() == 2
     run = TrainingRun.objects.get()
     assert run.trigger == TrainingRun.Trigger.BOOTSTRAP and run.status == TrainingRun.Status.QUEUED
-    assert run.config["arch"] == DEMO_TRAINING["arch"] and run.config["epochs"] == list(DEMO_TRAINING["epochs"])
+    # The first demo model starts from ImageNet too: the default pretrained backbone, not a scratch profile.
+    assert run.config["arch"] == "efficientnet_lite0" and run.config["pretrained"] is True
 
     second = run_quickstart()
     assert f"Login: {login}" in second  # same password, not a new one each start
