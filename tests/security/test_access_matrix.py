@@ -194,6 +194,7 @@ API_ROUTES = {
     "api:image-original": Route({"GET": PROJECT}, **IMAGE),
     "api:image-thumbnail": Route({"GET": PROJECT}, **IMAGE),
     "api:image-predictions": Route({"GET": PROJECT}, **IMAGE),
+    "api:image-similar": Route({"GET": PROJECT}, **IMAGE),
     "api:category-list": Route({"GET": EVERYONE}),
     "api:category-detail": Route({"GET": EVERYONE}, kwargs=lambda w: {"slug": w.categories["Fibres"].slug}),
     "api:review-queue": Route({"GET": CURATORS}),
