@@ -37,9 +37,11 @@ def queue_filter(user, params) -> dict:
     """{"project_id", "reason"} from the page's query string; a project the user does not curate, or an
     unknown reason, filters nothing."""
     from portal.permissions import curated_projects
+    from portal.web.access import parse_id
 
-    project = params.get("project") or ""
-    project_id = int(project) if project.isdigit() and curated_projects(user).filter(pk=project).exists() else None
+    project_id = parse_id(params.get("project"))  # ASCII digits only: "1²" passes str.isdigit()
+    if project_id is not None and not curated_projects(user).filter(pk=project_id).exists():
+        project_id = None
     reason = params.get("reason")
     return {"project_id": project_id, "reason": reason if reason in (UNLABELLED, DISPUTED) else None}
 

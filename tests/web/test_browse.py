@@ -152,4 +152,5 @@ def test_query_count_does_not_grow_with_images(
         assert len(response.context["page"].object_list) == 48  # the 50 rows really were rendered
     else:
         assert response.context["backlog"]["images"] == 50
-    assert with_five <= 15, f"{url_name} uses {with_five} queries"
+    # 16: the dashboard's optimistic-figures check (do test images share samples with training?) is one query.
+    assert with_five <= 16, f"{url_name} uses {with_five} queries"
