@@ -146,3 +146,119 @@ def test_the_budget_format_is_visible_and_a_bad_value_stays_with_its_error(brows
     assert page.is_visible("#budget-error") and "not a duration" in page.text_content("#budget-error")
     assert page.get_attribute("#train-budget", "aria-invalid") == "true"
     assert not TrainingRun.objects.exists()
+
+
+# --- lows: relabels on the dashboard ------------------------------------------------------------------
+
+
+@pytest.fixture
+def evaluated_test_image(sample, make_image, make_model, predict, categories):
+    """A test image labelled Fibres before v1 was evaluated; v1 predicted Particles."""
+    from portal.models import Label
+
+    image = make_image(sample, split="test", curated=categories["Fibres"])
+    Label.objects.filter(image=image).update(created_at=timezone.now() - timedelta(hours=1))
+    model = make_model(1, status="production", classes=("Fibres", "Particles"), counts=[[1, 1], [0, 1]])
+    predict(image, model, {"Particles": 0.8, "Fibres": 0.2}, categories)
+    return image
+
+
+def test_a_relabel_that_was_reverted_is_not_counted_as_a_change(client, curator, evaluated_test_image, categories):
+    from portal.services.labels import set_label
+
+    client.force_login(curator)
+    set_label(evaluated_test_image, categories["Particles"], source="review", user=curator)
+    assert 'id="labels-changed"' in client.get(reverse("web:dashboard")).content.decode()
+    set_label(evaluated_test_image, categories["Fibres"], source="review", user=curator)  # back to what it was
+    assert 'id="labels-changed"' not in client.get(reverse("web:dashboard")).content.decode()
+
+
+@browser_test
+def test_a_confusion_cell_relabel_is_recorded_as_such_and_can_be_undone(
+    browser, live_server, client, curator, evaluated_test_image, categories
+):
+    from portal.models import Label
+
+    page = browser
+    sign_in(page, live_server, client, curator)
+    cell = reverse("web:confusion_cell", args=[1]) + "?actual=Fibres&predicted=Particles"
+    page.goto(cell)
+    card = f'.card[data-image-id="{evaluated_test_image.pk}"]'
+    page.select_option(f"{card} select", str(categories["Particles"].pk))
+    with page.expect_navigation():
+        page.click(f"{card} button")
+    label = Label.objects.get(image=evaluated_test_image, is_current=True)
+    assert label.category == categories["Particles"] and label.source == Label.Source.CONFUSION_CELL
+    assert label.get_source_display() == "Dashboard (confusion cell)"
+    assert f"You relabelled {evaluated_test_image.original_filename}" in page.text_content("#relabel-undo")
+    with page.expect_navigation():
+        page.click("#relabel-undo button")
+    assert "undone: Fibres again" in page.text_content(".messages")
+    current = Label.objects.get(image=evaluated_test_image, is_current=True)
+    assert current.category == categories["Fibres"] and current.source == "import"
+    assert not page.is_visible("#relabel-undo")
+    page.problems.assert_none()
+
+
+def test_only_the_offered_relabel_can_be_undone(client, curator, make_user, project, evaluated_test_image, categories):
+    from portal.models import Label
+
+    other = make_user("carl-curator", project=project, role="curator")
+    client.force_login(curator)
+    data = {"category": categories["Particles"].pk, "from": "confusion_cell"}
+    client.post(reverse("web:image_label", args=[evaluated_test_image.pk]), data)
+    label = Label.objects.get(image=evaluated_test_image, is_current=True)
+    client.force_login(other)  # another curator's session offers nothing
+    assert client.post(reverse("web:relabel_undo", args=[label.pk])).status_code == 404
+    assert Label.objects.get(image=evaluated_test_image, is_current=True) == label
+
+
+# --- lows: API tokens that expire ----------------------------------------------------------------------
+
+
+def test_an_expired_token_is_refused_with_a_401_that_says_so(member):
+    from rest_framework.test import APIClient
+
+    from portal.services.tokens import create_token
+
+    created = create_token(member, "LIMS", expires_at=timezone.now() + timedelta(hours=1))
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {created.secret}")
+    assert client.get(reverse("api:project-list")).status_code == 200
+    type(created.token).objects.filter(pk=created.token.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+    response = client.get(reverse("api:project-list"))
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert error["code"] == "authentication_failed"
+    assert "This token expired on" in error["message"] and "/account/tokens/" in error["message"]
+
+
+def test_a_past_expiry_day_is_refused_on_the_token_page(client, member):
+    from portal.models import ApiToken
+
+    client.force_login(member)
+    yesterday = (timezone.localdate() - timedelta(days=1)).isoformat()
+    page = client.post(reverse("account:tokens"), {"name": "LIMS", "expires": yesterday}).content.decode()
+    assert "That day is past" in page and not ApiToken.objects.exists()
+
+
+@browser_test
+def test_a_token_gets_an_expiry_date_shown_in_the_list(browser, live_server, client, member):
+    from portal.models import ApiToken
+
+    page = browser
+    sign_in(page, live_server, client, member)
+    page.goto(reverse("account:tokens"))
+    last_day = timezone.localdate() + timedelta(days=30)
+    page.fill("#id_name", "LIMS")
+    page.fill("#id_expires", last_day.isoformat())
+    with page.expect_navigation():
+        page.click("button.primary[type=submit]")
+    token = ApiToken.objects.get(user=member)
+    assert timezone.localtime(token.expires_at).date() == last_day + timedelta(days=1)  # refused from midnight
+    row = page.text_content("table.data tbody tr")
+    assert f"{last_day + timedelta(days=1):%Y-%m-%d} 00:00" in row and "active" in row
+    ApiToken.objects.filter(pk=token.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+    page.reload()
+    assert "expired" in page.text_content("table.data tbody tr")
+    page.problems.assert_none()
