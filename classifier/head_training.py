@@ -131,9 +131,8 @@ class _Extractor:
         self.started = time.monotonic()
 
     def plan(self, items, n_eval: int, budget_s, started: float):
-        """Measure one view of the first batch and plan the views (feature_budget.plan_views)."""
-        if not budget_s:
-            return plan_views(None, time.monotonic() - started, 0.0, len(items), n_eval, VIEWS)
+        """Measure one view of the first batch and plan the views (feature_budget.plan_views). Measured
+        without a budget too: the progress fraction and later runs' request-time estimates need the cost."""
         self.emit(_phase("measuring the feature cost", 0.0))
         sample = [path for path, _ in items[:BATCH]]
         measured = time.monotonic()

@@ -37,6 +37,8 @@ def test_the_fraction_is_the_planned_time_done():
     plan = plan_views(180, spent_s=20, per_view_s=0.2, n_train=240, n_eval=60)
     assert plan.after_features(0) == plan.spent_s / plan.planned_s  # loading is already part of the way
     assert 0.4 < plan.after_features(240) < 0.97
+    unbudgeted = plan_views(None, spent_s=20, per_view_s=0.2, n_train=240, n_eval=60)
+    assert unbudgeted.train_views == ALL_VIEWS and 0.3 < unbudgeted.after_features(120) < 0.6
 
 
 def test_the_recipe_names_its_phases_and_plans_within_its_budget(tmp_path):
