@@ -419,6 +419,7 @@ class RunMonitor:
         if data.get("event") == "plan":
             self._record_plan(data)
             return
+        new_phase = data.get("phase") != self.last_event.get("phase")
         self.last_event = data
         self.fraction = float(data.get("fraction", self.fraction) or 0.0)
         if data.get("kind") in {"epoch_end", "epoch"} or data.get("event") in {"epoch_end", "epoch"}:
@@ -427,7 +428,8 @@ class RunMonitor:
         if data.get("event") == "batch" and os.environ.get(TEST_HOLD_ENV):
             self._write()  # durable before holding: the test waits for this row, not for a passing event
             _hold_for_test(Path(os.environ[TEST_HOLD_ENV]))
-        if time.monotonic() - self._last_write >= PROGRESS_WRITE_INTERVAL_S:
+        # A new phase is written at once: the page must not name the previous one through a long phase.
+        if new_phase or time.monotonic() - self._last_write >= PROGRESS_WRITE_INTERVAL_S:
             self._write()
 
     def _record_plan(self, plan: dict) -> None:

@@ -105,6 +105,9 @@ def test_the_worker_keeps_the_request_warning_and_logs_the_feature_plan(feature_
     )
     feature_run.refresh_from_db()
     monitor = RunMonitor(feature_run)
+    monitor.progress({"event": "phase", "phase": "reading the training set", "fraction": 0.0})
+    monitor.progress({"event": "phase", "phase": "loading weights", "fraction": 0.0})  # within the same second
+    assert TrainingRun.objects.get(pk=feature_run.pk).progress["phase"] == "loading weights"
     monitor.progress(plan_views(150, 20, 0.1, 240, 60).event())
     config = _config_within_budget(TrainConfig(budget_s=180), feature_run, monitor)
     assert 55 < config.budget_s <= 60  # the 2 minutes since the run started count against it
