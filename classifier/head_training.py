@@ -7,13 +7,14 @@ on all images with that temperature kept -> evaluation of the finished module on
 through the engine's own path -> artifact. A 2-core CPU does a few hundred images in about a minute.
 
 When the features of all views would not fit the time budget, fewer views are used for training
-(measured on the first batch); inference always averages all views the artifact names.
+(measured on the first batch; feature_budget.py); inference always averages all views the artifact
+names. Every phase is a progress event with its name ("loading weights", "computing features",
+"fitting head", "evaluating", "saving"), its fraction weighted by the planned seconds.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections import Counter
@@ -22,13 +23,12 @@ import numpy as np
 
 from . import transforms
 from .backbones import get_backbone, load_pretrained_body
+from .feature_budget import plan_views
 from .feature_head import VIEWS, build_classifier, dihedral_views
 from .training_common import TrainResult, metadata_for, stratified_split
 
 log = logging.getLogger(__name__)
 
-# Share of the budget that feature extraction may take; the rest is the fit, evaluation and saving.
-FEATURE_BUDGET_SHARE = 0.8
 MAX_ITER = 3000
 BATCH = 32
 
@@ -38,6 +38,7 @@ def train_feature_head(
 ):
     """Train, evaluate and save; returns classifier.train.TrainResult."""
 
+    emit(_phase("loading weights", 0.0))
     backbone = get_backbone(config.arch)
     size = config.sizes[-1]
     body, provenance = load_pretrained_body(backbone, config.weights_path)
@@ -57,16 +58,19 @@ def train_feature_head(
 
     emit({"event": "stage_start", "stage": 0, "stages": 1, "size": size, "epochs": 1, "fraction": 0.0})
     extractor = _Extractor(model, backbone, size, device, config.contrast, emit, cancelled, len(items))
-    views = extractor.views_for_budget(items, len(test_items or []), config.budget_s, time.monotonic() - started)
-    features = extractor.features([path for path, _ in items], views)  # (N, views, D)
+    n_eval = len(test_items) if test_items else len(valid_idx)
+    plan = extractor.plan(items, n_eval, config.budget_s, started)
+    emit(plan.event())
+    features = extractor.features([path for path, _ in items], plan)  # (N, views, D)
     fit_started = time.monotonic()
+    emit(_phase("fitting head", plan.fraction_at(time.monotonic() - started, plan.reserve_s + plan.evaluation_s)))
     head = fit_head(features, labels, weights, train_idx, valid_idx, len(classes), config.head_c, config.seed)
     install_head(model, head)
     record = {
         "stage": 0,
         "size": size,
         "kind": "frozen features + logistic regression",
-        "views": views,
+        "views": plan.train_views,
         "epochs": [],
         "best_epoch": None,
         "best_valid_loss": head["valid_nll"],
@@ -74,11 +78,15 @@ def train_feature_head(
         "fit_s": time.monotonic() - fit_started,
         "input_shape": [BATCH, 3, size, size],
     }
-    emit({"event": "stage_end", "stage": 0, "stages": 1, "size": size, "fraction": 0.95, "best_epoch": None})
-    emit({"event": "evaluating", "stages": 1, "fraction": 0.96})
+    emit({"event": "stage_end", "stage": 0, "stages": 1, "size": size, "best_epoch": None})
+    # The evaluation's views are what the artifact averages at inference: fewer when the time left is short.
+    model.tta_views = plan.eval_views_for_time_left(time.monotonic() - started, fit_started - extractor.started)
+    fraction = plan.fraction_at(time.monotonic() - started, plan.evaluation_s * model.tta_views / plan.eval_views)
+    emit({**_phase("evaluating", fraction, total=n_eval, views=model.tta_views), "event": "evaluating", "stages": 1})
     evaluation, probabilities = _evaluate(
         model, head, items, valid_idx, test_items, classes, size, device, config, backbone
     )
+    emit(_phase("saving", plan.fraction_at(time.monotonic() - started, 1.0)))
     duration = time.monotonic() - started
     metadata = metadata_for(
         config,
@@ -95,8 +103,8 @@ def train_feature_head(
         backbone=backbone,
     )
     metadata["recipe"] = "frozen_head"
-    metadata["tta_views"] = VIEWS
-    metadata["budget"] = {"budget_s": config.budget_s, "used_s": duration} if config.budget_s else None
+    metadata["tta_views"] = model.tta_views
+    metadata["budget"] = {**plan.event(), "used_s": duration} if config.budget_s else None
     from .artifact import save_artifact
 
     sha256 = save_artifact(out_path, model.state_dict(), metadata)
@@ -120,31 +128,32 @@ class _Extractor:
         self.model, self.backbone, self.size, self.device = model, backbone, size, device
         self.contrast, self.emit, self.cancelled, self.total = contrast, emit, cancelled, max(1, total)
         self.done = 0
+        self.started = time.monotonic()
 
-    def views_for_budget(self, items, n_test: int, budget_s, spent_s) -> int:
-        """All 8 views when they fit the budget's feature share, else the most that do (at least 1).
-        The evaluation costs 8 views of every validation and test image whatever the choice."""
-        if not budget_s:
-            return VIEWS
+    def plan(self, items, n_eval: int, budget_s, started: float):
+        """Measure one view of the first batch and plan the views (feature_budget.plan_views). Measured
+        without a budget too: the progress fraction and later runs' request-time estimates need the cost."""
+        self.emit(_phase("measuring the feature cost", 0.0))
         sample = [path for path, _ in items[:BATCH]]
-        started = time.monotonic()
+        measured = time.monotonic()
         self._batch(sample, 1)
-        per_view = (time.monotonic() - started) / max(1, len(sample))
-        evaluation = per_view * VIEWS * (n_test or len(items) * 0.2)
-        affordable = (budget_s * FEATURE_BUDGET_SHARE - spent_s - evaluation) / (per_view * len(items))
-        views = max(1, min(VIEWS, 2 ** int(math.log2(max(1.0, affordable)))))
-        if views < VIEWS:
-            log.info("the time budget affords %d dihedral views per training image, not %d", views, VIEWS)
-        return views
+        per_view = (time.monotonic() - measured) / max(1, len(sample))
+        plan = plan_views(budget_s, time.monotonic() - started, per_view, len(items), n_eval, VIEWS)
+        if plan.train_views < VIEWS:
+            log.info("the time budget affords %d dihedral views per training image, not %d", plan.train_views, VIEWS)
+        if plan.note:
+            log.warning("%s", plan.note)
+        return plan
 
-    def features(self, paths, views: int) -> np.ndarray:
+    def features(self, paths, plan) -> np.ndarray:
+        self.started = time.monotonic()
         chunks = []
         for start in range(0, len(paths), BATCH):
             self.cancelled()
-            chunks.append(self._batch(paths[start : start + BATCH], views))
+            chunks.append(self._batch(paths[start : start + BATCH], plan.train_views))
             self.done += len(paths[start : start + BATCH])
-            fraction = 0.9 * min(1.0, self.done / self.total)
-            self.emit({"event": "batch", "stage": 0, "stages": 1, "size": self.size, "fraction": fraction})
+            event = _phase("computing features", plan.after_features(self.done), self.done, self.total)
+            self.emit({**event, "event": "batch", "stage": 0, "stages": 1, "size": self.size})
         return np.concatenate(chunks)
 
     def _batch(self, paths, views: int) -> np.ndarray:
@@ -156,6 +165,13 @@ class _Extractor:
         with torch.inference_mode():
             per_view = [self.model.features(view) for view in dihedral_views(inputs, views)]
         return torch.stack(per_view, 1).float().cpu().numpy()
+
+
+def _phase(name: str, fraction: float, done: int | None = None, total: int | None = None, views=None) -> dict:
+    """A progress event naming the phase; done/total count images, views the views per image."""
+    event = {"event": "phase", "phase": name, "fraction": fraction}
+    event.update({key: value for key, value in (("done", done), ("total", total), ("views", views)) if value})
+    return event
 
 
 def fit_head(features, labels, weights, train_idx, valid_idx, n_classes: int, c: float, seed: int) -> dict:

@@ -309,22 +309,23 @@ class TrainingRunAdmin(admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ["name", "user", "prefix", "created_at", "last_used_at", "revoked_at"]
+    list_display = ["name", "user", "prefix", "created_at", "last_used_at", "expires_at", "revoked_at"]
     list_filter = ["revoked_at"]
     search_fields = ["name", "user__username", "prefix"]
     readonly_fields = ["prefix", "key_hash", "created_at", "last_used_at", "revoked_at"]
     actions = ["revoke"]
 
     def get_fields(self, request, obj=None):
-        # Adding: only the owner and a name; the secret is generated (REST API issue, portal.services.tokens).
-        return ["user", "name"] if obj is None else ["user", "name", *self.readonly_fields]
+        # Adding: the owner, a name and an optional expiry; the secret is generated (portal.services.tokens).
+        editable = ["user", "name", "expires_at"]
+        return editable if obj is None else [*editable, *self.readonly_fields]
 
     def save_model(self, request, obj, form, change):
         if change:
             return super().save_model(request, obj, form, change)
         from portal.services.tokens import create_token
 
-        created = create_token(obj.user, obj.name)
+        created = create_token(obj.user, obj.name, expires_at=obj.expires_at)
         obj.pk, obj.prefix, obj.key_hash, obj.created_at = (
             created.token.pk,
             created.token.prefix,

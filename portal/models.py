@@ -243,7 +243,8 @@ class Label(models.Model):
     class Source(models.TextChoices):
         UPLOAD = "upload", "Given at upload"
         REVIEW = "review", "Review queue"
-        IMAGE_PAGE = "page", "Image page"  # a curator's correction on the image page or a confusion cell
+        IMAGE_PAGE = "page", "Image page"  # a curator's correction on the image page
+        CONFUSION_CELL = "dashboard", "Dashboard (confusion cell)"  # a relabel from a confusion-matrix cell
         IMPORT = "import", "Folder import"
         API = "api", "REST API"
 
@@ -432,12 +433,21 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="From this moment on the token is refused; empty: it never expires"
+    )
 
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…) of {self.user}"
+
+    @property
+    def is_expired(self) -> bool:
+        from django.utils import timezone
+
+        return self.expires_at is not None and self.expires_at <= timezone.now()
 
 
 class WebhookSubscription(models.Model):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from portal.services.tokens import authenticate_secret
+from portal.services.tokens import authenticate_secret, token_for_secret
 
 KEYWORDS = {"bearer", "token"}
 
@@ -25,12 +26,21 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("The token contains invalid characters.") from None
         token = authenticate_secret(secret)
         if token is None:
-            raise exceptions.AuthenticationFailed("Invalid or revoked token.")
+            raise exceptions.AuthenticationFailed(_refusal(secret))
         return token.user, token
 
     def authenticate_header(self, request):
         # Makes DRF answer 401 (not 403) to anonymous requests.
         return 'Bearer realm="api"'
+
+
+def _refusal(secret: str) -> str:
+    """Why a token was refused: an expired one says when it expired and where to get a new one."""
+    token = token_for_secret(secret)
+    if token is not None and token.is_expired:
+        when = timezone.localtime(token.expires_at).strftime("%Y-%m-%d %H:%M %Z")
+        return f"This token expired on {when}; create a new one at /account/tokens/."
+    return "Invalid or revoked token."
 
 
 class ApiTokenScheme(OpenApiAuthenticationExtension):

@@ -381,9 +381,20 @@ class TrainingRunSerializer(serializers.ModelSerializer):
 
 
 class TrainingRunDetailSerializer(TrainingRunSerializer):
+    budget_warning = serializers.SerializerMethodField(
+        help_text="Said when the run was requested: its budget is smaller than its training set needs "
+        "(estimated from the image count and an earlier run's measured cost), or null."
+    )
+
     class Meta(TrainingRunSerializer.Meta):
-        fields = TrainingRunSerializer.Meta.fields + ["config", "history", "log", "data_fingerprint"]
+        fields = TrainingRunSerializer.Meta.fields + ["config", "history", "log", "data_fingerprint", "budget_warning"]
         read_only_fields = fields
+
+    @extend_schema_field({"type": "string", "nullable": True})
+    def get_budget_warning(self, run) -> str | None:
+        from portal.services.training import request_warning
+
+        return request_warning(run)
 
 
 # A positive duration as classifier.budget.parse_duration reads it (one number with an optional unit, or

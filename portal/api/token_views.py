@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from datetime import datetime, time, timedelta
 
 from django import forms
 from django.conf import settings
@@ -10,6 +11,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
@@ -22,6 +24,26 @@ NEW_SECRET_COOKIE = "sem_new_token"
 
 class TokenForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="What uses it, e.g. “LIMS production”.")
+    expires = forms.DateField(
+        required=False,
+        label="Valid until",
+        widget=forms.DateInput(attrs={"type": "date"}),
+        help_text="Optional: the last day the token works (it is refused from the next midnight on); "
+        "empty: until you revoke it.",
+    )
+
+    def clean_expires(self):
+        day = self.cleaned_data["expires"]
+        if day is not None and day < timezone.localdate():
+            raise forms.ValidationError("That day is past: pick today or a later day.")
+        return day
+
+    def expires_at(self):
+        """The first moment the token is refused: midnight after its last valid day."""
+        day = self.cleaned_data.get("expires")
+        if day is None:
+            return None
+        return timezone.make_aware(datetime.combine(day + timedelta(days=1), time.min))
 
 
 @never_cache  # the page that shows a new secret must not be cached anywhere
@@ -31,7 +53,7 @@ def token_list(request):
     through the session to the next page view, which shows it once and forgets it."""
     form = TokenForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        created = create_token(request.user, form.cleaned_data["name"])
+        created = create_token(request.user, form.cleaned_data["name"], expires_at=form.expires_at())
         response = redirect("account:tokens")
         _hand_over_secret(request, response, created.secret)
         return response

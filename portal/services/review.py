@@ -19,7 +19,7 @@ from portal.models import Category, Label, Prediction, SEMImage
 from portal.permissions import curated_projects
 
 # Labels a curator set while looking at the image: in the review queue or on the image page.
-CHECKED_SOURCES = (Label.Source.REVIEW, Label.Source.IMAGE_PAGE)
+CHECKED_SOURCES = (Label.Source.REVIEW, Label.Source.IMAGE_PAGE, Label.Source.CONFUSION_CELL)
 
 UNLABELLED = "unlabelled"
 DISPUTED = "disputed"

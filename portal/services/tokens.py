@@ -32,10 +32,14 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-def create_token(user, name: str) -> NewToken:
+def create_token(user, name: str, expires_at=None) -> NewToken:
     secret = SECRET_MARKER + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
-        user=user, name=name.strip() or "API token", prefix=secret[:PREFIX_LENGTH], key_hash=hash_secret(secret)
+        user=user,
+        name=name.strip() or "API token",
+        prefix=secret[:PREFIX_LENGTH],
+        key_hash=hash_secret(secret),
+        expires_at=expires_at,
     )
     return NewToken(token=token, secret=secret)
 
@@ -52,17 +56,23 @@ def active_tokens(user):
 
 
 def authenticate_secret(secret: str) -> ApiToken | None:
-    """The active token with this secret and an active user, or None. Marks the token as used."""
+    """The active, unexpired token with this secret and an active user, or None. Marks the token as used."""
+    token = token_for_secret(secret)
+    if token is None or token.is_expired:
+        return None
+    _touch(token)
+    return token
+
+
+def token_for_secret(secret: str) -> ApiToken | None:
+    """The unrevoked token of an active user with this secret, expired or not (to say that it expired)."""
     if not secret or not secret.startswith(SECRET_MARKER):
         return None
-    token = (
+    return (
         ApiToken.objects.select_related("user")
         .filter(key_hash=hash_secret(secret), revoked_at__isnull=True, user__is_active=True)
         .first()
     )
-    if token is not None:
-        _touch(token)
-    return token
 
 
 def _touch(token: ApiToken) -> None:

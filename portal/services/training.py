@@ -26,6 +26,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from classifier.feature_budget import KIND as FEATURE_PLAN_KIND
 from portal import events
 from portal.models import ModelVersion, SEMImage, TrainingRun
 from portal.services import file_cache
@@ -40,6 +41,7 @@ LABEL_SET_FILE = "train_labels.json"  # {image sha256: label} the model was trai
 PROGRESS_WRITE_INTERVAL_S = 1.0
 HEARTBEAT_INTERVAL_S = 10.0
 LOG_LIMIT_CHARS = 200_000
+MIN_TRAINER_BUDGET_SHARE = 0.1  # a trainer left less than this of its budget still plans with this much
 
 
 # --- Deciding and requesting -----------------------------------------------------------------------
@@ -110,11 +112,29 @@ def request_training(
             )
     except IntegrityError:
         return None  # another trigger won the race for the lock
+    _record_request_estimate(run)
     if enqueue:
         from portal.services.queueing import enqueue_training
 
         transaction.on_commit(lambda: enqueue_training(run.pk))
     return run
+
+
+def _record_request_estimate(run: TrainingRun) -> None:
+    """Say at request time whether the budget fits the training set (portal.services.training_estimate):
+    kept in the run's plan (the run page, the API's budget_warning) and its log."""
+    from portal.services.training_estimate import budget_warning
+
+    budget_s = run.config.get("budget_s")
+    warning = budget_warning(budget_s)
+    run.plan = {"request": {"budget_s": budget_s, "warning": warning}}
+    if warning:
+        run.log = f"{timezone.now():%Y-%m-%d %H:%M:%S} {warning}"
+    TrainingRun.objects.filter(pk=run.pk).update(plan=run.plan, log=run.log)
+
+
+def request_warning(run: TrainingRun) -> str | None:
+    return ((run.plan or {}).get("request") or {}).get("warning")
 
 
 def _record_skipped(trigger: str, reason: str) -> None:
@@ -208,6 +228,7 @@ def _train_and_register(run: TrainingRun, monitor: RunMonitor, work_dir: Path) -
     from classifier.fingerprint import data_fingerprint
     from classifier.train import train
 
+    monitor.progress({"event": "phase", "phase": "reading the training set", "fraction": 0.0})
     data = training_data()
     if len(data.classes) < 2:
         raise ValueError(
@@ -228,7 +249,7 @@ def _train_and_register(run: TrainingRun, monitor: RunMonitor, work_dir: Path) -
     work_dir.mkdir(parents=True, exist_ok=True)
     result = train(
         data.train_items,
-        TrainConfig.from_dict(run.config),
+        _config_within_budget(TrainConfig.from_dict(run.config), run, monitor),
         work_dir / "model.safetensors",
         test_items=data.test_items or None,
         classes=data.classes,
@@ -239,6 +260,17 @@ def _train_and_register(run: TrainingRun, monitor: RunMonitor, work_dir: Path) -
     )
     monitor.history = list(result.history or monitor.history)
     return register_model(run, result, data, fingerprint, work_dir, monitor)
+
+
+def _config_within_budget(config, run: TrainingRun, monitor: RunMonitor):
+    """The budget counts from the run's start: what reading the training set took (copies from object
+    storage, say) is no longer the trainer's."""
+    if config.budget_s and run.started_at:
+        spent = (timezone.now() - run.started_at).total_seconds()
+        if spent >= 1:
+            config.budget_s = max(config.budget_s * MIN_TRAINER_BUDGET_SHARE, config.budget_s - spent)
+            monitor.log(f"Reading the training set took {spent:.0f} s of the budget; {config.budget_s:.0f} s left")
+    return config
 
 
 def register_model(run, result, data: TrainingData, fingerprint: str, work_dir: Path, monitor) -> ModelVersion | None:
@@ -358,7 +390,8 @@ class RunMonitor:
         self.last_event: dict = {}
         self.fraction = 0.0
         self.history: list = []
-        self._lines: list[str] = []
+        self._lines: list[str] = run.log.splitlines() if run.log else []  # the request's budget warning
+        self._request_plan = (run.plan or {}).get("request")
         self._last_write = 0.0
         self._last_cancel_check = 0.0
         self._stop_heartbeat = threading.Event()
@@ -386,6 +419,7 @@ class RunMonitor:
         if data.get("event") == "plan":
             self._record_plan(data)
             return
+        new_phase = data.get("phase") != self.last_event.get("phase")
         self.last_event = data
         self.fraction = float(data.get("fraction", self.fraction) or 0.0)
         if data.get("kind") in {"epoch_end", "epoch"} or data.get("event") in {"epoch_end", "epoch"}:
@@ -394,17 +428,23 @@ class RunMonitor:
         if data.get("event") == "batch" and os.environ.get(TEST_HOLD_ENV):
             self._write()  # durable before holding: the test waits for this row, not for a passing event
             _hold_for_test(Path(os.environ[TEST_HOLD_ENV]))
-        if time.monotonic() - self._last_write >= PROGRESS_WRITE_INTERVAL_S:
+        # A new phase is written at once: the page must not name the previous one through a long phase.
+        if new_phase or time.monotonic() - self._last_write >= PROGRESS_WRITE_INTERVAL_S:
             self._write()
 
     def _record_plan(self, plan: dict) -> None:
-        epochs = "/".join(str(e) for e in plan.get("epochs", []))
-        self.log(
-            f"Budget {plan['budget_s']:.0f} s: {epochs} epochs planned ({plan['planned_s']:.0f} s) from measured "
-            f"step times "
-            + ", ".join(f"{s['size']} px {s['step_s']:.2f} s" for s in plan.get("stages", []))
-            + (f"; {plan['note']}" if plan.get("note") else "")
-        )
+        if plan.get("kind") == FEATURE_PLAN_KIND:
+            self.log(_describe_feature_plan(plan))
+        else:
+            epochs = "/".join(str(e) for e in plan.get("epochs", []))
+            self.log(
+                f"Budget {plan['budget_s']:.0f} s: {epochs} epochs planned ({plan['planned_s']:.0f} s) from measured "
+                f"step times "
+                + ", ".join(f"{s['size']} px {s['step_s']:.2f} s" for s in plan.get("stages", []))
+                + (f"; {plan['note']}" if plan.get("note") else "")
+            )
+        if self._request_plan:
+            plan = {**plan, "request": self._request_plan}
         TrainingRun.objects.filter(pk=self.run_id).update(plan=plan)
 
     def should_stop(self) -> bool:
@@ -459,6 +499,17 @@ def _event_dict(event) -> dict:
     else:
         data = dict(vars(event))
     return json.loads(json.dumps(data, default=str))  # JSON-safe (numpy floats, paths)
+
+
+def _describe_feature_plan(plan: dict) -> str:
+    budget = f"Budget {plan['budget_s']:.0f} s: " if plan.get("budget_s") else "No budget: "
+    text = (
+        f"{budget}{plan['train_views']} views per training image ({plan['n_train']} images), "
+        f"{plan['eval_views']} test-time views ({plan['n_eval']} evaluation images)"
+    )
+    if plan.get("per_view_s"):
+        text += f", planned {plan['planned_s']:.0f} s at {plan['per_view_s']:.3f} s measured per image view"
+    return text + (f"; {plan['note']}" if plan.get("note") else "")
 
 
 def _describe(event: dict) -> str:

@@ -4,7 +4,7 @@ user's projects. Each function is one query, whatever the number of images."""
 
 from __future__ import annotations
 
-from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Value, When
+from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Subquery, Value, When
 
 from portal.models import Category, Label, ModelVersion, Prediction, SEMImage
 from portal.permissions import visible_images, visible_projects
@@ -191,17 +191,24 @@ def observed_accuracy(user, model: ModelVersion | None) -> dict | None:
 
 
 def test_labels_changed(user, model: ModelVersion | None) -> int:
-    """Test-split images of the user's projects labelled after the model was evaluated: the confusion
-    matrix counts the labels of then, its cell pages the labels of now."""
+    """Test-split images of the user's projects whose label now differs from the one they had when the
+    model was evaluated: the confusion matrix counts the labels of then, its cell pages the labels of
+    now. A relabel that was reverted (Fibres -> Particles -> Fibres) changed nothing."""
     if model is None or not model.metrics:
         return 0
-    return (
+    label_then = (
+        Label.objects.filter(image=OuterRef("pk"), created_at__lte=model.created_at)
+        .order_by("-created_at", "-id")
+        .values("category")[:1]
+    )
+    relabelled = (
         visible_images(user)
         .filter(split=SEMImage.Split.TEST, labels__created_at__gt=model.created_at)
-        .values("pk")
+        .annotate(label_then=Subquery(label_then))
+        .values_list("pk", "curated_category_id", "label_then")
         .distinct()
-        .count()
     )
+    return sum(1 for _, now, then in relabelled if now != then)
 
 
 def evaluated_count(model: ModelVersion, actual: str, predicted: str) -> int | None:

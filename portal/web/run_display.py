@@ -85,18 +85,56 @@ def duration_text(seconds: float) -> str:
 
 
 def elapsed_text(run: TrainingRun) -> str:
-    """ "running for 1 min 35 s · about 3 min 10 s remaining" (an estimate from the progress so far)."""
+    """ "running for 1 min 35 s of a 3 min 00 s budget · about 1 min 10 s remaining": an estimate from the
+    progress so far (the plan's time before there is any), never past the budget the run honours."""
     if run.status == TrainingRun.Status.QUEUED:
         waited = (timezone.now() - run.created_at).total_seconds() if run.created_at else 0
-        return f"queued for {duration_text(waited)}"
+        return f"queued for {duration_text(waited)}" + _of_budget(run)
     if run.status != TrainingRun.Status.RUNNING or not run.started_at:
-        return f"took {duration_text(run.duration_s)}" if run.duration_s else ""
+        return f"took {duration_text(run.duration_s)}" + _of_budget(run) if run.duration_s else ""
     elapsed = max(0.0, (timezone.now() - run.started_at).total_seconds())
-    text = f"running for {duration_text(elapsed)}"
-    fraction = run.progress_fraction or 0.0
-    if 0.05 <= fraction < 1.0:
-        text += f" · about {duration_text(elapsed * (1 - fraction) / fraction)} remaining"
+    text = f"running for {duration_text(elapsed)}" + _of_budget(run)
+    if budget_s(run) and elapsed > budget_s(run):
+        return text + f" · {duration_text(elapsed - budget_s(run))} over its budget"
+    remaining = remaining_s(run, elapsed)
+    if remaining is not None:
+        text += f" · about {duration_text(remaining)} remaining"
     return text
+
+
+def budget_s(run: TrainingRun) -> float | None:
+    return (run.config or {}).get("budget_s")
+
+
+def _of_budget(run: TrainingRun) -> str:
+    return f" of a {duration_text(budget_s(run))} budget" if budget_s(run) else ""
+
+
+def remaining_s(run: TrainingRun, elapsed: float) -> float | None:
+    fraction = run.progress_fraction or 0.0
+    planned = (run.plan or {}).get("planned_s")
+    if 0.05 <= fraction < 1.0:
+        remaining = elapsed * (1 - fraction) / fraction
+    elif planned:
+        remaining = max(0.0, planned - elapsed)
+    else:
+        return None
+    if budget_s(run):
+        remaining = min(remaining, max(0.0, budget_s(run) - elapsed))
+    return remaining
+
+
+def phase_text(progress: dict | None) -> str:
+    """ "computing features 64/240", "evaluating 50 images × 8 views": the trainer's phase, or ""."""
+    progress = progress or {}
+    phase = progress.get("phase")
+    if not phase:
+        return ""
+    if progress.get("done") and progress.get("total"):
+        return f"{phase} {progress['done']}/{progress['total']}"
+    if progress.get("total") and progress.get("views"):
+        return f"{phase} {progress['total']} images × {progress['views']} views"
+    return phase
 
 
 def pretrained_fact(run: TrainingRun) -> str | None:

@@ -27,7 +27,8 @@
     var status = box.querySelector('[data-field="status"]');
     status.textContent = data.status_display;
     status.className = "badge status-" + data.status;
-    var detail = data.active ? [describe(data.progress), fraction + "%"].filter(Boolean).join(" · ") : "";
+    // The trainer's phase ("computing features 64/240") when it names one, else its stage and epoch.
+    var detail = data.active ? [data.phase || describe(data.progress), fraction + "%"].filter(Boolean).join(" · ") : "";
     box.querySelector('[data-field="detail"]').textContent = detail;
     var elapsed = box.querySelector('[data-field="elapsed"]');
     if (elapsed) elapsed.textContent = data.elapsed || "";

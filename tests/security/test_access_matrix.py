@@ -154,6 +154,8 @@ WEB_ROUTES = {
     "web:review_undo": Route({"POST": CURATORS}),
     "web:review_bulk_accept": Route({"POST": CURATORS}, data=lambda w: {"min_confidence": 95}),
     "web:dashboard": Route({"GET": EVERYONE}),
+    # Only the relabel a confusion cell just offered to its own author (kept in their session): none here.
+    "web:relabel_undo": Route({"POST": rule(404, 404, 404, 404)}, kwargs=lambda w: {"label_id": _current_label(w)}),
     "web:confusion_cell": Route(
         {"GET": EVERYONE}, kwargs=lambda w: {"version": w.model.version}, query="?actual=Fibres&predicted=Particles"
     ),
@@ -427,6 +429,12 @@ def queue_a_run(client, world: World) -> None:
     TrainingRun.objects.get_or_create(active=True, defaults={"trigger": TrainingRun.Trigger.MANUAL})
 
 
+def relabel_from_the_cell(client, world: World) -> None:
+    """The confusion cell page then offers to undo the relabel."""
+    data = {"category": world.categories["Powder"].pk, "from": "confusion_cell"}
+    client.post(reverse("web:image_label", args=[world.image.pk]), data)
+
+
 def rendered_pages(world: World) -> list[tuple]:
     """(role, url[, prepare]) of pages that together show every POST form of the templates."""
     image, model = world.image, world.model
@@ -440,6 +448,11 @@ def rendered_pages(world: World) -> list[tuple]:
         ("curator", reverse("web:review")),
         ("curator", reverse("web:review"), skip_the_image),
         ("curator", reverse("web:confusion_cell", args=[model.version]) + "?actual=Fibres&predicted=Particles"),
+        (
+            "curator",
+            reverse("web:confusion_cell", args=[model.version]) + "?actual=Powder&predicted=Particles",
+            relabel_from_the_cell,
+        ),
         ("curator", reverse("web:browse")),
         ("curator", reverse("web:dashboard")),
         ("curator", reverse("web:inbox")),  # the watch folder's pause form
@@ -470,8 +483,13 @@ def test_every_post_form_carries_a_csrf_token(world):
     assert expected - seen_targets == set(), "some POST forms of the templates were never rendered here"
 
 
+def _current_label(world: World) -> int:
+    return Label.objects.get(image=world.image, is_current=True).pk
+
+
 def _kwargs_for(name: str, world: World) -> dict:
     return {
+        "web:relabel_undo": {"label_id": _current_label(world)},
         "web:image_label": {"pk": world.image.pk},
         "web:review_label": {"pk": world.image.pk},
         "web:review_skip": {"pk": world.image.pk},

@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from portal.models import TrainingRun
 from portal.services import training
+from portal.web.run_display import phase_text
 
 FINISHED = {TrainingRun.Status.SUCCEEDED, TrainingRun.Status.FAILED, TrainingRun.Status.CANCELLED}
 
@@ -40,6 +41,8 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Training run {run.pk} queued ({len(run.config.get('sizes', []))} stages, {run.config.get('arch')})."
         )
+        if training.request_warning(run):
+            self.stdout.write(self.style.WARNING(training.request_warning(run)))
         if here:
             run = training.run_training(run.pk) or TrainingRun.objects.get(pk=run.pk)
         elif wait:
@@ -89,6 +92,8 @@ class Command(BaseCommand):
 
 
 def _stage(progress: dict) -> str:
+    if (progress or {}).get("phase"):
+        return phase_text(progress)
     keys = ("stage", "size", "epoch", "train_loss", "valid_loss")
     return " ".join(f"{key}={progress[key]}" for key in keys if key in (progress or {}))
 

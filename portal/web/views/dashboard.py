@@ -10,6 +10,7 @@ from portal.models import Category, ModelVersion
 from portal.permissions import curated_projects
 from portal.web import dashboard_data as data
 from portal.web.access import member_required
+from portal.web.views.images import relabel_undo_offer
 
 
 @member_required
@@ -53,5 +54,6 @@ def confusion_cell(request, version: int):
         "hidden_count": data.hidden_cell_count(request.user, model, actual, predicted),
         "categories": Category.objects.filter(active=True),
         "curated_project_ids": set(curated_projects(request.user).values_list("pk", flat=True)),
+        "relabel_undo": relabel_undo_offer(request),
     }
     return render(request, "portal/confusion_cell.html", context)

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_POST
 from portal.downloads import stored_file_response
 from portal.models import Category, Label, SEMImage
 from portal.permissions import can_curate_image, visible_images
-from portal.services.labels import set_label
+from portal.services.labels import set_label, undo_label
 from portal.services.validation import ValidationError
 from portal.storage import media_storage
 from portal.web.access import member_required, posted_category_or_404
@@ -104,17 +104,57 @@ def _unit(value: float | None, unit: str) -> str:
     return f"{value:.4g} {unit}" if value is not None else ""
 
 
+# The relabel a confusion cell page offers to undo: {"label": id, "image": filename} in the session.
+RELABEL_UNDO_KEY = "relabel_undo"
+CONFUSION_CELL_FORM = "confusion_cell"  # the `from` field of a confusion cell's relabel form
+
+
 @member_required
 @require_POST
 def set_image_label(request, pk: int):
-    """One-click correction from the detail page and the confusion-matrix cell pages."""
+    """One-click correction from the detail page and the confusion-matrix cell pages (recorded as such)."""
     image = visible_image_or_404(request.user, pk)
     if not can_curate_image(request.user, image):
         raise PermissionDenied("Correcting labels needs the curator role in this project.")
     category = posted_category_or_404(request)
-    set_label(image, category, source=Label.Source.IMAGE_PAGE, user=request.user)
+    from_cell = request.POST.get("from") == CONFUSION_CELL_FORM
+    source = Label.Source.CONFUSION_CELL if from_cell else Label.Source.IMAGE_PAGE
+    previous = image.curated_category_id
+    label = set_label(image, category, source=source, user=request.user)
     messages.success(request, f"{image.original_filename} labelled {category.name}.")
+    if from_cell and label.category_id != previous:
+        request.session[RELABEL_UNDO_KEY] = {"label": label.pk, "image": image.original_filename}
     return redirect(_safe_next(request) or image_url(image))
+
+
+@member_required
+@require_POST
+def undo_relabel(request, label_id: int):
+    """Withdraw the user's last relabel from a confusion cell, if nothing relabelled the image since."""
+    offered = request.session.get(RELABEL_UNDO_KEY) or {}
+    label = Label.objects.filter(pk=label_id, created_by=request.user).select_related("image").first()
+    if offered.get("label") != label_id or label is None:
+        raise Http404("Nothing to undo.")
+    del request.session[RELABEL_UNDO_KEY]
+    if not can_curate_image(request.user, label.image):
+        raise PermissionDenied("Correcting labels needs the curator role in this project.")
+    if not label.is_current:
+        messages.warning(request, f"{label.image.original_filename} was relabelled since; nothing undone.")
+    else:
+        previous = undo_label(label)
+        again = previous.category.name if previous else "unlabelled"
+        messages.success(request, f"Relabel of {label.image.original_filename} undone: {again} again.")
+    return redirect(_safe_next(request) or image_url(label.image))
+
+
+def relabel_undo_offer(request) -> dict | None:
+    """The relabel the page may offer to undo (the user's last one from a confusion cell, while it is
+    still the image's label), or None."""
+    offered = request.session.get(RELABEL_UNDO_KEY)
+    if offered and not Label.objects.filter(pk=offered.get("label"), is_current=True).exists():
+        del request.session[RELABEL_UNDO_KEY]
+        return None
+    return offered
 
 
 def image_url(image: SEMImage) -> str:

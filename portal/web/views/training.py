@@ -14,25 +14,51 @@ from django.views.decorators.http import require_GET, require_POST
 
 from classifier.budget import parse_duration
 from portal.models import ModelVersion, TrainingRun
+from portal.permissions import is_admin
 from portal.web.access import admin_required, member_required, member_required_json
 from portal.web.dashboard_data import gate_summary, per_class_rows, readiness_context
-from portal.web.run_display import LOG_TAIL_CHARS, elapsed_text, pretrained_fact, stage_rows
+from portal.web.run_display import LOG_TAIL_CHARS, elapsed_text, phase_text, pretrained_fact, stage_rows
 
 RECENT_RUNS = 20
 
 
 @member_required
 def training(request):
+    return training_page(request)
+
+
+def training_page(request, *, budget_value: str = "", budget_error: str = "", status: int = 200):
+    """The Training page; after a refused budget, with what was typed and why it was refused."""
     runs = TrainingRun.objects.select_related("model_version", "requested_by")[:RECENT_RUNS]
+    active = TrainingRun.objects.filter(active=True).first()
     context = {
         "runs": runs,
-        "active_run": TrainingRun.objects.filter(active=True).first(),
+        "active_run": active,
+        "phase": phase_text(active.progress) if active else "",
+        "elapsed": elapsed_text(active) if active else "",
         "models": _with_gate(ModelVersion.objects.select_related("promoted_by").defer("metadata")),
         **rollback_context(),
         "default_budget": f"{settings.SEM_TRAIN_BUDGET_S / 60:g}min",
+        "budget_value": budget_value,
+        "budget_error": budget_error,
+        "budget_estimate": estimate_text() if is_admin(request.user) else "",
         **readiness_context(),
     }
-    return render(request, "portal/training.html", context)
+    return render(request, "portal/training.html", context, status=status)
+
+
+def estimate_text() -> str:
+    """What the training set needs, from an earlier run's measured cost (services.training_estimate)."""
+    from portal.services.training_estimate import duration, estimate
+
+    found = estimate()
+    if found is None:
+        return ""
+    return (
+        f"This training set ({found.n_train} training, {found.n_eval} evaluation images) needs a budget of about "
+        f"{duration(found.needed_s(8))} for all 8 views per image, at least {duration(found.needed_s(1))} "
+        f"(measured by run {found.source_run})."
+    )
 
 
 def _with_gate(models) -> list[ModelVersion]:
@@ -71,6 +97,7 @@ def training_run(request, pk: int):
         "config_rows": sorted((run.config or {}).items()),
         "stage_rows": stage_rows(run.history),
         "elapsed": elapsed_text(run),
+        "phase": phase_text(run.progress),
         "pretrained": pretrained_fact(run),
     }
     return render(request, "portal/training_run.html", context)
@@ -97,6 +124,7 @@ def progress_payload(run: TrainingRun) -> dict:
         "model_version": run.model_version.version if run.model_version_id else None,
         "stages": stage_rows(run.history),
         "elapsed": elapsed_text(run),
+        "phase": phase_text(run.progress),
         "log_tail": run.log[-LOG_TAIL_CHARS:],
     }
 
@@ -110,13 +138,15 @@ def training_start(request):
     try:
         config = {"budget_s": parse_duration(budget)} if budget else None
     except ValueError as error:
-        messages.error(request, f"Time budget: {error}")
-        return redirect("web:training")
+        # The page again, with what was typed kept and the reason next to the field (not a cleared field).
+        return training_page(request, budget_value=budget[:32], budget_error=str(error), status=400)
     run = service.request_training(trigger=TrainingRun.Trigger.MANUAL, user=request.user, force=True, config=config)
     if run is None:
         messages.warning(request, "A training run is already queued or running.")
     else:
         messages.success(request, f"Training run {run.pk} queued.")
+        if service.request_warning(run):
+            messages.warning(request, service.request_warning(run))
     return redirect("web:training")
 
 
