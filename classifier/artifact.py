@@ -174,8 +174,9 @@ def build_model(metadata: dict[str, Any]):
     if is_backbone(metadata["arch"]):
         from .feature_head import build_classifier
 
+        backbone, n_classes = get_backbone(metadata["arch"]), len(metadata["classes"])
         return build_classifier(
-            get_backbone(metadata["arch"]), len(metadata["classes"]), tta_views=metadata["tta_views"]
+            backbone, n_classes, tta_views=metadata["tta_views"], prototypes=metadata.get("prototypes")
         )
     return create_network(metadata["arch"], len(metadata["classes"]))
 

@@ -9,6 +9,14 @@ torch module: the artifact stores its state dict and the engine runs it like any
 
 Dihedral views (the 8 rotations and flips; an SEM image has no "up") enlarge the training set, and at
 inference their features are averaged (test-time augmentation), which the module does itself.
+
+The answer is an equal mixture of two classifiers on those features: the linear head, and the cosine
+similarity of the pooled features to each class's mean direction (a nearest-class-mean classifier, Mensink
+et al., TPAMI 2013; SimpleShot, Wang et al. 2019). Under grouped cross-validation on real micrographs
+(10 seeds) the mixture scored 0.568 accuracy / 0.373 macro recall against 0.537 / 0.325 for the linear head
+alone: the class means do not chase the large series the way a discriminative head does
+(bench/RESULTS.md, "Prototypes"). The module returns the mixture's log-probabilities as its logits, so a
+temperature and the softmax downstream work unchanged.
 """
 
 from __future__ import annotations
@@ -16,6 +24,24 @@ from __future__ import annotations
 from .backbones import Backbone
 
 VIEWS = 8  # the dihedral group: 4 rotations, each also mirrored
+PROTOTYPE_WEIGHT = 0.5  # the class-mean classifier's share of the mixture
+PROTOTYPE_SHARPNESS = 80.0  # cosine similarities times this are its logits (20 and 40 scored lower)
+ABSENT = -1e4  # the logit of a class with no training image: never predicted
+
+
+def prototype_settings(pooled_dims: int) -> dict:
+    """What the artifact records to rebuild the class-mean part (its metadata "prototypes")."""
+    return {"weight": PROTOTYPE_WEIGHT, "sharpness": PROTOTYPE_SHARPNESS, "dims": pooled_dims}
+
+
+def mixture_log_probabilities(logits, pooled, centres, offset, weight: float, sharpness: float):
+    """log((1 - weight) softmax(logits) + weight softmax(sharpness cos(pooled, centres) + offset)), torch."""
+    import torch
+    import torch.nn.functional as F
+
+    similarity = F.normalize(pooled, dim=1) @ centres.T * sharpness + offset
+    mixture = (1 - weight) * torch.softmax(logits, 1) + weight * torch.softmax(similarity, 1)
+    return torch.log(mixture.clamp_min(1e-12))
 
 
 def dihedral_views(x, views: int = VIEWS):
@@ -63,11 +89,13 @@ class TextureFeatures(_module_base()):
 
 
 class FeatureHeadClassifier(_module_base()):
-    """Frozen features -> standardisation (stored statistics) -> one linear layer (logits).
+    """Frozen features -> standardisation (stored statistics) -> one linear layer, mixed with the class
+    means of the pooled features when ``prototypes`` (prototype_settings) is given; returns logits.
 
-    ``tta_views`` > 1 averages the standardised features of that many dihedral views of each image."""
+    ``tta_views`` > 1 averages the features of that many dihedral views of each image. Artifacts saved
+    before the class means existed have no ``prototypes``: their module is the linear head alone."""
 
-    def __init__(self, features: TextureFeatures, n_classes: int, tta_views: int = VIEWS):
+    def __init__(self, features: TextureFeatures, n_classes: int, tta_views: int = VIEWS, prototypes=None):
         import torch
         import torch.nn as nn
 
@@ -78,23 +106,38 @@ class FeatureHeadClassifier(_module_base()):
         self.register_buffer("feature_scale", torch.ones(dim))
         self.linear = nn.Linear(dim, n_classes)
         self.tta_views = tta_views
+        self.prototypes = dict(prototypes) if prototypes else None
+        if self.prototypes:
+            self.register_buffer("prototype_centres", torch.zeros(n_classes, self.prototypes["dims"]))
+            self.register_buffer("prototype_offset", torch.zeros(n_classes))
+
+    def raw_features(self, x):
+        """Features of a batch, the views averaged, before standardisation."""
+        import torch
+
+        views = dihedral_views(x, self.tta_views) if self.tta_views > 1 else [x]
+        return torch.stack([self.features(view) for view in views]).mean(0)
 
     def embed(self, x):
         """Standardised features of a batch (the views averaged): the head's input, and the embedding
         that similarity search and out-of-scope scores use."""
-        import torch
-
-        views = dihedral_views(x, self.tta_views) if self.tta_views > 1 else [x]
-        stacked = torch.stack([self.features(view) for view in views]).mean(0)
-        return (stacked - self.feature_mean) / self.feature_scale
+        return (self.raw_features(x) - self.feature_mean) / self.feature_scale
 
     def forward(self, x):
-        return self.linear(self.embed(x))
+        raw = self.raw_features(x)
+        logits = self.linear((raw - self.feature_mean) / self.feature_scale)
+        if not self.prototypes:
+            return logits
+        pooled = raw[:, : self.prototypes["dims"]]
+        weight, sharpness = self.prototypes["weight"], self.prototypes["sharpness"]
+        return mixture_log_probabilities(
+            logits, pooled, self.prototype_centres, self.prototype_offset, weight, sharpness
+        )
 
 
-def build_classifier(backbone: Backbone, n_classes: int, body=None, tta_views: int = VIEWS):
+def build_classifier(backbone: Backbone, n_classes: int, body=None, tta_views: int = VIEWS, prototypes=None):
     """The classifier for ``backbone``; a fresh (random) body unless one with weights is given."""
     from .backbones import build_body
 
     features = TextureFeatures(body if body is not None else build_body(backbone), backbone.texture_blocks)
-    return FeatureHeadClassifier(features, n_classes, tta_views)
+    return FeatureHeadClassifier(features, n_classes, tta_views, prototypes)

@@ -1,10 +1,11 @@
-"""Training of the small-data model (feature_head): features once, a logistic-regression head, calibration.
+"""Training of the small-data model (feature_head): features once, two heads, a cross-fitted temperature.
 
-Steps: ImageNet body from its pinned package -> features of every training image in its dihedral views
-(each view a training sample) -> standardise -> scikit-learn logistic regression (balanced class
-weights) fitted on the training part -> temperature fitted on the validation part -> the head refitted
-on all images with that temperature kept -> evaluation of the finished module on the test images
-through the engine's own path -> artifact. A 2-core CPU does a few hundred images in about a minute.
+Steps: ImageNet body from its pinned package -> features of every training image in its dihedral views,
+averaged -> standardise -> scikit-learn logistic regression (every series of a class weighing the same)
+and the class means of the pooled features, mixed (feature_head.py) -> the temperature fitted on
+out-of-fold logits of every training image (folds hold out whole series) -> evaluation of the finished
+module on the test images through the engine's own path -> artifact. A 2-core CPU does a few hundred
+images in about a minute and a half.
 
 When the features of all views would not fit the time budget, fewer views are used for training
 (measured on the first batch; feature_budget.py); inference always averages all views the artifact
@@ -24,8 +25,8 @@ import numpy as np
 from . import transforms
 from .backbones import get_backbone, load_pretrained_body
 from .feature_budget import plan_views
-from .feature_head import VIEWS, build_classifier, dihedral_views
-from .training_common import TrainResult, metadata_for, stratified_split
+from .feature_head import ABSENT, VIEWS, build_classifier, dihedral_views, mixture_log_probabilities, prototype_settings
+from .training_common import TrainResult, metadata_for
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,11 @@ def train_feature_head(
     backbone = get_backbone(config.arch)
     size = config.sizes[-1]
     body, provenance = load_pretrained_body(backbone, config.weights_path)
-    model = build_classifier(backbone, len(classes), body, tta_views=VIEWS).to(device).eval()
+    pooled_dims = body.num_features
+    prototypes = prototype_settings(pooled_dims)
+    model = build_classifier(backbone, len(classes), body, tta_views=VIEWS, prototypes=prototypes)
+    model = model.to(device).eval()
     labels = np.array([classes.index(label) for _, label in items])
-    if groups:
-        train_idx, valid_idx = group_split(labels, groups, config.valid_pct, config.seed)
-    else:
-        train_idx, valid_idx = stratified_split([label for _, label in items], config.valid_pct, config.seed)
-    weights = series_weights(labels, groups) if groups else None
 
     def cancelled():
         if stop():
@@ -58,18 +57,18 @@ def train_feature_head(
 
     emit({"event": "stage_start", "stage": 0, "stages": 1, "size": size, "epochs": 1, "fraction": 0.0})
     extractor = _Extractor(model, backbone, size, device, config.contrast, emit, cancelled, len(items))
-    n_eval = len(test_items) if test_items else len(valid_idx)
+    n_eval = len(test_items or [])
     plan = extractor.plan(items, n_eval, config.budget_s, started)
     emit(plan.event())
     features = extractor.features([path for path, _ in items], plan)  # (N, views, D)
     fit_started = time.monotonic()
     emit(_phase("fitting head", plan.fraction_at(time.monotonic() - started, plan.reserve_s + plan.evaluation_s)))
-    head = fit_head(features, labels, weights, train_idx, valid_idx, len(classes), config.head_c, config.seed)
+    head = fit_head(features, labels, groups, len(classes), config.head_c, config.seed, pooled_dims)
     install_head(model, head)
     record = {
         "stage": 0,
         "size": size,
-        "kind": "frozen features + logistic regression",
+        "kind": "frozen features: logistic regression and class means",
         "views": plan.train_views,
         "epochs": [],
         "best_epoch": None,
@@ -83,9 +82,7 @@ def train_feature_head(
     model.tta_views = plan.eval_views_for_time_left(time.monotonic() - started, fit_started - extractor.started)
     fraction = plan.fraction_at(time.monotonic() - started, plan.evaluation_s * model.tta_views / plan.eval_views)
     emit({**_phase("evaluating", fraction, total=n_eval, views=model.tta_views), "event": "evaluating", "stages": 1})
-    evaluation, probabilities = _evaluate(
-        model, head, items, valid_idx, test_items, classes, size, device, config, backbone
-    )
+    evaluation, probabilities = _evaluate(model, head, items, test_items, classes, size, device, config, backbone)
     emit(_phase("saving", plan.fraction_at(time.monotonic() - started, 1.0)))
     duration = time.monotonic() - started
     metadata = metadata_for(
@@ -98,11 +95,12 @@ def train_feature_head(
         provenance,
         device,
         duration,
-        len(train_idx),
-        len(valid_idx),
+        len(items),
+        len(head["oof_index"]),
         backbone=backbone,
     )
     metadata["recipe"] = "frozen_head"
+    metadata["prototypes"] = prototypes
     metadata["tta_views"] = model.tta_views
     metadata["budget"] = {**plan.event(), "used_s": duration} if config.budget_s else None
     from .artifact import save_artifact
@@ -174,46 +172,27 @@ def _phase(name: str, fraction: float, done: int | None = None, total: int | Non
     return event
 
 
-def fit_head(features, labels, weights, train_idx, valid_idx, n_classes: int, c: float, seed: int) -> dict:
-    """Standardisation + logistic regression; temperature on the validation part; then refitted on all.
+def fit_head(features, labels, groups, n_classes: int, c: float, seed: int, pooled_dims=None, folds: int = 5) -> dict:
+    """The head on every image; its temperature fitted on out-of-fold logits.
 
     ``features``: (N, views, D), averaged over the views as inference does (averaged views scored better
-    than each view as its own sample under grouped cross-validation, bench/RESULTS.md). ``weights``:
-    per-image sample weights (series_weights), or None for class-balanced weights. Returns the head's
-    parameters, the temperature and its calibration report."""
-    from .calibration import calibration_report
-
-    features = features.mean(1)
-    train_idx, valid_idx = np.asarray(train_idx), np.asarray(valid_idx)
-    first = _fit(features[train_idx], labels[train_idx], _subset(weights, train_idx), n_classes, c, seed)
-    # A class seen only in validation has no logit to calibrate: those images say nothing about T.
-    known = valid_idx[np.isin(labels[valid_idx], labels[train_idx])]
-    calibration = calibration_report(_logits(first, features[known]), labels[known])
-    everything = np.concatenate([train_idx, valid_idx])
-    final = _fit(features[everything], labels[everything], _subset(weights, everything), n_classes, c, seed)
-    nll = calibration["nll_after"]
-    return {**final, "temperature": calibration["temperature"], "calibration": calibration, "valid_nll": nll}
-
-
-def fit_head_cross_fitted(features, labels, groups, n_classes: int, c: float, seed: int, folds: int = 5) -> dict:
-    """Standardisation + logistic regression on every image; the temperature fitted on out-of-fold logits.
-
-    Each image's logits come from a head fitted without its series (scikit-learn's StratifiedGroupKFold over
+    than each view as its own sample, bench/RESULTS.md). ``groups``: each image's series (sample), or None.
+    ``pooled_dims``: how many leading features are the pooled ones the class means use (None: the linear
+    head alone). Each image's logits come from a head fitted without its series (StratifiedGroupKFold over
     ``groups``; without series, folds of images), so the temperature sees every training image as an unseen
-    source would look, not the handful of series one validation split holds (on seeds 1 and 2 of the
-    grouped cross-validation that temperature was too low: ECE 0.18 and 0.24, bench/RESULTS.md). The
-    out-of-fold probabilities are returned too (``oof_probabilities``, ``oof_labels``): held-out scores for
-    conformal prediction sets and out-of-scope thresholds."""
+    source looks, not the few series one validation split held (that temperature swung from 0.6 to 20
+    between folds and left ECE at 0.14 over 10 seeds; cross-fitted: 0.07, bench/RESULTS.md). The
+    out-of-fold probabilities are returned too (``oof_probabilities``, ``oof_labels``, ``oof_index``):
+    held-out scores for prediction sets and out-of-scope thresholds."""
     from .calibration import calibration_report, softmax
 
     features = features.mean(1)
     weights = series_weights(labels, groups) if groups else None
-    logits, scored = out_of_fold_logits(features, labels, groups, weights, n_classes, c, seed, folds)
+    logits, scored = out_of_fold_logits(features, labels, groups, weights, n_classes, c, seed, folds, pooled_dims)
     calibration = calibration_report(logits[scored], labels[scored])
-    final = _fit(features, labels, weights, n_classes, c, seed)
     temperature = calibration["temperature"]
     return {
-        **final,
+        **_fit(features, labels, weights, n_classes, c, seed, pooled_dims),
         "temperature": temperature,
         "calibration": calibration,
         "valid_nll": calibration["nll_after"],
@@ -223,32 +202,31 @@ def fit_head_cross_fitted(features, labels, groups, n_classes: int, c: float, se
     }
 
 
-def out_of_fold_logits(features, labels, groups, weights, n_classes: int, c: float, seed: int, folds: int):
+def out_of_fold_logits(
+    features, labels, groups, weights, n_classes: int, c: float, seed: int, folds: int, pooled_dims=None
+):
     """(logits (N, C), scored mask): each image scored by a head fitted without its fold. An image whose
     class had no training image in its fold is not scored (no logit to calibrate)."""
     logits = np.zeros((len(labels), n_classes))
     scored = np.zeros(len(labels), dtype=bool)
     for train_idx, held_idx in _folds(labels, groups, folds, seed):
-        head = _fit(features[train_idx], labels[train_idx], _subset(weights, train_idx), n_classes, c, seed)
+        weights_part = None if weights is None else weights[train_idx]
+        head = _fit(features[train_idx], labels[train_idx], weights_part, n_classes, c, seed, pooled_dims)
         logits[held_idx] = _logits(head, features[held_idx])
         scored[held_idx] = np.isin(labels[held_idx], labels[train_idx])
     return logits, scored
 
 
 def _folds(labels, groups, folds: int, seed: int):
-    """Folds that hold out whole series when there are enough series, else folds of images."""
+    """Folds that hold out whole series when there are enough series, else stratified folds of images."""
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-    smallest = min(np.bincount(labels)[np.unique(labels)])
     if groups and len(set(groups)) >= folds:
         splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
         return list(splitter.split(np.zeros(len(labels)), labels, groups))
-    splitter = StratifiedKFold(max(2, min(folds, smallest)), shuffle=True, random_state=seed)
+    largest = np.bincount(labels).max()
+    splitter = StratifiedKFold(max(2, min(folds, largest)), shuffle=True, random_state=seed)
     return list(splitter.split(np.zeros(len(labels)), labels))
-
-
-def _subset(weights, index):
-    return None if weights is None else weights[index]
 
 
 def series_weights(labels: np.ndarray, groups: list[str]) -> np.ndarray:
@@ -262,28 +240,9 @@ def series_weights(labels: np.ndarray, groups: list[str]) -> np.ndarray:
     return weights * len(weights) / weights.sum()
 
 
-def group_split(labels: np.ndarray, groups: list[str], valid_pct: float, seed: int):
-    """(train, valid) indices with whole series on one side, about ``valid_pct`` of the images in
-    validation, stratified by class (scikit-learn's StratifiedGroupKFold, its first fold); every class
-    keeps a series for training. Falls back to a stratified split when there are too few series."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    folds = max(2, round(1 / valid_pct))
-    if len(set(groups)) < folds:
-        return stratified_split(labels.tolist(), valid_pct, seed)
-    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
-    train_idx, valid_idx = next(splitter.split(np.zeros(len(labels)), labels, groups))
-    lost = set(labels[valid_idx].tolist()) - set(labels[train_idx].tolist())
-    if lost:  # a class whose only series went to validation: it trains instead
-        moving = np.isin(labels[valid_idx], list(lost))
-        train_idx = np.concatenate([train_idx, valid_idx[moving]])
-        valid_idx = valid_idx[~moving]
-    if len(valid_idx) == 0:
-        return stratified_split(labels.tolist(), valid_pct, seed)
-    return sorted(train_idx.tolist()), sorted(valid_idx.tolist())
-
-
-def _fit(features, labels, weights, n_classes: int, c: float, seed: int) -> dict:
+def _fit(features, labels, weights, n_classes: int, c: float, seed: int, pooled_dims=None) -> dict:
+    """Standardisation + logistic regression (class-balanced unless ``weights``); the class means of the
+    first ``pooled_dims`` features when given."""
     from sklearn.linear_model import LogisticRegression
 
     features = features.astype(np.float64)
@@ -294,7 +253,7 @@ def _fit(features, labels, weights, n_classes: int, c: float, seed: int) -> dict
     regression = LogisticRegression(C=c, class_weight=balanced, max_iter=MAX_ITER, random_state=seed)
     regression.fit((features - mean) / scale, labels, sample_weight=weights)
     weight = np.zeros((n_classes, features.shape[1]))
-    bias = np.full(n_classes, -1e4)  # a class with no training images is never predicted
+    bias = np.full(n_classes, ABSENT)  # a class with no training images is never predicted
     present = regression.classes_
     if len(present) == 2:  # scikit-learn's binary model has one row: logits -z/2, +z/2 give its softmax
         weight[present] = np.stack([-regression.coef_[0] / 2, regression.coef_[0] / 2])
@@ -302,37 +261,77 @@ def _fit(features, labels, weights, n_classes: int, c: float, seed: int) -> dict
     else:
         weight[present] = regression.coef_
         bias[present] = regression.intercept_
-    return {"mean": mean, "scale": scale, "weight": weight, "bias": bias}
+    head = {"mean": mean, "scale": scale, "weight": weight, "bias": bias}
+    if pooled_dims:
+        head.update(class_means(features[:, :pooled_dims], labels, n_classes))
+    return head
+
+
+def class_means(pooled: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
+    """Each class's mean direction of the L2-normalised pooled features (each image counts once; series
+    means scored worse), and the offset that keeps a class without images out of the answer."""
+    unit = pooled / np.linalg.norm(pooled, axis=1, keepdims=True).clip(1e-12)
+    centres = np.zeros((n_classes, pooled.shape[1]))
+    offset = np.full(n_classes, ABSENT)
+    for label in np.unique(labels):
+        centre = unit[labels == label].mean(0)
+        centres[label] = centre / max(np.linalg.norm(centre), 1e-12)
+        offset[label] = 0.0
+    return {"centres": centres, "offset": offset, "prototypes": prototype_settings(pooled.shape[1])}
 
 
 def _logits(head: dict, features: np.ndarray) -> np.ndarray:
-    return ((features - head["mean"]) / head["scale"]) @ head["weight"].T + head["bias"]
+    """The module's logits for raw features, computed as the module computes them."""
+    import torch
+
+    features = np.asarray(features, dtype=np.float64)
+    logits = ((features - head["mean"]) / head["scale"]) @ head["weight"].T + head["bias"]
+    if "centres" not in head:
+        return logits
+    settings = head["prototypes"]
+    pooled = torch.from_numpy(np.ascontiguousarray(features[:, : settings["dims"]]))
+    mixture = mixture_log_probabilities(
+        torch.from_numpy(logits),
+        pooled,
+        torch.from_numpy(head["centres"]),
+        torch.from_numpy(head["offset"]),
+        settings["weight"],
+        settings["sharpness"],
+    )
+    return mixture.numpy()
 
 
 def install_head(model, head: dict) -> None:
-    """Copy the fitted standardisation and linear layer into the torch module."""
+    """Copy the fitted standardisation, linear layer and class means into the torch module."""
     import torch
 
+    def copy(target, value):
+        target.copy_(torch.as_tensor(value, dtype=torch.float32))
+
     with torch.no_grad():
-        model.feature_mean.copy_(torch.as_tensor(head["mean"], dtype=torch.float32))
-        model.feature_scale.copy_(torch.as_tensor(head["scale"], dtype=torch.float32))
-        model.linear.weight.copy_(torch.as_tensor(head["weight"], dtype=torch.float32))
-        model.linear.bias.copy_(torch.as_tensor(head["bias"], dtype=torch.float32))
+        copy(model.feature_mean, head["mean"])
+        copy(model.feature_scale, head["scale"])
+        copy(model.linear.weight, head["weight"])
+        copy(model.linear.bias, head["bias"])
+        if "centres" in head:
+            copy(model.prototype_centres, head["centres"])
+            copy(model.prototype_offset, head["offset"])
 
 
-def _evaluate(model, head, items, valid_idx, test_items, classes, size, device, config, backbone) -> dict:
-    """The finished module scored through the engine's path on the test images (else validation)."""
+def _evaluate(model, head, items, test_items, classes, size, device, config, backbone) -> dict:
+    """The finished module scored through the engine's path on the test images; without test images,
+    the out-of-fold probabilities of the training images (split "cross-validated")."""
     from .calibration import softmax
     from .engine import predict_logits_for_paths
     from .metrics import evaluate
 
-    if test_items:
-        split, pairs = "test", test_items
-    else:
-        split, pairs = "valid", [items[i] for i in valid_idx]
+    if not test_items:
+        y_true = [items[i][1] for i in head["oof_index"]]
+        evaluation = evaluate(y_true, head["oof_probabilities"], classes)
+        return {**evaluation, "split": "cross-validated", "calibration": head["calibration"]}, None
     logits = predict_logits_for_paths(
         model,
-        [path for path, _ in pairs],
+        [path for path, _ in test_items],
         size,
         device=device,
         channels_last=False,
@@ -341,7 +340,5 @@ def _evaluate(model, head, items, valid_idx, test_items, classes, size, device, 
         contrast=config.contrast,
     )
     probabilities = softmax(logits, head["temperature"])
-    evaluation = evaluate([label for _, label in pairs], probabilities, classes)
-    evaluation["split"] = split
-    evaluation["calibration"] = head["calibration"]
-    return evaluation, probabilities
+    evaluation = evaluate([label for _, label in test_items], probabilities, classes)
+    return {**evaluation, "split": "test", "calibration": head["calibration"]}, probabilities

@@ -179,7 +179,7 @@ def test_frozen_features_beat_the_majority_class_by_a_wide_margin_on_unseen_real
     from sklearn.model_selection import StratifiedGroupKFold
 
     from classifier.feature_head import build_classifier
-    from classifier.head_training import _logits, fit_head, group_split, series_weights
+    from classifier.head_training import _logits, fit_head
     from classifier.preprocess import prepare_raw
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -211,9 +211,7 @@ def test_frozen_features_beat_the_majority_class_by_a_wide_margin_on_unseen_real
     correct = majority_correct = 0
     for train, test in StratifiedGroupKFold(5, shuffle=True, random_state=0).split(features, labels, groups):
         train_groups = [groups[i] for i in train]
-        fit_train, fit_valid = group_split(labels[train], train_groups, 0.2, 0)
-        weights = series_weights(labels[train], train_groups)
-        head = fit_head(features[train], labels[train], weights, fit_train, fit_valid, len(classes), 0.01, 0)
+        head = fit_head(features[train], labels[train], train_groups, len(classes), 0.01, 0, body.num_features)
         predicted = _logits(head, features[test, 0]).argmax(1)
         correct += int((predicted == labels[test]).sum())
         majority_correct += int((labels[test] == np.bincount(labels[train]).argmax()).sum())
