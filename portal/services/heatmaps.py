@@ -124,8 +124,10 @@ def _image_size(path) -> tuple[int, int]:
 def _message(error: Exception) -> str:
     from classifier.saliency import SaliencyError
 
-    if isinstance(error, SaliencyError | FileNotFoundError):
+    if isinstance(error, SaliencyError):
         return str(error)
+    if isinstance(error, FileNotFoundError):
+        return f"a file is missing: {error}"
     return f"{type(error).__name__}: {error}"[:500]
 
 
