@@ -238,5 +238,5 @@ def _colour(cam: np.ndarray) -> np.ndarray:
 
     values = np.clip(np.asarray(cam, dtype=np.float32), 0.0, 1.0)
     rgba = colormaps[COLOUR_MAP](values, bytes=True)
-    rgba[..., 3] = np.round(255 * np.sqrt(values)).astype(np.uint8)  # sqrt: mid values stay visible
+    rgba[..., 3] = np.round(255 * values).astype(np.uint8)  # what the model ignored stays see-through
     return rgba
