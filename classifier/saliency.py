@@ -175,7 +175,7 @@ def _view_batch(explainer: Explainer, array: np.ndarray):
     normalisation = explainer.metadata.get("normalisation", {})
     mean = tuple(normalisation.get("mean", transforms.NORMALISE_MEAN))
     std = tuple(normalisation.get("std", transforms.NORMALISE_STD))
-    image = transforms.normalise_batch(torch.from_numpy(np.ascontiguousarray(array))[None], mean, std)
+    image = transforms.normalise_batch(torch.from_numpy(np.array(array, dtype=np.uint8))[None], mean, std)
     return torch.cat(dihedral_views(image, explainer.views)) if explainer.views > 1 else image
 
 
