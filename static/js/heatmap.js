@@ -11,8 +11,11 @@
   var status = document.getElementById("heatmap-status");
   var url = controls.dataset.heatmapUrl;
   var POLL_MS = 1500;
+  // Every minute of waiting, ask again: the server sends the task anew when its message was lost.
+  var POLLS_PER_REQUEST = 40;
   var overlay = null;
   var requested = false;
+  var polls = 0;
 
   function say(message) { status.textContent = message; }
   function setState(state) { controls.dataset.state = state; }
@@ -70,6 +73,8 @@
   }
 
   function poll() {
+    polls += 1;
+    if (polls % POLLS_PER_REQUEST === 0) return request();
     fetch(url, { credentials: "same-origin" }).then(answer, function () { fail(null); });
   }
 
