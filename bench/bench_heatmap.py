@@ -88,7 +88,9 @@ def main() -> None:
     print(f"cpu cores {os.cpu_count()}, torch threads {torch.get_num_threads()}, load average {os.getloadavg()}")
     print(f"artifact load (once per worker process): {load_s:.2f} s")
     for total, cam, size, dimensions in timings:
-        print(f"  derivative {dimensions[0]} x {dimensions[1]}: {total:.2f} s (CAM {cam:.2f} s), PNG {size / 1024:.0f} KiB")
+        print(
+            f"  derivative {dimensions[0]} x {dimensions[1]}: {total:.2f} s (CAM {cam:.2f} s), PNG {size / 1024:.0f} KiB"
+        )
     totals = [row[0] for row in timings]
     print(f"one heat map, {args.views} views: median {statistics.median(totals):.2f} s, max {max(totals):.2f} s")
 
