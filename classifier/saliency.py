@@ -53,7 +53,6 @@ class Explanation:
     cam: np.ndarray  # float32 (S, S) in 0..1 over the model's input square
     class_index: int
     class_name: str
-    probability: float  # of class_index, calibrated as the engine's
     target_layer: str
     views: int
     seconds: float
@@ -142,29 +141,28 @@ def explain_path(explainer: Explainer, source, class_index: int | None = None) -
 
 
 def explain_array(explainer: Explainer, array: np.ndarray, class_index: int | None = None) -> Explanation:
-    """Grad-CAM of a uint8 (S, S) model input; by default for the class the model predicts."""
-    from .calibration import softmax
-
+    """Grad-CAM of a uint8 (S, S) model input for ``class_index``; by default the class the model
+    predicts (one more forward pass: a caller that knows the prediction passes it)."""
     started = time.perf_counter()
     batch = _view_batch(explainer, array)
-    logits = _logits(explainer.model, batch).mean(0)  # the averaged model's logits (module docstring)
-    index = int(np.argmax(logits)) if class_index is None else int(class_index)
+    index = predicted_class(explainer.model, batch) if class_index is None else int(class_index)
     cams = grad_cam(explainer.model, explainer.layer, batch, index)
-    cam = np.mean(undo_dihedral(cams), axis=0)
-    probabilities = softmax(logits[None, :], float(metadata_temperature(explainer.metadata)))[0]
     return Explanation(
-        cam=_rescale(cam),
+        cam=_rescale(np.mean(undo_dihedral(cams), axis=0)),
         class_index=index,
         class_name=explainer.metadata["classes"][index],
-        probability=float(probabilities[index]),
         target_layer=explainer.layer_name,
         views=len(cams),
         seconds=time.perf_counter() - started,
     )
 
 
-def metadata_temperature(metadata: dict) -> float:
-    return float(metadata.get("temperature") or 1.0)
+def predicted_class(model, batch) -> int:
+    """The averaged model's prediction: the mean of the views' logits (module docstring)."""
+    import torch
+
+    with torch.no_grad():
+        return int(model(batch).float().mean(0).argmax())
 
 
 def _view_batch(explainer: Explainer, array: np.ndarray):
@@ -177,13 +175,6 @@ def _view_batch(explainer: Explainer, array: np.ndarray):
     std = tuple(normalisation.get("std", transforms.NORMALISE_STD))
     image = transforms.normalise_batch(torch.from_numpy(np.array(array, dtype=np.uint8))[None], mean, std)
     return torch.cat(dihedral_views(image, explainer.views)) if explainer.views > 1 else image
-
-
-def _logits(model, batch) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        return model(batch).float().numpy()
 
 
 def grad_cam(model, layer, batch, class_index: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from portal.models import HeatMap, ModelVersion, SEMImage
+from portal.models import HeatMap, ModelVersion, Prediction, SEMImage
 from portal.services import queueing
 from portal.storage import media_storage
 
@@ -104,7 +104,7 @@ def _explain(heatmap: HeatMap) -> dict:
     name = image.derivative.name
     derivative = local_copy(media_storage(), name, key=image.sha256, suffix=PurePath(name).suffix)
     explainer = get_explainer(local_artifact(model), model.artifact_sha256 or None)
-    explanation = explain_path(explainer, derivative)
+    explanation = explain_path(explainer, derivative, _predicted_index(heatmap, explainer.metadata["classes"]))
     fields = {
         "target_class": explanation.class_name,
         "target_layer": explanation.target_layer,
@@ -112,6 +112,20 @@ def _explain(heatmap: HeatMap) -> dict:
         "seconds": round(explanation.seconds, 3),
     }
     return {"png": heat_map_png(explanation.cam, _image_size(derivative)), "fields": fields}
+
+
+def _predicted_index(heatmap: HeatMap, classes: list[str]) -> int | None:
+    """The class of the model's stored prediction of this image (what the page shows), so the map
+    explains that prediction without one more forward pass; None before the model classified it."""
+    probabilities = (
+        Prediction.objects.filter(image_id=heatmap.image_id, model_version_id=heatmap.model_version_id)
+        .values_list("probabilities", flat=True)
+        .first()
+    )
+    if not probabilities:
+        return None
+    name = max(probabilities, key=probabilities.get)
+    return classes.index(name) if name in classes else None
 
 
 def _image_size(path) -> tuple[int, int]:
