@@ -8,7 +8,7 @@ import time
 import pytest
 from PIL import Image
 
-from portal.models import HeatMap, ModelVersion
+from portal.models import HeatMap, ModelVersion, SEMImage
 from portal.services import heatmaps, queueing
 from portal.storage import media_storage
 from tests.api.conftest import ingest_png, make_model
@@ -50,6 +50,11 @@ def test_a_worker_computes_the_map_once_and_a_second_request_is_answered_from_th
     celery_worker, production_model, sample, user, member_api, sent
 ):
     image = ingest_png(sample, user, seed=31)
+    classified = celery_worker.wait_until(
+        lambda: SEMImage.objects.filter(pk=image.pk, status="classified").select_related("predicted_category").first(),
+        timeout=120,
+        what="the classification",
+    )
 
     first = member_api.post(url(image))
     assert first.status_code == 202, first.content
@@ -60,7 +65,8 @@ def test_a_worker_computes_the_map_once_and_a_second_request_is_answered_from_th
         what="the heat map",
     )
     assert heatmap.status == HeatMap.Status.READY, heatmap.error
-    assert heatmap.target_class in production_model.classes and heatmap.target_layer == "0.7"  # resnet's layer4
+    assert heatmap.target_class == classified.predicted_category.name  # it explains the prediction shown
+    assert heatmap.target_layer == "0.7"  # resnet's layer4
 
     png = member_api.get(first.json()["url"])
     assert png.status_code == 200 and png["Content-Type"] == "image/png"
