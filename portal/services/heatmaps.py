@@ -38,12 +38,12 @@ def find(image: SEMImage, model: ModelVersion) -> HeatMap | None:
 
 def request_heatmap(image: SEMImage, model: ModelVersion) -> HeatMap:
     """The image's heat map for ``model``, queued unless it is ready or already on its way. A failed one
-    is queued again (the person asks again), and so is one pending for longer than the sweeper's grace
-    period (its message was lost)."""
+    is queued again (the person asks again), and so are one pending for longer than the sweeper's grace
+    period (its message was lost) and a ready one whose file is gone (a restored backup without it)."""
     heatmap = find(image, model)
     if heatmap is None:
         heatmap = _create(image, model)
-    elif heatmap.status == HeatMap.Status.READY or not _worth_resending(heatmap):
+    elif not _worth_resending(heatmap):
         return heatmap
     else:
         HeatMap.objects.filter(pk=heatmap.pk).update(
@@ -63,6 +63,8 @@ def _create(image: SEMImage, model: ModelVersion) -> HeatMap:
 
 
 def _worth_resending(heatmap: HeatMap) -> bool:
+    if heatmap.status == HeatMap.Status.READY:
+        return not media_storage().exists(heatmap.file)
     if heatmap.status == HeatMap.Status.FAILED:
         return True
     return timezone.now() - heatmap.requested_at > timedelta(seconds=settings.SEM_PENDING_SWEEP_AFTER_S)

@@ -130,3 +130,12 @@ def test_a_deleted_image_leaves_the_task_nothing_to_do(image, production, member
     HeatMap.objects.filter(pk=heatmap.pk).delete()
 
     assert heatmaps.compute_heatmap(heatmap.pk) == "gone"
+
+
+def test_a_ready_map_whose_file_is_gone_is_computed_again(image, production, member_api, sent, post):
+    post(member_api, url(image))
+    HeatMap.objects.update(status=HeatMap.Status.READY, file="heatmaps/gone.png")
+
+    again = post(member_api, url(image))
+
+    assert again.status_code == 202 and again.json()["status"] == "pending" and len(sent) == 2
