@@ -109,7 +109,8 @@ def _has_conv(module) -> bool:
 
 
 def load_explainer(path, sha256: str | None = None) -> Explainer:
-    """The artifact's network in eval mode with gradients (not the engine's inference copy)."""
+    """The artifact's own network, prepared for Grad-CAM: not the engine's copy, whose BatchNorm is
+    folded into the convolutions (a traced graph without the named layers the hooks need)."""
     from .artifact import build_model, load_artifact
 
     artifact = load_artifact(path, sha256)
