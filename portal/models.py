@@ -423,6 +423,35 @@ class Embedding(models.Model):
         return f"{self.image_id}: {self.dimension} dims (v{self.model_version_id})"
 
 
+class HeatMap(models.Model):
+    """Where one model version looked in one image (Grad-CAM, classifier.saliency), computed by a worker
+    on request and kept as a PNG in the media storage: a second request is answered from it. Another
+    model version is another row, so a promotion never shows the previous model's map."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    image = models.ForeignKey(SEMImage, on_delete=models.CASCADE, related_name="heatmaps")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="heatmaps")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    file = models.CharField(max_length=300, blank=True, help_text="The PNG's name in the media storage")
+    target_class = models.CharField(max_length=100, blank=True, help_text="The class explained (the prediction)")
+    target_layer = models.CharField(max_length=100, blank=True)
+    views = models.PositiveSmallIntegerField(default=1, help_text="Dihedral views whose maps were averaged")
+    seconds = models.FloatField(null=True, blank=True, help_text="Time the worker took")
+    error = models.TextField(blank=True)
+    requested_at = models.DateTimeField(help_text="The last request that queued it")
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["image", "model_version"], name="heatmap_unique_image_model")]
+
+    def __str__(self) -> str:
+        return f"{self.image_id}: heat map {self.status} (v{self.model_version_id})"
+
+
 class ApiToken(models.Model):
     """Per-user API token; only a SHA-256 of the secret is stored, the secret is shown once."""
 

@@ -239,6 +239,7 @@ CELERY_TASK_ROUTES = {
     "workers.classify_images": {"queue": "gpu"},
     "workers.reclassify_backlog": {"queue": "gpu"},
     "workers.train_model": {"queue": "gpu"},
+    "workers.compute_heatmap": {"queue": "gpu"},
     "workers.sweep": {"queue": "maintenance"},
     "workers.maybe_retrain": {"queue": "maintenance"},
     "workers.scan_watch_folders": {"queue": "maintenance"},

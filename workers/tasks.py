@@ -56,6 +56,14 @@ def reclassify_backlog(self, model_version_id: int) -> bool:
     return more
 
 
+@shared_task(name="workers.compute_heatmap", soft_time_limit=240, time_limit=300, **RETRY_POLICY)
+def compute_heatmap(heatmap_id: int) -> str:
+    """Grad-CAM of one image for one model version (the viewer's overlay), stored once."""
+    from portal.services import heatmaps
+
+    return heatmaps.compute_heatmap(int(heatmap_id))
+
+
 # Training acknowledges its message when it starts: a redelivered message would start the same
 # hours-long run again behind a dead one. A lost worker is found by the sweeper (no heartbeat).
 @shared_task(

@@ -86,6 +86,19 @@ SIMILAR_IMAGE = {
     "thumbnail_url": "/api/images/4711/thumbnail/",
 }
 
+HEATMAP = {
+    "status": "ready",
+    "model_version": 3,
+    "target_class": "Particles",
+    "target_layer": "features.body.blocks.3",
+    "views": 8,
+    "seconds": 1.9,
+    "error": "",
+    "requested_at": "2025-03-05T08:00:00Z",
+    "finished_at": "2025-03-05T08:00:03Z",
+    "url": "/api/images/4711/heatmap/?version=3",
+}
+
 LABEL = {
     "id": 77,
     "image": 501,

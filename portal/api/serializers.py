@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db.models import QuerySet
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -522,6 +523,29 @@ class SimilarQuerySerializer(serializers.Serializer):
     k = serializers.IntegerField(
         min_value=1, max_value=50, default=6, help_text="How many similar curated images (1 to 50)"
     )
+
+
+class HeatMapQuerySerializer(serializers.Serializer):
+    version = serializers.IntegerField(
+        min_value=1, required=False, help_text="The model version to explain (default: the production model)"
+    )
+
+
+class HeatMapSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["pending", "ready", "failed"])
+    model_version = serializers.IntegerField(source="model_version.version")
+    target_class = serializers.CharField(help_text="The class explained: the model's prediction (once ready)")
+    target_layer = serializers.CharField(help_text="The layer whose activations and gradients make the map")
+    views = serializers.IntegerField(help_text="Dihedral views whose maps were mapped back and averaged")
+    seconds = serializers.FloatField(allow_null=True, help_text="Time the worker took")
+    error = serializers.CharField(help_text="Why it failed (status failed)")
+    requested_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+    url = serializers.SerializerMethodField(help_text="GET it: the PNG once ready, this status meanwhile")
+
+    def get_url(self, heatmap) -> str:
+        base = reverse("api:image-heatmap", args=[heatmap.image_id])
+        return f"{base}?version={heatmap.model_version.version}"
 
 
 class SimilarImageSerializer(serializers.Serializer):

@@ -16,6 +16,7 @@ CLASSIFY_IMAGES = "workers.classify_images"
 RECLASSIFY_BACKLOG = "workers.reclassify_backlog"
 TRAIN_MODEL = "workers.train_model"
 DELIVER_WEBHOOK = "workers.webhooks.deliver"
+COMPUTE_HEATMAP = "workers.compute_heatmap"
 
 
 def send(name: str, args: list, **options) -> None:
@@ -37,6 +38,11 @@ def enqueue_backlog(model_version_id: int) -> None:
 
 def enqueue_training(training_run_id: int) -> None:
     send(TRAIN_MODEL, [training_run_id])
+
+
+def enqueue_heatmap(heatmap_id: int) -> None:
+    """A heat map someone is waiting for: ahead of the re-classification backlog, like a new upload."""
+    send(COMPUTE_HEATMAP, [heatmap_id])
 
 
 def enqueue_webhook_deliveries(delivery_ids: Iterable[int]) -> None:

@@ -197,6 +197,8 @@ API_ROUTES = {
     "api:image-thumbnail": Route({"GET": PROJECT}, **IMAGE),
     "api:image-predictions": Route({"GET": PROJECT}, **IMAGE),
     "api:image-similar": Route({"GET": PROJECT}, **IMAGE),
+    # GET before any POST answers 409 (not requested yet: "the state declines"); POST queues it (202).
+    "api:image-heatmap": Route({"GET": PROJECT, "POST": PROJECT}, **IMAGE),
     "api:category-list": Route({"GET": EVERYONE}),
     "api:category-detail": Route({"GET": EVERYONE}, kwargs=lambda w: {"slug": w.categories["Fibres"].slug}),
     "api:review-queue": Route({"GET": CURATORS}),

@@ -9,10 +9,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from django.urls import reverse
+from PIL import Image
 
-from portal.models import Category, Label, Membership, ModelVersion, Project, Sample, SEMImage, TrainingRun
+from portal.models import (
+    Category,
+    Embedding,
+    HeatMap,
+    Label,
+    Membership,
+    ModelVersion,
+    Project,
+    Sample,
+    SEMImage,
+    TrainingRun,
+)
+from portal.services.labels import set_label
 from tests.worker_fixtures import synthetic_png
 
 pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.slow]
@@ -303,3 +317,72 @@ def test_upload_row_links_the_near_duplicate_and_the_image_page_lists_its_group(
     assert f"image {second.pk}" in page.text_content("#near-duplicates")
     screenshot(page, "15-image-near-duplicate-group")
     page.problems.assert_none()
+
+
+def test_image_page_heat_map_overlay_and_similar_images(
+    browser, celery_worker, production_model, upload_images, django_user_model, monkeypatch
+):
+    """Issue 24: the similar curated images are links to their pages; the heat map overlay is asked for
+    with its toggle, computed by the worker, drawn over the image, and follows the opacity slider."""
+    page = browser
+    curator, sample = lab(django_user_model)
+    query, *neighbours = upload_images(sample, curator, 3)
+    give_embeddings(production_model, query, neighbours, monkeypatch)
+    log_in(page, curator.username)
+
+    page.goto(reverse("web:image_detail", args=[query.pk]))
+    page.wait_for_selector("#viewer canvas")
+    links = page.locator("#similar-images .card a.name")
+    expected = [reverse("web:image_detail", args=[image.pk]) for image in neighbours]  # most similar first
+    assert [links.nth(index).get_attribute("href") for index in range(links.count())] == expected
+    page.wait_for_function(
+        "[...document.querySelectorAll('#similar-images img')].every(img => img.complete && img.naturalWidth > 0)"
+    )
+
+    toggle, slider = page.locator("#heatmap-toggle"), page.locator("#heatmap-opacity")
+    assert slider.is_disabled()
+    toggle.check()
+    page.wait_for_selector("#heatmap-controls[data-state=shown]", timeout=240_000)
+    assert HeatMap.objects.get(image=query).status == HeatMap.Status.READY
+    assert page.evaluate("imageViewer.world.getItemCount()") == 2
+    overlay_opacity = "imageViewer.world.getItemAt(1).getOpacity()"
+    assert page.evaluate(overlay_opacity) == pytest.approx(0.6)
+    # Over the image from its top-left corner, as wide, as tall as the model's input (no data bar).
+    bounds = page.evaluate(
+        "(() => { const b = imageViewer.world.getItemAt(1).getBounds(); return [b.x, b.y, b.width, b.height]; })()"
+    )
+    with Image.open(query.derivative.path) as derivative:
+        assert bounds == pytest.approx([0, 0, 1, derivative.height / derivative.width], abs=1e-3)
+
+    slider.focus()
+    for _ in range(4):
+        page.keyboard.press("ArrowLeft")  # step 5 %
+    assert slider.input_value() == "40" and page.evaluate(overlay_opacity) == pytest.approx(0.4)
+    page.wait_for_timeout(500)  # the redraw
+    screenshot(page, "16-image-heat-map")
+    toggle.uncheck()
+    assert page.evaluate(overlay_opacity) == 0 and slider.is_disabled()
+    toggle.check()
+    assert page.evaluate(overlay_opacity) == pytest.approx(0.4)
+    assert page.evaluate("imageViewer.world.getItemCount()") == 2  # shown again, not loaded again
+
+    with page.expect_navigation():
+        links.first.click()
+    assert page.url.endswith(expected[0])
+    page.problems.assert_none()
+
+
+def give_embeddings(model, query, neighbours, monkeypatch) -> None:
+    """The session's model is a fine-tuned resnet, which stores no embeddings: give the query and its
+    curated neighbours some (the first neighbour the nearer), as the feature head's classification would."""
+    from portal.services import similar
+
+    monkeypatch.setattr(similar, "_index", None)  # this process's matrix from an earlier test's rows
+    categories = list(Category.objects.filter(active=True))
+    for image, vector in zip([query, *neighbours], ([1.0, 0.0], [1.0, 0.5], [0.0, 1.0])):
+        padded = np.zeros(64, np.float32)
+        padded[:2] = vector
+        Embedding.objects.create(image=image, model_version=model, dimension=64, vector=similar.encode(padded))
+    for image, category in zip(neighbours, categories):
+        set_label(image, category, source=Label.Source.IMPORT)
+    similar.bump_generation()

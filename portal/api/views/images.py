@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import PurePath
+from types import SimpleNamespace
 
 from django.db import InterfaceError, OperationalError
 from django.http import FileResponse, Http404, HttpResponse
@@ -22,6 +23,8 @@ from portal.api.exceptions import Conflict, IngestRejected, InsufficientStorage,
 from portal.api.filters import ImageFilter
 from portal.api.parsers import JSONParser
 from portal.api.serializers import (
+    HeatMapQuerySerializer,
+    HeatMapSerializer,
     ImageDetailSerializer,
     ImageSerializer,
     ImageUploadSerializer,
@@ -32,10 +35,11 @@ from portal.api.serializers import (
     SimilarQuerySerializer,
 )
 from portal.downloads import stored_file_response
-from portal.models import Label, SEMImage
+from portal.models import HeatMap, Label, SEMImage
 from portal.permissions import can_curate_image, can_upload_to, curated_projects, visible_images, visible_samples
 from portal.request_limits import several_files_message
 from portal.services.labels import set_label
+from portal.storage import media_storage
 
 logger = logging.getLogger(__name__)
 
@@ -308,6 +312,79 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             for other, score in found
         ]
         return Response(SimilarImagesSerializer({"model_version": model and model.version, "results": results}).data)
+
+    # --- where the model looked ------------------------------------------------------------------
+
+    @extend_schema(
+        methods=["GET"],
+        summary="The heat map of where the model looked (PNG), or its status while a worker computes it",
+        tags=["images"],
+        parameters=[HeatMapQuerySerializer],
+        responses={
+            (200, "image/png"): OpenApiTypes.BINARY,
+            202: HeatMapSerializer,
+            409: OpenApiResponse(
+                description="Not requested yet (code heatmap_not_requested: POST first), it failed "
+                "(heatmap_failed, with the reason), or there is no production model (no_model)."
+            ),
+        },
+        description="An RGBA PNG of the derivative's aspect (the image less its data bar): a colour map whose "
+        "opacity rises with the Grad-CAM value, over the centred square the model classifies; transparent "
+        "elsewhere. For the production model unless `version` names another.",
+        examples=[ex.example("Pending", ex.HEATMAP | {"status": "pending", "finished_at": None}, status="202")],
+    )
+    @extend_schema(
+        methods=["POST"],
+        summary="Request the heat map of where the model looked (computed once per image and model version)",
+        tags=["images"],
+        parameters=[HeatMapQuerySerializer],
+        request=None,
+        responses={200: HeatMapSerializer, 202: HeatMapSerializer},
+        description="Queues a worker to compute it (202) unless it is stored already (200, instant). "
+        "A failed one is queued again. Then GET `url`.",
+        examples=[ex.example("Ready", ex.HEATMAP, status="200"), ex.NOT_FOUND],
+    )
+    @action(
+        detail=True,
+        methods=["get", "post"],
+        filterset_class=None,
+        pagination_class=None,
+        content_negotiation_class=FirstRendererNegotiation,
+    )
+    def heatmap(self, request, pk=None):
+        from portal.services import heatmaps
+
+        image = self.get_object()
+        query = HeatMapQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        model = heatmaps.model_for(query.validated_data.get("version"))
+        if model is None:
+            if "version" in query.validated_data:
+                raise Http404("No such model version.")
+            raise Conflict("There is no production model to explain yet.", code="no_model")
+        if request.method == "POST":
+            found = heatmaps.request_heatmap(image, model)
+            ready = found.status == HeatMap.Status.READY
+            return Response(HeatMapSerializer(found).data, status=status.HTTP_200_OK if ready else 202)
+        return self._heatmap_answer(image, heatmaps.find(image, model))
+
+    def _heatmap_answer(self, image: SEMImage, found: HeatMap | None):
+        if found is None:
+            raise Conflict(
+                "No heat map was requested for this model version: POST first.", code="heatmap_not_requested"
+            )
+        if found.status == HeatMap.Status.FAILED:
+            raise Conflict(f"The heat map could not be computed: {found.error}", code="heatmap_failed")
+        if found.status != HeatMap.Status.READY:
+            return Response(HeatMapSerializer(found).data, status=status.HTTP_202_ACCEPTED)
+        stem = PurePath(image.original_filename).stem
+        stored = SimpleNamespace(storage=media_storage(), name=found.file)
+        return _file_response(
+            stored,
+            content_type="image/png",
+            filename=f"{stem}-heatmap-v{found.model_version.version}.png",
+            attachment=False,
+        )
 
     # --- predictions and labels --------------------------------------------------------------------
 

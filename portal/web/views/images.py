@@ -16,7 +16,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from portal.downloads import stored_file_response
-from portal.models import Category, Label, SEMImage
+from portal.models import Category, Label, ModelVersion, SEMImage
 from portal.permissions import can_curate_image, visible_images
 from portal.services.labels import set_label, undo_label
 from portal.services.validation import ValidationError
@@ -53,6 +53,7 @@ def image_detail(request, pk: int):
     )
     for prediction in predictions:
         prediction.ranked = sorted(prediction.probabilities.items(), key=lambda item: item[1], reverse=True)
+    production, similar = similar_context(request.user, image)
     context = {
         "image": image,
         "predictions": predictions,
@@ -61,17 +62,20 @@ def image_detail(request, pk: int):
         "categories": Category.objects.filter(active=True),
         "instrument_rows": instrument_rows(image),
         **near_duplicate_context(request.user, image),
-        "similar": similar_context(request.user, image),
+        "similar": similar,
+        # The heat map explains the production model (the one similar images use); it needs a derivative.
+        "heatmap_model": production if image.derivative else None,
     }
     return render(request, "portal/image_detail.html", context)
 
 
-def similar_context(user, image: SEMImage) -> list[dict]:
-    """The curated images most like this one that the user may see (the production model's embeddings)."""
+def similar_context(user, image: SEMImage) -> tuple[ModelVersion | None, list[dict]]:
+    """The production model, and the curated images most like this one that the user may see (its
+    embeddings)."""
     from portal.services.similar import similar_images
 
-    _model, found = similar_images(user, image)
-    return [{"image": other, "score": score} for other, score in found]
+    model, found = similar_images(user, image)
+    return model, [{"image": other, "score": score} for other, score in found]
 
 
 def near_duplicate_context(user, image: SEMImage) -> dict:
