@@ -15,11 +15,12 @@ Target layer (``target_layer``):
   last convolutional stage (``layer4`` of a resnet).
 - anything else (a timm body inside fastai): refused with ``SaliencyError``.
 
-Views: an artifact with ``tta_views`` > 1 averages the features of the dihedral views. The head is
-linear, so the averaged model's logits are the mean of the views' logits, and each view's gradients are
-exactly the averaged model's (up to the factor 1/views). So the views are explained as one batch by the
-same network with ``tta_views`` = 1, each view's CAM is mapped back by the inverse dihedral transform,
-and the CAMs are averaged (``grad-cam``'s own augmentation smoothing does the same with flips).
+Views: an artifact with ``tta_views`` > 1 averages the features of the dihedral views. The views are
+explained as one batch by the same network with ``tta_views`` = 1, each view's CAM is mapped back by the
+inverse dihedral transform, and the CAMs are averaged (``grad-cam``'s own augmentation smoothing does the
+same with flips). For the linear head alone this is exact (the averaged model's logits are the mean of
+the views' logits); the class-means part of the mixture (feature_head.py) is a softmax of cosine
+similarities, so with it the per-view explanation approximates the averaged model's.
 
 The CAM covers what the model classifies: the centred square of the derivative (the eval preset of
 ``transforms``). ``heat_map_png`` places it there on a transparent canvas of the derivative's size.
@@ -159,7 +160,8 @@ def explain_array(explainer: Explainer, array: np.ndarray, class_index: int | No
 
 
 def predicted_class(model, batch) -> int:
-    """The averaged model's prediction: the mean of the views' logits (module docstring)."""
+    """The prediction from the mean of the views' logits (module docstring); the worker passes the stored
+    prediction's class instead when there is one."""
     import torch
 
     with torch.no_grad():
