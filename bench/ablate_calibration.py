@@ -27,21 +27,23 @@ from classifier.metrics import evaluate  # noqa: E402
 
 
 def held_out_series(x, y, groups, seed, c):
-    """The temperature as the product fitted it before: one group-split validation part."""
-    train_idx, valid_idx = head_training.group_split(y, groups, 0.2, seed)
+    """The temperature as the product fitted it before (until f9dd8b7): the first fold of a
+    StratifiedGroupKFold(5) as validation, the head refitted on everything afterwards."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_classes = int(y.max()) + 1
     weights = head_training.series_weights(y, groups)
-    head = head_training.fit_head(x[:, None], y, weights, train_idx, valid_idx, int(y.max()) + 1, c, seed)
-    return head, head["temperature"]
+    splitter = StratifiedGroupKFold(5, shuffle=True, random_state=seed)
+    train_idx, valid_idx = next(splitter.split(np.zeros(len(y)), y, groups))
+    first = head_training._fit(x[train_idx], y[train_idx], weights[train_idx], n_classes, c, seed)
+    known = valid_idx[np.isin(y[valid_idx], y[train_idx])]
+    temperature = fit_temperature(head_training._logits(first, x[known]), y[known])
+    return head_training._fit(x, y, weights, n_classes, c, seed), temperature
 
 
-def cross_fitted(x, y, groups, seed, c):
+def cross_fitted(x, y, groups, seed, c, pooled_dims=None):
     """The temperature fitted on out-of-fold logits of every training image (series held out)."""
-    head = head_training.fit_head_cross_fitted(x[:, None], y, groups, int(y.max()) + 1, c, seed)
-    return head, head["temperature"]
-
-
-def cross_fitted_10(x, y, groups, seed, c):
-    head = head_training.fit_head_cross_fitted(x[:, None], y, groups, int(y.max()) + 1, c, seed, folds=10)
+    head = head_training.fit_head(x[:, None], y, groups, int(y.max()) + 1, c, seed, pooled_dims)
     return head, head["temperature"]
 
 
@@ -123,7 +125,10 @@ VARIANTS = {
     "cross-fitted": cross_fitted,
     "cross-fitted, Brier T": brier_temperature,
     "cross-fitted, confidence matched to accuracy": matched_temperature,
+    "cross-fitted T and class biases": bias_and_temperature(False),
+    "cross-fitted T and class biases, balanced NLL": bias_and_temperature(True),
     "T = 1": no_temperature,
+    "mixture with class means, cross-fitted (the default)": lambda x, y, g, s, c: cross_fitted(x, y, g, s, c, 1280),
 }
 
 
@@ -166,12 +171,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-active"))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--c", type=float, default=0.01)
+    parser.add_argument("--only", default="", help="run the variants whose name contains this")
     args = parser.parse_args()
     images = real_data.load_images()
     matrix = bench_active.features(images, args.work).astype(np.float64)
     print("| variant | seed | accuracy | macro recall | ECE | mean confidence | calibrated floor | temperatures |")
     print("|---|---|---|---|---|---|---|---|")
     for name, variant in VARIANTS.items():
+        if args.only not in name:
+            continue
         rows = []
         for seed in [int(s) for s in args.seeds.split(",")]:
             row = run(images, matrix, seed, variant, args.c)

@@ -188,7 +188,7 @@ def fit_head(features, labels, groups, n_classes: int, c: float, seed: int, pool
 
     features = features.mean(1)
     weights = series_weights(labels, groups) if groups else None
-    logits, scored = out_of_fold_logits(features, labels, groups, weights, n_classes, c, seed, folds, pooled_dims)
+    logits, scored = out_of_fold_logits(features, labels, groups, n_classes, c, seed, folds, pooled_dims)
     calibration = calibration_report(logits[scored], labels[scored])
     temperature = calibration["temperature"]
     return {
@@ -202,18 +202,18 @@ def fit_head(features, labels, groups, n_classes: int, c: float, seed: int, pool
     }
 
 
-def out_of_fold_logits(
-    features, labels, groups, weights, n_classes: int, c: float, seed: int, folds: int, pooled_dims=None
-):
-    """(logits (N, C), scored mask): each image scored by a head fitted without its fold. An image whose
-    class had no training image in its fold is not scored (no logit to calibrate)."""
+def out_of_fold_logits(features, labels, groups, n_classes: int, c: float, seed: int, folds: int, pooled_dims=None):
+    """(logits (N, C), scored mask): each image scored by a head fitted without its fold, exactly as the
+    final head is fitted (its series weights recomputed on the fold's images). An image whose class had no
+    training image in its fold is not scored (no logit to calibrate)."""
     logits = np.zeros((len(labels), n_classes))
     scored = np.zeros(len(labels), dtype=bool)
     for train_idx, held_idx in _folds(labels, groups, folds, seed):
-        weights_part = None if weights is None else weights[train_idx]
-        head = _fit(features[train_idx], labels[train_idx], weights_part, n_classes, c, seed, pooled_dims)
+        part = labels[train_idx]
+        weights = series_weights(part, [groups[i] for i in train_idx]) if groups else None
+        head = _fit(features[train_idx], part, weights, n_classes, c, seed, pooled_dims)
         logits[held_idx] = _logits(head, features[held_idx])
-        scored[held_idx] = np.isin(labels[held_idx], labels[train_idx])
+        scored[held_idx] = np.isin(labels[held_idx], part)
     return logits, scored
 
 
