@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 FEATURE_BUDGET_SHARE = 0.8
 MAX_ITER = 3000
 BATCH = 32
+# The coverage the Training page reports the prediction sets' thresholds at; the portal applies the
+# lab's own setting (SEM_PREDICTION_SET_COVERAGE) to the stored scores.
+DEFAULT_COVERAGE = 0.9
 
 
 def train_feature_head(
@@ -96,10 +99,12 @@ def train_feature_head(
     )
     metadata["recipe"] = "frozen_head"
     metadata["tta_views"] = VIEWS
+    trust, bank = trust_metadata(head, features, labels, train_idx, classes, config.seed)
+    metadata.update(trust)
     metadata["budget"] = {"budget_s": config.budget_s, "used_s": duration} if config.budget_s else None
     from .artifact import save_artifact
 
-    sha256 = save_artifact(out_path, model.state_dict(), metadata)
+    sha256 = save_artifact(out_path, {**model.state_dict(), **bank}, metadata)
     emit({"event": "done", "stages": 1, "fraction": 1.0, "artifact_path": os.fspath(out_path), "sha256": sha256})
     return TrainResult(
         os.fspath(out_path),
@@ -111,6 +116,22 @@ def train_feature_head(
         sha256,
         test_probabilities=probabilities,
     )
+
+
+def trust_metadata(head: dict, features, labels, train_idx, classes, seed: int) -> tuple[dict, dict]:
+    """(metadata entries, extra artifact tensors): the prediction sets' calibration on the held-out
+    probabilities, and the out-of-scope detector (bank: training part; threshold: held-out part), both
+    on the embeddings the engine will compute (features standardised by the final head)."""
+    import torch
+
+    from .conformal import fit_conformal
+    from .ood import BANK_KEY, fit_knn
+
+    held_out = head["held_out"]
+    conformal = fit_conformal(held_out["probabilities"], labels[held_out["index"]], classes, DEFAULT_COVERAGE)
+    embeddings = (features.mean(1) - head["mean"]) / head["scale"]
+    report, bank = fit_knn(embeddings[np.asarray(train_idx)], embeddings[held_out["index"]], seed=seed)
+    return {"conformal": conformal, "out_of_scope": report}, {BANK_KEY: torch.from_numpy(bank)}
 
 
 class _Extractor:
@@ -165,7 +186,7 @@ def fit_head(features, labels, weights, train_idx, valid_idx, n_classes: int, c:
     than each view as its own sample under grouped cross-validation, bench/RESULTS.md). ``weights``:
     per-image sample weights (series_weights), or None for class-balanced weights. Returns the head's
     parameters, the temperature and its calibration report."""
-    from .calibration import calibration_report
+    from .calibration import calibration_report, softmax
 
     features = features.mean(1)
     train_idx, valid_idx = np.asarray(train_idx), np.asarray(valid_idx)
@@ -176,7 +197,15 @@ def fit_head(features, labels, weights, train_idx, valid_idx, n_classes: int, c:
     everything = np.concatenate([train_idx, valid_idx])
     final = _fit(features[everything], labels[everything], _subset(weights, everything), n_classes, c, seed)
     nll = calibration["nll_after"]
-    return {**final, "temperature": calibration["temperature"], "calibration": calibration, "valid_nll": nll}
+    # The held-out probabilities also calibrate the prediction sets (classifier.conformal, trust_metadata).
+    held_out = {"probabilities": softmax(_logits(first, features[known]), calibration["temperature"]), "index": known}
+    return {
+        **final,
+        "temperature": calibration["temperature"],
+        "calibration": calibration,
+        "valid_nll": nll,
+        "held_out": held_out,
+    }
 
 
 def _subset(weights, index):

@@ -7,6 +7,7 @@ import logging
 import mimetypes
 from pathlib import PurePath
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404, HttpResponse
@@ -62,6 +63,7 @@ def image_detail(request, pk: int):
         "instrument_rows": instrument_rows(image),
         **near_duplicate_context(request.user, image),
         "similar": similar_context(request.user, image),
+        "coverage": settings.SEM_PREDICTION_SET_COVERAGE,
     }
     return render(request, "portal/image_detail.html", context)
 
@@ -114,6 +116,22 @@ def set_image_label(request, pk: int):
     category = posted_category_or_404(request)
     set_label(image, category, source=Label.Source.IMAGE_PAGE, user=request.user)
     messages.success(request, f"{image.original_filename} labelled {category.name}.")
+    return redirect(_safe_next(request) or image_url(image))
+
+
+@member_required
+@require_POST
+def set_not_classifiable(request, pk: int):
+    """A curator marks the image "not SEM / not classifiable" (value 1) or withdraws the mark (value 0)."""
+    from portal.services.labels import mark_not_classifiable
+
+    image = visible_image_or_404(request.user, pk)
+    if not can_curate_image(request.user, image):
+        raise PermissionDenied("Marking images needs the curator role in this project.")
+    value = request.POST.get("value", "1") == "1"
+    mark_not_classifiable(image, value)
+    verdict = "marked not SEM / not classifiable: kept, left out of training" if value else "classifiable again"
+    messages.success(request, f"{image.original_filename} {verdict}.")
     return redirect(_safe_next(request) or image_url(image))
 
 

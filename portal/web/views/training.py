@@ -16,7 +16,7 @@ from classifier.budget import parse_duration
 from portal.models import ModelVersion, TrainingRun
 from portal.web.access import admin_required, member_required, member_required_json
 from portal.web.dashboard_data import gate_summary, per_class_rows, readiness_context
-from portal.web.run_display import LOG_TAIL_CHARS, elapsed_text, pretrained_fact, stage_rows
+from portal.web.run_display import LOG_TAIL_CHARS, elapsed_text, pretrained_fact, stage_rows, trust_facts
 
 RECENT_RUNS = 20
 
@@ -72,6 +72,7 @@ def training_run(request, pk: int):
         "stage_rows": stage_rows(run.history),
         "elapsed": elapsed_text(run),
         "pretrained": pretrained_fact(run),
+        "trust_facts": trust_facts(run),
     }
     return render(request, "portal/training_run.html", context)
 

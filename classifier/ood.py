@@ -1,0 +1,90 @@
+"""Out-of-scope scores: deep nearest neighbours on the embeddings (issue 24, item 3).
+
+Sun, Ming, Zhu & Li, "Out-of-Distribution Detection with Deep Nearest Neighbors" (ICML 2022): normalise
+each embedding to unit length; the score of an image is the Euclidean distance to its k-th nearest
+training embedding; a large distance means nothing the model learnt from looks like it. No
+distribution is assumed (Mahalanobis assumes one Gaussian per class, which a few hundred images of 1,500
+dimensions cannot estimate), and it needs no outlier images to fit.
+
+Fitted at training time: the bank is the training part's embeddings (at most MAX_BANK, float16, stored
+as a tensor of the artifact); the threshold is set on the held-out series, which the bank does not
+contain, so their distances are those of new in-scope images from unseen sources. The threshold is the
+ceil((n + 1)(1 - rate))-th smallest held-out score: as in split conformal prediction, a new in-scope
+image then exceeds it with probability at most ``rate`` (ABSTAIN_RATE, 5 %) when it is exchangeable with
+the held-out ones. With fewer than 1 / rate - 1 held-out images that rank does not exist and the largest
+held-out score is used.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+METHOD = "deep k-nearest neighbours (Sun et al., ICML 2022) on unit-length embeddings"
+K = 5
+ABSTAIN_RATE = 0.05
+MAX_BANK = 1024  # images kept; 1024 x ~1,500 dimensions in float16 is ~3 MB of the artifact
+BANK_KEY = "ood.bank"  # the artifact tensor (not part of the model's state dict)
+
+
+def normalise(embeddings) -> np.ndarray:
+    embeddings = np.asarray(embeddings, np.float32)
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return embeddings / np.maximum(norms, 1e-12)
+
+
+def knn_scores(bank: np.ndarray, embeddings, k: int) -> np.ndarray:
+    """Distance of each (unit-length) embedding to its k-th nearest bank row (bank rows unit-length)."""
+    queries = normalise(embeddings)
+    similarity = queries @ np.asarray(bank, np.float32).T
+    k = max(1, min(k, similarity.shape[1]))
+    kth = -np.partition(-similarity, k - 1, axis=1)[:, k - 1]  # the k-th largest cosine similarity
+    return np.sqrt(np.clip(2.0 - 2.0 * kth, 0.0, None))
+
+
+def fit_knn(train_embeddings, held_out_embeddings, *, k: int = K, rate: float = ABSTAIN_RATE, seed: int = 0):
+    """(JSON-able report with the threshold, float16 bank (m, D)) from training and held-out embeddings."""
+    train = normalise(train_embeddings)
+    if len(train) > MAX_BANK:  # a uniform sample keeps the artifact small; the classes keep their shares
+        train = train[np.sort(np.random.default_rng(seed).choice(len(train), MAX_BANK, replace=False))]
+    bank = train.astype(np.float16)
+    held_out = knn_scores(bank, held_out_embeddings, k) if len(held_out_embeddings) else np.zeros(0)
+    report = {
+        "method": METHOD,
+        "k": int(min(k, len(bank))),
+        "bank_size": int(len(bank)),
+        "bank_dtype": "float16",
+        "abstain_rate": rate,
+        "n_held_out": int(len(held_out)),
+        "threshold": _threshold(held_out, rate),
+        "held_out_scores": {
+            "median": float(np.median(held_out)) if len(held_out) else None,
+            "max": float(held_out.max()) if len(held_out) else None,
+        },
+    }
+    return report, bank
+
+
+def _threshold(scores: np.ndarray, rate: float) -> float | None:
+    if not len(scores):
+        return None  # nothing held out: no threshold, nothing abstains
+    rank = math.ceil((len(scores) + 1) * (1.0 - rate) - 1e-9)
+    return float(np.sort(scores)[min(rank, len(scores)) - 1])
+
+
+class KnnScorer:
+    """The fitted detector as the engine uses it."""
+
+    def __init__(self, bank, report: dict) -> None:
+        self.bank = np.asarray(bank, np.float32)
+        self.k = int(report["k"])
+        self.threshold = report.get("threshold")
+
+    def scores(self, embeddings) -> np.ndarray:
+        return knn_scores(self.bank, embeddings, self.k)
+
+    def out_of_scope(self, scores: np.ndarray) -> np.ndarray:
+        if self.threshold is None:
+            return np.zeros(len(scores), bool)
+        return np.asarray(scores) > self.threshold
