@@ -182,8 +182,8 @@ def run_fold(matrix, labels, groups, train_idx, test_idx, classes, seed, ood_mat
     scorer = KnnScorer(bank[BANK_KEY].float().numpy(), trust["out_of_scope"])
     x_test = matrix[test_idx]
     probabilities = softmax(_logits(head, x_test), head["temperature"])
-    real_scores = scorer.scores((x_test - head["mean"]) / head["scale"])
-    ood_scores = scorer.scores((ood_matrix - head["mean"]) / head["scale"])
+    real_scores = scorer.scores(x_test)  # the raw features, as the engine gives the detector
+    ood_scores = scorer.scores(ood_matrix)
     return probabilities, trust, scorer, real_scores, ood_scores
 
 

@@ -232,13 +232,19 @@ class Engine:
         predictions = [prediction_from_probabilities(p, self.classes) for p in softmax(logits, self.temperature)]
         if embeddings is None:
             return predictions
-        scores = self.ood.scores(embeddings) if self.ood else [None] * len(predictions)
+        scores = self.ood.scores(self._raw_features(embeddings)) if self.ood else [None] * len(predictions)
         flags = self.ood.out_of_scope(scores) if self.ood else [False] * len(predictions)
         for prediction, embedding, score, flag in zip(predictions, embeddings, scores, flags):
             prediction.embedding = embedding
             prediction.ood_score = None if score is None else float(score)
             prediction.out_of_scope = bool(flag)
         return predictions
+
+    def _raw_features(self, embeddings: np.ndarray) -> np.ndarray:
+        """The body's features from the standardised embeddings: what the out-of-scope bank holds."""
+        mean = self.model.feature_mean.float().cpu().numpy()
+        scale = self.model.feature_scale.float().cpu().numpy()
+        return embeddings * scale + mean
 
 
 _cache_lock = threading.Lock()

@@ -120,8 +120,8 @@ def train_feature_head(
 
 def trust_metadata(head: dict, features, labels, train_idx, classes, seed: int) -> tuple[dict, dict]:
     """(metadata entries, extra artifact tensors): the prediction sets' calibration on the held-out
-    probabilities, and the out-of-scope detector (bank: training part; threshold: held-out part), both
-    on the embeddings the engine will compute (features standardised by the final head)."""
+    probabilities, and the out-of-scope detector on the raw features averaged over the views (bank: the
+    training part; threshold: the held-out part)."""
     import torch
 
     from .conformal import fit_conformal
@@ -129,8 +129,8 @@ def trust_metadata(head: dict, features, labels, train_idx, classes, seed: int) 
 
     held_out = head["held_out"]
     conformal = fit_conformal(held_out["probabilities"], labels[held_out["index"]], classes, DEFAULT_COVERAGE)
-    embeddings = (features.mean(1) - head["mean"]) / head["scale"]
-    report, bank = fit_knn(embeddings[np.asarray(train_idx)], embeddings[held_out["index"]], seed=seed)
+    raw = features.mean(1)
+    report, bank = fit_knn(raw[np.asarray(train_idx)], raw[held_out["index"]], seed=seed)
     return {"conformal": conformal, "out_of_scope": report}, {BANK_KEY: torch.from_numpy(bank)}
 
 
