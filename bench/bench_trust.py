@@ -196,6 +196,7 @@ def evaluate_seed(images, matrix, ood_images, ood_matrix, seed: int) -> dict:
     labels = np.array([classes.index(image.category) for image in images])
     groups = [image.group for image in images]
     sets = {coverage: [None] * len(images) for coverage in COVERAGES}
+    known = np.zeros(len(images), bool)  # the image's class has training images in its fold
     modes, folds = [], []
     for train_idx, test_idx in bench_real_cv.folds(images, seed):
         probabilities, trust, scorer, real_scores, ood_scores = run_fold(
@@ -205,6 +206,7 @@ def evaluate_seed(images, matrix, ood_images, ood_matrix, seed: int) -> dict:
             for i, found in zip(test_idx, prediction_sets(probabilities, trust["conformal"], classes, coverage)):
                 sets[coverage][i] = found
         modes.append(trust["conformal"]["mode"])
+        known[test_idx] = np.isin(labels[test_idx], labels[train_idx])
         auroc = roc_auc_score(
             np.r_[np.zeros(len(real_scores)), np.ones(len(ood_scores))], np.r_[real_scores, ood_scores]
         )
@@ -225,6 +227,10 @@ def evaluate_seed(images, matrix, ood_images, ood_matrix, seed: int) -> dict:
     return {
         "seed": seed,
         "sets": {str(c): coverage_report(sets[c], truth) for c in COVERAGES},
+        "sets_known_classes": {
+            str(c): coverage_report([s for s, k in zip(sets[c], known) if k], [t for t, k in zip(truth, known) if k])
+            for c in COVERAGES
+        },
         "per_class_coverage_90": _per_class(sets[0.9], truth),
         "conformal_modes": modes,
         "folds": folds,
@@ -243,15 +249,20 @@ def _per_class(sets, truth) -> dict:
 
 def report(runs) -> str:
     mean_sd = real_data.mean_sd
-    lines = ["| coverage asked | empirical coverage | mean set size | singletons | empty |", "|---|---|---|---|---|"]
-    for coverage in COVERAGES:
-        rows = [run["sets"][str(coverage)] for run in runs]
-        cells = [mean_sd([row[key] for row in rows]) for key in ("coverage", "mean_size", "singletons", "empty")]
-        lines.append(f"| {coverage:.0%} | " + " | ".join(cells) + " |")
+    lines = [
+        "| images | coverage asked | empirical coverage | mean set size | singletons | empty |",
+        "|---|---|---|---|---|---|",
+    ]
+    for part, key in (("all", "sets"), ("class seen in training", "sets_known_classes")):
+        for coverage in COVERAGES:
+            rows = [run[key][str(coverage)] for run in runs]
+            cells = [mean_sd([row[k] for row in rows]) for k in ("coverage", "mean_size", "singletons", "empty")]
+            lines.append(f"| {part} (n = {rows[0]['n']}) | {coverage:.0%} | " + " | ".join(cells) + " |")
     folds = [fold for run in runs for fold in run["folds"]]
     lines += ["", "| out of scope (per fold, 5 folds x seeds) | mean ± sd |", "|---|---|"]
     for key in ("auroc", "false_abstain", "detected"):
         lines.append(f"| {key} | {mean_sd([fold[key] for fold in folds])} |")
+    lines.append(f"| held-out images setting the threshold | {mean_sd([fold['n_held_out'] for fold in folds])} |")
     for kind in sorted(folds[0]["kinds"]):
         lines.append(f"| detected: {kind} | {mean_sd([fold['kinds'][kind] for fold in folds])} |")
     return "\n".join(lines)

@@ -125,3 +125,27 @@ def test_a_model_without_a_calibration_falls_back_to_the_confidence_rule(sample,
     assert sure.predicted_set_size is None and sure.predicted_set_label == ""
     assert not SEMImage.objects.select_related("predicted_by").get(pk=sure.pk).prediction_uncertain
     assert SEMImage.objects.select_related("predicted_by").get(pk=unsure.pk).prediction_uncertain
+
+
+def test_the_training_run_page_says_how_sets_and_out_of_scope_calls_are_made(client, admin_user):
+    from classifier.conformal import fit_conformal
+    from classifier.ood import fit_knn
+    from portal.models import TrainingRun
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(25, int), np.ones(6, int), np.full(6, 2)]
+    probabilities = rng.dirichlet(np.ones(3), len(labels))
+    report, _ = fit_knn(rng.normal(size=(30, 4)), rng.normal(size=(37, 4)))
+    metadata = {"conformal": fit_conformal(probabilities, labels, CLASSES), "out_of_scope": report}
+    model = make_model(3, classes=CLASSES)
+    ModelVersion.objects.filter(pk=model.pk).update(metadata=metadata)
+    run = TrainingRun.objects.create(
+        trigger="manual", status="succeeded", active=None, model_version=model, config={"arch": "efficientnet_lite0"}
+    )
+    client.force_login(admin_user)
+
+    page = client.get(f"/training/runs/{run.pk}/").content.decode()
+
+    assert "class-conditional where enough, pooled otherwise" in page
+    assert "own calibration (≥ 20 images): Fibres" in page and "pooled calibration: Particles, Powder" in page
+    assert "deep k-nearest neighbours" in page and "about 5% of 37 held-out curated images" in page
