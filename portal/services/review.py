@@ -150,8 +150,16 @@ def suggestions(image: SEMImage, categories: dict[str, Category], top: int = 3) 
     ]
 
 
+def confident_in(images: QuerySet[SEMImage]) -> QuerySet[SEMImage]:
+    """Images whose prediction may count as confident: in scope, and a one-category set where the model
+    makes sets (SEMImage.prediction_uncertain's rule, as a query)."""
+    several = Q(predicted_set_size__isnull=False) & ~Q(predicted_set_size=1)
+    return images.exclude(status=SEMImage.Status.OUT_OF_SCOPE).exclude(several)
+
+
 def bulk_candidates(user, min_confidence: float, project_id: int | None = None) -> QuerySet[SEMImage]:
-    """Unlabelled images whose prediction is at least this confident (bulk acceptance)."""
-    return unlabelled(user, project_id).filter(
+    """Unlabelled images whose prediction is at least this confident (bulk acceptance); never an
+    out-of-scope image or a set of several categories."""
+    return confident_in(unlabelled(user, project_id)).filter(
         predicted_confidence__gte=min_confidence, predicted_category__isnull=False
     )

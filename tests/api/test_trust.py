@@ -64,6 +64,15 @@ def test_only_a_singleton_set_in_scope_counts_as_confident(trio):
     assert [image.prediction_uncertain for image in rows] == [False, True, True]
 
 
+def test_bulk_acceptance_takes_only_confident_predictions(trio, user):
+    from portal.services import review
+    from portal.web.review_queue import bulk_counts
+
+    singleton, _, _ = trio
+    assert list(review.bulk_candidates(user, 0.0).values_list("pk", flat=True)) == [singleton.pk]
+    assert bulk_counts(user) == {50: 1}  # the 0.98 out-of-scope and the 0.80 two-category set are left out
+
+
 def test_the_api_and_the_webhook_payload_say_the_set_and_out_of_scope(trio, curator_api):
     from portal.services.webhooks import image_data
 
