@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 FEATURE_BUDGET_SHARE = 0.8
 MAX_ITER = 3000
 BATCH = 32
-# The coverage the Training page reports the prediction sets' thresholds at; the portal applies the
+# The coverage at which the metadata summarises the prediction sets' thresholds; the portal applies the
 # lab's own setting (SEM_PREDICTION_SET_COVERAGE) to the stored scores.
 DEFAULT_COVERAGE = 0.9
 
@@ -129,7 +129,7 @@ def trust_metadata(head: dict, features, labels, train_idx, classes, seed: int) 
 
     held_out = head["held_out"]
     conformal = fit_conformal(held_out["probabilities"], labels[held_out["index"]], classes, DEFAULT_COVERAGE)
-    raw = features.mean(1)
+    raw = features.mean(1)  # fewer views than inference averages when the time budget cut them: close enough
     report, bank = fit_knn(raw[np.asarray(train_idx)], raw[held_out["index"]], seed=seed)
     return {"conformal": conformal, "out_of_scope": report}, {BANK_KEY: torch.from_numpy(bank)}
 
