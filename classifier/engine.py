@@ -33,6 +33,10 @@ class ImagePrediction:
     # The head's input (standardised features) from the same forward pass, for similarity search and
     # out-of-scope scores; None for fine-tuned architectures. Not part of to_dict().
     embedding: np.ndarray | None = None
+    # Distance to the training embeddings (classifier.ood) and whether it is past the artifact's
+    # threshold; None / False for an artifact without a detector (fine-tuned architectures, older ones).
+    ood_score: float | None = None
+    out_of_scope: bool = False
 
     def to_dict(self) -> dict:
         return {
@@ -42,6 +46,8 @@ class ImagePrediction:
             "confidence": self.confidence,
             "margin": self.margin,
             "entropy": self.entropy,
+            "ood_score": self.ood_score,
+            "out_of_scope": self.out_of_scope,
         }
 
 
@@ -129,7 +135,7 @@ def predict_logits_for_paths(
 class Engine:
     """Inference for one artifact. Thread-safe for predictions (no mutable state)."""
 
-    def __init__(self, model, metadata: dict, sha256: str, device, channels_last: bool = True) -> None:
+    def __init__(self, model, metadata: dict, sha256: str, device, channels_last: bool = True, ood_bank=None) -> None:
         self.model = model
         self.metadata = metadata
         self.sha256 = sha256
@@ -142,6 +148,11 @@ class Engine:
         self.mean = tuple(normalisation.get("mean", transforms.NORMALISE_MEAN))
         self.std = tuple(normalisation.get("std", transforms.NORMALISE_STD))
         self.contrast: str = normalisation.get("contrast", "none")  # artifacts before it existed: none
+        self.ood = None
+        if ood_bank is not None and metadata.get("out_of_scope"):
+            from .ood import KnnScorer
+
+            self.ood = KnnScorer(ood_bank, metadata["out_of_scope"])
 
     @classmethod
     def from_artifact(
@@ -156,9 +167,11 @@ class Engine:
 
         from .artifact import build_model, load_artifact
         from .network import fold_batchnorm as fold
+        from .ood import BANK_KEY
 
         artifact = load_artifact(path, expected_sha256)
         model = build_model(artifact.metadata)
+        bank = artifact.state_dict.pop(BANK_KEY, None)  # the detector's tensor, not the network's
         model.load_state_dict(artifact.state_dict)
         torch_device = select_device(device)
         model = model.to(torch_device).eval()
@@ -166,7 +179,8 @@ class Engine:
             model = fold(model)  # torch.fx cannot trace the TF-padded EfficientNet-Lite convolutions
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        return cls(model, artifact.metadata, artifact.sha256, torch_device, channels_last)
+        bank = bank.float().numpy() if bank is not None else None
+        return cls(model, artifact.metadata, artifact.sha256, torch_device, channels_last, ood_bank=bank)
 
     def predict_logits(self, arrays: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Uncalibrated logits for preprocessed uint8 arrays (input_size square)."""
@@ -216,10 +230,21 @@ class Engine:
             self.model, arrays, device=self.device, channels_last=self.channels_last, mean=self.mean, std=self.std
         )
         predictions = [prediction_from_probabilities(p, self.classes) for p in softmax(logits, self.temperature)]
-        if embeddings is not None:
-            for prediction, embedding in zip(predictions, embeddings):
-                prediction.embedding = embedding
+        if embeddings is None:
+            return predictions
+        scores = self.ood.scores(self._raw_features(embeddings)) if self.ood else [None] * len(predictions)
+        flags = self.ood.out_of_scope(scores) if self.ood else [False] * len(predictions)
+        for prediction, embedding, score, flag in zip(predictions, embeddings, scores, flags):
+            prediction.embedding = embedding
+            prediction.ood_score = None if score is None else float(score)
+            prediction.out_of_scope = bool(flag)
         return predictions
+
+    def _raw_features(self, embeddings: np.ndarray) -> np.ndarray:
+        """The body's features from the standardised embeddings: what the out-of-scope bank holds."""
+        mean = self.model.feature_mean.float().cpu().numpy()
+        scale = self.model.feature_scale.float().cpu().numpy()
+        return embeddings * scale + mean
 
 
 _cache_lock = threading.Lock()

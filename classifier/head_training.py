@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 MAX_ITER = 3000
 BATCH = 32
+# The coverage at which the metadata summarises the prediction sets' thresholds; the portal applies the
+# lab's own setting (SEM_PREDICTION_SET_COVERAGE) to the stored scores.
+DEFAULT_COVERAGE = 0.9
 
 
 def train_feature_head(
@@ -102,10 +105,12 @@ def train_feature_head(
     metadata["recipe"] = "frozen_head"
     metadata["prototypes"] = prototypes
     metadata["tta_views"] = model.tta_views
+    trust, bank = trust_metadata(head, features, labels, groups, classes, config.seed)
+    metadata.update(trust)
     metadata["budget"] = {**plan.event(), "used_s": duration} if config.budget_s else None
     from .artifact import save_artifact
 
-    sha256 = save_artifact(out_path, model.state_dict(), metadata)
+    sha256 = save_artifact(out_path, {**model.state_dict(), **bank}, metadata)
     emit({"event": "done", "stages": 1, "fraction": 1.0, "artifact_path": os.fspath(out_path), "sha256": sha256})
     return TrainResult(
         os.fspath(out_path),
@@ -117,6 +122,23 @@ def train_feature_head(
         sha256,
         test_probabilities=probabilities,
     )
+
+
+def trust_metadata(head: dict, features, labels, groups, classes, seed: int, folds: int = 5) -> tuple[dict, dict]:
+    """(metadata entries, extra artifact tensors): the prediction sets calibrated on the out-of-fold
+    probabilities of every training image, and the out-of-scope detector on the raw features averaged over
+    the views (bank: every training image; threshold: each image's distance to the other folds' images,
+    the folds of fit_head, so an unseen series sets it as a new source would)."""
+    import torch
+
+    from .conformal import fit_conformal
+    from .ood import BANK_KEY, fit_knn, held_out_knn_scores
+
+    conformal = fit_conformal(head["oof_probabilities"], head["oof_labels"], classes, DEFAULT_COVERAGE)
+    raw = features.mean(1)  # fewer views than inference averages when the time budget cut them: close enough
+    held_out = held_out_knn_scores(raw, _folds(labels, groups, folds, seed))
+    report, bank = fit_knn(raw, held_out, seed=seed)
+    return {"conformal": conformal, "out_of_scope": report}, {BANK_KEY: torch.from_numpy(bank)}
 
 
 class _Extractor:

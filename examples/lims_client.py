@@ -24,7 +24,7 @@ from pathlib import Path
 import requests
 
 IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"}
-DONE_STATUSES = {"classified", "failed", "no_model"}
+DONE_STATUSES = {"classified", "out_of_scope", "failed", "no_model"}
 
 
 class PortalError(Exception):

@@ -132,6 +132,9 @@ class SEMImage(models.Model):
         PENDING = "pending", "Waiting for classification"
         NO_MODEL = "no_model", "Waiting for a first model"
         CLASSIFIED = "classified", "Classified"
+        # Classified, but unlike anything the model learnt from (classifier.ood) or a blank frame: the
+        # prediction is kept for the record and never counts as confident.
+        OUT_OF_SCOPE = "out_of_scope", "Out of scope"
         FAILED = "failed", "Classification failed"
 
     sample = models.ForeignKey(Sample, on_delete=models.PROTECT, related_name="images")
@@ -190,6 +193,13 @@ class SEMImage(models.Model):
     predicted_confidence = models.FloatField(null=True, blank=True)
     predicted_margin = models.FloatField(null=True, blank=True)
     predicted_by = models.ForeignKey("ModelVersion", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    # The current prediction's conformal set (category slugs, most probable first) and its size; null size:
+    # the model has no conformal calibration.
+    predicted_set = models.JSONField(default=list, blank=True)
+    predicted_set_size = models.PositiveSmallIntegerField(null=True, blank=True)
+    predicted_set_label = models.CharField(max_length=500, blank=True, help_text='As read: "Particles or Powder"')
+    # A curator's verdict "not SEM / not classifiable": kept, never trained on, out of the review queue.
+    not_classifiable = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-uploaded_at", "-id"]
@@ -208,13 +218,23 @@ class SEMImage(models.Model):
         return f"{self.original_filename} ({self.sha256[:10]})"
 
     @property
+    def out_of_scope(self) -> bool:
+        return self.status == self.Status.OUT_OF_SCOPE
+
+    @property
     def prediction_uncertain(self) -> bool:
-        """The current prediction is not to be trusted: a blank frame, or a confidence below what its
-        model reaches reliably (ModelVersion.uncertain_below). Select predicted_by with the image."""
+        """The current prediction is not to be trusted: a blank or out-of-scope frame, a model no better
+        than guessing, or else a prediction set of other than one category (at SEM_PREDICTION_SET_COVERAGE);
+        a model without a conformal calibration: a confidence below what it reaches reliably
+        (ModelVersion.uncertain_below). Select predicted_by with the image."""
         if self.predicted_category_id is None:
             return False
-        if self.blank or self.predicted_by is None:
+        if self.blank or self.out_of_scope or self.predicted_by is None:
             return True
+        if self.predicted_by.uncertain_below > 1.0:  # no better than always answering the largest class
+            return True
+        if self.predicted_set_size is not None:
+            return self.predicted_set_size != 1
         return (self.predicted_confidence or 0.0) < self.predicted_by.uncertain_below
 
 
@@ -395,6 +415,12 @@ class Prediction(models.Model):
     margin = models.FloatField(help_text="Top probability minus the second")
     entropy = models.FloatField()
     probabilities = models.JSONField(help_text="{category name: probability}, calibrated")
+    prediction_set = models.JSONField(
+        default=list, blank=True, help_text="Conformal set at SEM_PREDICTION_SET_COVERAGE: category slugs"
+    )
+    set_coverage = models.FloatField(null=True, blank=True, help_text="The coverage the set was made at")
+    ood_score = models.FloatField(null=True, blank=True, help_text="kNN distance to the training embeddings")
+    out_of_scope = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -34,6 +34,10 @@ SUMMARY_FIELDS = [
     "predicted_confidence",
     "predicted_margin",
     "predicted_model_version",
+    "predicted_set",
+    "predicted_set_label",
+    "out_of_scope",
+    "not_classifiable",
     "links",
 ]
 
@@ -45,7 +49,11 @@ class ImageSummarySerializer(serializers.ModelSerializer):
     """id, sample (id), lab_sample_id and lims_id (the sample's), project (id), original_filename, sha256,
     status, curated_category and predicted_category (category slugs, null until labelled / classified),
     predicted_confidence, predicted_margin (top-1 minus top-2 probability), predicted_model_version (the
-    model version number that classified it), links (API paths of the image and its files)."""
+    model version number that classified it), predicted_set (the conformal prediction set at the lab's
+    coverage: category slugs, most probable first; empty when the model has none) and predicted_set_label
+    ("Particles or Powder"), out_of_scope (status "out_of_scope": unlike anything the model learnt from,
+    or blank; the prediction is not to be relied on), not_classifiable (a curator marked it "not SEM / not
+    classifiable"), links (API paths of the image and its files)."""
 
     lab_sample_id = serializers.CharField(source="sample.lab_sample_id", read_only=True)
     lims_id = serializers.CharField(source="sample.lims_id", read_only=True, allow_null=True)
@@ -54,6 +62,8 @@ class ImageSummarySerializer(serializers.ModelSerializer):
     curated_category = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
     predicted_category = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
     predicted_model_version = serializers.SerializerMethodField()
+    predicted_set = serializers.ListField(child=serializers.CharField(), read_only=True)
+    out_of_scope = serializers.BooleanField(read_only=True)
     links = serializers.SerializerMethodField()
 
     class Meta:

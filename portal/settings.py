@@ -294,6 +294,10 @@ SEM_GATE_BASELINE_MARGIN = env_float("SEM_GATE_BASELINE_MARGIN", 0.05, minimum=-
 # A prediction below this confidence (plus its model's calibration error) is shown as "uncertain"
 # (ModelVersion.uncertain_below): with temperature-scaled confidences, a 0.6 answer is wrong 4 times in 10.
 SEM_UNCERTAIN_BELOW = env_float("SEM_UNCERTAIN_BELOW", 0.6, minimum=0.0, maximum=1.0)
+# Prediction sets (classifier.conformal): each set holds the true category with at least this probability
+# on images like the model's held-out curated ones; a model with a conformal calibration calls a prediction
+# confident when its set is one category (SEMImage.prediction_uncertain), SEM_UNCERTAIN_BELOW otherwise.
+SEM_PREDICTION_SET_COVERAGE = env_float("SEM_PREDICTION_SET_COVERAGE", 0.9, minimum=0.5, maximum=0.99)
 # The gate's uncertainty (portal.services.promotion): a paired, stratified bootstrap of candidate minus
 # production on the same test images; promote when the lower bound at this level is above -tolerance.
 SEM_GATE_CONFIDENCE = env_float("SEM_GATE_CONFIDENCE", 0.9, minimum=0.5, maximum=0.999)

@@ -58,6 +58,10 @@ IMAGE = {
     "predicted_confidence": 0.93,
     "predicted_margin": 0.88,
     "predicted_model_version": 4,
+    "predicted_set": ["nanowires"],
+    "predicted_set_label": "Nanowires",
+    "out_of_scope": False,
+    "not_classifiable": False,
     "links": {
         "self": "/api/images/501/",
         "original": "/api/images/501/original/",
@@ -76,6 +80,10 @@ PREDICTION = {
     "margin": 0.88,
     "entropy": 0.31,
     "probabilities": {"Nanowires": 0.93, "Fibres": 0.05, "Particles": 0.02},
+    "prediction_set": ["nanowires"],
+    "set_coverage": 0.9,
+    "ood_score": 0.41,
+    "out_of_scope": False,
     "created_at": "2025-03-04T10:16:09Z",
 }
 

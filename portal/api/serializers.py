@@ -148,6 +148,10 @@ class ImageSerializer(ImageSummarySerializer):
             "predicted_confidence",
             "predicted_margin",
             "predicted_model_version",
+            "predicted_set",
+            "predicted_set_label",
+            "out_of_scope",
+            "not_classifiable",
             "near_duplicate_of",
             "links",
         ]
@@ -246,6 +250,10 @@ class PredictionSerializer(serializers.ModelSerializer):
             "margin",
             "entropy",
             "probabilities",
+            "prediction_set",
+            "set_coverage",
+            "ood_score",
+            "out_of_scope",
             "created_at",
         ]
         read_only_fields = fields
@@ -514,9 +522,11 @@ class ReviewItemSerializer(ImageSerializer):
         fields = ImageSerializer.Meta.fields + ["reason"]
         read_only_fields = fields
 
-    @extend_schema_field(serializers.ChoiceField(choices=["uncertain", "disagreement"]))
+    @extend_schema_field(serializers.ChoiceField(choices=["out_of_scope", "uncertain", "disagreement"]))
     def get_reason(self, image) -> str:
-        return "disagreement" if image.curated_category_id else "uncertain"
+        if image.curated_category_id:
+            return "disagreement"
+        return "out_of_scope" if image.out_of_scope else "uncertain"
 
 
 class SimilarQuerySerializer(serializers.Serializer):

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('portal', '0009_embeddings'),
+        ('portal', '0011_issue24_prediction_sets_ood'),
     ]
 
     operations = [

@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 # Most images the sweeper re-queues in one pass; the next pass (a minute later) takes the rest.
 SWEEP_LIMIT = 20_000
+# The statuses of an image with a current prediction.
+CLASSIFIED_STATUSES = (SEMImage.Status.CLASSIFIED, SEMImage.Status.OUT_OF_SCOPE)
 
 
 @dataclass
@@ -55,7 +57,7 @@ def needing(model: ModelVersion) -> QuerySet[SEMImage]:
     """Images that should get (or get again) a prediction from `model`."""
     waiting = Q(status__in=[SEMImage.Status.PENDING, SEMImage.Status.NO_MODEL])
     if settings.SEM_RECLASSIFY_AFTER_PROMOTION:
-        waiting |= Q(status=SEMImage.Status.CLASSIFIED) & ~Q(predicted_by=model)
+        waiting |= Q(status__in=CLASSIFIED_STATUSES) & ~Q(predicted_by=model)
     return SEMImage.objects.filter(waiting)
 
 
@@ -99,11 +101,12 @@ def restore_stored_predictions(model: ModelVersion, images: list[SEMImage]) -> s
     with transaction.atomic():
         if not predictions:
             return restored
+        names = dict(Category.objects.values_list("slug", "name"))
         if lock_for_writing(model, [image.pk for image in images]) is None:
             return None
         for prediction in predictions:
             SEMImage.objects.filter(pk=prediction.image_id).update(
-                status=SEMImage.Status.CLASSIFIED,
+                status=_status(prediction.out_of_scope),
                 status_changed_at=now,
                 claimed_at=None,
                 error="",
@@ -111,6 +114,7 @@ def restore_stored_predictions(model: ModelVersion, images: list[SEMImage]) -> s
                 predicted_confidence=prediction.confidence,
                 predicted_margin=prediction.margin,
                 predicted_by=model,
+                **_set_columns(prediction.prediction_set if prediction.set_coverage is not None else None, names),
             )
             restored.add(prediction.image_id)
     return restored
@@ -247,6 +251,7 @@ def predict(engine, images: list[SEMImage]) -> dict[int, object]:
     try:
         predictions = engine.predict_paths([paths[image.pk] for image in readable])
         results.update(zip([image.pk for image in readable], predictions))
+        mark_trust(engine, [image.pk for image in readable], predictions)
     except Exception:
         # Rare: find the culprit by classifying one at a time rather than failing the batch.
         logger.warning(
@@ -279,9 +284,27 @@ def flag_blank(paths: dict[int, object]) -> None:
         SEMImage.objects.filter(pk__in=blank, blank=False).update(blank=True)
 
 
+def mark_trust(engine, image_ids: list[int], predictions: list) -> None:
+    """Each prediction's conformal set at the lab's coverage (class names; None when the model has no
+    calibration), and out of scope also for a blank frame: nothing in it to classify."""
+    from classifier.conformal import prediction_sets
+
+    calibration = engine.metadata.get("conformal")
+    coverage = settings.SEM_PREDICTION_SET_COVERAGE
+    probabilities = [prediction.probabilities for prediction in predictions]
+    sets = prediction_sets(probabilities, calibration, engine.classes, coverage) if calibration else None
+    blank = set(SEMImage.objects.filter(pk__in=image_ids, blank=True).values_list("pk", flat=True))
+    for index, (image_id, prediction) in enumerate(zip(image_ids, predictions)):
+        prediction.prediction_set = sets[index] if sets is not None else None
+        prediction.set_coverage = coverage if sets is not None else None
+        prediction.out_of_scope = bool(prediction.out_of_scope or image_id in blank)
+
+
 def _predict_one(engine, image: SEMImage, path):
     try:
-        return engine.predict_paths([path])[0]
+        prediction = engine.predict_paths([path])[0]
+        mark_trust(engine, [image.pk], [prediction])
+        return prediction
     except Exception as error:
         logger.warning("image %s: classification failed: %s", image.pk, error)
         return f"Could not classify the derivative: {error}"
@@ -310,7 +333,7 @@ def save_results(model: ModelVersion, classes: list[str], results: dict[int, obj
         if image_id not in already:
             new_predictions.append(_prediction(image_id, model, classes, categories, result))
             new_embeddings += _embedding(image_id, model, result)
-        _mark_classified(image_id, model, categories[result.top_class], result, now)
+        _mark_classified(image_id, model, categories, result, now)
         outcome.classified.append(image_id)
     Prediction.objects.bulk_create(new_predictions, ignore_conflicts=True)
     Embedding.objects.bulk_create(new_embeddings, ignore_conflicts=True)
@@ -339,7 +362,35 @@ def _prediction(image_id, model, classes, categories, result) -> Prediction:
         margin=float(result.margin),
         entropy=float(result.entropy),
         probabilities={name: float(p) for name, p in zip(classes, result.probabilities)},
+        prediction_set=_slugs(getattr(result, "prediction_set", None), categories) or [],
+        set_coverage=getattr(result, "set_coverage", None),
+        ood_score=getattr(result, "ood_score", None),
+        out_of_scope=bool(getattr(result, "out_of_scope", False)),
     )
+
+
+def _slugs(names: list[str] | None, categories: dict) -> list[str] | None:
+    """Class names -> category slugs (a class without a category is left out); None stays None."""
+    if names is None:
+        return None
+    return [categories[name].slug for name in names if categories.get(name) is not None]
+
+
+def _names(categories: dict) -> dict[str, str]:
+    return {category.slug: category.name for category in categories.values() if category is not None}
+
+
+def _status(out_of_scope: bool) -> str:
+    return SEMImage.Status.OUT_OF_SCOPE if out_of_scope else SEMImage.Status.CLASSIFIED
+
+
+def _set_columns(slugs: list[str] | None, names: dict[str, str]) -> dict:
+    """SEMImage's denormalised set columns for a set of category slugs (None: the model has no sets);
+    ``names``: {slug: category name}."""
+    if slugs is None:
+        return {"predicted_set": [], "predicted_set_size": None, "predicted_set_label": ""}
+    label = " or ".join(names.get(slug, slug) for slug in slugs) or "none of the categories"
+    return {"predicted_set": slugs, "predicted_set_size": len(slugs), "predicted_set_label": label[:500]}
 
 
 def _embedding(image_id, model, result) -> list[Embedding]:
@@ -350,16 +401,17 @@ def _embedding(image_id, model, result) -> list[Embedding]:
     return [Embedding(image_id=image_id, model_version=model, dimension=result.embedding.size, vector=vector)]
 
 
-def _mark_classified(image_id: int, model: ModelVersion, category: Category, result, now) -> None:
+def _mark_classified(image_id: int, model: ModelVersion, categories: dict, result, now) -> None:
     SEMImage.objects.filter(pk=image_id).update(
-        status=SEMImage.Status.CLASSIFIED,
+        status=_status(bool(getattr(result, "out_of_scope", False))),
         status_changed_at=now,
         claimed_at=None,
         error="",
-        predicted_category=category,
+        predicted_category=categories[result.top_class],
         predicted_confidence=float(result.confidence),
         predicted_margin=float(result.margin),
         predicted_by=model,
+        **_set_columns(_slugs(getattr(result, "prediction_set", None), categories), _names(categories)),
     )
 
 

@@ -35,9 +35,9 @@ def training_data() -> TrainingData:
     """Curated train-split derivatives to learn from; curated test-split ones to evaluate on, as local
     paths (on object storage: copies in this worker's cache, pinned until the run releases them)."""
     rows = list(
-        SEMImage.objects.filter(curated_category__isnull=False, curated_category__active=True).values_list(
-            "split", "derivative", "sha256", "curated_category__name", "sample_id"
-        )
+        SEMImage.objects.filter(curated_category__isnull=False, curated_category__active=True)
+        .exclude(not_classifiable=True)  # a curator's "not SEM / not classifiable": kept, never learnt from
+        .values_list("split", "derivative", "sha256", "curated_category__name", "sample_id")
     )
     local = local_derivatives(
         media_storage(), [(derivative, sha256) for _, derivative, sha256, _, _ in rows if derivative], pin=True

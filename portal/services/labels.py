@@ -70,3 +70,12 @@ def confirm_label(image: SEMImage, *, user, source: str = Label.Source.REVIEW, n
     return Label.objects.create(
         image=locked, category_id=current.category_id, source=source, created_by=user, note=note
     )
+
+
+def mark_not_classifiable(image: SEMImage, value: bool = True) -> bool:
+    """A curator's verdict that the image is not an SEM image or fits no category (or its withdrawal).
+    The image and its labels are kept; training leaves it out (portal.services.datasets.training_data)
+    and the review queue no longer offers it. Returns whether anything changed."""
+    changed = SEMImage.objects.filter(pk=image.pk).exclude(not_classifiable=value).update(not_classifiable=value)
+    image.not_classifiable = value
+    return bool(changed)

@@ -1,7 +1,9 @@
 """The review queue, one rule for the web page and the REST API.
 
-Order: images without a curated label, most uncertain first (smallest margin between the model's
-top two classes; not yet classified images last), then images whose current prediction disagrees
+Order: images without a curated label (and not marked "not SEM / not classifiable"): out-of-scope
+images first (unlike anything the model learnt from, or blank), then predictions whose conformal set is
+not one category (several, or none, at the lab's coverage), then the rest; within each, most uncertain
+first (smallest margin between the model's top two classes; not yet classified images last), then images whose current prediction disagrees
 with a curated label that no curator has checked yet (a label from upload, import or the API), the
 most confident disagreement first (likely label mistakes). A label set or confirmed in the review
 queue or on the image page counts as checked: such an image leaves the queue.
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from django.db.models import Exists, F, OuterRef, QuerySet
+from django.db.models import Case, Exists, F, IntegerField, OuterRef, Q, QuerySet, Value, When
 
 from portal.models import Category, Label, Prediction, SEMImage
 from portal.permissions import curated_projects
@@ -34,14 +36,14 @@ def curatable(user, project_id: int | None = None) -> QuerySet[SEMImage]:
 
 
 def unlabelled_in(images: QuerySet[SEMImage]) -> QuerySet[SEMImage]:
-    return images.filter(curated_category__isnull=True)
+    return images.filter(curated_category__isnull=True, not_classifiable=False)
 
 
 def disputed_in(images: QuerySet[SEMImage]) -> QuerySet[SEMImage]:
     """Images whose prediction disagrees with a curated label that no curator has checked."""
     checked = Label.objects.filter(image=OuterRef("pk"), is_current=True, source__in=CHECKED_SOURCES)
     return (
-        images.filter(curated_category__isnull=False, predicted_category__isnull=False)
+        images.filter(curated_category__isnull=False, predicted_category__isnull=False, not_classifiable=False)
         .exclude(curated_category=F("predicted_category"))
         .exclude(Exists(checked))
     )
@@ -55,8 +57,21 @@ def disputed(user, project_id: int | None = None) -> QuerySet[SEMImage]:
     return disputed_in(curatable(user, project_id))
 
 
+# Review priority of an unlabelled image: 0 out of scope, 1 a set of other than one category, 2 the rest.
+TRUST_PRIORITY = Case(
+    When(status=SEMImage.Status.OUT_OF_SCOPE, then=Value(0)),
+    When(Q(predicted_set_size__isnull=False) & ~Q(predicted_set_size=1), then=Value(1)),
+    default=Value(2),
+    output_field=IntegerField(),
+)
+
+
 def ordered_unlabelled(images: QuerySet[SEMImage]) -> QuerySet[SEMImage]:
-    return unlabelled_in(images).order_by(F("predicted_margin").asc(nulls_last=True), "id")
+    return (
+        unlabelled_in(images)
+        .annotate(trust_priority=TRUST_PRIORITY)
+        .order_by("trust_priority", F("predicted_margin").asc(nulls_last=True), "id")
+    )
 
 
 def ordered_disputed(images: QuerySet[SEMImage]) -> QuerySet[SEMImage]:
@@ -135,8 +150,16 @@ def suggestions(image: SEMImage, categories: dict[str, Category], top: int = 3) 
     ]
 
 
+def confident_in(images: QuerySet[SEMImage]) -> QuerySet[SEMImage]:
+    """Images whose prediction may count as confident: in scope, and a one-category set where the model
+    makes sets (SEMImage.prediction_uncertain's rule, as a query)."""
+    several = Q(predicted_set_size__isnull=False) & ~Q(predicted_set_size=1)
+    return images.exclude(status=SEMImage.Status.OUT_OF_SCOPE).exclude(several)
+
+
 def bulk_candidates(user, min_confidence: float, project_id: int | None = None) -> QuerySet[SEMImage]:
-    """Unlabelled images whose prediction is at least this confident (bulk acceptance)."""
-    return unlabelled(user, project_id).filter(
+    """Unlabelled images whose prediction is at least this confident (bulk acceptance); never an
+    out-of-scope image or a set of several categories."""
+    return confident_in(unlabelled(user, project_id)).filter(
         predicted_confidence__gte=min_confidence, predicted_category__isnull=False
     )

@@ -11,6 +11,7 @@ from portal.services.review import (  # noqa: F401  (the web views' names for th
     DISPUTED,
     UNLABELLED,
     bulk_candidates,
+    confident_in,
     curatable,
     disputed,
     disputed_in,
@@ -62,7 +63,7 @@ def bulk_counts(user, project_id: int | None = None) -> dict[int, int]:
     from django.db.models.functions import Floor
 
     rows = (
-        unlabelled(user, project_id)
+        confident_in(unlabelled(user, project_id))
         .filter(predicted_category__isnull=False, predicted_confidence__gte=0.5)
         # + 1e-9: 0.95 * 100 is 94.999... in floating point, but 0.95 passes the ≥ 95 % filter
         .annotate(percent=Floor(F("predicted_confidence") * 100 + Value(1e-9)))

@@ -156,3 +156,32 @@ def pretrained_fact(run: TrainingRun) -> str | None:
     if requested:
         return "not used: requested, but no weights file was found, so it trained from scratch"
     return "not used: trained from scratch (not requested)"
+
+
+def trust_facts(run: TrainingRun) -> list[tuple[str, str]]:
+    """How the run's model makes prediction sets and out-of-scope calls (its artifact's metadata says)."""
+    metadata = (run.model_version.metadata or {}) if run.model_version else {}
+    facts = []
+    conformal = metadata.get("conformal")
+    if conformal:
+        own = sorted(conformal.get("class_scores") or {})
+        pooled = sorted(set(conformal.get("class_counts") or {}) - set(own))
+        text = f"{conformal['mode']}: {conformal['n']} held-out curated images"
+        if own:
+            text += f"; own calibration (≥ {conformal['min_per_class']} images): {', '.join(own)}"
+        if pooled:
+            text += f"; pooled calibration: {', '.join(pooled)}"
+        facts.append(("Prediction sets", f"{text} ({conformal['method']}; {conformal.get('library') or 'NumPy'})"))
+    detector = metadata.get("out_of_scope")
+    if detector:
+        threshold = detector.get("threshold")
+        limit = f"{threshold:.3f}" if threshold is not None else "none (nothing held out)"
+        facts.append(
+            (
+                "Out of scope",
+                f"{detector['method']}, k = {detector['k']}, {detector['bank_size']} training embeddings; "
+                f"threshold {limit}, set so that about {detector['abstain_rate']:.0%} of "
+                f"{detector['n_held_out']} held-out curated images would abstain",
+            )
+        )
+    return facts

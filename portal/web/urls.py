@@ -12,6 +12,7 @@ page_patterns = [
     path("images/<int:pk>/", images.image_detail, name="image_detail"),
     path("images/<int:pk>/label/", images.set_image_label, name="image_label"),
     path("labels/<int:label_id>/undo/", images.undo_relabel, name="relabel_undo"),
+    path("images/<int:pk>/not-classifiable/", images.set_not_classifiable, name="image_not_classifiable"),
     path("images/<int:pk>/original/", images.image_original, name="image_original"),
     path("images/<int:pk>/thumbnail/", images.image_derived, {"kind": "thumbnail"}, name="image_thumbnail"),
     path("images/<int:pk>/derivative/", images.image_derived, {"kind": "derivative"}, name="image_derivative"),

@@ -139,6 +139,7 @@ WEB_ROUTES = {
     "web:browse": Route({"GET": EVERYONE}),
     "web:image_detail": Route({"GET": PROJECT}, **IMAGE),
     "web:image_label": Route({"POST": PROJECT_CURATORS}, **IMAGE, **LABEL_DATA),
+    "web:image_not_classifiable": Route({"POST": PROJECT_CURATORS}, **IMAGE, data=lambda w: {"value": "0"}),
     "web:image_original": Route({"GET": PROJECT}, **IMAGE),
     "web:image_thumbnail": Route({"GET": PROJECT}, **IMAGE),
     "web:image_derivative": Route({"GET": PROJECT}, **IMAGE),
@@ -493,6 +494,7 @@ def _kwargs_for(name: str, world: World) -> dict:
     return {
         "web:relabel_undo": {"label_id": _current_label(world)},
         "web:image_label": {"pk": world.image.pk},
+        "web:image_not_classifiable": {"pk": world.image.pk},
         "web:review_label": {"pk": world.image.pk},
         "web:review_skip": {"pk": world.image.pk},
         "web:model_promote": {"version": world.candidate.version},

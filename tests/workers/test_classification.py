@@ -289,4 +289,4 @@ def test_classification_flags_a_blank_derivative_stored_before_ingestion_did(
     classification.classify_images([image.pk])
 
     image.refresh_from_db()
-    assert image.blank is True and image.status == SEMImage.Status.CLASSIFIED
+    assert image.blank is True and image.status == SEMImage.Status.OUT_OF_SCOPE  # nothing in it to classify

@@ -7,6 +7,7 @@ import logging
 import mimetypes
 from pathlib import PurePath
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404, HttpResponse
@@ -65,6 +66,7 @@ def image_detail(request, pk: int):
         "similar": similar,
         # The heat map explains the production model (the one similar images use); it needs a derivative.
         "heatmap_model": production if image.derivative else None,
+        "coverage": settings.SEM_PREDICTION_SET_COVERAGE,
     }
     return render(request, "portal/image_detail.html", context)
 
@@ -159,6 +161,22 @@ def relabel_undo_offer(request) -> dict | None:
         del request.session[RELABEL_UNDO_KEY]
         return None
     return offered
+
+
+@member_required
+@require_POST
+def set_not_classifiable(request, pk: int):
+    """A curator marks the image "not SEM / not classifiable" (value 1) or withdraws the mark (value 0)."""
+    from portal.services.labels import mark_not_classifiable
+
+    image = visible_image_or_404(request.user, pk)
+    if not can_curate_image(request.user, image):
+        raise PermissionDenied("Marking images needs the curator role in this project.")
+    value = request.POST.get("value", "1") == "1"
+    mark_not_classifiable(image, value)
+    verdict = "marked not SEM / not classifiable: kept, left out of training" if value else "classifiable again"
+    messages.success(request, f"{image.original_filename} {verdict}.")
+    return redirect(_safe_next(request) or image_url(image))
 
 
 def image_url(image: SEMImage) -> str:

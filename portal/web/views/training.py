@@ -17,7 +17,14 @@ from portal.models import ModelVersion, TrainingRun
 from portal.permissions import is_admin
 from portal.web.access import admin_required, member_required, member_required_json
 from portal.web.dashboard_data import gate_summary, per_class_rows, readiness_context
-from portal.web.run_display import LOG_TAIL_CHARS, elapsed_text, phase_text, pretrained_fact, stage_rows
+from portal.web.run_display import (
+    LOG_TAIL_CHARS,
+    elapsed_text,
+    phase_text,
+    pretrained_fact,
+    stage_rows,
+    trust_facts,
+)
 
 RECENT_RUNS = 20
 
@@ -99,6 +106,7 @@ def training_run(request, pk: int):
         "elapsed": elapsed_text(run),
         "phase": phase_text(run.progress),
         "pretrained": pretrained_fact(run),
+        "trust_facts": trust_facts(run),
     }
     return render(request, "portal/training_run.html", context)
 

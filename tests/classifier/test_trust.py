@@ -1,0 +1,176 @@
+"""Prediction sets (classifier.conformal) and out-of-scope scores (classifier.ood): the math, and the
+artifact a real frozen-feature training writes (issue 24, items 2 and 3)."""
+
+from __future__ import annotations
+
+import builtins
+
+import numpy as np
+import pytest
+
+from classifier import conformal, ood
+
+CLASSES = ["a", "b", "c", "d"]
+
+
+def _simulate(rng, n: int, hard_class: int | None = None):
+    """(probabilities, labels) of an imperfect 4-class model: noisy logits around the true class; the
+    model is much less sure of ``hard_class`` than of the others."""
+    labels = rng.integers(0, len(CLASSES), n)
+    logits = rng.normal(0, 1.0, (n, len(CLASSES)))
+    signal = np.where(labels == hard_class, 0.3, 2.0) if hard_class is not None else np.full(n, 1.5)
+    logits[np.arange(n), labels] += signal
+    exp = np.exp(logits - logits.max(1, keepdims=True))
+    return exp / exp.sum(1, keepdims=True), labels
+
+
+def _coverage(sets, labels) -> np.ndarray:
+    return np.array([CLASSES[label] in found for found, label in zip(sets, labels)], float)
+
+
+def test_p_values_are_the_n_plus_1_formula_with_crepes_and_without(monkeypatch):
+    rng = np.random.default_rng(0)
+    probabilities, labels = _simulate(rng, 60)
+    calibration = conformal.fit_conformal(probabilities, labels, CLASSES)
+    test, _ = _simulate(rng, 30)
+    with_library = conformal.p_values(test, calibration, CLASSES)
+
+    reference = np.asarray(calibration["pooled_scores"])
+    expected = [[((reference >= round(1 - p, 6)).sum() + 1) / (len(reference) + 1) for p in row] for row in test]
+    real_import = builtins.__import__
+
+    def no_crepes(name, *args, **kwargs):
+        if name == "crepes":
+            raise ImportError("crepes hidden by the test")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_crepes)
+    without = conformal.p_values(test, calibration, CLASSES)
+    assert calibration["library"].startswith("crepes")
+    assert np.allclose(with_library, expected) and np.allclose(without, expected)
+
+
+def test_split_conformal_reaches_the_coverage_thanks_to_the_finite_sample_correction():
+    """n = 25 pooled calibration images at 90 %: the (n + 1) rank gives 24/26 = 0.923 expected coverage;
+    the uncorrected quantile (rank ceil(0.9 n) = 23) would give 23/26 = 0.885, below what was promised."""
+    rng = np.random.default_rng(1)
+    covered, sizes = [], []
+    for _ in range(300):
+        probabilities, labels = _simulate(rng, 25)
+        calibration = conformal.fit_conformal(probabilities, labels, CLASSES)
+        test, truth = _simulate(rng, 40)
+        sets = conformal.prediction_sets(test, calibration, CLASSES, 0.9)
+        covered.append(_coverage(sets, truth).mean())
+        sizes.append(np.mean([len(found) for found in sets]))
+    assert calibration["mode"] == "pooled"
+    assert 0.9 <= np.mean(covered) <= 0.9 + 1 / 26 + 0.01
+    assert 1.0 < np.mean(sizes) < len(CLASSES)  # informative: neither every class nor a forced singleton
+
+
+def test_a_class_with_enough_calibration_images_is_covered_on_its_own():
+    """A class the model is unsure of is under-covered by a pooled threshold; Mondrian (its own scores,
+    >= MIN_PER_CLASS images) restores the coverage for that class."""
+    rng = np.random.default_rng(2)
+    probabilities, labels = _simulate(rng, 400, hard_class=0)
+    mondrian = conformal.fit_conformal(probabilities, labels, CLASSES)
+    pooled = dict(mondrian, class_scores={})
+    test, truth = _simulate(rng, 4000, hard_class=0)
+    hard = truth == 0
+
+    assert mondrian["mode"] == "class-conditional" and set(mondrian["class_scores"]) == set(CLASSES)
+    own = _coverage(conformal.prediction_sets(test, mondrian, CLASSES, 0.9), truth)
+    shared = _coverage(conformal.prediction_sets(test, pooled, CLASSES, 0.9), truth)
+    assert shared[hard].mean() < 0.85 <= 0.88 <= own[hard].mean()
+
+
+def test_a_class_with_few_calibration_images_uses_the_pooled_scores():
+    rng = np.random.default_rng(3)
+    probabilities, labels = _simulate(rng, 70)
+    labels[labels == 3] = 0
+    labels[:5] = 3  # five images of "d": fewer than MIN_PER_CLASS
+    calibration = conformal.fit_conformal(probabilities, labels, CLASSES)
+    assert "d" not in calibration["class_scores"] and calibration["class_counts"]["d"] == 5
+    assert calibration["mode"] == "class-conditional where enough, pooled otherwise"
+    assert calibration["thresholds"]["d"] == conformal._threshold(np.asarray(calibration["pooled_scores"]), 0.9)
+
+
+def test_too_few_calibration_images_admit_every_class():
+    """With 5 images no rank reaches 90 % (ceil(6 x 0.9) = 6 > 5): the honest set is every class."""
+    probabilities = np.full((5, 4), 0.25)
+    calibration = conformal.fit_conformal(probabilities, np.arange(5) % 4, CLASSES)
+    assert calibration["thresholds"]["a"] is None
+    assert conformal.prediction_set([0.97, 0.01, 0.01, 0.01], calibration, CLASSES, 0.9) == CLASSES
+
+
+def test_knn_scores_are_the_kth_neighbour_distance_and_the_threshold_the_corrected_rank():
+    rng = np.random.default_rng(4)
+    train, held_out = rng.normal(size=(50, 8)), rng.normal(size=(39, 8))
+    held_out_scores = ood.knn_scores(ood.normalise(train).astype(np.float16), held_out, 3)
+    report, bank = ood.fit_knn(train, held_out_scores, k=3)
+    queries = rng.normal(size=(5, 8))
+    unit = ood.normalise(train)
+    distances = np.linalg.norm(ood.normalise(queries)[:, None] - unit[None], axis=2)
+    expected = np.sort(distances, 1)[:, 2]
+    assert np.allclose(ood.knn_scores(bank, queries, 3), expected, atol=2e-3)  # the bank is float16
+    scores = np.sort(ood.knn_scores(bank, held_out, 3))
+    assert report["threshold"] == pytest.approx(scores[37])  # ceil(40 x 0.95) = 38th smallest
+    assert bank.dtype == np.float16 and report["bank_size"] == 50
+
+
+def test_the_bank_is_capped(monkeypatch):
+    monkeypatch.setattr(ood, "MAX_BANK", 16)
+    report, bank = ood.fit_knn(np.random.default_rng(5).normal(size=(40, 4)), np.zeros(0))
+    assert bank.shape == (16, 4) and report["threshold"] is None
+
+
+@pytest.fixture(scope="module")
+def trust_run(tmp_path_factory):
+    """The product's frozen-feature training (64 px, few images) on three synthetic textures."""
+    from classifier.config import TrainConfig
+    from classifier.train import train
+    from tests.classifier.conftest import make_dataset
+
+    root = tmp_path_factory.mktemp("trust")
+    items = make_dataset(root / "train", {"dots": 12, "noise": 12, "stripes": 12}, seed=5)
+    test_items = make_dataset(root / "test", {"dots": 3, "noise": 3, "stripes": 3}, seed=6)
+    config = TrainConfig(seed=2, sizes=(64,), epochs=(1,), batch_sizes=(16,))
+    return train(items, config, str(root / "model.safetensors"), test_items=test_items), test_items
+
+
+def test_the_artifact_carries_the_calibration_and_the_detector_and_the_engine_uses_them(trust_run, tmp_path):
+    from PIL import Image
+
+    from classifier.artifact import load_artifact, read_metadata
+    from classifier.engine import Engine
+
+    result, test_items = trust_run
+    metadata = read_metadata(result.artifact_path)
+    assert metadata["conformal"]["n"] == metadata["calibration"]["n"] > 0
+    assert metadata["conformal"]["mode"] == "pooled"  # a few held-out images per class
+    assert metadata["out_of_scope"]["n_held_out"] == 36  # every training image, against the other folds
+    bank = load_artifact(result.artifact_path).state_dict[ood.BANK_KEY]
+    assert str(bank.dtype) == "torch.float16" and bank.shape[0] == metadata["out_of_scope"]["bank_size"]
+
+    engine = Engine.from_artifact(result.artifact_path, expected_sha256=result.sha256)
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((96, 96), 127, np.uint8)).save(blank)
+    predictions = engine.predict_paths([path for path, _ in test_items] + [str(blank)])
+    scores = np.array([p.ood_score for p in predictions])
+    assert scores[-1] > metadata["out_of_scope"]["threshold"] and predictions[-1].out_of_scope
+    assert sum(p.out_of_scope for p in predictions[:-1]) <= 3  # nine held-out images set the threshold
+    sets = conformal.prediction_sets(
+        [p.probabilities for p in predictions[:-1]], metadata["conformal"], engine.classes, 0.9
+    )
+    assert all(found for found in sets)  # with the classes this separable every set holds at least one
+
+
+def test_held_out_scores_are_against_the_other_folds_only():
+    """An image's twin in its own fold must not count (it would be distance 0): the threshold has to see
+    the distances of a new series, not of the training images themselves."""
+    rng = np.random.default_rng(7)
+    originals = rng.normal(size=(10, 6))
+    embeddings = np.concatenate([originals, originals])  # image i and i + 10 are twins
+    together = [(np.r_[5:10, 15:20], np.r_[0:5, 10:15]), (np.r_[0:5, 10:15], np.r_[5:10, 15:20])]
+    apart = [(np.r_[10:20], np.r_[0:10]), (np.r_[0:10], np.r_[10:20])]
+    assert ood.held_out_knn_scores(embeddings, together).min() > 0.1
+    assert ood.held_out_knn_scores(embeddings, apart).max() < 0.01
