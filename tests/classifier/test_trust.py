@@ -172,5 +172,5 @@ def test_held_out_scores_are_against_the_other_folds_only():
     embeddings = np.concatenate([originals, originals])  # image i and i + 10 are twins
     together = [(np.r_[5:10, 15:20], np.r_[0:5, 10:15]), (np.r_[0:5, 10:15], np.r_[5:10, 15:20])]
     apart = [(np.r_[10:20], np.r_[0:10]), (np.r_[0:10], np.r_[10:20])]
-    assert ood.held_out_knn_scores(embeddings, together).min() > 0.1
-    assert ood.held_out_knn_scores(embeddings, apart).max() < 0.01
+    assert ood.held_out_knn_scores(embeddings, together).min() > 0.3
+    assert ood.held_out_knn_scores(embeddings, apart).max() < 0.05  # float16 bank: not exactly 0
