@@ -1,0 +1,76 @@
+"""The default model's head: logistic regression mixed with cosine class means, and its cross-fitting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from classifier.backbones import build_body, get_backbone
+from classifier.feature_head import ABSENT, build_classifier, prototype_settings
+from classifier.head_training import _fit, _logits, class_means, fit_head, install_head, out_of_fold_logits
+
+LITE0 = get_backbone("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def random_model_and_features():
+    """A Lite0 body with random weights (no package needed), 4 classes of which the last has no image."""
+    import torch
+
+    torch.manual_seed(0)
+    body = build_body(LITE0)
+    model = build_classifier(LITE0, 4, body, tta_views=2, prototypes=prototype_settings(body.num_features)).eval()
+    images = torch.rand(12, 3, 64, 64)
+    with torch.inference_mode():
+        raw = model.raw_features(images).double().numpy()
+    return model, images, raw, np.arange(12) % 3
+
+
+def test_the_module_computes_what_the_fitted_head_computes(random_model_and_features):
+    """The torch module (what the engine runs) and the numpy head (what calibration is fitted on) agree,
+    and a category without training images gets no probability from either part of the mixture."""
+    import torch
+
+    model, images, raw, labels = random_model_and_features
+    head = _fit(raw, labels, None, 4, 0.01, 0, pooled_dims=model.prototypes["dims"])
+    install_head(model, head)
+    with torch.inference_mode():
+        from_module = model(images).double().numpy()
+    from_head = _logits(head, raw)
+    assert np.allclose(from_module, from_head, atol=1e-3)
+    assert np.exp(from_head)[:, 3].max() < 1e-6
+    assert np.allclose(np.exp(from_head).sum(1), 1.0, atol=1e-6)  # log-probabilities of a mixture
+
+
+def test_class_means_are_unit_directions_and_absent_classes_are_shut_out():
+    pooled = np.array([[3.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.0, 5.0]])
+    means = class_means(pooled, np.array([0, 0, 2, 2]), 3)
+    assert np.allclose(means["centres"], [[1, 0], [0, 0], [0, 1]])
+    assert list(means["offset"]) == [0.0, ABSENT, 0.0]
+
+
+def test_out_of_fold_scores_never_come_from_a_head_that_saw_the_series():
+    """Two series per class, each series' images identical, the series' directions random: a head that had
+    seen an image's series scores it perfectly; held out by series, only the other series of its class is
+    known, which says nothing about it here."""
+    rng = np.random.default_rng(1)
+    series_centres = rng.normal(size=(6, 16)) * 3
+    groups = [f"s{i // 4}" for i in range(24)]  # 6 series of 4 images; series 2k and 2k+1 are class k
+    labels = np.array([i // 8 for i in range(24)])
+    features = np.stack([series_centres[i // 4] for i in range(24)])
+    logits, scored = out_of_fold_logits(features, labels, groups, 3, 1.0, 0, folds=2)
+    seen = _fit(features, labels, None, 3, 1.0, 0)
+    assert (_logits(seen, features).argmax(1) == labels).all()
+    assert scored.sum() == 24
+    assert (logits.argmax(1) == labels).mean() < 0.75
+
+
+def test_fit_head_reports_a_temperature_from_every_scored_image():
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(3), 10)
+    groups = [f"{label}-{i % 3}" for i, label in enumerate(labels)]  # 3 series per class
+    features = (rng.normal(size=(30, 20)) + labels[:, None] * 0.8)[:, None, :]
+    head = fit_head(features, labels, groups, 3, 0.1, 0, pooled_dims=8)
+    assert len(head["oof_index"]) == len(head["oof_labels"]) == head["calibration"]["n"] == 30
+    assert 0.05 < head["temperature"] < 20
+    assert np.allclose(head["oof_probabilities"].sum(1), 1.0)
