@@ -1,6 +1,7 @@
 """Prediction sets with a coverage guarantee: split conformal prediction (issue 24, item 2).
 
-Fitted at training time on held-out curated images (their calibrated probabilities and true labels);
+Fitted at training time on held-out curated images (their calibrated probabilities and true labels; the
+default recipe scores every training image out of fold, by a head fitted without its series);
 applied to every prediction at the lab's coverage setting. Score: LAC, the "hinge" nonconformity
 1 - p(true class) (Sadinle, Lei & Wasserman, JASA 2019; crepes' ``hinge``), which gives the smallest
 sets on average. A class c enters an image's set when its conformal p-value

@@ -166,7 +166,7 @@ def trust_facts(run: TrainingRun) -> list[tuple[str, str]]:
     if conformal:
         own = sorted(conformal.get("class_scores") or {})
         pooled = sorted(set(conformal.get("class_counts") or {}) - set(own))
-        text = f"{conformal['mode']}: {conformal['n']} held-out curated images"
+        text = f"{conformal['mode']}: {conformal['n']} curated images, each scored by a head fitted without its series"
         if own:
             text += f"; own calibration (≥ {conformal['min_per_class']} images): {', '.join(own)}"
         if pooled:
@@ -181,7 +181,7 @@ def trust_facts(run: TrainingRun) -> list[tuple[str, str]]:
                 "Out of scope",
                 f"{detector['method']}, k = {detector['k']}, {detector['bank_size']} training embeddings; "
                 f"threshold {limit}, set so that about {detector['abstain_rate']:.0%} of "
-                f"{detector['n_held_out']} held-out curated images would abstain",
+                f"{detector['n_held_out']} curated images (each measured against the other series) would abstain",
             )
         )
     return facts
