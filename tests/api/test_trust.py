@@ -94,10 +94,13 @@ def test_the_api_and_the_webhook_payload_say_the_set_and_out_of_scope(trio, cura
 
 
 def test_the_image_page_shows_the_set(trio, client, user):
-    _, pair, _ = trio
+    singleton, pair, outside = trio
     client.force_login(user)
     page = client.get(f"/images/{pair.pk}/").content.decode()
     assert "Fibres or Particles" in page and "not confident" in page
+    assert "(confident:" in client.get(f"/images/{singleton.pk}/").content.decode()
+    # a one-category set on an out-of-scope image is not a confident prediction
+    assert "(not confident, out of scope:" in client.get(f"/images/{outside.pk}/").content.decode()
 
 
 def test_a_curators_not_classifiable_mark_keeps_the_image_out_of_training_and_review(trio, client, user, categories):
