@@ -118,14 +118,23 @@ def wait_for_classification(portal: Portal, image_ids: list[int], timeout: float
 
 
 def print_table(images: dict[int, dict]) -> None:
-    print(f"{'id':>7}  {'file':<32} {'status':<11} {'prediction':<26} {'confidence':>10}  model")
+    """One row per image. The prediction set (at the lab's coverage) is what to trust: one category is a
+    confident prediction; "out_of_scope" means the image is unlike anything the model learnt from."""
+    print(f"{'id':>7}  {'file':<32} {'status':<12} {'prediction':<26} {'confidence':>10}  {'model':<5}  set")
     for image in images.values():
         confidence = image["predicted_confidence"]
         print(
-            f"{image['id']:>7}  {image['original_filename'][:32]:<32} {image['status']:<11} "
+            f"{image['id']:>7}  {image['original_filename'][:32]:<32} {image['status']:<12} "
             f"{(image['predicted_category'] or '-'):<26} "
             f"{(f'{confidence:.3f}' if confidence is not None else '-'):>10}  "
-            f"{image['predicted_model_version'] or '-'}"
+            f"{image['predicted_model_version'] or '-'!s:<5}  {image.get('predicted_set_label') or '-'}"
+        )
+    outside = [image["id"] for image in images.values() if image.get("out_of_scope")]
+    if outside:
+        print(
+            f"{len(outside)} image(s) out of scope (unlike anything the model learnt from; do not rely on "
+            f"their prediction): {', '.join(map(str, outside))}",
+            file=sys.stderr,
         )
 
 

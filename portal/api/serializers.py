@@ -279,6 +279,13 @@ class LabelCorrectionSerializer(StrictJSONTypes, serializers.Serializer):
         return category
 
 
+class NotClassifiableSerializer(StrictJSONTypes, serializers.Serializer):
+    value = serializers.BooleanField(
+        help_text='true: a curator\'s "not SEM / not classifiable" mark (kept, never trained on, out of the '
+        "review queue); false: withdraw it."
+    )
+
+
 class ModelVersionSerializer(serializers.ModelSerializer):
     promoted_by = serializers.CharField(source="promoted_by.username", read_only=True, default=None, allow_null=True)
     accuracy = serializers.FloatField(read_only=True, allow_null=True)

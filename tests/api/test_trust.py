@@ -94,10 +94,13 @@ def test_the_api_and_the_webhook_payload_say_the_set_and_out_of_scope(trio, cura
 
 
 def test_the_image_page_shows_the_set(trio, client, user):
-    _, pair, _ = trio
+    singleton, pair, outside = trio
     client.force_login(user)
     page = client.get(f"/images/{pair.pk}/").content.decode()
     assert "Fibres or Particles" in page and "not confident" in page
+    assert "(confident:" in client.get(f"/images/{singleton.pk}/").content.decode()
+    # a one-category set on an out-of-scope image is not a confident prediction
+    assert "(not confident, out of scope:" in client.get(f"/images/{outside.pk}/").content.decode()
 
 
 def test_a_curators_not_classifiable_mark_keeps_the_image_out_of_training_and_review(trio, client, user, categories):
@@ -125,6 +128,43 @@ def test_a_member_cannot_mark_an_image(trio, client, member):
     client.force_login(member)
     assert client.post(f"/images/{trio[2].pk}/not-classifiable/", {"value": "1"}).status_code == 403
     assert not Prediction.objects.filter(image=trio[2]).first().image.not_classifiable
+
+
+def test_a_lims_marks_and_clears_not_classifiable_through_the_api(trio, curator_api, user):
+    from portal.services import review
+
+    _, _, outside = trio
+    url = f"/api/images/{outside.pk}/not-classifiable/"
+
+    marked = curator_api.post(url, {"value": True}, format="json")
+
+    assert marked.status_code == 200 and marked.json()["not_classifiable"] is True
+    assert marked.json()["id"] == outside.pk and marked.json()["status"] == "out_of_scope"
+    assert SEMImage.objects.get(pk=outside.pk).not_classifiable
+    assert outside.pk not in [image.pk for image in review.queue(user, 10)]
+    assert curator_api.get(f"/api/images/{outside.pk}/").json()["not_classifiable"] is True
+    again = curator_api.post(url, {"value": True}, format="json")
+    assert again.status_code == 200 and again.json()["not_classifiable"] is True  # idempotent
+    cleared = curator_api.post(url, {"value": False}, format="json")
+    assert cleared.status_code == 200 and cleared.json()["not_classifiable"] is False
+    assert outside.pk in [image.pk for image in review.queue(user, 10)]
+
+
+@pytest.mark.parametrize("body", [{}, {"value": "true"}, {"value": 1}, {"value": None}])
+def test_the_not_classifiable_mark_needs_a_json_boolean(trio, curator_api, body):
+    response = curator_api.post(f"/api/images/{trio[2].pk}/not-classifiable/", body, format="json")
+    assert response.status_code == 400 and "value" in response.json()["error"]["fields"]
+    assert not SEMImage.objects.get(pk=trio[2].pk).not_classifiable
+
+
+def test_only_the_projects_curators_mark_through_the_api(trio, member_api, outsider):
+    from tests.helpers import token_client
+
+    url = f"/api/images/{trio[2].pk}/not-classifiable/"
+    refused = member_api.post(url, {"value": True}, format="json")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "permission_denied"
+    assert token_client(outsider).post(url, {"value": True}, format="json").status_code == 404
+    assert not SEMImage.objects.get(pk=trio[2].pk).not_classifiable
 
 
 def test_a_model_without_a_calibration_falls_back_to_the_confidence_rule(sample, user, model, settings):

@@ -198,6 +198,32 @@ def test_image_classified_fans_out_per_image(django_capture_on_commit_callbacks,
     assert data["predicted_confidence"] == pytest.approx(0.8)
 
 
+def test_image_classified_says_out_of_scope_and_the_set(django_capture_on_commit_callbacks, curator, image):
+    """Issue 24: the body a receiver gets for an out-of-scope image says so, with the prediction set."""
+    import numpy as np
+
+    from classifier.engine import prediction_from_probabilities
+    from portal.services.classification import save_results
+
+    subscription = subscribe(curator, events=("image.classified",))
+    model = make_model(1, status=ModelVersion.Status.PRODUCTION)
+    result = prediction_from_probabilities(np.array([0.9, 0.1]), model.classes)
+    result.prediction_set, result.set_coverage = ["Fibres"], 0.9
+    result.out_of_scope, result.ood_score = True, 1.7
+    emit_after_commit(
+        django_capture_on_commit_callbacks, lambda: save_results(model, model.classes, {image.pk: result})
+    )
+
+    delivery = WebhookDelivery.objects.get(subscription=subscription)
+    data = json.loads(webhooks.request_body(delivery))["data"]["image"]
+    assert (data["status"], data["out_of_scope"], data["not_classifiable"]) == ("out_of_scope", True, False)
+    assert (data["predicted_category"], data["predicted_set"], data["predicted_set_label"]) == (
+        "fibres",
+        ["fibres"],
+        "Fibres",
+    )
+
+
 def test_the_webhook_image_is_the_api_image(django_capture_on_commit_callbacks, curator, curator_api, image):
     """Issue 15: one image representation (portal.representations): every field of the webhook's image
     is in the API's image with the same value, and docs/api.md lists them."""

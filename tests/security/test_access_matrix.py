@@ -194,6 +194,7 @@ API_ROUTES = {
     "api:image-labels": Route(
         {"GET": PROJECT, "POST": PROJECT_CURATORS}, **IMAGE, data=lambda w: {"category": w.categories["Powder"].slug}
     ),
+    "api:image-not-classifiable": Route({"POST": PROJECT_CURATORS}, **IMAGE, data=lambda w: {"value": False}),
     "api:image-original": Route({"GET": PROJECT}, **IMAGE),
     "api:image-thumbnail": Route({"GET": PROJECT}, **IMAGE),
     "api:image-predictions": Route({"GET": PROJECT}, **IMAGE),

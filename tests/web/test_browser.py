@@ -372,6 +372,98 @@ def test_image_page_heat_map_overlay_and_similar_images(
     page.problems.assert_none()
 
 
+TRUST_CLASSES = ["Fibres", "Particles", "Powder"]
+
+
+def test_prediction_set_out_of_scope_and_the_not_classifiable_mark(
+    browser, make_model, upload_images, django_user_model
+):
+    """Issue 24: the image page shows the prediction set with the coverage and the out-of-scope status;
+    the review queue offers the out-of-scope image first, then a set of two categories; the curator's
+    "not SEM / not classifiable" button takes the image out of the queue. No worker: the predictions are
+    saved through the classification service with a real conformal calibration."""
+    page = browser
+    curator, sample = lab(django_user_model)
+    confident, pair, outside = upload_images(sample, curator, 3)
+    model = calibrated_model(make_model)
+    classify(model, {confident: [0.92, 0.05, 0.03], pair: [0.55, 0.40, 0.05], outside: [0.97, 0.02, 0.01]}, outside)
+    log_in(page, curator.username)
+
+    page.goto(reverse("web:image_detail", args=[pair.pk]))
+    shown = page.text_content("#prediction-set")
+    assert "Fibres or Particles" in shown and "not confident" in shown and "90 %" in shown, shown
+    assert "set: Fibres or Particles" in page.text_content("#predicted")
+    assert page.text_content("#status-badge").strip() == "Classified, uncertain"
+    assert page.locator("#out-of-scope").count() == 0
+    screenshot(page, "17-image-prediction-set")
+    page.goto(reverse("web:image_detail", args=[confident.pk]))
+    assert page.text_content("#prediction-set").startswith("Fibres (confident")
+
+    page.goto(reverse("web:image_detail", args=[outside.pk]))
+    assert page.text_content("#status-badge").strip() == "Out of scope"
+    assert "unlike every image the model learnt from" in page.text_content("#out-of-scope")
+    # A one-category set, but out of scope: not a confident prediction.
+    assert page.text_content("#prediction-set").startswith("Fibres (not confident, out of scope")
+    assert page.is_visible("#predicted .badge.status-out_of_scope")
+    screenshot(page, "18-image-out-of-scope")
+
+    # The queue: the out-of-scope image, then the two-category set, then the confident prediction.
+    page.goto(reverse("web:review"))
+    assert page.get_attribute("#review", "data-image-id") == str(outside.pk)
+    assert page.get_attribute("#viewer", "data-next-url") == reverse("web:image_full", args=[pair.pk])
+    assert "out of scope" in page.text_content("#uncertain-note")
+    assert page.text_content("#remaining-total").strip() == "3"
+    screenshot(page, "19-review-out-of-scope-first")
+
+    page.goto(reverse("web:image_detail", args=[outside.pk]))
+    with page.expect_navigation():
+        page.click("#not-classifiable-form button[value='1']")
+    assert "marked not SEM / not classifiable" in page.text_content(".messages")
+    assert "Not SEM / not classifiable" in page.text_content("#not-classifiable")
+    assert page.is_visible("#not-classifiable-form button[value='0']")
+    assert SEMImage.objects.get(pk=outside.pk).not_classifiable
+    screenshot(page, "20-image-not-classifiable")
+
+    page.goto(reverse("web:review"))
+    assert page.get_attribute("#review", "data-image-id") == str(pair.pk)
+    assert page.text_content("#remaining-total").strip() == "2"
+    page.problems.assert_none()
+
+
+def calibrated_model(make_model) -> ModelVersion:
+    """A production model whose metadata carries a conformal calibration: for each class 20 held-out
+    images whose true class got 0.30 to 1.00, so at 90 % a class enters the set from about 0.34 on."""
+    from classifier.conformal import fit_conformal
+
+    truth = np.linspace(0.30, 1.0, 20)
+    probabilities, labels = [], []
+    for index in range(len(TRUST_CLASSES)):
+        for p in truth:
+            row = np.full(len(TRUST_CLASSES), (1 - p) / 2)
+            row[index] = p
+            probabilities.append(row)
+            labels.append(index)
+    metadata = {"conformal": fit_conformal(np.array(probabilities), labels, TRUST_CLASSES)}
+    return make_model(1, status=ModelVersion.Status.PRODUCTION, classes=TRUST_CLASSES, metadata=metadata)
+
+
+def classify(model, probabilities: dict, outside) -> None:
+    """Save predictions as the worker does: the sets at the lab's coverage from the model's calibration
+    (classification.mark_trust), `outside` past the out-of-scope threshold."""
+    from types import SimpleNamespace
+
+    from classifier.engine import prediction_from_probabilities
+    from portal.services.classification import mark_trust, save_results
+
+    ids = [image.pk for image in probabilities]
+    results = [prediction_from_probabilities(np.array(p), TRUST_CLASSES) for p in probabilities.values()]
+    for image, result in zip(probabilities, results):
+        result.out_of_scope, result.ood_score = image == outside, 1.7 if image == outside else 0.4
+    mark_trust(SimpleNamespace(metadata=model.metadata, classes=TRUST_CLASSES), ids, results)
+    assert [result.prediction_set for result in results] == [["Fibres"], ["Fibres", "Particles"], ["Fibres"]]
+    save_results(model, TRUST_CLASSES, dict(zip(ids, results)))
+
+
 def give_embeddings(model, query, neighbours, monkeypatch) -> None:
     """The session's model is a fine-tuned resnet, which stores no embeddings: give the query and its
     curated neighbours some (the first neighbour the nearer), as the feature head's classification would."""

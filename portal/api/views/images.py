@@ -30,6 +30,7 @@ from portal.api.serializers import (
     ImageUploadSerializer,
     LabelCorrectionSerializer,
     LabelSerializer,
+    NotClassifiableSerializer,
     PredictionSerializer,
     SimilarImagesSerializer,
     SimilarQuerySerializer,
@@ -38,7 +39,7 @@ from portal.downloads import stored_file_response
 from portal.models import HeatMap, Label, SEMImage
 from portal.permissions import can_curate_image, can_upload_to, curated_projects, visible_images, visible_samples
 from portal.request_limits import several_files_message
-from portal.services.labels import set_label
+from portal.services.labels import mark_not_classifiable, set_label
 from portal.storage import media_storage
 
 logger = logging.getLogger(__name__)
@@ -444,6 +445,30 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         )
         created = label.pk != before
         return Response(LabelSerializer(label).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    @extend_schema(
+        summary='Mark the image "not SEM / not classifiable", or withdraw the mark (curators only)',
+        tags=["labels"],
+        request=NotClassifiableSerializer,
+        responses=ImageSerializer,
+        description='`{"value": true}` marks it: the image and its labels are kept, training leaves it out '
+        'and the review queue no longer offers it; `{"value": false}` withdraws the mark. Answers the image '
+        "(`not_classifiable`); setting the value it already has changes nothing.",
+        examples=[
+            ex.example("Mark", {"value": True}, request=True),
+            ex.example("Marked", ex.IMAGE | {"status": "out_of_scope", "out_of_scope": True, "not_classifiable": True}),
+            ex.FORBIDDEN,
+        ],
+    )
+    @action(detail=True, methods=["post"], url_path="not-classifiable", filterset_class=None, pagination_class=None)
+    def not_classifiable(self, request, pk=None):
+        image = self.get_object()
+        if not can_curate_image(request.user, image):
+            raise PermissionDenied("Marking images needs the curator role in the image's project.")
+        verdict = NotClassifiableSerializer(data=request.data)
+        verdict.is_valid(raise_exception=True)
+        mark_not_classifiable(image, verdict.validated_data["value"])
+        return Response(ImageSerializer(image, context=self.get_serializer_context()).data)
 
     def _paginated(self, queryset, serializer_class) -> Response:
         page = self.paginate_queryset(queryset)
