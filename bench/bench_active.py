@@ -31,6 +31,7 @@ BATCH = 16  # images per feature pass
 CHECKPOINTS = (10, 20, 40, 80, 160)
 STEP = 10  # labels per review round: the sampler sees a model retrained after every round
 ORDERS = ("random", "margin", "select_batch")
+POOLED_DIMS = 1280  # EfficientNet-Lite0's pooled features: the class means' part of the head
 
 
 def features(images, work: Path) -> np.ndarray:
@@ -90,13 +91,21 @@ class Pool:
 
             self.embeddings = PCA(dims, random_state=seed).fit_transform(self.embeddings)
         self.x, self.y = pool, np.array([self.classes.index(image.category) for image in train])
+        self.groups = [image.group for image in train]  # series: known at import, unlike the labels
         self.x_test = matrix[[position[image.path] for image in test]].astype(np.float64)
         self.y_test = np.array([self.classes.index(image.category) for image in test])
 
 
 def fit_predict(pool: Pool, labelled: np.ndarray, seed: int, c: float):
-    """The product's head on the labelled images: (pool probabilities (N, C), test predictions)."""
-    from sklearn.linear_model import LogisticRegression
+    """The product's head on the labelled images: (pool probabilities (N, C), test predictions).
+
+    `head_training._fit` with `pooled_dims=1280` (logistic regression mixed 50/50 with the cosine class
+    means of the pooled features) and `series_weights` over the labelled images' series (a series is known
+    at import, its label only once asked), scored by `head_training._logits`, the module's own arithmetic.
+    No temperature: the product cross-fits one, which needs several labelled series per class, and a
+    temperature does not change which class is predicted."""
+    from classifier.calibration import softmax
+    from classifier.head_training import _fit, _logits, series_weights
 
     x, y = pool.x[labelled], pool.y[labelled]
     present = np.unique(y)
@@ -104,12 +113,10 @@ def fit_predict(pool: Pool, labelled: np.ndarray, seed: int, c: float):
     if len(present) < 2:  # nothing to separate: the only class seen is the answer
         probabilities[:, present[0]] = 1.0
         return probabilities, np.full(len(pool.x_test), present[0])
-    mean, scale = x.mean(0), x.std(0)
-    scale[scale < 1e-6] = 1.0
-    head = LogisticRegression(C=c, class_weight="balanced", max_iter=3000, random_state=seed)
-    head.fit((x - mean) / scale, y)
-    probabilities[:, present] = head.predict_proba((pool.x - mean) / scale)
-    return probabilities, head.predict((pool.x_test - mean) / scale)
+    weights = series_weights(y, [pool.groups[i] for i in np.flatnonzero(labelled)])
+    head = _fit(x, y, weights, len(pool.classes), c, seed, pooled_dims=POOLED_DIMS)
+    probabilities = softmax(_logits(head, pool.x), 1.0)
+    return probabilities, _logits(head, pool.x_test).argmax(1)
 
 
 def scores(pool: Pool, predictions) -> tuple[float, float]:
