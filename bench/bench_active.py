@@ -87,9 +87,9 @@ class Pool:
         # label-free statistics of the whole pool: what the sampler's embedding may use
         self.embeddings = (pool - mean) / scale
         if dims:  # an ablation: PCA of the pool (label-free), as TypiClust's paper clusters a compact space
-            from sklearn.decomposition import PCA
+            from classifier.active import compact
 
-            self.embeddings = PCA(dims, random_state=seed).fit_transform(self.embeddings)
+            self.embeddings = compact(self.embeddings, dims, seed)
         self.x, self.y = pool, np.array([self.classes.index(image.category) for image in train])
         self.groups = [image.group for image in train]  # series: known at import, unlike the labels
         self.x_test = matrix[[position[image.path] for image in test]].astype(np.float64)

@@ -118,7 +118,7 @@ def teach_batch(
 def compute_batch(model: ModelVersion, projects, batch_size: int | None = None, seed: int = 0) -> TeachBatch:
     """`select_batch` over the stored embeddings of ``model`` for the images of ``projects`` (images marked
     "not SEM / not classifiable" left out): labelled = a curated label, probabilities = the model's."""
-    from classifier.active import select_batch
+    from classifier.active import SAMPLER_DIMS, compact, select_batch
     from portal.services.similar import decode
 
     started = time.perf_counter()
@@ -151,7 +151,7 @@ def compute_batch(model: ModelVersion, projects, batch_size: int | None = None, 
         if index is not None:
             probabilities[index] = [float(stored.get(name, 0.0)) for name in classes]
     picks = select_batch(
-        embeddings,
+        compact(embeddings, SAMPLER_DIMS, seed),
         labelled,
         labels,
         probabilities if classes else None,
