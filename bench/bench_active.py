@@ -2,9 +2,11 @@
 
 Simulated curators on the real micrographs (`../shared/sem-real*`, bench/real_data.py): for each source
 split (seed), the training side is an unlabelled pool whose labels stay hidden from the sampler and are
-revealed only for the images it asks for; after 10, 20, 40, 80, 160 labels (or the whole pool) a head is
-trained as the product trains it (standardisation + balanced logistic regression, C=0.01 unless --head-c) and scored on
-the unseen-source test side. Orders: random, margin only (smallest top-1 - top-2 probability, after a
+revealed only for the images it asks for; after every round of 10 labels (up to 160, or the whole pool) the
+product's head is fitted (`head_training._fit` with `pooled_dims=1280`: standardisation + logistic regression,
+C=0.01 unless --head-c, weighted by `series_weights` over the labelled images' series, mixed 50/50 with the
+cosine class means of the pooled features; scored by `head_training._logits`) and scored on the
+unseen-source test side. Orders: random, margin only (smallest top-1 - top-2 probability, after a
 random first batch), and `classifier.active.select_batch` (typical-and-diverse first, then margin with
 diversity).
 
@@ -12,7 +14,7 @@ Features are the frozen EfficientNet-Lite0 texture features averaged over the 8 
 once for all images and cached in `<work>/features.npz` (a few minutes on a 2-core CPU).
 
     .venv/bin/python bench/bench_active.py --work /tmp/bench-active [--quick] [--seeds 0,...,9] [--min-per-class 3]
-      [--head-c 0.01] [--pca 0] [--plot bench/active_learning_curve.png]
+      [--head-c 0.01] [--pca 32] [--plot bench/active_learning_curve.png]
 """
 
 from __future__ import annotations
@@ -86,10 +88,7 @@ class Pool:
         scale[scale < 1e-6] = 1.0
         # label-free statistics of the whole pool: what the sampler's embedding may use
         self.embeddings = (pool - mean) / scale
-        if dims:  # an ablation: PCA of the pool (label-free), as TypiClust's paper clusters a compact space
-            from classifier.active import compact
-
-            self.embeddings = compact(self.embeddings, dims, seed)
+        self.sampler_dims = dims  # select_batch's cold start clusters a PCA of these, as the portal does
         self.x, self.y = pool, np.array([self.classes.index(image.category) for image in train])
         self.groups = [image.group for image in train]  # series: known at import, unlike the labels
         self.x_test = matrix[[position[image.path] for image in test]].astype(np.float64)
@@ -139,7 +138,15 @@ def next_batch(order: str, pool: Pool, labelled, probabilities, size: int, seed:
 
     labels = [pool.classes[c] if known else None for c, known in zip(pool.y, labelled)]
     picks = select_batch(
-        pool.embeddings, labelled, labels, probabilities, size, min_per_class, seed, class_names=pool.classes
+        pool.embeddings,
+        labelled,
+        labels,
+        probabilities,
+        size,
+        min_per_class,
+        seed,
+        class_names=pool.classes,
+        sampler_dims=pool.sampler_dims,
     )
     return np.array([index for index, _ in picks]), picks[0][1].startswith("model unsure")
 
@@ -170,7 +177,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one split (seed 0): a check of the wiring")
     parser.add_argument("--min-per-class", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--pca", type=int, default=0, help="sampler embedding: PCA to this many dims (0: none)")
+    parser.add_argument(
+        "--pca", type=int, default=32, help="the cold start clusters a PCA to this many dims, as the portal (0: none)"
+    )
     parser.add_argument("--head-c", type=float, default=0.01, help="the logistic regression's C")
     parser.add_argument(
         "--plot", type=Path, help="PNG path (default bench/active_learning_curve.png; none with --quick)"

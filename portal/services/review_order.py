@@ -118,7 +118,7 @@ def teach_batch(
 def compute_batch(model: ModelVersion, projects, batch_size: int | None = None, seed: int = 0) -> TeachBatch:
     """`select_batch` over the stored embeddings of ``model`` for the images of ``projects`` (images marked
     "not SEM / not classifiable" left out): labelled = a curated label, probabilities = the model's."""
-    from classifier.active import SAMPLER_DIMS, compact, select_batch
+    from classifier.active import SAMPLER_DIMS, select_batch
     from portal.services.similar import decode
 
     started = time.perf_counter()
@@ -151,7 +151,7 @@ def compute_batch(model: ModelVersion, projects, batch_size: int | None = None, 
         if index is not None:
             probabilities[index] = [float(stored.get(name, 0.0)) for name in classes]
     picks = select_batch(
-        compact(embeddings, SAMPLER_DIMS, seed),
+        embeddings,
         labelled,
         labels,
         probabilities if classes else None,
@@ -159,6 +159,7 @@ def compute_batch(model: ModelVersion, projects, batch_size: int | None = None, 
         settings.SEM_MIN_IMAGES_PER_CLASS,
         seed,
         class_names=classes,
+        sampler_dims=SAMPLER_DIMS,
     )
     batch.picks = [(int(ids[index]), reason) for index, reason in picks]
     batch.phase = "uncertain" if picks and picks[0][1].startswith("model unsure") else "typical"
@@ -176,11 +177,10 @@ def compute_batch(model: ModelVersion, projects, batch_size: int | None = None, 
 # --- why an image is in the queue ----------------------------------------------------------------
 
 
-def explain(image: SEMImage, part: str) -> str:
-    """The reason shown on the Review page for an image of the ``uncertain`` order (or the disputed part)."""
-    from portal.services.review import DISPUTED
-
-    if part == DISPUTED:
+def explain(image: SEMImage, disputed: bool = False) -> str:
+    """The reason shown on the Review page for an image of the ``uncertain`` order (``disputed``: from the
+    queue's part where the model disagrees with an unchecked curated label)."""
+    if disputed:
         return "the model disagrees with the curated label, which no curator has checked"
     if image.status == SEMImage.Status.OUT_OF_SCOPE:
         return "out of scope: unlike every image the model learnt from"

@@ -32,7 +32,9 @@ def review(request):
     # The image after this one, preloaded by the page so that the next key press shows it at once.
     after = queue.next_image(request.user, skipped + [image.pk], **chosen, compute=False)[0] if image else None
     if image is not None:
-        image.review_reason = getattr(image, "review_reason", None) or review_order.explain(image, part)
+        image.review_reason = getattr(image, "review_reason", None) or review_order.explain(
+            image, part == queue.DISPUTED
+        )
     context = {
         "image": image,
         "orders": review_order.ORDERS,
