@@ -174,6 +174,11 @@ def compute_batch(model: ModelVersion, projects, batch_size: int | None = None, 
     return batch
 
 
+def stores_embeddings(model: ModelVersion | None) -> bool:
+    """Whether the model stored any embedding (a fine-tuned torchvision/timm network stores none)."""
+    return model is not None and Embedding.objects.filter(model_version=model).exists()
+
+
 # --- why an image is in the queue ----------------------------------------------------------------
 
 

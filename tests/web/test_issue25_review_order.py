@@ -166,10 +166,16 @@ def test_a_queue_without_a_production_model_explains_itself(client, curator, sam
     assert "needs a model" in html
 
 
-def test_the_order_note_and_default(client, curator, sample, make_image, model):
+def test_the_order_note_and_default(client, curator, sample, make_image, model, predict, categories):
     client.force_login(curator)
     make_image(sample)
     response = page(client)
     assert response.context["chosen"]["order"] == review_order.DEFAULT_ORDER
     assert 'id="cold-start"' not in response.content.decode()
     assert page(client, order="nonsense").context["chosen"]["order"] == review_order.DEFAULT_ORDER
+    # a production model without embeddings (a fine-tuned network): the teaching order says it cannot teach
+    html = page(client, order="teach").content.decode()
+    assert 'id="no-embeddings"' in html
+    image = make_image(sample)
+    embed(image, model, point(0, 0.0))
+    assert 'id="no-embeddings"' not in page(client, order="teach").content.decode()

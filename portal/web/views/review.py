@@ -42,6 +42,8 @@ def review(request):
         "teach_batch_size": review_order.BATCH_SIZE,
         "min_images_per_class": settings.SEM_MIN_IMAGES_PER_CLASS,
         "cold_start": review_order.cold_start(),
+        "no_embeddings": chosen["order"] == review_order.TEACH
+        and not review_order.stores_embeddings(review_order.production_model()),
         "next_image": after,
         "part": part,
         "chosen": chosen,
