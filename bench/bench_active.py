@@ -2,9 +2,11 @@
 
 Simulated curators on the real micrographs (`../shared/sem-real*`, bench/real_data.py): for each source
 split (seed), the training side is an unlabelled pool whose labels stay hidden from the sampler and are
-revealed only for the images it asks for; after 10, 20, 40, 80, 160 labels (or the whole pool) a head is
-trained as the product trains it (standardisation + balanced logistic regression, C=0.01 unless --head-c) and scored on
-the unseen-source test side. Orders: random, margin only (smallest top-1 - top-2 probability, after a
+revealed only for the images it asks for; after every round of 10 labels (up to 160, or the whole pool) the
+product's head is fitted (`head_training._fit` with `pooled_dims=1280`: standardisation + logistic regression,
+C=0.01 unless --head-c, weighted by `series_weights` over the labelled images' series, mixed 50/50 with the
+cosine class means of the pooled features; scored by `head_training._logits`) and scored on the
+unseen-source test side. Orders: random, margin only (smallest top-1 - top-2 probability, after a
 random first batch), and `classifier.active.select_batch` (typical-and-diverse first, then margin with
 diversity).
 
@@ -12,7 +14,7 @@ Features are the frozen EfficientNet-Lite0 texture features averaged over the 8 
 once for all images and cached in `<work>/features.npz` (a few minutes on a 2-core CPU).
 
     .venv/bin/python bench/bench_active.py --work /tmp/bench-active [--quick] [--seeds 0,...,9] [--min-per-class 3]
-      [--head-c 0.01] [--pca 0] [--plot bench/active_learning_curve.png]
+      [--head-c 0.01] [--pca 32] [--plot bench/active_learning_curve.png]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ BATCH = 16  # images per feature pass
 CHECKPOINTS = (10, 20, 40, 80, 160)
 STEP = 10  # labels per review round: the sampler sees a model retrained after every round
 ORDERS = ("random", "margin", "select_batch")
+POOLED_DIMS = 1280  # EfficientNet-Lite0's pooled features: the class means' part of the head
 
 
 def features(images, work: Path) -> np.ndarray:
@@ -85,18 +88,23 @@ class Pool:
         scale[scale < 1e-6] = 1.0
         # label-free statistics of the whole pool: what the sampler's embedding may use
         self.embeddings = (pool - mean) / scale
-        if dims:  # an ablation: PCA of the pool (label-free), as TypiClust's paper clusters a compact space
-            from sklearn.decomposition import PCA
-
-            self.embeddings = PCA(dims, random_state=seed).fit_transform(self.embeddings)
+        self.sampler_dims = dims  # select_batch's cold start clusters a PCA of these, as the portal does
         self.x, self.y = pool, np.array([self.classes.index(image.category) for image in train])
+        self.groups = [image.group for image in train]  # series: known at import, unlike the labels
         self.x_test = matrix[[position[image.path] for image in test]].astype(np.float64)
         self.y_test = np.array([self.classes.index(image.category) for image in test])
 
 
 def fit_predict(pool: Pool, labelled: np.ndarray, seed: int, c: float):
-    """The product's head on the labelled images: (pool probabilities (N, C), test predictions)."""
-    from sklearn.linear_model import LogisticRegression
+    """The product's head on the labelled images: (pool probabilities (N, C), test predictions).
+
+    `head_training._fit` with `pooled_dims=1280` (logistic regression mixed 50/50 with the cosine class
+    means of the pooled features) and `series_weights` over the labelled images' series (a series is known
+    at import, its label only once asked), scored by `head_training._logits`, the module's own arithmetic.
+    No temperature: the product cross-fits one, which needs several labelled series per class, and a
+    temperature does not change which class is predicted."""
+    from classifier.calibration import softmax
+    from classifier.head_training import _fit, _logits, series_weights
 
     x, y = pool.x[labelled], pool.y[labelled]
     present = np.unique(y)
@@ -104,12 +112,10 @@ def fit_predict(pool: Pool, labelled: np.ndarray, seed: int, c: float):
     if len(present) < 2:  # nothing to separate: the only class seen is the answer
         probabilities[:, present[0]] = 1.0
         return probabilities, np.full(len(pool.x_test), present[0])
-    mean, scale = x.mean(0), x.std(0)
-    scale[scale < 1e-6] = 1.0
-    head = LogisticRegression(C=c, class_weight="balanced", max_iter=3000, random_state=seed)
-    head.fit((x - mean) / scale, y)
-    probabilities[:, present] = head.predict_proba((pool.x - mean) / scale)
-    return probabilities, head.predict((pool.x_test - mean) / scale)
+    weights = series_weights(y, [pool.groups[i] for i in np.flatnonzero(labelled)])
+    head = _fit(x, y, weights, len(pool.classes), c, seed, pooled_dims=POOLED_DIMS)
+    probabilities = softmax(_logits(head, pool.x), 1.0)
+    return probabilities, _logits(head, pool.x_test).argmax(1)
 
 
 def scores(pool: Pool, predictions) -> tuple[float, float]:
@@ -132,7 +138,15 @@ def next_batch(order: str, pool: Pool, labelled, probabilities, size: int, seed:
 
     labels = [pool.classes[c] if known else None for c, known in zip(pool.y, labelled)]
     picks = select_batch(
-        pool.embeddings, labelled, labels, probabilities, size, min_per_class, seed, class_names=pool.classes
+        pool.embeddings,
+        labelled,
+        labels,
+        probabilities,
+        size,
+        min_per_class,
+        seed,
+        class_names=pool.classes,
+        sampler_dims=pool.sampler_dims,
     )
     return np.array([index for index, _ in picks]), picks[0][1].startswith("model unsure")
 
@@ -163,7 +177,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one split (seed 0): a check of the wiring")
     parser.add_argument("--min-per-class", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--pca", type=int, default=0, help="sampler embedding: PCA to this many dims (0: none)")
+    parser.add_argument(
+        "--pca", type=int, default=32, help="the cold start clusters a PCA to this many dims, as the portal (0: none)"
+    )
     parser.add_argument("--head-c", type=float, default=0.01, help="the logistic regression's C")
     parser.add_argument(
         "--plot", type=Path, help="PNG path (default bench/active_learning_curve.png; none with --quick)"

@@ -86,13 +86,22 @@ def queue(
     reason: str | None = None,
     exclude: Iterable[int] = (),
     related: Iterable[str] = (),
+    order: str = "uncertain",
+    compute: bool = True,
 ) -> list[SEMImage]:
     """The first `limit` images of the queue (only one `reason`'s part of it when given). Each image
-    carries `review_part` ("unlabelled" or "disputed"): which part of the queue it came from."""
-    images = curatable(user, project_id).exclude(pk__in=list(exclude)).defer("metadata")
+    carries `review_part` ("unlabelled" or "disputed"): which part of the queue it came from; in the
+    "teach" order (`portal.services.review_order`) an image picked for teaching carries `review_reason`;
+    ``compute`` False uses the teaching batch in the cache and never computes one."""
+    exclude = list(exclude)
+    images = curatable(user, project_id).exclude(pk__in=exclude).defer("metadata")
     if related:
         images = images.select_related(*related)
-    head = list(ordered_unlabelled(images)[:limit]) if reason != DISPUTED else []
+    head = []
+    if reason != DISPUTED:
+        head = _teaching_head(user, images, limit, project_id, compute) if order == "teach" else []
+        taken = [image.pk for image in head]
+        head += list(ordered_unlabelled(images.exclude(pk__in=taken))[: limit - len(head)])
     for image in head:
         image.review_part = UNLABELLED
     if len(head) < limit and reason != UNLABELLED:
@@ -103,6 +112,41 @@ def queue(
     return head
 
 
+def _teaching_head(
+    user, images: QuerySet[SEMImage], limit: int, project_id: int | None, compute: bool = True
+) -> list[SEMImage]:
+    """Out-of-scope images first (as in every order), then the open images of the teaching batch."""
+    from portal.services import review_order
+
+    waiting = unlabelled_in(images)
+    head = list(ordered_unlabelled(waiting.filter(status=SEMImage.Status.OUT_OF_SCOPE))[:limit])
+    model = review_order.production_model()
+    if len(head) >= limit or model is None:
+        return head
+    projects = tuple(sorted(curatable_projects(user, project_id)))
+
+    def open_ids(ids):
+        return list(waiting.filter(pk__in=ids).values_list("pk", flat=True))
+
+    batch = review_order.teach_batch(model, projects, open_ids, compute=compute)
+    if batch is None:
+        return head
+    reasons = dict(batch.picks)
+    found = {image.pk: image for image in waiting.filter(pk__in=list(reasons)).exclude(pk__in=[i.pk for i in head])}
+    for pk, why in batch.picks:
+        if pk in found and len(head) < limit:
+            found[pk].review_reason = why
+            head.append(found[pk])
+    return head
+
+
+def curatable_projects(user, project_id: int | None = None) -> list[int]:
+    projects = curated_projects(user)
+    if project_id is not None:
+        projects = projects.filter(pk=project_id)
+    return list(projects.values_list("pk", flat=True))
+
+
 def next_image(
     user,
     skipped: Iterable[int] = (),
@@ -110,9 +154,13 @@ def next_image(
     project_id: int | None = None,
     reason: str | None = None,
     related: Iterable[str] = (),
+    order: str = "uncertain",
+    compute: bool = True,
 ) -> tuple[SEMImage | None, str]:
     """The head of the queue and which part of it ("unlabelled" or "disputed") it came from."""
-    head = queue(user, 1, project_id=project_id, reason=reason, exclude=skipped, related=related)
+    head = queue(
+        user, 1, project_id=project_id, reason=reason, exclude=skipped, related=related, order=order, compute=compute
+    )
     if not head:
         return None, DISPUTED
     return head[0], head[0].review_part

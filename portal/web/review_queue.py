@@ -22,6 +22,7 @@ from portal.services.review import (  # noqa: F401  (the web views' names for th
     unlabelled_in,
 )
 from portal.services.review import next_image as _next_image
+from portal.services.review_order import DEFAULT_ORDER, parse_order
 
 SKIPPED_KEY = "review_skipped"
 UNDO_KEY = "review_undo"
@@ -29,14 +30,24 @@ MAX_REMEMBERED = 500  # bounded session size: older skips and undo steps are for
 RELATED = ("sample__project", "predicted_category", "curated_category", "predicted_by")
 
 
-def next_image(user, skipped: list[int], project_id: int | None = None, reason: str | None = None):
-    """The head of the queue and which part of it ("unlabelled" or "disputed") it came from."""
-    return _next_image(user, skipped, project_id=project_id, reason=reason, related=RELATED)
+def next_image(
+    user,
+    skipped: list[int],
+    project_id: int | None = None,
+    reason: str | None = None,
+    order: str = DEFAULT_ORDER,
+    compute: bool = True,
+):
+    """The head of the queue and which part of it ("unlabelled" or "disputed") it came from; ``compute``
+    False: a preview (the page's preloaded next image) that never computes a teaching batch."""
+    return _next_image(
+        user, skipped, project_id=project_id, reason=reason, related=RELATED, order=order, compute=compute
+    )
 
 
 def queue_filter(user, params) -> dict:
-    """{"project_id", "reason"} from the page's query string; a project the user does not curate, or an
-    unknown reason, filters nothing."""
+    """{"project_id", "reason", "order"} from the page's query string; a project the user does not curate,
+    or an unknown reason, filters nothing; an unknown order is the default one."""
     from portal.permissions import curated_projects
     from portal.web.access import parse_id
 
@@ -44,14 +55,23 @@ def queue_filter(user, params) -> dict:
     if project_id is not None and not curated_projects(user).filter(pk=project_id).exists():
         project_id = None
     reason = params.get("reason")
-    return {"project_id": project_id, "reason": reason if reason in (UNLABELLED, DISPUTED) else None}
+    return {
+        "project_id": project_id,
+        "reason": reason if reason in (UNLABELLED, DISPUTED) else None,
+        "order": parse_order(params.get("order")),
+    }
 
 
 def filter_query(chosen: dict) -> str:
     """The query string that keeps the filters across the page's actions ("" without filters)."""
     from django.utils.http import urlencode
 
-    params = {"project": chosen["project_id"], "reason": chosen["reason"]}
+    order = chosen.get("order")
+    params = {
+        "project": chosen["project_id"],
+        "reason": chosen["reason"],
+        "order": order if order != DEFAULT_ORDER else None,
+    }
     kept = {name: value for name, value in params.items() if value}
     return "?" + urlencode(kept) if kept else ""
 

@@ -96,3 +96,14 @@ def test_same_seed_same_batch():
     points, _ = blobs()
     mask = np.zeros(len(points), bool)
     assert select_batch(points, mask, None, None, 7, 3, 4) == select_batch(points, mask, None, None, 7, 3, 4)
+
+
+def test_the_cold_start_in_a_compact_space_still_covers_every_cluster():
+    """sampler_dims: the portal clusters the first principal components (classifier.active.compact)."""
+    from classifier.active import compact
+
+    points, cluster = blobs(dim=64)
+    assert compact(points, 4).shape == (len(points), 4)
+    assert np.array_equal(compact(points, 128), points)  # no more dimensions than asked: unchanged
+    picks = select_batch(points, np.zeros(len(points), bool), None, None, 5, 3, seed=0, sampler_dims=4)
+    assert sorted(cluster[i] for i, _ in picks) == [0, 1, 2, 3, 4]

@@ -6,6 +6,7 @@ current head of the queue; skips and the undo stack live in the session.
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.db import transaction
 from django.shortcuts import get_object_or_404, redirect, render
@@ -13,6 +14,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from portal.models import Category, Label
+from portal.services import review_order
 from portal.services.labels import confirm_label, set_label, undo_label
 from portal.web import review_queue as queue
 from portal.web.access import curator_required, posted_category_or_404
@@ -28,9 +30,20 @@ def review(request):
     skipped = queue.skipped_ids(request.session)
     image, part = queue.next_image(request.user, skipped, **chosen)
     # The image after this one, preloaded by the page so that the next key press shows it at once.
-    after = queue.next_image(request.user, skipped + [image.pk], **chosen)[0] if image else None
+    after = queue.next_image(request.user, skipped + [image.pk], **chosen, compute=False)[0] if image else None
+    if image is not None:
+        image.review_reason = getattr(image, "review_reason", None) or review_order.explain(
+            image, part == queue.DISPUTED
+        )
     context = {
         "image": image,
+        "orders": review_order.ORDERS,
+        "default_order": review_order.DEFAULT_ORDER,
+        "teach_batch_size": review_order.BATCH_SIZE,
+        "min_images_per_class": settings.SEM_MIN_IMAGES_PER_CLASS,
+        "cold_start": review_order.cold_start(),
+        "no_embeddings": chosen["order"] == review_order.TEACH
+        and not review_order.stores_embeddings(review_order.production_model()),
         "next_image": after,
         "part": part,
         "chosen": chosen,
