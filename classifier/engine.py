@@ -96,7 +96,8 @@ def model_outputs(
     mean=transforms.NORMALISE_MEAN,
     std=transforms.NORMALISE_STD,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(logits, embeddings) for one batch; embeddings only from a model with ``embed`` (feature_head)."""
+    """(logits, embeddings) for one batch; embeddings only from a feature_head model, whose own
+    ``logits_and_embedding`` gives both from one pass (its logits are not just the linear layer's)."""
     import torch
 
     batch = torch.from_numpy(np.stack(list(arrays))).to(device, non_blocking=True)
@@ -104,10 +105,10 @@ def model_outputs(
     if channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        if not hasattr(model, "embed"):
+        if not hasattr(model, "logits_and_embedding"):
             return model(inputs).float().cpu().numpy(), None
-        embeddings = model.embed(inputs)
-        return model.linear(embeddings).float().cpu().numpy(), embeddings.float().cpu().numpy()
+        logits, embeddings = model.logits_and_embedding(inputs)
+        return logits.float().cpu().numpy(), embeddings.float().cpu().numpy()
 
 
 def predict_logits_for_paths(

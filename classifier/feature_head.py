@@ -124,15 +124,21 @@ class FeatureHeadClassifier(_module_base()):
         return (self.raw_features(x) - self.feature_mean) / self.feature_scale
 
     def forward(self, x):
+        return self.logits_and_embedding(x)[0]
+
+    def logits_and_embedding(self, x):
+        """(logits, embedding) from one pass: what the engine returns with each prediction."""
         raw = self.raw_features(x)
-        logits = self.linear((raw - self.feature_mean) / self.feature_scale)
+        embedding = (raw - self.feature_mean) / self.feature_scale
+        logits = self.linear(embedding)
         if not self.prototypes:
-            return logits
+            return logits, embedding
         pooled = raw[:, : self.prototypes["dims"]]
         weight, sharpness = self.prototypes["weight"], self.prototypes["sharpness"]
-        return mixture_log_probabilities(
+        mixture = mixture_log_probabilities(
             logits, pooled, self.prototype_centres, self.prototype_offset, weight, sharpness
         )
+        return mixture, embedding
 
 
 def build_classifier(backbone: Backbone, n_classes: int, body=None, tta_views: int = VIEWS, prototypes=None):

@@ -74,3 +74,28 @@ def test_fit_head_reports_a_temperature_from_every_scored_image():
     assert len(head["oof_index"]) == len(head["oof_labels"]) == head["calibration"]["n"] == 30
     assert 0.05 < head["temperature"] < 20
     assert np.allclose(head["oof_probabilities"].sum(1), 1.0)
+
+
+def test_the_engine_returns_the_mixture_not_the_linear_layer_alone(random_model_and_features):
+    """The engine's batch path (classification, evaluation, calibration) gives the module's own logits
+    and the standardised embedding, from one pass."""
+    import torch
+
+    from classifier.engine import model_outputs
+
+    model, _, raw, labels = random_model_and_features
+    install_head(model, _fit(raw, labels, None, 4, 0.01, 0, pooled_dims=model.prototypes["dims"]))
+    arrays = [np.random.default_rng(i).integers(0, 256, (64, 64), dtype=np.uint8) for i in range(3)]
+    logits, embeddings = model_outputs(model, arrays, device="cpu", channels_last=False)
+    from classifier import transforms
+
+    inputs = transforms.normalise_batch(
+        torch.from_numpy(np.stack(arrays)), transforms.NORMALISE_MEAN, transforms.NORMALISE_STD
+    )
+    with torch.inference_mode():
+        expected = model(inputs).numpy()
+        linear_only = model.linear(model.embed(inputs)).numpy()
+    assert np.allclose(logits, expected, atol=1e-4)
+    assert not np.allclose(logits, linear_only, atol=1e-2)
+    assert np.allclose(np.exp(logits).sum(1), 1.0, atol=1e-5)
+    assert embeddings.shape == (3, raw.shape[1])
