@@ -68,7 +68,10 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
             ex.example("Promoted", ex.MODEL),
             ex.FORBIDDEN,
             ex.error_example(
-                "Artifact missing", "model_action_failed", "v3's artifact file is missing: /models/v3/model.pth", "409"
+                "Artifact missing",
+                "model_action_failed",
+                "v3's artifact file is missing: /models/v3/model.safetensors",
+                "409",
             ),
         ],
     )
