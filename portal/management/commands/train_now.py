@@ -12,6 +12,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from portal.durations import parse_duration
 from portal.models import TrainingRun
 from portal.services import training
 from portal.web.run_display import phase_text
@@ -99,8 +100,6 @@ def _stage(progress: dict) -> str:
 
 
 def _duration(text: str) -> float:
-    from classifier.budget import parse_duration
-
     try:
         return parse_duration(text)
     except ValueError as error:

@@ -12,7 +12,7 @@ from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from classifier.budget import parse_duration
+from portal.durations import parse_duration
 from portal.models import ModelVersion, TrainingRun
 from portal.permissions import is_admin
 from portal.web.access import admin_required, member_required, member_required_json
