@@ -29,6 +29,7 @@ from django.utils import timezone
 from portal import events
 from portal.models import Category, Embedding, ModelVersion, Prediction, SEMImage
 from portal.services import similar
+from portal.services.artifacts import load_engine
 from portal.storage import media_storage
 
 if TYPE_CHECKING:
@@ -228,15 +229,6 @@ class ClaimRenewal:
 
 def release(images: list[SEMImage]) -> None:
     SEMImage.objects.filter(pk__in=[image.pk for image in images]).update(claimed_at=None)
-
-
-def load_engine(model: ModelVersion):
-    """The production model's engine, loaded once per process and replaced after a promotion."""
-    from classifier.engine import get_engine
-    from portal.services.artifacts import ensure_current_format, local_artifact
-
-    model = ensure_current_format(model)  # a format version 1 artifact is rewritten once, never unpickled again
-    return get_engine(local_artifact(model), sha256=model.artifact_sha256 or None)
 
 
 def predict(engine, images: list[SEMImage]) -> dict[int, ImageResult]:

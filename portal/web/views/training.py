@@ -79,16 +79,10 @@ def _with_gate(models) -> list[ModelVersion]:
 def rollback_context() -> dict:
     """Production and the version a roll back would restore (as services.promotion.rollback picks it):
     the Roll back button is disabled without one, and its confirmation names both."""
+    from portal.services import promotion
+
     production = ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).only("version").first()
-    target = None
-    if production is not None:
-        target = (
-            ModelVersion.objects.filter(status=ModelVersion.Status.RETIRED, promoted_at__isnull=False)
-            .exclude(pk=production.pk)
-            .order_by("-promoted_at")
-            .only("version")
-            .first()
-        )
+    target = promotion.rollback_targets(production).only("version").first() if production else None
     return {"production_model": production, "rollback_target": target}
 
 
