@@ -142,9 +142,12 @@ def training_start(request):
     except ValueError as error:
         # The page again, with what was typed kept and the reason next to the field (not a cleared field).
         return training_page(request, budget_value=budget[:32], budget_error=str(error), status=400)
-    run = service.request_training(trigger=TrainingRun.Trigger.MANUAL, user=request.user, force=True, config=config)
+    requested = service.request_training(
+        trigger=TrainingRun.Trigger.MANUAL, user=request.user, force=True, config=config
+    )
+    run = requested.run
     if run is None:
-        messages.warning(request, "A training run is already queued or running.")
+        messages.warning(request, "A training run is already queued or running.")  # forced: only the lock refuses
     else:
         messages.success(request, f"Training run {run.pk} queued.")
         if service.request_warning(run):
