@@ -54,11 +54,11 @@ def prepare_data(per_class: int) -> int:
 
 def retrain_once():
     from portal.models import TrainingRun
-    from portal.services import training
+    from portal.services import training, training_run
 
-    run = training.request_training(trigger=TrainingRun.Trigger.COMMAND, force=True, enqueue=False)
+    run = training.request_training(trigger=TrainingRun.Trigger.COMMAND, force=True, enqueue=False).run
     started = time.perf_counter()
-    training.run_training(run.pk)
+    training_run.run_training(run.pk)
     wall = time.perf_counter() - started
     run.refresh_from_db()
     if run.status != TrainingRun.Status.SUCCEEDED:

@@ -157,14 +157,6 @@ def upgrade_artifact(path: str | os.PathLike, new_path: str | os.PathLike, expec
     return save_artifact(new_path, state_dict, metadata)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(os.fspath(path), "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def build_model(metadata: dict[str, Any]):
     """The network described by ``metadata``, randomly initialised, ready for
     ``load_state_dict`` (no fastai Learner involved)."""

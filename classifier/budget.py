@@ -8,7 +8,6 @@ validation and the final calibration fit into the budget, on a 2-core CPU and on
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field
 
 # A small data set on a fast GPU would otherwise get hundreds of epochs: at most this many times
@@ -16,25 +15,6 @@ from dataclasses import asdict, dataclass, field
 MAX_SCALE = 3.0
 # Validation is a forward pass only: about a third of a training step per image.
 FORWARD_SHARE = 1 / 3
-_UNITS = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "hr": 3600}
-_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(h|hr|min|m|sec|s)?", re.IGNORECASE)
-
-
-def parse_duration(text) -> float:
-    """Seconds from '20min', '90s', '1h30min', '1.5h' or a plain number of seconds; > 0."""
-    if isinstance(text, (int, float)):
-        seconds = float(text)
-    else:
-        value = str(text).strip().replace(" ", "")
-        parts = list(_PART.finditer(value))
-        if not value or not parts or "".join(p.group(0) for p in parts).lower() != value.lower():
-            raise ValueError(f"not a duration: {text!r} (use e.g. 20min, 90s, 1h30min)")
-        if len(parts) > 1 and any(p.group(2) is None for p in parts):
-            raise ValueError(f"not a duration: {text!r} (every part needs a unit)")
-        seconds = sum(float(p.group(1)) * _UNITS[(p.group(2) or "s").lower()] for p in parts)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"a duration must be positive, not {text!r}")
-    return seconds
 
 
 @dataclass

@@ -13,6 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .config import IMBALANCE_MODES, TrainConfig
+
 IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
@@ -47,15 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model on a folder-per-category tree")
     train.add_argument("data_dir")
     train.add_argument("--out", required=True, help="artifact path to write")
-    train.add_argument("--arch", default="resnet34")
-    train.add_argument("--sizes", type=_ints, default=(64, 128, 224), help="e.g. 64,128,224")
+    # The defaults are TrainConfig's, as in the portal's settings.
+    train.add_argument("--arch", default=TrainConfig.arch)
+    train.add_argument("--sizes", type=_ints, default=TrainConfig.sizes, help="e.g. 64,128,224")
     train.add_argument("--epochs", type=_ints, default=None, help="per stage, e.g. 3,3,4")
     train.add_argument("--lr", type=_floats, default=None, help="per stage (or one value)")
     train.add_argument("--bs", type=_ints, default=None, help="batch size per stage (or one value)")
-    train.add_argument("--seed", type=int, default=42)
-    train.add_argument("--valid-pct", type=float, default=0.2)
+    train.add_argument("--seed", type=int, default=TrainConfig.seed)
+    train.add_argument("--valid-pct", type=float, default=TrainConfig.valid_pct)
     train.add_argument("--test-pct", type=float, default=0.0, help="stratified held-out test share")
-    train.add_argument("--imbalance", default="weighted_loss", choices=["weighted_loss", "weighted_sampler", "none"])
+    train.add_argument("--imbalance", default=TrainConfig.imbalance, choices=IMBALANCE_MODES)
     train.add_argument("--lr-find", action="store_true")
     train.add_argument("--no-pretrained", action="store_true")
     train.add_argument("--weights", default=None, help="local ImageNet weights file for --arch")
@@ -87,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
-    from .config import TrainConfig
     from .metrics import format_report
     from .train import stratified_split, train
 

@@ -36,10 +36,9 @@ class TrainConfig:
     # No class weights by default: inverse-frequency weights (50:1 with one rare image) made
     # the model collapse onto rare classes on real data (bench/RESULTS.md, ablation).
     imbalance: str = "none"
-    lr_find: bool = False
+    lr_find: bool = False  # the CLI's --lr-find: pick each stage's rate with fastai's lr_find
     # Freeze the pretrained body for the first stage (only when weights were loaded).
     freeze_first_stage: bool = True
-    weight_decay: float = 1e-2
     label_smoothing: float = 0.0
     # Inverse L2 strength of the frozen-feature recipe's logistic regression (scikit-learn's C): 0.01
     # beat 0.03, 0.1 and 1 under grouped cross-validation on real images (bench/RESULTS.md).
@@ -50,7 +49,6 @@ class TrainConfig:
     recalibrate_bn: bool = False
     # Train-time random crop: fraction of the image area kept, and aspect range.
     crop_scale: tuple[float, float] = (0.35, 1.0)
-    max_rotate: float = 10.0
     max_zoom: float = 1.1
     max_lighting: float = 0.2
     # "sem": flips on both axes + dihedral, small rotations, zoom, brightness/contrast;
@@ -62,7 +60,6 @@ class TrainConfig:
     # process hand-off on 2 cores), several on CUDA.
     num_workers: int | None = None
     num_threads: int | None = None
-    mixed_precision: bool | None = None  # None = on for CUDA
     channels_last: bool | None = None  # None = on for CUDA
     device: str | None = None  # None = cuda when available
     # Inputs are raw instrument files: decode, crop the data bar and make

@@ -12,7 +12,7 @@ import time
 from .budget import BudgetPlan, StageCost, plan_epochs, replan_remaining
 from .config import TrainConfig
 
-log = logging.getLogger("classifier.train")
+log = logging.getLogger(__name__)
 
 # Seconds for the artifact, model copies and other work outside the measured passes.
 FIXED_OVERHEAD_S = 5.0

@@ -12,6 +12,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from django.core.exceptions import ImproperlyConfigured
 
+from portal.durations import parse_duration
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -84,8 +86,6 @@ def env_path(name: str, default: Path) -> Path:
 
 def env_duration_s(name: str, default: str) -> float:
     """Seconds from '20min', '90s', '1h30min' or a plain number of seconds."""
-    from classifier.budget import parse_duration  # pure Python, no ML libraries
-
     value = os.environ.get(name, default)
     try:
         return parse_duration(value)

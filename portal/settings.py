@@ -9,7 +9,7 @@ import datetime
 import os
 from pathlib import Path
 
-from classifier.backbones import DEFAULT_BACKBONE
+from classifier.config import TrainConfig
 from portal.env import (
     env_bool,
     env_choice,
@@ -308,8 +308,9 @@ SEM_GATE_MIN_TEST_PER_CLASS = env_int("SEM_GATE_MIN_TEST_PER_CLASS", 3, minimum=
 SEM_RECLASSIFY_AFTER_PROMOTION = env_bool("SEM_RECLASSIFY_AFTER_PROMOTION", True)
 # The default learns from frozen ImageNet features (classifier/backbones.py: weights from a pinned
 # package, nothing downloads); a torchvision/timm name fine-tunes with progressive resizing instead.
-SEM_TRAIN_ARCH = env_str("SEM_TRAIN_ARCH", DEFAULT_BACKBONE)
-SEM_TRAIN_SIZES = [int(size) for size in env_list("SEM_TRAIN_SIZES", ["64", "128", "224"])]
+# Their defaults are the classifier's own (classifier.config.TrainConfig), as in the CLI.
+SEM_TRAIN_ARCH = env_str("SEM_TRAIN_ARCH", TrainConfig.arch)
+SEM_TRAIN_SIZES = [int(size) for size in env_list("SEM_TRAIN_SIZES", [str(size) for size in TrainConfig.sizes])]
 # Scheduled and manual runs fit their epochs into this wall-clock budget (measured step times);
 # SEM_TRAIN_EPOCHS, when set, fixes the epochs per stage instead.
 SEM_TRAIN_BUDGET_S = env_duration_s("SEM_TRAIN_BUDGET", "10min")

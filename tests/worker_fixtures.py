@@ -263,8 +263,11 @@ class WorkerProcess:
 
     counter = 0
 
-    def __init__(self, env: dict[str, str], log_dir: Path, queues: str = "gpu,default,maintenance") -> None:
+    def __init__(
+        self, env: dict[str, str], log_dir: Path, queues: str = "gpu,default,maintenance", app: str = "workers"
+    ) -> None:
         WorkerProcess.counter += 1
+        self.app = app  # a test's own Celery app module (tests/hold_training_worker.py) may wrap the workers' one
         self.name = f"test{WorkerProcess.counter}-{os.getpid()}"
         self.env = env
         self.queues = queues
@@ -279,7 +282,7 @@ class WorkerProcess:
             "-m",
             "celery",
             "-A",
-            "workers",
+            self.app,
             "worker",
             "-Q",
             self.queues,
@@ -401,9 +404,11 @@ def worker_factory(transactional_db, settings, tmp_path):
         *,
         beat: bool = False,
         broker: str | None = None,
+        app: str = "workers",
         **overrides,
     ) -> WorkerProcess:
-        """A worker (or with beat=True a beat scheduler); `broker` replaces the test run's broker URL."""
+        """A worker (or with beat=True a beat scheduler); `broker` replaces the test run's broker URL, `app`
+        the Celery app module."""
         for name, value in overrides.items():
             setattr(settings, name, value)
         env = {
@@ -416,7 +421,7 @@ def worker_factory(transactional_db, settings, tmp_path):
             "PYTHONUNBUFFERED": "1",
             **{name: _env_value(value) for name, value in overrides.items()},
         }
-        worker = (BeatProcess if beat else WorkerProcess)(env, tmp_path, queues)
+        worker = (BeatProcess if beat else WorkerProcess)(env, tmp_path, queues, app)
         workers.append(worker)
         return worker.start() if start else worker
 
@@ -444,7 +449,7 @@ def request_training_twice_at_once() -> list:
     def trigger():
         try:
             barrier.wait()
-            results.append(request_training(trigger=TrainingRun.Trigger.API, force=True, enqueue=False))
+            results.append(request_training(trigger=TrainingRun.Trigger.API, force=True, enqueue=False).run)
         finally:
             connection.close()
 

@@ -75,9 +75,9 @@ def compute_heatmap(heatmap_id: int) -> str:
     time_limit=settings.SEM_TRAINING_TIMEOUT_S + 600,
 )
 def train_model(self, training_run_id: int) -> str | None:
-    from portal.services import training
+    from portal.services import training_run
 
-    run = training.run_training(int(training_run_id), celery_task_id=self.request.id or "")
+    run = training_run.run_training(int(training_run_id), celery_task_id=self.request.id or "")
     return run.status if run else None
 
 
@@ -87,7 +87,7 @@ def maybe_retrain() -> int | None:
     from portal.models import TrainingRun
     from portal.services import training
 
-    run = training.request_training(trigger=TrainingRun.Trigger.SCHEDULE)
+    run = training.request_training(trigger=TrainingRun.Trigger.SCHEDULE).run
     return run.pk if run else None
 
 

@@ -2,6 +2,8 @@
 
 from drf_spectacular.utils import OpenApiExample
 
+from classifier.config import TrainConfig
+
 SAMPLE = {
     "id": 12,
     "project": 1,
@@ -146,7 +148,7 @@ MODEL = {
 }
 MODEL_DETAIL = MODEL | {
     "evaluation": {"accuracy": 0.91, "macro_avg": {"f1": 0.89}},
-    "metadata": {"config": {"sizes": [64, 128, 224]}},
+    "metadata": {"config": {"sizes": list(TrainConfig.sizes)}},
 }
 METRICS = {
     "version": 4,

@@ -8,6 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from portal.api.strict import StrictJSONTypes
+from portal.durations import DURATION_PATTERN, parse_duration
 from portal.models import (
     Category,
     Label,
@@ -413,16 +414,6 @@ class TrainingRunDetailSerializer(TrainingRunSerializer):
         return request_warning(run)
 
 
-# A positive duration as classifier.budget.parse_duration reads it (one number with an optional unit, or
-# several numbers each with a unit; at least one digit 1-9), or blank: the schema says exactly what is accepted.
-_NUMBER = r"[0-9]+(?:[.][0-9]+)?"
-_POSITIVE = r"(?:[0-9]*[1-9][0-9]*(?:[.][0-9]+)?|[0-9]+[.][0-9]*[1-9][0-9]*)"
-_UNIT = r" *(?:[hH]|[mM][iI][nN]|[mM]|[sS][eE][cC]|[sS])"
-DURATION_PATTERN = (
-    rf"^ *(?:{_POSITIVE}(?:{_UNIT})?|(?:{_NUMBER}{_UNIT} *)*{_POSITIVE}{_UNIT}(?: *{_NUMBER}{_UNIT})*)? *$"
-)
-
-
 @extend_schema_field({"type": "string", "pattern": DURATION_PATTERN, "maxLength": 32})
 class DurationTextField(serializers.CharField):
     pass
@@ -439,8 +430,6 @@ class TrainingStartSerializer(StrictJSONTypes, serializers.Serializer):
     )
 
     def validate_budget(self, value: str) -> float | None:
-        from classifier.budget import parse_duration
-
         if not value.strip():
             return None
         try:

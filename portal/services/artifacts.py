@@ -50,6 +50,18 @@ def _storage_name(model: ModelVersion) -> str | None:
     return None if os.path.isabs(model.artifact_path) else model.artifact_path
 
 
+def load_engine(model: ModelVersion, *, shared: bool = True):
+    """`model`'s inference engine: its artifact upgraded once from format version 1, read from the local
+    copy and checked against its sha256. shared: the process-wide engine, replaced when another model is
+    asked for (a worker classifying with production); False: a private one, so the gate can compare two
+    models without evicting the worker's."""
+    from classifier.engine import Engine, get_engine
+
+    model = ensure_current_format(model)  # a format version 1 artifact is rewritten once, never unpickled again
+    path, sha256 = local_artifact(model), model.artifact_sha256 or None
+    return get_engine(path, sha256=sha256) if shared else Engine.from_artifact(path, expected_sha256=sha256)
+
+
 def local_artifact(model: ModelVersion) -> Path:
     """A local path of the model's artifact (a cached copy checked against artifact_sha256 on object storage)."""
     from portal.services.file_cache import local_copy

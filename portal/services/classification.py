@@ -19,6 +19,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Union
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
@@ -28,7 +29,11 @@ from django.utils import timezone
 from portal import events
 from portal.models import Category, Embedding, ModelVersion, Prediction, SEMImage
 from portal.services import similar
+from portal.services.artifacts import load_engine
 from portal.storage import media_storage
+
+if TYPE_CHECKING:
+    from classifier.engine import ImagePrediction
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +41,17 @@ logger = logging.getLogger(__name__)
 SWEEP_LIMIT = 20_000
 # The statuses of an image with a current prediction.
 CLASSIFIED_STATUSES = (SEMImage.Status.CLASSIFIED, SEMImage.Status.OUT_OF_SCOPE)
+
+
+@dataclass(frozen=True)
+class Unclassifiable:
+    """Why one image of a batch got no prediction (its derivative is missing or unreadable)."""
+
+    reason: str
+
+
+# What `predict` returns per image: classifier.engine.ImagePrediction, or why there is none.
+ImageResult = Union["ImagePrediction", Unclassifiable]
 
 
 @dataclass
@@ -105,17 +121,8 @@ def restore_stored_predictions(model: ModelVersion, images: list[SEMImage]) -> s
         if lock_for_writing(model, [image.pk for image in images]) is None:
             return None
         for prediction in predictions:
-            SEMImage.objects.filter(pk=prediction.image_id).update(
-                status=_status(prediction.out_of_scope),
-                status_changed_at=now,
-                claimed_at=None,
-                error="",
-                predicted_category_id=prediction.category_id,
-                predicted_confidence=prediction.confidence,
-                predicted_margin=prediction.margin,
-                predicted_by=model,
-                **_set_columns(prediction.prediction_set if prediction.set_coverage is not None else None, names),
-            )
+            slugs = prediction.prediction_set if prediction.set_coverage is not None else None
+            _mark_classified(prediction.image_id, model, prediction, _set_columns(slugs, names), now)
             restored.add(prediction.image_id)
     return restored
 
@@ -224,27 +231,18 @@ def release(images: list[SEMImage]) -> None:
     SEMImage.objects.filter(pk__in=[image.pk for image in images]).update(claimed_at=None)
 
 
-def load_engine(model: ModelVersion):
-    """The production model's engine, loaded once per process and replaced after a promotion."""
-    from classifier.engine import get_engine
-    from portal.services.artifacts import ensure_current_format, local_artifact
-
-    model = ensure_current_format(model)  # a format version 1 artifact is rewritten once, never unpickled again
-    return get_engine(local_artifact(model), sha256=model.artifact_sha256 or None)
-
-
-def predict(engine, images: list[SEMImage]) -> dict[int, object]:
-    """{image id: ImagePrediction or the error message}. One bad derivative fails only its image."""
+def predict(engine, images: list[SEMImage]) -> dict[int, ImageResult]:
+    """{image id: its prediction, or why it has none}. One bad derivative fails only its image."""
     from portal.services.file_cache import local_derivatives
 
-    results: dict[int, object] = {}
+    results: dict[int, ImageResult] = {}
     present = [image for image in images if image.derivative]
     local = local_derivatives(media_storage(), [(image.derivative.name, image.sha256) for image in present])
     paths = {image.pk: local.get(image.derivative.name) for image in present}
     readable = [image for image in images if paths.get(image.pk) is not None]
     for image in images:
         if paths.get(image.pk) is None:
-            results[image.pk] = "The model-input derivative is missing"
+            results[image.pk] = Unclassifiable("The model-input derivative is missing")
     if not readable:
         return results
     flag_blank({image.pk: paths[image.pk] for image in readable})
@@ -300,18 +298,18 @@ def mark_trust(engine, image_ids: list[int], predictions: list) -> None:
         prediction.out_of_scope = bool(prediction.out_of_scope or image_id in blank)
 
 
-def _predict_one(engine, image: SEMImage, path):
+def _predict_one(engine, image: SEMImage, path) -> ImageResult:
     try:
         prediction = engine.predict_paths([path])[0]
         mark_trust(engine, [image.pk], [prediction])
         return prediction
     except Exception as error:
         logger.warning("image %s: classification failed: %s", image.pk, error)
-        return f"Could not classify the derivative: {error}"
+        return Unclassifiable(f"Could not classify the derivative: {error}")
 
 
 @transaction.atomic
-def save_results(model: ModelVersion, classes: list[str], results: dict[int, object]) -> BatchOutcome:
+def save_results(model: ModelVersion, classes: list[str], results: dict[int, ImageResult]) -> BatchOutcome:
     # Lock the rows: an image deleted meanwhile is skipped, and cannot vanish before the commit.
     present = lock_for_writing(model, list(results))
     if present is None:
@@ -326,14 +324,17 @@ def save_results(model: ModelVersion, classes: list[str], results: dict[int, obj
     for image_id, result in results.items():
         if image_id not in present:
             continue
-        if isinstance(result, str) or categories.get(result.top_class) is None:
-            _mark_failed(image_id, result if isinstance(result, str) else f"Unknown class {result.top_class!r}", now)
+        failure = _failure(result, categories)
+        if failure:
+            _mark_failed(image_id, failure, now)
             outcome.failed.append(image_id)
             continue
+        prediction = _prediction(image_id, model, classes, categories, result)
         if image_id not in already:
-            new_predictions.append(_prediction(image_id, model, classes, categories, result))
+            new_predictions.append(prediction)
             new_embeddings += _embedding(image_id, model, result)
-        _mark_classified(image_id, model, categories, result, now)
+        set_columns = _set_columns(_slugs(getattr(result, "prediction_set", None), categories), _names(categories))
+        _mark_classified(image_id, model, prediction, set_columns, now)
         outcome.classified.append(image_id)
     Prediction.objects.bulk_create(new_predictions, ignore_conflicts=True)
     Embedding.objects.bulk_create(new_embeddings, ignore_conflicts=True)
@@ -342,6 +343,15 @@ def save_results(model: ModelVersion, classes: list[str], results: dict[int, obj
     if new_predictions:
         transaction.on_commit(_announce([p.image_id for p in new_predictions], model.pk))
     return outcome
+
+
+def _failure(result: ImageResult, categories: dict[str, Category | None]) -> str:
+    """Why `result` cannot be stored as a prediction ("" when it can)."""
+    if isinstance(result, Unclassifiable):
+        return result.reason
+    if categories.get(result.top_class) is None:
+        return f"Unknown class {result.top_class!r}"
+    return ""
 
 
 def _categories_for(classes: list[str]) -> dict[str, Category | None]:
@@ -401,17 +411,18 @@ def _embedding(image_id, model, result) -> list[Embedding]:
     return [Embedding(image_id=image_id, model_version=model, dimension=result.embedding.size, vector=vector)]
 
 
-def _mark_classified(image_id: int, model: ModelVersion, categories: dict, result, now) -> None:
+def _mark_classified(image_id: int, model: ModelVersion, prediction: Prediction, set_columns: dict, now) -> None:
+    """Copy `prediction` (new or stored) into the image's denormalised columns and release its claim."""
     SEMImage.objects.filter(pk=image_id).update(
-        status=_status(bool(getattr(result, "out_of_scope", False))),
+        status=_status(prediction.out_of_scope),
         status_changed_at=now,
         claimed_at=None,
         error="",
-        predicted_category=categories[result.top_class],
-        predicted_confidence=float(result.confidence),
-        predicted_margin=float(result.margin),
+        predicted_category_id=prediction.category_id,
+        predicted_confidence=prediction.confidence,
+        predicted_margin=prediction.margin,
         predicted_by=model,
-        **_set_columns(_slugs(getattr(result, "prediction_set", None), categories), _names(categories)),
+        **set_columns,
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from portal.services import classification, training, webhooks
+from portal.services import classification, training_sweep, webhooks
 from portal.services.ingest_recovery import reconcile_interrupted
 from portal.services.queueing import enqueue_backlog
 from portal.storage import media_storage, model_storage, remove_stale_files
@@ -29,7 +29,7 @@ def sweep() -> dict:
     backlog_restarted = bool(model and classification.backlog_stalled(model))
     if backlog_restarted:
         enqueue_backlog(model.pk)
-    failed_runs = training.fail_stale_runs()
+    failed_runs = training_sweep.fail_stale_runs()
     webhooks_requeued = webhooks.sweep_unsent_deliveries()
     partials_removed = sum(
         storage.remove_stale_partials(PARTIAL_FILE_MAX_AGE_S) for storage in _distinct(media_storage(), model_storage())

@@ -8,7 +8,7 @@ recall above -SEM_GATE_MAX_RECALL_DROP. With tolerance 0 a candidate must be bet
 lucky image is not enough. A test split below SEM_GATE_MIN_TEST_IMAGES (or a class below
 SEM_GATE_MIN_TEST_PER_CLASS) cannot tell: the gate says so and leaves the decision to an admin.
 Without per-image predictions (production's artifact gone, classes changed) the point rule
-`gate_decision` applies.
+`gate_decision` applies. The rules themselves (figures in, decision out): portal.services.gate_rules.
 Admins may promote any candidate or roll back by hand. A promotion starts the background
 re-classification of existing images and announces `model.promoted`.
 """
@@ -19,13 +19,14 @@ import logging
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from portal import events
 from portal.models import ModelVersion
-from portal.services.artifacts import artifact_exists, local_artifact
+from portal.services.artifacts import artifact_exists, load_engine
 from portal.services.classification import production_model
+from portal.services.gate_rules import bootstrap_gate_decision, first_model_decision, gate_decision
 
 logger = logging.getLogger(__name__)
 
@@ -34,176 +35,55 @@ class ModelActionError(Exception):
     """A promotion or roll-back that cannot be done; the message is shown to the admin."""
 
 
-def gate_decision(candidate: dict, production: dict | None) -> tuple[bool, str]:
-    """(passed, reason) for a candidate's test-split metrics against production's on the same images."""
-    f1 = _macro_f1(candidate)
-    if production is None:
-        return first_model_decision(candidate)
-    tolerance, max_drop = settings.SEM_GATE_MACRO_F1_TOLERANCE, settings.SEM_GATE_MAX_RECALL_DROP
-    production_f1 = _macro_f1(production)
-    if f1 < production_f1 - tolerance:
-        return False, (f"Macro-F1 {f1:.3f} is below production's {production_f1:.3f} (tolerance {tolerance:.3f})")
-    drops = _recall_drops(candidate, production)
-    worst = [f"{name} {drop * 100:.1f} points" for name, drop in drops if drop > max_drop + 1e-9]
-    if worst:
-        return False, f"Recall dropped by more than {max_drop * 100:.1f} points: " + ", ".join(worst)
-    return (
-        True,
-        f"Macro-F1 {f1:.3f} vs production {production_f1:.3f}; no class recall dropped more than "
-        f"{max_drop * 100:.1f} points",
-    )
+def _predict_test_split(model: ModelVersion, items: list[tuple[str, str]]) -> tuple[list[str], list]:
+    """(the model's classes, its prediction for each test item), through its own engine: what it would
+    answer in production."""
+    engine = load_engine(model, shared=False)
+    return engine.classes, engine.predict_paths([path for path, _ in items])
 
 
-def first_model_decision(candidate: dict) -> tuple[bool, str]:
-    """A first model must beat answering the test split's largest class every time, by a clear
-    margin, and reach the macro-F1 floor: a model no better than that guess would only mislabel."""
-    f1, floor = _macro_f1(candidate), settings.SEM_GATE_FIRST_MODEL_FLOOR
-    accuracy, majority = float(candidate.get("accuracy") or 0.0), majority_baseline(candidate)
-    margin = settings.SEM_GATE_BASELINE_MARGIN
-    if majority is None:
-        return False, "First model: no test images to compare it with the majority-class baseline"
-    name, baseline = majority
-    if accuracy < baseline + margin:
-        return False, (
-            f"First model: accuracy {accuracy:.3f} does not beat the majority-class baseline "
-            f"(always '{name}': {baseline:.3f}) by the required {margin:.3f}"
-        )
-    if f1 < floor:
-        return False, f"First model: macro-F1 {f1:.3f} is below the floor {floor:.3f}"
-    return True, (
-        f"First model: accuracy {accuracy:.3f} beats the majority-class baseline "
-        f"(always '{name}': {baseline:.3f}) by more than {margin:.3f}; macro-F1 {f1:.3f}"
-    )
+def _evaluate_on(model: ModelVersion, items: list[tuple[str, str]]) -> tuple[dict, list[str]]:
+    """(the model's evaluation on the test items, its top class for each)."""
+    from classifier.metrics import evaluate
 
-
-def majority_baseline(metrics: dict) -> tuple[str, float] | None:
-    """(class, accuracy) of always answering the class with the most test images, or None without any."""
-    supports = {name: int(values.get("support") or 0) for name, values in (metrics.get("per_class") or {}).items()}
-    total = sum(supports.values())
-    if not total:
-        return None
-    name = max(supports, key=supports.get)
-    return name, supports[name] / total
-
-
-def _macro_f1(metrics: dict) -> float:
-    return float((metrics.get("macro_avg") or {}).get("f1") or 0.0)
-
-
-def _recall_drops(candidate: dict, production: dict) -> list[tuple[str, float]]:
-    """Per-class recall drop, for classes with test images in both evaluations."""
-    drops = []
-    candidate_classes = candidate.get("per_class") or {}
-    for name, before in (production.get("per_class") or {}).items():
-        after = candidate_classes.get(name)
-        if not before.get("support"):
-            continue
-        recall_after = after["recall"] if after and after.get("support") else 0.0
-        drops.append((name, float(before["recall"]) - float(recall_after)))
-    return sorted(drops, key=lambda item: -item[1])
-
-
-def too_small_to_tell(y_true: list[str], classes: list[str]) -> str | None:
-    """Why the test split cannot tell two models apart, or None when it is large enough."""
-    from collections import Counter
-
-    minimum, per_class = settings.SEM_GATE_MIN_TEST_IMAGES, settings.SEM_GATE_MIN_TEST_PER_CLASS
-    support = Counter(y_true)
-    short = [f"{name} {support[name]}" for name in classes if support[name] < per_class]
-    if len(y_true) < minimum or short:
-        parts = []
-        if len(y_true) < minimum:
-            parts.append(f"{len(y_true)} test images (at least {minimum} needed)")
-        if short:
-            parts.append(f"classes with fewer than {per_class} test images: " + ", ".join(short))
-        return "The test split is too small to tell the two models apart: " + "; ".join(parts)
-    return None
-
-
-def bootstrap_gate_decision(
-    y_true: list[str], candidate_pred: list[str], production_pred: list[str], classes: list[str]
-) -> tuple[bool | None, str, dict]:
-    """(passed, reason, interval summary) from per-image predictions of both models on the same test
-    images; passed is None when the test split is too small to tell."""
-    from classifier.bootstrap import paired_bootstrap
-
-    level, tolerance = settings.SEM_GATE_CONFIDENCE, settings.SEM_GATE_MACRO_F1_TOLERANCE
-    max_drop = settings.SEM_GATE_MAX_RECALL_DROP
-    result = paired_bootstrap(
-        y_true,
-        candidate_pred,
-        production_pred,
-        classes,
-        resamples=settings.SEM_GATE_BOOTSTRAP_RESAMPLES,
-        level=level,
-        seed=0,
-    )
-    result.update(tolerance=tolerance, max_recall_drop=max_drop)
-    f1 = result["macro_f1"]
-    described = (
-        f"macro-F1 difference {f1['diff']:+.3f}, {level:.0%} interval [{f1['low']:+.3f}, {f1['high']:+.3f}] "
-        f"on {result['n']} test images ({result['resamples']} paired resamples)"
-    )
-    small = too_small_to_tell(y_true, classes)
-    if small:
-        result["decision"] = "too_small"
-        return None, f"{small}. Not promoted automatically; {described}. An admin may promote it by hand.", result
-    if not f1["low"] > -tolerance:
-        result["decision"] = "refused"
-        return (
-            False,
-            (
-                f"Not shown to be at least as good as production: {described}; the lower bound must be "
-                f"above {-tolerance:+.3f}"
-            ),
-            result,
-        )
-    drops = [
-        f"{name} [{r['low'] * 100:+.1f}, {r['high'] * 100:+.1f}] points"
-        for name, r in result["recall"].items()
-        if not r["low"] > -max_drop
-    ]
-    if drops:
-        result["decision"] = "refused"
-        return (
-            False,
-            (
-                f"A class's recall may have dropped by more than {max_drop * 100:.1f} points "
-                f"({level:.0%} interval): " + ", ".join(drops) + f"; {described}"
-            ),
-            result,
-        )
-    result["decision"] = "promoted"
-    return (
-        True,
-        f"Promoted: {described}, lower bound above {-tolerance:+.3f}; no class's recall interval "
-        f"reaches a drop of {max_drop * 100:.1f} points",
-        result,
-    )
-
-
-def test_split_predictions(model: ModelVersion, items: list[tuple[str, str]]) -> list[str]:
-    """The model's top class for each test item, through the engine (what production computes)."""
-    from classifier.engine import Engine
-
-    engine = Engine.from_artifact(local_artifact(model), expected_sha256=model.artifact_sha256 or None)
-    return [p.top_class for p in engine.predict_paths([path for path, _ in items])]
+    classes, predictions = _predict_test_split(model, items)
+    metrics = evaluate([label for _, label in items], [p.probabilities for p in predictions], classes)
+    return metrics, [p.top_class for p in predictions]
 
 
 def apply_gate(candidate: ModelVersion) -> bool:
     """Promote the candidate if it passes the gate; else record why it stays out."""
-    production = production_model()
-    passed, reason, summary = None, "", None
-    if production is not None:
-        passed, reason, summary = _bootstrap_gate(candidate, production)
-    if summary is None and production is None:  # a first model: the majority-baseline rule
-        passed, reason = gate_decision(candidate.metrics, None)
-    elif summary is None:  # no per-image predictions: the point rule, on the same test images only
-        baseline, why_not = production_metrics_on_current_test_split(production, candidate)
-        if baseline is None:
-            passed, reason = False, f"Not compared: {why_not}. An admin may promote it by hand."
-        else:
-            passed, reason = gate_decision(candidate.metrics, baseline)
+    passed, reason, summary = _decide(candidate, production_model())
+    _record_gate(candidate, passed, reason, summary)
+    if passed:
+        promote(candidate, None)
+    return passed
+
+
+def _decide(candidate: ModelVersion, production: ModelVersion | None) -> tuple[bool | None, str, dict | None]:
+    """(passed, reason, bootstrap summary) by the gate's rule: a first model against the majority-class
+    baseline; else the paired bootstrap on both models' per-image predictions; else, when those cannot be
+    had, the point rule on the same test images. The test split is read once per gate."""
+    from portal.services.datasets import training_data
+
+    if production is None:
+        return (*first_model_decision(candidate.metrics), None)
+    items = training_data().test_items
+    bootstrapped = _bootstrap_gate(candidate, production, items)
+    if bootstrapped is not None:
+        return bootstrapped
+    return (*_point_gate(candidate, production, items), None)
+
+
+def _point_gate(candidate: ModelVersion, production: ModelVersion, items: list) -> tuple[bool, str]:
+    baseline, why_not = production_metrics_on_current_test_split(production, candidate, items)
+    if baseline is None:
+        return False, f"Not compared: {why_not}. An admin may promote it by hand."
+    return gate_decision(candidate.metrics, baseline)
+
+
+def _record_gate(candidate: ModelVersion, passed: bool | None, reason: str, summary: dict | None) -> None:
+    """Store the decision, with the bootstrap's intervals (or the evaluation's own) for the pages."""
     metrics = dict(candidate.metrics or {})
     if summary is not None:
         metrics["intervals"] = summary.pop("intervals", {})
@@ -219,9 +99,6 @@ def apply_gate(candidate: ModelVersion) -> bool:
         status=ModelVersion.Status.REJECTED if passed is False else ModelVersion.Status.CANDIDATE,
     )
     candidate.refresh_from_db()
-    if passed:
-        promote(candidate, None)
-    return passed
 
 
 def evaluation_intervals(metrics: dict) -> dict:
@@ -239,21 +116,18 @@ def evaluation_intervals(metrics: dict) -> dict:
     }
 
 
-def _bootstrap_gate(candidate: ModelVersion, production: ModelVersion):
-    """(passed, reason, summary) of the bootstrap gate, or (None, "", None) when it cannot run."""
-    from portal.services.datasets import training_data
-
-    items = training_data().test_items
-    if not items or set(production.classes) != set(candidate.classes):
-        return None, "", None
-    try:
-        candidate_pred = test_split_predictions(candidate, items)
-        production_pred = test_split_predictions(production, items)
-    except Exception as error:
-        logger.warning("no per-image predictions for the gate (%s); using the point rule", error)
-        return None, "", None
+def _bootstrap_gate(candidate: ModelVersion, production: ModelVersion, items: list):
+    """(passed, reason, summary) of the bootstrap gate, or None when it cannot run."""
     from classifier.bootstrap import metric_intervals
 
+    if not items or set(production.classes) != set(candidate.classes):
+        return None
+    try:
+        candidate_pred = [p.top_class for p in _predict_test_split(candidate, items)[1]]
+        production_pred = [p.top_class for p in _predict_test_split(production, items)[1]]
+    except Exception as error:
+        logger.warning("no per-image predictions for the gate (%s); using the point rule", error)
+        return None
     y_true = [label for _, label in items]
     passed, reason, summary = bootstrap_gate_decision(y_true, candidate_pred, production_pred, list(candidate.classes))
     summary["intervals"] = metric_intervals(
@@ -266,8 +140,6 @@ def reevaluate_production() -> ModelVersion | None:
     """Evaluate production again on the current test split (after the split changed: the data migration,
     `manage.py reassign_splits`), with per-class precision/recall intervals for the dashboard."""
     from classifier.bootstrap import metric_intervals
-    from classifier.engine import Engine
-    from classifier.metrics import evaluate
     from portal.services.datasets import training_data
     from portal.services.splits import test_split_fingerprint
 
@@ -278,12 +150,9 @@ def reevaluate_production() -> ModelVersion | None:
     items = [(path, label) for path, label in training_data().test_items if label in set(classes)]
     if not items:
         return production
-    engine = Engine.from_artifact(local_artifact(production), expected_sha256=production.artifact_sha256 or None)
-    predictions = engine.predict_paths([path for path, _ in items])
-    y_true = [label for _, label in items]
-    metrics = evaluate(y_true, [p.probabilities for p in predictions], engine.classes)
+    metrics, top_classes = _evaluate_on(production, items)
     metrics["intervals"] = metric_intervals(
-        y_true, [p.top_class for p in predictions], engine.classes, level=settings.SEM_GATE_CONFIDENCE
+        [label for _, label in items], top_classes, metrics["classes"], level=settings.SEM_GATE_CONFIDENCE
     )
     metrics["interval_level"] = settings.SEM_GATE_CONFIDENCE
     metrics["test_split"] = test_split_fingerprint()
@@ -296,25 +165,20 @@ def reevaluate_production() -> ModelVersion | None:
 
 
 def production_metrics_on_current_test_split(
-    production: ModelVersion, candidate: ModelVersion
+    production: ModelVersion, candidate: ModelVersion, items: list[tuple[str, str]] | None = None
 ) -> tuple[dict | None, str]:
     """(production's metrics on the candidate's test images, "") so both are compared on the same images,
     or (None, why) when production cannot be evaluated there: its stored metrics come from another test
-    split and would compare different things."""
+    split and would compare different things. `items`: the current test split (read here when not given)."""
     from portal.services.datasets import training_data
 
-    items = training_data().test_items
+    items = training_data().test_items if items is None else items
     if not items:
         return None, "the current test split has no curated images"
     if set(production.classes) != set(candidate.classes):
         return None, f"production v{production.version} offers other categories than this candidate"
     try:
-        from classifier.engine import Engine
-        from classifier.metrics import evaluate
-
-        engine = Engine.from_artifact(local_artifact(production), expected_sha256=production.artifact_sha256 or None)
-        predictions = engine.predict_paths([path for path, _ in items])
-        return evaluate([label for _, label in items], [p.probabilities for p in predictions], engine.classes), ""
+        return _evaluate_on(production, items)[0], ""
     except Exception as error:
         logger.warning("could not evaluate v%s on the test split for the gate: %s", production.version, error)
         return None, f"production v{production.version} could not be evaluated on the current test split ({error})"
@@ -348,19 +212,23 @@ def promote(model: ModelVersion, user=None) -> ModelVersion:
     return target
 
 
+def rollback_targets(production: ModelVersion) -> QuerySet[ModelVersion]:
+    """The versions a roll back from `production` may restore, the one it restores first: those that were
+    production before, most recently promoted first."""
+    return (
+        ModelVersion.objects.filter(status=ModelVersion.Status.RETIRED, promoted_at__isnull=False)
+        .exclude(pk=production.pk)
+        .order_by("-promoted_at")
+    )
+
+
 @transaction.atomic
 def rollback(user=None) -> ModelVersion:
     """Re-promote the model that was in production before the current one; the current one is rejected."""
     current = ModelVersion.objects.select_for_update().filter(status=ModelVersion.Status.PRODUCTION).first()
     if current is None:
         raise ModelActionError("There is no production model to roll back")
-    previous = (
-        ModelVersion.objects.select_for_update()
-        .filter(status=ModelVersion.Status.RETIRED, promoted_at__isnull=False)
-        .exclude(pk=current.pk)
-        .order_by("-promoted_at")
-        .first()
-    )
+    previous = rollback_targets(current).select_for_update().first()
     if previous is None:
         raise ModelActionError("No earlier production model to roll back to")
     if not artifact_exists(previous):

@@ -1,8 +1,10 @@
-"""With pretrained weights present, the default recipe must not do worse than from scratch.
+"""With pretrained weights present, fine-tuning a torchvision architecture (classifier/train.py, the fastai
+path) must not do worse than from scratch. The default recipe, a head on frozen EfficientNet-Lite0 features,
+is tested in test_backbones.py.
 
 No download: the "pretrained" body is produced here, by training a resnet18 on one synthetic texture task
-and saving its body as a torchvision state dict (the format of an ImageNet weights file). The defaults then
-train on a second task of the same textures with and without that file.
+and saving its body as a torchvision state dict (the format of an ImageNet weights file). The fine-tuning
+defaults then train on a second task of the same textures with and without that file.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def body_as_torchvision_state(model) -> dict:
     return state
 
 
-def test_local_pretrained_weights_do_not_make_the_defaults_worse(dataset_factory, tmp_path):
+def test_local_pretrained_weights_do_not_make_fine_tuning_worse(dataset_factory, tmp_path):
     import torch
 
     source = dataset_factory(tmp_path / "pretrain", {"dots": 24, "noise": 24, "stripes": 24}, seed=11)
@@ -45,4 +47,4 @@ def test_local_pretrained_weights_do_not_make_the_defaults_worse(dataset_factory
         scores[name] = result.evaluation["accuracy"]
         assert result.metadata["pretrained_used"] is (name == "weights")
 
-    assert scores["weights"] >= scores["scratch"] - 0.05, scores
+    assert scores["weights"] >= scores["scratch"], scores  # not worse: no tolerance that hides a loss

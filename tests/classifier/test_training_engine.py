@@ -204,11 +204,26 @@ def test_timm_architecture_trains_loads_local_weights_and_matches_the_learner(sy
     )
     result = train(synthetic_items, config, str(tmp_path / "timm.semcls"))
     assert result.metadata["pretrained_used"] is True and result.metadata["arch"] == "timm/resnet10t"
+    # The file's tensors are the body's (its first stage is frozen, so they are still as loaded).
+    body = result.learner.model[0].model.state_dict()
+    loaded = torch.load(weights)
+    assert all(torch.equal(body[name].cpu(), loaded[name]) for name in body if name.endswith("conv.weight"))
 
     engine = Engine.from_artifact(result.artifact_path, expected_sha256=result.sha256)
     learner_probs, _ = result.learner.get_preds(dl=result.learner.dls.test_dl(synthetic_items))
     arrays = [transforms.eval_array(path, engine.input_size) for path, _ in synthetic_items]
     np.testing.assert_allclose(softmax(engine.predict_logits(arrays)), learner_probs.numpy(), atol=1e-4)
+
+
+def test_timm_weights_under_other_names_are_refused(tmp_path):
+    """timm bodies load a file under timm's own key names; a file under other names is refused, not
+    silently left random (its unexpected keys are ignored only beside a complete body)."""
+    timm = pytest.importorskip("timm")
+    from classifier.network import create_network
+
+    renamed = {f"backbone.{name}": value for name, value in timm.create_model("resnet10t").state_dict().items()}
+    with pytest.raises(ValueError, match="do not fit resnet10t"):
+        create_network("timm/resnet10t", 3, renamed)
 
 
 def test_unknown_architecture_names_say_what_is_accepted():
@@ -218,18 +233,32 @@ def test_unknown_architecture_names_say_what_is_accepted():
         create_network("resnet-does-not-exist", 3)
 
 
-def test_first_stage_trains_only_the_head_of_a_pretrained_body(synthetic_items, tmp_path):
-    """freeze_first_stage: with local weights, stage 1 leaves the body's convolutions as loaded."""
+def test_first_stage_trains_only_the_head_of_a_pretrained_body(synthetic_items, tmp_path, monkeypatch):
+    """freeze_first_stage: with local weights, stage 1 leaves the body's convolutions as loaded and
+    moves the head's weights."""
     import torchvision
 
+    from classifier import network
+
+    initial_head = {}
+
+    def create_and_remember_the_head(*args, **kwargs):
+        model = build(*args, **kwargs)
+        initial_head.update({name: p.detach().clone() for name, p in model[1].named_parameters() if p.dim() > 1})
+        return model
+
+    build = network.create_network
+    monkeypatch.setattr(network, "create_network", create_and_remember_the_head)
     weights = tmp_path / "resnet18-local.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     config = TrainConfig(arch="resnet18", sizes=(32,), epochs=(1,), batch_sizes=(8,), weights_path=str(weights))
     result = train(synthetic_items, config, str(tmp_path / "frozen.semcls"))
     first_conv = result.learner.model[0][0].weight.detach().cpu()
     assert torch.equal(first_conv, torch.load(weights)["conv1.weight"])
-    head = [p for p in result.learner.model[1].parameters() if p.dim() > 1]
-    assert all(p.requires_grad for p in head)
+    trained_head = dict(result.learner.model[1].named_parameters())
+    assert initial_head and all(
+        not torch.equal(trained_head[name].detach().cpu(), before.cpu()) for name, before in initial_head.items()
+    )
 
 
 def test_training_uses_every_core_even_when_another_process_is_busy():

@@ -11,7 +11,7 @@ import pytest
 from django.utils import timezone
 
 from portal.models import TrainingRun
-from portal.services import training
+from portal.services import training_sweep
 
 pytestmark = pytest.mark.django_db
 
@@ -46,5 +46,5 @@ def test_the_working_folder_of_a_live_run_stays(settings):
     work_dir = Path(settings.MODEL_DIR) / f"run-{running.pk}"
     work_dir.mkdir(parents=True)
 
-    assert training.fail_stale_runs() == 0
+    assert training_sweep.fail_stale_runs() == 0
     assert work_dir.exists()

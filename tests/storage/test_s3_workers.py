@@ -71,7 +71,7 @@ def test_two_workers_without_a_shared_disk_classify_and_retrain(
     # Host B (its cache empty) trains v2 on the derivatives from the bucket, and re-classifies with it.
     host_b = _host(s3, worker_factory, tmp_path, "host-b")
     host_a.stop()
-    run = training.request_training(trigger=TrainingRun.Trigger.API, force=True)
+    run = training.request_training(trigger=TrainingRun.Trigger.API, force=True).run
     run = host_b.wait_until(
         lambda: TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.SUCCEEDED).first(),
         timeout=300,

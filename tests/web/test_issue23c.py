@@ -97,7 +97,8 @@ def test_the_run_page_shows_the_phase_the_budget_and_a_remaining_time_within_it(
 def test_the_worker_keeps_the_request_warning_and_logs_the_feature_plan(feature_run):
     from classifier.config import TrainConfig
     from classifier.feature_budget import plan_views
-    from portal.services.training import RunMonitor, _config_within_budget
+    from portal.services.training_monitor import RunMonitor
+    from portal.services.training_run import _config_within_budget
 
     TrainingRun.objects.filter(pk=feature_run.pk).update(
         plan={"request": {"budget_s": 180.0, "warning": "The budget of 3 min is too small"}},
@@ -111,7 +112,7 @@ def test_the_worker_keeps_the_request_warning_and_logs_the_feature_plan(feature_
     monitor.progress(plan_views(150, 20, 0.1, 240, 60).event())
     config = _config_within_budget(TrainConfig(budget_s=180), feature_run, monitor)
     assert 55 < config.budget_s <= 60  # the 2 minutes since the run started count against it
-    monitor._write()
+    monitor.write()
     feature_run.refresh_from_db()
     assert feature_run.plan["kind"] == "frozen features" and "too small" in feature_run.plan["request"]["warning"]
     assert feature_run.log.startswith("2026-01-01 10:00:00 The budget of 3 min is too small")

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from classifier.fingerprint import file_sha256
 from portal.models import ModelVersion, Prediction, SEMImage, TrainingRun
-from portal.services import classification, promotion, training
+from portal.services import classification, promotion, training, training_run, training_sweep
 from portal.services.labels import set_label
 from tests.worker_fixtures import TINY_TRAIN_CONFIG, install_model, request_training_twice_at_once
 
@@ -27,9 +27,9 @@ def tiny_training(settings):
 
 
 def _train_now(**request) -> TrainingRun:
-    run = training.request_training(trigger=TrainingRun.Trigger.COMMAND, force=True, enqueue=False, **request)
+    run = training.request_training(trigger=TrainingRun.Trigger.COMMAND, force=True, enqueue=False, **request).run
     assert run is not None
-    training.run_training(run.pk)
+    training_run.run_training(run.pk)
     return TrainingRun.objects.select_related("model_version").get(pk=run.pk)
 
 
@@ -69,7 +69,7 @@ def test_retraining_waits_for_enough_new_labels(tiny_training, sample, user, upl
     _train_now()
 
     assert training.new_label_count() == 0
-    assert training.request_training(trigger=TrainingRun.Trigger.SCHEDULE) is None
+    assert training.request_training(trigger=TrainingRun.Trigger.SCHEDULE).refusal == "no_new_labels"
     skipped = TrainingRun.objects.get(status=TrainingRun.Status.SKIPPED)
     assert "0 new or changed" in skipped.log and skipped.active is None
 
@@ -77,10 +77,10 @@ def test_retraining_waits_for_enough_new_labels(tiny_training, sample, user, upl
     for image in train_images[:2]:  # two corrections: not enough yet
         set_label(image, nffa_categories["Tips"], source="review", user=user)
     assert training.new_label_count() == 2
-    assert training.request_training(trigger=TrainingRun.Trigger.SCHEDULE) is None
+    assert training.request_training(trigger=TrainingRun.Trigger.SCHEDULE).refusal == "no_new_labels"
 
     set_label(train_images[2], nffa_categories["Powder"], source="review", user=user)
-    run = training.request_training(trigger=TrainingRun.Trigger.SCHEDULE, enqueue=False)
+    run = training.request_training(trigger=TrainingRun.Trigger.SCHEDULE, enqueue=False).run
     assert run is not None and run.status == TrainingRun.Status.QUEUED and run.active is True
 
 
@@ -140,11 +140,11 @@ def test_a_timed_out_training_is_stopped_and_recorded(production_model, tiny_tra
 @pytest.mark.slow
 def test_a_cancelled_training_is_recorded_as_cancelled(production_model, tiny_training, sample, user, upload_images):
     before = _classified_production(production_model, sample, user, upload_images)
-    run = training.request_training(trigger=TrainingRun.Trigger.MANUAL, force=True, enqueue=False)
-    run = training.claim_run(run.pk)  # running now: cancellation is polled between batches
+    run = training.request_training(trigger=TrainingRun.Trigger.MANUAL, force=True, enqueue=False).run
+    run = training_run.claim_run(run.pk)  # running now: cancellation is polled between batches
     assert training.request_cancel(run)
 
-    training.execute_run(run)
+    training_run.execute_run(run)
 
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.CANCELLED and run.active is None
@@ -153,13 +153,13 @@ def test_a_cancelled_training_is_recorded_as_cancelled(production_model, tiny_tr
 
 
 def test_cancelling_a_queued_run_releases_the_lock_at_once(db):
-    run = training.request_training(trigger=TrainingRun.Trigger.MANUAL, force=True, enqueue=False)
+    run = training.request_training(trigger=TrainingRun.Trigger.MANUAL, force=True, enqueue=False).run
 
     assert training.request_cancel(run)
 
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.CANCELLED and run.active is None
-    assert training.run_training(run.pk) is None  # its message, when it arrives, does nothing
+    assert training_run.run_training(run.pk) is None  # its message, when it arrives, does nothing
     assert training.active_run() is None
 
 
@@ -172,20 +172,30 @@ def test_the_sweeper_fails_a_run_whose_worker_died(db, settings):
         heartbeat_at=long_ago,
     )
 
-    assert training.fail_stale_runs() == 1
+    assert training_sweep.fail_stale_runs() == 1
 
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.FAILED and run.active is None
     assert run.error.startswith("Worker lost")
-    assert training.request_training(trigger=TrainingRun.Trigger.MANUAL, force=True, enqueue=False) is not None
+    assert training.request_training(trigger=TrainingRun.Trigger.MANUAL, force=True, enqueue=False).run is not None
+
+
+def test_a_refused_request_says_why(db, settings):
+    settings.SEM_RETRAIN_MIN_NEW_LABELS = 5
+    too_few = training.request_training(trigger=TrainingRun.Trigger.MANUAL, enqueue=False)
+    assert (too_few.run, too_few.refusal, too_few.new_labels) == (None, "no_new_labels", 0)
+    active = TrainingRun.objects.create(trigger=TrainingRun.Trigger.MANUAL)
+    busy = training.request_training(trigger=TrainingRun.Trigger.MANUAL, force=True, enqueue=False)
+    assert (busy.run, busy.refusal, busy.active) == (None, "training_active", active)
+    assert busy.reason == f"Training run {active.pk} is already queued."
 
 
 def test_a_run_is_claimed_once_however_often_its_message_arrives(db):
     run = TrainingRun.objects.create(trigger=TrainingRun.Trigger.MANUAL)
 
-    assert training.claim_run(run.pk) is not None
-    assert training.claim_run(run.pk) is None
-    assert training.run_training(run.pk) is None  # a redelivered message does nothing
+    assert training_run.claim_run(run.pk) is not None
+    assert training_run.claim_run(run.pk) is None
+    assert training_run.run_training(run.pk) is None  # a redelivered message does nothing
 
 
 # --- The lock ----------------------------------------------------------------------------------------------

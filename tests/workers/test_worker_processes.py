@@ -15,7 +15,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from portal.models import ModelVersion, Prediction, SEMImage, TrainingRun, WebhookDelivery, WebhookSubscription
-from portal.services import promotion, training
+from portal.services import promotion, training, training_sweep
 from tests.worker_fixtures import install_model, request_training_twice_at_once
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
@@ -202,10 +202,11 @@ def test_retraining_loop_train_promote_reclassify_then_skip(worker_factory, samp
 def test_a_killed_training_leaves_production_untouched(
     worker_factory, production_model, sample, user, upload_images, tmp_path
 ):
-    # The run holds at its first batch (a test hook) until the worker is killed: the test waits on that
-    # durable state, never on a progress event a short run may have passed already.
+    # The run holds at its first batch (tests/hold_training_worker.py) until the worker is killed: the test
+    # waits on that durable state, never on a progress event a short run may have passed already.
     hold = tmp_path / "training-held"
     worker = worker_factory(
+        app="tests.hold_training_worker",
         SEM_TRAIN_ARCH="resnet18",
         SEM_TRAIN_SIZES=[64, 96],
         SEM_TRAIN_EPOCHS=[3, 3],
@@ -215,7 +216,7 @@ def test_a_killed_training_leaves_production_untouched(
     worker.wait_until(lambda: _all_have(ids, SEMImage.Status.CLASSIFIED), what="uploads classified")
     before = list(Prediction.objects.order_by("pk").values_list("pk", "category", "confidence"))
 
-    run = training.request_training(trigger=TrainingRun.Trigger.MANUAL, force=True)
+    run = training.request_training(trigger=TrainingRun.Trigger.MANUAL, force=True).run
     worker.wait_until(lambda: hold.exists(), what="training held at its first batch")
     assert TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING, progress__event="batch").exists()
     work_dir = Path(django_settings.MODEL_DIR) / f"run-{run.pk}"
@@ -223,7 +224,7 @@ def test_a_killed_training_leaves_production_untouched(
     worker.kill9()
     TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
 
-    assert training.fail_stale_runs() == 1
+    assert training_sweep.fail_stale_runs() == 1
     assert not work_dir.exists()  # the killed worker's clean-up never ran; the sweeper's did
 
     run.refresh_from_db(), production_model.refresh_from_db()

@@ -23,7 +23,7 @@ from portal.api.serializers import (
 from portal.models import ModelVersion, Prediction, TrainingRun
 from portal.permissions import visible_images
 from portal.services.promotion import ModelActionError, promote, rollback
-from portal.services.training import active_run, request_cancel, request_training
+from portal.services.training import request_cancel, request_training
 
 PREDICTION_FILTER_PARAMETERS = [
     OpenApiParameter("category", str, description="Predicted category slug."),
@@ -68,7 +68,10 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
             ex.example("Promoted", ex.MODEL),
             ex.FORBIDDEN,
             ex.error_example(
-                "Artifact missing", "model_action_failed", "v3's artifact file is missing: /models/v3/model.pth", "409"
+                "Artifact missing",
+                "model_action_failed",
+                "v3's artifact file is missing: /models/v3/model.safetensors",
+                "409",
             ),
         ],
     )
@@ -213,21 +216,21 @@ class TrainingRunViewSet(
         start = TrainingStartSerializer(data=request.data)
         start.is_valid(raise_exception=True)
         budget_s = start.validated_data.get("budget")
-        run = request_training(
+        requested = request_training(
             trigger=TrainingRun.Trigger.API,
             user=request.user,
             force=start.validated_data["force"],
             config={"budget_s": budget_s} if budget_s else None,
         )
-        if run is None:
-            raise self._not_started(active_run())
-        run = self.get_queryset().get(pk=run.pk)
+        if requested.run is None:
+            raise self._not_started(requested)
+        run = self.get_queryset().get(pk=requested.run.pk)
         return Response(TrainingRunDetailSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
     @staticmethod
-    def _not_started(active) -> Conflict:
-        if active is not None:
-            return Conflict(f"Training run {active.pk} is already {active.status}.", code="training_active")
+    def _not_started(requested) -> Conflict:
+        if requested.refusal == "training_active":
+            return Conflict(requested.reason, code="training_active")
         return Conflict(
             "Not enough new or changed curated labels since the last model; use force to train anyway.",
             code="no_new_labels",

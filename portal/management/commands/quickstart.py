@@ -55,6 +55,6 @@ class Command(BaseCommand):
             return
         from portal.services.training import request_training
 
-        run = request_training(trigger=TrainingRun.Trigger.BOOTSTRAP, force=True)
+        run = request_training(trigger=TrainingRun.Trigger.BOOTSTRAP, force=True).run
         if run is not None:
             self.stdout.write(f"Queued the first training (run {run.pk}) on the demo data.")

@@ -12,8 +12,9 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from portal.durations import parse_duration
 from portal.models import TrainingRun
-from portal.services import training
+from portal.services import training, training_run
 from portal.web.run_display import phase_text
 
 FINISHED = {TrainingRun.Status.SUCCEEDED, TrainingRun.Status.FAILED, TrainingRun.Status.CANCELLED}
@@ -44,7 +45,7 @@ class Command(BaseCommand):
         if training.request_warning(run):
             self.stdout.write(self.style.WARNING(training.request_warning(run)))
         if here:
-            run = training.run_training(run.pk) or TrainingRun.objects.get(pk=run.pk)
+            run = training_run.run_training(run.pk) or TrainingRun.objects.get(pk=run.pk)
         elif wait:
             run = self._follow(run, timeout)
         else:
@@ -52,18 +53,16 @@ class Command(BaseCommand):
         self._report(run)
 
     def _request(self, force: bool, here: bool, config: dict | None) -> TrainingRun:
-        active = training.active_run()
-        if active is not None:
-            raise CommandError(f"Training run {active.pk} is already {active.status}; one at a time.")
-        run = training.request_training(
+        requested = training.request_training(
             trigger=TrainingRun.Trigger.COMMAND, force=force, enqueue=not here, config=config
         )
-        if run is None:
+        if requested.refusal == "training_active":
+            raise CommandError(f"{requested.reason} One at a time.")
+        if requested.refusal == "no_new_labels":
             raise CommandError(
-                f"Nothing to do: {training.new_label_count()} new or changed curated labels "
-                "(use --force to train anyway), or another run started meanwhile."
+                f"Nothing to do: {requested.new_labels} new or changed curated labels (use --force to train anyway)."
             )
-        return run
+        return requested.run
 
     def _follow(self, run: TrainingRun, timeout: float | None) -> TrainingRun:
         deadline = time.monotonic() + timeout if timeout else None
@@ -99,8 +98,6 @@ def _stage(progress: dict) -> str:
 
 
 def _duration(text: str) -> float:
-    from classifier.budget import parse_duration
-
     try:
         return parse_duration(text)
     except ValueError as error:

@@ -12,7 +12,7 @@ from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from classifier.budget import parse_duration
+from portal.durations import parse_duration
 from portal.models import ModelVersion, TrainingRun
 from portal.permissions import is_admin
 from portal.web.access import admin_required, member_required, member_required_json
@@ -79,16 +79,10 @@ def _with_gate(models) -> list[ModelVersion]:
 def rollback_context() -> dict:
     """Production and the version a roll back would restore (as services.promotion.rollback picks it):
     the Roll back button is disabled without one, and its confirmation names both."""
+    from portal.services import promotion
+
     production = ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).only("version").first()
-    target = None
-    if production is not None:
-        target = (
-            ModelVersion.objects.filter(status=ModelVersion.Status.RETIRED, promoted_at__isnull=False)
-            .exclude(pk=production.pk)
-            .order_by("-promoted_at")
-            .only("version")
-            .first()
-        )
+    target = promotion.rollback_targets(production).only("version").first() if production else None
     return {"production_model": production, "rollback_target": target}
 
 
@@ -148,9 +142,12 @@ def training_start(request):
     except ValueError as error:
         # The page again, with what was typed kept and the reason next to the field (not a cleared field).
         return training_page(request, budget_value=budget[:32], budget_error=str(error), status=400)
-    run = service.request_training(trigger=TrainingRun.Trigger.MANUAL, user=request.user, force=True, config=config)
+    requested = service.request_training(
+        trigger=TrainingRun.Trigger.MANUAL, user=request.user, force=True, config=config
+    )
+    run = requested.run
     if run is None:
-        messages.warning(request, "A training run is already queued or running.")
+        messages.warning(request, "A training run is already queued or running.")  # forced: only the lock refuses
     else:
         messages.success(request, f"Training run {run.pk} queued.")
         if service.request_warning(run):
