@@ -163,12 +163,12 @@ def test_token_secret_has_a_copy_button_and_revoke_asks_and_confirms(browser, li
     assert page.evaluate("navigator.clipboard.readText()") == secret
     questions = []
     page.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.dismiss()))
-    page.click("text=Revoke")
+    page.click("button:has-text('Revoke')")  # the help text also says 'revoke'
     assert questions and "Revoke the token “LIMS”" in questions[0]
     assert ApiToken.objects.get(user=member).revoked_at is None  # dismissed: nothing happened
     page.once("dialog", lambda dialog: dialog.accept())
     with page.expect_navigation():
-        page.click("text=Revoke")
+        page.click("button:has-text('Revoke')")  # the help text also says 'revoke'
     assert "Token “LIMS” revoked" in page.text_content(".messages")
     assert ApiToken.objects.get(user=member).revoked_at is not None
     page.problems.assert_none()
