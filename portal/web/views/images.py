@@ -110,6 +110,14 @@ def _unit(value: float | None, unit: str) -> str:
     return f"{value:.4g} {unit}" if value is not None else ""
 
 
+def curatable_image_or_404(user, pk: int, action: str) -> SEMImage:
+    """The image if ``user`` may see it (else 404) and curate it (else 403, naming ``action``)."""
+    image = visible_image_or_404(user, pk)
+    if not can_curate_image(user, image):
+        raise PermissionDenied(f"{action} needs the curator role in this project.")
+    return image
+
+
 # The relabel a confusion cell page offers to undo: {"label": id, "image": filename} in the session.
 RELABEL_UNDO_KEY = "relabel_undo"
 CONFUSION_CELL_FORM = "confusion_cell"  # the `from` field of a confusion cell's relabel form
@@ -119,9 +127,7 @@ CONFUSION_CELL_FORM = "confusion_cell"  # the `from` field of a confusion cell's
 @require_POST
 def set_image_label(request, pk: int):
     """One-click correction from the detail page and the confusion-matrix cell pages (recorded as such)."""
-    image = visible_image_or_404(request.user, pk)
-    if not can_curate_image(request.user, image):
-        raise PermissionDenied("Correcting labels needs the curator role in this project.")
+    image = curatable_image_or_404(request.user, pk, "Correcting labels")
     category = posted_category_or_404(request)
     from_cell = request.POST.get("from") == CONFUSION_CELL_FORM
     source = Label.Source.CONFUSION_CELL if from_cell else Label.Source.IMAGE_PAGE
@@ -169,9 +175,7 @@ def set_not_classifiable(request, pk: int):
     """A curator marks the image "not SEM / not classifiable" (value 1) or withdraws the mark (value 0)."""
     from portal.services.labels import mark_not_classifiable
 
-    image = visible_image_or_404(request.user, pk)
-    if not can_curate_image(request.user, image):
-        raise PermissionDenied("Marking images needs the curator role in this project.")
+    image = curatable_image_or_404(request.user, pk, "Marking images")
     value = request.POST.get("value", "1") == "1"
     mark_not_classifiable(image, value)
     verdict = "marked not SEM / not classifiable: kept, left out of training" if value else "classifiable again"
