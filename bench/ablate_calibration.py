@@ -41,9 +41,9 @@ def held_out_series(x, y, groups, seed, c):
     return head_training._fit(x, y, weights, n_classes, c, seed), temperature
 
 
-def cross_fitted(x, y, groups, seed, c, pooled_dims=None):
+def cross_fitted(x, y, groups, seed, c, pooled_dims=None, folds=5):
     """The temperature fitted on out-of-fold logits of every training image (series held out)."""
-    head = head_training.fit_head(x[:, None], y, groups, int(y.max()) + 1, c, seed, pooled_dims)
+    head = head_training.fit_head(x[:, None], y, groups, int(y.max()) + 1, c, seed, pooled_dims, folds)
     return head, head["temperature"]
 
 
@@ -129,6 +129,8 @@ VARIANTS = {
     "cross-fitted T and class biases, balanced NLL": bias_and_temperature(True),
     "T = 1": no_temperature,
     "mixture with class means, cross-fitted (the default)": lambda x, y, g, s, c: cross_fitted(x, y, g, s, c, 1280),
+    "mixture, cross-fitted over 10 folds": lambda x, y, g, s, c: cross_fitted(x, y, g, s, c, 1280, 10),
+    "mixture, cross-fitted over 3 folds": lambda x, y, g, s, c: cross_fitted(x, y, g, s, c, 1280, 3),
 }
 
 

@@ -100,13 +100,18 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-active"))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--c", type=float, default=0.01)
+    parser.add_argument("--backbone", default="efficientnet_lite0", help="efficientnet_lite2: its 260-px features")
+    parser.add_argument("--only", default="", help="run the heads whose name contains this")
     args = parser.parse_args()
     images = real_data.load_images()
-    matrix = bench_active.features(images, args.work).astype(np.float64)
+    matrix = bench_active.features(images, args.work, args.backbone).astype(np.float64)
     seeds = [int(s) for s in args.seeds.split(",")]
+    print(f"features: {args.backbone}, {matrix.shape[1]} per image")
     print("| head | accuracy (mean ± sd) | macro recall (mean ± sd) | per seed (accuracy / recall) |")
     print("|---|---|---|---|")
     for name, variant in VARIANTS.items():
+        if args.only not in name:
+            continue
         rows = [run(images, matrix, seed, variant, args.c) for seed in seeds]
         acc = np.array([r["accuracy"] for r in rows])
         rec = np.array([r["macro_recall"] for r in rows])

@@ -36,35 +36,36 @@ ORDERS = ("random", "margin", "select_batch")
 POOLED_DIMS = 1280  # EfficientNet-Lite0's pooled features: the class means' part of the head
 
 
-def features(images, work: Path) -> np.ndarray:
-    """(N, D) raw features of every image, in `images` order; computed once, then read from the cache."""
-    cache = work / "features.npz"
+def features(images, work: Path, backbone: str = "efficientnet_lite0") -> np.ndarray:
+    """(N, D) raw features of every image, in `images` order; computed once, then read from the cache.
+    The backbone's own input size (Lite0 224 px, Lite2 260 px) from the 256-px derivatives."""
+    cache = work / ("features.npz" if backbone == "efficientnet_lite0" else f"features-{backbone}.npz")
     keys = np.array([str(image.path) for image in images])
     if cache.exists():
         stored = np.load(cache)
         if np.array_equal(stored["keys"], keys):
             return stored["features"]
     derived = real_data.derivatives(images, work / "derivatives")
-    matrix = _extract([derived[image.path] for image in images])
+    matrix = _extract([derived[image.path] for image in images], backbone)
     work.mkdir(parents=True, exist_ok=True)
     np.savez(cache, keys=keys, features=matrix)
     return matrix
 
 
-def _extract(paths: list[str]) -> np.ndarray:
+def _extract(paths: list[str], name: str) -> np.ndarray:
     import torch
 
     from classifier import transforms
     from classifier.backbones import get_backbone, load_pretrained_body
-    from classifier.feature_head import build_classifier, dihedral_views
+    from classifier.feature_head import build_classifier, dihedral_views, with_folded_batchnorm
 
-    backbone = get_backbone("efficientnet_lite0")
+    backbone = get_backbone(name)
     body, _ = load_pretrained_body(backbone)
     # embed() would standardise with the unfitted buffers (zeros/ones); the raw features are wanted here
-    model = build_classifier(backbone, 2, body).eval()
+    model = with_folded_batchnorm(build_classifier(backbone, 2, body), backbone)
     chunks = []
     for start in range(0, len(paths), BATCH):
-        arrays = [transforms.eval_array(path, 224) for path in paths[start : start + BATCH]]
+        arrays = [transforms.eval_array(path, backbone.input_size) for path in paths[start : start + BATCH]]
         batch = transforms.normalise_batch(torch.from_numpy(np.stack(arrays)), backbone.mean, backbone.std)
         with torch.inference_mode():
             views = [model.features(view) for view in dihedral_views(batch)]

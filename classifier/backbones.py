@@ -71,6 +71,13 @@ class Backbone:
     # Blocks whose feature maps' per-channel mean and standard deviation join the pooled features:
     # texture statistics of intermediate layers, which carry most of what tells SEM classes apart.
     texture_blocks: tuple[int, ...] = (3, 4, 5)
+    # BatchNorm folds into the convolution before it: (block class, (convolution, norm) attribute
+    # pairs) for timm's EfficientNet, whose TF "same" padding torch.fx cannot trace (network.fold_batchnorm).
+    batchnorm_pairs: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+        ("EfficientNet", (("conv_stem", "bn1"), ("conv_head", "bn2"))),
+        ("DepthwiseSeparableConv", (("conv_dw", "bn1"), ("conv_pw", "bn2"))),
+        ("InvertedResidual", (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3"))),
+    )
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -138,6 +145,47 @@ def load_pretrained_body(backbone: Backbone, weights_path: str | None = None):
     body = build_body(backbone)
     body.load_state_dict(remap_in_order(source, body.state_dict()), strict=True)
     return body.eval(), _provenance(backbone, path, digest, override)
+
+
+def fold_body_batchnorm(backbone: Backbone, body):
+    """An eval copy of ``body`` with each BatchNorm of ``backbone.batchnorm_pairs`` folded into its
+    convolution (what remains of a timm BatchNormAct2d is its activation). The folded body must give the
+    original's features (checked on one random batch); otherwise the original is returned, and says so."""
+    import copy
+
+    import torch
+
+    folded = copy.deepcopy(body).eval()
+    pairs = dict(backbone.batchnorm_pairs)
+    count = sum(_fold_pairs(module, pairs.get(type(module).__name__, ())) for module in list(folded.modules()))
+    probe = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    probe = probe.to(next(body.parameters()).device)
+    with torch.inference_mode():
+        expected, got = body(probe), folded(probe)
+    if count == 0 or not torch.allclose(expected, got, rtol=1e-3, atol=1e-3 * float(expected.abs().max())):
+        log.warning(
+            "BatchNorm of %s not folded (%d pairs; features differ): using the body as it is", backbone.name, count
+        )
+        return body
+    return folded
+
+
+def _fold_pairs(module, pairs) -> int:
+    import torch.nn as nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = 0
+    for conv_name, norm_name in pairs:
+        conv, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
+        if not isinstance(conv, nn.Conv2d) or not isinstance(norm, nn.BatchNorm2d):
+            continue
+        setattr(module, conv_name, fuse_conv_bn_eval(conv, norm))
+        # a timm BatchNormAct2d applies dropout and activation after the norm: keep them
+        setattr(
+            module, norm_name, nn.Sequential(getattr(norm, "drop", nn.Identity()), getattr(norm, "act", nn.Identity()))
+        )
+        folded += 1
+    return folded
 
 
 def remap_in_order(source: dict, target: dict) -> dict:

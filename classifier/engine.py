@@ -133,6 +133,18 @@ def predict_logits_for_paths(
     return np.concatenate(outputs) if outputs else np.zeros((0, n_out), dtype=np.float32)
 
 
+def _folded(model, arch: str, fold_traceable):
+    """The model with BatchNorm folded into the convolutions: torch.fx for torchvision/fastai networks;
+    for a pretrained backbone's feature head, the declared pairs (torch.fx cannot trace the TF-padded
+    EfficientNet-Lite convolutions)."""
+    if not is_backbone(arch):
+        return fold_traceable(model)
+    from .backbones import get_backbone
+    from .feature_head import with_folded_batchnorm
+
+    return with_folded_batchnorm(model, get_backbone(arch))
+
+
 class Engine:
     """Inference for one artifact. Thread-safe for predictions (no mutable state)."""
 
@@ -176,8 +188,8 @@ class Engine:
         model.load_state_dict(artifact.state_dict)
         torch_device = select_device(device)
         model = model.to(torch_device).eval()
-        if fold_batchnorm and not is_backbone(artifact.metadata["arch"]):
-            model = fold(model)  # torch.fx cannot trace the TF-padded EfficientNet-Lite convolutions
+        if fold_batchnorm:
+            model = _folded(model, artifact.metadata["arch"], fold)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         bank = bank.float().numpy() if bank is not None else None

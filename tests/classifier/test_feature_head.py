@@ -99,3 +99,49 @@ def test_the_engine_returns_the_mixture_not_the_linear_layer_alone(random_model_
     assert not np.allclose(logits, linear_only, atol=1e-2)
     assert np.allclose(np.exp(logits).sum(1), 1.0, atol=1e-5)
     assert embeddings.shape == (3, raw.shape[1])
+
+
+def _body_with_random_norms():
+    """A Lite0 body whose BatchNorm layers all have non-trivial statistics: folding a norm into the
+    wrong convolution then changes the features (with fresh norms it would be the identity)."""
+    import torch
+
+    torch.manual_seed(1)
+    body = build_body(LITE0).eval()
+    for norm in body.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.data.uniform_(0.5, 1.5)
+            norm.bias.data.uniform_(-0.5, 0.5)
+    return body
+
+
+def test_batchnorm_folds_into_the_efficientnet_convolutions_and_the_features_stay_the_same():
+    import torch
+
+    from classifier.feature_head import with_folded_batchnorm
+
+    model = build_classifier(LITE0, 3, _body_with_random_norms(), tta_views=2).eval()
+    folded = with_folded_batchnorm(model, LITE0)
+    norms = [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms == []
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    images = torch.rand(2, 3, 96, 96)
+    with torch.inference_mode():
+        expected, got = model.raw_features(images), folded.raw_features(images)
+    assert torch.allclose(expected, got, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
+def test_a_wrong_fold_is_refused_and_the_body_kept():
+    import dataclasses
+
+    import torch
+
+    from classifier.backbones import fold_body_batchnorm
+
+    body = _body_with_random_norms()
+    wrong = dataclasses.replace(LITE0, batchnorm_pairs=(("InvertedResidual", (("conv_pw", "bn2"),)),))
+    assert fold_body_batchnorm(wrong, body) is body
+    assert fold_body_batchnorm(LITE0, body) is not body
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in body.modules())
