@@ -37,7 +37,8 @@ from django.utils import timezone
 
 from portal.models import Sample, SEMImage
 from portal.services import metadata as metadata_parsers
-from portal.services.ingest import IngestError, StorageFull, ingest_file
+from portal.services.ingest import ingest_file
+from portal.services.ingest_errors import IngestError, StorageFull
 from portal.watch_models import WatchedFile, WatchFolder
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from portal.services.ingest import IngestError, ingest_file
+from portal.services.ingest import ingest_file
+from portal.services.ingest_errors import IngestError
 from tests.hostile.conftest import multipart_body
 from tests.hostile.corpus import valid_png
 

@@ -18,7 +18,8 @@ from django.urls import reverse
 
 from portal.models import SEMImage
 from portal.services.decode_guard import run_guarded
-from portal.services.ingest import IngestError, ingest_file
+from portal.services.ingest import ingest_file
+from portal.services.ingest_errors import IngestError
 from portal.services.validation import ValidationError
 from tests.hostile.conftest import multipart_body
 from tests.security.bombs import tiff_strip_bomb, truncated_tiles

@@ -18,7 +18,9 @@ from django.urls import reverse
 from PIL import Image
 
 from portal.models import SEMImage
-from portal.services.ingest import IngestError, ingest_file, make_derived_files
+from portal.services.ingest import ingest_file
+from portal.services.ingest_errors import IngestError
+from portal.services.ingest_examine import make_derived_files
 from tests.hostile.conftest import multipart_body
 from tests.security.bombs import at_the_limits, bombs, tiff_chained_ifds, tiff_strip_bomb
 from tests.security.memory_probe import probe
