@@ -85,7 +85,8 @@ def derivatives(images: list[RealImage], cache: Path) -> dict[Path, str]:
     """{original path: derivative PNG path}, made once by the ingestion service's functions."""
     setup_django(cache)
     from portal.services.ingest_examine import make_derived_files
-    from portal.services.validation import inspect_image, sniff_format
+    from portal.services.validation import inspect_image
+    from portal.services.validation_sniff import sniff_format
 
     cache.mkdir(parents=True, exist_ok=True)
     result = {}

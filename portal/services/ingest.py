@@ -39,7 +39,7 @@ from portal.services.ingest_recovery import ingesting
 from portal.services.ingest_spool import spooled
 from portal.services.ingest_store import restore_vanished_files, store_in_one_transaction
 from portal.services.ingest_upload import IngestResult, Upload, already_stored
-from portal.services.validation import ValidationError
+from portal.services.validation_errors import ValidationError
 
 MAX_IDEMPOTENCY_KEY_LENGTH = SEMImage._meta.get_field("idempotency_key").max_length
 MAX_FILENAME_LENGTH = SEMImage._meta.get_field("original_filename").max_length

@@ -15,7 +15,9 @@ from classifier.databar import crop_databar
 from classifier.perceptual import window_hashes
 from classifier.preprocess import DERIVATIVE_SHORT_SIDE, make_derivative
 from portal.services.metadata import extract_metadata
-from portal.services.validation import ImageInfo, inspect_image, sniff_format
+from portal.services.validation import inspect_image
+from portal.services.validation_limits import ImageInfo
+from portal.services.validation_sniff import sniff_format
 
 THUMBNAIL_MAX_SIDE = 256
 # The model-input derivative has a short side of DERIVATIVE_SHORT_SIDE (256) px and a long side of at most

@@ -14,7 +14,7 @@ from typing import BinaryIO
 from django.conf import settings
 
 from portal.services.ingest_errors import IngestError
-from portal.services.validation import SNIFF_BYTES
+from portal.services.validation_sniff import SNIFF_BYTES
 
 CHUNK_BYTES = 1024 * 1024
 

@@ -11,7 +11,7 @@ from portal.models import Category, Label, Sample, SEMImage
 from portal.services.ingest_examine import Derived
 from portal.services.ingest_spool import Spooled
 from portal.services.near_duplicates import Match
-from portal.services.validation import ImageInfo
+from portal.services.validation_limits import ImageInfo
 
 
 @dataclass

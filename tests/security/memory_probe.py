@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
     from PIL import Image
 
     from portal.services.ingest_examine import examine
-    from portal.services.validation import ValidationError
+    from portal.services.validation_errors import ValidationError
 
     buffer = io.BytesIO()
     Image.fromarray((np.arange(64 * 48) % 251).astype(np.uint8).reshape(48, 64)).save(buffer, "PNG")

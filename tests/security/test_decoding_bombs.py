@@ -91,7 +91,7 @@ def test_the_derivative_is_never_a_giant_upscale(size):
 @pytest.mark.django_db
 def test_page_counting_stops_at_the_column_limit(sample, user):
     """A page-count bomb (hundreds of thousands of chained IFDs) costs a bounded walk, not the whole chain."""
-    from portal.services.validation import MAX_COUNTED_PAGES, count_tiff_pages
+    from portal.services.validation_tiff import MAX_COUNTED_PAGES, count_tiff_pages
 
     path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"ifds-{os.getpid()}.tif")
     with open(path, "wb") as handle:
