@@ -36,9 +36,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from portal.models import Sample, SEMImage
-from portal.services import metadata as metadata_parsers
 from portal.services.ingest import ingest_file
 from portal.services.ingest_errors import IngestError, StorageFull
+from portal.services.metadata import TYPED_FIELDS, parse_sidecar
 from portal.watch_models import WatchedFile, WatchFolder
 
 logger = logging.getLogger(__name__)
@@ -421,17 +421,6 @@ def sidecar_path(image_path: str) -> str | None:
     return None
 
 
-def parse_sidecar(text: str) -> dict | None:
-    """Typed metadata (as metadata.extract_metadata returns it) from a JEOL or Hitachi sidecar's text."""
-    for looks_like, parse in (
-        (metadata_parsers._looks_like_jeol, metadata_parsers._parse_jeol),
-        (metadata_parsers._looks_like_hitachi, metadata_parsers._parse_hitachi),
-    ):
-        if looks_like(text):
-            return metadata_parsers._finalise(parse(text))
-    return None
-
-
 def read_sidecar(image_path: str) -> tuple[str, dict] | None:
     path = sidecar_path(image_path)
     if path is None:
@@ -464,7 +453,7 @@ def attach_sidecar(image: SEMImage, image_path: str) -> bool:
     if not found:
         return False
     name, parsed = found
-    values = {key: parsed[key] for key in metadata_parsers.TYPED_FIELDS}
+    values = {key: parsed[key] for key in TYPED_FIELDS}
     values["metadata"] = {**(image.metadata or {}), **parsed["raw"], "sidecar": name}
     SEMImage.objects.filter(pk=image.pk).update(**values)
     for key, value in values.items():
