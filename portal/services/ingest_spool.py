@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 from django.conf import settings
 
+from portal.byte_sizes import human_bytes
 from portal.services.ingest_errors import IngestError
 from portal.services.validation_sniff import SNIFF_BYTES
 
@@ -44,7 +45,7 @@ def spooled(fileobj: BinaryIO, filename: str) -> Iterator[Spooled]:
                 size += len(chunk)
                 if size > limit:
                     raise IngestError(
-                        "too_large", f"The file is larger than the limit of {_human_bytes(limit)}.", filename
+                        "too_large", f"The file is larger than the limit of {human_bytes(limit)}.", filename
                     )
                 if len(head) < SNIFF_BYTES:
                     head += chunk[: SNIFF_BYTES - len(head)]
@@ -68,14 +69,6 @@ def _chunks(fileobj) -> Iterator[bytes]:
         if not chunk:
             return
         yield bytes(chunk)
-
-
-def _human_bytes(count: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count} bytes"
 
 
 def _remove_quietly(path: str) -> None:

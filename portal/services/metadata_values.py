@@ -63,20 +63,20 @@ def number_and_unit(value: Any) -> tuple[float | None, str]:
 
 
 def voltage_kv(value: Any, unit: str = "", *, default_unit: str = "kV") -> float | None:
-    number, found_unit = number_and_unit(value)
-    if number is None:
-        return None
-    unit = (unit or found_unit or default_unit).lower()
-    factor = _VOLTAGE_TO_KV.get(unit)
-    return number * factor if factor is not None else None
+    return _converted(value, unit, default_unit, _VOLTAGE_TO_KV)
 
 
 def length_nm(value: Any, unit: str = "", *, default_unit: str = "nm") -> float | None:
+    return _converted(value, unit, default_unit, _LENGTH_TO_NM)
+
+
+def _converted(value: Any, unit: str, default_unit: str, factors: dict[str, float]) -> float | None:
+    """The number in `value` times the factor of its unit: the given one, else the one written after the
+    number, else the default. None for an unknown unit."""
     number, found_unit = number_and_unit(value)
     if number is None:
         return None
-    unit = (unit or found_unit or default_unit).lower()
-    factor = _LENGTH_TO_NM.get(unit)
+    factor = factors.get((unit or found_unit or default_unit).lower())
     return number * factor if factor is not None else None
 
 

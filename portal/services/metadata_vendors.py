@@ -6,6 +6,7 @@ A parser returns the typed values it found, in the portal's units, and its vendo
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from portal.services.metadata_values import (
@@ -121,20 +122,70 @@ def _parse_ini(text: str) -> dict[str, dict[str, str]]:
     return {name: values for name, values in sections.items() if values}
 
 
+@dataclass(frozen=True)
+class _IniLayout:
+    """Where a vendor that writes INI text (TESCAN, Hitachi) keeps each value: lower-case keys, the first
+    present one wins, and the unit of a number written without one."""
+
+    vendor: str
+    raw_key: str
+    models: tuple[str, ...]
+    detectors: tuple[str, ...]
+    voltage: tuple[str, str]  # (key, default unit)
+    working_distance: tuple[str, str]
+    pixel_size: tuple[str, str]
+
+
+# TESCAN writes SI units: HV in volts, WD and pixel size in metres.
+_TESCAN = _IniLayout(
+    VENDOR_TESCAN,
+    "tescan",
+    ("devicemodel", "device"),
+    ("detector", "detector0"),
+    ("hv", "V"),
+    ("wd", "m"),
+    ("pixelsizex", "m"),
+)
+_HITACHI = _IniLayout(
+    VENDOR_HITACHI,
+    "hitachi",
+    ("instructname", "instrument name"),
+    ("signalname", "detector"),
+    ("acceleratingvoltage", "V"),
+    ("workingdistance", "um"),
+    ("pixelsize", "nm"),
+)
+
+
 def parse_tescan(text: str) -> dict[str, Any]:
+    return _parse_ini_vendor(text, _TESCAN)
+
+
+def parse_hitachi(text: str) -> dict[str, Any]:
+    return _parse_ini_vendor(text, _HITACHI)
+
+
+def _parse_ini_vendor(text: str, layout: _IniLayout) -> dict[str, Any]:
     sections = _parse_ini(text)
     flat = {key.lower(): value for block in sections.values() for key, value in block.items()}
+
+    def first(keys: tuple[str, ...]) -> str:
+        return next((flat[key] for key in keys if flat.get(key)), "")
+
+    def number(where: tuple[str, str], convert) -> float | None:
+        key, default_unit = where
+        return convert(flat.get(key), default_unit=default_unit)
+
     return {
-        "vendor": VENDOR_TESCAN,
-        "instrument_model": flat.get("devicemodel") or flat.get("device") or "",
-        # SI units: HV in volts, WD and pixel size in metres.
-        "accelerating_voltage_kv": voltage_kv(flat.get("hv"), default_unit="V"),
-        "working_distance_mm": scaled(length_nm(flat.get("wd"), default_unit="m"), 1e-6),
+        "vendor": layout.vendor,
+        "instrument_model": first(layout.models),
+        "accelerating_voltage_kv": number(layout.voltage, voltage_kv),
+        "working_distance_mm": scaled(number(layout.working_distance, length_nm), 1e-6),
         "magnification": parse_magnification(flat.get("magnification")),
-        "pixel_size_nm": length_nm(flat.get("pixelsizex"), default_unit="m"),
-        "detector": flat.get("detector") or flat.get("detector0") or "",
+        "pixel_size_nm": number(layout.pixel_size, length_nm),
+        "detector": first(layout.detectors),
         "acquired_at": parse_datetime(flat.get("date"), flat.get("time")),
-        "raw": {"tescan": sections},
+        "raw": {layout.raw_key: sections},
     }
 
 
@@ -169,19 +220,3 @@ def _jeol_pixel_size_nm(fields: dict[str, str]) -> float | None:
     if bar_pixels and marker_nm:
         return marker_nm / bar_pixels
     return None
-
-
-def parse_hitachi(text: str) -> dict[str, Any]:
-    sections = _parse_ini(text)
-    flat = {key.lower(): value for block in sections.values() for key, value in block.items()}
-    return {
-        "vendor": VENDOR_HITACHI,
-        "instrument_model": flat.get("instructname") or flat.get("instrument name") or "",
-        "accelerating_voltage_kv": voltage_kv(flat.get("acceleratingvoltage"), default_unit="V"),
-        "working_distance_mm": scaled(length_nm(flat.get("workingdistance"), default_unit="um"), 1e-6),
-        "magnification": parse_magnification(flat.get("magnification")),
-        "pixel_size_nm": length_nm(flat.get("pixelsize"), default_unit="nm"),
-        "detector": flat.get("signalname") or flat.get("detector") or "",
-        "acquired_at": parse_datetime(flat.get("date"), flat.get("time")),
-        "raw": {"hitachi": sections},
-    }

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from portal.byte_sizes import human_bytes
 from portal.services.validation_errors import ValidationError
 
 
@@ -47,18 +48,10 @@ def check_decoding_budget(width: int, height: int, decoded_bytes: int, *, sample
         per_sample = max(1, -(-bits // 8))
         raise ValidationError(
             "too_many_bytes",
-            f"The image would take {_human(decoded_bytes)} once decoded ({width}x{height} pixels x {samples:,} "
+            f"The image would take {human_bytes(decoded_bytes)} once decoded ({width}x{height} pixels x {samples:,} "
             f"sample{'s' if samples != 1 else ''} per pixel x {per_sample} byte{'s' if per_sample != 1 else ''} "
-            f"per sample); the limit is {_human(max_bytes)}.",
+            f"per sample); the limit is {human_bytes(max_bytes)}.",
         )
-
-
-def _human(count: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
-        count /= 1024
-    return f"{count} bytes"
 
 
 MAX_SAMPLES_PER_PIXEL = 4  # grey, grey + alpha, RGB, RGBA: SEM images never have more
