@@ -42,7 +42,7 @@ def _files() -> dict[str, bytes]:
 
 def overhead(rounds: int) -> None:
     from portal.services.decode_guard import run_guarded
-    from portal.services.ingest import examine
+    from portal.services.ingest_examine import examine
 
     started = time.perf_counter()
     run_guarded(len, "warm")  # the forkserver starts once per process: Django and the decoders imported

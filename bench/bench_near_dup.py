@@ -71,8 +71,10 @@ def variants(path: Path) -> dict[str, tuple[bytes, str]]:
 def hashes_of(data: bytes, filename: str, functions) -> dict[str, int] | None:
     import tempfile
 
-    from portal.services.ingest import make_derived_files
-    from portal.services.validation import ValidationError, inspect_image, sniff_format
+    from portal.services.ingest_examine import make_derived_files
+    from portal.services.validation import inspect_image
+    from portal.services.validation_errors import ValidationError
+    from portal.services.validation_sniff import sniff_format
 
     with tempfile.NamedTemporaryFile(suffix=Path(filename).suffix) as handle:
         handle.write(data)

@@ -80,7 +80,7 @@ def main() -> None:
 
     call_command("migrate", interactive=False, verbosity=0)
     from portal.models import Project
-    from portal.services import watch
+    from portal.services import watch, watch_share
     from portal.watch_models import WatchedFile, WatchFolder
 
     with tempfile.TemporaryDirectory() as workdir:
@@ -104,7 +104,7 @@ def main() -> None:
                 folder = WatchFolder.objects.create(
                     path=str(share), project=project, uploader=user, settle_s=10, create_missing_samples=True
                 )
-                found, walk_s = timed(lambda: watch.walk(str(share)))
+                found, walk_s = timed(lambda: watch_share.walk(str(share)))
                 assert len(found) == options.files
                 report, first_s = timed(lambda: watch.scan_folder(folder, clock=lambda: clock[0]))
                 assert report.new == options.files

@@ -33,7 +33,7 @@ REDIS_START = [
     "--logfile",
     "/var/log/redis/ci.log",
 ]
-# The advisory lock every ingestion takes just before its commit (portal.services.ingest._place).
+# The advisory lock every ingestion takes just before its commit (portal.services.ingest_store.take_near_duplicate_turn).
 NEAR_DUPLICATE_LOCK_KEY = 0x5E4D0D0B
 HOLD_BEFORE_KILL_S = 4
 

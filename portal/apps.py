@@ -17,7 +17,7 @@ class PortalConfig(AppConfig):
 
         register_listeners()
         # Watch folders: the scan schedule follows the folders (signal receivers).
-        from portal.services.watch import connect_signals
+        from portal.services.watch_schedule import connect_signals
 
         connect_signals()
         _ensure_upload_spool()

@@ -32,6 +32,7 @@ from django.conf import settings
 from django.core.files.uploadhandler import MemoryFileUploadHandler
 from django.http import HttpResponse, JsonResponse
 
+from portal.byte_sizes import human_bytes
 from portal.request_guard import api_error, is_api_path
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class RequestBodyLimitMiddleware:
                 return too_large(
                     request,
                     f"Requests from clients that are not logged in may carry at most "
-                    f"{_human(ANONYMOUS_MAX_BODY_BYTES)}; this one declares {_human(length)}. "
+                    f"{human_bytes(ANONYMOUS_MAX_BODY_BYTES)}; this one declares {human_bytes(length)}. "
                     f"Log in (or send your API token) first.",
                 )
             return None
@@ -81,11 +82,11 @@ class RequestBodyLimitMiddleware:
         )
         if length > limit:
             what = (
-                f"the largest accepted file is {_human(settings.SEM_MAX_UPLOAD_BYTES)}"
+                f"the largest accepted file is {human_bytes(settings.SEM_MAX_UPLOAD_BYTES)}"
                 if is_upload
-                else f"this endpoint accepts at most {_human(limit)}"
+                else f"this endpoint accepts at most {human_bytes(limit)}"
             )
-            return too_large(request, f"The request body is {_human(length)}; {what}. Nothing was read or stored.")
+            return too_large(request, f"The request body is {human_bytes(length)}; {what}. Nothing was read or stored.")
         if is_upload and view_name in WEB_UPLOAD_VIEWS:
             return web_upload_throttled(request) or web_upload_with_several_files(request)
         return None
@@ -210,7 +211,7 @@ def limit_wsgi_body(application):
             return _plain(
                 start_response,
                 "413 Request Entity Too Large",
-                f"The request body is larger than the largest accepted upload ({_human(limit)}).",
+                f"The request body is larger than the largest accepted upload ({human_bytes(limit)}).",
             )
         return application(environ, start_response)
 
@@ -224,11 +225,3 @@ def _plain(start_response, status: str, message: str):
         status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close")]
     )
     return [body]
-
-
-def _human(count: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
-        count /= 1024
-    return f"{count} bytes"

@@ -101,7 +101,7 @@ class WatchFolder(models.Model):
             raise ValidationError(errors)
 
     # Saving or deleting a folder enables or disables the beat task: signal receivers in
-    # portal.services.watch (connected in PortalConfig.ready), so models never import the services.
+    # portal.services.watch_schedule (connected in PortalConfig.ready), so models never import the services.
 
 
 class WatchedFile(models.Model):

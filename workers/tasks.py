@@ -102,6 +102,6 @@ def sweep() -> dict:
 @shared_task(name="workers.scan_watch_folders", soft_time_limit=900, time_limit=1200, **RETRY_POLICY)
 def scan_watch_folders() -> dict:
     """Beat (every 15 s, enabled while a watch folder is): scan the folders whose poll interval has passed."""
-    from portal.services import watch
+    from portal.services import watch_schedule
 
-    return watch.scan_due_folders()
+    return watch_schedule.scan_due_folders()

@@ -268,7 +268,7 @@ def flag_blank(paths: dict[int, object]) -> None:
     catches images stored before it did. A fact about the file, whichever model classifies it."""
     from PIL import Image
 
-    from portal.services.ingest import is_blank
+    from portal.services.ingest_examine import is_blank
 
     blank = []
     for image_id, path in paths.items():

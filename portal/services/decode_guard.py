@@ -29,7 +29,7 @@ from typing import Any
 
 from django.conf import settings
 
-from portal.services.validation import ValidationError
+from portal.services.validation_errors import ValidationError
 
 # The settings the decoding code reads; the child gets the parent's values (tests and operators may have
 # changed them after the forkserver started).

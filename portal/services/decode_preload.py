@@ -22,7 +22,7 @@ django.setup()
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from portal.services.ingest import examine  # noqa: E402
+from portal.services.ingest_examine import examine  # noqa: E402
 from portal.web.renditions import render_file  # noqa: E402
 
 

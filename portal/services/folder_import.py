@@ -17,7 +17,8 @@ from pathlib import Path
 from classifier.fingerprint import file_sha256
 from classifier.series import ManifestError, read_manifest
 from portal.models import Category, Label, Project, Sample, SEMImage
-from portal.services.ingest import IngestError, ingest_file
+from portal.services.ingest import ingest_file
+from portal.services.ingest_errors import IngestError
 
 
 class ImportProblem(Exception):

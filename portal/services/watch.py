@@ -18,39 +18,32 @@ A plain polling scan (os.scandir; inotify does not fire on SMB/NFS mounts). Per 
 
 The share is only read, unless the folder's `move_to_processed` option is on. JEOL/Hitachi `.txt` sidecars next
 to an image are parsed with the existing metadata parsers and attached to the new image.
+
+The share is walked by watch_share, a file's sample found by watch_samples, its sidecar read by
+watch_sidecars, and the beat task that scans due folders is watch_schedule's.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from portal.models import Sample, SEMImage
-from portal.services import metadata as metadata_parsers
-from portal.services.ingest import IngestError, StorageFull, ingest_file
+from portal.services.ingest import ingest_file
+from portal.services.ingest_errors import IngestError, StorageFull
+from portal.services.watch_samples import FolderContext, resolve_sample
+from portal.services.watch_share import move_to_processed, walk
+from portal.services.watch_sidecars import attach_sidecar
 from portal.watch_models import WatchedFile, WatchFolder
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"})
-TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".download", ".filepart", ".swp", "~")
-PROCESSED_DIR = "processed"
 CLAIM_TIMEOUT_S = 30 * 60  # an ingestion takes seconds; a claim this old belongs to a dead scanner
-MAX_SIDECAR_BYTES = 1024 * 1024
-SCAN_TASK_NAME = "Scan watch folders"
-SCAN_TASK_INTERVAL_S = 15  # the beat task looks for due folders this often; each has its own poll interval
-SCAN_LEASE_S = 15 * 60
-DEFAULT_INGEST_BUDGET_S = 120.0  # a scheduled scan stops claiming after this; the rest is due next poll
 
 Status = WatchedFile.Status
 FINAL = (Status.STORED, Status.DUPLICATE, Status.REFUSED)
@@ -79,64 +72,6 @@ class ScanReport:
         )
 
 
-# ---------------------------------------------------------------------------------------------
-# Walking the share
-# ---------------------------------------------------------------------------------------------
-
-
-def is_candidate(name: str) -> bool:
-    """An image file name that is neither hidden nor temporary (Office/instrument lock files, partial copies)."""
-    lowered = name.lower()
-    if name.startswith((".", "~$", "~")) or lowered.endswith(TEMP_SUFFIXES):
-        return False
-    return os.path.splitext(lowered)[1] in IMAGE_EXTENSIONS
-
-
-def walk(root: str) -> dict[str, tuple[int, int]]:
-    """{relative path: (size, mtime_ns)} of every candidate file under root (plain os.scandir, no symlinks)."""
-    found: dict[str, tuple[int, int]] = {}
-    stack = [("", root)]
-    while stack:
-        prefix, directory = stack.pop()
-        try:
-            entries = os.scandir(directory)
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            continue  # removed mid-scan, or not ours to read
-        with entries:
-            for entry in entries:
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        if not entry.name.startswith((".", "~")) and not (prefix == "" and entry.name == PROCESSED_DIR):
-                            stack.append((prefix + entry.name + "/", entry.path))
-                    elif is_candidate(entry.name) and entry.is_file(follow_symlinks=False):
-                        relpath = prefix + entry.name
-                        if not _storable(relpath):
-                            continue
-                        stat = entry.stat(follow_symlinks=False)
-                        found[relpath] = (stat.st_size, stat.st_mtime_ns)
-                except FileNotFoundError:
-                    continue  # deleted between the listing and the stat
-    return found
-
-
-MAX_RELPATH = WatchedFile._meta.get_field("relpath").max_length
-
-
-def _storable(relpath: str) -> bool:
-    """A path the database can hold: not over-long, and valid text (a name in another encoding than the
-    file system's comes back from os.scandir with surrogate escapes, which PostgreSQL refuses)."""
-    if len(relpath) > MAX_RELPATH or "\x00" in relpath:
-        logger.warning("watch folder: skipped a path longer than %s characters: %.200s…", MAX_RELPATH, relpath)
-        return False
-    try:
-        relpath.encode("utf-8")
-    except UnicodeEncodeError:
-        logger.warning("watch folder: skipped %r: its name is not valid UTF-8 (rename it)", relpath)
-        return False
-    return True
-
-
-# ---------------------------------------------------------------------------------------------
 # Scanning
 # ---------------------------------------------------------------------------------------------
 
@@ -153,12 +88,10 @@ def scan_folder(
     started = time.monotonic()
     now = clock()
     report = ScanReport()
-    token = scanner_id or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-    root = folder.path
-    if not os.path.isdir(root):
-        _record_scan(folder, report, started, error=f"Folder not found or not a folder: {root}")
+    if not os.path.isdir(folder.path):
+        _record_scan(folder, report, started, error=f"Folder not found or not a folder: {folder.path}")
         return report
-    found = walk(root)
+    found = walk(folder.path)
     report.files = len(found)
     rows = {
         row[1]: row
@@ -166,7 +99,20 @@ def scan_folder(
             "pk", "relpath", "size", "mtime_ns", "status", "stable_since"
         )
     }
+    _add_new_paths(folder, found, rows, now, report)
+    due = _settled_paths(folder, found, rows, now, report)
+    _forget_vanished_paths(found, rows, report)
+    release_stale_claims(folder)
+    if ingest:
+        token = scanner_id or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        _claim_and_ingest(folder, due, token, clock, ingest_budget_s, report)
+    else:
+        report.settling += len(due)
+    _record_scan(folder, report, started)
+    return report
 
+
+def _add_new_paths(folder: WatchFolder, found: dict, rows: dict, now: float, report: ScanReport) -> None:
     new_rows = [
         WatchedFile(folder=folder, relpath=relpath, size=size, mtime_ns=mtime, stable_since=now)
         for relpath, (size, mtime) in found.items()
@@ -176,6 +122,9 @@ def scan_folder(
         WatchedFile.objects.bulk_create(new_rows, batch_size=1000, ignore_conflicts=True)
         report.new = len(new_rows)
 
+
+def _settled_paths(folder: WatchFolder, found: dict, rows: dict, now: float, report: ScanReport) -> list:
+    """(pk, relpath, size, mtime) of the paths due for ingestion; a changed path starts settling again."""
     due: list[tuple[int, str, int, int]] = []
     for relpath, (size, mtime) in found.items():
         row = rows.get(relpath)
@@ -185,19 +134,7 @@ def scan_folder(
         pk, _, old_size, old_mtime, status, stable_since = row
         if (size, mtime) != (old_size, old_mtime):
             if status != Status.INGESTING:  # a new version (still growing, or replaced): settles again
-                WatchedFile.objects.filter(pk=pk, size=old_size, mtime_ns=old_mtime).exclude(
-                    status=Status.INGESTING
-                ).update(
-                    size=size,
-                    mtime_ns=mtime,
-                    stable_since=now,
-                    status=Status.SEEN,
-                    code="",
-                    reason="",
-                    image=None,
-                    finished_at=None,
-                    moved_to="",
-                )
+                _settle_again(pk, (old_size, old_mtime), (size, mtime), now)
                 report.changed += 1
             report.settling += 1
         elif status == Status.SEEN:
@@ -205,28 +142,48 @@ def scan_folder(
                 due.append((pk, relpath, size, mtime))
             else:
                 report.settling += 1
+    return due
 
+
+def _settle_again(pk: int, old: tuple[int, int], new: tuple[int, int], now: float) -> None:
+    """The outcome of the old version is forgotten; unless a scanner claimed it meanwhile."""
+    WatchedFile.objects.filter(pk=pk, size=old[0], mtime_ns=old[1]).exclude(status=Status.INGESTING).update(
+        size=new[0],
+        mtime_ns=new[1],
+        stable_since=now,
+        status=Status.SEEN,
+        code="",
+        reason="",
+        image=None,
+        finished_at=None,
+        moved_to="",
+    )
+
+
+def _forget_vanished_paths(found: dict, rows: dict, report: ScanReport) -> None:
     gone = [row[0] for relpath, row in rows.items() if relpath not in found and row[4] == Status.SEEN]
     if gone:
         report.vanished = WatchedFile.objects.filter(pk__in=gone, status=Status.SEEN).delete()[0]
-    release_stale_claims(folder)
 
-    if ingest and due:
-        deadline = time.monotonic() + ingest_budget_s if ingest_budget_s else None
-        context = _FolderContext(folder)
-        for pk, relpath, size, mtime in sorted(due, key=lambda item: item[1]):
-            if deadline and time.monotonic() > deadline:
-                report.settling += 1
-                continue
-            claimed = WatchedFile.objects.filter(pk=pk, status=Status.SEEN, size=size, mtime_ns=mtime).update(
-                status=Status.INGESTING, claimed_by=token, claimed_at=timezone.now()
-            )
-            if claimed:
-                _process(context, pk, relpath, size, mtime, token, clock, report)
-    elif due:
-        report.settling += len(due)
-    _record_scan(folder, report, started)
-    return report
+
+def _claim_and_ingest(
+    folder: WatchFolder, due: list, token: str, clock, ingest_budget_s: float | None, report: ScanReport
+) -> None:
+    """Claim each due path (seen -> ingesting, unless another scanner was faster) and ingest it, in path
+    order, until the budget is spent; the rest stays due for the next scan."""
+    if not due:
+        return
+    deadline = time.monotonic() + ingest_budget_s if ingest_budget_s else None
+    context = FolderContext(folder)
+    for pk, relpath, size, mtime in sorted(due, key=lambda item: item[1]):
+        if deadline and time.monotonic() > deadline:
+            report.settling += 1
+            continue
+        claimed = WatchedFile.objects.filter(pk=pk, status=Status.SEEN, size=size, mtime_ns=mtime).update(
+            status=Status.INGESTING, claimed_by=token, claimed_at=timezone.now()
+        )
+        if claimed:
+            _process(context, pk, relpath, size, mtime, token, clock, report)
 
 
 def release_stale_claims(folder: WatchFolder) -> int:
@@ -246,29 +203,8 @@ def _record_scan(folder: WatchFolder, report: ScanReport, started: float, error:
         logger.warning("watch folder %s: %s", folder.path, error)
 
 
-class _FolderContext:
-    """Per-scan look-ups: the uploader, the compiled pattern, samples already resolved."""
-
-    def __init__(self, folder: WatchFolder) -> None:
-        self.folder = folder
-        self.pattern = re.compile(folder.filename_pattern) if folder.sample_rule == folder.SampleRule.PATTERN else None
-        self.samples: dict[str, Sample] = {}
-        self._uploader = None
-
-    @property
-    def uploader(self):
-        if self._uploader is None:
-            self._uploader = (
-                self.folder.uploader
-                or get_user_model().objects.filter(is_superuser=True, is_active=True).order_by("pk").first()
-            )
-            if self._uploader is None:
-                raise IngestError("no_uploader", "The watch folder has no uploader and no superuser exists.")
-        return self._uploader
-
-
 def _process(
-    context: _FolderContext, pk: int, relpath: str, size: int, mtime: int, token: str, clock, report: ScanReport
+    context: FolderContext, pk: int, relpath: str, size: int, mtime: int, token: str, clock, report: ScanReport
 ) -> None:
     folder = context.folder
     path = os.path.join(folder.path, relpath)
@@ -316,7 +252,7 @@ def _process(
     if result.created:
         attach_sidecar(result.image, path)
     status = Status.STORED if result.created else Status.DUPLICATE
-    moved_to = _move_to_processed(folder, relpath) if folder.move_to_processed else ""
+    moved_to = move_to_processed(folder, relpath) if folder.move_to_processed else ""
     claim.update(
         status=status,
         image=result.image,
@@ -345,221 +281,6 @@ class _CheckedReader:
             if (stat.st_size, stat.st_mtime_ns) != (self.size, self.mtime_ns) or self.read_bytes != self.size:
                 raise FileChanged()
         return chunk
-
-
-# ---------------------------------------------------------------------------------------------
-# Samples
-# ---------------------------------------------------------------------------------------------
-
-
-def resolve_sample(context: _FolderContext, relpath: str) -> Sample:
-    """The sample of a file by the folder's rule; IngestError (refused, with the reason) when there is none."""
-    folder = context.folder
-    rule = folder.sample_rule
-    if rule == folder.SampleRule.FIXED:
-        if folder.fixed_sample_id is None:
-            raise IngestError("no_sample", "The watch folder's fixed sample is not set.")
-        return folder.fixed_sample
-    if rule == folder.SampleRule.SUBFOLDER:
-        parts = relpath.split("/")
-        if len(parts) < 2:
-            raise IngestError("no_sample", "Not in a sample folder: put it in <share>/<lab sample ID>/.")
-        lab_id = parts[0].strip()
-    else:
-        match = context.pattern.search(os.path.basename(relpath)) if context.pattern else None
-        lab_id = (match.group("sample") or "").strip() if match else ""
-        if not lab_id:
-            raise IngestError("no_sample", f"The file name does not match the pattern {folder.filename_pattern}.")
-    if lab_id in context.samples:
-        return context.samples[lab_id]
-    sample = _sample_by_lab_id(context, lab_id)
-    context.samples[lab_id] = sample
-    return sample
-
-
-def _sample_by_lab_id(context: _FolderContext, lab_id: str) -> Sample:
-    folder = context.folder
-    max_length = Sample._meta.get_field("lab_sample_id").max_length
-    if len(lab_id) > max_length:
-        raise IngestError("no_sample", f"Lab sample ID {lab_id[:40]}… is longer than {max_length} characters.")
-    sample = Sample.objects.filter(lab_sample_id=lab_id).first()
-    if sample is None and folder.create_missing_samples:
-        try:
-            with transaction.atomic():
-                sample = Sample.objects.create(
-                    project_id=folder.project_id,
-                    lab_sample_id=lab_id,
-                    name=lab_id,
-                    owner=context.uploader,
-                    description=f"Created by the watch folder {folder.path}",
-                )
-        except IntegrityError:  # another scanner created it meanwhile
-            sample = Sample.objects.filter(lab_sample_id=lab_id).first()
-    if sample is None:
-        raise IngestError(
-            "no_sample", f"No sample {lab_id!r}: create it, or allow the watch folder to create missing samples."
-        )
-    if sample.project_id != folder.project_id:
-        raise IngestError("no_sample", f"Sample {lab_id!r} belongs to another project than the watch folder's.")
-    return sample
-
-
-# ---------------------------------------------------------------------------------------------
-# Sidecar metadata (JEOL, Hitachi)
-# ---------------------------------------------------------------------------------------------
-
-
-def sidecar_path(image_path: str) -> str | None:
-    """`image.txt` (any case of .txt) next to `image.tif`, if present."""
-    directory, name = os.path.split(image_path)
-    stem = os.path.splitext(name)[0]
-    for candidate in (f"{stem}.txt", f"{stem}.TXT", f"{stem}.Txt"):
-        full = os.path.join(directory, candidate)
-        if os.path.isfile(full):
-            return full
-    return None
-
-
-def parse_sidecar(text: str) -> dict | None:
-    """Typed metadata (as metadata.extract_metadata returns it) from a JEOL or Hitachi sidecar's text."""
-    for looks_like, parse in (
-        (metadata_parsers._looks_like_jeol, metadata_parsers._parse_jeol),
-        (metadata_parsers._looks_like_hitachi, metadata_parsers._parse_hitachi),
-    ):
-        if looks_like(text):
-            return metadata_parsers._finalise(parse(text))
-    return None
-
-
-def read_sidecar(image_path: str) -> tuple[str, dict] | None:
-    path = sidecar_path(image_path)
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_SIDECAR_BYTES + 1)
-    except OSError:
-        return None
-    if len(data) > MAX_SIDECAR_BYTES:
-        return None
-    text = data.decode("utf-8") if _is_utf8(data) else data.decode("latin-1")
-    parsed = parse_sidecar(text.replace("\x00", ""))
-    return (os.path.basename(path), parsed) if parsed else None
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def attach_sidecar(image: SEMImage, image_path: str) -> bool:
-    """Fill a new image's instrument metadata from its sidecar, unless the file itself carried some."""
-    if image.vendor:
-        return False  # FEI/Zeiss/TESCAN (or embedded JEOL/Hitachi text): the file's own metadata wins
-    found = read_sidecar(image_path)
-    if not found:
-        return False
-    name, parsed = found
-    values = {key: parsed[key] for key in metadata_parsers.TYPED_FIELDS}
-    values["metadata"] = {**(image.metadata or {}), **parsed["raw"], "sidecar": name}
-    SEMImage.objects.filter(pk=image.pk).update(**values)
-    for key, value in values.items():
-        setattr(image, key, value)
-    return True
-
-
-# ---------------------------------------------------------------------------------------------
-# processed/
-# ---------------------------------------------------------------------------------------------
-
-
-def _move_to_processed(folder: WatchFolder, relpath: str) -> str:
-    """Move the file (and its sidecar) to processed/<relpath>; never overwrites. Returns the new relpath."""
-    source = os.path.join(folder.path, relpath)
-    try:
-        target_rel = _free_name(folder.path, f"{PROCESSED_DIR}/{relpath}")
-        os.makedirs(os.path.dirname(os.path.join(folder.path, target_rel)), exist_ok=True)
-        sidecar = sidecar_path(source)
-        shutil.move(source, os.path.join(folder.path, target_rel))
-        if sidecar:
-            stem = os.path.splitext(target_rel)[0]
-            shutil.move(
-                sidecar, os.path.join(folder.path, _free_name(folder.path, stem + os.path.splitext(sidecar)[1]))
-            )
-        return target_rel
-    except OSError as error:
-        logger.warning("watch folder %s: could not move %s to %s/: %s", folder.path, relpath, PROCESSED_DIR, error)
-        return ""
-
-
-def _free_name(root: str, relpath: str) -> str:
-    stem, extension = os.path.splitext(relpath)
-    candidate, number = relpath, 1
-    while os.path.lexists(os.path.join(root, candidate)):
-        candidate = f"{stem}-{number}{extension}"
-        number += 1
-    return candidate
-
-
-# ---------------------------------------------------------------------------------------------
-# Scheduling (beat) and the Inbox
-# ---------------------------------------------------------------------------------------------
-
-
-def scan_due_folders(*, ingest_budget_s: float = DEFAULT_INGEST_BUDGET_S) -> dict[str, str]:
-    """The beat task: scan every enabled folder whose poll interval has passed (one scan per folder at a time)."""
-    results = {}
-    now = timezone.now()
-    for folder in WatchFolder.objects.filter(enabled=True).select_related("project", "fixed_sample", "uploader"):
-        if folder.last_scan_at and folder.last_scan_at + timedelta(seconds=folder.poll_interval_s) > now:
-            continue
-        leased = (
-            WatchFolder.objects.filter(pk=folder.pk)
-            .exclude(scan_lease_until__gt=now)
-            .update(scan_lease_until=now + timedelta(seconds=SCAN_LEASE_S))
-        )
-        if not leased:
-            continue  # another worker scans it right now
-        try:
-            results[folder.path] = scan_folder(folder, ingest_budget_s=ingest_budget_s).summary()
-        finally:
-            WatchFolder.objects.filter(pk=folder.pk).update(scan_lease_until=None)
-    return results
-
-
-def connect_signals() -> None:
-    """Saving or deleting a watch folder (admin, shell, queryset deletes too) keeps the beat task in step."""
-    from django.db.models.signals import post_delete, post_save
-
-    post_save.connect(_folders_changed, sender=WatchFolder, dispatch_uid="watch-folder-saved")
-    post_delete.connect(_folders_changed, sender=WatchFolder, dispatch_uid="watch-folder-deleted")
-
-
-def _folders_changed(**_ignored) -> None:
-    ensure_schedule()
-
-
-def ensure_schedule() -> None:
-    """The beat task exists once a folder is configured, and is enabled only while one is enabled."""
-    from django_celery_beat.models import IntervalSchedule, PeriodicTask
-
-    wanted = WatchFolder.objects.filter(enabled=True).exists()
-    task = PeriodicTask.objects.filter(name=SCAN_TASK_NAME).first()
-    if task is None:
-        if not wanted:
-            return
-        interval, _ = IntervalSchedule.objects.get_or_create(
-            every=SCAN_TASK_INTERVAL_S, period=IntervalSchedule.SECONDS
-        )
-        PeriodicTask.objects.create(
-            name=SCAN_TASK_NAME, task="workers.scan_watch_folders", interval=interval, enabled=True
-        )
-    elif task.enabled != wanted:
-        task.enabled = wanted
-        task.save(update_fields=["enabled"])
 
 
 def folder_stats(folder: WatchFolder) -> dict:

@@ -19,7 +19,8 @@ from PIL import Image
 
 from portal.models import SEMImage
 from portal.services.decode_guard import run_guarded
-from portal.services.validation import SNIFF_BYTES, inspect_image, sniff_format
+from portal.services.validation import inspect_image
+from portal.services.validation_sniff import SNIFF_BYTES, sniff_format
 from portal.storage import media_storage
 
 # Long side in pixels of each rendition; "full" keeps the original's resolution up to a cap that

@@ -13,7 +13,7 @@ from django.db import IntegrityError, connection
 from django.urls import reverse
 
 from portal.models import Category, Label, SEMImage
-from portal.services import ingest
+from portal.services import ingest, ingest_store
 from tests.faults.conftest import media_files, stored_names, tiff_bytes
 
 pytestmark = pytest.mark.django_db(transaction=True)  # real commits: deferred constraints, dropped connections
@@ -39,13 +39,14 @@ class _connection_dropped_after_files:
     database restart or failover does to every open connection."""
 
     def __enter__(self):
-        real_save_files = ingest._save_files
+        saving = ingest_store.save_content_addressed_files
 
-        def save_then_drop(*args, **kwargs):
-            real_save_files(*args, **kwargs)
+        def save_then_drop(upload):
+            saving(upload)
             _terminate_backend(connection.connection.info.backend_pid)
 
-        self.patch = mock.patch.object(ingest, "_save_files", save_then_drop)
+        steps = tuple(save_then_drop if step is saving else step for step in ingest_store.STORE_STEPS)
+        self.patch = mock.patch.object(ingest_store, "STORE_STEPS", steps)
         self.patch.start()
         return self
 
@@ -115,7 +116,7 @@ def test_a_database_failing_after_the_upload_committed_says_stored_and_the_retry
     """The connection drops right after COMMIT, before the view reads the image back: the answer is a
     503 that says the image was stored (not "nothing was changed"), and the retry answers 200."""
     data = tiff_bytes(13)
-    real_enqueue = ingest._enqueue_classification
+    real_enqueue = ingest_store._enqueue_classification
 
     def enqueue_then_drop(image_id):  # runs on commit
         real_enqueue(image_id)
@@ -133,7 +134,7 @@ def test_a_database_failing_after_the_upload_committed_says_stored_and_the_retry
             HTTP_IDEMPOTENCY_KEY="lims-run-7/late.tif",
         )
 
-    with mock.patch.object(ingest, "_enqueue_classification", enqueue_then_drop):
+    with mock.patch.object(ingest_store, "_enqueue_classification", enqueue_then_drop):
         response = upload()
 
     assert response.status_code == 503 and int(response["Retry-After"]) > 0

@@ -22,6 +22,7 @@ from django.conf import settings as django_settings
 
 from portal.models import SEMImage
 from portal.services import ingest
+from portal.services.ingest_recovery import INGESTING_DIR
 from tests.faults.conftest import media_files, stored_names, tiff_bytes
 from tests.worker_fixtures import REPO_ROOT, database_url
 
@@ -33,15 +34,15 @@ import django
 django.setup()
 from django.contrib.auth import get_user_model
 from portal.models import Sample
-from portal.services import ingest
+from portal.services import ingest, ingest_store
 
-real_save_files = ingest._save_files
-
-def save_then_die(*args, **kwargs):
-    real_save_files(*args, **kwargs)
+def save_then_die(upload):
+    ingest_store.save_content_addressed_files(upload)
     os.kill(os.getpid(), signal.SIGKILL)  # the files have their final names; the row never commits
 
-ingest._save_files = save_then_die
+ingest_store.STORE_STEPS = tuple(
+    save_then_die if step is ingest_store.save_content_addressed_files else step for step in ingest_store.STORE_STEPS
+)
 data = open(sys.argv[1], "rb").read()
 ingest.ingest_file(io.BytesIO(data), filename="killed.tif", sample=Sample.objects.get(pk=int(sys.argv[2])),
                    uploaded_by=get_user_model().objects.get(pk=int(sys.argv[3])))
@@ -69,7 +70,7 @@ def _upload_killed_before_commit(data: bytes, sample, user, tmp_path) -> None:
 
 
 def _content_files(media_root) -> set[str]:
-    return {name for name in media_files(media_root) if not name.startswith(ingest.INGESTING_DIR)}
+    return {name for name in media_files(media_root) if not name.startswith(INGESTING_DIR)}
 
 
 def _markers(media_root) -> set[str]:
@@ -131,7 +132,7 @@ def test_a_suffixed_duplicate_of_an_older_kill_is_reconciled_too(sample, user, s
     image = ingest.ingest_file(io.BytesIO(data), filename="a.tif", sample=sample, uploaded_by=user).image
     duplicate = Path(image.original.path).with_name(f"{image.sha256}_9uffRbN.tif")
     duplicate.write_bytes(data)
-    marker = Path(settings.MEDIA_ROOT) / ingest.INGESTING_DIR / f"{image.sha256}.1.dead"
+    marker = Path(settings.MEDIA_ROOT) / INGESTING_DIR / f"{image.sha256}.1.dead"
     marker.write_bytes(b"")
     _age(settings.MEDIA_ROOT, 7200)
 

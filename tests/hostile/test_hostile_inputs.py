@@ -21,7 +21,8 @@ from django.core.management import call_command
 from django.urls import reverse
 
 from portal.models import SEMImage
-from portal.services.ingest import IngestError, ingest_file
+from portal.services.ingest import ingest_file
+from portal.services.ingest_errors import IngestError
 from tests.hostile.conftest import multipart_body
 from tests.hostile.corpus import HostileFile, accepted, corpus, refused
 

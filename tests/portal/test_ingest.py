@@ -11,8 +11,9 @@ from django.conf import settings
 from PIL import Image
 
 from portal.models import Category, Label, SEMImage, split_for_sha256
-from portal.services import ingest as ingest_module
-from portal.services.ingest import IngestError, ingest_file
+from portal.services import ingest_examine, ingest_store, ingest_upload
+from portal.services.ingest import ingest_file
+from portal.services.ingest_errors import IngestError
 from tests.portal.sem_builders import (
     FEI_INI,
     ZEISS_CZ_SEM,
@@ -206,7 +207,7 @@ def test_failure_while_making_the_derivative_leaves_nothing(monkeypatch, sample,
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(ingest_module, "make_derivative", broken)
+    monkeypatch.setattr(ingest_examine, "make_derivative", broken)
     with pytest.raises(RuntimeError):
         ingest_bytes(ACCEPTED["tiff_grey16"][1], "x.tif", sample, user)
     assert SEMImage.objects.count() == 0 and media_files() == []
@@ -220,7 +221,7 @@ def test_failure_after_files_were_written_removes_them_and_the_row(monkeypatch, 
         written_before_failure.extend(path for path in media_files() if ".ingesting" not in path.parts)
         raise RuntimeError("label service down")
 
-    monkeypatch.setattr(ingest_module, "set_label", broken_label)
+    monkeypatch.setattr(ingest_store, "set_label", broken_label)
     category = Category.objects.get(folder_name="Powder")
     with pytest.raises(RuntimeError):
         ingest_bytes(ACCEPTED["png_grey16"][1], "x.png", sample, user, label=category)
@@ -269,14 +270,14 @@ def test_race_on_identical_bytes_returns_the_winner_and_cleans_up(monkeypatch, s
     filename, data, _ = ACCEPTED["png_grey16"]
     winner = ingest_bytes(data, filename, sample, user).image
     files_of_winner = media_files()
-    real_lookup = ingest_module.find_by_sha256
+    real_lookup = ingest_upload.find_by_sha256
     lookups = []
 
     def lookup_that_misses_the_first_time(sha):
         lookups.append(sha)
         return None if len(lookups) == 1 else real_lookup(sha)
 
-    monkeypatch.setattr(ingest_module, "find_by_sha256", lookup_that_misses_the_first_time)
+    monkeypatch.setattr(ingest_upload, "find_by_sha256", lookup_that_misses_the_first_time)
     result = ingest_bytes(data, "again.png", sample, user)
     assert not result.created and result.image.pk == winner.pk
     assert media_files() == files_of_winner  # the loser's files were removed, the winner's kept

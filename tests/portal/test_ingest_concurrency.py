@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 
 from portal.models import SEMImage
-from portal.services import ingest as ingest_module
+from portal.services import ingest_examine
 from portal.services.ingest import ingest_file
 from tests.portal.sem_builders import accepted_samples, files_under
 
@@ -19,14 +19,14 @@ def test_concurrent_identical_uploads_create_one_image(monkeypatch, sample, user
     settings.SEM_DECODE_IN_CHILD = False  # the barrier below must run in this process
     _, data, _ = accepted_samples()["tiff_grey16"]
     both_validated = threading.Barrier(2, timeout=30)
-    real_derived = ingest_module.make_derived_files
+    real_derived = ingest_examine.make_derived_files
 
     def derive_then_wait(grey):
         derived = real_derived(grey)
         both_validated.wait()  # both uploads are past the sha256 look-up before either stores
         return derived
 
-    monkeypatch.setattr(ingest_module, "make_derived_files", derive_then_wait)
+    monkeypatch.setattr(ingest_examine, "make_derived_files", derive_then_wait)
     monkeypatch.setattr("portal.services.queueing.enqueue_classification", lambda ids: None)
     results, errors = [], []
 

@@ -9,16 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from portal.services.metadata import (
-    MAX_TAG_BYTES,
-    VENDOR_FEI,
-    VENDOR_HITACHI,
-    VENDOR_JEOL,
-    VENDOR_TESCAN,
-    VENDOR_ZEISS,
-    _magnification,
-    extract_metadata,
-)
+from portal.services.metadata import MAX_TAG_BYTES, extract_metadata
+from portal.services.metadata_values import parse_magnification
+from portal.services.metadata_vendors import VENDOR_FEI, VENDOR_HITACHI, VENDOR_JEOL, VENDOR_TESCAN, VENDOR_ZEISS
 from tests.portal.sem_builders import (
     FEI_INI,
     HITACHI_TXT,
@@ -208,7 +201,7 @@ def test_zeiss_values_in_other_units_are_converted(tmp_path):
     ],
 )
 def test_magnification_formats(text, expected):
-    value = _magnification(text)
+    value = parse_magnification(text)
     assert value == (pytest.approx(expected) if expected is not None else None)
 
 

@@ -19,7 +19,7 @@ from django.db import connection
 from django.urls import reverse
 
 from portal.models import Sample, SEMImage
-from portal.services import watch
+from portal.services import watch, watch_schedule
 from portal.watch_models import WatchedFile, WatchFolder
 from tests.portal.sem_builders import (
     HITACHI_TXT,
@@ -481,22 +481,22 @@ def test_watch_folder_command_once(db, share, user, tmp_path):
 def test_beat_schedule_is_off_until_a_folder_is_enabled_and_scans_due_folders(db, share, project, user):
     from django_celery_beat.models import PeriodicTask
 
-    assert not PeriodicTask.objects.filter(name=watch.SCAN_TASK_NAME).exists()
+    assert not PeriodicTask.objects.filter(name=watch_schedule.SCAN_TASK_NAME).exists()
     folder = WatchFolder.objects.create(
         path=str(share), project=project, uploader=user, settle_s=0, create_missing_samples=True, poll_interval_s=3600
     )
-    task = PeriodicTask.objects.get(name=watch.SCAN_TASK_NAME)
+    task = PeriodicTask.objects.get(name=watch_schedule.SCAN_TASK_NAME)
     assert task.enabled and task.task == "workers.scan_watch_folders"
     write(share / "LAB-1" / "a.png", png(25))
-    assert list(watch.scan_due_folders()) == [str(share)]
-    assert watch.scan_due_folders() == {}  # not due again before its poll interval
+    assert list(watch_schedule.scan_due_folders()) == [str(share)]
+    assert watch_schedule.scan_due_folders() == {}  # not due again before its poll interval
     WatchFolder.objects.filter(pk=folder.pk).update(last_scan_at=None)
     from workers.tasks import scan_watch_folders
 
     assert "1 stored" in scan_watch_folders.apply().get()[str(share)]  # the beat task itself
     folder.enabled = False
     folder.save()
-    assert not PeriodicTask.objects.get(name=watch.SCAN_TASK_NAME).enabled
+    assert not PeriodicTask.objects.get(name=watch_schedule.SCAN_TASK_NAME).enabled
 
 
 def test_inbox_page_for_curators_with_counts_reasons_and_pause(client, django_user_model, folder, share, user):

@@ -14,6 +14,7 @@ from django.urls import reverse
 
 from portal.models import Membership, Project, Sample, SEMImage
 from portal.services import ingest, maintenance
+from portal.services.ingest_recovery import INGESTING_DIR
 from portal.storage import media_storage
 from tests.storage.conftest import MEDIA_PREFIX, local_files
 from tests.worker_fixtures import synthetic_png
@@ -154,7 +155,7 @@ def test_the_sweeper_removes_what_a_killed_upload_left_in_the_bucket(s3, sample,
         f"thumbnails/{sha[:2]}/{sha}.jpg",
     ):
         storage.save_content_addressed(name, ContentFile(b"killed upload"))
-    storage.save(f"{ingest.INGESTING_DIR}/{sha}.1.dead", ContentFile(b""))
+    storage.save(f"{INGESTING_DIR}/{sha}.1.dead", ContentFile(b""))
     s3.client.create_multipart_upload(Bucket=s3.media_bucket, Key=f"{MEDIA_PREFIX}/originals/half.tif")
     before = s3.media_keys()
     assert len(before) == 7

@@ -208,7 +208,8 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         return sample
 
     def _ingest(self, file, sample, label):
-        from portal.services.ingest import IngestError, StorageFull, ingest_file
+        from portal.services.ingest import ingest_file
+        from portal.services.ingest_errors import IngestError, StorageFull
 
         try:
             return ingest_file(

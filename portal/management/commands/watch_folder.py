@@ -16,7 +16,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from portal.management.commands.import_folder import resolve_user
 from portal.models import Project, Sample
-from portal.services import watch
+from portal.services import watch, watch_schedule
 from portal.watch_models import WatchFolder
 
 
@@ -144,9 +144,9 @@ class Command(BaseCommand):
         try:
             while True:
                 if folder is None:
-                    for path, summary in watch.scan_due_folders().items():
+                    for path, summary in watch_schedule.scan_due_folders().items():
                         self.stdout.write(f"{path}: {summary}")
-                    time.sleep(watch.SCAN_TASK_INTERVAL_S)
+                    time.sleep(watch_schedule.SCAN_TASK_INTERVAL_S)
                     continue
                 folder.refresh_from_db()
                 if folder.enabled:

@@ -20,7 +20,7 @@ from portal.downloads import stored_file_response
 from portal.models import Category, Label, ModelVersion, SEMImage
 from portal.permissions import can_curate_image, visible_images
 from portal.services.labels import set_label, undo_label
-from portal.services.validation import ValidationError
+from portal.services.validation_errors import ValidationError
 from portal.storage import media_storage
 from portal.web.access import member_required, posted_category_or_404
 from portal.web.renditions import rendition_name

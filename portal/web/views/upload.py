@@ -55,7 +55,8 @@ def _selected_sample(request, samples):
 @require_POST
 def upload_file(request):
     """Store one file through the ingestion service; answers stored, duplicate or rejected."""
-    from portal.services.ingest import IngestError, StorageFull, ingest_file
+    from portal.services.ingest import ingest_file
+    from portal.services.ingest_errors import IngestError, StorageFull
 
     sample = visible_samples(request.user).filter(pk=_int(request.POST.get("sample"))).first()
     if sample is None or not can_upload_to(request.user, sample):
