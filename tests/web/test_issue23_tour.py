@@ -192,11 +192,13 @@ def browse_marks_the_guess_uncertain(page, tour) -> None:
 
 def upload_with_the_keyboard(page, tour, role: str, tmp_path) -> None:
     """Picking a sample enables the drop zone at once, Enter on it opens the file chooser, the new image's
-    prediction is shown as uncertain, and the next visit remembers the sample."""
+    prediction is shown as uncertain (and the member's all-black frame as blank), and the next visit
+    remembers the sample."""
     from tests.web.conftest import png_bytes
 
+    blank = role == "member"
     path = tmp_path / f"{role}.png"
-    path.write_bytes(png_bytes(7000 + len(role)))
+    path.write_bytes(_black_png() if blank else png_bytes(7000 + len(role)))
     # Listened for before the key press: Playwright turns the interception on without waiting for it.
     page.once("filechooser", lambda chooser: chooser.set_files(str(path)))
     page.goto(reverse("web:upload"))
@@ -214,13 +216,21 @@ def upload_with_the_keyboard(page, tour, role: str, tmp_path) -> None:
     classify_as_the_worker_would(tour, SEMImage.objects.get(original_filename=path.name))
     page.wait_for_function("document.querySelector('.file-row .outcome').textContent.includes('Particles')")
     outcome = page.text_content(".file-row .outcome")
-    assert "uncertain" in outcome, outcome
+    assert "uncertain" in outcome and ("blank image" in outcome) == blank, outcome
     assert "status-classified" not in page.get_attribute(".file-row .outcome .badge", "class")
     assert "Suggestion only: model v2 was right on 33 %" in page.text_content("#upload-panel .model-worth")
     screenshot(page, f"i23-tour-{role}-upload")
     page.goto(reverse("web:upload"))
     assert page.input_value("#id_sample_pick") == str(tour.sample.pk)
     assert page.get_attribute("#dropzone", "aria-disabled") is None
+
+
+def _black_png() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (320, 240), 0).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def classify_as_the_worker_would(tour, image) -> None:
