@@ -50,8 +50,8 @@ window.Portal = (function () {
     navigator.clipboard.writeText(source.textContent.trim()).then(function () { say("Copied."); }, select);
   });
 
-  // Setting a label with a button reloads the page, which leaves focus on <body>: a keyboard user would
-  // start again from the top. Remember the control and focus it (or, when its image left the page, the
+  // Setting a label (or the "not SEM" mark) with a button reloads the page, which leaves focus on <body>: a
+  // keyboard user would start again from the top. Remember the control and focus it (or, when its image left the page, the
   // label control that took its place) after the reload.
   var FOCUS_KEY = "portal.focusAfterLabel";
   document.addEventListener("submit", function (event) {

@@ -148,11 +148,8 @@
     link.href = image.url;
     outcome.appendChild(link);
     outcome.appendChild(document.createTextNode(" · "));
-    var status = Portal.text("span", image.status === "classified"
-      ? "Classified: " + image.predicted_category_name + " " + Portal.percent(image.predicted_confidence)
-      : image.status_display, "badge status-" + image.status);
-    status.dataset.status = image.status;
-    outcome.appendChild(status);
+    outcome.appendChild(statusBadge(image));
+    if (image.blank) outcome.appendChild(Portal.text("span", "blank image", "badge blank"));
     // Near-duplicates (a re-saved copy, a neighbouring tile, a crop) share a side of the train/test split.
     var near = nearDuplicates[image.id];
     if (near) {
@@ -162,6 +159,17 @@
       nearLink.title = near.filename;
       outcome.appendChild(nearLink);
     }
+  }
+
+  // A prediction the model does not reach reliably (issue 23) is not a green "Classified": it says uncertain.
+  function statusBadge(image) {
+    var uncertain = image.status === "classified" && image.prediction_uncertain;
+    var badge = Portal.text("span", image.status === "classified"
+      ? "Classified: " + image.predicted_category_name + " " + Portal.percent(image.predicted_confidence) +
+        (uncertain ? " · uncertain" : "")
+      : image.status_display, uncertain ? "badge predicted uncertain" : "badge status-" + image.status);
+    badge.dataset.status = image.status;
+    return badge;
   }
 
   function setProgress(row, fraction) {

@@ -12,6 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 from portal.models import Category, Label, SEMImage
 from portal.permissions import can_upload_to, curated_projects, visible_images, visible_samples
 from portal.representations import SUMMARY_RELATED, image_summary
+from portal.services.classification import production_model
 from portal.web.access import member_required, member_required_json, parse_id
 from portal.web.forms import SampleForm
 
@@ -37,6 +38,7 @@ def upload_page(request):
         "curated_project_ids": curated_ids,
         "can_label": selected is not None and selected.project_id in curated_ids,
         "categories": Category.objects.filter(active=True),
+        "production_model": production_model(),
     }
     return render(request, "portal/upload.html", context)
 
@@ -133,6 +135,9 @@ def image_status(image: SEMImage) -> dict:
         "thumbnail": reverse("web:image_thumbnail", args=[image.pk]),
         "status_display": image.get_status_display(),
         "predicted_category_name": image.predicted_category.name if image.predicted_category_id else None,
+        # Below what its model reaches reliably, or a blank frame: the page says "uncertain" (issue 23).
+        "prediction_uncertain": image.prediction_uncertain,
+        "blank": image.blank,
         # The page names a duplicate by the stored image's file name; the status poll must keep saying it
         # (before, the first poll turned "Duplicate of scan.tif" into "Duplicate of an existing image").
         "existing_filename": image.original_filename,
