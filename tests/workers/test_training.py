@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from classifier.fingerprint import file_sha256
 from portal.models import ModelVersion, Prediction, SEMImage, TrainingRun
-from portal.services import classification, promotion, training, training_run, training_sweep
+from portal.services import classification_batch, promotion, training, training_run, training_sweep
 from portal.services.labels import set_label
 from tests.worker_fixtures import TINY_TRAIN_CONFIG, install_model, request_training_twice_at_once
 
@@ -106,7 +106,7 @@ def test_new_labels_are_counted_against_the_newest_model_when_none_is_in_product
 
 def _classified_production(production_model, sample, user, upload_images):
     images = upload_images(sample, user, 6, labelled=True)
-    classification.classify_images([image.pk for image in images])
+    classification_batch.classify_images([image.pk for image in images])
     return {p.image_id: (p.category_id, p.confidence) for p in Prediction.objects.all()}
 
 
