@@ -87,31 +87,27 @@ def _rewrite(apps, convert) -> None:
     TrainingRun.objects.bulk_update(runs, ["history", "stages"])
 
 
+HISTORY_HELP = (
+    'The "epoch_end" progress events, in order: stage, stages, size, epoch, epochs (the '
+    "stage's epoch count), train_loss, valid_loss, metrics, duration_s, fraction"
+)
+STAGES_HELP = (
+    "The trainer's summary of each stage of a succeeded run: stage, size, lr, batch_size, epochs "
+    "(the count it ran), epoch_results, best_epoch, best_valid_loss, duration_s, input_shape"
+)
+
+
+def _json_list(help_text: str) -> models.JSONField:
+    return models.JSONField(blank=True, default=list, help_text=help_text)
+
+
 class Migration(migrations.Migration):
     dependencies = [
         ("portal", "0012_issue24_heatmaps"),
     ]
 
     operations = [
-        migrations.AlterField(
-            model_name="trainingrun",
-            name="history",
-            field=models.JSONField(
-                blank=True,
-                default=list,
-                help_text='The "epoch_end" progress events, in order: stage, stages, size, epoch, epochs (the '
-                "stage's epoch count), train_loss, valid_loss, metrics, duration_s, fraction",
-            ),
-        ),
-        migrations.AddField(
-            model_name="trainingrun",
-            name="stages",
-            field=models.JSONField(
-                blank=True,
-                default=list,
-                help_text="The trainer's summary of each stage of a succeeded run: stage, size, lr, batch_size, "
-                "epochs (the count it ran), epoch_results, best_epoch, best_valid_loss, duration_s, input_shape",
-            ),
-        ),
+        migrations.AlterField(model_name="trainingrun", name="history", field=_json_list(HISTORY_HELP)),
+        migrations.AddField(model_name="trainingrun", name="stages", field=_json_list(STAGES_HELP)),
         migrations.RunPython(forward, backward),
     ]

@@ -19,6 +19,8 @@ from portal.services.classification_inference import ImageResult, Unclassifiable
 
 @dataclass
 class BatchOutcome:
+    """What one batch did with the images it was given (workers.tasks.classify_images reports it)."""
+
     classified: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
     parked: int = 0  # set to "waiting for a first model"
