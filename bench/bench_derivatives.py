@@ -26,7 +26,7 @@ def one_epoch(items, arch, size, out) -> float:
 
     config = TrainConfig(arch=arch, sizes=(size,), epochs=(1,), batch_sizes=(16,), pretrained=False, seed=1)
     result = train(items, config, out)
-    return result.history[0]["epochs"][0]["duration_s"]  # the epoch itself: train + validation passes
+    return result.stages[0]["epoch_results"][0]["duration_s"]  # the epoch itself: train + validation passes
 
 
 def main() -> None:

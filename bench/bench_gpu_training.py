@@ -172,7 +172,7 @@ def main() -> None:
     for stage, rate in sorted(meter.per_stage().items()):
         utilisation = sampler.samples.get(stage)
         gpu = f"GPU utilisation {sum(utilisation) / len(utilisation):5.1f} %" if utilisation else "GPU utilisation n/a"
-        batch = result.history[stage]["batch_size"]
+        batch = result.stages[stage]["batch_size"]
         print(f"  stage {stage + 1} ({meter.sizes[stage]:3d} px, batch {batch:3d}): {rate:8.1f} train images/s   {gpu}")
     print(
         f"full schedule: {wall / 60:.1f} min wall (reference recipe: about 400 min on one GPU); "

@@ -141,7 +141,7 @@ def run_portal(images, splits, classes, seed, derived, threads, work: Path):
         budgets.append(walls[-1] / config.budget_s if config.budget_s else None)
         for row, i in zip(result.test_probabilities, test_idx):
             probabilities[i, [classes.index(c) for c in fold_classes]] = row
-        print(f"  portal seed {seed} fold {fold}: {walls[-1]:.0f} s, views {result.history[0].get('views')}")
+        print(f"  portal seed {seed} fold {fold}: {walls[-1]:.0f} s, views {result.stages[0].get('views')}")
     y_true = [image.category for image in images]
     row = score("portal", seed, y_true, probabilities, classes, sum(walls))
     row["max_budget_used"] = max(b for b in budgets if b is not None) if config.budget_s else None

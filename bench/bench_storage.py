@@ -9,7 +9,7 @@ on the same distinct 1024x768 16-bit TIFFs:
 
 - upload: the real `ingest_file` (validation, metadata, derivative, thumbnail, three stored files, the
   row), inside a transaction rolled back after the round (DATABASE_URL, else the embedded SQLite);
-- classification: what `portal.services.classification.predict` does, in its two steps, on those images:
+- classification: what `portal.services.classification_inference.predict` does, in its two steps, on those images:
   the derivatives to local paths (`local_derivatives`: on the local disk the files themselves, on S3 the
   worker cache), then inference with a small real model (resnet18 at 64 px, trained here on synthetic
   derivatives). The first pass ("cold") fetches every derivative into an empty cache folder (each copy

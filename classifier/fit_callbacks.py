@@ -9,6 +9,8 @@ import copy
 import math
 import time
 
+from .run_records import EpochResult
+
 # Share of the progress bar given to training; the rest is calibration/evaluation.
 TRAINING_SHARE = 0.97
 
@@ -63,7 +65,7 @@ class ProgressTracker:
         self.stage_offsets = [sum(weights[:i]) / total for i in range(len(weights))]
         self.stage_shares = [w / total for w in weights]
         self.stage, self.size, self.batches, self.done_in_stage = 0, 0, 1, 0
-        self.stage_epochs: list[dict] = []
+        self.epoch_results: list[EpochResult] = []  # of the current stage
         self.stage_input_shape = None
         self.fraction = 0.0
 
@@ -79,7 +81,7 @@ class ProgressTracker:
 
     def start_stage(self, stage, size, batches):
         self.stage, self.size, self.batches, self.done_in_stage = stage, size, max(1, batches), 0
-        self.stage_epochs, self.stage_input_shape = [], None
+        self.epoch_results, self.stage_input_shape = [], None
         self.emit(
             {
                 **self._base(),
@@ -114,19 +116,19 @@ class ProgressTracker:
     def epoch_end(self, epoch, names, values, duration):
         record = dict(zip(names, values))
         metrics = {k: v for k, v in record.items() if k not in ("train_loss", "valid_loss")}
-        entry = {
-            "epoch": epoch,
-            "train_loss": record.get("train_loss"),
-            "valid_loss": record.get("valid_loss"),
-            "metrics": metrics,
-            "duration_s": duration,
-        }
-        self.stage_epochs.append(entry)
+        entry = EpochResult(
+            epoch=epoch,
+            train_loss=record.get("train_loss"),
+            valid_loss=record.get("valid_loss"),
+            metrics=metrics,
+            duration_s=duration,
+        )
+        self.epoch_results.append(entry)
         self.emit(
             {
                 **self._base(),
                 "event": "epoch_end",
-                "epochs": self.config.epochs[self.stage],
+                "epochs": self.config.epochs[self.stage],  # the stage's planned count (run_records.py)
                 **entry,
                 "fraction": self._fraction(),
             }

@@ -34,6 +34,7 @@ from .feature_head import (
     view_features,
     with_folded_batchnorm,
 )
+from .run_records import stage_summary
 from .training_common import TrainResult, metadata_for
 
 log = logging.getLogger(__name__)
@@ -79,18 +80,18 @@ def train_feature_head(
     emit(_phase("fitting head", plan.fraction_at(time.monotonic() - started, plan.reserve_s + plan.evaluation_s)))
     head = fit_head(features, labels, groups, len(classes), config.head_c, config.seed, pooled_dims)
     install_head(model, head)
-    record = {
-        "stage": 0,
-        "size": size,
-        "kind": "frozen features: logistic regression and class means",
-        "views": plan.train_views,
-        "epochs": [],
-        "best_epoch": None,
-        "best_valid_loss": head["valid_nll"],
-        "duration_s": time.monotonic() - started,
-        "fit_s": time.monotonic() - fit_started,
-        "input_shape": [BATCH, 3, size, size],
-    }
+    record = stage_summary(
+        0,
+        size,
+        [],  # no epochs: one fit of the head
+        best_epoch=None,
+        best_valid_loss=head["valid_nll"],
+        duration_s=time.monotonic() - started,
+        input_shape=[BATCH, 3, size, size],
+        kind="frozen features: logistic regression and class means",
+        views=plan.train_views,
+        fit_s=time.monotonic() - fit_started,
+    )
     emit({"event": "stage_end", "stage": 0, "stages": 1, "size": size, "best_epoch": None})
     # The evaluation's views are what the artifact averages at inference: fewer when the time left is short.
     model.tta_views = plan.eval_views_for_time_left(time.monotonic() - started, fit_started - extractor.started)

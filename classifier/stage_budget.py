@@ -11,6 +11,7 @@ import time
 
 from .budget import BudgetPlan, StageCost, plan_epochs, replan_remaining
 from .config import TrainConfig
+from .run_records import StageSummary
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,10 @@ def plan_for_budget(model, stage_dls, config: TrainConfig, device, n_test: int, 
     return plan
 
 
-def replan_config(plan: BudgetPlan, config: TrainConfig, history: list[dict], stage: int, budget_left: float):
+def replan_config(plan: BudgetPlan, config: TrainConfig, stages: list[StageSummary], stage: int, budget_left: float):
     """Before each later stage: if the finished stages ran slower than measured, fewer epochs now."""
     planned = sum(e * c.epoch_s for e, c in zip(config.epochs[:stage], plan.stages[:stage]))
-    actual = sum(record["duration_s"] for record in history)
+    actual = sum(summary["duration_s"] for summary in stages)
     epochs = replan_remaining(plan, stage, planned, actual, budget_left)
     if epochs != tuple(config.epochs):
         log.info("stages ran %.0f s instead of %.0f s: epochs now %s", actual, planned, epochs)

@@ -30,6 +30,7 @@ from .fit_callbacks import (  # noqa: F401  (TrainingCancelled is part of this m
     TrainingCancelled,
     finite,
 )
+from .run_records import StageSummary, stage_summary
 from .stage_budget import plan_for_budget, replan_config
 from .training_common import TrainResult, metadata_for, stratified_split  # noqa: F401  (part of this module's interface)
 
@@ -125,14 +126,14 @@ def _train(items, config, out_path, *, test_items, classes, groups, fingerprint,
         config = dataclasses.replace(config, epochs=plan.epochs)
         emit({"event": "plan", "stages": config.stages, "fraction": 0.0, **plan.to_dict()})
     tracker = ProgressTracker(emit, stop, config, stage_sizes, len(train_idx))
-    history: list[dict] = []
+    stages: list[StageSummary] = []
     learner = None
     with tempfile.TemporaryDirectory(prefix="semcls-") as workdir:
         for stage, size in enumerate(config.sizes):
             if plan and stage:
                 before = config.epochs
                 config = replan_config(
-                    plan, config, history, stage, budget_left=plan.budget_s - (time.monotonic() - started)
+                    plan, config, stages, stage, budget_left=plan.budget_s - (time.monotonic() - started)
                 )
                 tracker.config = config
                 if config.epochs != before:
@@ -142,7 +143,7 @@ def _train(items, config, out_path, *, test_items, classes, groups, fingerprint,
                 learner = _make_learner(dls, model, items, train_idx, classes, config, device, workdir, tracker)
             else:
                 learner.dls = dls
-            history.append(_fit_stage(learner, stage, size, config, body_state is not None, tracker))
+            stages.append(_fit_stage(learner, stage, size, config, body_state is not None, tracker))
 
     if config.recalibrate_bn:
         recalibrate_batchnorm(
@@ -158,7 +159,7 @@ def _train(items, config, out_path, *, test_items, classes, groups, fingerprint,
     metadata = metadata_for(
         config,
         classes,
-        history,
+        stages,
         calibration,
         evaluation,
         fingerprint or _fingerprint(items),
@@ -174,7 +175,7 @@ def _train(items, config, out_path, *, test_items, classes, groups, fingerprint,
     sha256 = save_artifact(out_path, learner.model.state_dict(), metadata)
     tracker.emit_simple("done", 1.0, artifact_path=os.fspath(out_path), sha256=sha256)
     return TrainResult(
-        os.fspath(out_path), metadata, evaluation, history, duration, str(device), sha256, learner=learner
+        os.fspath(out_path), metadata, evaluation, stages, duration, str(device), sha256, learner=learner
     )
 
 
@@ -356,8 +357,8 @@ def _make_learner(dls, model, items, train_idx, classes, config, device, workdir
     return learner
 
 
-def _fit_stage(learner, stage, size, config, pretrained_used, tracker) -> dict:
-    """One progressive-resizing stage; returns its history record."""
+def _fit_stage(learner, stage, size, config, pretrained_used, tracker) -> StageSummary:
+    """One progressive-resizing stage; returns its summary."""
     if pretrained_used and config.freeze_first_stage and stage == 0:
         learner.freeze()
     else:
@@ -372,17 +373,17 @@ def _fit_stage(learner, stage, size, config, pretrained_used, tracker) -> dict:
     best = BestWeights(restore=config.select_best_epoch)
     stage_started = time.monotonic()
     learner.fit_one_cycle(config.epochs[stage], lr_arg, cbs=[best])
-    record = {
-        "stage": stage,
-        "size": size,
-        "lr": lr,
-        "batch_size": learner.dls.train.bs,
-        "epochs": tracker.stage_epochs,
-        "best_epoch": best.best_epoch,
-        "best_valid_loss": finite(best.best_loss),
-        "duration_s": time.monotonic() - stage_started,
-        "input_shape": tracker.stage_input_shape,
-    }
+    record = stage_summary(
+        stage,
+        size,
+        tracker.epoch_results,
+        best_epoch=best.best_epoch,
+        best_valid_loss=finite(best.best_loss),
+        duration_s=time.monotonic() - stage_started,
+        input_shape=tracker.stage_input_shape,
+        lr=lr,
+        batch_size=learner.dls.train.bs,
+    )
     tracker.end_stage(record)
     return record
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import transforms
+from .run_records import StageSummary
 
 
 @dataclass
@@ -21,7 +22,7 @@ class TrainResult:
     artifact_path: str
     metadata: dict
     evaluation: dict
-    history: list
+    stages: list[StageSummary]  # one per stage, in order (run_records.py)
     duration_s: float
     device: str
     sha256: str = ""
@@ -71,7 +72,7 @@ def _library_versions() -> dict:
 def metadata_for(
     config,
     classes,
-    history,
+    stages,
     calibration,
     evaluation,
     fingerprint,
@@ -99,7 +100,7 @@ def metadata_for(
         },
         "arch": config.arch,
         "training_config": config.to_dict(),
-        "history": history,
+        "history": stages,  # the key stored artifacts have always used
         "data_fingerprint": fingerprint,
         "n_train": n_train,
         "n_valid": n_valid,

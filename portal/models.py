@@ -379,7 +379,20 @@ class TrainingRun(models.Model):
     config = models.JSONField(default=dict, blank=True)
     progress = models.JSONField(default=dict, blank=True, help_text="Last progress event from the trainer")
     progress_fraction = models.FloatField(default=0.0)
-    history = models.JSONField(default=list, blank=True, help_text="Per-epoch losses and metrics per stage")
+    # Two fields, one shape each (classifier/run_records.py): `history` grows while the run trains and is
+    # kept when it ends; `stages` is written once, from the trainer's result, when the run succeeds.
+    history = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='The "epoch_end" progress events, in order: stage, stages, size, epoch, epochs (the '
+        "stage's epoch count), train_loss, valid_loss, metrics, duration_s, fraction",
+    )
+    stages = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="The trainer's summary of each stage of a succeeded run: stage, size, lr, batch_size, epochs "
+        "(the count it ran), epoch_results, best_epoch, best_valid_loss, duration_s, input_shape",
+    )
     plan = models.JSONField(
         default=dict, blank=True, help_text="The time budget and the epochs planned from measured step times"
     )

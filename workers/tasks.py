@@ -33,9 +33,9 @@ RETRY_POLICY = {
     **RETRY_POLICY,
 )
 def classify_images(image_ids: list[int]) -> dict:
-    from portal.services import classification
+    from portal.services import classification_batch
 
-    outcome = classification.classify_images([int(pk) for pk in image_ids])
+    outcome = classification_batch.classify_images([int(pk) for pk in image_ids])
     return {"classified": len(outcome.classified), "failed": len(outcome.failed), "parked": outcome.parked}
 
 
@@ -48,9 +48,9 @@ def classify_images(image_ids: list[int]) -> dict:
 )
 def reclassify_backlog(self, model_version_id: int) -> bool:
     """One batch of the background re-classification, then queue the next behind newer work."""
-    from portal.services import classification
+    from portal.services import classification_batch
 
-    more = classification.classify_backlog_batch(int(model_version_id))
+    more = classification_batch.classify_backlog_batch(int(model_version_id))
     if more:
         self.apply_async([model_version_id], priority=settings.SEM_BACKLOG_PRIORITY)
     return more

@@ -404,7 +404,14 @@ class TrainingRunDetailSerializer(TrainingRunSerializer):
     )
 
     class Meta(TrainingRunSerializer.Meta):
-        fields = TrainingRunSerializer.Meta.fields + ["config", "history", "log", "data_fingerprint", "budget_warning"]
+        fields = TrainingRunSerializer.Meta.fields + [
+            "config",
+            "history",
+            "stages",
+            "log",
+            "data_fingerprint",
+            "budget_warning",
+        ]
         read_only_fields = fields
 
     @extend_schema_field({"type": "string", "nullable": True})

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from portal.services import classification, training_sweep, webhooks
+from portal.services import classification, classification_sweep, training_sweep, webhooks
 from portal.services.ingest_recovery import reconcile_interrupted
 from portal.services.queueing import enqueue_backlog
 from portal.storage import media_storage, model_storage, remove_stale_files
@@ -24,9 +24,9 @@ def sweep() -> dict:
     """Re-queue overdue pending images, restart a stalled re-classification backlog, fail trainings
     whose heartbeat stopped, re-send webhook deliveries never attempted, and remove stale partial,
     orphaned and spooled files. Returns what it did, by kind."""
-    requeued = classification.sweep_stale_images()
+    requeued = classification_sweep.sweep_stale_images()
     model = classification.production_model()
-    backlog_restarted = bool(model and classification.backlog_stalled(model))
+    backlog_restarted = bool(model and classification_sweep.backlog_stalled(model))
     if backlog_restarted:
         enqueue_backlog(model.pk)
     failed_runs = training_sweep.fail_stale_runs()

@@ -36,7 +36,8 @@ class RunMonitor:
         self.stop_reason: str | None = None
         self.last_event: dict = {}
         self.fraction = 0.0
-        self.history: list = []
+        self.history: list[dict] = []  # the "epoch_end" events (TrainingRun.history)
+        self.stages: list[dict] = []  # the trainer's stage summaries, once it has succeeded (TrainingRun.stages)
         self._lines: list[str] = run.log.splitlines() if run.log else []  # the request's budget warning
         self._request_plan = (run.plan or {}).get("request")
         self._last_write = 0.0
@@ -69,7 +70,7 @@ class RunMonitor:
         new_phase = data.get("phase") != self.last_event.get("phase")
         self.last_event = data
         self.fraction = float(data.get("fraction", self.fraction) or 0.0)
-        if data.get("kind") in {"epoch_end", "epoch"} or data.get("event") in {"epoch_end", "epoch"}:
+        if data.get("event") == "epoch_end":
             self.history.append(data)
             self.log(_describe(data))
         # A new phase is written at once: the page must not name the previous one through a long phase.

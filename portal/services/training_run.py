@@ -102,7 +102,7 @@ def _train_and_register(run: TrainingRun, monitor: RunMonitor, work_dir: Path) -
         progress=monitor.progress,
         should_stop=monitor.should_stop,
     )
-    monitor.history = list(result.history or monitor.history)
+    monitor.stages = list(result.stages)
     return register_model(run, result, data, fingerprint, work_dir, monitor)
 
 
@@ -198,6 +198,7 @@ def _finish(run: TrainingRun, monitor: RunMonitor, status: str, **fields) -> Non
         heartbeat_at=now,
         log=monitor.log_text(),
         history=monitor.history,
+        stages=monitor.stages,
         progress=monitor.last_event,
         progress_fraction=1.0 if status == TrainingRun.Status.SUCCEEDED else monitor.fraction,
         **fields,

@@ -1,6 +1,6 @@
-"""What the training pages show of a run: one row per progressive-resizing stage (from the epoch events
-of a running run or the trainer's per-stage records of a finished one), the elapsed time with an
-estimate, and whether pretrained weights were really used."""
+"""What the training pages show of a run: one row per progressive-resizing stage (from the trainer's
+stage summaries, else the epoch events), the elapsed time with an estimate, and whether pretrained
+weights were really used."""
 
 from __future__ import annotations
 
@@ -11,66 +11,59 @@ from portal.models import TrainingRun
 LOG_TAIL_CHARS = 20_000  # the progress endpoint sends the end of the log; the page shows all of it
 
 
-def stage_rows(history: list | None) -> list[dict]:
-    """One row per stage, in stage order.
-
-    A finished run's history holds the trainer's records ({stage, size, batch_size, lr, epochs: [...],
-    best_epoch, best_valid_loss, duration_s}); a running one's holds epoch_end events ({stage, size,
-    epoch, epochs: planned count, train_loss, valid_loss, duration_s}), grouped here by stage.
-    """
+def stage_rows(events: list[dict] | None, summaries: list[dict] | None) -> list[dict]:
+    """One row per stage, in stage order: a stage the trainer summarised (`TrainingRun.stages`, written
+    when a run succeeds) from its summary, any other from its "epoch_end" events (`TrainingRun.history`):
+    the stages of a running run, or of one that failed or was cancelled."""
     rows: dict[int, dict] = {}
-    for record in history or []:
-        if not isinstance(record, dict) or record.get("stage") is None:
-            continue
-        stage = int(record["stage"])
-        if isinstance(record.get("epochs"), list):
-            epochs = record["epochs"]
-            rows[stage] = {
-                "stage": stage,
-                "number": stage + 1,
-                "size": record.get("size"),
-                "batch_size": record.get("batch_size"),
-                "lr": record.get("lr"),
-                "epochs_done": len(epochs),
-                "epochs_planned": len(epochs),
-                "best_epoch": record.get("best_epoch"),
-                "best_valid_loss": record.get("best_valid_loss"),
-                "duration_s": record.get("duration_s"),
-                "finished": True,
-            }
-            continue
-        if (
-            record.get("event") not in (None, "epoch_end")
-            or record.get("train_loss") is None
-            and record.get("valid_loss") is None
-        ):
-            continue
-        row = rows.setdefault(
-            stage,
-            {
-                "stage": stage,
-                "number": stage + 1,
-                "size": record.get("size"),
-                "batch_size": None,
-                "lr": None,
-                "epochs_done": 0,
-                "epochs_planned": None,
-                "best_epoch": None,
-                "best_valid_loss": None,
-                "duration_s": 0.0,
-                "finished": False,
-            },
-        )
-        if row["finished"]:
-            continue
-        row["epochs_done"] += 1
-        if isinstance(record.get("epochs"), int):
-            row["epochs_planned"] = record["epochs"]
-        row["duration_s"] = (row["duration_s"] or 0.0) + float(record.get("duration_s") or 0.0)
-        loss = record.get("valid_loss")
-        if isinstance(loss, (int, float)) and (row["best_valid_loss"] is None or loss < row["best_valid_loss"]):
-            row["best_valid_loss"], row["best_epoch"] = loss, record.get("epoch")
+    for event in events or []:
+        _count_epoch(rows.setdefault(int(event["stage"]), _row_from_events(event)), event)
+    for summary in summaries or []:
+        rows[int(summary["stage"])] = _row_from_summary(summary)
     return [rows[stage] for stage in sorted(rows)]
+
+
+def _row_from_summary(summary: dict) -> dict:
+    return {
+        "stage": int(summary["stage"]),
+        "number": int(summary["stage"]) + 1,
+        "size": summary.get("size"),
+        "batch_size": summary.get("batch_size"),
+        "lr": summary.get("lr"),
+        "epochs_done": summary["epochs"],
+        "epochs_planned": summary["epochs"],
+        "best_epoch": summary.get("best_epoch"),
+        "best_valid_loss": summary.get("best_valid_loss"),
+        "duration_s": summary.get("duration_s"),
+        "finished": True,
+    }
+
+
+def _row_from_events(event: dict) -> dict:
+    """The row of a stage before its first epoch is counted; the trainer's batch size and learning rate
+    are known only from its summary."""
+    return {
+        "stage": int(event["stage"]),
+        "number": int(event["stage"]) + 1,
+        "size": event.get("size"),
+        "batch_size": None,
+        "lr": None,
+        "epochs_done": 0,
+        "epochs_planned": None,
+        "best_epoch": None,
+        "best_valid_loss": None,
+        "duration_s": 0.0,
+        "finished": False,
+    }
+
+
+def _count_epoch(row: dict, event: dict) -> None:
+    row["epochs_done"] += 1
+    row["epochs_planned"] = event.get("epochs") or row["epochs_planned"]  # re-planned stages shrink
+    row["duration_s"] += float(event.get("duration_s") or 0.0)
+    loss = event.get("valid_loss")
+    if loss is not None and (row["best_valid_loss"] is None or loss < row["best_valid_loss"]):
+        row["best_valid_loss"], row["best_epoch"] = loss, event.get("epoch")
 
 
 def duration_text(seconds: float) -> str:

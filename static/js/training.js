@@ -95,24 +95,10 @@
     poll();
   }
 
-  // TrainingRun.history holds epoch_end progress events while a run is going, and the trainer's
-  // per-stage records ({stage, size, epochs: [{epoch, train_loss, valid_loss}, ...]}) once it is done.
-  function epochRows(history) {
-    var rows = [];
-    (history || []).forEach(function (row) {
-      if (!row) return;
-      if (Array.isArray(row.epochs)) {
-        row.epochs.forEach(function (entry) { rows.push(Object.assign({ stage: row.stage, size: row.size }, entry)); });
-      } else if (row.event === "epoch_end" || row.train_loss !== undefined) {
-        rows.push(row);
-      }
-    });
-    return rows;
-  }
-
+  // TrainingRun.history: the run's epoch_end progress events ({stage, size, epoch, train_loss, valid_loss, ...}).
   function drawLosses(history) {
     var canvas = document.getElementById("loss-chart");
-    var rows = epochRows(history);
+    var rows = history || [];
     if (!canvas || !rows.length || typeof Chart === "undefined") return;
     var empty = document.getElementById("loss-empty");
     if (empty) empty.hidden = true;

@@ -17,7 +17,7 @@ CLASSES = ["Fibres", "Particles", "Powder"]
 def _store(image, model, probabilities, *, prediction_set=None, out_of_scope=False, coverage=0.9):
     """Save a prediction through the classification service, with the set and flag a worker attaches."""
     from classifier.engine import prediction_from_probabilities
-    from portal.services.classification import save_results
+    from portal.services.classification_results import save_results
 
     result = prediction_from_probabilities(np.array(probabilities), CLASSES)
     result.prediction_set = prediction_set

@@ -203,7 +203,7 @@ def test_image_classified_says_out_of_scope_and_the_set(django_capture_on_commit
     import numpy as np
 
     from classifier.engine import prediction_from_probabilities
-    from portal.services.classification import save_results
+    from portal.services.classification_results import save_results
 
     subscription = subscribe(curator, events=("image.classified",))
     model = make_model(1, status=ModelVersion.Status.PRODUCTION)

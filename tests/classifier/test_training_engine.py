@@ -45,8 +45,10 @@ def test_each_stage_changes_the_input_size(trained):
         if event["event"] == "batch":
             shapes.setdefault(event["stage"], set()).add(tuple(event["input_shape"][1:]))
     assert shapes == {0: {(3, 32, 32)}, 1: {(3, 48, 48)}}
-    assert [h["size"] for h in result.history] == [32, 48]
-    assert all(h["best_epoch"] == 0 and len(h["epochs"]) == 1 for h in result.history)
+    assert [summary["size"] for summary in result.stages] == [32, 48]
+    # `epochs` counts the stage's epochs and agrees with its per-epoch results and its progress events.
+    assert all(s["best_epoch"] == 0 and s["epochs"] == len(s["epoch_results"]) == 1 for s in result.stages)
+    assert [e["epochs"] for e in events if e["event"] == "epoch_end"] == [s["epochs"] for s in result.stages]
 
 
 def test_offline_pretrained_falls_back_to_scratch(trained):

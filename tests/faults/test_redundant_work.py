@@ -17,7 +17,7 @@ from kombu import Connection
 
 from portal.celery_app import app
 from portal.models import ModelVersion, SEMImage, WebhookDelivery, WebhookSubscription
-from portal.services import broker_queue, classification, maintenance, queueing, webhooks
+from portal.services import broker_queue, classification, classification_sweep, maintenance, queueing, webhooks
 from tests.worker_fixtures import purge_broker
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -82,7 +82,7 @@ def test_images_whose_message_waits_in_the_queue_are_not_sent_again(
     _make_overdue(images, settings)
     assert _queued_classify_ids() == [image.pk for image in images]
 
-    assert classification.sweep_stale_images() == 0
+    assert classification_sweep.sweep_stale_images() == 0
     assert _queued_classify_ids() == [image.pk for image in images]  # nothing was added
 
 
@@ -91,10 +91,10 @@ def test_images_whose_message_was_lost_are_sent_again_once(redis_broker, sample,
     _make_overdue(images, settings)
     purge_broker(redis_broker)  # Redis restarted empty: the messages are gone
 
-    assert classification.sweep_stale_images() == 3
+    assert classification_sweep.sweep_stale_images() == 3
     assert _queued_classify_ids() == [image.pk for image in images]
     _make_overdue(images, settings)
-    assert classification.sweep_stale_images() == 0  # the re-sent messages are waiting now
+    assert classification_sweep.sweep_stale_images() == 0  # the re-sent messages are waiting now
 
 
 def test_images_of_a_dead_worker_are_sent_again_although_its_message_is_held(
@@ -105,7 +105,7 @@ def test_images_of_a_dead_worker_are_sent_again_although_its_message_is_held(
     stale_claim = timezone.now() - timedelta(seconds=settings.SEM_PENDING_SWEEP_AFTER_S + 5)
     SEMImage.objects.filter(pk=images[0].pk).update(claimed_at=stale_claim)  # its worker stopped renewing
 
-    assert classification.sweep_stale_images() == 1
+    assert classification_sweep.sweep_stale_images() == 1
     assert _queued_classify_ids().count(images[0].pk) == 2
 
 
@@ -136,10 +136,10 @@ def test_a_backlog_waiting_behind_other_work_is_not_restarted(
     production_model.refresh_from_db()
     queueing.enqueue_backlog(production_model.pk)
 
-    assert not classification.backlog_stalled(production_model)
+    assert not classification_sweep.backlog_stalled(production_model)
     assert maintenance.sweep()["backlog_restarted"] is False
     purge_broker(redis_broker)
-    assert classification.backlog_stalled(production_model)
+    assert classification_sweep.backlog_stalled(production_model)
 
 
 def test_unacknowledged_messages_count_as_waiting(redis_broker):

@@ -449,11 +449,12 @@ def calibrated_model(make_model) -> ModelVersion:
 
 def classify(model, probabilities: dict, outside) -> None:
     """Save predictions as the worker does: the sets at the lab's coverage from the model's calibration
-    (classification.mark_trust), `outside` past the out-of-scope threshold."""
+    (classification_inference.mark_trust), `outside` past the out-of-scope threshold."""
     from types import SimpleNamespace
 
     from classifier.engine import prediction_from_probabilities
-    from portal.services.classification import mark_trust, save_results
+    from portal.services.classification_inference import mark_trust
+    from portal.services.classification_results import save_results
 
     ids = [image.pk for image in probabilities]
     results = [prediction_from_probabilities(np.array(p), TRUST_CLASSES) for p in probabilities.values()]

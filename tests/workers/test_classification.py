@@ -8,7 +8,14 @@ import pytest
 from django.utils import timezone
 
 from portal.models import ModelVersion, Prediction, SEMImage
-from portal.services import classification
+from portal.services import (
+    artifacts,
+    classification,
+    classification_batch,
+    classification_inference,
+    classification_results,
+    classification_sweep,
+)
 
 
 def _reload(images):
@@ -18,7 +25,7 @@ def _reload(images):
 def test_batch_writes_predictions_and_denormalised_columns(production_model, sample, user, upload_images):
     images = upload_images(sample, user, 3)
 
-    outcome = classification.classify_images([image.pk for image in images])
+    outcome = classification_batch.classify_images([image.pk for image in images])
 
     assert sorted(outcome.classified) == sorted(image.pk for image in images)
     for image in _reload(images):
@@ -37,9 +44,9 @@ def test_batch_writes_predictions_and_denormalised_columns(production_model, sam
 
 def test_a_second_delivery_of_the_same_batch_writes_nothing(production_model, sample, user, upload_images):
     ids = [image.pk for image in upload_images(sample, user, 2)]
-    classification.classify_images(ids)
+    classification_batch.classify_images(ids)
 
-    again = classification.classify_images(ids)
+    again = classification_batch.classify_images(ids)
 
     assert again.claimed == 0
     assert Prediction.objects.filter(image_id__in=ids).count() == 2
@@ -51,7 +58,7 @@ def test_a_message_for_one_upload_takes_other_pending_uploads_into_its_batch(
     settings.SEM_CLASSIFY_BATCH_SIZE = 3
     images = upload_images(sample, user, 5)
 
-    outcome = classification.classify_images([images[-1].pk])
+    outcome = classification_batch.classify_images([images[-1].pk])
 
     assert images[-1].pk in outcome.classified
     assert len(outcome.classified) == 3  # the message's image plus the two oldest pending ones
@@ -61,7 +68,7 @@ def test_a_message_for_one_upload_takes_other_pending_uploads_into_its_batch(
 def test_without_a_production_model_images_wait_for_one(sample, user, upload_images):
     images = upload_images(sample, user, 2)
 
-    outcome = classification.classify_images([image.pk for image in images])
+    outcome = classification_batch.classify_images([image.pk for image in images])
 
     assert outcome.parked == 2
     assert {image.status for image in _reload(images)} == {SEMImage.Status.NO_MODEL}
@@ -88,7 +95,7 @@ def test_bad_derivatives_fail_only_their_own_image(production_model, sample, use
         handle.write(b"\x89PNG\r\n\x1a\n not really a png")
     missing.derivative.storage.delete(missing.derivative.name)
 
-    outcome = classification.classify_images([good.pk, corrupt.pk, missing.pk])
+    outcome = classification_batch.classify_images([good.pk, corrupt.pk, missing.pk])
 
     good, corrupt, missing = _reload([good, corrupt, missing])
     assert outcome.classified == [good.pk]
@@ -104,11 +111,11 @@ def test_bad_derivatives_fail_only_their_own_image(production_model, sample, use
 def test_an_image_deleted_during_classification_is_skipped(production_model, sample, user, upload_images):
     kept, deleted = upload_images(sample, user, 2)
     claimed = classification.claim([kept.pk, deleted.pk], production_model)
-    engine = classification.load_engine(production_model)
-    results = classification.predict(engine, claimed)
+    engine = artifacts.load_engine(production_model)
+    results = classification_inference.predict(engine, claimed)
     SEMImage.objects.filter(pk=deleted.pk).delete()
 
-    outcome = classification.save_results(production_model, engine.classes, results)
+    outcome = classification_results.save_results(production_model, engine.classes, results)
 
     assert outcome.classified == [kept.pk]
     assert Prediction.objects.filter(image_id=kept.pk).count() == 1
@@ -124,7 +131,7 @@ def test_a_broken_model_releases_the_claims(production_model, sample, user, uplo
 
     clear_engine_cache()
     with pytest.raises(ArtifactError):
-        classification.classify_images(ids)
+        classification_batch.classify_images(ids)
     clear_engine_cache()
 
     assert all(
@@ -142,13 +149,13 @@ def test_sweeper_requeues_only_images_pending_too_long(
     SEMImage.objects.filter(pk=stale_but_held.pk).update(claimed_at=timezone.now())
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        requeued = classification.sweep_stale_images()
+        requeued = classification_sweep.sweep_stale_images()
 
     assert requeued == 1
     assert len(callbacks) == 1  # one enqueue after commit
     stale.refresh_from_db()
     assert stale.status_changed_at > long_ago  # not re-queued again by the next pass
-    assert classification.sweep_stale_images() == 0
+    assert classification_sweep.sweep_stale_images() == 0
 
 
 def test_backlog_covers_waiting_images_and_older_models_predictions(
@@ -157,7 +164,7 @@ def test_backlog_covers_waiting_images_and_older_models_predictions(
     from tests.worker_fixtures import install_model
 
     images = upload_images(sample, user, 4)
-    classification.classify_images([image.pk for image in images])
+    classification_batch.classify_images([image.pk for image in images])
     SEMImage.objects.filter(pk=images[0].pk).update(status=SEMImage.Status.NO_MODEL)
     newer = install_model(trained_artifact, 2, status=ModelVersion.Status.CANDIDATE)
 
@@ -175,21 +182,21 @@ def test_backlog_batches_stop_when_the_model_is_no_longer_production(
     images = upload_images(sample, user, 3)
     SEMImage.objects.filter(pk__in=[image.pk for image in images]).update(status=SEMImage.Status.NO_MODEL)
 
-    assert classification.classify_backlog_batch(production_model.pk) is True
-    assert classification.classify_backlog_batch(production_model.pk) is False
+    assert classification_batch.classify_backlog_batch(production_model.pk) is True
+    assert classification_batch.classify_backlog_batch(production_model.pk) is False
     assert SEMImage.objects.filter(status=SEMImage.Status.CLASSIFIED).count() == 3
-    assert classification.classify_backlog_batch(production_model.pk + 1) is False
+    assert classification_batch.classify_backlog_batch(production_model.pk + 1) is False
 
 
 def test_rolled_back_model_reuses_its_stored_predictions(production_model, sample, user, upload_images):
     images = upload_images(sample, user, 2)
-    classification.classify_images([image.pk for image in images])
+    classification_batch.classify_images([image.pk for image in images])
     before = {p.image_id: p.confidence for p in Prediction.objects.all()}
     SEMImage.objects.filter(pk__in=before).update(
         status=SEMImage.Status.PENDING, predicted_by=None, predicted_confidence=None
     )
 
-    outcome = classification.classify_images(list(before))
+    outcome = classification_batch.classify_images(list(before))
 
     assert sorted(outcome.classified) == sorted(before)
     assert Prediction.objects.count() == 2
@@ -217,7 +224,7 @@ def test_an_old_format_artifact_loads_once_and_is_rewritten(
     [image] = upload_images(sample, user, 1)
 
     with django_capture_on_commit_callbacks(execute=True):
-        outcome = classification.classify_images([image.pk])
+        outcome = classification_batch.classify_images([image.pk])
 
     assert outcome.classified == [image.pk]
     model = ModelVersion.objects.get(pk=production_model.pk)
@@ -226,7 +233,7 @@ def test_an_old_format_artifact_loads_once_and_is_rewritten(
     assert read_metadata(model.artifact_path)["classes"] == current.metadata["classes"]
     # Next time it is the new file, loaded as it is.
     clear_engine_cache()
-    assert classification.load_engine(model).classes == current.metadata["classes"]
+    assert artifacts.load_engine(model).classes == current.metadata["classes"]
 
 
 def test_a_replaced_old_format_artifact_is_never_unpickled(production_model, monkeypatch):
@@ -256,13 +263,13 @@ def test_a_batch_whose_model_was_demoted_meanwhile_writes_nothing_and_hands_its_
 
     ids = [image.pk for image in upload_images(sample, user, 2)]
     claimed = classification.claim(ids, production_model)
-    engine = classification.load_engine(production_model)
-    results = classification.predict(engine, claimed)
+    engine = artifacts.load_engine(production_model)
+    results = classification_inference.predict(engine, claimed)
     newer = install_model(trained_artifact, 2, status=ModelVersion.Status.CANDIDATE)
     promotion.promote(newer)  # while the batch computed
 
     with django_capture_on_commit_callbacks() as callbacks:
-        outcome = classification.save_results(production_model, engine.classes, results)
+        outcome = classification_results.save_results(production_model, engine.classes, results)
 
     assert outcome.claimed == 0 and not Prediction.objects.filter(image_id__in=ids).exists()
     assert (
@@ -286,7 +293,7 @@ def test_classification_flags_a_blank_derivative_stored_before_ingestion_did(
         derivative.write(black.getvalue())
     assert SEMImage.objects.get(pk=image.pk).blank is False
 
-    classification.classify_images([image.pk])
+    classification_batch.classify_images([image.pk])
 
     image.refresh_from_db()
     assert image.blank is True and image.status == SEMImage.Status.OUT_OF_SCOPE  # nothing in it to classify

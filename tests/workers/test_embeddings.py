@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from portal.models import Embedding, ModelVersion, Prediction, SEMImage
-from portal.services import classification, promotion, similar
+from portal.services import artifacts, classification_batch, promotion, similar
 from tests.worker_fixtures import MODEL_FOLDERS, TrainedArtifact, category_name, install_model
 
 INPUT_SIZE = 64  # small inputs keep the real EfficientNet-Lite0 forward pass quick on CPU
@@ -40,10 +40,10 @@ def feature_model(db, feature_head_artifact, nffa_categories):
 def test_a_batch_stores_the_embedding_of_the_same_forward_pass(feature_model, sample, user, upload_images):
     images = upload_images(sample, user, 2)
 
-    outcome = classification.classify_images([image.pk for image in images])
+    outcome = classification_batch.classify_images([image.pk for image in images])
 
     assert sorted(outcome.classified) == sorted(image.pk for image in images)
-    engine = classification.load_engine(feature_model)
+    engine = artifacts.load_engine(feature_model)
     for image in SEMImage.objects.filter(pk__in=outcome.classified):
         stored = Embedding.objects.get(image=image, model_version=feature_model)
         expected = engine.predict_paths([image.derivative.path])[0]
@@ -60,15 +60,15 @@ def test_a_rolled_back_model_keeps_its_embeddings_and_search_uses_them(
     settings.SEM_RECLASSIFY_AFTER_PROMOTION = True
     monkeypatch.setattr(similar, "_index", None)  # this process's matrix from an earlier test's rows
     images = upload_images(sample, user, 2, labelled=True)
-    classification.classify_images([image.pk for image in images])
+    classification_batch.classify_images([image.pk for image in images])
     before = dict(Embedding.objects.values_list("image_id", "vector"))
     newer = install_model(feature_head_artifact, 2, status=ModelVersion.Status.CANDIDATE)
     promotion.promote(newer)
-    classification.classify_images([image.pk for image in images])  # writes v2's predictions and embeddings
+    classification_batch.classify_images([image.pk for image in images])  # writes v2's predictions and embeddings
     assert Embedding.objects.filter(model_version=newer).count() == 2
 
     promotion.rollback()
-    outcome = classification.classify_images([image.pk for image in images])  # restored, not recomputed
+    outcome = classification_batch.classify_images([image.pk for image in images])  # restored, not recomputed
 
     assert sorted(outcome.classified) == sorted(before)
     assert dict(Embedding.objects.filter(model_version=feature_model).values_list("image_id", "vector")) == before

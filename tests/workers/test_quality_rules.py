@@ -142,7 +142,8 @@ def test_a_budgeted_run_records_its_plan_and_stays_within_it(quality_rules, samp
     plan = run.plan
     assert plan["budget_s"] == 25.0 and plan["planned_s"] <= 25.0 or "too small" in plan["note"]
     assert len(plan["epochs"]) == 2 and all(e >= 1 for e in plan["epochs"])
-    assert [stage["epochs"] and len(stage["epochs"]) for stage in run.history] == plan["epochs"]
+    assert [stage["epochs"] for stage in run.stages] == plan["epochs"]
+    assert [stage["epochs"] for stage in run.stages] == [len(stage["epoch_results"]) for stage in run.stages]
     assert all(s["step_s"] > 0 for s in plan["stages"])
     assert run.model_version.metadata["budget"]["used_s"] > 0
     assert "Budget 25 s" in run.log

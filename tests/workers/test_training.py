@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from classifier.fingerprint import file_sha256
 from portal.models import ModelVersion, Prediction, SEMImage, TrainingRun
-from portal.services import classification, promotion, training, training_run, training_sweep
+from portal.services import classification_batch, promotion, training, training_run, training_sweep
 from portal.services.labels import set_label
 from tests.worker_fixtures import TINY_TRAIN_CONFIG, install_model, request_training_twice_at_once
 
@@ -48,8 +48,12 @@ def test_first_training_records_everything_and_promotes_v1(tiny_training, sample
     assert run.train_image_count == train_count == model.train_image_count
     assert run.config["sizes"] == [32, 48] and run.config["arch"] == "resnet18"
     assert run.progress_fraction == 1.0 and run.progress["event"] == "done"
-    assert [stage["size"] for stage in run.history] == [32, 48]  # progressive resizing, per-stage records
-    assert all(stage["epochs"][0]["train_loss"] is not None for stage in run.history)
+    assert [stage["size"] for stage in run.stages] == [32, 48]  # progressive resizing, per-stage summaries
+    assert [stage["epochs"] for stage in run.stages] == [1, 1]
+    # The epoch events stay after the run: one per epoch, the same losses as the summaries' results.
+    assert [(e["event"], e["stage"], e["epochs"]) for e in run.history] == [("epoch_end", 0, 1), ("epoch_end", 1, 1)]
+    assert [e["train_loss"] for e in run.history] == [s["epoch_results"][0]["train_loss"] for s in run.stages]
+    assert all(event["train_loss"] is not None for event in run.history)
     assert run.duration_s > 0 and run.device == "cpu" and "train and" in run.log
     assert model.version == 1 and model.status == ModelVersion.Status.PRODUCTION and model.gate_passed
     assert Path(model.artifact_path) == Path(tiny_training.MODEL_DIR) / "v1" / "model.safetensors"
@@ -102,7 +106,7 @@ def test_new_labels_are_counted_against_the_newest_model_when_none_is_in_product
 
 def _classified_production(production_model, sample, user, upload_images):
     images = upload_images(sample, user, 6, labelled=True)
-    classification.classify_images([image.pk for image in images])
+    classification_batch.classify_images([image.pk for image in images])
     return {p.image_id: (p.category_id, p.confidence) for p in Prediction.objects.all()}
 
 

@@ -169,10 +169,12 @@ def metrics_view(model: ModelVersion) -> dict:
         examples=[ex.example("Runs", ex.page(ex.TRAINING_RUN))],
     ),
     retrieve=extend_schema(
-        summary="One training run with progress, history and log",
+        summary="One training run with progress, epoch history, stage summaries and log",
         tags=["training"],
         examples=[
-            ex.example("Run", ex.TRAINING_RUN | {"config": {}, "history": [], "log": "", "data_fingerprint": ""}),
+            ex.example(
+                "Run", ex.TRAINING_RUN | {"config": {}, "history": [], "stages": [], "log": "", "data_fingerprint": ""}
+            ),
             ex.NOT_FOUND,
         ],
     ),
