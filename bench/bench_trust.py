@@ -250,6 +250,7 @@ def evaluate_seed(images, matrix, ood_images, ood_matrix, seed: int, ood_colour)
                 "auroc": float(auroc),
                 "false_abstain": float(scorer.out_of_scope(real_scores).mean()),
                 "detected": float(scorer.out_of_scope(ood_scores).mean()),
+                "detected_with_colour": float((scorer.out_of_scope(ood_scores) | ood_colour).mean()),
                 "kinds": {kind: float(np.mean(flags)) for kind, flags in kinds.items()},
                 "kinds_with_colour": {kind: float(np.mean(flags)) for kind, flags in combined.items()},
                 "threshold": trust["out_of_scope"]["threshold"],
@@ -293,7 +294,7 @@ def report(runs) -> str:
             lines.append(f"| {part} (n = {rows[0]['n']}) | {coverage:.0%} | " + " | ".join(cells) + " |")
     folds = [fold for run in runs for fold in run["folds"]]
     lines += ["", "| out of scope (per fold, 5 folds x seeds) | mean ± sd |", "|---|---|"]
-    for key in ("auroc", "false_abstain", "detected"):
+    for key in ("auroc", "false_abstain", "detected", "detected_with_colour"):
         lines.append(f"| {key} | {mean_sd([fold[key] for fold in folds])} |")
     lines.append(f"| held-out images setting the threshold | {mean_sd([fold['n_held_out'] for fold in folds])} |")
     for kind in sorted(folds[0]["kinds"]):
