@@ -15,9 +15,13 @@ test side (unseen sources):
   made here from what is installed (matplotlib's sample photos and data rendered as images, rendered
   charts as screenshots, blank, noise and gradient frames, heavily defocused real micrographs): AUROC
   (out-of-scope vs real), the false-abstain rate (real test images over the threshold) and the share
-  of each out-of-scope kind detected.
+  of each out-of-scope kind detected;
+- the colour rule (`classifier.colour`, SEMImage.colourfulness above SEM_COLOUR_OUT_OF_SCOPE's default 15)
+  on the original files, as ingestion measures it: the share of each kind it flags, alone and OR-ed with
+  the detector, and its false-abstain rate on every real file of ../shared (sem-real*, sem-vendor-tiff).
+  `--colour-only` measures just this part (seconds; no features, no folds).
 
-    .venv/bin/python bench/bench_trust.py --work /tmp/bench-trust [--seeds 0,1,2] [--threads 2]
+    .venv/bin/python bench/bench_trust.py --work /tmp/bench-trust [--seeds 0,1,2] [--threads 2] [--colour-only]
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import bench_real_cv  # noqa: E402
 import real_data  # noqa: E402
 
 COVERAGES = (0.8, 0.9, 0.95)
+COLOUR_THRESHOLD = 15.0  # SEM_COLOUR_OUT_OF_SCOPE's default
 SIZE = 768  # side of the made images (the real ones are 0.5-4 megapixels; derivatives are 256 px)
 
 
@@ -166,6 +171,31 @@ def _defocused(real, count: int = 12):
     return out
 
 
+def colour_flags(paths) -> np.ndarray:
+    """Whether the colour rule puts each file out of scope: the colourfulness of its decoded original,
+    measured by the ingestion's own decode (the greyscale derivatives have lost the colour)."""
+    from classifier.imageio import load_grey8_and_colourfulness
+
+    return np.array([load_grey8_and_colourfulness(path)[1] > COLOUR_THRESHOLD for path in paths])
+
+
+def real_files() -> list[Path]:
+    """Every real SEM file of ../shared: the benchmark's images and the vendor test TIFFs."""
+    vendor = sorted(path for path in (real_data.SHARED / "sem-vendor-tiff").glob("*.tif*"))
+    return [image.path for image in real_data.load_images()] + vendor
+
+
+def colour_report(ood_images, ood_colour, real_colour) -> str:
+    kinds = defaultdict(list)
+    for image, flagged in zip(ood_images, ood_colour):
+        kinds[image.category].append(bool(flagged))
+    lines = ["| colour rule (colourfulness > 15) | share flagged |", "|---|---|"]
+    lines += [f"| {kind} ({len(flags)}) | {np.mean(flags):.2f} |" for kind, flags in sorted(kinds.items())]
+    lines.append(f"| all out-of-scope images ({len(ood_colour)}) | {np.mean(ood_colour):.3f} |")
+    lines.append(f"| false abstain: real SEM files ({len(real_colour)}) | {np.mean(real_colour):.3f} |")
+    return "\n".join(lines)
+
+
 def run_fold(matrix, labels, groups, train_idx, test_idx, classes, seed, ood_matrix):
     """One fold through the product's functions: (test probabilities, conformal, scorer)."""
     from classifier.calibration import softmax
@@ -188,7 +218,7 @@ def run_fold(matrix, labels, groups, train_idx, test_idx, classes, seed, ood_mat
     return probabilities, trust, scorer, real_scores, ood_scores
 
 
-def evaluate_seed(images, matrix, ood_images, ood_matrix, seed: int) -> dict:
+def evaluate_seed(images, matrix, ood_images, ood_matrix, seed: int, ood_colour) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from classifier.conformal import coverage_report, prediction_sets
@@ -211,15 +241,18 @@ def evaluate_seed(images, matrix, ood_images, ood_matrix, seed: int) -> dict:
         auroc = roc_auc_score(
             np.r_[np.zeros(len(real_scores)), np.ones(len(ood_scores))], np.r_[real_scores, ood_scores]
         )
-        kinds = defaultdict(list)
-        for image, flagged in zip(ood_images, scorer.out_of_scope(ood_scores)):
+        kinds, combined = defaultdict(list), defaultdict(list)
+        for image, flagged, colour in zip(ood_images, scorer.out_of_scope(ood_scores), ood_colour):
             kinds[image.category].append(bool(flagged))
+            combined[image.category].append(bool(flagged or colour))
         folds.append(
             {
                 "auroc": float(auroc),
                 "false_abstain": float(scorer.out_of_scope(real_scores).mean()),
                 "detected": float(scorer.out_of_scope(ood_scores).mean()),
+                "detected_with_colour": float((scorer.out_of_scope(ood_scores) | ood_colour).mean()),
                 "kinds": {kind: float(np.mean(flags)) for kind, flags in kinds.items()},
+                "kinds_with_colour": {kind: float(np.mean(flags)) for kind, flags in combined.items()},
                 "threshold": trust["out_of_scope"]["threshold"],
                 "n_held_out": trust["out_of_scope"]["n_held_out"],
             }
@@ -261,11 +294,14 @@ def report(runs) -> str:
             lines.append(f"| {part} (n = {rows[0]['n']}) | {coverage:.0%} | " + " | ".join(cells) + " |")
     folds = [fold for run in runs for fold in run["folds"]]
     lines += ["", "| out of scope (per fold, 5 folds x seeds) | mean ± sd |", "|---|---|"]
-    for key in ("auroc", "false_abstain", "detected"):
+    for key in ("auroc", "false_abstain", "detected", "detected_with_colour"):
         lines.append(f"| {key} | {mean_sd([fold[key] for fold in folds])} |")
     lines.append(f"| held-out images setting the threshold | {mean_sd([fold['n_held_out'] for fold in folds])} |")
     for kind in sorted(folds[0]["kinds"]):
         lines.append(f"| detected: {kind} | {mean_sd([fold['kinds'][kind] for fold in folds])} |")
+    for kind in sorted(folds[0]["kinds_with_colour"]):
+        shares = [fold["kinds_with_colour"][kind] for fold in folds]
+        lines.append(f"| detected by the detector or the colour rule: {kind} | {mean_sd(shares)} |")
     return "\n".join(lines)
 
 
@@ -275,15 +311,20 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="write the per-seed results as JSON")
+    parser.add_argument("--colour-only", action="store_true", help="only the colour rule (no features, no folds)")
     args = parser.parse_args()
+    images = real_data.load_images()
+    ood_images = out_of_scope_images(args.work / "out-of-scope", images)
+    ood_colour = colour_flags([image.path for image in ood_images])
+    print(colour_report(ood_images, ood_colour, colour_flags(real_files())))
+    if args.colour_only:
+        return
     import torch
 
     torch.set_num_threads(args.threads)
-    images = real_data.load_images()
     matrix = bench_active.features(images, args.work)
-    ood_images = out_of_scope_images(args.work / "out-of-scope", images)
     ood_matrix = bench_active.features(ood_images, args.work / "ood")
-    runs = [evaluate_seed(images, matrix, ood_images, ood_matrix, int(s)) for s in args.seeds.split(",")]
+    runs = [evaluate_seed(images, matrix, ood_images, ood_matrix, int(s), ood_colour) for s in args.seeds.split(",")]
     for run in runs:
         print(json.dumps({k: run[k] for k in ("seed", "sets", "per_class_coverage_90", "conformal_modes")}))
     if args.out:

@@ -14,6 +14,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .colour import colourfulness, colourfulness_of_array
+
 Source = str | os.PathLike | BinaryIO
 
 # Percentiles for mapping >8-bit data to 0..255: robust to hot pixels and to
@@ -38,19 +40,32 @@ def load_grey8(source: Source, *, reduce_to: int | None = None) -> Image.Image:
     that short side cheaply (JPEG draft mode, integer ``reduce``); the caller
     does the final high-quality resize.
     """
+    return _decode_first_page(source, reduce_to, measure_colour=False)[0]
+
+
+def load_grey8_and_colourfulness(source: Source) -> tuple[Image.Image, float]:
+    """``load_grey8`` at full resolution, and the colourfulness (classifier.colour) of the decoded
+    pixels before they are made grey: ingestion decodes an upload once and needs both."""
+    return _decode_first_page(source, None, measure_colour=True)
+
+
+def _decode_first_page(source: Source, reduce_to: int | None, *, measure_colour: bool) -> tuple[Image.Image, float]:
     data = _read_bytes_if_needed(source)
+    colour = 0.0
     try:
         image = Image.open(data)
         image.seek(0)
         if reduce_to and image.format == "JPEG":
             _draft_for_short_side(image, reduce_to)
         image.load()
+        if measure_colour:
+            colour = colourfulness(image)
         grey = to_grey8(image)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as pillow_error:
-        grey = _load_with_tifffile(data, pillow_error)
+        grey, colour = _load_with_tifffile(data, pillow_error, measure_colour)
     if reduce_to:
         grey = _integer_reduce(grey, reduce_to)
-    return grey
+    return grey, colour
 
 
 def to_grey8(image: Image.Image) -> Image.Image:
@@ -153,8 +168,9 @@ def _read_bytes_if_needed(source: Source):
     return io.BytesIO(source.read())
 
 
-def _load_with_tifffile(data, pillow_error: Exception) -> Image.Image:
-    """Fallback for TIFFs Pillow cannot decode (some compressed FEI files)."""
+def _load_with_tifffile(data, pillow_error: Exception, measure_colour: bool) -> tuple[Image.Image, float]:
+    """Fallback for TIFFs Pillow cannot decode (some compressed FEI files): the grey image and, if
+    asked, the colourfulness."""
     import tifffile  # imported lazily: only needed for unusual files
 
     if hasattr(data, "seek"):
@@ -170,7 +186,8 @@ def _load_with_tifffile(data, pillow_error: Exception) -> Image.Image:
         array = np.moveaxis(array, 0, -1)  # planar RGB
     if array.ndim not in (2, 3):
         raise ValueError(f"unsupported image shape {array.shape}")
-    return Image.fromarray(stretch_to_uint8(array), mode="L")
+    colour = colourfulness_of_array(array) if measure_colour else 0.0
+    return Image.fromarray(stretch_to_uint8(array), mode="L"), colour
 
 
 def _draft_for_short_side(image: Image.Image, short_side: int) -> None:

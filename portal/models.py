@@ -171,6 +171,12 @@ class SEMImage(models.Model):
     blank = models.BooleanField(
         default=False, help_text="The model-input derivative is near-constant (an all-black or empty frame)"
     )
+    colourfulness = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Hasler & Süsstrunk colourfulness of the decoded original (classifier.colour): 0 for greyscale, "
+        "out of scope above SEM_COLOUR_OUT_OF_SCOPE; empty for images stored before it was measured",
+    )
 
     split = models.CharField(max_length=5, choices=Split.choices, db_index=True)
     # Near-duplicates (portal.services.near_duplicates): the closest earlier image when this one was
@@ -220,6 +226,33 @@ class SEMImage(models.Model):
     @property
     def out_of_scope(self) -> bool:
         return self.status == self.Status.OUT_OF_SCOPE
+
+    @staticmethod
+    def nothing_to_classify() -> Q:
+        """Rows out of scope whatever a model says: a blank frame, or a colour image (the rule of
+        colour_image as a query; SEM_COLOUR_OUT_OF_SCOPE of 0 or below turns it off)."""
+        rule = Q(blank=True)
+        if settings.SEM_COLOUR_OUT_OF_SCOPE > 0:
+            rule |= Q(colourfulness__gt=settings.SEM_COLOUR_OUT_OF_SCOPE)
+        return rule
+
+    @property
+    def colour_image(self) -> bool:
+        """A colour picture, not an SEM detector's greyscale: colourfulness above SEM_COLOUR_OUT_OF_SCOPE."""
+        threshold = settings.SEM_COLOUR_OUT_OF_SCOPE
+        return threshold > 0 and self.colourfulness is not None and self.colourfulness > threshold
+
+    @property
+    def out_of_scope_reason(self) -> str:
+        """Why an out-of-scope image is so, in words (the image page and the Review page)."""
+        if self.blank:
+            return "a blank frame"
+        if self.colour_image:
+            return (
+                f"colour image (colourfulness {self.colourfulness:.0f}): SEM detectors give greyscale "
+                "— a photo, a map or a colourised picture?"
+            )
+        return "unlike every image the model learnt from"
 
     @property
     def prediction_uncertain(self) -> bool:

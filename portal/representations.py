@@ -52,7 +52,7 @@ class ImageSummarySerializer(serializers.ModelSerializer):
     model version number that classified it), predicted_set (the conformal prediction set at the lab's
     coverage: category slugs, most probable first; empty when the model has none) and predicted_set_label
     ("Particles or Powder"), out_of_scope (status "out_of_scope": unlike anything the model learnt from,
-    or blank; the prediction is not to be relied on), not_classifiable (a curator marked it "not SEM / not
+    blank, or a colour image; the prediction is not to be relied on), not_classifiable (a curator marked it "not SEM / not
     classifiable"), links (API paths of the image and its files)."""
 
     lab_sample_id = serializers.CharField(source="sample.lab_sample_id", read_only=True)

@@ -298,6 +298,10 @@ SEM_UNCERTAIN_BELOW = env_float("SEM_UNCERTAIN_BELOW", 0.6, minimum=0.0, maximum
 # on images like the model's held-out curated ones; a model with a conformal calibration calls a prediction
 # confident when its set is one category (SEMImage.prediction_uncertain), SEM_UNCERTAIN_BELOW otherwise.
 SEM_PREDICTION_SET_COVERAGE = env_float("SEM_PREDICTION_SET_COVERAGE", 0.9, minimum=0.5, maximum=0.99)
+# SEM detectors give greyscale: an upload whose colourfulness (Hasler & Süsstrunk, classifier.colour) is
+# above this is a photo, a map or a colourised picture, out of scope like a blank frame. Under 15 is "not
+# colourful" on their scale; real micrographs measure at most 4.1 (bench/RESULTS.md). 0 or below: off.
+SEM_COLOUR_OUT_OF_SCOPE = env_float("SEM_COLOUR_OUT_OF_SCOPE", 15.0)
 # The gate's uncertainty (portal.services.promotion): a paired, stratified bootstrap of candidate minus
 # production on the same test images; promote when the lower bound at this level is above -tolerance.
 SEM_GATE_CONFIDENCE = env_float("SEM_GATE_CONFIDENCE", 0.9, minimum=0.5, maximum=0.999)

@@ -87,18 +87,20 @@ def flag_blank(paths: dict[int, object]) -> None:
 
 def mark_trust(engine, image_ids: list[int], predictions: list) -> None:
     """Each prediction's conformal set at the lab's coverage (class names; None when the model has no
-    calibration), and out of scope also for a blank frame: nothing in it to classify."""
+    calibration), and out of scope also for a blank frame or a colour image (SEMImage.nothing_to_classify):
+    nothing in it for an SEM model to classify."""
     from classifier.conformal import prediction_sets
 
     calibration = engine.metadata.get("conformal")
     coverage = settings.SEM_PREDICTION_SET_COVERAGE
     probabilities = [prediction.probabilities for prediction in predictions]
     sets = prediction_sets(probabilities, calibration, engine.classes, coverage) if calibration else None
-    blank = set(SEMImage.objects.filter(pk__in=image_ids, blank=True).values_list("pk", flat=True))
+    excluded = SEMImage.objects.filter(SEMImage.nothing_to_classify(), pk__in=image_ids)
+    outside = set(excluded.values_list("pk", flat=True))
     for index, (image_id, prediction) in enumerate(zip(image_ids, predictions)):
         prediction.prediction_set = sets[index] if sets is not None else None
         prediction.set_coverage = coverage if sets is not None else None
-        prediction.out_of_scope = bool(prediction.out_of_scope or image_id in blank)
+        prediction.out_of_scope = bool(prediction.out_of_scope or image_id in outside)
 
 
 def _predict_one(engine, image: SEMImage, path) -> ImageResult:

@@ -1,6 +1,7 @@
 """What ingestion learns from the decoded pixels, in the capped child process (portal.services.decode_guard):
-sniff, check the header, decode, read the instrument metadata, then make the model-input derivative (data
-bar cropped off), the thumbnail, the perceptual hashes and the blank flag.
+sniff, check the header, decode (measuring the colourfulness on the way), read the instrument metadata,
+then make the model-input derivative (data bar cropped off), the thumbnail, the perceptual hashes and the
+blank flag.
 
 This is where one upload's memory goes; tests/security/memory_probe.py measures its peak."""
 

@@ -48,6 +48,7 @@ def build_row(upload: Upload) -> None:
         **{field: metadata[field] for field in TYPED_FIELDS},  # the typed instrument metadata
         databar_rows=derived.databar_rows,
         blank=derived.blank,
+        colourfulness=info.colourfulness,
         split=split_for_sha256(upload.sha256),
         status=SEMImage.Status.PENDING,
     )

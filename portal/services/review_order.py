@@ -188,7 +188,7 @@ def explain(image: SEMImage, disputed: bool = False) -> str:
     if disputed:
         return "the model disagrees with the curated label, which no curator has checked"
     if image.status == SEMImage.Status.OUT_OF_SCOPE:
-        return "out of scope: unlike every image the model learnt from"
+        return f"out of scope: {image.out_of_scope_reason}"
     if image.predicted_set_size is not None and image.predicted_set_size > 1:
         return f"prediction set of {image.predicted_set_size} categories: {_set_names(image.predicted_set)}"
     if image.predicted_set_size == 0:

@@ -8,13 +8,14 @@ validation_errors words a refusal.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 
 from django.conf import settings
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from classifier.imageio import load_grey8
+from classifier.imageio import load_grey8_and_colourfulness
 from portal.services.validation_errors import (
     ValidationError,
     error_detail,
@@ -29,8 +30,9 @@ from portal.services.validation_tiff import tiff_header
 def inspect_image(path: str, image_format: str) -> tuple[ImageInfo, Image.Image]:
     """Header checks (pixel limit, aspect ratio, decoded bytes), then a full decode of the first page.
 
-    Returns what the database stores about the image and the decoded 8-bit greyscale first page
-    (so the caller makes its derivatives without decoding the file a second time).
+    Returns what the database stores about the image (with the colourfulness of the decoded pixels) and
+    the decoded 8-bit greyscale first page (so the caller makes its derivatives without decoding the file
+    a second time).
     """
     # Pillow's own bomb guard must agree with ours: it warns above MAX_IMAGE_PIXELS and raises
     # above twice that, both while reading the header, before any pixel is decoded.
@@ -45,7 +47,8 @@ def inspect_image(path: str, image_format: str) -> tuple[ImageInfo, Image.Image]
         _pillow_verify(path)
     if image_format == "JPEG":
         check_jpeg_scan_size(path, info.width, info.height)
-    return info, _full_decode(path)
+    grey, colourfulness = _full_decode(path)
+    return dataclasses.replace(info, colourfulness=colourfulness), grey
 
 
 _HUFFMAN_FRAMES = {0xC0, 0xC1, 0xC2}  # baseline, extended and progressive Huffman-coded JPEG
@@ -131,12 +134,13 @@ def _pillow_verify(path: str) -> None:
         raise truncated_or_corrupt(error) from error
 
 
-def _full_decode(path: str) -> Image.Image:
-    """Decode every pixel of the first page: the only reliable test for truncated data."""
+def _full_decode(path: str) -> tuple[Image.Image, float]:
+    """Decode every pixel of the first page: the only reliable test for truncated data. The greyscale
+    page and its colourfulness."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return load_grey8(path)
+            return load_grey8_and_colourfulness(path)
     except Image.DecompressionBombError as error:
         raise too_many_pixels_from_pillow(error) from error
     except MemoryError as error:  # the capped decoding process's limit (decode_guard), not a bad file

@@ -22,6 +22,7 @@ class ImageInfo:
     page_count: int
     samples: int = 1  # samples per pixel (grey 1, RGB 3, ...)
     decoded_bytes: int = 0  # width x height x samples x bytes per sample of the first page, from the header
+    colourfulness: float | None = None  # of the decoded first page (classifier.colour); None before decoding
 
 
 def check_decoding_budget(width: int, height: int, decoded_bytes: int, *, samples: int = 1, bits: int = 8) -> None:

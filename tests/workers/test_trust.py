@@ -4,9 +4,11 @@ product's frozen-feature training made (issue 24, items 2 and 3)."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
+from django.conf import settings
 from PIL import Image
 
 from portal.models import ModelVersion, Prediction, SEMImage
@@ -90,3 +92,46 @@ def test_a_blank_and_a_noise_frame_come_back_out_of_scope_and_first_for_review(
     head = review.queue(user, len(ids))
     assert {image.status for image in head[:flagged]} == {SEMImage.Status.OUT_OF_SCOPE}
     assert {image.pk for image in outside.values()} <= {image.pk for image in head[:flagged]}
+
+
+def test_a_colour_photo_comes_back_out_of_scope_with_the_colour_reason_and_its_grey_copy_does_not(
+    celery_worker, trust_artifact, nffa_categories, sample, user, client
+):
+    """SEM detectors give greyscale (SEM_COLOUR_OUT_OF_SCOPE): the colour photo and the same photo in grey
+    have the same model-input derivative, so the same detector score; only the colour one is flagged for
+    its colour."""
+    import matplotlib
+    from django.urls import reverse
+
+    from portal.services import review, review_order
+    from portal.services.ingest import ingest_file
+    from portal.services.webhooks import image_data
+
+    install_model(trust_artifact, 1, status=ModelVersion.Status.PRODUCTION)
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    grey = np.asarray(Image.open(photo).convert("L"))
+    with open(photo, "rb") as handle:
+        colour = ingest_file(handle, filename="grace_hopper.jpg", sample=sample, uploaded_by=user).image
+    grey = ingest_file(_png(grey), filename="grace_hopper_grey.png", sample=sample, uploaded_by=user).image
+    celery_worker.wait_until(
+        lambda: not SEMImage.objects.filter(pk__in=[colour.pk, grey.pk], status=SEMImage.Status.PENDING).exists(),
+        timeout=180,
+        what="both uploads classified",
+    )
+
+    colour.refresh_from_db()
+    grey.refresh_from_db()
+    assert colour.colourfulness > 3 * settings.SEM_COLOUR_OUT_OF_SCOPE and grey.colourfulness == 0.0
+    assert colour.status == SEMImage.Status.OUT_OF_SCOPE and Prediction.objects.get(image=colour).out_of_scope
+    assert image_data(colour)["out_of_scope"] is True and colour.predicted_category is not None
+    scores = [Prediction.objects.get(image=image).ood_score for image in (colour, grey)]
+    assert scores[0] == pytest.approx(scores[1])  # the detector saw the same derivative
+    reason = f"colour image (colourfulness {colour.colourfulness:.0f}): SEM detectors give greyscale"
+    assert review_order.explain(colour).startswith(f"out of scope: {reason}")
+    assert "colour" not in review_order.explain(grey)
+    head = review.queue(user, 2)
+    assert head[0].status == SEMImage.Status.OUT_OF_SCOPE
+    assert colour.pk in [image.pk for image in head if image.status == SEMImage.Status.OUT_OF_SCOPE]
+    client.force_login(user)
+    assert reason in client.get(reverse("web:image_detail", args=[colour.pk])).content.decode()
+    assert "colour image" not in client.get(reverse("web:image_detail", args=[grey.pk])).content.decode()
