@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db.models import Count
 
 from classifier.feature_budget import ALL_VIEWS as VIEWS
-from classifier.feature_budget import KIND, needed_budget_s
+from classifier.feature_budget import INFERENCE_VIEWS, KIND, needed_budget_s
 from portal.models import SEMImage, TrainingRun
 
 RUNS_LOOKED_AT = 20
@@ -31,8 +31,10 @@ class Estimate:
     source_run: int
 
     def needed_s(self, views: int) -> float:
-        """The budget the run needs with ``views`` views of every training and evaluation image."""
-        return needed_budget_s(self.spent_s, self.per_view_s, self.n_train, self.n_eval, views, views)
+        """The budget the run needs with ``views`` views of every training image and as many as inference
+        averages (at most INFERENCE_VIEWS) of every evaluation image."""
+        eval_views = min(views, INFERENCE_VIEWS)
+        return needed_budget_s(self.spent_s, self.per_view_s, self.n_train, self.n_eval, views, eval_views)
 
 
 def dataset_size() -> tuple[int, int]:

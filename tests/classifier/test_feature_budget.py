@@ -3,7 +3,7 @@ its progress fraction follows the planned time (not a count of images that leave
 
 from __future__ import annotations
 
-from classifier.feature_budget import ALL_VIEWS, FEATURE_BUDGET_SHARE, plan_views
+from classifier.feature_budget import ALL_VIEWS, FEATURE_BUDGET_SHARE, INFERENCE_VIEWS, plan_views
 
 
 def test_the_evaluation_gets_fewer_views_when_one_training_view_does_not_fit_beside_eight():
@@ -17,7 +17,9 @@ def test_the_evaluation_gets_fewer_views_when_one_training_view_does_not_fit_bes
 
 def test_a_budget_that_fits_gets_every_view_and_one_that_does_not_says_what_it_needs():
     roomy = plan_views(600, spent_s=5, per_view_s=0.01, n_train=200, n_eval=50)
-    assert (roomy.train_views, roomy.eval_views) == (ALL_VIEWS, ALL_VIEWS)
+    # all 8 views for training; inference averages 4 (as accurate as 8, half the cost: bench/ablate_views.py)
+    assert (roomy.train_views, roomy.eval_views) == (ALL_VIEWS, INFERENCE_VIEWS) == (8, 4)
+    assert plan_views(600, 5, 0.01, 200, 50, inference_views=8).eval_views == 8
     tiny = plan_views(10, spent_s=5, per_view_s=0.1, n_train=200, n_eval=50)
     assert (tiny.train_views, tiny.eval_views) == (1, 1)
     assert "too small" in tiny.note and "about 38 s" in tiny.note  # (5 + 0.1 * 250) / 0.8
@@ -25,8 +27,9 @@ def test_a_budget_that_fits_gets_every_view_and_one_that_does_not_says_what_it_n
 
 def test_the_evaluation_drops_views_when_the_features_ran_late():
     plan = plan_views(100, spent_s=5, per_view_s=0.05, n_train=200, n_eval=50)
-    assert plan.eval_views == ALL_VIEWS
-    assert plan.eval_views_for_time_left(elapsed_s=plan.spent_s + plan.features_s, features_took_s=plan.features_s) == 8
+    assert plan.eval_views == INFERENCE_VIEWS
+    on_time = plan.eval_views_for_time_left(elapsed_s=plan.spent_s + plan.features_s, features_took_s=plan.features_s)
+    assert on_time == INFERENCE_VIEWS
     # The features took twice as long as measured at the start (a busier machine): 85 s of 100 gone.
     late = plan.eval_views_for_time_left(elapsed_s=5 + 2 * plan.features_s, features_took_s=2 * plan.features_s)
     assert late == 2

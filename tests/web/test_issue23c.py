@@ -56,7 +56,10 @@ def test_a_budget_that_fits_gets_no_warning_and_the_page_says_what_the_set_needs
     client.force_login(admin_user)
     page = client.get(reverse("web:training")).content.decode()
     estimate = page.split('id="budget-estimate">')[1].split("</p>")[0]
-    assert "20 training, 5 evaluation images" in estimate and "about 2 min 18 s for all 8 views" in estimate
+    assert (
+        "20 training, 5 evaluation images" in estimate
+        and "about 2 min 05 s for all 8 views of each training image" in estimate
+    )
     client.post(reverse("web:training_start"), {"budget": "10min"})
     assert TrainingRun.objects.get(active=True).plan["request"]["warning"] is None
 
@@ -116,7 +119,7 @@ def test_the_worker_keeps_the_request_warning_and_logs_the_feature_plan(feature_
     feature_run.refresh_from_db()
     assert feature_run.plan["kind"] == "frozen features" and "too small" in feature_run.plan["request"]["warning"]
     assert feature_run.log.startswith("2026-01-01 10:00:00 The budget of 3 min is too small")
-    assert "Budget 150 s: 2 views per training image (240 images), 8 test-time views" in feature_run.log
+    assert "Budget 150 s: 2 views per training image (240 images), 4 test-time views" in feature_run.log
 
 
 @browser_test

@@ -63,7 +63,7 @@ def estimate_text() -> str:
         return ""
     return (
         f"This training set ({found.n_train} training, {found.n_eval} evaluation images) needs a budget of about "
-        f"{duration(found.needed_s(8))} for all 8 views per image, at least {duration(found.needed_s(1))} "
+        f"{duration(found.needed_s(8))} for all 8 views of each training image, at least {duration(found.needed_s(1))} "
         f"(measured by run {found.source_run})."
     )
 
