@@ -55,7 +55,7 @@ def training_page(request, *, budget_value: str = "", budget_error: str = "", st
 
 
 def estimate_text() -> str:
-    """What the training set needs, from an earlier run's measured cost (services.training_estimate)."""
+    """What the training set needs, from an earlier run's measured cost (services.learning.training_estimate)."""
     from portal.services.learning.training_estimate import duration, estimate
 
     found = estimate()
@@ -77,7 +77,7 @@ def _with_gate(models) -> list[ModelVersion]:
 
 
 def rollback_context() -> dict:
-    """Production and the version a roll back would restore (as services.promotion.rollback picks it):
+    """Production and the version a roll back would restore (as services.learning.promotion.rollback picks it):
     the Roll back button is disabled without one, and its confirmation names both."""
     from portal.services.learning import promotion
 
