@@ -41,8 +41,8 @@ def _files() -> dict[str, bytes]:
 
 
 def overhead(rounds: int) -> None:
-    from portal.services.decode_guard import run_guarded
-    from portal.services.ingest_examine import examine
+    from portal.services.ingestion.decode_guard import run_guarded
+    from portal.services.ingestion.ingest_examine import examine
 
     started = time.perf_counter()
     run_guarded(len, "warm")  # the forkserver starts once per process: Django and the decoders imported

@@ -44,7 +44,7 @@ def ingest(count: int) -> list[int]:
 
     from classifier.synthetic import make_image
     from portal.models import Project, Sample
-    from portal.services.ingest import ingest_file
+    from portal.services.ingestion.ingest import ingest_file
 
     call_command("migrate", verbosity=0)
     user = get_user_model().objects.create_user("bench", "bench@example.org", "bench-pw-123")
@@ -100,7 +100,7 @@ def one_pass(ids: list[int], store: bool) -> float:
     from django.conf import settings
 
     from portal.models import Embedding
-    from portal.services import classification
+    from portal.services.learning import classification
 
     original = classification._embedding
     if not store:
@@ -122,7 +122,7 @@ def write_only(model, ids: list[int], repeats: int) -> tuple[float, float]:
     """Median seconds of save_results for one batch with and without the embedding rows."""
     from django.conf import settings
 
-    from portal.services import classification
+    from portal.services.learning import classification
 
     batch = ids[: settings.SEM_CLASSIFY_BATCH_SIZE]
     engine = classification.load_engine(model)

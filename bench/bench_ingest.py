@@ -64,7 +64,7 @@ def main() -> None:
     from django.db import connection, transaction
 
     from portal.models import Project, Sample
-    from portal.services.ingest import ingest_file
+    from portal.services.ingestion.ingest import ingest_file
 
     files = [make_tiff(seed, options.with_fei_metadata) for seed in range(options.count + 1)]
     timings = []

@@ -266,7 +266,7 @@ def install_production_model(root: Path, args_s3: bool = False):
     from classifier.synthetic import make_image
     from classifier.train import train
     from portal.models import ModelVersion
-    from portal.services.promotion import promote
+    from portal.services.learning.promotion import promote
     from tests.worker_fixtures import (
         MODEL_FOLDERS,
         SYNTHETIC_SIZE,
@@ -313,7 +313,7 @@ def create_uploader() -> tuple[str, int]:
     from django.contrib.auth import get_user_model
 
     from portal.models import Membership, Project, Sample
-    from portal.services.tokens import create_token
+    from portal.services.delivery.tokens import create_token
 
     user = get_user_model().objects.create_user("lims-bench", "lims@example.org", "pw-bench-12345")
     project = Project.objects.create(name="Load bench")

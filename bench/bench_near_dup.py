@@ -8,7 +8,7 @@ distance of each copy to its original (median / max) and, for pairs of *differen
 sources (which must not match), the smallest distance and the share under each threshold.
 
 Part 2 (index): 100,000 images x 11 random 64-bit hashes in the portal's table layout and indexes
-(`portal.services.near_duplicates`: four 16-bit bands), queried with the same SQL the ingestion runs
+(`portal.services.ingestion.near_duplicates`: four 16-bit bands), queried with the same SQL the ingestion runs
 (11 probes per upload, planted near-duplicates among them); median and p95 time per upload. Needs
 PostgreSQL (`BENCH_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/sem_bench_neardup).
 
@@ -71,10 +71,10 @@ def variants(path: Path) -> dict[str, tuple[bytes, str]]:
 def hashes_of(data: bytes, filename: str, functions) -> dict[str, int] | None:
     import tempfile
 
-    from portal.services.ingest_examine import make_derived_files
-    from portal.services.validation import inspect_image
-    from portal.services.validation_errors import ValidationError
-    from portal.services.validation_sniff import sniff_format
+    from portal.services.ingestion.ingest_examine import make_derived_files
+    from portal.services.ingestion.validation import inspect_image
+    from portal.services.ingestion.validation_errors import ValidationError
+    from portal.services.ingestion.validation_sniff import sniff_format
 
     with tempfile.NamedTemporaryFile(suffix=Path(filename).suffix) as handle:
         handle.write(data)
@@ -161,7 +161,7 @@ def part_hashes(quick: bool) -> None:
 
 
 def part_index(quick: bool) -> None:
-    """The portal's table layout and probe SQL (portal.services.near_duplicates.probe_sql) over 100,000
+    """The portal's table layout and probe SQL (portal.services.ingestion.near_duplicates.probe_sql) over 100,000
     images x 11 hashes, in a scratch PostgreSQL database."""
     url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/sem_bench_neardup")
     try:
@@ -175,7 +175,7 @@ def part_index(quick: bool) -> None:
         print(f"index part skipped: {error}")
         return
     from classifier.perceptual import RADIUS, WINDOWS, bands, to_signed
-    from portal.services.near_duplicates import probe_sql
+    from portal.services.ingestion.near_duplicates import probe_sql
 
     n = 20_000 if quick else 100_000
     rng = np.random.default_rng(0)

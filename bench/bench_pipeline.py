@@ -54,7 +54,7 @@ def prepare_data(per_class: int) -> int:
 
 def retrain_once():
     from portal.models import TrainingRun
-    from portal.services import training, training_run
+    from portal.services.learning import training, training_run
 
     run = training.request_training(trigger=TrainingRun.Trigger.COMMAND, force=True, enqueue=False).run
     started = time.perf_counter()
@@ -103,7 +103,7 @@ def bare_forward_pass(engine, images: int, batch_size: int) -> float:
 
 def in_process_pass(batch_size: int) -> float:
     """images/s of the worker's code path, called directly (no broker)."""
-    from portal.services import classification
+    from portal.services.learning import classification
 
     ids = reset_predictions()
     started = time.perf_counter()
@@ -146,7 +146,7 @@ class CeleryWorker:
 
     def timed_pass(self) -> float:
         from portal.models import SEMImage
-        from portal.services.queueing import enqueue_classification
+        from portal.services.delivery.queueing import enqueue_classification
 
         ids = reset_predictions()
         enqueue_classification(ids[:1])  # warm-up: the pool process loads the model
@@ -222,7 +222,7 @@ def main() -> None:
     from django.db import connection
 
     from portal.models import SEMImage
-    from portal.services import classification
+    from portal.services.learning import classification
 
     images = SEMImage.objects.count() if args.reuse else prepare_data(args.per_class)
     print(

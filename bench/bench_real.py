@@ -3,7 +3,7 @@
 Data: `../shared/sem-real` + `../shared/sem-real-2`, split by source (bench/real_data.py: a repository or
 source series is never on both sides). For every seed, side by side on the same split:
 
-- `portal`: the worker's exact path: `portal.services.training.training_config()` (the settings'
+- `portal`: the worker's exact path: `portal.services.learning.training.training_config()` (the settings'
   defaults: architecture, sizes, time budget) passed to `classifier.train.train` on derivatives made by
   the ingestion service's own functions; scored through the engine's evaluation path.
 - `reference-leakfree`: `../shared/tools/reference_recipe.py` run unchanged except that its DataLoaders
@@ -42,7 +42,7 @@ RECIPE = real_data.SHARED / "tools" / "reference_recipe.py"
 def run_portal(train, test, derived, seed: int, budget_s: float, threads: int, work: Path) -> dict:
     from classifier.config import TrainConfig
     from classifier.train import train as train_model
-    from portal.services.training import training_config
+    from portal.services.learning.training import training_config
 
     config = training_config({"seed": seed, "budget_s": budget_s, "num_threads": threads})
     started = time.monotonic()

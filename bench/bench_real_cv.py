@@ -9,7 +9,7 @@ on the same folds, per seed:
 - `majority`: always the largest class of the fold's training side.
 - `linear-probe`: `../shared/tools/linear_probe.py`'s recipe, its own functions imported (originals,
   contrast stretch, 224 px squash, frozen Lite0 pooled features, LogisticRegression balanced).
-- `portal`: the worker's exact path: `portal.services.training.training_config()` (the settings'
+- `portal`: the worker's exact path: `portal.services.learning.training.training_config()` (the settings'
   defaults, the default time budget) passed to `classifier.train.train` on derivatives made by the
   ingestion service's own functions; pooled probabilities from the engine's evaluation path.
 - `reference` (with --reference): `../shared/tools/reference_recipe.py`, leak-free; more than an hour per
@@ -120,7 +120,7 @@ def run_portal(images, splits, classes, seed, derived, threads, work: Path):
     """The worker's training function per fold; the fold's test images scored by the engine's path."""
     from classifier.config import TrainConfig
     from classifier.train import train
-    from portal.services.training import training_config
+    from portal.services.learning.training import training_config
 
     config = TrainConfig.from_dict(training_config({"seed": seed, "num_threads": threads}))
     probabilities = np.zeros((len(images), len(classes)))

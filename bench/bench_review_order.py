@@ -1,6 +1,6 @@
 """Benchmark: what one "teach the model most" batch costs at 10,000 unlabelled images (issue 25).
 
-`portal.services.review_order.compute_batch` decodes the stored float16 embeddings and runs
+`portal.services.curation.review_order.compute_batch` decodes the stored float16 embeddings and runs
 `classifier.active.select_batch`; this times both on synthetic embeddings shaped like the production
 model's (2,048 dims, float16, 40 clustered series), with the service's `sampler_dims=32` (the cold start
 clusters a PCA of the embeddings, `classifier.active.compact`; `--sampler-dims 0`: the raw 2,048), in the cold-start phase (some category under its

@@ -4,7 +4,7 @@
                                   [--database] [--database-url URL]
 
 1. In memory: N random float16 embeddings of the real dimension (the default model's 2,048) as the
-   database stores them (bytes), the per-process matrix built from them (portal.services.similar.
+   database stores them (bytes), the per-process matrix built from them (portal.services.curation.similar.
    build_index: decode, float32, unit rows), then query latency p50/p95 of SearchIndex.search for an
    administrator (all rows) and for a member of one project of --projects.
 2. --database: the same rows written to a throw-away database (SQLite unless --database-url names a
@@ -49,7 +49,7 @@ def time_queries(search, queries: int) -> list[float]:
 
 
 def in_memory(args) -> None:
-    from portal.services.similar import DEFAULT_K, SPARE_ROWS, build_index, decode
+    from portal.services.curation.similar import DEFAULT_K, SPARE_ROWS, build_index, decode
 
     rows = random_rows(args.rows, args.dimension, args.projects)
     index = build_index(1, "bench", rows)
@@ -84,7 +84,7 @@ def in_database(args) -> None:
     from django.core.management import call_command
 
     from portal.models import Category, Embedding, Membership, ModelVersion, Project, Sample, SEMImage
-    from portal.services import similar
+    from portal.services.curation import similar
 
     call_command("migrate", verbosity=0)
     users = get_user_model().objects

@@ -4,7 +4,7 @@ For `../shared/sem-real` + `../shared/sem-real-2` (real micrographs, several per
 three splits at SEM_TEST_SPLIT_PERCENT (15 %):
 - old: each image by its own sha256 (`portal.models.split_for_sha256`, the portal before issue 13);
 - new, collection: one import into a collection sample: each near-duplicate group (the portal's look-up:
-  `classifier.perceptual`, radius 10) on the side of its first image's sha256 (`portal.services.splits`);
+  `classifier.perceptual`, radius 10) on the side of its first image's sha256 (`portal.services.ingestion.splits`);
 - new, samples: each source series as a physical sample (side from its ID, `split_for_sample_id`), joined
   with its near-duplicate groups (`splits.rebuild`'s rule).
 It prints the share of test images with a near-duplicate in train, and with `--train` the accuracy and

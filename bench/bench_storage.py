@@ -9,7 +9,7 @@ on the same distinct 1024x768 16-bit TIFFs:
 
 - upload: the real `ingest_file` (validation, metadata, derivative, thumbnail, three stored files, the
   row), inside a transaction rolled back after the round (DATABASE_URL, else the embedded SQLite);
-- classification: what `portal.services.classification_inference.predict` does, in its two steps, on those images:
+- classification: what `portal.services.learning.classification_inference.predict` does, in its two steps, on those images:
   the derivatives to local paths (`local_derivatives`: on the local disk the files themselves, on S3 the
   worker cache), then inference with a small real model (resnet18 at 64 px, trained here on synthetic
   derivatives). The first pass ("cold") fetches every derivative into an empty cache folder (each copy
@@ -107,8 +107,8 @@ def one_round(label: str, files: list[bytes], engine, cache_root: Path) -> dict:
     from django.db import transaction
 
     from portal.models import Project, Sample
-    from portal.services.file_cache import local_derivatives
-    from portal.services.ingest import ingest_file
+    from portal.services.delivery.file_cache import local_derivatives
+    from portal.services.ingestion.ingest import ingest_file
     from portal.storage import media_storage
 
     timings: dict = {}

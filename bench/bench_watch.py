@@ -3,7 +3,7 @@
     python bench/bench_watch.py [--files 10000] [--folders 100] [--ingest 20] [--quick]
 
 Writes the files (small distinct PNGs, one sub-folder per sample) into a temporary folder and times, with the
-real `portal.services.watch.scan_folder` against the configured database (DATABASE_URL, else the embedded
+real `portal.services.ingestion.watch.scan_folder` against the configured database (DATABASE_URL, else the embedded
 SQLite), inside a transaction that is rolled back at the end:
 
 * the bare walk (os.scandir + stat of every file);
@@ -79,9 +79,8 @@ def main() -> None:
     from django.db import connection, transaction
 
     call_command("migrate", interactive=False, verbosity=0)
-    from portal.models import Project
-    from portal.services import watch, watch_share
-    from portal.watch_models import WatchedFile, WatchFolder
+    from portal.models import Project, WatchedFile, WatchFolder
+    from portal.services.ingestion import watch, watch_share
 
     with tempfile.TemporaryDirectory() as workdir:
         share = Path(workdir) / "share"

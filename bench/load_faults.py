@@ -33,7 +33,7 @@ REDIS_START = [
     "--logfile",
     "/var/log/redis/ci.log",
 ]
-# The advisory lock every ingestion takes just before its commit (portal.services.ingest_store.take_near_duplicate_turn).
+# The advisory lock every ingestion takes just before its commit (portal.services.ingestion.ingest_store.take_near_duplicate_turn).
 NEAR_DUPLICATE_LOCK_KEY = 0x5E4D0D0B
 HOLD_BEFORE_KILL_S = 4
 
@@ -154,7 +154,7 @@ def queued_messages(broker_url: str) -> int:
     """Messages in the broker's queues and unacknowledged hash (all of them are lost when Redis dies)."""
     import redis
 
-    from portal.services.broker_queue import REDIS_PRIORITY_SEPARATOR, REDIS_UNACKED_KEY
+    from portal.services.delivery.broker_queue import REDIS_PRIORITY_SEPARATOR, REDIS_UNACKED_KEY
 
     client = redis.Redis.from_url(broker_url)
     keys = [

@@ -5,7 +5,7 @@ A *group* is one source series: a repository, or within a repository that mixes 
 on one side of a split, so the test side measures generalisation to unseen sources, not memory of
 neighbouring tiles, tilt views or magnifications of one field (sem-real-2/README.md asks for this).
 
-Derivatives are made by the ingestion service's own functions (`portal.services.ingest_examine`): the bytes
+Derivatives are made by the ingestion service's own functions (`portal.services.ingestion.ingest_examine`): the bytes
 the worker trains on and classifies in production.
 """
 
@@ -84,9 +84,9 @@ def split_by_source(images: list[RealImage], seed: int, test_share: float = TEST
 def derivatives(images: list[RealImage], cache: Path) -> dict[Path, str]:
     """{original path: derivative PNG path}, made once by the ingestion service's functions."""
     setup_django(cache)
-    from portal.services.ingest_examine import make_derived_files
-    from portal.services.validation import inspect_image
-    from portal.services.validation_sniff import sniff_format
+    from portal.services.ingestion.ingest_examine import make_derived_files
+    from portal.services.ingestion.validation import inspect_image
+    from portal.services.ingestion.validation_sniff import sniff_format
 
     cache.mkdir(parents=True, exist_ok=True)
     result = {}

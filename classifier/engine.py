@@ -1,8 +1,9 @@
 """Batched inference from an artifact, without fastai's per-item overhead.
 
 One engine per process (``get_engine``): the artifact is verified and loaded
-once (BatchNorm folded into the convolutions where torch.fx can trace the network: the fine-tuned
-torchvision architectures, not the TF-padded EfficientNet-Lite backbones), then batches go through the eval
+once (BatchNorm folded into the convolutions: by torch.fx for the fine-tuned torchvision architectures,
+by the backbone's declared convolution/BatchNorm pairs for a pretrained backbone's feature head, whose
+TF-padded convolutions torch.fx cannot trace; ``_folded``), then batches go through the eval
 preset of ``transforms`` and the model under ``torch.inference_mode()`` with
 channels-last tensors. Returns calibrated
 probability vectors plus per-image uncertainty (confidence, margin, entropy).

@@ -5,7 +5,7 @@ training image, and one per test-time view of every evaluation image. The cost o
 measured on the first batch, decides how many views each side gets: all 8 when they fit, else fewer
 for training first, and only when one training view does not fit either, fewer test-time views too
 (the artifact then averages that many at inference, so what was evaluated is what production runs).
-The web process imports this module for the request-time estimate (portal.services.training_estimate).
+The web process imports this module for the request-time estimate (portal.services.learning.training_estimate).
 """
 
 from __future__ import annotations

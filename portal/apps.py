@@ -13,11 +13,11 @@ class PortalConfig(AppConfig):
 
     def ready(self):
         # Webhook listeners (REST API issue): registered once per process, at start-up.
-        from portal.services.webhooks import register_listeners
+        from portal.services.delivery.webhooks import register_listeners
 
         register_listeners()
         # Watch folders: the scan schedule follows the folders (signal receivers).
-        from portal.services.watch_schedule import connect_signals
+        from portal.services.ingestion.watch_schedule import connect_signals
 
         connect_signals()
         _ensure_upload_spool()

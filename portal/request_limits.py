@@ -100,7 +100,7 @@ class RequestBodyLimitMiddleware:
             return user
         if length <= ANONYMOUS_MAX_BODY_BYTES:
             return None
-        from portal.services.tokens import authenticate_secret
+        from portal.services.delivery.tokens import authenticate_secret
 
         parts = request.META.get("HTTP_AUTHORIZATION", "").split()
         if len(parts) == 2 and parts[0].lower() in ("bearer", "token"):

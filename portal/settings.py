@@ -195,7 +195,7 @@ SEM_MAX_IMAGE_PIXELS = env_int("SEM_MAX_IMAGE_PIXELS", 100_000_000, minimum=1)
 SEM_MAX_DECODED_BYTES = env_size_bytes("SEM_MAX_DECODED_BYTES", 256 * 1024**2)
 # Longest side / shortest side: a 1 x 200,000 strip is no micrograph (and its derivative would be huge).
 SEM_MAX_ASPECT_RATIO = env_float("SEM_MAX_ASPECT_RATIO", 20.0, minimum=1.0)
-# Untrusted files are decoded in a child process (portal/services/decode_guard.py) capped at this much
+# Untrusted files are decoded in a child process (portal/services/ingestion/decode_guard.py) capped at this much
 # address space above its start and killed after this long: a decoder surprise refuses one upload
 # ("decoding_limit") instead of taking the web or worker process down. Off only for debugging. The deadline
 # stays well under gunicorn's 120 s worker timeout (Dockerfile): the decode must end before the request does.
@@ -212,7 +212,7 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024**2
 FILE_UPLOAD_TEMP_DIR = str(env_path("SEM_UPLOAD_TEMP_DIR", VAR_DIR / "upload-spool"))
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("SEM_MAX_FILES_PER_REQUEST", 500, minimum=1)
 # Workers' local copies of derivatives and model artifacts from object storage, keyed by sha256, checked
-# when loaded, least recently used removed beyond this size (portal/services/file_cache.py).
+# when loaded, least recently used removed beyond this size (portal/services/delivery/file_cache.py).
 SEM_WORKER_CACHE_DIR = env_path("SEM_WORKER_CACHE_DIR", VAR_DIR / "worker-cache")
 SEM_WORKER_CACHE_MAX_BYTES = env_size_bytes("SEM_WORKER_CACHE_MAX", 20 * 1024**3)
 
@@ -280,7 +280,7 @@ else:
 SEM_CLASSIFY_BATCH_SIZE = env_int("SEM_CLASSIFY_BATCH_SIZE", 32, minimum=1)
 SEM_PENDING_SWEEP_AFTER_S = env_int("SEM_PENDING_SWEEP_AFTER_S", 300, minimum=10)
 # A web process reloads its similar-image matrix (seconds at 100,000 images) at most this often after
-# labels or classifications change; a promotion or roll-back reloads at once (portal/services/similar.py).
+# labels or classifications change; a promotion or roll-back reloads at once (portal/services/curation/similar.py).
 SEM_SIMILAR_REFRESH_S = env_int("SEM_SIMILAR_REFRESH_S", 30, minimum=0)
 SEM_RETRAIN_MIN_NEW_LABELS = env_int("SEM_RETRAIN_MIN_NEW_LABELS", 50, minimum=1)
 SEM_RETRAIN_CRON = env_str("SEM_RETRAIN_CRON", "0 2 * * *")
@@ -302,7 +302,7 @@ SEM_PREDICTION_SET_COVERAGE = env_float("SEM_PREDICTION_SET_COVERAGE", 0.9, mini
 # above this is a photo, a map or a colourised picture, out of scope like a blank frame. Under 15 is "not
 # colourful" on their scale; real micrographs measure at most 4.1 (bench/RESULTS.md). 0 or below: off.
 SEM_COLOUR_OUT_OF_SCOPE = env_float("SEM_COLOUR_OUT_OF_SCOPE", 15.0)
-# The gate's uncertainty (portal.services.promotion): a paired, stratified bootstrap of candidate minus
+# The gate's uncertainty (portal.services.learning.promotion): a paired, stratified bootstrap of candidate minus
 # production on the same test images; promote when the lower bound at this level is above -tolerance.
 SEM_GATE_CONFIDENCE = env_float("SEM_GATE_CONFIDENCE", 0.9, minimum=0.5, maximum=0.999)
 SEM_GATE_BOOTSTRAP_RESAMPLES = env_int("SEM_GATE_BOOTSTRAP_RESAMPLES", 2000, minimum=1000)

@@ -133,7 +133,7 @@ def is_local(storage: Storage) -> bool:
 
 def local_path(storage: Storage, name: str) -> str | None:
     """The file's path on this host when `storage` keeps its files on a file system; None for object
-    storage, whose files a worker reads through its cache (portal.services.file_cache)."""
+    storage, whose files a worker reads through its cache (portal.services.delivery.file_cache)."""
     return storage.path(name) if is_local(storage) else None
 
 

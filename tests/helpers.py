@@ -21,7 +21,7 @@ def png_bytes(seed: int, size: int = 48) -> bytes:
 
 
 def ingest_png(sample, user, seed: int, **kwargs):
-    from portal.services.ingest import ingest_file
+    from portal.services.ingestion.ingest import ingest_file
 
     return ingest_file(
         io.BytesIO(png_bytes(seed)), filename=f"img-{seed}.png", sample=sample, uploaded_by=user, **kwargs
@@ -29,7 +29,7 @@ def ingest_png(sample, user, seed: int, **kwargs):
 
 
 def token_client(user) -> APIClient:
-    from portal.services.tokens import create_token
+    from portal.services.delivery.tokens import create_token
 
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {create_token(user, 'tests').secret}")

@@ -23,7 +23,7 @@ HOLD_ENV = "SEM_TEST_HOLD_TRAINING_FILE"
 @worker_process_init.connect
 def hold_trainings_at_their_first_batch(**_) -> None:
     """In each pool process (Django is set up by then): wrap RunMonitor.progress."""
-    from portal.services.training_monitor import RunMonitor, event_dict
+    from portal.services.learning.training_monitor import RunMonitor, event_dict
 
     progress = RunMonitor.progress
 

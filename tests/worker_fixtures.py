@@ -101,7 +101,7 @@ def synthetic_png(folder: str, seed: int, size=SYNTHETIC_SIZE) -> bytes:
 @pytest.fixture
 def upload_images(nffa_categories):
     """Upload synthetic images through the real ingestion service (which queues them on commit)."""
-    from portal.services.ingest import ingest_file
+    from portal.services.ingestion.ingest import ingest_file
 
     def upload(sample, user, count: int, *, labelled: bool = False, seed: int = 0, folders=MODEL_FOLDERS) -> list:
         images = []
@@ -442,7 +442,7 @@ def request_training_twice_at_once() -> list:
     from django.db import connection
 
     from portal.models import TrainingRun
-    from portal.services.training import request_training
+    from portal.services.learning.training import request_training
 
     barrier, results = threading.Barrier(2), []
 

@@ -33,7 +33,7 @@ RETRY_POLICY = {
     **RETRY_POLICY,
 )
 def classify_images(image_ids: list[int]) -> dict:
-    from portal.services import classification_batch
+    from portal.services.learning import classification_batch
 
     outcome = classification_batch.classify_images([int(pk) for pk in image_ids])
     return {"classified": len(outcome.classified), "failed": len(outcome.failed), "parked": outcome.parked}
@@ -48,7 +48,7 @@ def classify_images(image_ids: list[int]) -> dict:
 )
 def reclassify_backlog(self, model_version_id: int) -> bool:
     """One batch of the background re-classification, then queue the next behind newer work."""
-    from portal.services import classification_batch
+    from portal.services.learning import classification_batch
 
     more = classification_batch.classify_backlog_batch(int(model_version_id))
     if more:
@@ -59,7 +59,7 @@ def reclassify_backlog(self, model_version_id: int) -> bool:
 @shared_task(name="workers.compute_heatmap", soft_time_limit=240, time_limit=300, **RETRY_POLICY)
 def compute_heatmap(heatmap_id: int) -> str:
     """Grad-CAM of one image for one model version (the viewer's overlay), stored once."""
-    from portal.services import heatmaps
+    from portal.services.learning import heatmaps
 
     return heatmaps.compute_heatmap(int(heatmap_id))
 
@@ -75,7 +75,7 @@ def compute_heatmap(heatmap_id: int) -> str:
     time_limit=settings.SEM_TRAINING_TIMEOUT_S + 600,
 )
 def train_model(self, training_run_id: int) -> str | None:
-    from portal.services import training_run
+    from portal.services.learning import training_run
 
     run = training_run.run_training(int(training_run_id), celery_task_id=self.request.id or "")
     return run.status if run else None
@@ -85,7 +85,7 @@ def train_model(self, training_run_id: int) -> str | None:
 def maybe_retrain() -> int | None:
     """The nightly check: train only when enough curated labels changed since the production model."""
     from portal.models import TrainingRun
-    from portal.services import training
+    from portal.services.learning import training
 
     run = training.request_training(trigger=TrainingRun.Trigger.SCHEDULE).run
     return run.pk if run else None
@@ -94,7 +94,7 @@ def maybe_retrain() -> int | None:
 @shared_task(name="workers.sweep", **RETRY_POLICY)
 def sweep() -> dict:
     """Every minute: nothing stays stuck after a lost message, a dead worker or a broker restart."""
-    from portal.services import maintenance
+    from portal.services.delivery import maintenance
 
     return maintenance.sweep()
 
@@ -102,6 +102,6 @@ def sweep() -> dict:
 @shared_task(name="workers.scan_watch_folders", soft_time_limit=900, time_limit=1200, **RETRY_POLICY)
 def scan_watch_folders() -> dict:
     """Beat (every 15 s, enabled while a watch folder is): scan the folders whose poll interval has passed."""
-    from portal.services import watch_schedule
+    from portal.services.ingestion import watch_schedule
 
     return watch_schedule.scan_due_folders()

@@ -6,7 +6,7 @@ from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from portal.services.tokens import authenticate_secret, token_for_secret
+from portal.services.delivery.tokens import authenticate_secret, token_for_secret
 
 KEYWORDS = {"bearer", "token"}
 

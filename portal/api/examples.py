@@ -131,7 +131,7 @@ CATEGORY = {
 MODEL = {
     "version": 4,
     "status": "production",
-    "arch": "resnet34",
+    "arch": TrainConfig.arch,
     "classes": ["Biological", "Fibres", "Films_Coated_Surface"],
     "accuracy": 0.91,
     "macro_f1": 0.89,

@@ -23,7 +23,7 @@ from portal.models import (
 )
 from portal.permissions import visible_images, visible_projects
 from portal.representations import ImageSummarySerializer
-from portal.services.metadata import TYPED_FIELDS
+from portal.services.ingestion.metadata import TYPED_FIELDS
 
 
 class CategorySerializer(serializers.ModelSerializer):
@@ -416,7 +416,7 @@ class TrainingRunDetailSerializer(TrainingRunSerializer):
 
     @extend_schema_field({"type": "string", "nullable": True})
     def get_budget_warning(self, run) -> str | None:
-        from portal.services.training import request_warning
+        from portal.services.learning.training import request_warning
 
         return request_warning(run)
 
@@ -469,10 +469,10 @@ class WebhookSubscriptionSerializer(StrictJSONTypes, serializers.ModelSerializer
         read_only_fields = ["id", "created_at"]
 
     def validate_url(self, url: str) -> str:
-        """The strict parser of portal.services.outbound decides, and its normalised URL is stored: the
+        """The strict parser of portal.services.delivery.outbound decides, and its normalised URL is stored: the
         URL that was checked is the URL that is delivered to."""
-        from portal.services.outbound import RefusedURL, parse_url
-        from portal.services.webhooks import refused_destination
+        from portal.services.delivery.outbound import RefusedURL, parse_url
+        from portal.services.delivery.webhooks import refused_destination
 
         if not url.lower().startswith(("https://", "http://")):
             raise serializers.ValidationError("Use an http:// or https:// URL.", code="invalid_scheme")

@@ -16,7 +16,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from portal.models import ApiToken
-from portal.services.tokens import create_token, revoke_token
+from portal.services.delivery.tokens import create_token, revoke_token
 
 NEW_SECRET_KEY = "api_token_new_pad"
 NEW_SECRET_COOKIE = "sem_new_token"

@@ -2,11 +2,11 @@
 
 Reads each image's derivative from MEDIA_ROOT (an image whose derivative is missing gets no hash and stays
 on its own), finds its near-duplicates among the images before it, then reassigns every image's side
-(portal.services.splits.rebuild). Existing samples stay collections (split per near-duplicate group):
+(portal.services.ingestion.splits.rebuild). Existing samples stay collections (split per near-duplicate group):
 set a physical sample's side in the admin and run `manage.py reassign_splits`.
 
 Production's stored metrics then describe the old test split: `manage.py reassign_splits` (or the next
-gate, or the Training page) evaluates it again on the new one (portal.services.promotion.
+gate, or the Training page) evaluates it again on the new one (portal.services.learning.promotion.
 reevaluate_production); until then the dashboard says its numbers are from the previous split.
 """
 import logging
@@ -22,7 +22,7 @@ def forwards(apps, schema_editor):
     from PIL import Image
 
     from classifier.perceptual import window_hashes
-    from portal.services import near_duplicates, splits
+    from portal.services.ingestion import near_duplicates, splits
 
     SEMImage = apps.get_model("portal", "SEMImage")
     Sample = apps.get_model("portal", "Sample")

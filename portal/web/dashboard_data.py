@@ -8,7 +8,7 @@ from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Subquer
 
 from portal.models import Category, Label, ModelVersion, Prediction, SEMImage
 from portal.permissions import visible_images, visible_projects
-from portal.services.review import CHECKED_SOURCES, disputed_in
+from portal.services.curation.review import CHECKED_SOURCES, disputed_in
 from portal.web.access import parse_id
 
 
@@ -259,8 +259,8 @@ def readiness_context() -> dict:
     holds unseen samples (Training page, dashboard)."""
     from django.conf import settings
 
-    from portal.services.splits import sample_independence
-    from portal.services.training import class_readiness
+    from portal.services.ingestion.splits import sample_independence
+    from portal.services.learning.training import class_readiness
 
     rows = [row for row in class_readiness() if row["needed"]]
     return {

@@ -18,9 +18,9 @@ from django.core.files.base import ContentFile
 from PIL import Image
 
 from portal.models import SEMImage
-from portal.services.decode_guard import run_guarded
-from portal.services.validation import inspect_image
-from portal.services.validation_sniff import SNIFF_BYTES, sniff_format
+from portal.services.ingestion.decode_guard import run_guarded
+from portal.services.ingestion.validation import inspect_image
+from portal.services.ingestion.validation_sniff import SNIFF_BYTES, sniff_format
 from portal.storage import media_storage
 
 # Long side in pixels of each rendition; "full" keeps the original's resolution up to a cap that

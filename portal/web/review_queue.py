@@ -1,4 +1,4 @@
-"""The review page's queue: the order comes from `portal.services.review` (shared with the REST API);
+"""The review page's queue: the order comes from `portal.services.curation.review` (shared with the REST API);
 this module keeps the per-session skip and undo lists of the web UI.
 """
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from django.db.models import F
 
-from portal.services.review import (  # noqa: F401  (the web views' names for the service)
+from portal.services.curation.review import (  # noqa: F401  (the web views' names for the service)
     CHECKED_SOURCES,
     DISPUTED,
     UNLABELLED,
@@ -21,8 +21,8 @@ from portal.services.review import (  # noqa: F401  (the web views' names for th
     unlabelled,
     unlabelled_in,
 )
-from portal.services.review import next_image as _next_image
-from portal.services.review_order import DEFAULT_ORDER, parse_order
+from portal.services.curation.review import next_image as _next_image
+from portal.services.curation.review_order import DEFAULT_ORDER, parse_order
 
 SKIPPED_KEY = "review_skipped"
 UNDO_KEY = "review_undo"

@@ -108,7 +108,7 @@ def make_model(version: int, *, status=ModelVersion.Status.CANDIDATE, artifact_p
 def classify(image, model, probabilities: dict[str, float]):
     """Store the model's output for `image` through the classification service (as a worker does)."""
     from classifier.engine import prediction_from_probabilities
-    from portal.services.classification_results import save_results
+    from portal.services.learning.classification_results import save_results
 
     classes = list(model.classes)
     vector = np.array([probabilities.get(name, 0.0) for name in classes])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from portal.models import ApiToken, WebhookDelivery, WebhookSubscription
-from portal.services.tokens import authenticate_secret, create_token
+from portal.services.delivery.tokens import authenticate_secret, create_token
 
 pytestmark = pytest.mark.django_db
 
@@ -84,7 +84,7 @@ def test_image_status_and_labels_are_not_editable(admin_client_logged_in, image,
 
 def test_label_rows_cannot_be_edited_or_deleted(admin_client_logged_in, image, categories, user):
     from portal.models import Label
-    from portal.services.labels import set_label
+    from portal.services.curation.labels import set_label
 
     label = set_label(image, categories["fibres"], source=Label.Source.API, user=user)
     assert admin_client_logged_in.get(f"/admin/portal/label/{label.pk}/change/").status_code == 200  # view

@@ -153,7 +153,7 @@ def test_the_api_never_imports_the_ml_libraries():
         "import os, sys, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'portal.settings'); django.setup();"
         "import portal.urls; from django.urls import resolve; resolve('/api/images/');"
         "from drf_spectacular.generators import SchemaGenerator; SchemaGenerator().get_schema(None, True);"
-        "import portal.services.training as training; training.training_config();"
+        "import portal.services.learning.training as training; training.training_config();"
         "print(sorted(m for m in ('torch', 'fastai', 'torchvision', 'sklearn') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)

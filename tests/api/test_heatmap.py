@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from portal.models import HeatMap, ModelVersion, SEMImage
-from portal.services import heatmaps, queueing
+from portal.services.delivery import queueing
+from portal.services.learning import heatmaps
 from portal.storage import media_storage
 from tests.api.conftest import ingest_png, make_model
 

@@ -184,7 +184,7 @@ def test_filters(member_api, sample, user, categories):
         pending.pk,
     }
     assert ids(uploaded_after="2100-01-01T00:00:00Z") == set()
-    from portal.services.labels import set_label
+    from portal.services.curation.labels import set_label
 
     set_label(unsure, categories["particles"], source=Label.Source.REVIEW, user=user)
     assert ids(curated_category="particles") == {unsure.pk}

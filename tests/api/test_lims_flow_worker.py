@@ -14,10 +14,10 @@ import pytest
 from django.utils import timezone
 
 from portal.models import Label, WebhookDelivery, WebhookSubscription
-from portal.services import webhooks
-from portal.services.ingest import ingest_file
-from portal.services.labels import set_label
-from portal.services.tokens import create_token
+from portal.services.curation.labels import set_label
+from portal.services.delivery import webhooks
+from portal.services.delivery.tokens import create_token
+from portal.services.ingestion.ingest import ingest_file
 from tests.api.conftest import token_client
 from tests.webhook_receiver import Receiver
 from tests.worker_fixtures import REPO_ROOT, synthetic_png

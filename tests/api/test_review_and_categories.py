@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from portal.models import Label, ModelVersion
-from portal.services.labels import set_label
+from portal.services.curation.labels import set_label
 from tests.api.conftest import classify, ingest_png, make_model
 
 pytestmark = pytest.mark.django_db

@@ -63,7 +63,7 @@ def api_schema(keep_test_connection, known_objects):
 
 @pytest.fixture
 def admin_header(admin_user):
-    from portal.services.tokens import create_token
+    from portal.services.delivery.tokens import create_token
 
     return {"Authorization": f"Bearer {create_token(admin_user, 'fuzz').secret}"}
 

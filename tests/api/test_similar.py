@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from portal.models import Category, Embedding, ModelVersion
-from portal.services import similar
-from portal.services.labels import set_label
+from portal.services.curation import similar
+from portal.services.curation.labels import set_label
 from tests.api.conftest import ingest_png, make_model
 
 DIMENSION = 2048

@@ -12,7 +12,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from portal.models import ApiToken
-from portal.services.tokens import authenticate_secret, create_token, revoke_token
+from portal.services.delivery.tokens import authenticate_secret, create_token, revoke_token
 
 pytestmark = pytest.mark.django_db
 

@@ -17,7 +17,7 @@ CLASSES = ["Fibres", "Particles", "Powder"]
 def _store(image, model, probabilities, *, prediction_set=None, out_of_scope=False, coverage=0.9):
     """Save a prediction through the classification service, with the set and flag a worker attaches."""
     from classifier.engine import prediction_from_probabilities
-    from portal.services.classification_results import save_results
+    from portal.services.learning.classification_results import save_results
 
     result = prediction_from_probabilities(np.array(probabilities), CLASSES)
     result.prediction_set = prediction_set
@@ -50,7 +50,7 @@ def trio(sample, user, model):
 
 
 def test_the_review_queue_puts_out_of_scope_first_then_sets_of_several_categories(trio, user):
-    from portal.services import review
+    from portal.services.curation import review
 
     singleton, pair, outside = trio
     assert [image.pk for image in review.queue(user, 10)] == [outside.pk, pair.pk, singleton.pk]
@@ -65,7 +65,7 @@ def test_only_a_singleton_set_in_scope_counts_as_confident(trio):
 
 
 def test_bulk_acceptance_takes_only_confident_predictions(trio, user):
-    from portal.services import review
+    from portal.services.curation import review
     from portal.web.review_queue import bulk_counts
 
     singleton, _, _ = trio
@@ -74,7 +74,7 @@ def test_bulk_acceptance_takes_only_confident_predictions(trio, user):
 
 
 def test_the_api_and_the_webhook_payload_say_the_set_and_out_of_scope(trio, curator_api):
-    from portal.services.webhooks import image_data
+    from portal.services.delivery.webhooks import image_data
 
     _, pair, outside = trio
     body = curator_api.get(f"/api/images/{pair.pk}/").json()
@@ -104,9 +104,9 @@ def test_the_image_page_shows_the_set(trio, client, user):
 
 
 def test_a_curators_not_classifiable_mark_keeps_the_image_out_of_training_and_review(trio, client, user, categories):
-    from portal.services import review
-    from portal.services.datasets import training_data
-    from portal.services.labels import set_label
+    from portal.services.curation import review
+    from portal.services.curation.labels import set_label
+    from portal.services.learning.datasets import training_data
 
     _, _, outside = trio
     for image in trio:
@@ -131,7 +131,7 @@ def test_a_member_cannot_mark_an_image(trio, client, member):
 
 
 def test_a_lims_marks_and_clears_not_classifiable_through_the_api(trio, curator_api, user):
-    from portal.services import review
+    from portal.services.curation import review
 
     _, _, outside = trio
     url = f"/api/images/{outside.pk}/not-classifiable/"

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from portal.models import Label, ModelVersion, TrainingRun, WebhookDelivery, WebhookSubscription
-from portal.services import webhooks
-from portal.services.labels import confirm_label, set_label, undo_label
+from portal.services.curation.labels import confirm_label, set_label, undo_label
+from portal.services.delivery import webhooks
 from tests.api.conftest import classify, make_model
 from tests.webhook_receiver import Receiver
 from workers.webhooks import deliver_webhook
@@ -203,7 +203,7 @@ def test_image_classified_says_out_of_scope_and_the_set(django_capture_on_commit
     import numpy as np
 
     from classifier.engine import prediction_from_probabilities
-    from portal.services.classification_results import save_results
+    from portal.services.learning.classification_results import save_results
 
     subscription = subscribe(curator, events=("image.classified",))
     model = make_model(1, status=ModelVersion.Status.PRODUCTION)

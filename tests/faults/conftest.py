@@ -15,7 +15,7 @@ from django.core.files.storage import filesystem
 from PIL import Image
 from rest_framework.test import APIClient
 
-from portal.services.tokens import create_token
+from portal.services.delivery.tokens import create_token
 
 
 def tiff_bytes(seed: int, size: int = 160) -> bytes:

@@ -17,7 +17,7 @@ from django.conf import settings as django_settings
 from django.utils import timezone
 
 from portal.models import Prediction, SEMImage
-from portal.services.tokens import create_token
+from portal.services.delivery.tokens import create_token
 from tests.faults.conftest import media_files, stored_names, tiff_bytes
 from tests.worker_fixtures import REPO_ROOT, database_url
 

@@ -129,7 +129,7 @@ def test_under_gunicorn_no_api_request_gets_a_500_while_the_cache_redis_is_down(
     """The issue's reproduction: a real server whose CACHE_URL Redis is killed mid-run."""
     import requests
 
-    from portal.services.tokens import create_token
+    from portal.services.delivery.tokens import create_token
     from tests.faults.test_broker_down import portal_server
 
     headers = {"Authorization": f"Bearer {create_token(user, 'lims').secret}"}

@@ -13,7 +13,7 @@ from django.db import IntegrityError, connection
 from django.urls import reverse
 
 from portal.models import Category, Label, SEMImage
-from portal.services import ingest, ingest_store
+from portal.services.ingestion import ingest, ingest_store
 from tests.faults.conftest import media_files, stored_names, tiff_bytes
 
 pytestmark = pytest.mark.django_db(transaction=True)  # real commits: deferred constraints, dropped connections

@@ -21,8 +21,8 @@ import pytest
 from django.conf import settings as django_settings
 
 from portal.models import SEMImage
-from portal.services import ingest
-from portal.services.ingest_recovery import INGESTING_DIR
+from portal.services.ingestion import ingest
+from portal.services.ingestion.ingest_recovery import INGESTING_DIR
 from tests.faults.conftest import media_files, stored_names, tiff_bytes
 from tests.worker_fixtures import REPO_ROOT, database_url
 
@@ -34,7 +34,7 @@ import django
 django.setup()
 from django.contrib.auth import get_user_model
 from portal.models import Sample
-from portal.services import ingest, ingest_store
+from portal.services.ingestion import ingest, ingest_store
 
 def save_then_die(upload):
     ingest_store.save_content_addressed_files(upload)

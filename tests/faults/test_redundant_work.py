@@ -17,7 +17,8 @@ from kombu import Connection
 
 from portal.celery_app import app
 from portal.models import ModelVersion, SEMImage, WebhookDelivery, WebhookSubscription
-from portal.services import broker_queue, classification, classification_sweep, maintenance, queueing, webhooks
+from portal.services.delivery import broker_queue, maintenance, queueing, webhooks
+from portal.services.learning import classification, classification_sweep
 from tests.worker_fixtures import purge_broker
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -11,7 +11,7 @@ import pytest
 from django.utils import timezone
 
 from portal.models import TrainingRun
-from portal.services import training_sweep
+from portal.services.learning import training_sweep
 
 pytestmark = pytest.mark.django_db
 

@@ -2,7 +2,7 @@
 
 Every entry says what the product must do with it: refuse it with an IngestError code, or accept it
 (a real image) and record a sanitised file name. The product decides by content, never by the name
-(portal/services/validation_sniff.py), so a PNG named .tif is stored as a PNG, and an SVG named .png is
+(portal/services/ingestion/validation_sniff.py), so a PNG named .tif is stored as a PNG, and an SVG named .png is
 refused as "disguised".
 
 `corpus()` is cached: the entries are immutable and the whole corpus takes well under a second.

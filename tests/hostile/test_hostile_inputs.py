@@ -21,8 +21,8 @@ from django.core.management import call_command
 from django.urls import reverse
 
 from portal.models import SEMImage
-from portal.services.ingest import ingest_file
-from portal.services.ingest_errors import IngestError
+from portal.services.ingestion.ingest import ingest_file
+from portal.services.ingestion.ingest_errors import IngestError
 from tests.hostile.conftest import multipart_body
 from tests.hostile.corpus import HostileFile, accepted, corpus, refused
 
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.django_db
 
 REFUSED = [pytest.param(entry, id=entry.id) for entry in refused()]
 ACCEPTED = [pytest.param(entry, id=entry.id) for entry in accepted()]
-# Bounded by portal.services.metadata (MAX_RAW_STRING, MAX_TAG_BYTES): megabytes of tags never reach the row.
+# Bounded by portal.services.ingestion.metadata (MAX_RAW_STRING, MAX_TAG_BYTES): megabytes of tags never reach the row.
 MAX_STORED_METADATA_CHARS = 100_000
 
 

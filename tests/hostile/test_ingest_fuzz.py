@@ -19,8 +19,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from portal.models import SEMImage
-from portal.services.ingest import ingest_file
-from portal.services.ingest_errors import IngestError
+from portal.services.ingestion.ingest import ingest_file
+from portal.services.ingestion.ingest_errors import IngestError
 from tests.hostile.corpus import valid_bmp, valid_jpeg, valid_png, valid_tiff
 from tests.portal.sem_builders import files_under
 

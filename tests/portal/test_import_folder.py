@@ -68,7 +68,7 @@ def test_resume_skips_known_files_before_decoding(tmp_path, sample, monkeypatch)
     def must_not_be_called(*args, **kwargs):
         raise AssertionError("known files must be skipped before ingestion")
 
-    monkeypatch.setattr("portal.services.folder_import.ingest_file", must_not_be_called)
+    monkeypatch.setattr("portal.services.ingestion.folder_import.ingest_file", must_not_be_called)
     (root / "Powder" / "notes.png").unlink()
     (root / "Powder" / "cut.png").unlink()
     assert "Stored: 0" in run(str(root), "--sample", sample.lab_sample_id)

@@ -13,7 +13,7 @@ from django.core.management import CommandError, call_command
 from classifier.series import read_manifest, source_group
 from classifier.synthetic import make_image
 from portal.models import Project, Sample, SEMImage
-from portal.services.folder_import import series_lab_id
+from portal.services.ingestion.folder_import import series_lab_id
 
 pytestmark = pytest.mark.django_db
 

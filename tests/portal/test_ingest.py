@@ -11,9 +11,9 @@ from django.conf import settings
 from PIL import Image
 
 from portal.models import Category, Label, SEMImage, split_for_sha256
-from portal.services import ingest_examine, ingest_store, ingest_upload
-from portal.services.ingest import ingest_file
-from portal.services.ingest_errors import IngestError
+from portal.services.ingestion import ingest_examine, ingest_store, ingest_upload
+from portal.services.ingestion.ingest import ingest_file
+from portal.services.ingestion.ingest_errors import IngestError
 from tests.portal.sem_builders import (
     FEI_INI,
     ZEISS_CZ_SEM,
@@ -296,7 +296,9 @@ def test_label_is_recorded_in_the_same_transaction(sample, user):
 
 def test_classification_is_queued_only_after_commit(monkeypatch, sample, user, django_capture_on_commit_callbacks):
     queued = []
-    monkeypatch.setattr("portal.services.queueing.enqueue_classification", lambda ids: queued.append(list(ids)))
+    monkeypatch.setattr(
+        "portal.services.delivery.queueing.enqueue_classification", lambda ids: queued.append(list(ids))
+    )
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         image = ingest_bytes(ACCEPTED["bmp"][1], "q.bmp", sample, user).image
     assert queued == []  # not before commit
@@ -311,7 +313,7 @@ def test_queue_failure_after_commit_does_not_lose_the_image(
     def broker_down(ids):
         raise ConnectionError("broker unreachable")
 
-    monkeypatch.setattr("portal.services.queueing.enqueue_classification", broker_down)
+    monkeypatch.setattr("portal.services.delivery.queueing.enqueue_classification", broker_down)
     with django_capture_on_commit_callbacks(execute=True):
         result = ingest_bytes(ACCEPTED["bmp"][1], "q.bmp", sample, user)
     assert SEMImage.objects.filter(pk=result.image.pk, status=SEMImage.Status.PENDING).exists()
@@ -340,7 +342,7 @@ def test_ingestion_code_never_imports_torch_or_fastai():
 
     code = (
         "import sys, django; django.setup(); "
-        "import portal.services.ingest, portal.services.folder_import, classifier.synthetic; "
+        "import portal.services.ingestion.ingest, portal.services.ingestion.folder_import, classifier.synthetic; "
         "import portal.management.commands.import_folder, portal.management.commands.make_demo_data; "
         "heavy = sorted(m for m in ('torch', 'fastai', 'torchvision') if m in sys.modules); "
         "print(heavy); sys.exit(1 if heavy else 0)"

@@ -9,8 +9,8 @@ import pytest
 from django.db import connection
 
 from portal.models import SEMImage
-from portal.services import ingest_examine
-from portal.services.ingest import ingest_file
+from portal.services.ingestion import ingest_examine
+from portal.services.ingestion.ingest import ingest_file
 from tests.portal.sem_builders import accepted_samples, files_under
 
 
@@ -27,7 +27,7 @@ def test_concurrent_identical_uploads_create_one_image(monkeypatch, sample, user
         return derived
 
     monkeypatch.setattr(ingest_examine, "make_derived_files", derive_then_wait)
-    monkeypatch.setattr("portal.services.queueing.enqueue_classification", lambda ids: None)
+    monkeypatch.setattr("portal.services.delivery.queueing.enqueue_classification", lambda ids: None)
     results, errors = [], []
 
     def upload(name):

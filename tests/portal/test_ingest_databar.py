@@ -10,7 +10,7 @@ from PIL import Image
 
 from classifier.databar import crop_databar
 from classifier.synthetic import CATEGORIES, draw_databar, make_image
-from portal.services.ingest import ingest_file
+from portal.services.ingestion.ingest import ingest_file
 from tests.portal.sem_builders import pillow_bytes
 
 TEXTURED = ("Films_Coated_Surface", "Porous_Sponge", "Patterned_surface", "Tips")

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from portal.models import SEMImage
-from portal.services.ingest import ingest_file
-from portal.services.metadata_vendors import VENDOR_FEI, VENDOR_ZEISS
+from portal.services.ingestion.ingest import ingest_file
+from portal.services.ingestion.metadata_vendors import VENDOR_FEI, VENDOR_ZEISS
 
 pytestmark = pytest.mark.django_db
 

@@ -9,9 +9,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from portal.services.metadata import MAX_TAG_BYTES, extract_metadata
-from portal.services.metadata_values import parse_magnification
-from portal.services.metadata_vendors import VENDOR_FEI, VENDOR_HITACHI, VENDOR_JEOL, VENDOR_TESCAN, VENDOR_ZEISS
+from portal.services.ingestion.metadata import MAX_TAG_BYTES, extract_metadata
+from portal.services.ingestion.metadata_values import parse_magnification
+from portal.services.ingestion.metadata_vendors import (
+    VENDOR_FEI,
+    VENDOR_HITACHI,
+    VENDOR_JEOL,
+    VENDOR_TESCAN,
+    VENDOR_ZEISS,
+)
 from tests.portal.sem_builders import (
     FEI_INI,
     HITACHI_TXT,
@@ -260,7 +266,7 @@ def test_corrupt_tiff_structure_does_not_raise(tmp_path):
 
 @pytest.mark.django_db
 def test_nul_and_nan_metadata_survive_postgres_jsonb(sample, user):
-    from portal.services.ingest import ingest_file
+    from portal.services.ingestion.ingest import ingest_file
 
     text = TESCAN_INI.replace("Device=MIRA", "Device=MI\x00RA") + "Odd=nan\n"
     image = ingest_file(

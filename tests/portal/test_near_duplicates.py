@@ -14,8 +14,8 @@ from PIL import Image, ImageEnhance
 from classifier.perceptual import RADIUS, distance, window_hashes
 from classifier.synthetic import make_image
 from portal.models import PerceptualHash, Sample, SEMImage
-from portal.services import near_duplicates, splits
-from portal.services.ingest import ingest_file
+from portal.services.ingestion import near_duplicates, splits
+from portal.services.ingestion.ingest import ingest_file
 from tests.portal.sem_builders import pillow_bytes, tiff_bytes
 
 pytestmark = pytest.mark.django_db

@@ -11,7 +11,7 @@ import pytest
 from django.apps import apps
 
 from portal.models import TrainingRun
-from portal.services.training_monitor import RunMonitor
+from portal.services.learning.training_monitor import RunMonitor
 from portal.web.run_display import stage_rows
 
 migration = importlib.import_module("portal.migrations.0013_issue26_training_run_stages")

@@ -18,9 +18,8 @@ from django.core.management import call_command
 from django.db import connection
 from django.urls import reverse
 
-from portal.models import Sample, SEMImage
-from portal.services import watch, watch_schedule
-from portal.watch_models import WatchedFile, WatchFolder
+from portal.models import Sample, SEMImage, WatchedFile, WatchFolder
+from portal.services.ingestion import watch, watch_schedule
 from tests.portal.sem_builders import (
     HITACHI_TXT,
     JEOL_TXT,
@@ -67,7 +66,7 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture(autouse=True)
 def _no_broker(monkeypatch):
-    monkeypatch.setattr("portal.services.queueing.enqueue_classification", lambda ids: None)
+    monkeypatch.setattr("portal.services.delivery.queueing.enqueue_classification", lambda ids: None)
 
 
 @pytest.fixture

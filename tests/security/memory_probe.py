@@ -3,7 +3,7 @@
     python -m tests.security.memory_probe FILE [FILE ...]
 
 For each file, runs what ingestion does between spooling and storing (sniffing, header checks, full
-decode, metadata, data-bar crop, derivative and thumbnail: `portal.services.ingest_examine.examine`) and prints
+decode, metadata, data-bar crop, derivative and thumbnail: `portal.services.ingestion.ingest_examine.examine`) and prints
 one JSON line: {"file", "outcome" ("accepted" or the refusal code), "message", "peak_bytes", "seconds"}.
 `peak_bytes` is how far the process's peak resident set grew above what it was before the file (after
 the imports and a warm-up on a small image), so the files must be probed in increasing order of expected
@@ -53,8 +53,8 @@ def main(argv: list[str]) -> int:
     import numpy as np
     from PIL import Image
 
-    from portal.services.ingest_examine import examine
-    from portal.services.validation_errors import ValidationError
+    from portal.services.ingestion.ingest_examine import examine
+    from portal.services.ingestion.validation_errors import ValidationError
 
     buffer = io.BytesIO()
     Image.fromarray((np.arange(64 * 48) % 251).astype(np.uint8).reshape(48, 64)).save(buffer, "PNG")

@@ -23,7 +23,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from rest_framework.test import APIClient
 
 from portal.models import ApiToken, Label, Membership, SEMImage, TrainingRun, WebhookSubscription
-from portal.services.tokens import create_token
+from portal.services.delivery.tokens import create_token
 from tests.helpers import png_bytes, token_client
 
 pytestmark = pytest.mark.django_db
@@ -63,7 +63,7 @@ def world(
     categories,
     tmp_path,
 ) -> World:
-    from portal.watch_models import WatchFolder
+    from portal.models import WatchFolder
 
     outsider = make_user("otto-outsider", project=other_project, role=Membership.Role.CURATOR)
     sample.lims_id = "LIMS-0001"

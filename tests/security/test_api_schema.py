@@ -26,8 +26,8 @@ from rest_framework.test import APIClient
 from schemathesis.specs.openapi.checks import ignored_auth
 
 from portal.models import ModelVersion, TrainingRun
-from portal.services.ingest import ingest_file
-from portal.services.tokens import create_token
+from portal.services.delivery.tokens import create_token
+from portal.services.ingestion.ingest import ingest_file
 from tests.conftest import REPO_ROOT
 from tests.helpers import png_bytes
 

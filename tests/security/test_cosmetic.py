@@ -14,8 +14,8 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from portal.services.ingest import ingest_file
-from portal.services.ingest_errors import IngestError
+from portal.services.ingestion.ingest import ingest_file
+from portal.services.ingestion.ingest_errors import IngestError
 from tests.hostile.conftest import multipart_body
 from tests.hostile.corpus import valid_png
 
@@ -51,7 +51,7 @@ def test_refusals_never_end_in_a_bare_number(data, expected, user, sample):
 
 
 def test_uninformative_decoder_details_are_left_out():
-    from portal.services.validation_errors import error_detail
+    from portal.services.ingestion.validation_errors import error_detail
 
     assert (
         error_detail(IndexError(0)) == "" and error_detail(KeyError(273)) == "" and error_detail(ValueError("")) == ""

@@ -17,10 +17,10 @@ import pytest
 from django.urls import reverse
 
 from portal.models import SEMImage
-from portal.services.decode_guard import run_guarded
-from portal.services.ingest import ingest_file
-from portal.services.ingest_errors import IngestError
-from portal.services.validation_errors import ValidationError
+from portal.services.ingestion.decode_guard import run_guarded
+from portal.services.ingestion.ingest import ingest_file
+from portal.services.ingestion.ingest_errors import IngestError
+from portal.services.ingestion.validation_errors import ValidationError
 from tests.hostile.conftest import multipart_body
 from tests.security.bombs import tiff_strip_bomb, truncated_tiles
 
@@ -65,7 +65,7 @@ def test_guarded_decoding_works_in_a_celery_prefork_worker():
 
 
 def test_the_child_sees_the_limits_of_the_request_not_of_its_start(settings, tmp_path):
-    from portal.services.validation_limits import check_decoding_budget
+    from portal.services.ingestion.validation_limits import check_decoding_budget
 
     run_guarded(check_decoding_budget, 100, 100, 10_000)  # starts the forkserver with the defaults
     settings.SEM_MAX_DECODED_BYTES = 1000

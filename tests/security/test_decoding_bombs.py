@@ -18,9 +18,9 @@ from django.urls import reverse
 from PIL import Image
 
 from portal.models import SEMImage
-from portal.services.ingest import ingest_file
-from portal.services.ingest_errors import IngestError
-from portal.services.ingest_examine import make_derived_files
+from portal.services.ingestion.ingest import ingest_file
+from portal.services.ingestion.ingest_errors import IngestError
+from portal.services.ingestion.ingest_examine import make_derived_files
 from tests.hostile.conftest import multipart_body
 from tests.security.bombs import at_the_limits, bombs, tiff_chained_ifds, tiff_strip_bomb
 from tests.security.memory_probe import probe
@@ -91,7 +91,7 @@ def test_the_derivative_is_never_a_giant_upscale(size):
 @pytest.mark.django_db
 def test_page_counting_stops_at_the_column_limit(sample, user):
     """A page-count bomb (hundreds of thousands of chained IFDs) costs a bounded walk, not the whole chain."""
-    from portal.services.validation_tiff import MAX_COUNTED_PAGES, count_tiff_pages
+    from portal.services.ingestion.validation_tiff import MAX_COUNTED_PAGES, count_tiff_pages
 
     path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"ifds-{os.getpid()}.tif")
     with open(path, "wb") as handle:

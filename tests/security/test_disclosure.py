@@ -20,9 +20,9 @@ from django.test import Client
 from django.urls import reverse
 
 from portal.models import Membership, Project, Sample
-from portal.services.ingest import ingest_file
-from portal.services.ingest_errors import IngestError
-from portal.services.tokens import create_token
+from portal.services.delivery.tokens import create_token
+from portal.services.ingestion.ingest import ingest_file
+from portal.services.ingestion.ingest_errors import IngestError
 from tests.helpers import png_bytes
 from tests.hostile.corpus import HTML, refused, valid_png, valid_tiff
 

@@ -7,8 +7,7 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.settings import api_settings
 
-from portal.models import WebhookSubscription
-from portal.watch_models import WatchFolder
+from portal.models import WatchFolder, WebhookSubscription
 from tests.helpers import png_bytes, token_client
 
 

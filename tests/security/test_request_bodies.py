@@ -21,7 +21,7 @@ from django.urls import reverse
 from rest_framework.settings import api_settings
 
 from portal.models import SEMImage
-from portal.services.tokens import create_token
+from portal.services.delivery.tokens import create_token
 from tests.hostile.corpus import valid_png
 
 pytestmark = pytest.mark.django_db

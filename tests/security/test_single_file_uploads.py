@@ -14,7 +14,7 @@ from django.test import Client
 from django.urls import reverse
 
 from portal.models import SEMImage
-from portal.services.tokens import create_token
+from portal.services.delivery.tokens import create_token
 from tests.hostile.corpus import valid_png
 
 pytestmark = pytest.mark.django_db

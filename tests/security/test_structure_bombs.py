@@ -16,8 +16,8 @@ from django.urls import reverse
 from PIL import Image
 
 from portal.models import SEMImage
-from portal.services.ingest import ingest_file
-from portal.services.ingest_errors import IngestError
+from portal.services.ingestion.ingest import ingest_file
+from portal.services.ingestion.ingest_errors import IngestError
 from tests.hostile.conftest import multipart_body
 from tests.security.bombs import (
     COMPRESSIONS,

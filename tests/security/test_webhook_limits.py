@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from portal.models import WebhookDelivery, WebhookSubscription
-from portal.services import webhooks
+from portal.services.delivery import webhooks
 from tests.helpers import token_client
 from tests.webhook_receiver import Receiver
 

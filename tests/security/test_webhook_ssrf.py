@@ -13,7 +13,7 @@ import socket
 import pytest
 
 from portal.models import WebhookDelivery, WebhookSubscription
-from portal.services import webhooks
+from portal.services.delivery import webhooks
 from tests.helpers import token_client
 from tests.webhook_receiver import Receiver
 
@@ -245,7 +245,7 @@ class TestPinnedTls:
         def start(certificate_name: str):
             cert, key = self_signed_certificate(tmp_path, certificate_name)
             # Trusted as a CA, so that only the name can make verification fail.
-            monkeypatch.setattr("portal.services.outbound._ca_bundle", lambda: str(cert))
+            monkeypatch.setattr("portal.services.delivery.outbound._ca_bundle", lambda: str(cert))
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(cert, key)
             served["sni"] = []
@@ -363,7 +363,7 @@ class TestResponseExcerptVisibility:
 
 def test_the_parser_is_what_the_check_uses():
     """Guard against a second parser creeping back: refused_destination goes through parse_url."""
-    from portal.services import outbound
+    from portal.services.delivery import outbound
 
     with pytest.raises(outbound.RefusedURL):
         outbound.parse_url("http://127.0.0.1\\@example.org/")

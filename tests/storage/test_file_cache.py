@@ -1,4 +1,4 @@
-"""The worker cache (portal/services/file_cache.py) reading from a real S3 API: keyed by sha256, checked on
+"""The worker cache (portal/services/delivery/file_cache.py) reading from a real S3 API: keyed by sha256, checked on
 load, never half-written, bounded by least recent use; on the file system it hands out the file's own path."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 import pytest
 from django.core.files.base import ContentFile
 
-from portal.services.file_cache import CacheMismatch, FileCache, local_copy, local_derivatives
+from portal.services.delivery.file_cache import CacheMismatch, FileCache, local_copy, local_derivatives
 from portal.storage import media_storage
 from tests.storage.conftest import local_files
 

@@ -13,8 +13,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from portal.models import Membership, Project, Sample, SEMImage
-from portal.services import ingest, maintenance
-from portal.services.ingest_recovery import INGESTING_DIR
+from portal.services.delivery import maintenance
+from portal.services.ingestion import ingest
+from portal.services.ingestion.ingest_recovery import INGESTING_DIR
 from portal.storage import media_storage
 from tests.storage.conftest import MEDIA_PREFIX, local_files
 from tests.worker_fixtures import synthetic_png
@@ -23,7 +24,7 @@ from tests.worker_fixtures import synthetic_png
 def _api(user):
     from rest_framework.test import APIClient
 
-    from portal.services.tokens import create_token
+    from portal.services.delivery.tokens import create_token
 
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {create_token(user, 'storage').secret}")

@@ -8,7 +8,7 @@ import pytest
 from django.core.files import File
 
 from portal.models import ModelVersion, SEMImage, TrainingRun
-from portal.services import promotion, training
+from portal.services.learning import promotion, training
 from portal.storage import model_storage
 from tests.storage.conftest import local_files
 

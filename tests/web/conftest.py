@@ -127,7 +127,7 @@ def make_image(db):
         image.derivative.save(f"{sha256[:2]}/{sha256}.png", ContentFile(data), save=False)
         image.save()
         if curated is not None:
-            from portal.services.labels import set_label
+            from portal.services.curation.labels import set_label
 
             set_label(image, curated, source="import", user=None)
         return image

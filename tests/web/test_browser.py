@@ -26,7 +26,7 @@ from portal.models import (
     SEMImage,
     TrainingRun,
 )
-from portal.services.labels import set_label
+from portal.services.curation.labels import set_label
 from tests.worker_fixtures import synthetic_png
 
 pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.slow]
@@ -453,8 +453,8 @@ def classify(model, probabilities: dict, outside) -> None:
     from types import SimpleNamespace
 
     from classifier.engine import prediction_from_probabilities
-    from portal.services.classification_inference import mark_trust
-    from portal.services.classification_results import save_results
+    from portal.services.learning.classification_inference import mark_trust
+    from portal.services.learning.classification_results import save_results
 
     ids = [image.pk for image in probabilities]
     results = [prediction_from_probabilities(np.array(p), TRUST_CLASSES) for p in probabilities.values()]
@@ -468,7 +468,7 @@ def classify(model, probabilities: dict, outside) -> None:
 def give_embeddings(model, query, neighbours, monkeypatch) -> None:
     """The session's model is a fine-tuned resnet, which stores no embeddings: give the query and its
     curated neighbours some (the first neighbour the nearer), as the feature head's classification would."""
-    from portal.services import similar
+    from portal.services.curation import similar
 
     monkeypatch.setattr(similar, "_index", None)  # this process's matrix from an earlier test's rows
     categories = list(Category.objects.filter(active=True))

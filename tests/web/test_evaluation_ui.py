@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 
 from classifier.synthetic import make_image as synthetic_image
 from portal.models import SEMImage
-from portal.services.ingest import ingest_file
+from portal.services.ingestion.ingest import ingest_file
 from tests.web.conftest import evaluation
 
 pytestmark = pytest.mark.django_db
@@ -144,7 +144,7 @@ def test_training_page_shows_each_models_gate_interval_and_decision(client, memb
 
 
 def test_dashboard_draws_per_class_interval_bars_with_the_test_support(client, member, make_model):
-    from portal.services.promotion import evaluation_intervals
+    from portal.services.learning.promotion import evaluation_intervals
 
     classes = ("Fibres", "Particles", "Powder")
     metrics = evaluation(classes, [[18, 2, 0], [4, 6, 0], [0, 0, 0]])
@@ -179,7 +179,7 @@ def test_dashboard_without_intervals_says_so(client, member, make_model):
 
 
 def test_stored_evaluation_intervals_come_from_its_confusion_matrix():
-    from portal.services.promotion import evaluation_intervals
+    from portal.services.learning.promotion import evaluation_intervals
 
     metrics = evaluation(("Fibres", "Particles"), [[10, 0], [3, 7]])
     intervals = evaluation_intervals(metrics)["intervals"]

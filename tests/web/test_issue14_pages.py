@@ -108,7 +108,7 @@ def test_dashboard_hints_that_test_labels_changed_since_the_evaluation(
     client.force_login(curator)
     before = client.get(reverse("web:dashboard")).content.decode()
     assert 'id="labels-changed"' not in before
-    from portal.services.labels import set_label
+    from portal.services.curation.labels import set_label
 
     set_label(image, categories["Particles"], source=Label.Source.REVIEW, user=curator)
     after = client.get(reverse("web:dashboard")).content.decode()
@@ -346,7 +346,7 @@ def test_review_uses_the_zoomable_viewer_with_keys_and_preloads_the_next_image(
 def test_risky_actions_ask_first_and_roll_back_needs_an_earlier_version(
     browser, live_server, client, admin_user, make_model
 ):
-    from portal.services.tokens import create_token
+    from portal.services.delivery.tokens import create_token
 
     page = browser
     first = make_model(1, status="production")

@@ -59,7 +59,7 @@ def test_a_good_models_confident_prediction_is_not_uncertain_but_a_weak_one_is(
 
 
 def test_a_blank_upload_is_flagged_as_blank(client, member, sample, user, categories, make_model, predict):
-    from portal.services.ingest import ingest_file
+    from portal.services.ingestion.ingest import ingest_file
 
     buffer = io.BytesIO()
     Image.new("L", (320, 240), 0).save(buffer, format="PNG")
@@ -171,7 +171,7 @@ def trained_artifact_free_rollback(make_model, settings, tmp_path):
     roll-back only checks that v1's exists); v3 refused by the gate."""
     from django.utils import timezone
 
-    from portal.services import promotion
+    from portal.services.learning import promotion
 
     settings.MODEL_DIR = str(tmp_path)
     artifact = tmp_path / "v1.pth"

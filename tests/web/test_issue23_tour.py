@@ -82,7 +82,7 @@ def _failed_run():
 
 def _micrograph(sample, uploader) -> SEMImage:
     """A 1000 px image through the real ingestion, with a known pixel size (the viewer's scale bar)."""
-    from portal.services.ingest import ingest_file
+    from portal.services.ingestion.ingest import ingest_file
     from tests.helpers import png_bytes
 
     stored = ingest_file(

@@ -228,7 +228,7 @@ def test_progress_labels_the_validation_loss(browser, live_server, client, admin
 def test_viewer_controls_focus_ring_scale_bar_and_navigator(browser, live_server, client, curator, sample):
     import io
 
-    from portal.services.ingest import ingest_file
+    from portal.services.ingestion.ingest import ingest_file
     from tests.helpers import png_bytes
 
     image = ingest_file(io.BytesIO(png_bytes(77, size=1000)), filename="big.png", sample=sample, uploaded_by=curator)

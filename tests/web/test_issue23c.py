@@ -100,8 +100,8 @@ def test_the_run_page_shows_the_phase_the_budget_and_a_remaining_time_within_it(
 def test_the_worker_keeps_the_request_warning_and_logs_the_feature_plan(feature_run):
     from classifier.config import TrainConfig
     from classifier.feature_budget import plan_views
-    from portal.services.training_monitor import RunMonitor
-    from portal.services.training_run import _config_within_budget
+    from portal.services.learning.training_monitor import RunMonitor
+    from portal.services.learning.training_run import _config_within_budget
 
     TrainingRun.objects.filter(pk=feature_run.pk).update(
         plan={"request": {"budget_s": 180.0, "warning": "The budget of 3 min is too small"}},
@@ -171,7 +171,7 @@ def evaluated_test_image(sample, make_image, make_model, predict, categories):
 
 
 def test_a_relabel_that_was_reverted_is_not_counted_as_a_change(client, curator, evaluated_test_image, categories):
-    from portal.services.labels import set_label
+    from portal.services.curation.labels import set_label
 
     client.force_login(curator)
     set_label(evaluated_test_image, categories["Particles"], source="review", user=curator)
@@ -226,7 +226,7 @@ def test_only_the_offered_relabel_can_be_undone(client, curator, make_user, proj
 def test_an_expired_token_is_refused_with_a_401_that_says_so(member):
     from rest_framework.test import APIClient
 
-    from portal.services.tokens import create_token
+    from portal.services.delivery.tokens import create_token
 
     created = create_token(member, "LIMS", expires_at=timezone.now() + timedelta(hours=1))
     client = APIClient()

@@ -7,7 +7,7 @@ import pytest
 from django.urls import reverse
 
 from portal.models import Embedding, ModelVersion
-from portal.services import review_order, similar
+from portal.services.curation import review_order, similar
 from tests.web.test_browser import browser, lab, log_in, press, screenshot  # noqa: F401  (fixture)
 from tests.web.test_issue25_review_order import private_cache  # noqa: F401  (fixture, autouse)
 

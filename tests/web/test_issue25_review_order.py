@@ -8,7 +8,7 @@ import pytest
 from django.urls import reverse
 
 from portal.models import Embedding, ModelVersion, SEMImage
-from portal.services import review_order, similar
+from portal.services.curation import review_order, similar
 
 pytestmark = pytest.mark.django_db
 

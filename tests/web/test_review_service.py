@@ -1,4 +1,4 @@
-"""portal.services.review: the one review-queue rule behind the review page and GET /api/review-queue/.
+"""portal.services.curation.review: the one review-queue rule behind the review page and GET /api/review-queue/.
 
 Order, which disagreements count as already checked, scoping to curated projects, a project filter,
 exclusions (the web page's skips), and the counts. The page and the API have thin tests of their own
@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from portal.models import Label
-from portal.services import review
-from portal.services.labels import confirm_label, set_label
+from portal.services.curation import review
+from portal.services.curation.labels import confirm_label, set_label
 
 pytestmark = pytest.mark.django_db
 

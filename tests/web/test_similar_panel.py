@@ -6,7 +6,7 @@ import numpy as np
 from django.urls import reverse
 
 from portal.models import Embedding, ModelVersion
-from portal.services import similar
+from portal.services.curation import similar
 
 
 def embed(image, model, *weights: float) -> None:

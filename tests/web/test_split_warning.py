@@ -1,5 +1,5 @@
 """The Training page and the dashboard say when the test figures are optimistic: the test split could not be
-by sample (portal.services.splits.sample_independence)."""
+by sample (portal.services.ingestion.splits.sample_independence)."""
 
 from __future__ import annotations
 

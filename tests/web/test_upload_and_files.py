@@ -83,7 +83,7 @@ def test_upload_stores_reports_duplicates_and_rejects(client, member, sample):
 
 
 def test_duplicate_of_an_invisible_image_reveals_nothing(client, member, sample, other_sample):
-    from portal.services.ingest import ingest_file
+    from portal.services.ingestion.ingest import ingest_file
 
     content = synthetic_png("Fibres", 7)
     ingest_file(io.BytesIO(content), filename="secret.png", sample=other_sample, uploaded_by=other_sample.owner)
@@ -133,7 +133,7 @@ def test_files_have_safe_types_and_dispositions(client, member, sample):
     import numpy as np
     import tifffile
 
-    from portal.services.ingest import ingest_file
+    from portal.services.ingestion.ingest import ingest_file
 
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, (np.arange(200 * 150, dtype=np.uint16).reshape(150, 200) * 2))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from classifier.bootstrap import metric_intervals, paired_bootstrap
-from portal.services import promotion
+from portal.services.learning import promotion
 
 CLASSES = ["Fibres", "Powder", "Tips"]
 

@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from portal.models import ModelVersion, Prediction, SEMImage
-from portal.services import (
+from portal.services.learning import (
     artifacts,
     classification,
     classification_batch,
@@ -242,7 +242,7 @@ def test_a_replaced_old_format_artifact_is_never_unpickled(production_model, mon
     import torch
 
     from classifier.artifact import ArtifactError, load_artifact
-    from portal.services.artifacts import ensure_current_format
+    from portal.services.learning.artifacts import ensure_current_format
     from tests.worker_fixtures import write_legacy_artifact
 
     current = load_artifact(production_model.artifact_path, production_model.artifact_sha256)
@@ -258,7 +258,7 @@ def test_a_replaced_old_format_artifact_is_never_unpickled(production_model, mon
 def test_a_batch_whose_model_was_demoted_meanwhile_writes_nothing_and_hands_its_images_back(
     production_model, trained_artifact, sample, user, upload_images, django_capture_on_commit_callbacks
 ):
-    from portal.services import promotion
+    from portal.services.learning import promotion
     from tests.worker_fixtures import install_model
 
     ids = [image.pk for image in upload_images(sample, user, 2)]

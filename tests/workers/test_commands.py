@@ -7,7 +7,7 @@ from django.core.management import CommandError, call_command
 from django_celery_beat.models import PeriodicTask
 
 from portal.models import ModelVersion, TrainingRun
-from portal.services import training
+from portal.services.learning import training
 
 
 def test_setup_schedules_creates_both_tasks_and_keeps_admin_edits(db, settings):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from portal.models import Embedding, ModelVersion, Prediction, SEMImage
-from portal.services import artifacts, classification_batch, promotion, similar
+from portal.services.curation import similar
+from portal.services.learning import artifacts, classification_batch, promotion
 from tests.worker_fixtures import MODEL_FOLDERS, TrainedArtifact, category_name, install_model
 
 INPUT_SIZE = 64  # small inputs keep the real EfficientNet-Lite0 forward pass quick on CPU

@@ -17,7 +17,7 @@ import pytest
 from django.db import connection
 
 from portal.models import ModelVersion, SEMImage
-from portal.services import promotion
+from portal.services.learning import promotion
 from tests.worker_fixtures import install_model
 from tests.workers.test_worker_processes import _a_worker_waits_on_a_lock, _blocked_prediction_inserts
 

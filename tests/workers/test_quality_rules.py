@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from portal.models import SEMImage, TrainingRun
-from portal.services import promotion, training
+from portal.services.learning import promotion, training
 from tests.workers.test_training import TINY_SETTINGS, _train_now
 
 

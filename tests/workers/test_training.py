@@ -11,8 +11,8 @@ from django.utils import timezone
 
 from classifier.fingerprint import file_sha256
 from portal.models import ModelVersion, Prediction, SEMImage, TrainingRun
-from portal.services import classification_batch, promotion, training, training_run, training_sweep
-from portal.services.labels import set_label
+from portal.services.curation.labels import set_label
+from portal.services.learning import classification_batch, promotion, training, training_run, training_sweep
 from tests.worker_fixtures import TINY_TRAIN_CONFIG, install_model, request_training_twice_at_once
 
 TINY_SETTINGS = {"SEM_TRAIN_ARCH": "resnet18", "SEM_TRAIN_SIZES": [32, 48], "SEM_TRAIN_EPOCHS": [1, 1]}

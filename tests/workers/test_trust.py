@@ -51,9 +51,9 @@ def _png(array: np.ndarray) -> io.BytesIO:
 def test_a_blank_and_a_noise_frame_come_back_out_of_scope_and_first_for_review(
     celery_worker, trust_artifact, nffa_categories, sample, user, upload_images
 ):
-    from portal.services import review
-    from portal.services.ingest import ingest_file
-    from portal.services.webhooks import image_data
+    from portal.services.curation import review
+    from portal.services.delivery.webhooks import image_data
+    from portal.services.ingestion.ingest import ingest_file
 
     install_model(trust_artifact, 1, status=ModelVersion.Status.PRODUCTION)
     in_scope = upload_images(sample, user, 4, seed=50)
@@ -103,9 +103,9 @@ def test_a_colour_photo_comes_back_out_of_scope_with_the_colour_reason_and_its_g
     import matplotlib
     from django.urls import reverse
 
-    from portal.services import review, review_order
-    from portal.services.ingest import ingest_file
-    from portal.services.webhooks import image_data
+    from portal.services.curation import review, review_order
+    from portal.services.delivery.webhooks import image_data
+    from portal.services.ingestion.ingest import ingest_file
 
     install_model(trust_artifact, 1, status=ModelVersion.Status.PRODUCTION)
     photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"

@@ -15,7 +15,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from portal.models import ModelVersion, Prediction, SEMImage, TrainingRun, WebhookDelivery, WebhookSubscription
-from portal.services import promotion, training, training_sweep
+from portal.services.learning import promotion, training, training_sweep
 from tests.worker_fixtures import install_model, request_training_twice_at_once
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]

@@ -10,7 +10,7 @@ from portal.api import examples as ex
 from portal.api.serializers import CategorySerializer, ReviewItemSerializer
 from portal.models import Category
 from portal.permissions import is_curator
-from portal.services import review
+from portal.services.curation import review
 
 DEFAULT_QUEUE_LENGTH = 20
 MAX_QUEUE_LENGTH = 200

@@ -39,7 +39,7 @@ from portal.downloads import stored_file_response
 from portal.models import HeatMap, Label, SEMImage
 from portal.permissions import can_curate_image, can_upload_to, curated_projects, visible_images, visible_samples
 from portal.request_limits import several_files_message
-from portal.services.labels import mark_not_classifiable, set_label
+from portal.services.curation.labels import mark_not_classifiable, set_label
 from portal.storage import media_storage
 
 logger = logging.getLogger(__name__)
@@ -208,8 +208,8 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         return sample
 
     def _ingest(self, file, sample, label):
-        from portal.services.ingest import ingest_file
-        from portal.services.ingest_errors import IngestError, StorageFull
+        from portal.services.ingestion.ingest import ingest_file
+        from portal.services.ingestion.ingest_errors import IngestError, StorageFull
 
         try:
             return ingest_file(
@@ -298,7 +298,7 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     )
     @action(detail=True, methods=["get"], filterset_class=None, pagination_class=None)
     def similar(self, request, pk=None):
-        from portal.services.similar import similar_images
+        from portal.services.curation.similar import similar_images
 
         image = self.get_object()
         query = SimilarQuerySerializer(data=request.query_params)
@@ -354,7 +354,7 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         content_negotiation_class=FirstRendererNegotiation,
     )
     def heatmap(self, request, pk=None):
-        from portal.services import heatmaps
+        from portal.services.learning import heatmaps
 
         image = self.get_object()
         query = HeatMapQuerySerializer(data=request.query_params)

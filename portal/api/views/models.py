@@ -22,8 +22,8 @@ from portal.api.serializers import (
 )
 from portal.models import ModelVersion, Prediction, TrainingRun
 from portal.permissions import visible_images
-from portal.services.promotion import ModelActionError, promote, rollback
-from portal.services.training import request_cancel, request_training
+from portal.services.learning.promotion import ModelActionError, promote, rollback
+from portal.services.learning.training import request_cancel, request_training
 
 PREDICTION_FILTER_PARAMETERS = [
     OpenApiParameter("category", str, description="Predicted category slug."),

@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from portal.api import examples as ex
 from portal.api.serializers import WebhookDeliverySerializer, WebhookSubscriptionSerializer
 from portal.models import WebhookSubscription
-from portal.services.webhooks import new_secret
+from portal.services.delivery.webhooks import new_secret
 
 SIGNATURE_HELP = (
     "Each delivery is a POST with the JSON body `{delivery_id, event, occurred_at, data}` and the headers "

@@ -18,7 +18,7 @@ from django.db import transaction
 from tqdm import tqdm
 
 from portal.models import Membership, Project, Sample
-from portal.services.folder_import import (
+from portal.services.ingestion.folder_import import (
     ImportProblem,
     format_summary,
     import_tree,

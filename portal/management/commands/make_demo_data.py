@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from classifier.synthetic import CATEGORIES, write_dataset
 from portal.models import Membership, Project, Sample
-from portal.services.folder_import import format_summary, import_tree
+from portal.services.ingestion.folder_import import format_summary, import_tree
 
 DEMO_PROJECT = "Demo"
 DEMO_SAMPLE = "DEMO-001"

@@ -53,7 +53,7 @@ class Command(BaseCommand):
     def _queue_first_training(self) -> None:
         if ModelVersion.objects.exists() or TrainingRun.objects.filter(active=True).exists():
             return
-        from portal.services.training import request_training
+        from portal.services.learning.training import request_training
 
         run = request_training(trigger=TrainingRun.Trigger.BOOTSTRAP, force=True).run
         if run is not None:

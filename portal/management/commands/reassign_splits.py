@@ -1,12 +1,13 @@
 """manage.py reassign_splits [--no-reevaluate]: recompute every image's side of the split from its sample and
-near-duplicate group (portal.services.splits.rebuild), then evaluate production again on the new test split."""
+near-duplicate group (portal.services.ingestion.splits.rebuild), then evaluate production again on the new test split."""
 
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 
 from portal.models import Sample, SEMImage
-from portal.services import promotion, splits
+from portal.services.ingestion import splits
+from portal.services.learning import promotion
 
 
 class Command(BaseCommand):

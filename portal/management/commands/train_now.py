@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from portal.durations import parse_duration
 from portal.models import TrainingRun
-from portal.services import training, training_run
+from portal.services.learning import training, training_run
 from portal.web.run_display import phase_text
 
 FINISHED = {TrainingRun.Status.SUCCEEDED, TrainingRun.Status.FAILED, TrainingRun.Status.CANCELLED}

@@ -15,7 +15,7 @@ class Command(BaseCommand):
     help = "Upgrade model artifacts of format version 1 (torch pickle) to the safetensors format."
 
     def handle(self, *args, **options):
-        from portal.services.artifacts import upgrade_all
+        from portal.services.learning.artifacts import upgrade_all
 
         try:
             upgraded = upgrade_all()

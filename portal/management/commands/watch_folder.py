@@ -15,9 +15,8 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from portal.management.commands.import_folder import resolve_user
-from portal.models import Project, Sample
-from portal.services import watch, watch_schedule
-from portal.watch_models import WatchFolder
+from portal.models import Project, Sample, WatchFolder
+from portal.services.ingestion import watch, watch_schedule
 
 
 class Command(BaseCommand):

@@ -6,7 +6,7 @@ from django.core.paginator import Paginator
 from django.shortcuts import redirect, render
 
 from portal.models import Category, ModelVersion, TrainingRun
-from portal.services.classification import production_model
+from portal.services.learning.classification import production_model
 from portal.web.access import member_required
 from portal.web.browse_query import filtered_images
 from portal.web.forms import BrowseFilterForm

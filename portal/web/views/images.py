@@ -19,8 +19,8 @@ from django.views.decorators.http import require_POST
 from portal.downloads import stored_file_response
 from portal.models import Category, Label, ModelVersion, SEMImage
 from portal.permissions import can_curate_image, visible_images
-from portal.services.labels import set_label, undo_label
-from portal.services.validation_errors import ValidationError
+from portal.services.curation.labels import set_label, undo_label
+from portal.services.ingestion.validation_errors import ValidationError
 from portal.storage import media_storage
 from portal.web.access import member_required, posted_category_or_404
 from portal.web.renditions import rendition_name
@@ -74,7 +74,7 @@ def image_detail(request, pk: int):
 def similar_context(user, image: SEMImage) -> tuple[ModelVersion | None, list[dict]]:
     """The production model, and the curated images most like this one that the user may see (its
     embeddings)."""
-    from portal.services.similar import similar_images
+    from portal.services.curation.similar import similar_images
 
     model, found = similar_images(user, image)
     return model, [{"image": other, "score": score} for other, score in found]
@@ -82,7 +82,7 @@ def similar_context(user, image: SEMImage) -> tuple[ModelVersion | None, list[di
 
 def near_duplicate_context(user, image: SEMImage) -> dict:
     """The image's closest earlier near-duplicate and the other images of its group that the user may see."""
-    from portal.services.near_duplicates import visible_group_members, visible_near_duplicate
+    from portal.services.ingestion.near_duplicates import visible_group_members, visible_near_duplicate
 
     members, member_count = visible_group_members(user, image)
     return {
@@ -173,7 +173,7 @@ def relabel_undo_offer(request) -> dict | None:
 @require_POST
 def set_not_classifiable(request, pk: int):
     """A curator marks the image "not SEM / not classifiable" (value 1) or withdraws the mark (value 0)."""
-    from portal.services.labels import mark_not_classifiable
+    from portal.services.curation.labels import mark_not_classifiable
 
     image = curatable_image_or_404(request.user, pk, "Marking images")
     value = request.POST.get("value", "1") == "1"

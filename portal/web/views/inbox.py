@@ -7,9 +7,9 @@ from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from portal.models import WatchedFile, WatchFolder
 from portal.permissions import curated_projects
-from portal.services.watch import folder_stats
-from portal.watch_models import WatchedFile, WatchFolder
+from portal.services.ingestion.watch import folder_stats
 from portal.web.access import curator_required
 
 RECENT_REFUSED = 50

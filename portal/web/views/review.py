@@ -14,8 +14,8 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from portal.models import Category, Label
-from portal.services import review_order
-from portal.services.labels import confirm_label, set_label, undo_label
+from portal.services.curation import review_order
+from portal.services.curation.labels import confirm_label, set_label, undo_label
 from portal.web import review_queue as queue
 from portal.web.access import curator_required, posted_category_or_404
 from portal.web.forms import BulkAcceptForm

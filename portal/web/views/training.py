@@ -1,7 +1,7 @@
 """Training page: runs, live progress, loss curves, evaluation and the promotion gate.
 
 Everyone signed in may look; only admins may start a run, promote or roll back (POST + CSRF).
-The actions delegate to portal.services.training, which holds the TrainingRun.active lock.
+The actions delegate to portal.services.learning.training, which holds the TrainingRun.active lock.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def training_page(request, *, budget_value: str = "", budget_error: str = "", st
 
 
 def estimate_text() -> str:
-    """What the training set needs, from an earlier run's measured cost (services.training_estimate)."""
-    from portal.services.training_estimate import duration, estimate
+    """What the training set needs, from an earlier run's measured cost (services.learning.training_estimate)."""
+    from portal.services.learning.training_estimate import duration, estimate
 
     found = estimate()
     if found is None:
@@ -77,9 +77,9 @@ def _with_gate(models) -> list[ModelVersion]:
 
 
 def rollback_context() -> dict:
-    """Production and the version a roll back would restore (as services.promotion.rollback picks it):
+    """Production and the version a roll back would restore (as services.learning.promotion.rollback picks it):
     the Roll back button is disabled without one, and its confirmation names both."""
-    from portal.services import promotion
+    from portal.services.learning import promotion
 
     production = ModelVersion.objects.filter(status=ModelVersion.Status.PRODUCTION).only("version").first()
     target = promotion.rollback_targets(production).only("version").first() if production else None
@@ -134,7 +134,7 @@ def progress_payload(run: TrainingRun) -> dict:
 @admin_required
 @require_POST
 def training_start(request):
-    from portal.services import training as service
+    from portal.services.learning import training as service
 
     budget = request.POST.get("budget", "").strip()
     try:
@@ -159,7 +159,7 @@ def training_start(request):
 @require_POST
 def training_cancel(request, pk: int):
     """A queued run is cancelled at once; a running one stops at its next batch (the worker checks)."""
-    from portal.services import training as service
+    from portal.services.learning import training as service
 
     run = get_object_or_404(TrainingRun, pk=pk)
     if service.request_cancel(run):
@@ -172,7 +172,7 @@ def training_cancel(request, pk: int):
 @admin_required
 @require_POST
 def model_promote(request, version: int):
-    from portal.services import promotion
+    from portal.services.learning import promotion
 
     model = get_object_or_404(ModelVersion, version=version)
     try:
@@ -187,7 +187,7 @@ def model_promote(request, version: int):
 @admin_required
 @require_POST
 def model_rollback(request):
-    from portal.services import promotion
+    from portal.services.learning import promotion
 
     try:
         restored = promotion.rollback(request.user)

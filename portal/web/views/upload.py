@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 from portal.models import Category, Label, SEMImage
 from portal.permissions import can_upload_to, curated_projects, visible_images, visible_samples
 from portal.representations import SUMMARY_RELATED, image_summary
-from portal.services.classification import production_model
+from portal.services.learning.classification import production_model
 from portal.web.access import member_required, member_required_json, parse_id
 from portal.web.forms import SampleForm
 
@@ -57,8 +57,8 @@ def _selected_sample(request, samples):
 @require_POST
 def upload_file(request):
     """Store one file through the ingestion service; answers stored, duplicate or rejected."""
-    from portal.services.ingest import ingest_file
-    from portal.services.ingest_errors import IngestError, StorageFull
+    from portal.services.ingestion.ingest import ingest_file
+    from portal.services.ingestion.ingest_errors import IngestError, StorageFull
 
     sample = visible_samples(request.user).filter(pk=_int(request.POST.get("sample"))).first()
     if sample is None or not can_upload_to(request.user, sample):
@@ -118,7 +118,7 @@ def _outcome(user, image: SEMImage, created: bool, filename: str) -> dict:
 def near_duplicate_link(user, image: SEMImage) -> dict | None:
     """The stored image's closest earlier near-duplicate (issue 13), when the user may see it: its side of
     the split follows that image's group."""
-    from portal.services.near_duplicates import visible_near_duplicate
+    from portal.services.ingestion.near_duplicates import visible_near_duplicate
 
     other = visible_near_duplicate(user, image)
     if other is None:

@@ -1,0 +1,165 @@
+"""The promotion gate's rules, from test-split figures to a decision (no database, no engine): a first
+model against the majority-class baseline, the paired bootstrap of candidate minus production, and the point
+rule. Each returns whether the candidate passes and the reason in words; the bootstrap also returns its
+decision as data. Which rule applies, and what is done with its answer: portal.services.learning.promotion."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+
+def gate_decision(candidate: dict, production: dict | None) -> tuple[bool, str]:
+    """(passed, reason) for a candidate's test-split metrics against production's on the same images."""
+    f1 = _macro_f1(candidate)
+    if production is None:
+        return first_model_decision(candidate)
+    tolerance, max_drop = settings.SEM_GATE_MACRO_F1_TOLERANCE, settings.SEM_GATE_MAX_RECALL_DROP
+    production_f1 = _macro_f1(production)
+    if f1 < production_f1 - tolerance:
+        return False, (f"Macro-F1 {f1:.3f} is below production's {production_f1:.3f} (tolerance {tolerance:.3f})")
+    drops = _recall_drops(candidate, production)
+    worst = [f"{name} {drop * 100:.1f} points" for name, drop in drops if drop > max_drop + 1e-9]
+    if worst:
+        return False, f"Recall dropped by more than {max_drop * 100:.1f} points: " + ", ".join(worst)
+    return (
+        True,
+        f"Macro-F1 {f1:.3f} vs production {production_f1:.3f}; no class recall dropped more than "
+        f"{max_drop * 100:.1f} points",
+    )
+
+
+def first_model_decision(candidate: dict) -> tuple[bool, str]:
+    """A first model must beat answering the test split's largest class every time, by a clear
+    margin, and reach the macro-F1 floor: a model no better than that guess would only mislabel."""
+    f1, floor = _macro_f1(candidate), settings.SEM_GATE_FIRST_MODEL_FLOOR
+    accuracy, majority = float(candidate.get("accuracy") or 0.0), majority_baseline(candidate)
+    margin = settings.SEM_GATE_BASELINE_MARGIN
+    if majority is None:
+        return False, "First model: no test images to compare it with the majority-class baseline"
+    name, baseline = majority
+    if accuracy < baseline + margin:
+        return False, (
+            f"First model: accuracy {accuracy:.3f} does not beat the majority-class baseline "
+            f"(always '{name}': {baseline:.3f}) by the required {margin:.3f}"
+        )
+    if f1 < floor:
+        return False, f"First model: macro-F1 {f1:.3f} is below the floor {floor:.3f}"
+    return True, (
+        f"First model: accuracy {accuracy:.3f} beats the majority-class baseline "
+        f"(always '{name}': {baseline:.3f}) by more than {margin:.3f}; macro-F1 {f1:.3f}"
+    )
+
+
+def majority_baseline(metrics: dict) -> tuple[str, float] | None:
+    """(class, accuracy) of always answering the class with the most test images, or None without any."""
+    supports = {name: int(values.get("support") or 0) for name, values in (metrics.get("per_class") or {}).items()}
+    total = sum(supports.values())
+    if not total:
+        return None
+    name = max(supports, key=supports.get)
+    return name, supports[name] / total
+
+
+def _macro_f1(metrics: dict) -> float:
+    return float((metrics.get("macro_avg") or {}).get("f1") or 0.0)
+
+
+def _recall_drops(candidate: dict, production: dict) -> list[tuple[str, float]]:
+    """Per-class recall drop, for classes with test images in both evaluations."""
+    drops = []
+    candidate_classes = candidate.get("per_class") or {}
+    for name, before in (production.get("per_class") or {}).items():
+        after = candidate_classes.get(name)
+        if not before.get("support"):
+            continue
+        recall_after = after["recall"] if after and after.get("support") else 0.0
+        drops.append((name, float(before["recall"]) - float(recall_after)))
+    return sorted(drops, key=lambda item: -item[1])
+
+
+def too_small_to_tell(y_true: list[str], classes: list[str]) -> str | None:
+    """Why the test split cannot tell two models apart, or None when it is large enough."""
+    from collections import Counter
+
+    minimum, per_class = settings.SEM_GATE_MIN_TEST_IMAGES, settings.SEM_GATE_MIN_TEST_PER_CLASS
+    support = Counter(y_true)
+    short = [f"{name} {support[name]}" for name in classes if support[name] < per_class]
+    if len(y_true) < minimum or short:
+        parts = []
+        if len(y_true) < minimum:
+            parts.append(f"{len(y_true)} test images (at least {minimum} needed)")
+        if short:
+            parts.append(f"classes with fewer than {per_class} test images: " + ", ".join(short))
+        return "The test split is too small to tell the two models apart: " + "; ".join(parts)
+    return None
+
+
+def bootstrap_gate_decision(
+    y_true: list[str], candidate_pred: list[str], production_pred: list[str], classes: list[str]
+) -> tuple[bool | None, str, dict]:
+    """(passed, reason, summary) from per-image predictions of both models on the same test images;
+    passed is None when the test split is too small to tell. The summary is the decision as data: the
+    intervals (statistics), then `decision` and what decided it (policy); the reason renders it in words."""
+    summary = _paired_differences(y_true, candidate_pred, production_pred, classes)
+    summary.update(_bootstrap_verdict(summary, too_small_to_tell(y_true, classes)))
+    passed = {"promoted": True, "refused": False, "too_small": None}[summary["decision"]]
+    return passed, bootstrap_reason(summary), summary
+
+
+def _paired_differences(y_true, candidate_pred, production_pred, classes) -> dict:
+    """The paired, stratified bootstrap of candidate minus production, with the thresholds it is held to."""
+    from classifier.bootstrap import paired_bootstrap
+
+    result = paired_bootstrap(
+        y_true,
+        candidate_pred,
+        production_pred,
+        classes,
+        resamples=settings.SEM_GATE_BOOTSTRAP_RESAMPLES,
+        level=settings.SEM_GATE_CONFIDENCE,
+        seed=0,
+    )
+    result.update(tolerance=settings.SEM_GATE_MACRO_F1_TOLERANCE, max_recall_drop=settings.SEM_GATE_MAX_RECALL_DROP)
+    return result
+
+
+def _bootstrap_verdict(summary: dict, too_small: str | None) -> dict:
+    """The rule: too small to tell; else refused when the macro-F1 interval's lower bound is not above
+    -tolerance or a class's recall interval reaches a drop of max_recall_drop; else promoted."""
+    if too_small:
+        return {"decision": "too_small", "too_small": too_small}
+    max_drop = summary["max_recall_drop"]
+    dropped = [name for name, recall in summary["recall"].items() if not recall["low"] > -max_drop]
+    f1_holds = summary["macro_f1"]["low"] > -summary["tolerance"]
+    return {"decision": "promoted" if f1_holds and not dropped else "refused", "recall_dropped": dropped}
+
+
+def bootstrap_reason(summary: dict) -> str:
+    """The bootstrap gate's decision in words (stored as the version's gate reason)."""
+    f1, level, tolerance = summary["macro_f1"], summary["level"], summary["tolerance"]
+    max_drop = summary["max_recall_drop"]
+    described = (
+        f"macro-F1 difference {f1['diff']:+.3f}, {level:.0%} interval [{f1['low']:+.3f}, {f1['high']:+.3f}] "
+        f"on {summary['n']} test images ({summary['resamples']} paired resamples)"
+    )
+    if summary["decision"] == "too_small":
+        return f"{summary['too_small']}. Not promoted automatically; {described}. An admin may promote it by hand."
+    if not f1["low"] > -tolerance:
+        return (
+            f"Not shown to be at least as good as production: {described}; the lower bound must be "
+            f"above {-tolerance:+.3f}"
+        )
+    if summary["recall_dropped"]:
+        recall = summary["recall"]
+        drops = [
+            f"{name} [{recall[name]['low'] * 100:+.1f}, {recall[name]['high'] * 100:+.1f}] points"
+            for name in summary["recall_dropped"]
+        ]
+        return (
+            f"A class's recall may have dropped by more than {max_drop * 100:.1f} points "
+            f"({level:.0%} interval): " + ", ".join(drops) + f"; {described}"
+        )
+    return (
+        f"Promoted: {described}, lower bound above {-tolerance:+.3f}; no class's recall interval "
+        f"reaches a drop of {max_drop * 100:.1f} points"
+    )
