@@ -5,10 +5,12 @@ all alike), `Engine.predict_paths` on the same 256-px derivatives of `../shared/
 without it), batch 32, the machine's torch threads:
 
 - resnet34 with the fastai head, BatchNorm folded by torch.fx: the path before the pretrained backbone;
-- the default: EfficientNet-Lite0 texture features + head, 8 dihedral views averaged, BatchNorm folded
-  by the backbone's declared pairs (`backbones.fold_body_batchnorm`);
-- the same without folding (what the engine ran before: torch.fx cannot trace the TF padding);
-- the same folded, 1 view (what a lab trades for speed with fewer views).
+- the default: EfficientNet-Lite0 texture features + head, 4 dihedral views averaged (as accurate as 8,
+  bench/ablate_views.py) in one channels-last pass, BatchNorm folded by the backbone's declared pairs
+  (`backbones.fold_body_batchnorm`);
+- 8 views folded (the artifacts trained before 4 became the default), and 8 views not folded (what the
+  engine ran before: torch.fx cannot trace the TF padding);
+- 1 view folded (what a lab would trade for speed).
 
 Weights are random (speed does not depend on them); each artifact goes through `save_artifact` and
 `Engine.from_artifact` exactly as a worker loads it.
@@ -83,7 +85,10 @@ def main() -> None:
             "resnet34, BN folded (before)": Engine.from_artifact(
                 work / "r34.semcls", resnet34_artifact(work / "r34.semcls", classes)
             ),
-            "Lite0 head, 8 views, BN folded (default)": Engine.from_artifact(
+            "Lite0 head, 4 views, BN folded (default)": Engine.from_artifact(
+                work / "l4.semcls", lite0_artifact(work / "l4.semcls", classes, 4)
+            ),
+            "Lite0 head, 8 views, BN folded": Engine.from_artifact(
                 work / "l8.semcls", lite0_artifact(work / "l8.semcls", classes, 8)
             ),
             "Lite0 head, 8 views, not folded": Engine.from_artifact(work / "l8.semcls", None, fold_batchnorm=False),
@@ -105,8 +110,8 @@ def main() -> None:
     before = results["resnet34, BN folded (before)"]
     for name, ips in results.items():
         print(f"  {name:<44} {ips:7.1f} images/s   {ips / before:5.2f}x resnet34")
-    default = results["Lite0 head, 8 views, BN folded (default)"]
-    print(f"folding on the default: {default / results['Lite0 head, 8 views, not folded']:.2f}x")
+    folded = results["Lite0 head, 8 views, BN folded"]
+    print(f"folding, 8 views: {folded / results['Lite0 head, 8 views, not folded']:.2f}x")
 
 
 if __name__ == "__main__":
