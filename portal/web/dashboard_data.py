@@ -9,6 +9,7 @@ from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Subquer
 from portal.models import Category, Label, ModelVersion, Prediction, SEMImage
 from portal.permissions import visible_images, visible_projects
 from portal.services.curation.review import CHECKED_SOURCES, disputed_in
+from portal.services.learning.gate_rules import stored_reason
 from portal.web.access import parse_id
 
 
@@ -79,6 +80,14 @@ def _interval_bar(point: float | None, bounds, level: float | None) -> dict | No
 def _signed(value: float) -> str:
     """+0.031 / −0.012 (a real minus sign)."""
     return f"{round(float(value), 3) + 0.0:+.3f}".replace("-", "\u2212")  # + 0.0: no "−0.000"
+
+
+def gate_reason(model: ModelVersion | None) -> str:
+    """Why the gate decided as it did, in words: rendered from the decision stored as data, or the stored
+    words of a version gated before decisions were stored."""
+    if model is None:
+        return ""
+    return stored_reason(model.metrics) or model.gate_reason
 
 
 def gate_summary(model: ModelVersion | None) -> dict | None:

@@ -89,15 +89,18 @@ def test_a_first_model_no_better_than_always_answering_the_largest_class_is_refu
     barely_better = _evaluation({"Particles": 40, "Fibres": 5, "Biological": 0}, support)  # 0.45 vs 0.43
     clearly_better = _evaluation({"Particles": 38, "Fibres": 20, "Biological": 15}, support)  # 0.73
 
-    passed, reason = promotion.gate_decision(majority_guess, None)
+    decision = promotion.gate_decision(majority_guess, None)
+    passed, reason = decision.passed, decision.reason
     assert passed is False and "majority-class baseline" in reason and "'Particles': 0.430" in reason
-    assert promotion.gate_decision(barely_better, None)[0] is False
-    passed, reason = promotion.gate_decision(clearly_better, None)
+    assert promotion.gate_decision(barely_better, None).passed is False
+    decision = promotion.gate_decision(clearly_better, None)
+    passed, reason = decision.passed, decision.reason
     assert passed is True and "beats the majority-class baseline" in reason
 
 
 def test_a_first_model_without_test_images_is_not_promoted_blindly(quality_rules):
-    passed, reason = promotion.gate_decision({"accuracy": 0.9, "per_class": {}, "macro_avg": {"f1": 0.9}}, None)
+    decision = promotion.gate_decision({"accuracy": 0.9, "per_class": {}, "macro_avg": {"f1": 0.9}}, None)
+    passed, reason = decision.passed, decision.reason
     assert passed is False and "no test images" in reason
 
 

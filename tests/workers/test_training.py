@@ -257,9 +257,9 @@ def test_gate_decision(settings, candidate, passes, reason):
     settings.SEM_GATE_MACRO_F1_TOLERANCE = 0.0
     settings.SEM_GATE_MAX_RECALL_DROP = 0.05
 
-    passed, why = promotion.gate_decision(candidate, PRODUCTION_METRICS)
+    decision = promotion.gate_decision(candidate, PRODUCTION_METRICS)
 
-    assert passed is passes and reason in why
+    assert decision.rule == "point" and decision.passed is passes and reason in decision.reason
 
 
 def test_gate_tolerance_and_first_model_floor(settings):
@@ -267,13 +267,11 @@ def test_gate_tolerance_and_first_model_floor(settings):
     settings.SEM_GATE_FIRST_MODEL_FLOOR = 0.5
     slightly_worse = _metrics(0.79, {name: 0.8 for name in PRODUCTION_METRICS["per_class"]})
 
-    assert promotion.gate_decision(slightly_worse, PRODUCTION_METRICS)[0] is True
+    assert promotion.gate_decision(slightly_worse, PRODUCTION_METRICS).passed is True
     two_classes = {"Fibres": 0.5, "Particles": 0.5}
-    assert promotion.gate_decision(_metrics(0.49, two_classes), None) == (
-        False,
-        "First model: macro-F1 0.490 is below the floor 0.500",
-    )
-    assert promotion.gate_decision(_metrics(0.51, two_classes), None)[0] is True
+    refused = promotion.gate_decision(_metrics(0.49, two_classes), None)
+    assert (refused.passed, refused.reason) == (False, "First model: macro-F1 0.490 is below the floor 0.500")
+    assert promotion.gate_decision(_metrics(0.51, two_classes), None).passed is True
 
 
 def test_gate_refuses_a_worse_candidate_and_promotes_a_better_one(

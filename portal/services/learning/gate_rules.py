@@ -1,52 +1,142 @@
 """The promotion gate's rules, from test-split figures to a decision (no database, no engine): a first
 model against the majority-class baseline, the paired bootstrap of candidate minus production, and the point
-rule. Each returns whether the candidate passes and the reason in words; the bootstrap also returns its
-decision as data. Which rule applies, and what is done with its answer: portal.services.learning.promotion."""
+rule. Each returns its decision as data (`GateDecision`: the rule, the verdict, the figures it went by);
+`gate_words` renders a decision in words, for the pages and the stored `gate_reason`. Which rule applies, and
+what is done with its answer: portal.services.learning.promotion."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from django.conf import settings
 
 
-def gate_decision(candidate: dict, production: dict | None) -> tuple[bool, str]:
-    """(passed, reason) for a candidate's test-split metrics against production's on the same images."""
-    f1 = _macro_f1(candidate)
+@dataclass(frozen=True)
+class GateDecision:
+    """A gate's decision as data. rule: "first_model", "point", "not_compared" or "bootstrap"; passed: None
+    when the rule cannot tell (left to an admin); figures: what the rule went by, all the words need."""
+
+    rule: str
+    passed: bool | None
+    figures: dict = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str:
+        return gate_words(self)
+
+    def as_data(self) -> dict:
+        """Stored as the version's `metrics["gate"]`: the figures flat beside the rule and the verdict (a
+        bootstrap's intervals stay where the Training page's bars read them)."""
+        return {**self.figures, "rule": self.rule, "passed": self.passed}
+
+    @classmethod
+    def from_data(cls, data: dict | None) -> GateDecision | None:
+        """The decision stored by `as_data`, or None without one (a version gated before decisions were
+        stored keeps only its words)."""
+        if not isinstance(data, dict) or data.get("rule") not in _WORDS:
+            return None
+        return cls(data["rule"], data.get("passed"), {k: v for k, v in data.items() if k not in ("rule", "passed")})
+
+
+_BOOTSTRAP_PASSED = {"promoted": True, "refused": False, "too_small": None}
+
+
+def gate_decision(candidate: dict, production: dict | None) -> GateDecision:
+    """The point rule: a candidate's test-split metrics against production's on the same images."""
     if production is None:
         return first_model_decision(candidate)
     tolerance, max_drop = settings.SEM_GATE_MACRO_F1_TOLERANCE, settings.SEM_GATE_MAX_RECALL_DROP
-    production_f1 = _macro_f1(production)
-    if f1 < production_f1 - tolerance:
-        return False, (f"Macro-F1 {f1:.3f} is below production's {production_f1:.3f} (tolerance {tolerance:.3f})")
-    drops = _recall_drops(candidate, production)
-    worst = [f"{name} {drop * 100:.1f} points" for name, drop in drops if drop > max_drop + 1e-9]
-    if worst:
-        return False, f"Recall dropped by more than {max_drop * 100:.1f} points: " + ", ".join(worst)
-    return (
-        True,
-        f"Macro-F1 {f1:.3f} vs production {production_f1:.3f}; no class recall dropped more than "
-        f"{max_drop * 100:.1f} points",
-    )
+    f1, production_f1 = _macro_f1(candidate), _macro_f1(production)
+    drops = [[name, drop] for name, drop in _recall_drops(candidate, production) if drop > max_drop + 1e-9]
+    figures = {
+        "macro_f1": f1,
+        "production_macro_f1": production_f1,
+        "tolerance": tolerance,
+        "max_recall_drop": max_drop,
+        "recall_drops": drops,
+    }
+    return GateDecision("point", f1 >= production_f1 - tolerance and not drops, figures)
 
 
-def first_model_decision(candidate: dict) -> tuple[bool, str]:
+def first_model_decision(candidate: dict) -> GateDecision:
     """A first model must beat answering the test split's largest class every time, by a clear
     margin, and reach the macro-F1 floor: a model no better than that guess would only mislabel."""
-    f1, floor = _macro_f1(candidate), settings.SEM_GATE_FIRST_MODEL_FLOOR
-    accuracy, majority = float(candidate.get("accuracy") or 0.0), majority_baseline(candidate)
-    margin = settings.SEM_GATE_BASELINE_MARGIN
-    if majority is None:
-        return False, "First model: no test images to compare it with the majority-class baseline"
-    name, baseline = majority
+    majority = majority_baseline(candidate)
+    figures = {
+        "accuracy": float(candidate.get("accuracy") or 0.0),
+        "macro_f1": _macro_f1(candidate),
+        "floor": settings.SEM_GATE_FIRST_MODEL_FLOOR,
+        "margin": settings.SEM_GATE_BASELINE_MARGIN,
+        "baseline_class": majority[0] if majority else None,
+        "baseline": majority[1] if majority else None,
+    }
+    passed = (
+        majority is not None
+        and figures["accuracy"] >= figures["baseline"] + figures["margin"]
+        and figures["macro_f1"] >= figures["floor"]
+    )
+    return GateDecision("first_model", passed, figures)
+
+
+def not_compared(why: str) -> GateDecision:
+    """Production could not be evaluated on the candidate's test images: left to an admin, refused."""
+    return GateDecision("not_compared", False, {"why": why})
+
+
+def gate_words(decision: GateDecision) -> str:
+    """A gate's decision in words: shown on the pages and stored as the version's `gate_reason`."""
+    return _WORDS[decision.rule](decision.figures)
+
+
+def stored_reason(metrics: dict | None) -> str | None:
+    """A version's gate reason in words from its stored data: the decision's words, changed by what happened
+    after it (`metrics["gate_notes"]`); None without a stored decision (the stored words then stand)."""
+    decision = GateDecision.from_data((metrics or {}).get("gate"))
+    if decision is None:
+        return None
+    words = gate_words(decision)
+    for note in metrics.get("gate_notes") or []:
+        words = noted(words, note)
+    return words
+
+
+def noted(words: str, note: dict) -> str:
+    """A reason's words after a note: the gate failing after it decided ({"note": "failed", "error"})
+    replaces them; a roll back ({"note": "rolled_back", "to", "by", "at"}) adds a line."""
+    if note["note"] == "failed":
+        return f"Gate failed: {note['error']}"
+    return (words + "\n" if words else "") + f"Rolled back to v{note['to']} by {note['by']} on {note['at']}"
+
+
+def _first_model_words(figures: dict) -> str:
+    accuracy, f1, margin = figures["accuracy"], figures["macro_f1"], figures["margin"]
+    name, baseline = figures["baseline_class"], figures["baseline"]
+    if baseline is None:
+        return "First model: no test images to compare it with the majority-class baseline"
     if accuracy < baseline + margin:
-        return False, (
+        return (
             f"First model: accuracy {accuracy:.3f} does not beat the majority-class baseline "
             f"(always '{name}': {baseline:.3f}) by the required {margin:.3f}"
         )
-    if f1 < floor:
-        return False, f"First model: macro-F1 {f1:.3f} is below the floor {floor:.3f}"
-    return True, (
+    if f1 < figures["floor"]:
+        return f"First model: macro-F1 {f1:.3f} is below the floor {figures['floor']:.3f}"
+    return (
         f"First model: accuracy {accuracy:.3f} beats the majority-class baseline "
         f"(always '{name}': {baseline:.3f}) by more than {margin:.3f}; macro-F1 {f1:.3f}"
+    )
+
+
+def _point_words(figures: dict) -> str:
+    f1, production_f1, tolerance = figures["macro_f1"], figures["production_macro_f1"], figures["tolerance"]
+    max_drop = figures["max_recall_drop"]
+    if f1 < production_f1 - tolerance:
+        return f"Macro-F1 {f1:.3f} is below production's {production_f1:.3f} (tolerance {tolerance:.3f})"
+    if figures["recall_drops"]:
+        worst = [f"{name} {drop * 100:.1f} points" for name, drop in figures["recall_drops"]]
+        return f"Recall dropped by more than {max_drop * 100:.1f} points: " + ", ".join(worst)
+    return (
+        f"Macro-F1 {f1:.3f} vs production {production_f1:.3f}; no class recall dropped more than "
+        f"{max_drop * 100:.1f} points"
     )
 
 
@@ -96,14 +186,13 @@ def too_small_to_tell(y_true: list[str], classes: list[str]) -> str | None:
 
 def bootstrap_gate_decision(
     y_true: list[str], candidate_pred: list[str], production_pred: list[str], classes: list[str]
-) -> tuple[bool | None, str, dict]:
-    """(passed, reason, summary) from per-image predictions of both models on the same test images;
-    passed is None when the test split is too small to tell. The summary is the decision as data: the
-    intervals (statistics), then `decision` and what decided it (policy); the reason renders it in words."""
+) -> GateDecision:
+    """The paired bootstrap's decision from per-image predictions of both models on the same test images;
+    passed is None when the test split is too small to tell. Its figures: the intervals (statistics), then
+    `decision` and what decided it (policy); `bootstrap_reason` renders them in words."""
     summary = _paired_differences(y_true, candidate_pred, production_pred, classes)
     summary.update(_bootstrap_verdict(summary, too_small_to_tell(y_true, classes)))
-    passed = {"promoted": True, "refused": False, "too_small": None}[summary["decision"]]
-    return passed, bootstrap_reason(summary), summary
+    return GateDecision("bootstrap", _BOOTSTRAP_PASSED[summary["decision"]], summary)
 
 
 def _paired_differences(y_true, candidate_pred, production_pred, classes) -> dict:
@@ -135,7 +224,7 @@ def _bootstrap_verdict(summary: dict, too_small: str | None) -> dict:
 
 
 def bootstrap_reason(summary: dict) -> str:
-    """The bootstrap gate's decision in words (stored as the version's gate reason)."""
+    """The bootstrap gate's decision in words, from its figures."""
     f1, level, tolerance = summary["macro_f1"], summary["level"], summary["tolerance"]
     max_drop = summary["max_recall_drop"]
     described = (
@@ -163,3 +252,11 @@ def bootstrap_reason(summary: dict) -> str:
         f"Promoted: {described}, lower bound above {-tolerance:+.3f}; no class's recall interval "
         f"reaches a drop of {max_drop * 100:.1f} points"
     )
+
+
+_WORDS = {
+    "first_model": _first_model_words,
+    "point": _point_words,
+    "not_compared": lambda figures: f"Not compared: {figures['why']}. An admin may promote it by hand.",
+    "bootstrap": bootstrap_reason,
+}

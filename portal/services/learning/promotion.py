@@ -26,7 +26,14 @@ from portal import events
 from portal.models import ModelVersion
 from portal.services.learning.artifacts import artifact_exists, load_engine
 from portal.services.learning.classification import production_model
-from portal.services.learning.gate_rules import bootstrap_gate_decision, first_model_decision, gate_decision
+from portal.services.learning.gate_rules import (
+    GateDecision,
+    bootstrap_gate_decision,
+    first_model_decision,
+    gate_decision,
+    not_compared,
+    noted,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,52 +60,64 @@ def _evaluate_on(model: ModelVersion, items: list[tuple[str, str]]) -> tuple[dic
 
 def apply_gate(candidate: ModelVersion) -> bool:
     """Promote the candidate if it passes the gate; else record why it stays out."""
-    passed, reason, summary = _decide(candidate, production_model())
-    _record_gate(candidate, passed, reason, summary)
-    if passed:
+    decision = _decide(candidate, production_model())
+    _record_gate(candidate, decision)
+    if decision.passed:
         promote(candidate, None)
-    return passed
+    return decision.passed
 
 
-def _decide(candidate: ModelVersion, production: ModelVersion | None) -> tuple[bool | None, str, dict | None]:
-    """(passed, reason, bootstrap summary) by the gate's rule: a first model against the majority-class
+def _decide(candidate: ModelVersion, production: ModelVersion | None) -> GateDecision:
+    """The decision by the gate's rule: a first model against the majority-class
     baseline; else the paired bootstrap on both models' per-image predictions; else, when those cannot be
     had, the point rule on the same test images. The test split is read once per gate."""
     from portal.services.learning.datasets import training_data
 
     if production is None:
-        return (*first_model_decision(candidate.metrics), None)
+        return first_model_decision(candidate.metrics)
     items = training_data().test_items
     bootstrapped = _bootstrap_gate(candidate, production, items)
     if bootstrapped is not None:
         return bootstrapped
-    return (*_point_gate(candidate, production, items), None)
+    return _point_gate(candidate, production, items)
 
 
-def _point_gate(candidate: ModelVersion, production: ModelVersion, items: list) -> tuple[bool, str]:
+def _point_gate(candidate: ModelVersion, production: ModelVersion, items: list) -> GateDecision:
     baseline, why_not = production_metrics_on_current_test_split(production, candidate, items)
     if baseline is None:
-        return False, f"Not compared: {why_not}. An admin may promote it by hand."
+        return not_compared(why_not)
     return gate_decision(candidate.metrics, baseline)
 
 
-def _record_gate(candidate: ModelVersion, passed: bool | None, reason: str, summary: dict | None) -> None:
-    """Store the decision, with the bootstrap's intervals (or the evaluation's own) for the pages."""
+def _record_gate(candidate: ModelVersion, decision: GateDecision) -> None:
+    """Store the decision as data (`metrics["gate"]`) and in words (`gate_reason`, for the API and clients),
+    with the bootstrap's intervals (or the evaluation's own) for the pages."""
     metrics = dict(candidate.metrics or {})
-    if summary is not None:
-        metrics["intervals"] = summary.pop("intervals", {})
-        metrics["gate"] = summary
+    gate = decision.as_data()
+    if "intervals" in gate:
+        metrics["intervals"] = gate.pop("intervals")
     else:
         metrics.update(evaluation_intervals(metrics))
     if "intervals" in metrics:
         metrics["interval_level"] = settings.SEM_GATE_CONFIDENCE
+    metrics["gate"] = gate
     ModelVersion.objects.filter(pk=candidate.pk).update(
-        gate_passed=bool(passed),
-        gate_reason=reason,
+        gate_passed=bool(decision.passed),
+        gate_reason=decision.reason,
         metrics=metrics,
-        status=ModelVersion.Status.REJECTED if passed is False else ModelVersion.Status.CANDIDATE,
+        status=ModelVersion.Status.REJECTED if decision.passed is False else ModelVersion.Status.CANDIDATE,
     )
     candidate.refresh_from_db()
+
+
+def add_gate_note(model: ModelVersion, note: dict, **fields) -> None:
+    """Record what happened to a version after its gate decided (`gate_rules.noted`: the gate failing, a
+    roll back) as data beside the decision and in its reason's words; `fields`: others to update with it."""
+    metrics = dict(model.metrics or {})
+    metrics["gate_notes"] = [*metrics.get("gate_notes", []), note]
+    ModelVersion.objects.filter(pk=model.pk).update(
+        metrics=metrics, gate_reason=noted(model.gate_reason, note), **fields
+    )
 
 
 def evaluation_intervals(metrics: dict) -> dict:
@@ -117,7 +136,7 @@ def evaluation_intervals(metrics: dict) -> dict:
 
 
 def _bootstrap_gate(candidate: ModelVersion, production: ModelVersion, items: list):
-    """(passed, reason, summary) of the bootstrap gate, or None when it cannot run."""
+    """The bootstrap gate's decision, or None when it cannot run."""
     from classifier.bootstrap import metric_intervals
 
     if not items or set(production.classes) != set(candidate.classes):
@@ -129,11 +148,11 @@ def _bootstrap_gate(candidate: ModelVersion, production: ModelVersion, items: li
         logger.warning("no per-image predictions for the gate (%s); using the point rule", error)
         return None
     y_true = [label for _, label in items]
-    passed, reason, summary = bootstrap_gate_decision(y_true, candidate_pred, production_pred, list(candidate.classes))
-    summary["intervals"] = metric_intervals(
+    decision = bootstrap_gate_decision(y_true, candidate_pred, production_pred, list(candidate.classes))
+    decision.figures["intervals"] = metric_intervals(
         y_true, candidate_pred, list(candidate.classes), level=settings.SEM_GATE_CONFIDENCE
     )
-    return passed, reason, summary
+    return decision
 
 
 def reevaluate_production() -> ModelVersion | None:
@@ -156,7 +175,7 @@ def reevaluate_production() -> ModelVersion | None:
     )
     metrics["interval_level"] = settings.SEM_GATE_CONFIDENCE
     metrics["test_split"] = test_split_fingerprint()
-    for key in ("calibration", "gate"):
+    for key in ("calibration", "gate", "gate_notes"):
         if key in (production.metrics or {}):
             metrics[key] = production.metrics[key]
     ModelVersion.objects.filter(pk=production.pk).update(metrics=metrics, test_image_count=len(items))
@@ -234,10 +253,8 @@ def rollback(user=None) -> ModelVersion:
     if not artifact_exists(previous):
         raise ModelActionError(f"v{previous.version}'s artifact file is missing: {previous.artifact_path}")
     who = getattr(user, "username", None) or "the system"
-    reason = (
-        current.gate_reason + "\n" if current.gate_reason else ""
-    ) + f"Rolled back to v{previous.version} by {who} on {timezone.now():%Y-%m-%d %H:%M}"
-    ModelVersion.objects.filter(pk=current.pk).update(status=ModelVersion.Status.REJECTED, gate_reason=reason)
+    note = {"note": "rolled_back", "to": previous.version, "by": who, "at": f"{timezone.now():%Y-%m-%d %H:%M}"}
+    add_gate_note(current, note, status=ModelVersion.Status.REJECTED)
     ModelVersion.objects.filter(pk=previous.pk).update(
         status=ModelVersion.Status.PRODUCTION, promoted_at=timezone.now(), promoted_by=user
     )

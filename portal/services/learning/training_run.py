@@ -20,7 +20,7 @@ from portal.services.delivery import file_cache
 from portal.services.learning.artifacts import ensure_current_format, store_artifact
 from portal.services.learning.classification import production_model
 from portal.services.learning.datasets import TrainingData, training_data
-from portal.services.learning.promotion import apply_gate
+from portal.services.learning.promotion import add_gate_note, apply_gate
 from portal.services.learning.training import LABEL_SET_FILE, announce_finished
 from portal.services.learning.training_monitor import RunMonitor
 
@@ -153,7 +153,7 @@ def register_model(run, result, data: TrainingData, fingerprint: str, work_dir: 
         apply_gate(model)
     except Exception as error:  # the run did succeed; the admin can still promote by hand
         logger.exception("promotion gate failed for v%s", model.version)
-        ModelVersion.objects.filter(pk=model.pk).update(gate_passed=False, gate_reason=f"Gate failed: {error}")
+        add_gate_note(model, {"note": "failed", "error": str(error)}, gate_passed=False)
     _finish(
         run,
         monitor,

@@ -16,7 +16,7 @@ from portal.durations import parse_duration
 from portal.models import ModelVersion, TrainingRun
 from portal.permissions import is_admin
 from portal.web.access import admin_required, member_required, member_required_json
-from portal.web.dashboard_data import gate_summary, per_class_rows, readiness_context
+from portal.web.dashboard_data import gate_reason, gate_summary, per_class_rows, readiness_context
 from portal.web.run_display import (
     LOG_TAIL_CHARS,
     elapsed_text,
@@ -69,10 +69,11 @@ def estimate_text() -> str:
 
 
 def _with_gate(models) -> list[ModelVersion]:
-    """The models, each with `gate_view`: the gate's decision and interval (templates/portal/_gate_interval.html)."""
+    """The models, each with `gate_view`: the gate's decision and interval (templates/portal/_gate_interval.html),
+    and `reason`: its reason in words."""
     models = list(models)
     for model in models:
-        model.gate_view = gate_summary(model)
+        model.gate_view, model.reason = gate_summary(model), gate_reason(model)
     return models
 
 
@@ -95,6 +96,7 @@ def training_run(request, pk: int):
         "model": model,
         "per_class": per_class_rows(model),
         "gate": gate_summary(model),
+        "reason": gate_reason(model),
         "config_rows": sorted((run.config or {}).items()),
         "stage_rows": stage_rows(run.history, run.stages),
         "elapsed": elapsed_text(run),
