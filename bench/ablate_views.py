@@ -22,13 +22,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import bench_real_cv, real_data  # noqa: E402
+from bench import bench_active, bench_real_cv, real_data  # noqa: E402
 from classifier import head_training  # noqa: E402
 from classifier.calibration import softmax  # noqa: E402
 from classifier.metrics import evaluate  # noqa: E402
 
 VIEW_COUNTS = (1, 2, 4, 8)
-BATCH = 16
 
 
 def view_matrix(images, work: Path) -> np.ndarray:
@@ -40,29 +39,9 @@ def view_matrix(images, work: Path) -> np.ndarray:
         if np.array_equal(stored["keys"], keys):
             return stored["features"]
     derived = real_data.derivatives(images, work / "derivatives")
-    matrix = _extract([derived[image.path] for image in images])
+    matrix = bench_active.view_features_of([derived[image.path] for image in images], "efficientnet_lite0")
     np.savez(cache, keys=keys, features=matrix)
     return matrix
-
-
-def _extract(paths: list[str]) -> np.ndarray:
-    import torch
-
-    from classifier import transforms
-    from classifier.backbones import get_backbone, load_pretrained_body
-    from classifier.feature_head import build_classifier, view_features, with_folded_batchnorm
-
-    backbone = get_backbone("efficientnet_lite0")
-    body, _ = load_pretrained_body(backbone)
-    model = with_folded_batchnorm(build_classifier(backbone, 2, body), backbone)
-    chunks = []
-    for start in range(0, len(paths), BATCH):
-        arrays = [transforms.eval_array(path, backbone.input_size) for path in paths[start : start + BATCH]]
-        batch = transforms.normalise_batch(torch.from_numpy(np.stack(arrays)), backbone.mean, backbone.std)
-        with torch.inference_mode():
-            chunks.append(view_features(model.features, batch, 8).transpose(0, 1).float().numpy())
-        print(f"features {start + len(arrays)}/{len(paths)}", flush=True)
-    return np.concatenate(chunks)
 
 
 def run(images, views: np.ndarray, seed: int, c: float) -> dict:

@@ -53,11 +53,17 @@ def features(images, work: Path, backbone: str = "efficientnet_lite0") -> np.nda
 
 
 def _extract(paths: list[str], name: str) -> np.ndarray:
+    return view_features_of(paths, name).mean(1)
+
+
+def view_features_of(paths: list[str], name: str) -> np.ndarray:
+    """(N, 8, D) raw features of each dihedral view of each derivative, as the engine computes them (the
+    folded body, the views in one pass)."""
     import torch
 
     from classifier import transforms
     from classifier.backbones import get_backbone, load_pretrained_body
-    from classifier.feature_head import build_classifier, dihedral_views, with_folded_batchnorm
+    from classifier.feature_head import build_classifier, view_features, with_folded_batchnorm
 
     backbone = get_backbone(name)
     body, _ = load_pretrained_body(backbone)
@@ -68,8 +74,7 @@ def _extract(paths: list[str], name: str) -> np.ndarray:
         arrays = [transforms.eval_array(path, backbone.input_size) for path in paths[start : start + BATCH]]
         batch = transforms.normalise_batch(torch.from_numpy(np.stack(arrays)), backbone.mean, backbone.std)
         with torch.inference_mode():
-            views = [model.features(view) for view in dihedral_views(batch)]
-        chunks.append(torch.stack(views).mean(0).float().numpy())
+            chunks.append(view_features(model.features, batch, 8).transpose(0, 1).float().numpy())
         print(f"features {start + len(arrays)}/{len(paths)}", flush=True)
     return np.concatenate(chunks)
 
