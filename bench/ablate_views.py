@@ -30,20 +30,6 @@ from classifier.metrics import evaluate  # noqa: E402
 VIEW_COUNTS = (1, 2, 4, 8)
 
 
-def view_matrix(images, work: Path) -> np.ndarray:
-    """(N, 8, D) raw features of each view of each image; computed once, then read from the cache."""
-    cache = work / "features-views.npz"
-    keys = np.array([str(image.path) for image in images])
-    if cache.exists():
-        stored = np.load(cache)
-        if np.array_equal(stored["keys"], keys):
-            return stored["features"]
-    derived = real_data.derivatives(images, work / "derivatives")
-    matrix = bench_active.view_features_of([derived[image.path] for image in images], "efficientnet_lite0")
-    np.savez(cache, keys=keys, features=matrix)
-    return matrix
-
-
 def run(images, views: np.ndarray, seed: int, c: float) -> dict:
     classes = sorted({image.category for image in images})
     y_all = np.array([classes.index(image.category) for image in images])
@@ -67,7 +53,7 @@ def main() -> None:
     parser.add_argument("--c", type=float, default=0.01)
     args = parser.parse_args()
     images = real_data.load_images()
-    views = view_matrix(images, args.work).astype(np.float64)
+    views = bench_active.per_view_features(images, args.work).astype(np.float64)
     seeds = [int(s) for s in args.seeds.split(",")]
     results = []
     for seed in seeds:

@@ -37,16 +37,26 @@ POOLED_DIMS = 1280  # EfficientNet-Lite0's pooled features: the class means' par
 
 
 def features(images, work: Path, backbone: str = "efficientnet_lite0") -> np.ndarray:
-    """(N, D) raw features of every image, in `images` order; computed once, then read from the cache.
-    The backbone's own input size (Lite0 224 px, Lite2 260 px) from the 256-px derivatives."""
-    cache = work / ("features.npz" if backbone == "efficientnet_lite0" else f"features-{backbone}.npz")
+    """(N, D) raw features of every image, in `images` order, the 8 views averaged; computed once, then read
+    from the cache. The backbone's own input size (Lite0 224 px, Lite2 260 px) from the 256-px derivatives."""
+    name = "features.npz" if backbone == "efficientnet_lite0" else f"features-{backbone}.npz"
+    return _cached(images, work, name, lambda paths: _extract(paths, backbone))
+
+
+def per_view_features(images, work: Path) -> np.ndarray:
+    """(N, 8, D) Lite0 features of each dihedral view of each image, cached like ``features``."""
+    return _cached(images, work, "features-views.npz", lambda paths: view_features_of(paths, "efficientnet_lite0"))
+
+
+def _cached(images, work: Path, name: str, compute) -> np.ndarray:
+    cache = work / name
     keys = np.array([str(image.path) for image in images])
     if cache.exists():
         stored = np.load(cache)
         if np.array_equal(stored["keys"], keys):
             return stored["features"]
     derived = real_data.derivatives(images, work / "derivatives")
-    matrix = _extract([derived[image.path] for image in images], backbone)
+    matrix = compute([derived[image.path] for image in images])
     work.mkdir(parents=True, exist_ok=True)
     np.savez(cache, keys=keys, features=matrix)
     return matrix
