@@ -51,7 +51,7 @@ def train_feature_head(
 ):
     """Train, evaluate and save; returns classifier.train.TrainResult."""
 
-    emit(_phase("loading weights", 0.0))
+    emit(phase_event("loading weights", 0.0))
     backbone = get_backbone(config.arch)
     size = config.sizes[-1]
     body, provenance = load_pretrained_body(backbone, config.weights_path)
@@ -77,7 +77,7 @@ def train_feature_head(
     emit(plan.event())
     features = extractor.features([path for path, _ in items], plan)  # (N, views, D)
     fit_started = time.monotonic()
-    emit(_phase("fitting head", plan.fraction_at(time.monotonic() - started, plan.reserve_s + plan.evaluation_s)))
+    emit(phase_event("fitting head", plan.fraction_at(time.monotonic() - started, plan.reserve_s + plan.evaluation_s)))
     head = fit_head(features, labels, groups, len(classes), config.head_c, config.seed, pooled_dims)
     install_head(model, head)
     record = stage_summary(
@@ -96,10 +96,12 @@ def train_feature_head(
     # The evaluation's views are what the artifact averages at inference: fewer when the time left is short.
     model.tta_views = plan.eval_views_for_time_left(time.monotonic() - started, fit_started - extractor.started)
     fraction = plan.fraction_at(time.monotonic() - started, plan.evaluation_s * model.tta_views / plan.eval_views)
-    emit({**_phase("evaluating", fraction, total=n_eval, views=model.tta_views), "event": "evaluating", "stages": 1})
+    emit(
+        {**phase_event("evaluating", fraction, total=n_eval, views=model.tta_views), "event": "evaluating", "stages": 1}
+    )
     production = with_folded_batchnorm(model, backbone)  # the module the engine will run
     evaluation, probabilities = _evaluate(production, head, items, test_items, classes, size, device, config, backbone)
-    emit(_phase("saving", plan.fraction_at(time.monotonic() - started, 1.0)))
+    emit(phase_event("saving", plan.fraction_at(time.monotonic() - started, 1.0)))
     duration = time.monotonic() - started
     metadata = metadata_for(
         config,
@@ -166,7 +168,7 @@ class _Extractor:
     def plan(self, items, n_eval: int, budget_s, started: float):
         """Measure one view of the first batch and plan the views (feature_budget.plan_views). Measured
         without a budget too: the progress fraction and later runs' request-time estimates need the cost."""
-        self.emit(_phase("measuring the feature cost", 0.0))
+        self.emit(phase_event("measuring the feature cost", 0.0))
         sample = [path for path, _ in items[:BATCH]]
         measured = time.monotonic()
         self._batch(sample, 1)
@@ -185,7 +187,7 @@ class _Extractor:
             self.cancelled()
             chunks.append(self._batch(paths[start : start + BATCH], plan.train_views))
             self.done += len(paths[start : start + BATCH])
-            event = _phase("computing features", plan.after_features(self.done), self.done, self.total)
+            event = phase_event("computing features", plan.after_features(self.done), self.done, self.total)
             self.emit({**event, "event": "batch", "stage": 0, "stages": 1, "size": self.size})
         return np.concatenate(chunks)
 
@@ -200,7 +202,7 @@ class _Extractor:
         return per_view.transpose(0, 1).float().cpu().numpy()
 
 
-def _phase(name: str, fraction: float, done: int | None = None, total: int | None = None, views=None) -> dict:
+def phase_event(name: str, fraction: float, done: int | None = None, total: int | None = None, views=None) -> dict:
     """A progress event naming the phase; done/total count images, views the views per image."""
     event = {"event": "phase", "phase": name, "fraction": fraction}
     event.update({key: value for key, value in (("done", done), ("total", total), ("views", views)) if value})
@@ -356,14 +358,10 @@ def install_head(model, head: dict) -> None:
 def _evaluate(model, head, items, test_items, classes, size, device, config, backbone) -> dict:
     """The finished module scored through the engine's path on the test images; without test images,
     the out-of-fold probabilities of the training images (split "cross-validated")."""
-    from .calibration import softmax
     from .engine import predict_logits_for_paths
-    from .metrics import evaluate
 
     if not test_items:
-        y_true = [items[i][1] for i in head["oof_index"]]
-        evaluation = evaluate(y_true, head["oof_probabilities"], classes)
-        return {**evaluation, "split": "cross-validated", "calibration": head["calibration"]}, None
+        return _cross_validated(head, [label for _, label in items], classes), None
     logits = predict_logits_for_paths(
         model,
         [path for path, _ in test_items],
@@ -374,6 +372,29 @@ def _evaluate(model, head, items, test_items, classes, size, device, config, bac
         std=backbone.std,
         contrast=config.contrast,
     )
+    return _scored(head, [label for _, label in test_items], logits, classes)
+
+
+def evaluation_of(head, train_labels, test_labels, test_features, classes) -> tuple[dict, np.ndarray | None]:
+    """(evaluation, test probabilities) of a fitted head from raw features of the test images (a head
+    refit: head_refit.py); without test images, the out-of-fold probabilities of the training images."""
+    if not test_labels:
+        return _cross_validated(head, train_labels, classes), None
+    return _scored(head, test_labels, _logits(head, test_features), classes)
+
+
+def _cross_validated(head, train_labels, classes) -> dict:
+    from .metrics import evaluate
+
+    y_true = [train_labels[i] for i in head["oof_index"]]
+    evaluation = evaluate(y_true, head["oof_probabilities"], classes)
+    return {**evaluation, "split": "cross-validated", "calibration": head["calibration"]}
+
+
+def _scored(head, test_labels, logits, classes) -> tuple[dict, np.ndarray]:
+    from .calibration import softmax
+    from .metrics import evaluate
+
     probabilities = softmax(logits, head["temperature"])
-    evaluation = evaluate([label for _, label in test_items], probabilities, classes)
+    evaluation = evaluate(list(test_labels), probabilities, classes)
     return {**evaluation, "split": "test", "calibration": head["calibration"]}, probabilities

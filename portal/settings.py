@@ -284,6 +284,11 @@ SEM_PENDING_SWEEP_AFTER_S = env_int("SEM_PENDING_SWEEP_AFTER_S", 300, minimum=10
 SEM_SIMILAR_REFRESH_S = env_int("SEM_SIMILAR_REFRESH_S", 30, minimum=0)
 SEM_RETRAIN_MIN_NEW_LABELS = env_int("SEM_RETRAIN_MIN_NEW_LABELS", 50, minimum=1)
 SEM_RETRAIN_CRON = env_str("SEM_RETRAIN_CRON", "0 2 * * *")
+# After a review session (no new curated label for SEM_REFIT_QUIET_S seconds), a frozen-feature production
+# model's head is refitted on its stored embeddings once this many curated train labels changed (0: never);
+# the nightly full training still runs (classifier/head_refit.py).
+SEM_REFIT_MIN_NEW_LABELS = env_int("SEM_REFIT_MIN_NEW_LABELS", 10, minimum=0)
+SEM_REFIT_QUIET_S = env_int("SEM_REFIT_QUIET_S", 180, minimum=0)
 SEM_TRAINING_TIMEOUT_S = env_int("SEM_TRAINING_TIMEOUT_S", 6 * 3600, minimum=60)
 SEM_GATE_MACRO_F1_TOLERANCE = env_float("SEM_GATE_MACRO_F1_TOLERANCE", 0.0, minimum=0.0, maximum=1.0)
 SEM_GATE_MAX_RECALL_DROP = env_float("SEM_GATE_MAX_RECALL_DROP", 0.05, minimum=0.0, maximum=1.0)

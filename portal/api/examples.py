@@ -170,6 +170,7 @@ METRICS = {
 TRAINING_RUN = {
     "id": 18,
     "status": "running",
+    "kind": "full",
     "trigger": "api",
     "requested_by": "admin",
     "forced": False,

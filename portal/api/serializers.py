@@ -377,6 +377,7 @@ class TrainingRunSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "status",
+            "kind",
             "trigger",
             "requested_by",
             "forced",
@@ -428,6 +429,12 @@ class DurationTextField(serializers.CharField):
 
 class TrainingStartSerializer(StrictJSONTypes, serializers.Serializer):
     force = serializers.BooleanField(default=False, help_text="Train even when the curated data is unchanged.")
+    kind = serializers.ChoiceField(
+        choices=TrainingRun.Kind.choices,
+        default=TrainingRun.Kind.FULL,
+        help_text="`full`: features computed again, the whole recipe (minutes). `head_refit`: the production "
+        "model's head fitted again on the embeddings it stored (seconds; a frozen-feature production model only).",
+    )
     budget = DurationTextField(
         required=False,
         allow_blank=True,

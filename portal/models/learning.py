@@ -91,12 +91,20 @@ class TrainingRun(models.Model):
         API = "api", "REST API"
         COMMAND = "command", "manage.py train_now"
         BOOTSTRAP = "bootstrap", "Quick start"
+        REVIEW = "review", "After a review session"
+
+    class Kind(models.TextChoices):
+        FULL = "full", "Full training"
+        HEAD_REFIT = "head_refit", "Head refit"
 
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
     # The training lock: True while queued or running, NULL otherwise. The unique constraint makes a
     # second simultaneous trigger fail in the database, so it survives worker and web restarts.
     active = models.BooleanField(null=True, unique=True, editable=False, default=True)
     trigger = models.CharField(max_length=10, choices=Trigger.choices)
+    # A head refit fits only the frozen-feature model's head on the production model's stored embeddings
+    # (seconds; classifier/head_refit.py); a full training computes the features again.
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.FULL)
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
     forced = models.BooleanField(default=False)
     config = models.JSONField(default=dict, blank=True)

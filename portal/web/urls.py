@@ -38,6 +38,7 @@ page_patterns = [
     # Training and models (actions: admins)
     path("training/", training.training, name="training"),
     path("training/start/", training.training_start, name="training_start"),
+    path("training/refit/", training.training_refit, name="training_refit"),
     path("training/runs/<int:pk>/", training.training_run, name="training_run"),
     path("training/runs/<int:pk>/progress/", training.training_progress, name="training_progress"),
     path("training/runs/<int:pk>/cancel/", training.training_cancel, name="training_cancel"),

@@ -23,7 +23,7 @@ from portal.api.serializers import (
 from portal.models import ModelVersion, Prediction, TrainingRun
 from portal.permissions import visible_images
 from portal.services.learning.promotion import ModelActionError, promote, rollback
-from portal.services.learning.training import request_cancel, request_training
+from portal.services.learning.training import request_cancel, request_head_refit, request_training
 
 PREDICTION_FILTER_PARAMETERS = [
     OpenApiParameter("category", str, description="Predicted category slug."),
@@ -206,7 +206,8 @@ class TrainingRunViewSet(
         responses={202: TrainingRunDetailSerializer, 409: None},
         description="Queues a run on the workers. 409 `training_active` while another run is queued or "
         "running; 409 `no_new_labels` when the curated data has not changed enough (use "
-        "`force`).",
+        "`force`); 409 `refit_unavailable` for a `head_refit` when production is not a frozen-feature "
+        "model (or there is none).",
         examples=[
             ex.example("Start", {"force": False}, request=True),
             ex.example("Queued", ex.TRAINING_RUN | {"status": "queued"}, status="202"),
@@ -217,13 +218,12 @@ class TrainingRunViewSet(
     def create(self, request, *args, **kwargs):
         start = TrainingStartSerializer(data=request.data)
         start.is_valid(raise_exception=True)
-        budget_s = start.validated_data.get("budget")
-        requested = request_training(
-            trigger=TrainingRun.Trigger.API,
-            user=request.user,
-            force=start.validated_data["force"],
-            config={"budget_s": budget_s} if budget_s else None,
-        )
+        budget_s, force = start.validated_data.get("budget"), start.validated_data["force"]
+        if start.validated_data["kind"] == TrainingRun.Kind.HEAD_REFIT:
+            requested = request_head_refit(trigger=TrainingRun.Trigger.API, user=request.user, force=force)
+        else:
+            config = {"budget_s": budget_s} if budget_s else None
+            requested = request_training(trigger=TrainingRun.Trigger.API, user=request.user, force=force, config=config)
         if requested.run is None:
             raise self._not_started(requested)
         run = self.get_queryset().get(pk=requested.run.pk)
@@ -231,8 +231,8 @@ class TrainingRunViewSet(
 
     @staticmethod
     def _not_started(requested) -> Conflict:
-        if requested.refusal == "training_active":
-            return Conflict(requested.reason, code="training_active")
+        if requested.refusal in ("training_active", "refit_unavailable"):
+            return Conflict(requested.reason, code=requested.refusal)
         return Conflict(
             "Not enough new or changed curated labels since the last model; use force to train anyway.",
             code="no_new_labels",

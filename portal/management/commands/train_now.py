@@ -25,6 +25,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--force", action="store_true", help="Train even if too few labels changed")
+        parser.add_argument(
+            "--head-refit",
+            action="store_true",
+            help="Refit only the production model's head on its stored embeddings (seconds; frozen-feature models)",
+        )
         parser.add_argument("--wait", action="store_true", help="Follow the run until it finishes")
         parser.add_argument("--here", action="store_true", help="Run the training in this process, not on a worker")
         parser.add_argument("--timeout", type=float, default=None, help="With --wait: give up after this many seconds")
@@ -38,10 +43,15 @@ class Command(BaseCommand):
     def handle(
         self, *args, force: bool, wait: bool, here: bool, timeout: float | None, budget: float | None, **options
     ):
-        run = self._request(force, here, {"budget_s": budget} if budget else None)
-        self.stdout.write(
-            f"Training run {run.pk} queued ({len(run.config.get('sizes', []))} stages, {run.config.get('arch')})."
-        )
+        if options["head_refit"]:
+            requested = training.request_head_refit(trigger=TrainingRun.Trigger.COMMAND, force=force, enqueue=not here)
+        else:
+            config = {"budget_s": budget} if budget else None
+            requested = training.request_training(
+                trigger=TrainingRun.Trigger.COMMAND, force=force, enqueue=not here, config=config
+            )
+        run = self._queued(requested)
+        self.stdout.write(f"Training run {run.pk} queued ({_describe(run)}).")
         if training.request_warning(run):
             self.stdout.write(self.style.WARNING(training.request_warning(run)))
         if here:
@@ -52,12 +62,11 @@ class Command(BaseCommand):
             return
         self._report(run)
 
-    def _request(self, force: bool, here: bool, config: dict | None) -> TrainingRun:
-        requested = training.request_training(
-            trigger=TrainingRun.Trigger.COMMAND, force=force, enqueue=not here, config=config
-        )
+    def _queued(self, requested) -> TrainingRun:
         if requested.refusal == "training_active":
             raise CommandError(f"{requested.reason} One at a time.")
+        if requested.refusal == "refit_unavailable":
+            raise CommandError(requested.reason)
         if requested.refusal == "no_new_labels":
             raise CommandError(
                 f"Nothing to do: {requested.new_labels} new or changed curated labels (use --force to train anyway)."
@@ -102,3 +111,15 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _describe(run: TrainingRun) -> str:
+    """What the queued run will do, in the words of its recipe."""
+    from classifier.backbones import is_backbone
+
+    arch, sizes = run.config.get("arch"), run.config.get("sizes") or []
+    if run.kind == TrainingRun.Kind.HEAD_REFIT:
+        return "head refit of the production model on its stored embeddings"
+    if is_backbone(arch) and sizes:
+        return f"{arch}, frozen ImageNet features at {sizes[-1]} px"
+    return f"{arch}, {len(sizes)} stages: {' -> '.join(f'{size}' for size in sizes)} px"

@@ -10,7 +10,7 @@ from django.conf import settings
 from portal.services.delivery import webhooks
 from portal.services.delivery.queueing import enqueue_backlog
 from portal.services.ingestion.ingest_recovery import reconcile_interrupted
-from portal.services.learning import classification, classification_sweep, training_sweep
+from portal.services.learning import classification, classification_sweep, training, training_sweep
 from portal.storage import media_storage, model_storage, remove_stale_files
 
 # A partial media file (on object storage: an unfinished multipart upload) older than this belongs to a
@@ -23,7 +23,7 @@ SPOOL_FILE_MAX_AGE_S = 3600
 
 def sweep() -> dict:
     """Re-queue overdue pending images, restart a stalled re-classification backlog, fail trainings
-    whose heartbeat stopped, re-send webhook deliveries never attempted, and remove stale partial,
+    whose heartbeat stopped, queue a head refit once a review session is over, re-send webhook deliveries never attempted, and remove stale partial,
     orphaned and spooled files. Returns what it did, by kind."""
     requeued = classification_sweep.sweep_stale_images()
     model = classification.production_model()
@@ -31,6 +31,7 @@ def sweep() -> dict:
     if backlog_restarted:
         enqueue_backlog(model.pk)
     failed_runs = training_sweep.fail_stale_runs()
+    refit = training.refit_after_review()
     webhooks_requeued = webhooks.sweep_unsent_deliveries()
     partials_removed = sum(
         storage.remove_stale_partials(PARTIAL_FILE_MAX_AGE_S) for storage in _distinct(media_storage(), model_storage())
@@ -43,6 +44,7 @@ def sweep() -> dict:
         "requeued": requeued,
         "backlog_restarted": backlog_restarted,
         "failed_runs": failed_runs,
+        "head_refit_queued": bool(refit and refit.run),
         "webhooks_requeued": webhooks_requeued,
         "partial_files_removed": partials_removed,
         "orphan_files_removed": orphans_removed,

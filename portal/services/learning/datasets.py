@@ -29,6 +29,10 @@ class TrainingData:
     # The sample (physical series) of each train item: training weighs series, not images, and
     # calibrates on whole series, so a long series of one sample does not pass for many sources.
     train_groups: list[str] = field(default_factory=list)
+    # The images' primary keys, in the order of train_items and test_items (a head refit reads their
+    # stored embeddings).
+    train_ids: list[int] = field(default_factory=list)
+    test_ids: list[int] = field(default_factory=list)
 
 
 def training_data() -> TrainingData:
@@ -37,17 +41,16 @@ def training_data() -> TrainingData:
     rows = list(
         SEMImage.objects.filter(curated_category__isnull=False, curated_category__active=True)
         .exclude(not_classifiable=True)  # a curator's "not SEM / not classifiable": kept, never learnt from
-        .values_list("split", "derivative", "sha256", "curated_category__name", "sample_id")
+        .values_list("split", "derivative", "sha256", "curated_category__name", "sample_id", "pk")
     )
-    local = local_derivatives(
-        media_storage(), [(derivative, sha256) for _, derivative, sha256, _, _ in rows if derivative], pin=True
-    )
-    train, test, labels, skipped, groups = [], [], {}, 0, {}
-    for split, derivative, sha256, category, sample_id in rows:
+    local = local_derivatives(media_storage(), [(row[1], row[2]) for row in rows if row[1]], pin=True)
+    train, test, labels, skipped, groups, ids = [], [], {}, 0, {}, {}
+    for split, derivative, sha256, category, sample_id, pk in rows:
         path = local.get(derivative) if derivative else None
         if path is None:
             skipped += 1
             continue
+        ids[str(path)] = pk
         if split == SEMImage.Split.TRAIN:
             train.append((str(path), category))
             labels[sha256] = category
@@ -63,7 +66,17 @@ def training_data() -> TrainingData:
     train = [(path, category) for path, category in train if category in offered]
     test = [(path, category) for path, category in test if category in offered]
     labels = {sha: category for sha, category in labels.items() if category in offered}
-    return TrainingData(train, test, classes, labels, skipped, too_few, [groups[path] for path, _ in train])
+    return TrainingData(
+        train,
+        test,
+        classes,
+        labels,
+        skipped,
+        too_few,
+        [groups[path] for path, _ in train],
+        [ids[path] for path, _ in train],
+        [ids[path] for path, _ in test],
+    )
 
 
 def class_readiness() -> list[dict]:

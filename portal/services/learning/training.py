@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from portal import events
@@ -47,10 +48,21 @@ def baseline_model() -> ModelVersion | None:
     return production_model() or ModelVersion.objects.order_by("-version").first()
 
 
-def new_label_count() -> int:
-    """Curated train labels added or changed since the baseline model's training data."""
+def full_training_baseline(model: ModelVersion | None) -> ModelVersion | None:
+    """The last fully trained model behind ``model``: itself, or the base its head refits started from."""
+    seen = set()
+    while model is not None and (model.metadata or {}).get("refit_of") and model.pk not in seen:
+        seen.add(model.pk)
+        base = (model.metadata["refit_of"] or {}).get("version")
+        model = ModelVersion.objects.filter(version=base).first() if base else None
+    return model
+
+
+def new_label_count(baseline: ModelVersion | None = None) -> int:
+    """Curated train labels added or changed since ``baseline``'s training data (default: production,
+    else the newest model)."""
     current = current_train_labels()
-    baseline = baseline_model()
+    baseline = baseline or baseline_model()
     if baseline is None:
         return len(current)
     trained_on = load_label_set(baseline)
@@ -79,17 +91,23 @@ def active_run() -> TrainingRun | None:
 @dataclass(frozen=True)
 class TrainingRequest:
     """What a request for training did: the run it queued, or why it queued none (another run holds the
-    lock: `active`; unforced and too few curated labels changed: `new_labels`)."""
+    lock: `active`; unforced and too few curated labels changed: `new_labels` of `needed`; a head refit
+    that production cannot take: `unavailable`)."""
 
     run: TrainingRun | None = None
     active: TrainingRun | None = None
     new_labels: int | None = None
+    needed: int | None = None
+    unavailable: str = ""
 
     @property
     def refusal(self) -> str:
-        """ "" when a run was queued, else the API's error code: "training_active" or "no_new_labels"."""
+        """ "" when a run was queued, else the API's error code: "training_active", "no_new_labels" or
+        "refit_unavailable"."""
         if self.run is not None:
             return ""
+        if self.unavailable:
+            return "refit_unavailable"
         return "no_new_labels" if self.new_labels is not None else "training_active"
 
     @property
@@ -101,36 +119,89 @@ class TrainingRequest:
         if self.refusal == "no_new_labels":
             return (
                 f"{self.new_labels} new or changed curated labels since the last model; "
-                f"{settings.SEM_RETRAIN_MIN_NEW_LABELS} needed (force trains anyway)."
+                f"{self.needed} needed (force trains anyway)."
             )
+        if self.refusal == "refit_unavailable":
+            return f"No head refit: {self.unavailable}."
         return ""
 
 
 def request_training(
     *, trigger: str, user=None, force: bool = False, config: dict | None = None, enqueue: bool = True
 ) -> TrainingRequest:
-    """Queue a training run; else say why not (one is already active, or unforced and nothing is new).
+    """Queue a full training run; else say why not (one is already active, or unforced and nothing is new).
 
-    A scheduled check that finds too few new labels records a SKIPPED run, so the admin sees it ran.
+    New labels are counted against the last fully trained model behind production (a head refit
+    already learnt them, but from the views and features the full training recomputes). A scheduled
+    check that finds too few records a SKIPPED run, so the admin sees it ran.
     `enqueue=False` leaves the queued run to the caller's process (`train_now --here`).
     """
     active = active_run()
     if active is not None:
         return TrainingRequest(active=active)
     if not force:
-        changed, needed = new_label_count(), settings.SEM_RETRAIN_MIN_NEW_LABELS
+        changed, needed = new_label_count(full_training_baseline(baseline_model())), settings.SEM_RETRAIN_MIN_NEW_LABELS
         if changed < needed:
             if trigger == TrainingRun.Trigger.SCHEDULE:
                 _record_skipped(trigger, f"{changed} new or changed curated labels; {needed} needed")
-            return TrainingRequest(new_labels=changed)
+            return TrainingRequest(new_labels=changed, needed=needed)
+    return _queue_run(trigger, user, force, training_config(config), TrainingRun.Kind.FULL, enqueue)
+
+
+def request_head_refit(*, trigger: str, user=None, force: bool = False, enqueue: bool = True) -> TrainingRequest:
+    """Queue a head refit of the production model on its stored embeddings (classifier/head_refit.py:
+    seconds, where a full training computes every image's features again); else say why not: a run holds
+    the lock, production cannot be refitted, or (unforced) fewer than SEM_REFIT_MIN_NEW_LABELS curated
+    train labels changed since production's label set."""
+    active = active_run()
+    if active is not None:
+        return TrainingRequest(active=active)
+    unavailable = refit_unavailable()
+    if unavailable:
+        return TrainingRequest(unavailable=unavailable)
+    if not force:
+        changed, needed = new_label_count(), settings.SEM_REFIT_MIN_NEW_LABELS
+        if needed == 0 or changed < needed:
+            return TrainingRequest(new_labels=changed, needed=needed)
+    return _queue_run(trigger, user, force, training_config(), TrainingRun.Kind.HEAD_REFIT, enqueue)
+
+
+def refit_unavailable() -> str:
+    """ "" when production can be refitted head-only, else why not."""
+    from classifier.head_refit import can_refit
+
+    production = production_model()
+    if production is None:
+        return "there is no production model to refit"
+    return can_refit(production.metadata, settings.SEM_TRAIN_ARCH)
+
+
+def refit_after_review() -> TrainingRequest | None:
+    """The sweeper's minutely check: a head refit once the review session is over (no curated label for
+    SEM_REFIT_QUIET_S seconds) and enough labels changed; None when no session ended since production."""
+    from portal.models import Label
+
+    production = production_model()
+    if production is None or not settings.SEM_REFIT_MIN_NEW_LABELS:
+        return None
+    newest = Label.objects.filter(created_at__gt=production.created_at).aggregate(Max("created_at"))
+    newest = newest["created_at__max"]
+    if newest is None or (timezone.now() - newest).total_seconds() < settings.SEM_REFIT_QUIET_S:
+        return None
+    if TrainingRun.objects.filter(kind=TrainingRun.Kind.HEAD_REFIT, created_at__gt=newest).exists():
+        return None  # this session was refitted already (or refused at the gate): wait for new labels
+    return request_head_refit(trigger=TrainingRun.Trigger.REVIEW)
+
+
+def _queue_run(trigger: str, user, force: bool, config: dict, kind: str, enqueue: bool) -> TrainingRequest:
+    """Create the run under the lock (the unique `active` column) and send it on commit."""
     try:
         with transaction.atomic():
-            run = TrainingRun.objects.create(
-                trigger=trigger, requested_by=user, forced=force, config=training_config(config)
-            )
+            run = TrainingRun.objects.create(trigger=trigger, requested_by=user, forced=force, config=config, kind=kind)
     except IntegrityError:
         return TrainingRequest(active=active_run())  # another trigger won the race for the lock
-    _record_request_estimate(run)
+    if kind == TrainingRun.Kind.FULL:
+        _record_request_estimate(run)
     if enqueue:
         from portal.services.delivery.queueing import enqueue_training
 

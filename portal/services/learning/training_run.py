@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from portal.models import ModelVersion, TrainingRun
 from portal.services.delivery import file_cache
-from portal.services.learning.artifacts import ensure_current_format, store_artifact
+from portal.services.learning.artifacts import ensure_current_format, local_artifact, store_artifact
 from portal.services.learning.classification import production_model
 from portal.services.learning.datasets import TrainingData, training_data
 from portal.services.learning.promotion import add_gate_note, apply_gate
@@ -52,9 +52,10 @@ def execute_run(run: TrainingRun, *, celery_task_id: str = "") -> TrainingRun | 
         TrainingRun.objects.filter(pk=run.pk).update(celery_task_id=celery_task_id)
     monitor = RunMonitor(run)
     work_dir = Path(settings.MODEL_DIR) / f"run-{run.pk}"
+    train_and_register = _refit_and_register if run.kind == TrainingRun.Kind.HEAD_REFIT else _train_and_register
     try:
         with monitor:
-            model = _train_and_register(run, monitor, work_dir)
+            model = train_and_register(run, monitor, work_dir)
     except BaseException as error:  # record why, whatever it was, then let Celery see it
         _record_failure(run, monitor, error)
         if not isinstance(error, Exception):
@@ -73,23 +74,8 @@ def _train_and_register(run: TrainingRun, monitor: RunMonitor, work_dir: Path) -
     from classifier.train import train
 
     monitor.progress({"event": "phase", "phase": "reading the training set", "fraction": 0.0})
-    data = training_data()
-    if len(data.classes) < 2:
-        raise ValueError(
-            f"Training needs at least two categories with {settings.SEM_MIN_IMAGES_PER_CLASS} or more "
-            "curated train-split images each"
-        )
+    data = _checked_training_data(run, monitor)
     fingerprint = data_fingerprint(data.train_labels.items())
-    monitor.log(
-        f"{len(data.train_items)} train and {len(data.test_items)} test images in "
-        f"{len(data.classes)} classes; {data.skipped} curated images without a derivative skipped"
-    )
-    if data.too_few:
-        too_few = ", ".join(f"{name} ({n})" for name, n in data.too_few.items())
-        monitor.log(f"Not offered (fewer than {settings.SEM_MIN_IMAGES_PER_CLASS} curated training images): {too_few}")
-    TrainingRun.objects.filter(pk=run.pk).update(
-        train_image_count=len(data.train_items), test_image_count=len(data.test_items), data_fingerprint=fingerprint
-    )
     work_dir.mkdir(parents=True, exist_ok=True)
     result = train(
         data.train_items,
@@ -104,6 +90,82 @@ def _train_and_register(run: TrainingRun, monitor: RunMonitor, work_dir: Path) -
     )
     monitor.stages = list(result.stages)
     return register_model(run, result, data, fingerprint, work_dir, monitor)
+
+
+def _checked_training_data(run: TrainingRun, monitor: RunMonitor) -> TrainingData:
+    """The curated data (datasets.training_data), refused below two categories, logged and counted on the run."""
+    from classifier.fingerprint import data_fingerprint
+
+    data = training_data()
+    if len(data.classes) < 2:
+        raise ValueError(
+            f"Training needs at least two categories with {settings.SEM_MIN_IMAGES_PER_CLASS} or more "
+            "curated train-split images each"
+        )
+    monitor.log(
+        f"{len(data.train_items)} train and {len(data.test_items)} test images in "
+        f"{len(data.classes)} classes; {data.skipped} curated images without a derivative skipped"
+    )
+    if data.too_few:
+        too_few = ", ".join(f"{name} ({n})" for name, n in data.too_few.items())
+        monitor.log(f"Not offered (fewer than {settings.SEM_MIN_IMAGES_PER_CLASS} curated training images): {too_few}")
+    TrainingRun.objects.filter(pk=run.pk).update(
+        train_image_count=len(data.train_items),
+        test_image_count=len(data.test_items),
+        data_fingerprint=data_fingerprint(data.train_labels.items()),
+    )
+    return data
+
+
+def _refit_and_register(run: TrainingRun, monitor: RunMonitor, work_dir: Path) -> ModelVersion | None:
+    """A head refit: production's body, a head fitted on the embeddings production stored for the curated
+    images (those it has not embedded yet are computed from their derivatives), through the same gate."""
+    from classifier.config import TrainConfig
+    from classifier.fingerprint import data_fingerprint
+    from classifier.head_refit import refit_head
+
+    base = production_model()
+    if base is None:
+        raise ValueError("There is no production model to refit")
+    base = ensure_current_format(base)  # a format version 1 file is rewritten once, never unpickled
+    monitor.progress({"event": "phase", "phase": "reading the stored embeddings", "fraction": 0.0})
+    data = _checked_training_data(run, monitor)
+    fingerprint = data_fingerprint(data.train_labels.items())
+    train, test = embedded_items(base, data)
+    stored = sum(item.embedding is not None for item in train + test)
+    monitor.log(f"Head refit of v{base.version}: {stored} of {len(train) + len(test)} embeddings stored")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    result = refit_head(
+        local_artifact(base),
+        base.artifact_sha256 or None,
+        train,
+        test,
+        data.classes,
+        data.train_groups,
+        work_dir / "model.safetensors",
+        config=TrainConfig.from_dict(run.config),
+        fingerprint=fingerprint,
+        progress=monitor.progress,
+    )
+    result.metadata["refit_of"]["version"] = base.version
+    monitor.stages = list(result.stages)
+    return register_model(run, result, data, fingerprint, work_dir, monitor)
+
+
+def embedded_items(base: ModelVersion, data: TrainingData):
+    """(train, test) EmbeddedItems of ``data`` in its order, with the embeddings ``base`` stored (None
+    where it stored none)."""
+    from classifier.head_refit import EmbeddedItem
+    from portal.models import Embedding
+    from portal.services.curation.similar import decode
+
+    ids = data.train_ids + data.test_ids
+    vectors = dict(Embedding.objects.filter(model_version=base, image_id__in=ids).values_list("image_id", "vector"))
+    embedded = [
+        EmbeddedItem(path, label, decode(vectors[pk]) if pk in vectors else None)
+        for (path, label), pk in zip(data.train_items + data.test_items, ids)
+    ]
+    return embedded[: len(data.train_items)], embedded[len(data.train_items) :]
 
 
 def _config_within_budget(config, run: TrainingRun, monitor: RunMonitor):

@@ -50,8 +50,20 @@ def training_page(request, *, budget_value: str = "", budget_error: str = "", st
         "budget_error": budget_error,
         "budget_estimate": estimate_text() if is_admin(request.user) else "",
         **readiness_context(),
+        **refit_context(),
     }
     return render(request, "portal/training.html", context, status=status)
+
+
+def refit_context() -> dict:
+    """Whether production's head can be refitted on its stored embeddings, and when that happens by itself."""
+    from portal.services.learning.training import refit_unavailable
+
+    return {
+        "refit_unavailable": refit_unavailable(),
+        "refit_min_labels": settings.SEM_REFIT_MIN_NEW_LABELS,
+        "refit_quiet_min": f"{settings.SEM_REFIT_QUIET_S / 60:g}",
+    }
 
 
 def estimate_text() -> str:
@@ -154,6 +166,20 @@ def training_start(request):
         messages.success(request, f"Training run {run.pk} queued.")
         if service.request_warning(run):
             messages.warning(request, service.request_warning(run))
+    return redirect("web:training")
+
+
+@admin_required
+@require_POST
+def training_refit(request):
+    """Refit production's head on its stored embeddings now (forced: the lock or the model may refuse)."""
+    from portal.services.learning import training as service
+
+    requested = service.request_head_refit(trigger=TrainingRun.Trigger.MANUAL, user=request.user, force=True)
+    if requested.run is None:
+        messages.warning(request, requested.reason)
+    else:
+        messages.success(request, f"Head refit {requested.run.pk} queued: it takes seconds, then the gate decides.")
     return redirect("web:training")
 
 

@@ -1,0 +1,148 @@
+"""Head refits after a review session (issue 25, item 3): production's stored embeddings, a new head in
+seconds, the same gate; the nightly full training still counts the labels."""
+
+from __future__ import annotations
+
+import pytest
+
+from portal.models import ModelVersion, SEMImage, TrainingRun
+from portal.services.delivery import maintenance
+from portal.services.learning import classification_batch, promotion, training, training_run
+from tests.worker_fixtures import MODEL_FOLDERS, SYNTHETIC_SIZE, TrainedArtifact, category_name, install_model
+
+BASE_FOLDERS = MODEL_FOLDERS[:3]  # the base model never saw the fourth category
+NEW_FOLDER = MODEL_FOLDERS[3]
+
+
+@pytest.fixture(scope="module")
+def frozen_base(tmp_path_factory) -> TrainedArtifact:
+    """The product's frozen-feature recipe (ImageNet Lite0 body, 64 px for speed) on three categories."""
+    from classifier.config import TrainConfig
+    from classifier.databar import crop_databar
+    from classifier.preprocess import make_derivative
+    from classifier.synthetic import make_image
+    from classifier.train import train
+
+    root = tmp_path_factory.mktemp("frozen-base")
+    items = []
+    for folder in BASE_FOLDERS:
+        for seed in range(8):
+            path = root / f"{folder}-{seed}.png"
+            make_derivative(crop_databar(make_image(folder, 2000 + seed, size=SYNTHETIC_SIZE))[0]).save(path)
+            items.append((str(path), category_name(folder)))
+    config = TrainConfig(seed=3, sizes=(64,), epochs=(1,), batch_sizes=(16,))
+    result = train(items, config, str(root / "model.safetensors"), classes=[category_name(f) for f in BASE_FOLDERS])
+    return TrainedArtifact(
+        root / "model.safetensors", result.sha256, list(result.metadata["classes"]), result.evaluation, result.metadata
+    )
+
+
+@pytest.fixture
+def base_in_production(db, frozen_base, nffa_categories, settings):
+    settings.SEM_REFIT_QUIET_S = 0
+    settings.SEM_REFIT_MIN_NEW_LABELS = 10
+    settings.SEM_RETRAIN_MIN_NEW_LABELS = 10
+    settings.SEM_TRAIN_SIZES = [64]
+    model = install_model(frozen_base, 1, status=ModelVersion.Status.PRODUCTION)
+    metadata = {key: value for key, value in frozen_base.metadata.items() if key != "evaluation"}
+    ModelVersion.objects.filter(pk=model.pk).update(metadata=metadata)
+    model.refresh_from_db()
+    return model
+
+
+def _review_session(sample, user, upload_images, count=48):
+    """Curated uploads of all four categories, classified (and embedded) by production."""
+    images = upload_images(sample, user, count, labelled=True, seed=300)
+    ids = [image.pk for image in images]
+    classified = sum(len(classification_batch.classify_images(ids[i : i + 16]).classified) for i in range(0, count, 16))
+    assert classified == count
+    return images
+
+
+def test_a_review_session_ends_in_a_head_refit_that_learns_the_new_category(
+    base_in_production, sample, user, upload_images
+):
+    images = _review_session(sample, user, upload_images)
+    base = base_in_production
+    unembedded = images[:3]
+    base.embeddings.filter(image__in=unembedded).delete()  # classified before embeddings were stored, say
+
+    requested = training.refit_after_review()
+    assert requested is not None and requested.run is not None
+    run = training_run.run_training(requested.run.pk)
+
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    assert run.kind == TrainingRun.Kind.HEAD_REFIT and run.trigger == TrainingRun.Trigger.REVIEW
+    refit = run.model_version
+    curated_train = [image for image in images if image.split == SEMImage.Split.TRAIN]
+    assert refit.metadata["refit_of"]["version"] == base.version
+    assert refit.metadata["refit_of"]["computed_embeddings"] == sum(i in curated_train for i in unembedded) + sum(
+        i.split == SEMImage.Split.TEST for i in unembedded
+    )
+    assert category_name(NEW_FOLDER) in refit.classes and category_name(NEW_FOLDER) not in base.classes
+    assert "head refit" in run.stages[0]["kind"]
+    # The gate does not compare models offering other categories: an admin promotes the refit by hand.
+    assert refit.status == ModelVersion.Status.REJECTED and "other categories" in refit.gate_reason
+    promotion.promote(refit)
+
+    # The backlog re-classified by the refit model answers the new category for its images.
+    while classification_batch.classify_backlog_batch(refit.pk):
+        pass
+    new = SEMImage.objects.filter(curated_category__name=category_name(NEW_FOLDER), predicted_by=refit)
+    assert new.count() >= 8
+    assert sum(image.predicted_category_id == image.curated_category_id for image in new) >= 0.75 * new.count()
+
+    # The session is refitted: the next minutely check queues nothing more.
+    assert training.refit_after_review() is None
+    # The nightly full training still counts these labels (against the last fully trained model).
+    full = training.request_training(trigger=TrainingRun.Trigger.SCHEDULE, enqueue=False)
+    assert full.run is not None and full.run.kind == TrainingRun.Kind.FULL
+
+
+def test_no_refit_while_the_session_goes_on_or_with_too_few_labels(
+    base_in_production, sample, user, upload_images, settings
+):
+    settings.SEM_REFIT_QUIET_S = 3600
+    _review_session(sample, user, upload_images, count=12)
+    assert training.refit_after_review() is None  # the last label is seconds old
+
+    settings.SEM_REFIT_QUIET_S = 0
+    settings.SEM_REFIT_MIN_NEW_LABELS = 40
+    refused = training.refit_after_review()
+    assert refused.run is None and refused.refusal == "no_new_labels" and "40 needed" in refused.reason
+    assert not TrainingRun.objects.exists()
+
+    settings.SEM_REFIT_MIN_NEW_LABELS = 0  # off
+    assert training.refit_after_review() is None
+
+
+def test_a_fine_tuned_production_model_is_not_refitted(production_model, nffa_categories):
+    requested = training.request_head_refit(trigger=TrainingRun.Trigger.COMMAND, force=True)
+    assert requested.refusal == "refit_unavailable" and "not a frozen-feature model" in requested.reason
+    assert not TrainingRun.objects.exists()
+
+
+@pytest.mark.slow
+def test_the_minutely_sweep_queues_the_refit_and_a_worker_runs_it(
+    worker_factory, frozen_base, nffa_categories, sample, user, upload_images, settings
+):
+    settings.SEM_TRAIN_SIZES = [64]
+    model = install_model(frozen_base, 1, status=ModelVersion.Status.PRODUCTION)
+    metadata = {key: value for key, value in frozen_base.metadata.items() if key != "evaluation"}
+    ModelVersion.objects.filter(pk=model.pk).update(metadata=metadata)
+    worker = worker_factory(SEM_REFIT_QUIET_S=0, SEM_REFIT_MIN_NEW_LABELS=10, SEM_TRAIN_SIZES=[64])
+    images = upload_images(sample, user, 24, labelled=True, seed=500)  # the worker classifies them
+    worker.wait_until(
+        lambda: SEMImage.objects.filter(pk__in=[i.pk for i in images], predicted_by=model).count() == 24,
+        timeout=300,
+    )
+
+    assert maintenance.sweep()["head_refit_queued"] is True
+
+    worker.wait_until(
+        lambda: TrainingRun.objects.filter(kind="head_refit", status=TrainingRun.Status.SUCCEEDED).exists(),
+        timeout=300,
+    )
+    run = TrainingRun.objects.get(kind="head_refit")
+    assert run.model_version.metadata["refit_of"]["computed_embeddings"] == 0
+    assert "gate" in run.model_version.metrics
