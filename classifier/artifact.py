@@ -31,6 +31,9 @@ METADATA_KEY = "sem_artifact"
 _LENGTH = struct.Struct(">Q")  # format version 1
 _SAFETENSORS_LENGTH = struct.Struct("<Q")
 _MAX_HEADER = 64 << 20
+# Tensors an artifact carries beside the network's weights: the out-of-scope detector's bank (ood.py) and
+# a head refit's base statistics (head_refit.py). They are not the network's: ``network_state`` sets them apart.
+EXTRA_TENSOR_PREFIXES = ("ood.", "refit_of.")
 
 
 class ArtifactError(Exception):
@@ -45,9 +48,17 @@ class LegacyArtifactError(ArtifactError):
 @dataclass
 class Artifact:
     metadata: dict[str, Any]
-    state_dict: dict[str, Any]
+    state_dict: dict[str, Any]  # every tensor of the file: the network's and the extra ones
     sha256: str
     format_version: int = FORMAT_VERSION
+
+    def network_state(self) -> dict[str, Any]:
+        """The network's weights, for ``build_model(metadata).load_state_dict``."""
+        return {key: value for key, value in self.state_dict.items() if not key.startswith(EXTRA_TENSOR_PREFIXES)}
+
+    def extra_tensors(self) -> dict[str, Any]:
+        """The tensors beside the network (EXTRA_TENSOR_PREFIXES), by key."""
+        return {key: value for key, value in self.state_dict.items() if key.startswith(EXTRA_TENSOR_PREFIXES)}
 
 
 def save_artifact(path: str | os.PathLike, state_dict: dict, metadata: dict) -> str:

@@ -149,7 +149,16 @@ def _folded(model, arch: str, fold_traceable):
 class Engine:
     """Inference for one artifact. Thread-safe for predictions (no mutable state)."""
 
-    def __init__(self, model, metadata: dict, sha256: str, device, channels_last: bool = True, ood_bank=None) -> None:
+    def __init__(
+        self,
+        model,
+        metadata: dict,
+        sha256: str,
+        device,
+        channels_last: bool = True,
+        ood_bank=None,
+        base_statistics=None,
+    ) -> None:
         self.model = model
         self.metadata = metadata
         self.sha256 = sha256
@@ -162,6 +171,9 @@ class Engine:
         self.mean = tuple(normalisation.get("mean", transforms.NORMALISE_MEAN))
         self.std = tuple(normalisation.get("std", transforms.NORMALISE_STD))
         self.contrast: str = normalisation.get("contrast", "none")  # artifacts before it existed: none
+        # A head refit's base model's (feature mean, feature scale): its stored embeddings are the refit's
+        # features standardised with these (predict_base_embeddings).
+        self.base_statistics = base_statistics
         self.ood = None
         if ood_bank is not None and metadata.get("out_of_scope"):
             from .ood import KnnScorer
@@ -180,21 +192,30 @@ class Engine:
         import torch
 
         from .artifact import build_model, load_artifact
+        from .head_refit import base_statistics
         from .network import fold_batchnorm as fold
         from .ood import BANK_KEY
 
         artifact = load_artifact(path, expected_sha256)
         model = build_model(artifact.metadata)
-        bank = artifact.state_dict.pop(BANK_KEY, None)  # the detector's tensor, not the network's
-        model.load_state_dict(artifact.state_dict)
+        model.load_state_dict(artifact.network_state())
+        extras = artifact.extra_tensors()
         torch_device = select_device(device)
         model = model.to(torch_device).eval()
         if fold_batchnorm:
             model = _folded(model, artifact.metadata["arch"], fold)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        bank = bank.float().numpy() if bank is not None else None
-        return cls(model, artifact.metadata, artifact.sha256, torch_device, channels_last, ood_bank=bank)
+        bank = extras[BANK_KEY].float().numpy() if BANK_KEY in extras else None
+        return cls(
+            model,
+            artifact.metadata,
+            artifact.sha256,
+            torch_device,
+            channels_last,
+            ood_bank=bank,
+            base_statistics=base_statistics(extras),
+        )
 
     def predict_logits(self, arrays: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Uncalibrated logits for preprocessed uint8 arrays (input_size square)."""
@@ -239,10 +260,28 @@ class Engine:
         grey = transforms.adjust_contrast(grey, self.contrast)
         return transforms.to_uint8_array(transforms.eval_crop_resize(grey, self.input_size))
 
+    def predict_base_embeddings(self, embeddings: np.ndarray) -> list[ImagePrediction]:
+        """Predictions of a head refit from the embeddings its base model stored, (N, D) standardised
+        features: the refit kept the base's body, so these are its features (to float16 rounding), and no
+        image is decoded and no body run. Only for an engine with ``base_statistics``."""
+        import torch
+
+        if self.base_statistics is None:
+            raise ValueError("this model is not a head refit: it has no base embeddings to reuse")
+        mean, scale = self.base_statistics
+        raw = torch.from_numpy(np.asarray(embeddings, np.float32) * scale + mean).to(self.device)
+        with torch.inference_mode():
+            logits, embedded = self.model.head_outputs(raw)
+        return self._predictions(logits.float().cpu().numpy(), embedded.float().cpu().numpy())
+
     def _from_arrays(self, arrays: list[np.ndarray]) -> list[ImagePrediction]:
         logits, embeddings = model_outputs(
             self.model, arrays, device=self.device, channels_last=self.channels_last, mean=self.mean, std=self.std
         )
+        return self._predictions(logits, embeddings)
+
+    def _predictions(self, logits: np.ndarray, embeddings: np.ndarray | None) -> list[ImagePrediction]:
+        """Calibrated predictions, with each image's embedding and out-of-scope score when there are embeddings."""
         predictions = [prediction_from_probabilities(p, self.classes) for p in softmax(logits, self.temperature)]
         if embeddings is None:
             return predictions

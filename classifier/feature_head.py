@@ -150,7 +150,10 @@ class FeatureHeadClassifier(_module_base()):
 
     def logits_and_embedding(self, x):
         """(logits, embedding) from one pass: what the engine returns with each prediction."""
-        raw = self.raw_features(x)
+        return self.head_outputs(self.raw_features(x))
+
+    def head_outputs(self, raw):
+        """(logits, embedding) of raw features (the views averaged): everything after the body."""
         embedding = (raw - self.feature_mean) / self.feature_scale
         logits = self.linear(embedding)
         if not self.prototypes:

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 # The state-dict entries a refit replaces; everything else (the body) is copied from the base.
 HEAD_KEYS = ("feature_mean", "feature_scale", "linear.", "prototype_centres", "prototype_offset")
 RECIPE = "frozen_head"
+# The base's feature statistics, kept in the refit's artifact beside the network (artifact.EXTRA_TENSOR_PREFIXES):
+# with them the base's stored embeddings are the refit's features (Engine.predict_base_embeddings).
+BASE_MEAN_KEY = "refit_of.feature_mean"
+BASE_SCALE_KEY = "refit_of.feature_scale"
 
 
 class RefitUnavailable(ValueError):
@@ -126,7 +130,8 @@ def refit_head(
         "stored_embeddings": len(items) + len(test_items) - computed,
         "computed_embeddings": computed,
     }
-    sha256 = save_artifact(out_path, {**model.state_dict(), **bank}, metadata)
+    statistics = {BASE_MEAN_KEY: base.state_dict["feature_mean"], BASE_SCALE_KEY: base.state_dict["feature_scale"]}
+    sha256 = save_artifact(out_path, {**model.state_dict(), **bank, **statistics}, metadata)
     emit({"event": "done", "stages": 1, "fraction": 1.0, "artifact_path": os.fspath(out_path), "sha256": sha256})
     log.info("head refit on %d images (%d embeddings computed) in %.1f s", len(items), computed, duration)
     return TrainResult(
@@ -161,13 +166,19 @@ def _raw_features(base, items: list[EmbeddedItem], base_path, emit) -> tuple[np.
     return standardised * scale + mean, len(missing)
 
 
+def base_statistics(extra_tensors: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """(feature mean, feature scale) of a refit's base, from its artifact's extra tensors; None otherwise."""
+    if BASE_MEAN_KEY not in extra_tensors:
+        return None
+    return tuple(extra_tensors[key].float().numpy() for key in (BASE_MEAN_KEY, BASE_SCALE_KEY))
+
+
 def _model_with_base_body(base, classes: list[str]):
     """The base's network for ``classes``: its body's weights, a head to be installed."""
     from .artifact import build_model
-    from .ood import BANK_KEY
 
     model = build_model({**base.metadata, "classes": list(classes)})
-    body = {key: value for key, value in base.state_dict.items() if key != BANK_KEY and not key.startswith(HEAD_KEYS)}
+    body = {key: value for key, value in base.network_state().items() if not key.startswith(HEAD_KEYS)}
     missing, unexpected = model.load_state_dict(body, strict=False)
     stray = [key for key in missing if not key.startswith(HEAD_KEYS)]
     if unexpected or stray:

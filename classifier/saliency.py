@@ -116,7 +116,7 @@ def load_explainer(path, sha256: str | None = None) -> Explainer:
 
     artifact = load_artifact(path, sha256)
     model = build_model(artifact.metadata)
-    model.load_state_dict(artifact.state_dict)
+    model.load_state_dict(artifact.network_state())  # the out-of-scope bank is not the network's
     return make_explainer(model, artifact.metadata, int(artifact.metadata.get("tta_views") or 1))
 
 

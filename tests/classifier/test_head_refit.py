@@ -109,3 +109,46 @@ def test_only_a_frozen_feature_model_of_the_same_architecture_can_be_refitted(ba
             tmp_path / "x.safetensors",
             config=CONFIG,
         )
+
+
+def test_the_refit_answers_from_the_base_embeddings_as_from_the_images(base_and_data, tmp_path):
+    """Predictions from the base's stored (float16) embeddings are those from decoding and running the body."""
+    from classifier.engine import Engine
+
+    base, train_items, test_items, embeddings, _ = base_and_data
+    result = refit_head(
+        base.artifact_path,
+        base.sha256,
+        _embedded(train_items, embeddings),
+        [],
+        ["dots", "noise", "stripes"],
+        None,
+        tmp_path / "refit.safetensors",
+        config=CONFIG,
+    )
+    engine = Engine.from_artifact(result.artifact_path, expected_sha256=result.sha256)
+    paths = [path for path, _ in test_items]
+    from_images = engine.predict_paths(paths)
+    stored = np.stack([embeddings[path].astype(np.float16) for path in paths])
+    from_embeddings = engine.predict_base_embeddings(stored)
+
+    assert [p.top_class for p in from_embeddings] == [p.top_class for p in from_images]
+    assert np.allclose([p.probabilities for p in from_embeddings], [p.probabilities for p in from_images], atol=2e-3)
+    embedded = np.array([p.embedding for p in from_embeddings]), np.array([p.embedding for p in from_images])
+    assert np.allclose(*embedded, rtol=2e-3, atol=2e-3)  # to float16 rounding
+    assert np.allclose([p.ood_score for p in from_embeddings], [p.ood_score for p in from_images], atol=2e-3)
+    base_engine = Engine.from_artifact(base.artifact_path, expected_sha256=base.sha256)
+    with pytest.raises(ValueError, match="not a head refit"):
+        base_engine.predict_base_embeddings(stored)
+
+
+def test_a_heat_map_loads_an_artifact_that_carries_extra_tensors(base_and_data):
+    """The trained artifact holds the out-of-scope bank beside the network; Grad-CAM loads the network alone."""
+    from classifier import saliency
+    from classifier.artifact import load_artifact
+
+    base, _, test_items, _, _ = base_and_data
+    assert load_artifact(base.artifact_path).extra_tensors()  # the bank is in the file
+    explainer = saliency.load_explainer(base.artifact_path, base.sha256)
+    explanation = saliency.explain_path(explainer, test_items[0][0])
+    assert explanation.cam.shape[0] > 1 and np.isfinite(explanation.cam).all()

@@ -85,12 +85,19 @@ def test_a_review_session_ends_in_a_head_refit_that_learns_the_new_category(
     assert refit.status == ModelVersion.Status.REJECTED and "other categories" in refit.gate_reason
     promotion.promote(refit)
 
-    # The backlog re-classified by the refit model answers the new category for its images.
+    # The backlog re-classified by the refit model answers the new category for its images, from the
+    # embeddings v1 stored: their derivatives are not read (gone here), only the three v1 never embedded fail.
+    for image in images:
+        image.derivative.storage.delete(image.derivative.name)
     while classification_batch.classify_backlog_batch(refit.pk):
         pass
+    assert set(SEMImage.objects.filter(status=SEMImage.Status.FAILED).values_list("pk", flat=True)) == {
+        image.pk for image in unembedded
+    }
     new = SEMImage.objects.filter(curated_category__name=category_name(NEW_FOLDER), predicted_by=refit)
     assert new.count() >= 8
     assert sum(image.predicted_category_id == image.curated_category_id for image in new) >= 0.75 * new.count()
+    assert refit.embeddings.count() == len(images) - len(unembedded)  # stored again for similar-image search
 
     # The session is refitted: the next minutely check queues nothing more.
     assert training.refit_after_review() is None

@@ -35,10 +35,43 @@ ImageResult = Union["ImagePrediction", Unclassifiable]
 
 
 def predict(engine, images: list[SEMImage]) -> dict[int, ImageResult]:
-    """{image id: its prediction, or why it has none}. One bad derivative fails only its image."""
+    """{image id: its prediction, or why it has none}. One bad derivative fails only its image. A head
+    refit answers from its base model's stored embeddings where there are some; the rest go through the
+    engine from their derivatives."""
+    results: dict[int, ImageResult] = from_base_embeddings(engine, images)
+    results.update(_predict_derivatives(engine, [image for image in images if image.pk not in results]))
+    return results
+
+
+def from_base_embeddings(engine, images: list[SEMImage]) -> dict[int, ImageResult]:
+    """{image id: prediction} of a head refit (classifier/head_refit.py) for the images its base model
+    embedded: the refit kept the base's body, so the stored features are its own and no derivative is
+    read. Empty for any other model."""
+    import numpy as np
+
+    from portal.models import Embedding, ModelVersion
+    from portal.services.curation.similar import decode
+
+    base_sha256 = (engine.metadata.get("refit_of") or {}).get("sha256")
+    base = ModelVersion.objects.filter(artifact_sha256=base_sha256).first() if base_sha256 and images else None
+    if base is None or getattr(engine, "base_statistics", None) is None:
+        return {}
+    stored = Embedding.objects.filter(model_version=base, image_id__in=[image.pk for image in images])
+    rows = list(stored.values_list("image_id", "vector"))
+    if not rows:
+        return {}
+    ids = [image_id for image_id, _ in rows]
+    predictions = engine.predict_base_embeddings(np.stack([decode(vector) for _, vector in rows]))
+    mark_trust(engine, ids, predictions)
+    return dict(zip(ids, predictions))
+
+
+def _predict_derivatives(engine, images: list[SEMImage]) -> dict[int, ImageResult]:
     from portal.services.delivery.file_cache import local_derivatives
 
     results: dict[int, ImageResult] = {}
+    if not images:
+        return results
     present = [image for image in images if image.derivative]
     local = local_derivatives(media_storage(), [(image.derivative.name, image.sha256) for image in present])
     paths = {image.pk: local.get(image.derivative.name) for image in present}
