@@ -192,7 +192,6 @@ class Engine:
         import torch
 
         from .artifact import build_model, load_artifact
-        from .head_refit import base_statistics
         from .network import fold_batchnorm as fold
         from .ood import BANK_KEY
 
@@ -298,6 +297,19 @@ class Engine:
         mean = self.model.feature_mean.float().cpu().numpy()
         scale = self.model.feature_scale.float().cpu().numpy()
         return embeddings * scale + mean
+
+
+# A head refit's artifact keeps its base model's feature statistics beside the network (head_refit.py;
+# artifact.EXTRA_TENSOR_PREFIXES): with them the base's stored embeddings are the refit's features.
+BASE_MEAN_KEY = "refit_of.feature_mean"
+BASE_SCALE_KEY = "refit_of.feature_scale"
+
+
+def base_statistics(extra_tensors: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """(feature mean, feature scale) of a refit's base, from its artifact's extra tensors; None otherwise."""
+    if BASE_MEAN_KEY not in extra_tensors:
+        return None
+    return tuple(extra_tensors[key].float().numpy() for key in (BASE_MEAN_KEY, BASE_SCALE_KEY))
 
 
 _cache_lock = threading.Lock()

@@ -33,10 +33,6 @@ log = logging.getLogger(__name__)
 # The state-dict entries a refit replaces; everything else (the body) is copied from the base.
 HEAD_KEYS = ("feature_mean", "feature_scale", "linear.", "prototype_centres", "prototype_offset")
 RECIPE = "frozen_head"
-# The base's feature statistics, kept in the refit's artifact beside the network (artifact.EXTRA_TENSOR_PREFIXES):
-# with them the base's stored embeddings are the refit's features (Engine.predict_base_embeddings).
-BASE_MEAN_KEY = "refit_of.feature_mean"
-BASE_SCALE_KEY = "refit_of.feature_scale"
 
 
 class RefitUnavailable(ValueError):
@@ -70,6 +66,7 @@ def refit_head(
     and contrast are the base's)."""
     from .artifact import load_artifact, save_artifact
     from .backbones import get_backbone
+    from .engine import BASE_MEAN_KEY, BASE_SCALE_KEY
     from .head_training import evaluation_of, fit_head, install_head, phase_event, trust_metadata
 
     started = time.monotonic()
@@ -164,13 +161,6 @@ def _raw_features(base, items: list[EmbeddedItem], base_path, emit) -> tuple[np.
         for index, prediction in zip(missing, engine.predict_paths([items[i].path for i in missing])):
             standardised[index] = prediction.embedding
     return standardised * scale + mean, len(missing)
-
-
-def base_statistics(extra_tensors: dict) -> tuple[np.ndarray, np.ndarray] | None:
-    """(feature mean, feature scale) of a refit's base, from its artifact's extra tensors; None otherwise."""
-    if BASE_MEAN_KEY not in extra_tensors:
-        return None
-    return tuple(extra_tensors[key].float().numpy() for key in (BASE_MEAN_KEY, BASE_SCALE_KEY))
 
 
 def _model_with_base_body(base, classes: list[str]):

@@ -56,8 +56,22 @@ def review(request):
         "suggestions": queue.suggestions(image, {c.name: c for c in categories}) if image else [],
         "bulk_form": BulkAcceptForm(),
         "bulk_counts": queue.bulk_counts(request.user, chosen["project_id"]),
+        **refit_note(),
     }
     return render(request, "portal/review.html", context)
+
+
+def refit_note() -> dict:
+    """What happens to the labels of this session: the head refit that follows a pause (when production
+    can take one; training.refit_after_review)."""
+    from portal.services.learning.training import refit_unavailable
+
+    refits = bool(settings.SEM_REFIT_MIN_NEW_LABELS) and not refit_unavailable()
+    return {
+        "refit_after_review": refits,
+        "refit_min_labels": settings.SEM_REFIT_MIN_NEW_LABELS,
+        "refit_quiet_min": f"{settings.SEM_REFIT_QUIET_S / 60:g}",
+    }
 
 
 def back_to_queue(request):
