@@ -259,19 +259,31 @@ class Engine:
         grey = transforms.adjust_contrast(grey, self.contrast)
         return transforms.to_uint8_array(transforms.eval_crop_resize(grey, self.input_size))
 
-    def predict_base_embeddings(self, embeddings: np.ndarray) -> list[ImagePrediction]:
-        """Predictions of a head refit from the embeddings its base model stored, (N, D) standardised
-        features: the refit kept the base's body, so these are its features (to float16 rounding), and no
-        image is decoded and no body run. Only for an engine with ``base_statistics``."""
+    def own_statistics(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(feature mean, feature scale) its embeddings are standardised with; None for a network that
+        returns no embeddings (a fine-tuned architecture)."""
+        if not hasattr(self.model, "feature_mean"):
+            return None
+        return tuple(getattr(self.model, name).float().cpu().numpy() for name in ("feature_mean", "feature_scale"))
+
+    def predict_embeddings(self, embeddings: np.ndarray, statistics) -> list[ImagePrediction]:
+        """Predictions from stored embeddings, (N, D) features standardised with ``statistics`` (mean, scale)
+        by a model with this body (a head refit's base, or this model itself): to float16 rounding what
+        decoding and running the body gives, without either."""
         import torch
 
-        if self.base_statistics is None:
-            raise ValueError("this model is not a head refit: it has no base embeddings to reuse")
-        mean, scale = self.base_statistics
+        mean, scale = statistics
         raw = torch.from_numpy(np.asarray(embeddings, np.float32) * scale + mean).to(self.device)
         with torch.inference_mode():
             logits, embedded = self.model.head_outputs(raw)
         return self._predictions(logits.float().cpu().numpy(), embedded.float().cpu().numpy())
+
+    def predict_base_embeddings(self, embeddings: np.ndarray) -> list[ImagePrediction]:
+        """Predictions of a head refit from the embeddings its base model stored: the refit kept the base's
+        body, so they are its features. Only for an engine with ``base_statistics``."""
+        if self.base_statistics is None:
+            raise ValueError("this model is not a head refit: it has no base embeddings to reuse")
+        return self.predict_embeddings(embeddings, self.base_statistics)
 
     def _from_arrays(self, arrays: list[np.ndarray]) -> list[ImagePrediction]:
         logits, embeddings = model_outputs(
@@ -294,8 +306,7 @@ class Engine:
 
     def _raw_features(self, embeddings: np.ndarray) -> np.ndarray:
         """The body's features from the standardised embeddings: what the out-of-scope bank holds."""
-        mean = self.model.feature_mean.float().cpu().numpy()
-        scale = self.model.feature_scale.float().cpu().numpy()
+        mean, scale = self.own_statistics()
         return embeddings * scale + mean
 
 

@@ -3,6 +3,8 @@ seconds, the same gate; the nightly full training still counts the labels."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from portal.models import ModelVersion, SEMImage, TrainingRun
@@ -104,6 +106,26 @@ def test_a_review_session_ends_in_a_head_refit_that_learns_the_new_category(
     # The nightly full training still counts these labels (against the last fully trained model).
     full = training.request_training(trigger=TrainingRun.Trigger.SCHEDULE, enqueue=False)
     assert full.run is not None and full.run.kind == TrainingRun.Kind.FULL
+
+
+def test_the_gate_compares_a_refit_with_production_on_their_stored_embeddings(
+    base_in_production, sample, user, upload_images
+):
+    """Same categories: the paired bootstrap needs both models' answers on every test image; both come
+    from the embeddings production stored (its own, and the refit's base's), so no derivative is decoded
+    (here they could not be: overwritten with bytes that are no image)."""
+    images = upload_images(sample, user, 36, labelled=True, seed=700, folders=BASE_FOLDERS)
+    ids = [image.pk for image in images]
+    for start in range(0, len(ids), 16):
+        classification_batch.classify_images(ids[start : start + 16])
+    for image in images:
+        Path(image.derivative.path).write_bytes(b"not an image any more")
+
+    run = training_run.run_training(training.refit_after_review().run.pk)
+
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    gate = run.model_version.metrics["gate"]
+    assert gate["rule"] == "bootstrap", run.model_version.gate_reason
 
 
 def test_no_refit_while_the_session_goes_on_or_with_too_few_labels(

@@ -38,32 +38,49 @@ def predict(engine, images: list[SEMImage]) -> dict[int, ImageResult]:
     """{image id: its prediction, or why it has none}. One bad derivative fails only its image. A head
     refit answers from its base model's stored embeddings where there are some; the rest go through the
     engine from their derivatives."""
-    results: dict[int, ImageResult] = from_base_embeddings(engine, images)
+    results: dict[int, ImageResult] = from_stored_embeddings(engine, [image.pk for image in images])
+    if results:
+        mark_trust(engine, list(results), list(results.values()))
     results.update(_predict_derivatives(engine, [image for image in images if image.pk not in results]))
     return results
 
 
-def from_base_embeddings(engine, images: list[SEMImage]) -> dict[int, ImageResult]:
-    """{image id: prediction} of a head refit (classifier/head_refit.py) for the images its base model
-    embedded: the refit kept the base's body, so the stored features are its own and no derivative is
-    read. Empty for any other model."""
+def from_stored_embeddings(engine, image_ids: list[int], own_model=None) -> dict:
+    """{image id: prediction} from the embeddings a model with the engine's body stored: a head refit's
+    base (classifier/head_refit.py; its statistics are in the refit's artifact), and with ``own_model`` (the
+    engine's ModelVersion) its own rows. No derivative is read and no body run; images without such an
+    embedding are left out."""
     import numpy as np
 
-    from portal.models import Embedding, ModelVersion
+    from portal.models import Embedding
     from portal.services.curation.similar import decode
 
-    base_sha256 = (engine.metadata.get("refit_of") or {}).get("sha256")
-    base = ModelVersion.objects.filter(artifact_sha256=base_sha256).first() if base_sha256 and images else None
-    if base is None or getattr(engine, "base_statistics", None) is None:
-        return {}
-    stored = Embedding.objects.filter(model_version=base, image_id__in=[image.pk for image in images])
-    rows = list(stored.values_list("image_id", "vector"))
-    if not rows:
-        return {}
-    ids = [image_id for image_id, _ in rows]
-    predictions = engine.predict_base_embeddings(np.stack([decode(vector) for _, vector in rows]))
-    mark_trust(engine, ids, predictions)
-    return dict(zip(ids, predictions))
+    results: dict = {}
+    for source, statistics in _embedding_sources(engine, own_model):
+        wanted = [pk for pk in image_ids if pk not in results]
+        rows = list(
+            Embedding.objects.filter(model_version=source, image_id__in=wanted).values_list("image_id", "vector")
+        )
+        if rows:
+            predictions = engine.predict_embeddings(np.stack([decode(vector) for _, vector in rows]), statistics)
+            results.update(zip([pk for pk, _ in rows], predictions))
+    return results
+
+
+def _embedding_sources(engine, own_model) -> list[tuple]:
+    """[(ModelVersion whose embeddings the engine can read, their statistics)]."""
+    from portal.models import ModelVersion
+
+    sources = []
+    base_sha256 = (getattr(engine, "metadata", {}).get("refit_of") or {}).get("sha256")
+    if base_sha256 and getattr(engine, "base_statistics", None) is not None:
+        base = ModelVersion.objects.filter(artifact_sha256=base_sha256).first()
+        if base is not None:
+            sources.append((base, engine.base_statistics))
+    own = engine.own_statistics() if own_model is not None and hasattr(engine, "own_statistics") else None
+    if own is not None:
+        sources.append((own_model, own))
+    return sources
 
 
 def _predict_derivatives(engine, images: list[SEMImage]) -> dict[int, ImageResult]:

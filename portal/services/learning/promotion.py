@@ -42,18 +42,25 @@ class ModelActionError(Exception):
     """A promotion or roll-back that cannot be done; the message is shown to the admin."""
 
 
-def _predict_test_split(model: ModelVersion, items: list[tuple[str, str]]) -> tuple[list[str], list]:
+def _predict_test_split(model: ModelVersion, items: list[tuple[str, str]], ids=None) -> tuple[list[str], list]:
     """(the model's classes, its prediction for each test item), through its own engine: what it would
-    answer in production."""
+    answer in production. With the items' image ``ids``, from the embeddings stored by a model with the
+    same body where there are some (its own, a head refit's base): no body run for those."""
+    from portal.services.learning.classification_inference import from_stored_embeddings
+
     engine = load_engine(model, shared=False)
-    return engine.classes, engine.predict_paths([path for path, _ in items])
+    stored = from_stored_embeddings(engine, list(ids), own_model=model) if ids else {}
+    keys = list(ids) if ids else [None] * len(items)
+    missing = [index for index, key in enumerate(keys) if key not in stored]
+    computed = dict(zip(missing, engine.predict_paths([items[index][0] for index in missing])))
+    return engine.classes, [stored[key] if key in stored else computed[index] for index, key in enumerate(keys)]
 
 
-def _evaluate_on(model: ModelVersion, items: list[tuple[str, str]]) -> tuple[dict, list[str]]:
+def _evaluate_on(model: ModelVersion, items: list[tuple[str, str]], ids=None) -> tuple[dict, list[str]]:
     """(the model's evaluation on the test items, its top class for each)."""
     from classifier.metrics import evaluate
 
-    classes, predictions = _predict_test_split(model, items)
+    classes, predictions = _predict_test_split(model, items, ids)
     metrics = evaluate([label for _, label in items], [p.probabilities for p in predictions], classes)
     return metrics, [p.top_class for p in predictions]
 
@@ -75,15 +82,15 @@ def _decide(candidate: ModelVersion, production: ModelVersion | None) -> GateDec
 
     if production is None:
         return first_model_decision(candidate.metrics)
-    items = training_data().test_items
-    bootstrapped = _bootstrap_gate(candidate, production, items)
+    data = training_data()
+    bootstrapped = _bootstrap_gate(candidate, production, data.test_items, data.test_ids)
     if bootstrapped is not None:
         return bootstrapped
-    return _point_gate(candidate, production, items)
+    return _point_gate(candidate, production, data.test_items, data.test_ids)
 
 
-def _point_gate(candidate: ModelVersion, production: ModelVersion, items: list) -> GateDecision:
-    baseline, why_not = production_metrics_on_current_test_split(production, candidate, items)
+def _point_gate(candidate: ModelVersion, production: ModelVersion, items: list, ids: list) -> GateDecision:
+    baseline, why_not = production_metrics_on_current_test_split(production, candidate, items, ids)
     if baseline is None:
         return not_compared(why_not)
     return gate_decision(candidate.metrics, baseline)
@@ -135,15 +142,15 @@ def evaluation_intervals(metrics: dict) -> dict:
     }
 
 
-def _bootstrap_gate(candidate: ModelVersion, production: ModelVersion, items: list):
+def _bootstrap_gate(candidate: ModelVersion, production: ModelVersion, items: list, ids: list):
     """The bootstrap gate's decision, or None when it cannot run."""
     from classifier.bootstrap import metric_intervals
 
     if not items or set(production.classes) != set(candidate.classes):
         return None
     try:
-        candidate_pred = [p.top_class for p in _predict_test_split(candidate, items)[1]]
-        production_pred = [p.top_class for p in _predict_test_split(production, items)[1]]
+        candidate_pred = [p.top_class for p in _predict_test_split(candidate, items, ids)[1]]
+        production_pred = [p.top_class for p in _predict_test_split(production, items, ids)[1]]
     except Exception as error:
         logger.warning("no per-image predictions for the gate (%s); using the point rule", error)
         return None
@@ -166,10 +173,12 @@ def reevaluate_production() -> ModelVersion | None:
     if production is None:
         return None
     classes = list(production.classes)
-    items = [(path, label) for path, label in training_data().test_items if label in set(classes)]
+    data = training_data()
+    kept = [(item, pk) for item, pk in zip(data.test_items, data.test_ids) if item[1] in set(classes)]
+    items, ids = [item for item, _ in kept], [pk for _, pk in kept]
     if not items:
         return production
-    metrics, top_classes = _evaluate_on(production, items)
+    metrics, top_classes = _evaluate_on(production, items, ids)
     metrics["intervals"] = metric_intervals(
         [label for _, label in items], top_classes, metrics["classes"], level=settings.SEM_GATE_CONFIDENCE
     )
@@ -184,20 +193,22 @@ def reevaluate_production() -> ModelVersion | None:
 
 
 def production_metrics_on_current_test_split(
-    production: ModelVersion, candidate: ModelVersion, items: list[tuple[str, str]] | None = None
+    production: ModelVersion, candidate: ModelVersion, items: list[tuple[str, str]] | None = None, ids=None
 ) -> tuple[dict | None, str]:
     """(production's metrics on the candidate's test images, "") so both are compared on the same images,
     or (None, why) when production cannot be evaluated there: its stored metrics come from another test
     split and would compare different things. `items`: the current test split (read here when not given)."""
     from portal.services.learning.datasets import training_data
 
-    items = training_data().test_items if items is None else items
+    if items is None:
+        data = training_data()
+        items, ids = data.test_items, data.test_ids
     if not items:
         return None, "the current test split has no curated images"
     if set(production.classes) != set(candidate.classes):
         return None, f"production v{production.version} offers other categories than this candidate"
     try:
-        return _evaluate_on(production, items)[0], ""
+        return _evaluate_on(production, items, ids)[0], ""
     except Exception as error:
         logger.warning("could not evaluate v%s on the test split for the gate: %s", production.version, error)
         return None, f"production v{production.version} could not be evaluated on the current test split ({error})"
