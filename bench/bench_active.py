@@ -10,17 +10,24 @@ unseen-source test side. Orders: random, margin only (smallest top-1 - top-2 pro
 random first batch), and `classifier.active.select_batch` (typical-and-diverse first, then margin with
 diversity).
 
+With --cv, grouped cross-validation instead of one source split per seed (the protocol of
+bench/bench_real_cv.py: `StratifiedGroupKFold(5, shuffle=True, random_state=seed)` over the source series of
+all 248 images): per fold the other 4 folds are the pool and the fold is the test side; each round's test
+predictions are pooled over the 5 folds and scored once per seed (a single source split's test side, 53-67
+images from few sources, is too thin to show a curve).
+
 Features are the frozen EfficientNet-Lite0 texture features averaged over the 8 dihedral views, computed
 once for all images and cached in `<work>/features.npz` (a few minutes on a 2-core CPU).
 
-    .venv/bin/python bench/bench_active.py --work /tmp/bench-active [--quick] [--seeds 0,...,9] [--min-per-class 3]
-      [--head-c 0.01] [--pca 32] [--plot bench/active_learning_curve.png]
+    .venv/bin/python bench/bench_active.py --work /tmp/bench-active [--quick] [--cv] [--seeds 0,...,9]
+      [--min-per-class 3] [--head-c 0.01] [--pca 32] [--plot bench/active_learning_curve.png]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,25 +97,46 @@ def view_features_of(paths: list[str], name: str) -> np.ndarray:
 
 
 class Pool:
-    """One split: standardised features, hidden pool labels and the test side; classes as indices."""
+    """One split: raw pool features with hidden labels, and the test side; classes as indices of all images'
+    classes. ``train`` and ``test`` are positions in ``images``; ``test`` is kept (``test_index``) so that
+    predictions of several folds can be pooled."""
 
-    def __init__(self, images, matrix, seed: int, dims: int = 0):
-        train, test = real_data.split_by_source(images, seed)
-        position = {image.path: i for i, image in enumerate(images)}
-        rng = np.random.default_rng(seed)
+    def __init__(self, images, matrix, train, test, seed: int, dims: int = 0, fold: int | None = None):
         # a shuffled pool, so that no order inherits the manifest's grouping by source
+        rng = np.random.default_rng(seed if fold is None else [seed, fold])
         train = [train[i] for i in rng.permutation(len(train))]
         self.classes = sorted({image.category for image in images})
-        pool = matrix[[position[image.path] for image in train]].astype(np.float64)
+        pool = matrix[train].astype(np.float64)
         mean, scale = pool.mean(0), pool.std(0)
         scale[scale < 1e-6] = 1.0
         # label-free statistics of the whole pool: what the sampler's embedding may use
         self.embeddings = (pool - mean) / scale
         self.sampler_dims = dims  # select_batch's cold start clusters a PCA of these, as the portal does
-        self.x, self.y = pool, np.array([self.classes.index(image.category) for image in train])
-        self.groups = [image.group for image in train]  # series: known at import, unlike the labels
-        self.x_test = matrix[[position[image.path] for image in test]].astype(np.float64)
-        self.y_test = np.array([self.classes.index(image.category) for image in test])
+        # select_batch's class_names: all classes (False), or only the classes the model would know (True)
+        self.model_classes = False
+        self.x, self.y = pool, np.array([self.classes.index(images[i].category) for i in train])
+        self.groups = [images[i].group for i in train]  # series: known at import, unlike the labels
+        self.test_index = np.asarray(test, dtype=int)
+        self.x_test = matrix[self.test_index].astype(np.float64)
+        self.y_test = np.array([self.classes.index(images[i].category) for i in test], dtype=int)
+
+
+def source_pool(images, matrix, seed: int, dims: int = 0) -> Pool:
+    """One source split (`real_data.split_by_source`): its training side is the pool."""
+    train, test = real_data.split_by_source(images, seed)
+    position = {image.path: i for i, image in enumerate(images)}
+    return Pool(images, matrix, [position[i.path] for i in train], [position[i.path] for i in test], seed, dims)
+
+
+def fold_pools(images, matrix, seed: int, dims: int = 0) -> list[Pool]:
+    """Grouped cross-validation (`bench_real_cv.folds`: StratifiedGroupKFold over the source series, 5 folds
+    shuffled by the seed): per fold, the other folds are the pool and the fold is the test side."""
+    from bench import bench_real_cv
+
+    return [
+        Pool(images, matrix, list(train), list(test), seed, dims, fold)
+        for fold, (train, test) in enumerate(bench_real_cv.folds(images, seed))
+    ]
 
 
 def fit_predict(pool: Pool, labelled: np.ndarray, seed: int, c: float):
@@ -134,12 +162,18 @@ def fit_predict(pool: Pool, labelled: np.ndarray, seed: int, c: float):
     return probabilities, _logits(head, pool.x_test).argmax(1)
 
 
-def scores(pool: Pool, predictions) -> tuple[float, float]:
+def scores(y_true, predictions) -> tuple[float, float]:
+    """(accuracy, macro recall over the classes present in ``y_true``)."""
     from sklearn.metrics import recall_score
 
-    accuracy = float(np.mean(predictions == pool.y_test))
-    recall = recall_score(pool.y_test, predictions, labels=np.unique(pool.y_test), average="macro", zero_division=0)
+    accuracy = float(np.mean(predictions == y_true))
+    recall = recall_score(y_true, predictions, labels=np.unique(y_true), average="macro", zero_division=0)
     return accuracy, float(recall)
+
+
+def pooled_scores(pools: list[Pool], predictions: list[np.ndarray]) -> tuple[float, float]:
+    """Scores of the test predictions of several pools (the folds), pooled into one set."""
+    return scores(np.concatenate([pool.y_test for pool in pools]), np.concatenate(predictions))
 
 
 def next_batch(order: str, pool: Pool, labelled, probabilities, size: int, seed: int, rng, min_per_class: int):
@@ -153,6 +187,16 @@ def next_batch(order: str, pool: Pool, labelled, probabilities, size: int, seed:
     from classifier.active import select_batch
 
     labels = [pool.classes[c] if known else None for c, known in zip(pool.y, labelled)]
+    names = pool.classes
+    if pool.model_classes and probabilities is not None:
+        # as the Review page: the model's classes, i.e. those with at least min_per_class labels (fewer
+        # than two: no model yet), their probabilities renormalised
+        known = np.flatnonzero(np.bincount(pool.y[labelled], minlength=len(names)) >= min_per_class)
+        if len(known) >= 2:
+            names = [pool.classes[k] for k in known]
+            probabilities = probabilities[:, known] / probabilities[:, known].sum(1, keepdims=True).clip(1e-12)
+        else:
+            probabilities = None
     picks = select_batch(
         pool.embeddings,
         labelled,
@@ -161,15 +205,15 @@ def next_batch(order: str, pool: Pool, labelled, probabilities, size: int, seed:
         size,
         min_per_class,
         seed,
-        class_names=pool.classes,
+        class_names=names,
         sampler_dims=pool.sampler_dims,
     )
     return np.array([index for index, _ in picks]), picks[0][1].startswith("model unsure")
 
 
 def curve(order: str, pool: Pool, seed: int, min_per_class: int, c: float):
-    """({labels: (accuracy, macro recall)} after every round, up to the last checkpoint or the whole pool;
-    labels at hand when the order first used the model's probabilities, or None)."""
+    """({labels: test predictions} after every round, up to the last checkpoint or the whole pool; labels at
+    hand when the order first used the model's probabilities, or None)."""
     rng = np.random.default_rng(1000 + seed)
     labelled = np.zeros(len(pool.y), bool)
     probabilities, points, switched = None, {}, None
@@ -182,8 +226,21 @@ def curve(order: str, pool: Pool, seed: int, min_per_class: int, c: float):
         assert not labelled[chosen].any() and len(chosen) == size
         labelled[chosen] = True  # the curator reveals these labels, and only these
         probabilities, predictions = fit_predict(pool, labelled, seed, c)
-        points[int(labelled.sum())] = scores(pool, predictions)
+        points[int(labelled.sum())] = predictions
     return points, switched
+
+
+def pooled_curves(pools: list[Pool], seed: int, min_per_class: int, c: float) -> list[dict]:
+    """One run per order: each fold's curve, its predictions pooled over the folds and scored once per round
+    (the rounds every fold reached); with all pool labels likewise."""
+    everything = pooled_scores(pools, [fit_predict(pool, np.ones(len(pool.y), bool), seed, c)[1] for pool in pools])
+    runs = []
+    for order in ORDERS:
+        curves, switched = zip(*(curve(order, pool, seed, min_per_class, c) for pool in pools))
+        counts = sorted(set.intersection(*(set(points) for points in curves)))
+        points = {n: pooled_scores(pools, [points[n] for points in curves]) for n in counts}
+        runs.append({"seed": seed, "order": order, "curve": points, "all": everything, "switched": list(switched)})
+    return runs
 
 
 def main() -> None:
@@ -191,6 +248,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7,8,9")
     parser.add_argument("--quick", action="store_true", help="one split (seed 0): a check of the wiring")
+    parser.add_argument(
+        "--cv", action="store_true", help="grouped 5-fold cross-validation per seed, predictions pooled over folds"
+    )
     parser.add_argument("--min-per-class", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
@@ -198,7 +258,16 @@ def main() -> None:
     )
     parser.add_argument("--head-c", type=float, default=0.01, help="the logistic regression's C")
     parser.add_argument(
-        "--plot", type=Path, help="PNG path (default bench/active_learning_curve.png; none with --quick)"
+        "--model-classes",
+        action="store_true",
+        help="select_batch's class_names are the classes with min-per-class labels or more (the portal passes "
+        "the model's classes), not all classes: its cold start ends once those have a model",
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        help="PNG path (default bench/active_learning_curve.png, with --cv active_learning_curve_cv.png; "
+        "none with --quick)",
     )
     args = parser.parse_args()
     import torch
@@ -209,16 +278,39 @@ def main() -> None:
     runs = []
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     for seed in seeds:
-        pool = Pool(images, matrix, seed, args.pca)
-        everything = scores(pool, fit_predict(pool, np.ones(len(pool.y), bool), seed, args.head_c)[1])
-        for order in ORDERS:
-            points, switched = curve(order, pool, seed, args.min_per_class, args.head_c)
-            runs.append({"seed": seed, "order": order, "curve": points, "all": everything, "switched": switched})
-            print(seed, order, f"model from {switched}:", {k: round(v[0], 3) for k, v in points.items()}, flush=True)
+        started = time.monotonic()
+        pools = fold_pools(images, matrix, seed, args.pca) if args.cv else [source_pool(images, matrix, seed, args.pca)]
+        for pool in pools:
+            pool.model_classes = args.model_classes
+        if args.cv:
+            seed_runs = pooled_curves(pools, seed, args.min_per_class, args.head_c)
+        else:
+            seed_runs = source_curves(pools[0], seed, args)
+        for run in seed_runs:
+            print(seed, run["order"], f"model from {run['switched']}:", rounded(run["curve"]), flush=True)
+        print(f"seed {seed}: {time.monotonic() - started:.1f} s", flush=True)
+        runs += seed_runs
     table = report(runs)
     print(table)
     if args.plot or not args.quick:  # a one-split check must not overwrite the committed figure
-        plot(runs, args.plot or Path(__file__).with_name("active_learning_curve.png"))
+        default = "active_learning_curve_cv.png" if args.cv else "active_learning_curve.png"
+        unit = "seeds of grouped 5-fold cross-validation" if args.cv else "source splits"
+        plot(runs, args.plot or Path(__file__).with_name(default), unit)
+
+
+def source_curves(pool: Pool, seed: int, args) -> list[dict]:
+    """One run per order on one source split, scored on its test side."""
+    everything = scores(pool.y_test, fit_predict(pool, np.ones(len(pool.y), bool), seed, args.head_c)[1])
+    runs = []
+    for order in ORDERS:
+        points, switched = curve(order, pool, seed, args.min_per_class, args.head_c)
+        points = {n: scores(pool.y_test, predictions) for n, predictions in points.items()}
+        runs.append({"seed": seed, "order": order, "curve": points, "all": everything, "switched": switched})
+    return runs
+
+
+def rounded(points) -> dict:
+    return {n: round(accuracy, 3) for n, (accuracy, _) in points.items()}
 
 
 def report(runs) -> str:
@@ -289,11 +381,12 @@ def reach_table(runs) -> str:
                 + f" | {median} | {spread} ({len(reached)}/{len(seeds)}) |"
             )
     switched = [run["switched"] for run in runs if run["order"] == "select_batch"]
-    lines.append(f"\nselect_batch followed the model from these label counts on: {switched} (None: never).")
+    per = " (per seed, per fold)" if any(isinstance(s, list) for s in switched) else ""
+    lines.append(f"\nselect_batch followed the model from these label counts on{per}: {switched} (None: never).")
     return "\n".join(lines)
 
 
-def plot(runs, path: Path) -> None:
+def plot(runs, path: Path, unit: str = "source splits") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -312,9 +405,7 @@ def plot(runs, path: Path) -> None:
         axis.set(xlabel="labels", ylabel=f"{name}, unseen sources", xscale="log")
         axis.grid(alpha=0.3)
     axes[0].legend()
-    figure.suptitle(
-        f"Review order on the real SEM images (mean ± sd over {len({r['seed'] for r in runs})} source splits)"
-    )
+    figure.suptitle(f"Review order on the real SEM images (mean ± sd over {len({r['seed'] for r in runs})} {unit})")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     print(f"plot: {path}")
