@@ -110,9 +110,15 @@ def _class_p_values(test_scores: np.ndarray, reference: np.ndarray) -> np.ndarra
 
 
 def prediction_sets(probabilities, calibration: dict, classes: Sequence[str], coverage: float) -> list[list[str]]:
-    """Each image's set at ``coverage``: the classes whose p-value exceeds 1 - coverage, most probable first."""
+    """Each image's set at ``coverage``: the classes whose p-value exceeds 1 - coverage, most probable first.
+
+    Never empty: when no class passes (the calibration images were all answered more surely than this
+    one, as on well-separated data), the most probable class is the set. A larger set only raises the
+    coverage, so the guarantee stands; an empty set told a curator nothing the out-of-scope score does not,
+    and read as a contradiction beside a 99 % answer."""
     probabilities = np.atleast_2d(np.asarray(probabilities, float))
     admitted = p_values(probabilities, calibration, classes) > 1.0 - coverage + 1e-12
+    admitted[np.arange(len(admitted)), probabilities.argmax(1)] |= ~admitted.any(1)
     return [
         [classes[i] for i in np.argsort(-row, kind="stable") if keep[i]] for row, keep in zip(probabilities, admitted)
     ]

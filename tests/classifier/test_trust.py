@@ -102,6 +102,17 @@ def test_too_few_calibration_images_admit_every_class():
     assert conformal.prediction_set([0.97, 0.01, 0.01, 0.01], calibration, CLASSES, 0.9) == CLASSES
 
 
+def test_a_set_is_never_empty_the_most_probable_class_stands_in():
+    """Calibration images all answered at 0.999: a 0.99 answer is less sure than 90 % of them, so no class
+    passes; the set is the answer itself, not "none of the categories"."""
+    probabilities = np.full((40, 4), 0.000333)
+    probabilities[np.arange(40), np.arange(40) % 4] = 0.999
+    calibration = conformal.fit_conformal(probabilities, np.arange(40) % 4, CLASSES)
+    assert conformal.p_values([[0.99, 0.004, 0.003, 0.003]], calibration, CLASSES).max() <= 0.1
+    assert conformal.prediction_set([0.004, 0.99, 0.003, 0.003], calibration, CLASSES, 0.9) == ["b"]
+    assert conformal.prediction_set([0.0003, 0.999, 0.0004, 0.0003], calibration, CLASSES, 0.9) == ["b"]
+
+
 def test_knn_scores_are_the_kth_neighbour_distance_and_the_threshold_the_corrected_rank():
     rng = np.random.default_rng(4)
     train, held_out = rng.normal(size=(50, 8)), rng.normal(size=(39, 8))
