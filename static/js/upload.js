@@ -7,7 +7,8 @@
 
   var PARALLEL_UPLOADS = 2;
   var POLL_MS = 1500;
-  var FINAL_STATUSES = { classified: true, failed: true };
+  // Out of scope is a classification too (kept, never confident): nothing more to wait for.
+  var FINAL_STATUSES = { classified: true, out_of_scope: true, failed: true };
   var input = document.getElementById("id_files");
   var dropzone = document.getElementById("dropzone");
   var list = document.getElementById("file-list");

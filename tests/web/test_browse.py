@@ -154,3 +154,21 @@ def test_query_count_does_not_grow_with_images(
         assert response.context["backlog"]["images"] == 50
     # 16: the dashboard's optimistic-figures check (do test images share samples with training?) is one query.
     assert with_five <= 16, f"{url_name} uses {with_five} queries"
+
+
+def test_an_out_of_scope_card_says_out_of_scope_once(client, curator, sample, categories, make_image, make_model):
+    """The prediction badges already say "out of scope": the status badge ("Out of scope") repeated it."""
+    strange = make_image(
+        sample,
+        predicted=categories["Fibres"],
+        confidence=0.97,
+        margin=0.9,
+        model=make_model(1),
+        status=SEMImage.Status.OUT_OF_SCOPE,
+    )
+    client.force_login(curator)
+    html = client.get(reverse("web:browse")).content.decode()
+    card = html.split(f'data-image-id="{strange.pk}"')[1].split("</article>")[0]
+    assert card.lower().count("out of scope</span>") == 1, card
+    # A long badge wraps in its card (static/css/portal.css) and its title names the prediction in full.
+    assert 'title="Fibres 97%: not a confident prediction' in card

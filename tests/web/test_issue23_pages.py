@@ -58,6 +58,23 @@ def test_a_good_models_confident_prediction_is_not_uncertain_but_a_weak_one_is(
     assert "below 75 % confidence are marked uncertain" in card
 
 
+def test_a_conformal_models_worth_line_does_not_promise_a_confidence_threshold(
+    client, member, sample, make_image, make_model, predict, categories
+):
+    """A model with prediction sets marks a 99 % answer uncertain when its set is not one category: the
+    line under the suggestions said "answers below 75 % confidence are marked uncertain" beside it."""
+    model = make_model(1, status="production", metadata={"conformal": {"mode": "pooled", "n": 30}})
+    image = make_image(sample)
+    predict(image, model, {"Fibres": 0.99, "Particles": 0.01}, categories)
+    SEMImage.objects.filter(pk=image.pk).update(predicted_set=["fibres", "particles"], predicted_set_size=2)
+    client.force_login(member)
+    for page in (_html(client, "web:browse"), _html(client, "web:image_detail", image.pk), _html(client, "web:upload")):
+        worth = page.split('class="muted small model-worth">')[1].split("</p>")[0]
+        assert "confidence are marked uncertain" not in worth, worth
+        assert "marked uncertain, whatever its confidence, when its prediction set holds other than one" in worth
+    assert "Fibres 99% · uncertain" in _html(client, "web:browse")
+
+
 def test_a_blank_upload_is_flagged_as_blank(client, member, sample, user, categories, make_model, predict):
     from portal.services.ingestion.ingest import ingest_file
 

@@ -56,6 +56,8 @@ def test_a_budget_that_fits_gets_no_warning_and_the_page_says_what_the_set_needs
     client.force_login(admin_user)
     page = client.get(reverse("web:training")).content.decode()
     estimate = page.split('id="budget-estimate">')[1].split("</p>")[0]
+    # The budget's label, field, hint and Train now share one line with the other buttons (portal.css).
+    assert '<form method="post" action="/training/start/" class="inline" id="train-form">' in page
     assert (
         "20 training, 5 evaluation images" in estimate
         and "about 2 min 05 s for all 8 views of each training image" in estimate
@@ -95,6 +97,23 @@ def test_the_run_page_shows_the_phase_the_budget_and_a_remaining_time_within_it(
     TrainingRun.objects.filter(pk=feature_run.pk).update(started_at=timezone.now() - timedelta(seconds=200))
     progress = client.get(reverse("web:training_progress", args=[feature_run.pk])).json()
     assert "20 s over its budget" in progress["elapsed"] and "remaining" not in progress["elapsed"]
+
+
+def test_a_finished_feature_run_says_why_it_has_no_loss_curves(client, member, feature_run):
+    """A head on frozen features has no epochs: the run page showed an empty "Loss curves" panel and a
+    "Progressive resizing stages" table of one 0-epoch stage, with no word on why."""
+    TrainingRun.objects.filter(pk=feature_run.pk).update(
+        status=TrainingRun.Status.SUCCEEDED,
+        active=None,
+        finished_at=timezone.now(),
+        stages=[{"stage": 0, "size": 224, "epochs": 0, "best_valid_loss": 0.03, "duration_s": 100.0}],
+    )
+    client.force_login(member)
+    page = client.get(reverse("web:training_run", args=[feature_run.pk])).content.decode()
+    assert "No loss curves: this run fitted a head on frozen ImageNet features" in page
+    assert 'id="loss-chart"' not in page and "No epoch finished yet" not in page
+    stages = page.split('id="stage-panel"')[1].split("</div>")[0]
+    assert "<h2>Feature stage</h2>" in stages and "no epochs and no progressive resizing" in stages
 
 
 def test_the_worker_keeps_the_request_warning_and_logs_the_feature_plan(feature_run):
