@@ -137,7 +137,8 @@ def test_no_refit_while_the_session_goes_on_or_with_too_few_labels(
 
     settings.SEM_REFIT_QUIET_S = 0
     settings.SEM_REFIT_MIN_NEW_LABELS = 40
-    refused = training.refit_after_review()
+    assert training.refit_after_review() is None  # 12 labels, 40 needed
+    refused = training.request_head_refit(trigger=TrainingRun.Trigger.COMMAND)
     assert refused.run is None and refused.refusal == "no_new_labels" and "40 needed" in refused.reason
     assert not TrainingRun.objects.exists()
 

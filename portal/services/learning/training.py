@@ -184,9 +184,13 @@ def refit_after_review() -> TrainingRequest | None:
     production = production_model()
     if production is None or not settings.SEM_REFIT_MIN_NEW_LABELS:
         return None
-    newest = Label.objects.filter(created_at__gt=production.created_at).aggregate(Max("created_at"))
-    newest = newest["created_at__max"]
+    since = Label.objects.filter(created_at__gt=production.created_at)
+    newest = since.aggregate(Max("created_at"))["created_at__max"]
     if newest is None or (timezone.now() - newest).total_seconds() < settings.SEM_REFIT_QUIET_S:
+        return None
+    # Cheap before the exact count (which reads every curated label and the label set): the labels saved
+    # since production was registered, a lower bound.
+    if since.filter(is_current=True, image__split=SEMImage.Split.TRAIN).count() < settings.SEM_REFIT_MIN_NEW_LABELS:
         return None
     if TrainingRun.objects.filter(kind=TrainingRun.Kind.HEAD_REFIT, created_at__gt=newest).exists():
         return None  # this session was refitted already (or refused at the gate): wait for new labels
