@@ -59,15 +59,18 @@ def select_batch(
         (`compact`; 0: the embeddings as given); the margin phase clusters its few candidates as given.
     Returns fewer than ``batch_size`` pairs only when fewer images are unlabelled.
     """
+    from .blas import one_blas_thread
+
     embeddings = np.asarray(embeddings, dtype=np.float64)
     labelled = np.asarray(labelled_mask, dtype=bool)
     batch_size = min(batch_size, int((~labelled).sum()))
     if batch_size <= 0:
         return []
-    if _needs_cold_start(labelled, labels, probabilities, min_per_class, class_names):
-        return _typical_and_diverse(compact(embeddings, sampler_dims, seed), labelled, batch_size, seed)
-    names = list(class_names) if class_names is not None else [str(i) for i in range(probabilities.shape[1])]
-    return _uncertain_and_diverse(embeddings, labelled, np.asarray(probabilities), batch_size, seed, names)
+    with one_blas_thread():  # PCA and k-means of a web request: see blas.py
+        if _needs_cold_start(labelled, labels, probabilities, min_per_class, class_names):
+            return _typical_and_diverse(compact(embeddings, sampler_dims, seed), labelled, batch_size, seed)
+        names = list(class_names) if class_names is not None else [str(i) for i in range(probabilities.shape[1])]
+        return _uncertain_and_diverse(embeddings, labelled, np.asarray(probabilities), batch_size, seed, names)
 
 
 def compact(embeddings, dims: int = SAMPLER_DIMS, seed: int = 0) -> np.ndarray:

@@ -221,15 +221,18 @@ def fit_head(features, labels, groups, n_classes: int, c: float, seed: int, pool
     between folds and left ECE at 0.14 over 10 seeds; cross-fitted: 0.07, bench/RESULTS.md). The
     out-of-fold probabilities are returned too (``oof_probabilities``, ``oof_labels``, ``oof_index``):
     held-out scores for prediction sets and out-of-scope thresholds."""
+    from .blas import one_blas_thread
     from .calibration import calibration_report, softmax
 
     features = features.mean(1)
     weights = series_weights(labels, groups) if groups else None
-    logits, scored = out_of_fold_logits(features, labels, groups, n_classes, c, seed, folds, pooled_dims)
+    with one_blas_thread():
+        logits, scored = out_of_fold_logits(features, labels, groups, n_classes, c, seed, folds, pooled_dims)
+        final = _fit(features, labels, weights, n_classes, c, seed, pooled_dims)
     calibration = calibration_report(logits[scored], labels[scored])
     temperature = calibration["temperature"]
     return {
-        **_fit(features, labels, weights, n_classes, c, seed, pooled_dims),
+        **final,
         "temperature": temperature,
         "calibration": calibration,
         "valid_nll": calibration["nll_after"],
