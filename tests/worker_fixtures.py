@@ -144,32 +144,44 @@ TINY_TRAIN_CONFIG = {
 }
 
 
+def synthetic_derivatives(root: Path, folders=MODEL_FOLDERS, seeds=range(1000, 1010)) -> list[tuple[str, str]]:
+    """(derivative path, category name) of synthetic micrographs, made as ingestion makes derivatives."""
+    from classifier.databar import crop_databar
+    from classifier.preprocess import make_derivative
+    from classifier.synthetic import make_image
+
+    items = []
+    for folder in folders:
+        for seed in seeds:
+            path = Path(root) / f"{folder}-{seed}.png"
+            make_derivative(crop_databar(make_image(folder, seed, size=SYNTHETIC_SIZE))[0]).save(path)
+            items.append((str(path), category_name(folder)))
+    return items
+
+
+def train_artifact(items, config, path: Path, **train_args) -> TrainedArtifact:
+    """classifier.train on ``items`` into ``path``, as a TrainedArtifact."""
+    from classifier.train import train
+
+    result = train(items, config, str(path), **train_args)
+    return TrainedArtifact(
+        Path(result.artifact_path), result.sha256, list(result.metadata["classes"]), result.evaluation, result.metadata
+    )
+
+
 @pytest.fixture(scope="session")
 def trained_artifact(tmp_path_factory) -> TrainedArtifact:
     """Trained once per session on synthetic derivatives (about 10 s on 2 CPU cores)."""
     from classifier.config import TrainConfig
-    from classifier.databar import crop_databar
-    from classifier.preprocess import make_derivative
-    from classifier.synthetic import make_image
-    from classifier.train import train
 
     root = tmp_path_factory.mktemp("trained-model")
-    items = []
-    for folder in MODEL_FOLDERS:
-        for seed in range(10):
-            path = root / f"{folder}-{seed}.png"
-            make_derivative(crop_databar(make_image(folder, 1000 + seed, size=SYNTHETIC_SIZE))[0]).save(path)
-            items.append((str(path), category_name(folder)))
-    test_items = items[::5]
-    result = train(
+    items = synthetic_derivatives(root)
+    return train_artifact(
         items,
         TrainConfig.from_dict(TINY_TRAIN_CONFIG),
-        str(root / "model.pth"),
-        test_items=test_items,
+        root / "model.pth",
+        test_items=items[::5],
         classes=[category_name(folder) for folder in MODEL_FOLDERS],
-    )
-    return TrainedArtifact(
-        Path(result.artifact_path), result.sha256, list(result.metadata["classes"]), result.evaluation, result.metadata
     )
 
 
@@ -200,8 +212,11 @@ def write_legacy_artifact(path, state_dict: dict, metadata: dict) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def install_model(artifact: TrainedArtifact, version: int, *, status: str, metrics: dict | None = None):
-    """A ModelVersion whose artifact is a copy of `artifact` under settings.MODEL_DIR/v{version}/."""
+def install_model(
+    artifact: TrainedArtifact, version: int, *, status: str, metrics: dict | None = None, with_metadata: bool = False
+):
+    """A ModelVersion whose artifact is a copy of `artifact` under settings.MODEL_DIR/v{version}/; with
+    `with_metadata`, its artifact metadata stored as a training run stores it (the recipe, the calibration)."""
     from django.conf import settings
     from django.utils import timezone
 
@@ -219,6 +234,9 @@ def install_model(artifact: TrainedArtifact, version: int, *, status: str, metri
         classes=artifact.classes,
         metrics=metrics or artifact.metrics,
         promoted_at=timezone.now() if status == ModelVersion.Status.PRODUCTION else None,
+        metadata={key: value for key, value in artifact.metadata.items() if key != "evaluation"}
+        if with_metadata
+        else {},
     )
 
 

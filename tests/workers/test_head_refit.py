@@ -10,7 +10,14 @@ import pytest
 from portal.models import ModelVersion, SEMImage, TrainingRun
 from portal.services.delivery import maintenance
 from portal.services.learning import classification_batch, promotion, training, training_run
-from tests.worker_fixtures import MODEL_FOLDERS, SYNTHETIC_SIZE, TrainedArtifact, category_name, install_model
+from tests.worker_fixtures import (
+    MODEL_FOLDERS,
+    TrainedArtifact,
+    category_name,
+    install_model,
+    synthetic_derivatives,
+    train_artifact,
+)
 
 BASE_FOLDERS = MODEL_FOLDERS[:3]  # the base model never saw the fourth category
 NEW_FOLDER = MODEL_FOLDERS[3]
@@ -20,23 +27,11 @@ NEW_FOLDER = MODEL_FOLDERS[3]
 def frozen_base(tmp_path_factory) -> TrainedArtifact:
     """The product's frozen-feature recipe (ImageNet Lite0 body, 64 px for speed) on three categories."""
     from classifier.config import TrainConfig
-    from classifier.databar import crop_databar
-    from classifier.preprocess import make_derivative
-    from classifier.synthetic import make_image
-    from classifier.train import train
 
     root = tmp_path_factory.mktemp("frozen-base")
-    items = []
-    for folder in BASE_FOLDERS:
-        for seed in range(8):
-            path = root / f"{folder}-{seed}.png"
-            make_derivative(crop_databar(make_image(folder, 2000 + seed, size=SYNTHETIC_SIZE))[0]).save(path)
-            items.append((str(path), category_name(folder)))
+    items = synthetic_derivatives(root, BASE_FOLDERS, range(2000, 2008))
     config = TrainConfig(seed=3, sizes=(64,), epochs=(1,), batch_sizes=(16,))
-    result = train(items, config, str(root / "model.safetensors"), classes=[category_name(f) for f in BASE_FOLDERS])
-    return TrainedArtifact(
-        root / "model.safetensors", result.sha256, list(result.metadata["classes"]), result.evaluation, result.metadata
-    )
+    return train_artifact(items, config, root / "model.safetensors", classes=[category_name(f) for f in BASE_FOLDERS])
 
 
 @pytest.fixture
@@ -45,11 +40,7 @@ def base_in_production(db, frozen_base, nffa_categories, settings):
     settings.SEM_REFIT_MIN_NEW_LABELS = 10
     settings.SEM_RETRAIN_MIN_NEW_LABELS = 10
     settings.SEM_TRAIN_SIZES = [64]
-    model = install_model(frozen_base, 1, status=ModelVersion.Status.PRODUCTION)
-    metadata = {key: value for key, value in frozen_base.metadata.items() if key != "evaluation"}
-    ModelVersion.objects.filter(pk=model.pk).update(metadata=metadata)
-    model.refresh_from_db()
-    return model
+    return install_model(frozen_base, 1, status=ModelVersion.Status.PRODUCTION, with_metadata=True)
 
 
 def _review_session(sample, user, upload_images, count=48):
@@ -157,9 +148,7 @@ def test_the_minutely_sweep_queues_the_refit_and_a_worker_runs_it(
     worker_factory, frozen_base, nffa_categories, sample, user, upload_images, settings
 ):
     settings.SEM_TRAIN_SIZES = [64]
-    model = install_model(frozen_base, 1, status=ModelVersion.Status.PRODUCTION)
-    metadata = {key: value for key, value in frozen_base.metadata.items() if key != "evaluation"}
-    ModelVersion.objects.filter(pk=model.pk).update(metadata=metadata)
+    model = install_model(frozen_base, 1, status=ModelVersion.Status.PRODUCTION, with_metadata=True)
     worker = worker_factory(SEM_REFIT_QUIET_S=0, SEM_REFIT_MIN_NEW_LABELS=10, SEM_TRAIN_SIZES=[64])
     images = upload_images(sample, user, 24, labelled=True, seed=500)  # the worker classifies them
     worker.wait_until(

@@ -12,7 +12,12 @@ from django.conf import settings
 from PIL import Image
 
 from portal.models import ModelVersion, Prediction, SEMImage
-from tests.worker_fixtures import MODEL_FOLDERS, SYNTHETIC_SIZE, TrainedArtifact, category_name, install_model
+from tests.worker_fixtures import (
+    TrainedArtifact,
+    install_model,
+    synthetic_derivatives,
+    train_artifact,
+)
 
 pytestmark = pytest.mark.worker
 
@@ -22,23 +27,11 @@ def trust_artifact(tmp_path_factory) -> TrainedArtifact:
     """classifier.train's default recipe (EfficientNet-Lite0 features, logistic head, temperature, conformal
     calibration, kNN detector) at 64 px on synthetic micrographs of four categories."""
     from classifier.config import TrainConfig
-    from classifier.databar import crop_databar
-    from classifier.preprocess import make_derivative
-    from classifier.synthetic import make_image
-    from classifier.train import train
 
     root = tmp_path_factory.mktemp("trust-model")
-    items = []
-    for folder in MODEL_FOLDERS:
-        for seed in range(10):
-            path = root / f"{folder}-{seed}.png"
-            make_derivative(crop_databar(make_image(folder, 2000 + seed, size=SYNTHETIC_SIZE))[0]).save(path)
-            items.append((str(path), category_name(folder)))
+    items = synthetic_derivatives(root, seeds=range(2000, 2010))
     config = TrainConfig(seed=0, sizes=(64,), epochs=(1,), batch_sizes=(16,))
-    result = train(items, config, str(root / "model.safetensors"), test_items=items[::5])
-    return TrainedArtifact(
-        root / "model.safetensors", result.sha256, list(result.metadata["classes"]), result.evaluation, result.metadata
-    )
+    return train_artifact(items, config, root / "model.safetensors", test_items=items[::5])
 
 
 def _png(array: np.ndarray) -> io.BytesIO:
