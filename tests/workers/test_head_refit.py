@@ -119,6 +119,21 @@ def test_the_gate_compares_a_refit_with_production_on_their_stored_embeddings(
     assert gate["rule"] == "bootstrap", run.model_version.gate_reason
 
 
+def test_a_heat_map_of_a_default_recipe_model_and_of_its_refit(base_in_production, sample, user, upload_images):
+    """The default recipe's artifact carries the out-of-scope bank (and a refit's its base statistics)
+    beside the network: Grad-CAM loads the network alone (it failed on every such model before)."""
+    from portal.models import HeatMap
+    from portal.services.learning import heatmaps
+
+    images = _review_session(sample, user, upload_images, count=16)
+    first = heatmaps.request_heatmap(images[0], base_in_production)
+    assert heatmaps.compute_heatmap(first.pk) == HeatMap.Status.READY, HeatMap.objects.get(pk=first.pk).error
+
+    refit = training_run.run_training(training.request_head_refit(trigger="command", force=True).run.pk).model_version
+    second = heatmaps.request_heatmap(images[1], refit)
+    assert heatmaps.compute_heatmap(second.pk) == HeatMap.Status.READY, HeatMap.objects.get(pk=second.pk).error
+
+
 def test_no_refit_while_the_session_goes_on_or_with_too_few_labels(
     base_in_production, sample, user, upload_images, settings
 ):
