@@ -162,6 +162,7 @@ WEB_ROUTES = {
     ),
     "web:training": Route({"GET": EVERYONE}),
     "web:training_start": Route({"POST": ADMINS}),
+    "web:training_refit": Route({"POST": ADMINS}),
     "web:training_run": Route({"GET": EVERYONE}, kwargs=lambda w: {"pk": w.run.pk}),
     "web:training_progress": Route({"GET": EVERYONE}, kwargs=lambda w: {"pk": w.run.pk}),
     "web:training_cancel": Route({"POST": ADMINS}, kwargs=lambda w: {"pk": w.run.pk}),
