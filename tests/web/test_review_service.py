@@ -83,6 +83,23 @@ def test_bulk_candidates_are_unlabelled_predictions_above_the_threshold(curator,
     assert set(review.bulk_candidates(curator, 0.5)) == {images["uncertain"], images["confident"]}
 
 
+def test_bulk_never_takes_an_answer_marked_uncertain(
+    curator, images, make_model, make_image, predict, sample, categories
+):
+    """A guessing model's 97 % and a blank frame's answer are uncertain on every page: bulk leaves them."""
+    guessing = make_model(2, classes=("Fibres", "Particles", "Powder"), counts=[[10, 0, 0], [10, 0, 0], [10, 0, 0]])
+    assert guessing.uncertain_below > 1
+    by_guess = make_image(sample)
+    predict(by_guess, guessing, {"Fibres": 0.97, "Particles": 0.02, "Powder": 0.01}, categories)
+    blank = make_image(sample, blank=True)
+    predict(blank, images["confident"].predicted_by, {"Powder": 0.99, "Fibres": 0.01, "Particles": 0.0}, categories)
+
+    candidates = set(review.bulk_candidates(curator, 0.85))
+
+    assert candidates == {images["confident"]}
+    assert by_guess.prediction_uncertain and blank.prediction_uncertain
+
+
 def test_suggestions_rank_the_current_prediction(images, categories):
     ranked = [(s["category"].name, s["probability"]) for s in review.suggestions(images["uncertain"], categories)]
     assert ranked == [("Fibres", 0.5), ("Particles", 0.4), ("Powder", 0.1)]

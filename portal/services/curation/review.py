@@ -199,10 +199,20 @@ def suggestions(image: SEMImage, categories: dict[str, Category], top: int = 3) 
 
 
 def confident_in(images: QuerySet[SEMImage]) -> QuerySet[SEMImage]:
-    """Images whose prediction may count as confident: in scope, and a one-category set where the model
-    makes sets (SEMImage.prediction_uncertain's rule, as a query)."""
+    """Images whose prediction may count as confident: in scope, not blank, from a model better than
+    guessing, and a one-category set where the model makes sets (SEMImage.prediction_uncertain's rule, as
+    a query)."""
     several = Q(predicted_set_size__isnull=False) & ~Q(predicted_set_size=1)
-    return images.exclude(status=SEMImage.Status.OUT_OF_SCOPE).exclude(several)
+    confident = images.exclude(status=SEMImage.Status.OUT_OF_SCOPE).exclude(blank=True).exclude(several)
+    return confident.exclude(predicted_by__in=_guessing_models())
+
+
+def _guessing_models() -> list[int]:
+    """Model versions no better than always answering the largest class (ModelVersion.uncertain_below):
+    every answer of theirs is uncertain, whatever its confidence. A lab keeps a few versions."""
+    from portal.models import ModelVersion
+
+    return [model.pk for model in ModelVersion.objects.only("pk", "metrics") if model.uncertain_below > 1.0]
 
 
 def bulk_candidates(user, min_confidence: float, project_id: int | None = None) -> QuerySet[SEMImage]:
