@@ -164,6 +164,13 @@ def test_a_queue_without_a_production_model_explains_itself(client, curator, sam
         fibres = next(row for row in cold["not_ready"] if row["name"] == "Fibres")
         assert fibres["train_images"] == 1 and fibres["needed"] == cold["min_images_per_class"] - 1
     assert "needs a model" in html
+    assert 'id="first-model-training"' not in html
+    from portal.models import TrainingRun
+
+    run = TrainingRun.objects.create(trigger=TrainingRun.Trigger.BOOTSTRAP, status=TrainingRun.Status.RUNNING)
+    html = page(client).content.decode()
+    assert 'id="first-model-training"' in html and "A model is running" in html
+    assert reverse("web:training_run", args=[run.pk]) in html
 
 
 def test_the_order_note_and_default(client, curator, sample, make_image, model, predict, categories):

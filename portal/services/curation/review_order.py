@@ -222,10 +222,12 @@ def cold_start() -> dict | None:
     """None while a production model exists; else what the Review page tells the lab."""
     if production_model() is not None:
         return None
+    from portal.models import TrainingRun
     from portal.services.learning.training import class_readiness
 
     rows = [row for row in class_readiness() if row["needed"]]
     return {
+        "training": TrainingRun.objects.filter(active=True).first(),  # a first model on its way
         "min_images_per_class": settings.SEM_MIN_IMAGES_PER_CLASS,
         "not_ready": [row for row in rows if row["train_images"]],
         "not_started": [row["name"] for row in rows if not row["train_images"]],
