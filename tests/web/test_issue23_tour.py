@@ -16,13 +16,14 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from portal.models import ApiToken, Label, SEMImage, TrainingRun
-from tests.web.conftest import PASSWORD
+from portal.models import ApiToken, Label, ModelVersion, SEMImage, TrainingRun
+from tests.web.conftest import PASSWORD, evaluation
 from tests.web.issue14_support import browser_test, review_head
 from tests.web.test_browser import browser, screenshot  # noqa: F401  (the fixture)
 from tests.web.test_issue23_ui import LONG_REASON, _gate
 
 NEAR_CHANCE = [[3, 4, 3], [4, 3, 3], [3, 3, 4]]  # accuracy 0.33 on 30 balanced test images
+GOOD = [[8, 1, 1], [2, 7, 1], [0, 1, 9]]  # accuracy 0.80
 GUESS = {"Particles": 0.66, "Fibres": 0.2, "Powder": 0.14}
 
 
@@ -314,6 +315,15 @@ def review_keeps_a_curated_label(page, tour) -> None:
 def bulk_acceptance_counts_and_asks(page, tour) -> None:
     page.goto(reverse("web:review"))
     bulk = "#id_min_confidence"
+    # The near-chance production's answers are all uncertain: bulk offers none of them, and says why.
+    page.fill(bulk, "90")
+    assert page.text_content("#bulk-accept") == "Accept 0 predictions" and page.is_disabled("#bulk-accept")
+    assert "no better than guessing" in page.text_content("#bulk-uncertain")
+    # Evaluated again, better than guessing: its confident answers are offered.
+    production = ModelVersion.objects.get(status=ModelVersion.Status.PRODUCTION)
+    ModelVersion.objects.filter(pk=production.pk).update(metrics=evaluation(production.classes, GOOD))
+    page.goto(reverse("web:review"))
+    assert "no better than guessing" not in page.text_content("#bulk-uncertain")
     page.fill(bulk, "100")
     assert page.text_content("#bulk-accept") == "Accept 0 predictions" and page.is_disabled("#bulk-accept")
     page.fill(bulk, "90")  # the 0.95 and 0.92 predictions

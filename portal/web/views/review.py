@@ -57,8 +57,14 @@ def review(request):
         "bulk_form": BulkAcceptForm(),
         "bulk_counts": queue.bulk_counts(request.user, chosen["project_id"]),
         **refit_note(),
+        "production_guessing": _guessing(review_order.production_model()),
     }
     return render(request, "portal/review.html", context)
+
+
+def _guessing(model):
+    """``model`` when it is no better than guessing (every answer uncertain, none bulk-accepted), else None."""
+    return model if model is not None and model.uncertain_below > 1.0 else None
 
 
 def refit_note() -> dict:
