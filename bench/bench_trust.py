@@ -27,8 +27,6 @@ test side (unseen sources):
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import json
 import sys
 from collections import defaultdict
@@ -46,129 +44,69 @@ import bench_real_cv  # noqa: E402
 import real_data  # noqa: E402
 
 COVERAGES = (0.8, 0.9, 0.95)
+RULES = ("knn", "classifier", "either")
+SET_TITLES = {"made": "made set (kinds seen in training)", "holdout": "holdout set (kinds never seen)"}
 COLOUR_THRESHOLD = 15.0  # SEM_COLOUR_OUT_OF_SCOPE's default
-SIZE = 768  # side of the made images (the real ones are 0.5-4 megapixels; derivatives are 256 px)
 
 
 def out_of_scope_images(folder: Path, real) -> list[real_data.RealImage]:
-    """The out-of-scope set, written as PNG files (kind in `category`, one group per file)."""
+    """The out-of-scope set, written as PNG files (kind in `category`, one group per file): the product's
+    made outliers (classifier.outliers: the training-time outliers of the outlier classifier, so a kind
+    seen in training) and 12 real micrographs defocused, one per source."""
+    from classifier import outliers
+
+    chosen = [
+        image
+        for image in real
+        if image.path
+        in set(outliers.one_per_group([image.path for image in real], [image.group for image in real], 12))
+    ]
+    made = outliers.made_outliers() + outliers.defocused(
+        [image.path for image in chosen], [image.path.stem[:40] for image in chosen]
+    )
+    return _written(folder, made, "ood")
+
+
+def _written(folder: Path, made, prefix: str) -> list[real_data.RealImage]:
+    from PIL import Image
+
     folder.mkdir(parents=True, exist_ok=True)
-    made = []
-    for kind, name, array in _photos() + _renders() + _synthetic() + _defocused(real):
+    images = []
+    for kind, name, array in made:
         path = folder / f"{kind}-{name}.png"
         if not path.exists():
-            from PIL import Image
-
             Image.fromarray(array).save(path)
-        made.append(real_data.RealImage(path, kind, f"ood/{kind}/{name}"))
-    return made
+        images.append(real_data.RealImage(path, kind, f"{prefix}/{kind}/{name}"))
+    return images
 
 
-def _mpl_sample(name: str) -> Path:
-    import matplotlib
+def holdout_images(folder: Path | None) -> list[real_data.RealImage]:
+    """Out-of-scope images of kinds the outlier classifier never saw: every image file in ``folder``, its
+    kind the file name up to the first '-' (see the module's docstring for scikit-image's samples)."""
+    if folder is None:
+        return []
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".tiff"})
+    return [real_data.RealImage(p, p.name.split("-")[0], f"holdout/{p.name}") for p in files]
 
-    return Path(matplotlib.get_data_path()) / "sample_data" / name
 
-
-def _photos():
-    """Optical photos (two shipped with matplotlib), whole and as four crops each."""
+def training_outliers(folder: Path, real) -> tuple[list[real_data.RealImage], list[real_data.RealImage]]:
+    """What a training run gives the outlier classifier, as files: the made outliers (all but defocused) and
+    every real image's derivative defocused (a fold takes those of 12 of its training series, as
+    head_training.outlier_sources does)."""
     from PIL import Image
 
-    out = []
-    for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png"):
-        photo = np.asarray(Image.open(_mpl_sample(name)).convert("RGB"))
-        h, w = photo.shape[:2]
-        crops = {"full": photo, "tl": photo[: h // 2, : w // 2], "br": photo[h // 2 :, w // 2 :]}
-        crops |= {"centre": photo[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4], "rot": np.rot90(photo).copy()}
-        out += [("photo", f"{Path(name).stem}-{key}", np.ascontiguousarray(a)) for key, a in crops.items()]
-    return out
+    from classifier import outliers
 
-
-def _renders():
-    """Screenshots and maps: matplotlib's logo, charts rendered by Agg, elevation maps in false colour
-    (like EDX maps), an MRI slice."""
-    from PIL import Image
-
-    out = [("screenshot", "logo", np.asarray(Image.open(_mpl_sample("logo2.png")).convert("RGB")))]
-    out += [("screenshot", f"chart-{i}", _chart(i)) for i in range(4)]
-    for name in ("topobathy.npz", "jacksboro_fault_dem.npz"):
-        data = np.load(_mpl_sample(name))
-        field = np.asarray(data[data.files[0]], float)
-        for cmap in ("viridis", "terrain"):
-            out.append(("map", f"{Path(name).stem}-{cmap}", _colour(field, cmap)))
-    with gzip.open(_mpl_sample("s1045.ima.gz")) as handle:
-        mri = np.frombuffer(handle.read(), np.uint16).reshape(256, 256).astype(float)
-    out.append(("map", "mri", (255 * mri / mri.max()).astype(np.uint8)))
-    return out
-
-
-def _chart(index: int) -> np.ndarray:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rng = np.random.default_rng(index)
-    figure, axes = plt.subplots(figsize=(6, 4.5), dpi=100)
-    x = np.linspace(0, 10, 200)
-    if index == 0:
-        axes.plot(x, np.sin(x) + rng.normal(0, 0.1, x.size))
-    elif index == 1:
-        axes.bar(range(8), rng.uniform(1, 5, 8))
-    elif index == 2:
-        axes.scatter(rng.normal(size=300), rng.normal(size=300), s=6)
-    else:
-        axes.hist(rng.normal(size=2000), bins=40)
-        axes.set_title("EDX spectrum counts")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
-
-
-def _colour(field: np.ndarray, cmap: str) -> np.ndarray:
-    import matplotlib
-
-    span = np.nanmax(field) - np.nanmin(field)
-    scaled = (np.nan_to_num(field) - np.nanmin(field)) / (span or 1.0)
-    return (matplotlib.colormaps[cmap](scaled)[..., :3] * 255).astype(np.uint8)
-
-
-def _synthetic():
-    """Blank, noise and gradient frames."""
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:SIZE, 0:SIZE] / SIZE
-    out = [("blank", f"level-{v}", np.full((SIZE, SIZE), v, np.uint8)) for v in (0, 128, 255)]
-    out.append(("blank", "dark-noisy", np.clip(rng.normal(8, 2, (SIZE, SIZE)), 0, 255).astype(np.uint8)))
-    out.append(("noise", "gaussian", np.clip(rng.normal(128, 40, (SIZE, SIZE)), 0, 255).astype(np.uint8)))
-    out.append(("noise", "uniform", rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)))
-    out.append(("noise", "salt-pepper", (rng.random((SIZE, SIZE)) < 0.5).astype(np.uint8) * 255))
-    out.append(("noise", "colour", rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)))
-    for name, ramp in (("horizontal", x), ("vertical", y), ("diagonal", (x + y) / 2)):
-        out.append(("gradient", name, (255 * ramp).astype(np.uint8)))
-    radial = np.hypot(x - 0.5, y - 0.5) / np.hypot(0.5, 0.5)
-    out.append(("gradient", "radial", (255 * radial).astype(np.uint8)))
-    return out
-
-
-def _defocused(real, count: int = 12):
-    """Real micrographs blurred far out of focus (Gaussian, sigma 4 % of the width): one per source
-    group, so they are not twelve tiles of one series."""
-    from PIL import Image, ImageFilter
-
-    chosen, seen = [], set()
-    for image in sorted(real, key=lambda item: str(item.path)):
-        if image.group not in seen and len(chosen) < count:
-            seen.add(image.group)
-            chosen.append(image)
-    out = []
-    for image in chosen:
-        grey = Image.open(image.path).convert("L")
-        blurred = grey.filter(ImageFilter.GaussianBlur(0.04 * grey.width))
-        out.append(("defocused", image.path.stem[:40], np.asarray(blurred)))
-    return out
+    made = _written(folder, outliers.made_outliers(), "made")
+    derived = real_data.derivatives(real, folder / "derivatives")
+    blurred = []
+    for image in real:
+        path = folder / f"defocused-{Path(derived[image.path]).stem}.png"
+        if not path.exists():
+            array = outliers.defocused([derived[image.path]], [""])[0][2]
+            Image.fromarray(array).save(path)
+        blurred.append(real_data.RealImage(path, "defocused", image.group))
+    return made, blurred
 
 
 def colour_flags(paths) -> np.ndarray:
@@ -196,12 +134,13 @@ def colour_report(ood_images, ood_colour, real_colour) -> str:
     return "\n".join(lines)
 
 
-def run_fold(matrix, labels, groups, train_idx, test_idx, classes, seed, ood_matrix):
-    """One fold through the product's functions: (test probabilities, conformal, scorer)."""
+def run_fold(matrix, labels, groups, train_idx, test_idx, classes, seed, outlier_data):
+    """One fold through the product's functions: (test probabilities, trust metadata, scorer)."""
     from classifier.calibration import softmax
     from classifier.config import TrainConfig
     from classifier.head_training import _logits, fit_head, trust_metadata
-    from classifier.ood import BANK_KEY, KnnScorer
+    from classifier.ood import BANK_KEY, OUTLIER_WEIGHT_KEY, OutOfScopeScorer
+    from classifier.outliers import one_per_group
 
     config = TrainConfig()
     train_idx = np.asarray(train_idx)
@@ -209,63 +148,85 @@ def run_fold(matrix, labels, groups, train_idx, test_idx, classes, seed, ood_mat
     fold_groups = [groups[i] for i in train_idx]
     features = matrix[train_idx][:, None, :]  # (N, views, D): the views are already averaged
     head = fit_head(features, y, fold_groups, len(classes), config.head_c, seed, POOLED_DIMS)
-    trust, bank = trust_metadata(head, features, y, fold_groups, classes, seed)
-    scorer = KnnScorer(bank[BANK_KEY].float().numpy(), trust["out_of_scope"])
-    x_test = matrix[test_idx]
-    probabilities = softmax(_logits(head, x_test), head["temperature"])
-    real_scores = scorer.scores(x_test)  # the raw features, as the engine gives the detector
-    ood_scores = scorer.scores(ood_matrix)
-    return probabilities, trust, scorer, real_scores, ood_scores
+    made, defocused = outlier_data
+    # as head_training.outlier_sources: the made outliers and 12 training series defocused (by position)
+    chosen = one_per_group([int(i) for i in train_idx], fold_groups, 12)
+    outliers = np.r_[made, defocused[chosen]]
+    trust, tensors = trust_metadata(head, features, y, fold_groups, classes, seed, outliers)
+    weight = tensors[OUTLIER_WEIGHT_KEY].numpy() if OUTLIER_WEIGHT_KEY in tensors else None
+    scorer = OutOfScopeScorer(tensors[BANK_KEY].float().numpy(), trust["out_of_scope"], weight)
+    probabilities = softmax(_logits(head, matrix[test_idx]), head["temperature"])
+    return probabilities, trust, scorer
 
 
-def evaluate_seed(images, matrix, ood_images, ood_matrix, seed: int, ood_colour) -> dict:
+def detector_scores(scorer, raw: np.ndarray) -> dict[str, np.ndarray]:
+    """Each detector's score and flags, and the product's call (either detector) for raw features."""
+    knn, linear = scorer.scores(raw), scorer.outlier_scores(raw)
+    return {
+        "knn_score": knn,
+        "classifier_score": linear,
+        "knn": scorer.out_of_scope(knn),
+        "classifier": scorer.out_of_scope(np.full(len(raw), -np.inf), linear),
+        "either": scorer.out_of_scope(knn, linear),
+    }
+
+
+def out_of_scope_fold(scorer, real_raw, sets) -> dict:
+    """Per fold: false abstains on the real test images; AUROC and detection per out-of-scope set and kind."""
     from sklearn.metrics import roc_auc_score
 
+    real = detector_scores(scorer, real_raw)
+    fold = {"false_abstain": {rule: float(real[rule].mean()) for rule in RULES}}
+    for name, (images, raw, colour) in sets.items():
+        if not len(images):
+            continue
+        found = detector_scores(scorer, raw)
+        truth = np.r_[np.zeros(len(real_raw)), np.ones(len(raw))]
+        kinds = np.array([image.category for image in images])
+        fold[name] = {
+            "auroc": {
+                score: float(roc_auc_score(truth, np.r_[real[f"{score}_score"], found[f"{score}_score"]]))
+                for score in ("knn", "classifier")
+            },
+            "detected": {rule: float(found[rule].mean()) for rule in RULES},
+            "with_colour": float((found["either"] | colour).mean()),
+            "kinds": {
+                kind: {rule: float(found[rule][kinds == kind].mean()) for rule in RULES} for kind in sorted(set(kinds))
+            },
+        }
+    return fold
+
+
+def evaluate_seed(images, matrix, sets, outlier_data, seed: int) -> dict:
     from classifier.conformal import coverage_report, prediction_sets
 
     classes = sorted({image.category for image in images})
     labels = np.array([classes.index(image.category) for image in images])
     groups = [image.group for image in images]
-    sets = {coverage: [None] * len(images) for coverage in COVERAGES}
+    sets_found = {coverage: [None] * len(images) for coverage in COVERAGES}
     known = np.zeros(len(images), bool)  # the image's class has training images in its fold
     modes, folds = [], []
     for train_idx, test_idx in bench_real_cv.folds(images, seed):
-        probabilities, trust, scorer, real_scores, ood_scores = run_fold(
-            matrix, labels, groups, train_idx, test_idx, classes, seed, ood_matrix
+        probabilities, trust, scorer = run_fold(
+            matrix, labels, groups, train_idx, test_idx, classes, seed, outlier_data
         )
         for coverage in COVERAGES:
             for i, found in zip(test_idx, prediction_sets(probabilities, trust["conformal"], classes, coverage)):
-                sets[coverage][i] = found
+                sets_found[coverage][i] = found
         modes.append(trust["conformal"]["mode"])
         known[test_idx] = np.isin(labels[test_idx], labels[train_idx])
-        auroc = roc_auc_score(
-            np.r_[np.zeros(len(real_scores)), np.ones(len(ood_scores))], np.r_[real_scores, ood_scores]
-        )
-        kinds, combined = defaultdict(list), defaultdict(list)
-        for image, flagged, colour in zip(ood_images, scorer.out_of_scope(ood_scores), ood_colour):
-            kinds[image.category].append(bool(flagged))
-            combined[image.category].append(bool(flagged or colour))
-        folds.append(
-            {
-                "auroc": float(auroc),
-                "false_abstain": float(scorer.out_of_scope(real_scores).mean()),
-                "detected": float(scorer.out_of_scope(ood_scores).mean()),
-                "detected_with_colour": float((scorer.out_of_scope(ood_scores) | ood_colour).mean()),
-                "kinds": {kind: float(np.mean(flags)) for kind, flags in kinds.items()},
-                "kinds_with_colour": {kind: float(np.mean(flags)) for kind, flags in combined.items()},
-                "threshold": trust["out_of_scope"]["threshold"],
-                "n_held_out": trust["out_of_scope"]["n_held_out"],
-            }
-        )
+        folds.append(out_of_scope_fold(scorer, matrix[test_idx], sets))
     truth = [image.category for image in images]
     return {
         "seed": seed,
-        "sets": {str(c): coverage_report(sets[c], truth) for c in COVERAGES},
+        "sets": {str(c): coverage_report(sets_found[c], truth) for c in COVERAGES},
         "sets_known_classes": {
-            str(c): coverage_report([s for s, k in zip(sets[c], known) if k], [t for t, k in zip(truth, known) if k])
+            str(c): coverage_report(
+                [s for s, k in zip(sets_found[c], known) if k], [t for t, k in zip(truth, known) if k]
+            )
             for c in COVERAGES
         },
-        "per_class_coverage_90": _per_class(sets[0.9], truth),
+        "per_class_coverage_90": _per_class(sets_found[0.9], truth),
         "conformal_modes": modes,
         "folds": folds,
     }
@@ -293,16 +254,30 @@ def report(runs) -> str:
             cells = [mean_sd([row[k] for row in rows]) for k in ("coverage", "mean_size", "singletons", "empty")]
             lines.append(f"| {part} (n = {rows[0]['n']}) | {coverage:.0%} | " + " | ".join(cells) + " |")
     folds = [fold for run in runs for fold in run["folds"]]
-    lines += ["", "| out of scope (per fold, 5 folds x seeds) | mean ± sd |", "|---|---|"]
-    for key in ("auroc", "false_abstain", "detected", "detected_with_colour"):
-        lines.append(f"| {key} | {mean_sd([fold[key] for fold in folds])} |")
-    lines.append(f"| held-out images setting the threshold | {mean_sd([fold['n_held_out'] for fold in folds])} |")
-    for kind in sorted(folds[0]["kinds"]):
-        lines.append(f"| detected: {kind} | {mean_sd([fold['kinds'][kind] for fold in folds])} |")
-    for kind in sorted(folds[0]["kinds_with_colour"]):
-        shares = [fold["kinds_with_colour"][kind] for fold in folds]
-        lines.append(f"| detected by the detector or the colour rule: {kind} | {mean_sd(shares)} |")
+    lines += [
+        "",
+        "| per fold (5 folds x seeds), mean ± sd | kNN distance | outlier classifier | either (the product) |",
+    ]
+    lines.append("|---|---|---|---|")
+    lines.append("| false abstain, real test images | " + _cells(folds, lambda f, r: f["false_abstain"][r]) + " |")
+    for name in ("made", "holdout"):
+        if name not in folds[0]:
+            continue
+        title = SET_TITLES[name]
+        auroc = [mean_sd([fold[name]["auroc"][score] for fold in folds]) for score in ("knn", "classifier")]
+        lines.append(f"| {title}: AUROC | {auroc[0]} | {auroc[1]} | |")
+        lines.append(f"| {title}: detected | " + _cells(folds, lambda f, r, n=name: f[n]["detected"][r]) + " |")
+        for kind in sorted(folds[0][name]["kinds"]):
+            lines.append(
+                f"| {title}: {kind} | " + _cells(folds, lambda f, r, n=name, k=kind: f[n]["kinds"][k][r]) + " |"
+            )
+        colour = mean_sd([fold[name]["with_colour"] for fold in folds])
+        lines.append(f"| {title}: detected by either or the colour rule | | | {colour} |")
     return "\n".join(lines)
+
+
+def _cells(folds, value) -> str:
+    return " | ".join(real_data.mean_sd([value(fold, rule) for fold in folds]) for rule in RULES)
 
 
 def main() -> None:
@@ -312,25 +287,45 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="write the per-seed results as JSON")
     parser.add_argument("--colour-only", action="store_true", help="only the colour rule (no features, no folds)")
+    parser.add_argument("--holdout", type=Path, help="a folder of out-of-scope images of unseen kinds")
     args = parser.parse_args()
     images = real_data.load_images()
     ood_images = out_of_scope_images(args.work / "out-of-scope", images)
+    holdout = holdout_images(args.holdout)
     ood_colour = colour_flags([image.path for image in ood_images])
-    print(colour_report(ood_images, ood_colour, colour_flags(real_files())))
+    holdout_colour = colour_flags([image.path for image in holdout])
+    print(colour_report(ood_images + holdout, np.r_[ood_colour, holdout_colour], colour_flags(real_files())))
     if args.colour_only:
         return
     import torch
 
     torch.set_num_threads(args.threads)
     matrix = bench_active.features(images, args.work)
-    ood_matrix = bench_active.features(ood_images, args.work / "ood")
-    runs = [evaluate_seed(images, matrix, ood_images, ood_matrix, int(s), ood_colour) for s in args.seeds.split(",")]
+    sets = {
+        "made": (ood_images, bench_active.features(ood_images, args.work / "ood"), ood_colour),
+        "holdout": (
+            holdout,
+            bench_active.features(holdout, args.work / "holdout") if holdout else None,
+            holdout_colour,
+        ),
+    }
+    made, defocused = training_outliers(args.work / "training-outliers", images)
+    outlier_data = (_two_views(made, args.work / "training-outliers"), _two_views(defocused, args.work / "defocused"))
+    runs = [evaluate_seed(images, matrix, sets, outlier_data, int(s)) for s in args.seeds.split(",")]
     for run in runs:
         print(json.dumps({k: run[k] for k in ("seed", "sets", "per_class_coverage_90", "conformal_modes")}))
     if args.out:
         args.out.write_text(json.dumps(runs, indent=1))
-    print(f"{len(images)} real images, {len(ood_images)} out-of-scope images")
+    print(f"{len(images)} real images, {len(ood_images)} made out-of-scope images, {len(holdout)} holdout images")
     print(report(runs))
+
+
+def _two_views(images, work: Path) -> np.ndarray:
+    """Raw features of the first OUTLIER_VIEWS dihedral views averaged, as training computes outliers'."""
+    from classifier.head_training import OUTLIER_VIEWS
+
+    views = bench_active.per_view_features(images, work)
+    return views[:, :OUTLIER_VIEWS].mean(1)
 
 
 if __name__ == "__main__":

@@ -158,6 +158,7 @@ class Engine:
         channels_last: bool = True,
         ood_bank=None,
         base_statistics=None,
+        outlier_weight=None,
     ) -> None:
         self.model = model
         self.metadata = metadata
@@ -176,9 +177,9 @@ class Engine:
         self.base_statistics = base_statistics
         self.ood = None
         if ood_bank is not None and metadata.get("out_of_scope"):
-            from .ood import KnnScorer
+            from .ood import OutOfScopeScorer
 
-            self.ood = KnnScorer(ood_bank, metadata["out_of_scope"])
+            self.ood = OutOfScopeScorer(ood_bank, metadata["out_of_scope"], outlier_weight)
 
     @classmethod
     def from_artifact(
@@ -193,7 +194,7 @@ class Engine:
 
         from .artifact import build_model, load_artifact
         from .network import fold_batchnorm as fold
-        from .ood import BANK_KEY
+        from .ood import BANK_KEY, OUTLIER_WEIGHT_KEY
 
         artifact = load_artifact(path, expected_sha256)
         model = build_model(artifact.metadata)
@@ -206,6 +207,7 @@ class Engine:
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         bank = extras[BANK_KEY].float().numpy() if BANK_KEY in extras else None
+        outlier_weight = extras[OUTLIER_WEIGHT_KEY].float().numpy() if OUTLIER_WEIGHT_KEY in extras else None
         return cls(
             model,
             artifact.metadata,
@@ -214,6 +216,7 @@ class Engine:
             channels_last,
             ood_bank=bank,
             base_statistics=base_statistics(extras),
+            outlier_weight=outlier_weight,
         )
 
     def predict_logits(self, arrays: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
@@ -296,8 +299,11 @@ class Engine:
         predictions = [prediction_from_probabilities(p, self.classes) for p in softmax(logits, self.temperature)]
         if embeddings is None:
             return predictions
-        scores = self.ood.scores(self._raw_features(embeddings)) if self.ood else [None] * len(predictions)
-        flags = self.ood.out_of_scope(scores) if self.ood else [False] * len(predictions)
+        scores, flags = [None] * len(predictions), [False] * len(predictions)
+        if self.ood:
+            raw = self._raw_features(embeddings)
+            scores = self.ood.scores(raw)
+            flags = self.ood.out_of_scope(scores, self.ood.outlier_scores(raw))
         for prediction, embedding, score, flag in zip(predictions, embeddings, scores, flags):
             prediction.embedding = embedding
             prediction.ood_score = None if score is None else float(score)

@@ -68,6 +68,7 @@ def refit_head(
     from .backbones import get_backbone
     from .engine import BASE_MEAN_KEY, BASE_SCALE_KEY
     from .head_training import evaluation_of, fit_head, install_head, phase_event, trust_metadata
+    from .ood import OUTLIERS_KEY
 
     started = time.monotonic()
     emit = progress or (lambda event: None)
@@ -90,7 +91,10 @@ def refit_head(
     emit(phase_event("evaluating", 0.7, total=len(test_items)))
     y_test = [item.label for item in test_items]
     evaluation, probabilities = evaluation_of(head, [item.label for item in items], y_test, test_raw, classes)
-    trust, bank = trust_metadata(head, train_raw[:, None, :], labels, groups, classes, config.seed)
+    # the base's outliers (made and curated at its training): a refit has their features, not their images
+    outliers = base.extra_tensors().get(OUTLIERS_KEY)
+    outliers = None if outliers is None else outliers.float().numpy()
+    trust, bank = trust_metadata(head, train_raw[:, None, :], labels, groups, classes, config.seed, outliers)
     emit(phase_event("saving", 0.9))
     duration = time.monotonic() - started
     record = stage_summary(

@@ -44,10 +44,12 @@ BATCH = 32
 # The coverage at which the metadata summarises the prediction sets' thresholds; the portal applies the
 # lab's own setting (SEM_PREDICTION_SET_COVERAGE) to the stored scores.
 DEFAULT_COVERAGE = 0.9
+OUTLIER_VIEWS = 2  # views averaged for each outlier image (the detector's training data)
+MAX_DEFOCUSED = 12  # training images defocused into outliers, one per series
 
 
 def train_feature_head(
-    items, config, out_path, *, device, test_items, classes, groups, fingerprint, emit, stop, started
+    items, config, out_path, *, device, test_items, classes, groups, fingerprint, emit, stop, started, outliers=None
 ):
     """Train, evaluate and save; returns classifier.train.TrainResult."""
 
@@ -76,6 +78,8 @@ def train_feature_head(
     plan = extractor.plan(items, n_eval, config.budget_s, started)
     emit(plan.event())
     features = extractor.features([path for path, _ in items], plan)  # (N, views, D)
+    emit(phase_event("computing the outliers' features", plan.after_features(extractor.done)))
+    outlier_features = extractor.outlier_features(outlier_sources(items, groups, outliers))
     fit_started = time.monotonic()
     emit(phase_event("fitting head", plan.fraction_at(time.monotonic() - started, plan.reserve_s + plan.evaluation_s)))
     head = fit_head(features, labels, groups, len(classes), config.head_c, config.seed, pooled_dims)
@@ -120,7 +124,7 @@ def train_feature_head(
     metadata["recipe"] = "frozen_head"
     metadata["prototypes"] = prototypes
     metadata["tta_views"] = model.tta_views
-    trust, bank = trust_metadata(head, features, labels, groups, classes, config.seed)
+    trust, bank = trust_metadata(head, features, labels, groups, classes, config.seed, outlier_features)
     metadata.update(trust)
     metadata["budget"] = {**plan.event(), "used_s": duration} if config.budget_s else None
     from .artifact import save_artifact
@@ -139,21 +143,31 @@ def train_feature_head(
     )
 
 
-def trust_metadata(head: dict, features, labels, groups, classes, seed: int, folds: int = 5) -> tuple[dict, dict]:
+def trust_metadata(
+    head: dict, features, labels, groups, classes, seed: int, outliers=None, folds: int = 5
+) -> tuple[dict, dict]:
     """(metadata entries, extra artifact tensors): the prediction sets calibrated on the out-of-fold
-    probabilities of every training image, and the out-of-scope detector on the raw features averaged over
-    the views (bank: every training image; threshold: each image's distance to the other folds' images,
-    the folds of fit_head, so an unseen series sets it as a new source would)."""
+    probabilities of every training image, and the out-of-scope detectors on the raw features averaged over
+    the views: the kNN distance (bank: every training image; threshold: each image's distance to the other
+    folds' images, the folds of fit_head, so an unseen series sets it as a new source would) and the
+    outlier classifier against ``outliers`` ((M, D) raw features; none: no classifier), thresholded alike."""
     import torch
 
     from .conformal import fit_conformal
-    from .ood import BANK_KEY, fit_knn, held_out_knn_scores
+    from .ood import BANK_KEY, OUTLIER_WEIGHT_KEY, OUTLIERS_KEY, fit_knn, fit_outlier_classifier, held_out_knn_scores
 
     conformal = fit_conformal(head["oof_probabilities"], head["oof_labels"], classes, DEFAULT_COVERAGE)
     raw = features.mean(1)  # fewer views than inference averages when the time budget cut them: close enough
-    held_out = held_out_knn_scores(raw, _folds(labels, groups, folds, seed))
-    report, bank = fit_knn(raw, held_out, seed=seed)
-    return {"conformal": conformal, "out_of_scope": report}, {BANK_KEY: torch.from_numpy(bank)}
+    split = _folds(labels, groups, folds, seed)
+    report, bank = fit_knn(raw, held_out_knn_scores(raw, split), seed=seed)
+    tensors = {BANK_KEY: torch.from_numpy(bank)}
+    outliers = np.zeros((0, raw.shape[1]), np.float32) if outliers is None else np.asarray(outliers, np.float32)
+    classifier, weight = fit_outlier_classifier(raw, outliers, split, seed=seed)
+    if classifier:
+        report["outlier_classifier"] = classifier
+        tensors[OUTLIER_WEIGHT_KEY] = torch.from_numpy(weight)
+        tensors[OUTLIERS_KEY] = torch.from_numpy(outliers.astype(np.float16))
+    return {"conformal": conformal, "out_of_scope": report}, tensors
 
 
 class _Extractor:
@@ -191,6 +205,15 @@ class _Extractor:
             self.emit({**event, "event": "batch", "stage": 0, "stages": 1, "size": self.size})
         return np.concatenate(chunks)
 
+    def outlier_features(self, sources) -> np.ndarray:
+        """(M, D) raw features of the outliers, OUTLIER_VIEWS views averaged: a detector's training data,
+        where a few views are enough and every second counts against the budget."""
+        chunks = []
+        for start in range(0, len(sources), BATCH):
+            self.cancelled()
+            chunks.append(self._batch(sources[start : start + BATCH], OUTLIER_VIEWS).mean(1))
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
     def _batch(self, paths, views: int) -> np.ndarray:
         import torch
 
@@ -200,6 +223,17 @@ class _Extractor:
         with torch.inference_mode():
             per_view = view_features(self.model.features, inputs, views)
         return per_view.transpose(0, 1).float().cpu().numpy()
+
+
+def outlier_sources(items, groups, curated=None) -> list:
+    """What the out-of-scope classifier learns the outside from: the made outliers, MAX_DEFOCUSED training
+    images of different series defocused, and the curated not-SEM derivatives (paths), as file objects or paths."""
+    from .outliers import as_derivative, defocused, made_outliers, one_per_group
+
+    paths = [path for path, _ in items]
+    chosen = one_per_group(paths, groups or paths, MAX_DEFOCUSED)
+    made = made_outliers() + defocused(chosen, [os.path.basename(path) for path in chosen])
+    return [as_derivative(array) for _, _, array in made] + list(curated or [])
 
 
 def phase_event(name: str, fraction: float, done: int | None = None, total: int | None = None, views=None) -> dict:

@@ -55,11 +55,14 @@ def train(
     fingerprint: str | None = None,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    outliers: list[str] | None = None,
 ) -> TrainResult:
     """Train on (image path, category) pairs and write the artifact to ``out_path``.
 
     ``groups``: the sample (physical series) of each item, when known; the frozen-feature recipe weighs
-    series equally within a class and calibrates on whole series.
+    series equally within a class and calibrates on whole series. ``outliers``: derivatives of images a
+    curator marked "not SEM / not classifiable"; the frozen-feature recipe's out-of-scope detector learns
+    from them beside the made outliers (classifier.outliers).
 
     Sets torch's CPU thread count for the run and restores the caller's afterwards."""
     import torch
@@ -76,12 +79,15 @@ def train(
             fingerprint=fingerprint,
             progress=progress,
             should_stop=should_stop,
+            outliers=outliers,
         )
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(items, config, out_path, *, test_items, classes, groups, fingerprint, progress, should_stop) -> TrainResult:
+def _train(
+    items, config, out_path, *, test_items, classes, groups, fingerprint, progress, should_stop, outliers
+) -> TrainResult:
     started = time.monotonic()
     emit = progress or (lambda event: None)
     stop = should_stop or (lambda: False)
@@ -106,6 +112,7 @@ def _train(items, config, out_path, *, test_items, classes, groups, fingerprint,
             emit=emit,
             stop=stop,
             started=started,
+            outliers=outliers,
         )
     train_idx, valid_idx = stratified_split([label for _, label in items], config.valid_pct, config.seed)
 

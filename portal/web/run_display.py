@@ -177,4 +177,15 @@ def trust_facts(run: TrainingRun) -> list[tuple[str, str]]:
                 f"{detector['n_held_out']} curated images (each measured against the other series) would abstain",
             )
         )
+    outliers = (detector or {}).get("outlier_classifier")
+    if outliers:
+        facts.append(
+            (
+                "Not SEM",
+                f"{outliers['method']}: {outliers['n_outliers']} outlier images (made photos, screenshots, maps, "
+                "blank, noise and defocused frames, and the images curators marked not SEM / not classifiable); "
+                f"its threshold also lets about {outliers['abstain_rate']:.0%} of curated images abstain. "
+                "An image either detector flags is out of scope",
+            )
+        )
     return facts

@@ -3,6 +3,8 @@ curator's "not SEM / not classifiable" mark (issue 24, items 2 and 3)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -117,7 +119,10 @@ def test_a_curators_not_classifiable_mark_keeps_the_image_out_of_training_and_re
     response = client.post(f"/images/{outside.pk}/not-classifiable/", {"value": "1"})
 
     assert response.status_code == 302 and SEMImage.objects.get(pk=outside.pk).not_classifiable
-    assert len(training_data().train_items) == 2  # kept as an image, but not learnt from
+    data = training_data()
+    assert len(data.train_items) == 2  # kept as an image, but not learnt from as a category...
+    # ...but as what the out-of-scope detector should call outside (its derivative, a local file)
+    assert len(data.outliers) == 1 and Path(data.outliers[0]).read_bytes() == outside.derivative.read()
     SEMImage.objects.filter(pk=outside.pk).update(curated_category=None)
     assert outside.pk not in [image.pk for image in review.queue(user, 10)]
     client.post(f"/images/{outside.pk}/not-classifiable/", {"value": "0"})
@@ -178,13 +183,17 @@ def test_a_model_without_a_calibration_falls_back_to_the_confidence_rule(sample,
 
 def test_the_training_run_page_says_how_sets_and_out_of_scope_calls_are_made(client, admin_user):
     from classifier.conformal import fit_conformal
-    from classifier.ood import fit_knn
+    from classifier.ood import fit_knn, fit_outlier_classifier
     from portal.models import TrainingRun
 
     rng = np.random.default_rng(0)
     labels = np.r_[np.zeros(25, int), np.ones(6, int), np.full(6, 2)]
     probabilities = rng.dirichlet(np.ones(3), len(labels))
     report, _ = fit_knn(rng.normal(size=(30, 4)), rng.random(37))
+    folds = [(np.r_[10:30], np.r_[0:10]), (np.r_[0:10], np.r_[10:30])]
+    report["outlier_classifier"], _ = fit_outlier_classifier(
+        rng.normal(size=(30, 4)), rng.normal(size=(7, 4)) + 3, folds
+    )
     metadata = {"conformal": fit_conformal(probabilities, labels, CLASSES), "out_of_scope": report}
     model = make_model(3, classes=CLASSES)
     ModelVersion.objects.filter(pk=model.pk).update(metadata=metadata)
@@ -201,3 +210,4 @@ def test_the_training_run_page_says_how_sets_and_out_of_scope_calls_are_made(cli
         "deep k-nearest neighbours" in page
         and "about 5% of 37 curated images (each measured against the other series)" in page
     )
+    assert "outlier exposure" in page and "7 outlier images" in page and "either detector flags" in page

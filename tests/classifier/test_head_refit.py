@@ -65,6 +65,9 @@ def test_a_refit_learns_the_new_labels_on_the_base_body(base_and_data, tmp_path)
     assert result.metadata["refit_of"]["sha256"] == base.sha256
     assert result.metadata["refit_of"]["computed_embeddings"] == 0
     assert result.metadata["out_of_scope"]["n_held_out"] == len(train_items)
+    # the outlier classifier is fitted again on the base's outliers (their features travel in the artifact)
+    outliers = load_artifact(base.artifact_path).extra_tensors()["ood.outliers"]
+    assert result.metadata["out_of_scope"]["outlier_classifier"]["n_outliers"] == outliers.shape[0] > 0
     refit, original = load_artifact(result.artifact_path).state_dict, load_artifact(base.artifact_path).state_dict
     body = [key for key in original if key.startswith("features.")]
     assert body and all(refit[key].equal(original[key]) for key in body)  # the body is the base's, unchanged

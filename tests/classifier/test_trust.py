@@ -4,6 +4,7 @@ artifact a real frozen-feature training writes (issue 24, items 2 and 3)."""
 from __future__ import annotations
 
 import builtins
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,3 +186,76 @@ def test_held_out_scores_are_against_the_other_folds_only():
     apart = [(np.r_[10:20], np.r_[0:10]), (np.r_[0:10], np.r_[10:20])]
     assert ood.held_out_knn_scores(embeddings, together).min() > 0.3
     assert ood.held_out_knn_scores(embeddings, apart).max() < 0.05  # float16 bank: not exactly 0
+
+
+def test_the_outlier_classifier_learns_the_outside_and_its_threshold_is_the_held_out_rank():
+    """Micrographs in one region of feature space, made outliers in another: an unseen outlier of the same
+    kind passes the threshold, which is the corrected rank of the training images' held-out scores."""
+    rng = np.random.default_rng(11)
+    inside = rng.normal(size=(60, 16)) + np.r_[4.0, np.zeros(15)]
+    outside = rng.normal(size=(20, 16)) + np.r_[0.0, 4.0, np.zeros(14)]
+    folds = [(np.setdiff1d(np.arange(60), held), held) for held in np.array_split(np.arange(60), 5)]
+    report, weight = ood.fit_outlier_classifier(inside, outside, folds)
+    held_out = np.zeros(60)
+    for train_idx, held_idx in folds:
+        _, fold_weight = ood.fit_outlier_classifier(inside[train_idx], outside, [])
+        held_out[held_idx] = ood.linear_scores(fold_weight, inside[held_idx])
+    assert report["threshold"] == pytest.approx(np.sort(held_out)[57], abs=1e-5)  # ceil(61 x 0.95) = 58th
+    assert report["n_outliers"] == 20 and weight.shape == (17,)
+    unseen_outliers = rng.normal(size=(10, 16)) + np.r_[0.0, 4.0, np.zeros(14)]
+    unseen_micrographs = rng.normal(size=(10, 16)) + np.r_[4.0, np.zeros(15)]
+    assert (ood.linear_scores(weight, unseen_outliers) > report["threshold"]).all()
+    assert (ood.linear_scores(weight, unseen_micrographs) < report["threshold"]).mean() >= 0.9
+    assert ood.fit_outlier_classifier(inside, np.zeros((0, 16)), folds) == (None, None)
+
+
+def test_an_image_is_out_of_scope_when_either_detector_says_so():
+    report = {"k": 1, "threshold": 0.5, "outlier_classifier": {"threshold": 0.0}}
+    scorer = ood.OutOfScopeScorer(np.eye(3, dtype=np.float16), report, np.r_[0.0, 0.0, 1.0, -0.5])
+    embeddings = np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    knn, linear = scorer.scores(embeddings), scorer.outlier_scores(embeddings)
+    assert knn[0] < 0.5 < knn[1] and linear[2] > 0 > linear[0]
+    assert scorer.out_of_scope(knn, linear).tolist() == [False, True, True]
+    assert scorer.out_of_scope(knn).tolist() == [False, True, False]  # the kNN alone misses the third
+    older = ood.OutOfScopeScorer(np.eye(3, dtype=np.float16), {"k": 1, "threshold": 0.5})  # an artifact before
+    assert older.outlier_scores(embeddings) is None
+
+
+def test_the_trained_artifact_carries_the_outlier_classifier_and_flags_a_grey_photo(trust_run, tmp_path):
+    import matplotlib
+    from PIL import Image
+
+    from classifier.artifact import load_artifact, read_metadata
+    from classifier.engine import Engine
+    from classifier.outliers import made_outliers
+
+    result, test_items = trust_run
+    classifier = read_metadata(result.artifact_path)["out_of_scope"]["outlier_classifier"]
+    # the made outliers and 12 training images defocused (make_dataset: each image its own series)
+    assert classifier["n_outliers"] == len(made_outliers()) + 12 and classifier["n_held_out"] == 36
+    extras = load_artifact(result.artifact_path).extra_tensors()
+    assert extras[ood.OUTLIERS_KEY].shape[0] == classifier["n_outliers"]
+    assert extras[ood.OUTLIER_WEIGHT_KEY].shape[0] == extras[ood.BANK_KEY].shape[1] + 1
+
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    grey = tmp_path / "grey.png"
+    Image.open(photo).convert("L").resize((300, 380)).save(grey)
+    engine = Engine.from_artifact(result.artifact_path, expected_sha256=result.sha256)
+    predictions = engine.predict_paths([path for path, _ in test_items] + [str(grey)])
+    assert predictions[-1].out_of_scope
+    assert sum(p.out_of_scope for p in predictions[:-1]) <= 3
+
+
+def test_curated_outliers_join_the_made_ones(trust_run, tmp_path):
+    from classifier.artifact import read_metadata
+    from classifier.config import TrainConfig
+    from classifier.train import train
+    from tests.classifier.conftest import make_dataset
+
+    result, _ = trust_run
+    items = make_dataset(tmp_path / "train", {"dots": 12, "noise": 12, "stripes": 12}, seed=5)
+    marked = make_dataset(tmp_path / "marked", {"other": 5}, seed=9)
+    config = TrainConfig(seed=2, sizes=(64,), epochs=(1,), batch_sizes=(16,))
+    with_marked = train(items, config, str(tmp_path / "m.safetensors"), outliers=[path for path, _ in marked])
+    before = read_metadata(result.artifact_path)["out_of_scope"]["outlier_classifier"]["n_outliers"]
+    assert read_metadata(with_marked.artifact_path)["out_of_scope"]["outlier_classifier"]["n_outliers"] == before + 5

@@ -17,6 +17,8 @@ from portal.models import Category, SEMImage
 from portal.services.delivery.file_cache import local_derivatives
 from portal.storage import media_storage
 
+MAX_CURATED_OUTLIERS = 500  # a detector's worth of outliers; more would slow every training for little
+
 
 @dataclass
 class TrainingData:
@@ -33,6 +35,9 @@ class TrainingData:
     # stored embeddings).
     train_ids: list[int] = field(default_factory=list)
     test_ids: list[int] = field(default_factory=list)
+    # Derivatives of images a curator marked "not SEM / not classifiable": the out-of-scope detector
+    # learns the outside from them (classifier.ood's outlier classifier), the newest MAX_CURATED_OUTLIERS.
+    outliers: list[str] = field(default_factory=list)
 
 
 def training_data() -> TrainingData:
@@ -76,7 +81,20 @@ def training_data() -> TrainingData:
         [groups[path] for path, _ in train],
         [ids[path] for path, _ in train],
         [ids[path] for path, _ in test],
+        curated_outliers(),
     )
+
+
+def curated_outliers() -> list[str]:
+    """Local derivative paths of the newest images marked not SEM / not classifiable (pinned like the rest)."""
+    rows = (
+        SEMImage.objects.filter(not_classifiable=True)
+        .exclude(derivative="")
+        .order_by("-pk")
+        .values_list("derivative", "sha256")[:MAX_CURATED_OUTLIERS]
+    )
+    local = local_derivatives(media_storage(), list(rows), pin=True)
+    return [str(local[derivative]) for derivative, _ in rows if local.get(derivative)]
 
 
 def class_readiness() -> list[dict]:

@@ -87,6 +87,7 @@ def _train_and_register(run: TrainingRun, monitor: RunMonitor, work_dir: Path) -
         fingerprint=fingerprint,
         progress=monitor.progress,
         should_stop=monitor.should_stop,
+        outliers=data.outliers,
     )
     monitor.stages = list(result.stages)
     return register_model(run, result, data, fingerprint, work_dir, monitor)
@@ -104,7 +105,8 @@ def _checked_training_data(run: TrainingRun, monitor: RunMonitor) -> TrainingDat
         )
     monitor.log(
         f"{len(data.train_items)} train and {len(data.test_items)} test images in "
-        f"{len(data.classes)} classes; {data.skipped} curated images without a derivative skipped"
+        f"{len(data.classes)} classes; {data.skipped} curated images without a derivative skipped; "
+        f"{len(data.outliers)} marked not SEM / not classifiable, for the out-of-scope detector"
     )
     if data.too_few:
         too_few = ", ".join(f"{name} ({n})" for name, n in data.too_few.items())
