@@ -26,7 +26,9 @@ def test_an_outlier_becomes_a_greyscale_derivative_and_a_defocused_copy_loses_it
     derivative = Image.open(outliers.as_derivative(np.dstack([stripes] * 3)))
     assert derivative.mode == "L" and min(derivative.size) == 256
     ((kind, name, blurred),) = outliers.defocused([path], ["stripes"])
-    assert kind == "defocused" and name == "stripes" and blurred[:, 100:-100].std() < 0.02 * stripes.std()  # edges aside
+    assert (
+        kind == "defocused" and name == "stripes" and blurred[:, 100:-100].std() < 0.02 * stripes.std()
+    )  # edges aside
 
 
 def test_defocused_outliers_come_one_per_series():
