@@ -16,12 +16,26 @@ test side (unseen sources):
   charts as screenshots, blank, noise and gradient frames, heavily defocused real micrographs): AUROC
   (out-of-scope vs real), the false-abstain rate (real test images over the threshold) and the share
   of each out-of-scope kind detected;
+- the outlier classifier (classifier.ood.fit_outlier_classifier, trained per fold as a training run trains
+  it: against the made outliers of classifier.outliers and 12 of the fold's training series defocused, 2
+  views each): its false abstains, and detection alone and OR-ed with the kNN distance (the product's call).
+  The made set holds the kinds it trained on (in-sample for it); ``--holdout DIR`` adds images of kinds it
+  never saw, the honest measure. The one used in bench/RESULTS.md: scikit-image's sample images, which are
+  not installed here, taken from its wheel without installing it:
+
+      .venv/bin/pip download --no-deps scikit-image==0.26.0 -d /tmp/skw
+      unzip -q /tmp/skw/scikit_image-*.whl 'skimage/data/*' -d /tmp/skd
+      # then copy as kind-name files, e.g. photo-camera.png, texture-brick.png (the 24 of RESULTS.md:
+      # photo: astronaut camera chelsea coffee coins moon motorcycle_left clock_motion rocket;
+      # document: page text; texture: brick grass gravel; imaging: cell ihc microaneurysms phantom
+      # retina hubble_deep_field; graphic: chessboard_GRAY logo color horse)
 - the colour rule (`classifier.colour`, SEMImage.colourfulness above SEM_COLOUR_OUT_OF_SCOPE's default 15)
   on the original files, as ingestion measures it: the share of each kind it flags, alone and OR-ed with
   the detector, and its false-abstain rate on every real file of ../shared (sem-real*, sem-vendor-tiff).
   `--colour-only` measures just this part (seconds; no features, no folds).
 
     .venv/bin/python bench/bench_trust.py --work /tmp/bench-trust [--seeds 0,1,2] [--threads 2] [--colour-only]
+        [--holdout /tmp/skood]
 """
 
 from __future__ import annotations
