@@ -10,7 +10,8 @@ without it), batch 32, the machine's torch threads:
   (`backbones.fold_body_batchnorm`);
 - 8 views folded (the artifacts trained before 4 became the default), and 8 views not folded (what the
   engine ran before: torch.fx cannot trace the TF padding);
-- 1 view folded (what a lab would trade for speed).
+- 1 view folded (what a lab would trade for speed);
+- the default with 128 images per body pass, the CPU pass width before feature_head.CPU_IMAGES_PER_PASS (4).
 
 Weights are random (speed does not depend on them); each artifact goes through `save_artifact` and
 `Engine.from_artifact` exactly as a worker loads it.
@@ -65,6 +66,18 @@ def resnet34_artifact(path: Path, classes: list[str]) -> str:
     return save_artifact(path, model.state_dict(), metadata)
 
 
+def _with_cpu_pass(per_pass, call):
+    """``call()`` with feature_head's CPU pass width set to ``per_pass`` (None: the default)."""
+    from classifier import feature_head
+
+    default = feature_head.CPU_IMAGES_PER_PASS
+    feature_head.CPU_IMAGES_PER_PASS = per_pass or default
+    try:
+        return call()
+    finally:
+        feature_head.CPU_IMAGES_PER_PASS = default
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -97,10 +110,12 @@ def main() -> None:
             ),
         }
 
-        def runner(engine):
-            return lambda: engine.predict_paths(paths, batch_size=args.bs)
+        def runner(engine, per_pass=None):
+            return lambda: _with_cpu_pass(per_pass, lambda: engine.predict_paths(paths, batch_size=args.bs))
 
         runs = {name: (runner(engine), len(paths)) for name, engine in engines.items()}
+        wide = "Lite0 head, 4 views, BN folded, 128 images per pass (before)"
+        runs[wide] = (runner(engines["Lite0 head, 4 views, BN folded (default)"], 128), len(paths))
         results = interleaved_images_per_second(runs, 2 if args.quick else 3)
     print(
         f"# bench_backbone_inference {time.strftime('%Y-%m-%d %H:%M')} {platform.node()}; load average "
@@ -109,7 +124,7 @@ def main() -> None:
     )
     before = results["resnet34, BN folded (before)"]
     for name, ips in results.items():
-        print(f"  {name:<44} {ips:7.1f} images/s   {ips / before:5.2f}x resnet34")
+        print(f"  {name:<62} {ips:7.1f} images/s   {ips / before:5.2f}x resnet34")
     folded = results["Lite0 head, 8 views, BN folded"]
     print(f"folding, 8 views: {folded / results['Lite0 head, 8 views, not folded']:.2f}x")
 

@@ -27,9 +27,12 @@ VIEWS = 8  # the dihedral group: 4 rotations, each also mirrored
 PROTOTYPE_WEIGHT = 0.5  # the class-mean classifier's share of the mixture
 PROTOTYPE_SHARPNESS = 80.0  # cosine similarities times this are its logits (20 and 40 scored lower)
 ABSENT = -1e4  # the logit of a class with no training image: never predicted
-# The views of a batch go through the body as one channels-last pass (3x faster on CPU than a pass per
-# view, bench/RESULTS.md), in chunks of at most this many images to bound the activations' memory.
-IMAGES_PER_PASS = 128
+# The views of a batch go through the body channels-last, stacked (3x faster on CPU than a pass per view,
+# bench/RESULTS.md), in passes of at most this many images: on a CPU a few images' activations stay in its
+# caches (4 images per pass: 1.9x faster than 128 at 4 views, bench/bench_backbone_inference.py); a GPU
+# wants wide passes, and the cap bounds the activations' memory.
+CPU_IMAGES_PER_PASS = 4
+GPU_IMAGES_PER_PASS = 128
 
 
 def prototype_settings(pooled_dims: int) -> dict:
@@ -76,7 +79,8 @@ def view_features(features, x, views: int):
 
     stacked = torch.cat(dihedral_views(x, views)) if views > 1 else x
     stacked = stacked.contiguous(memory_format=torch.channels_last)
-    outputs = torch.cat([features(chunk) for chunk in stacked.split(IMAGES_PER_PASS)])
+    per_pass = CPU_IMAGES_PER_PASS if x.device.type == "cpu" else GPU_IMAGES_PER_PASS
+    outputs = torch.cat([features(chunk) for chunk in stacked.split(per_pass)])
     return outputs.view(-1, x.shape[0], outputs.shape[1])
 
 
