@@ -185,7 +185,7 @@ def open_a_foreign_cell(page) -> None:
 def browse_marks_the_guess_uncertain(page, tour) -> None:
     page.goto(reverse("web:browse"))
     card = page.text_content(f'.card[data-image-id="{tour.viewed.pk}"]')
-    assert "Particles 66% · uncertain" in card, card
+    assert "Particles 66\u00a0% · uncertain" in card, card
     worth = page.text_content(".model-worth")
     assert "Suggestion only: model v2 was right on 33\u00a0% of 30 test images" in worth, worth
     assert "all its answers are marked uncertain (no better than guessing)." in worth, worth
