@@ -152,7 +152,9 @@ def _uncertain_and_diverse(embeddings, labelled, probabilities, batch_size: int,
 
 def _unsure_reason(row, names) -> str:
     best, second = np.argsort(row)[::-1][:2] if len(row) > 1 else (0, 0)
-    return f"model unsure: {names[best]} {row[best]:.2f} / {names[second]} {row[second]:.2f}"
+    # Percentages as the portal's pages say them (portal.rates.percent: "48 %" with a no-break space);
+    # the classifier package does not import the portal.
+    return f"model unsure: {names[best]} {row[best] * 100:.0f}\u00a0% / {names[second]} {row[second] * 100:.0f}\u00a0%"
 
 
 def _kmeans(points, n_clusters: int, seed: int) -> np.ndarray:

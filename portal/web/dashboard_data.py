@@ -66,20 +66,16 @@ def _interval_bar(point: float | None, bounds, level: float | None) -> dict | No
     if point is None or not bounds or len(bounds) != 2:
         return None
     low, high = (min(max(float(value), 0.0), 1.0) for value in bounds)
-    # Strings: style attributes must not be localised (a decimal comma would break them).
+    # The positions are strings: style attributes must not be localised (a decimal comma would break
+    # them). The bounds and level stay fractions: the template says them with the `percent` filter.
     return {
-        "low": f"{low:.3f}",
-        "high": f"{high:.3f}",
+        "low": low,
+        "high": high,
         "left": f"{low * 100:.1f}",
         "width": f"{max(high - low, 0.0) * 100:.1f}",
         "point": f"{min(max(float(point), 0.0), 1.0) * 100:.1f}",
-        "level": round(level * 100) if level else None,
+        "level": level or None,
     }
-
-
-def _signed(value: float) -> str:
-    """+0.031 / −0.012 (a real minus sign)."""
-    return f"{round(float(value), 3) + 0.0:+.3f}".replace("-", "\u2212")  # + 0.0: no "−0.000"
 
 
 def gate_reason(model: ModelVersion | None) -> str:
@@ -92,8 +88,8 @@ def gate_reason(model: ModelVersion | None) -> str:
 
 def gate_summary(model: ModelVersion | None) -> dict | None:
     """What the bootstrap gate decided for this model (`metrics["gate"]`), for the Training page: the
-    decision and the interval of candidate minus production macro-F1; None when the gate drew no
-    interval (a first model, or the point rule)."""
+    decision and the interval of candidate minus production macro-F1 (fractions: the template says them
+    in percentage points); None when the gate drew no interval (a first model, or the point rule)."""
     gate = ((model.metrics if model else None) or {}).get("gate")
     if not gate or not isinstance(gate.get("macro_f1"), dict):
         return None
@@ -105,19 +101,14 @@ def gate_summary(model: ModelVersion | None) -> dict | None:
             worst = (name, recall)
     return {
         "decision": gate.get("decision") or "",
-        "diff": _signed(f1["diff"]),
-        "low": _signed(f1["low"]),
-        "high": _signed(f1["high"]),
-        "level": round(level * 100) if level else None,
+        "diff": f1["diff"],
+        "low": f1["low"],
+        "high": f1["high"],
+        "level": level or None,
         "n": gate.get("n"),
         "resamples": gate.get("resamples"),
-        "tolerance": _signed(-float(gate.get("tolerance") or 0.0)),
-        "worst_recall": {
-            "name": worst[0],
-            "diff": _signed(worst[1]["diff"]),
-            "low": _signed(worst[1]["low"]),
-            "high": _signed(worst[1]["high"]),
-        }
+        "tolerance": -float(gate.get("tolerance") or 0.0),
+        "worst_recall": {"name": worst[0], "diff": worst[1]["diff"], "low": worst[1]["low"], "high": worst[1]["high"]}
         if worst
         else None,
     }
@@ -141,7 +132,8 @@ def confusion_rows(model: ModelVersion | None) -> tuple[list[str], list[dict]]:
             {
                 "predicted": predicted,
                 "count": count,
-                "percent": 100.0 * count / total if total else 0.0,
+                "percent": 100.0 * count / total if total else 0.0,  # the heat map's colour and Row % (JS)
+                "share": count / total if total else 0.0,
                 "correct": predicted == actual,
             }
             for predicted, count in zip(labels, row)

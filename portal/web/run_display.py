@@ -7,6 +7,7 @@ from __future__ import annotations
 from django.utils import timezone
 
 from portal.models import TrainingRun
+from portal.rates import percent
 
 LOG_TAIL_CHARS = 20_000  # the progress endpoint sends the end of the log; the page shows all of it
 
@@ -173,7 +174,7 @@ def trust_facts(run: TrainingRun) -> list[tuple[str, str]]:
             (
                 "Out of scope",
                 f"{detector['method']}, k = {detector['k']}, {detector['bank_size']} training embeddings; "
-                f"threshold {limit}, set so that about {detector['abstain_rate']:.0%} of "
+                f"threshold {limit}, set so that about {percent(detector['abstain_rate'])} of "
                 f"{detector['n_held_out']} curated images (each measured against the other series) would abstain",
             )
         )

@@ -47,7 +47,7 @@
     document.querySelectorAll("#confusion-matrix td").forEach(function (cell) {
       var target = cell.querySelector("a, span");
       if (!target) return;
-      target.textContent = mode === "percent" ? Math.round(parseFloat(cell.dataset.percent)) + "%" : cell.dataset.count;
+      target.textContent = mode === "percent" ? Portal.percent(parseFloat(cell.dataset.percent) / 100) : cell.dataset.count;
     });
   }
 
@@ -69,9 +69,13 @@
         maintainAspectRatio: false,
         scales: {
           x: { offset: true },
-          y: { min: 0, max: 1, title: { display: true, text: "on the fixed test split" } },
+          // The figures are fractions (as the API sends them); the axis and tooltips say percentages, as the page does.
+          y: { min: 0, max: 1, ticks: { callback: function (value) { return Portal.percent(value); } }, title: { display: true, text: "on the fixed test split" } },
         },
-        plugins: { legend: { position: "bottom" } },
+        plugins: {
+          legend: { position: "bottom" },
+          tooltip: { callbacks: { label: function (item) { return item.dataset.label + ": " + Portal.percent(item.parsed.y); } } },
+        },
       },
     });
   }

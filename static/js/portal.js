@@ -9,8 +9,9 @@ window.Portal = (function () {
     return input ? input.value : "";
   }
 
+  // A fraction 0-1 as the pages say it (portal.rates.percent): "87 %", a no-break space before the sign.
   function percent(value) {
-    return value === null || value === undefined ? "" : Math.round(value * 100) + "%";
+    return value === null || value === undefined ? "" : Math.round(value * 100) + "\u00a0%";
   }
 
   function readJson(id) {

@@ -86,7 +86,7 @@
       button.textContent = valid ? "Accept " + total + " prediction" + (total === 1 ? "" : "s") : "Accept predictions";
       button.disabled = valid && total === 0;
       form.dataset.confirm = "Label " + total + " image" + (total === 1 ? "" : "s") +
-        " with the model's prediction (confidence ≥ " + threshold + " %)? One U undoes the whole batch.";
+        " with the model's prediction (confidence ≥ " + threshold + "\u00a0%)? One U undoes the whole batch.";
     }
     input.addEventListener("input", update);
     update();

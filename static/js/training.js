@@ -28,7 +28,7 @@
     status.textContent = data.status_display;
     status.className = "badge status-" + data.status;
     // The trainer's phase ("computing features 64/240") when it names one, else its stage and epoch.
-    var detail = data.active ? [data.phase || describe(data.progress), fraction + "%"].filter(Boolean).join(" · ") : "";
+    var detail = data.active ? [data.phase || describe(data.progress), Portal.percent(data.fraction || 0)].filter(Boolean).join(" · ") : "";
     box.querySelector('[data-field="detail"]').textContent = detail;
     var elapsed = box.querySelector('[data-field="elapsed"]');
     if (elapsed) elapsed.textContent = data.elapsed || "";

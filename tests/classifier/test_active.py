@@ -79,7 +79,7 @@ def test_margin_phase_takes_low_margins_from_distinct_clusters():
     assert sorted(cluster[indices]) == [0, 1, 2, 3, 4]
     assert margins[indices[0]] == pytest.approx(0.01)  # the most uncertain of cluster 0 leads
     assert all(margins[i] <= 0.2 for i in indices)  # none of the confident ones
-    assert picks[0][1] == "model unsure: a 0.51 / b 0.49"
+    assert picks[0][1] == "model unsure: a 50\u00a0% / b 50\u00a0%"  # 0.505 / 0.495
 
 
 def test_batch_is_clipped_to_the_unlabelled_images():

@@ -98,7 +98,7 @@ def test_invalid_filters_fall_back_to_the_unfiltered_list(client, curator, catal
 def test_cards_show_predictions_and_labels(client, curator, catalogue):
     client.force_login(curator)
     html = client.get(reverse("web:browse")).content.decode()
-    assert "Powder 55%" in html
+    assert "Powder 55\u00a0%" in html
     assert "✓ Particles" in html
     assert "Waiting for classification" in html
     assert reverse("web:image_thumbnail", args=[catalogue["fibre"].pk]) in html
@@ -171,4 +171,4 @@ def test_an_out_of_scope_card_says_out_of_scope_once(client, curator, sample, ca
     card = html.split(f'data-image-id="{strange.pk}"')[1].split("</article>")[0]
     assert card.lower().count("out of scope</span>") == 1, card
     # A long badge wraps in its card (static/css/portal.css) and its title names the prediction in full.
-    assert 'title="Fibres 97%: not a confident prediction' in card
+    assert 'title="Fibres 97\u00a0%: not a confident prediction' in card

@@ -196,7 +196,7 @@ def test_upload_classify_review_and_dashboard(browser, celery_worker, production
     # The dashboard now counts one fewer unlabelled image and one checked (wrong) prediction.
     page.goto(reverse("web:dashboard"))
     assert page.text_content("#stat-backlog").strip() == "2"
-    assert page.text_content("#stat-observed").strip() == "0.000"
+    assert page.text_content("#stat-observed").strip() == "0\u00a0%"
     assert "0 of 1 checked" in page.text_content(".stats")
     assert page.locator("#confusion-matrix tbody tr").count() == len(production_model.classes)
     page.wait_for_selector("#history-chart")
@@ -391,7 +391,7 @@ def test_prediction_set_out_of_scope_and_the_not_classifiable_mark(
 
     page.goto(reverse("web:image_detail", args=[pair.pk]))
     shown = page.text_content("#prediction-set")
-    assert "Fibres or Particles" in shown and "not confident" in shown and "90 %" in shown, shown
+    assert "Fibres or Particles" in shown and "not confident" in shown and "90\u00a0%" in shown, shown
     assert "set: Fibres or Particles" in page.text_content("#predicted")
     assert page.text_content("#status-badge").strip() == "Classified, uncertain"
     assert page.locator("#out-of-scope").count() == 0

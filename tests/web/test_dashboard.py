@@ -30,7 +30,7 @@ def test_production_model_is_shown_by_default_and_any_version_can_be_picked(clie
     response = client.get(reverse("web:dashboard"))
     assert response.context["model"].version == 2
     assert response.context["metrics"]["accuracy"] == 0.9
-    assert 'id="stat-accuracy">0.900<' in response.content.decode()
+    assert 'id="stat-accuracy">90\u00a0%<' in response.content.decode()
     picked = client.get(reverse("web:dashboard"), {"model": 3})
     assert picked.context["model"].version == 3
     history = [(row["version"], row["accuracy"]) for row in picked.context["history"]]

@@ -132,11 +132,11 @@ def test_training_page_shows_each_models_gate_interval_and_decision(client, memb
         for row in html.split('id="models"')[1].split("</table>")[0].split("<tr>")[2:]
     }
     assert "Δ macro-F1" not in rows[1] and "passed" in rows[1] and "reason 1" in rows[1]
-    assert "passed" in rows[2] and "+0.031 [+0.000, +0.080]</span> at 90&nbsp;%" in rows[2]
+    assert "passed" in rows[2] and "+3.1 [+0.0, +8.0]</span> points at 90\u00a0%" in rows[2]
     assert (
-        "refused" in rows[3] and 'Δ macro-F1 <span class="mono">+0.031 [−0.012, +0.080]</span> at 90&nbsp;%' in rows[3]
+        "refused" in rows[3] and 'Δ macro-F1 <span class="mono">+3.1 [−1.2, +8.0]</span> points at 90\u00a0%' in rows[3]
     )
-    assert "worst recall: Fibres" in rows[3] and "−0.050 [−0.150, +0.050]" in rows[3]
+    assert "worst recall: Fibres" in rows[3] and "−5.0 [−15.0, +5.0]</span> points" in rows[3]
     assert "too small to tell" in rows[4] and "refused" not in rows[4]
 
 
@@ -158,7 +158,7 @@ def test_dashboard_draws_per_class_interval_bars_with_the_test_support(client, m
     fibres = rows["Fibres"]
     assert fibres["support"] == 20 and fibres["recall"] == 0.9
     bar = fibres["recall_interval"]
-    assert float(bar["low"]) < 0.9 < float(bar["high"]) <= 1.0 and bar["point"] == "90.0" and bar["level"] == 90
+    assert float(bar["low"]) < 0.9 < float(bar["high"]) <= 1.0 and bar["point"] == "90.0" and bar["level"] == 0.9
     assert float(rows["Particles"]["recall_interval"]["width"]) > float(bar["width"])  # 10 test images, not 20
     assert "recall_interval" not in rows["Powder"]  # no test image: nothing measured, no bar
     html = response.content.decode()
@@ -166,7 +166,7 @@ def test_dashboard_draws_per_class_interval_bars_with_the_test_support(client, m
     assert table.count('class="ci"') == 4  # precision and recall of the two classes with test images
     assert f'style="left: {bar["left"]}%; width: {bar["width"]}%"' in table
     assert "Test support" in table and '<td class="num">20</td>' in table
-    assert "90&nbsp;% interval of a stratified bootstrap" in html
+    assert "90\u00a0% interval of a stratified bootstrap" in html
     powder = table.split("<td>Powder</td>")[1].split("</tr>")[0]
     assert powder.count("—") == 3 and "ci" not in powder
 

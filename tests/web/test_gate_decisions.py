@@ -59,8 +59,8 @@ def test_the_first_model_rule_returns_its_figures(gate_settings):
         "baseline": 0.5,
     }
     assert gate_words(decision) == (
-        "First model: accuracy 0.620 beats the majority-class baseline (always 'Particles': 0.500) by more "
-        "than 0.050; macro-F1 0.550"
+        "First model: accuracy 62.0\u00a0% beats the majority-class baseline (always 'Particles': 50.0\u00a0%) by "
+        "more than 5.0\u00a0points; macro-F1 55.0\u00a0%"
     )
     short = first_model_decision(_metrics(0.52, 0.55, {}, {}))
     assert short.passed is False and short.figures["baseline"] is None
@@ -77,14 +77,17 @@ def test_the_point_rule_returns_its_figures(gate_settings):
     assert decision.figures["tolerance"] == 0.01 and decision.figures["max_recall_drop"] == 0.05
     assert [name for name, _ in decision.figures["recall_drops"]] == ["Fibres"]
     assert decision.figures["recall_drops"][0][1] == pytest.approx(0.1)
-    assert decision.reason == "Recall dropped by more than 5.0 points: Fibres 10.0 points"
+    assert decision.reason == "Recall dropped by more than 5.0\u00a0points: Fibres 10.0\u00a0points"
 
     worse = gate_decision(_metrics(0.78, 0.78, {"Fibres": 0.8, "Particles": 0.8, "Powder": 0.8}, SUPPORT), PRODUCTION)
     assert worse.passed is False and worse.figures["recall_drops"] == []
-    assert worse.reason == "Macro-F1 0.780 is below production's 0.800 (tolerance 0.010)"
+    assert worse.reason == "Macro-F1 78.0\u00a0% is below production's 80.0\u00a0% (tolerance 1.0\u00a0points)"
     better = gate_decision(_metrics(0.9, 0.9, {"Fibres": 0.9, "Particles": 0.9, "Powder": 0.9}, SUPPORT), PRODUCTION)
     assert better.passed is True
-    assert better.reason == "Macro-F1 0.900 vs production 0.800; no class recall dropped more than 5.0 points"
+    assert (
+        better.reason
+        == "Macro-F1 90.0\u00a0% vs production 80.0\u00a0%; no class recall dropped more than 5.0\u00a0points"
+    )
 
 
 def test_a_decision_is_stored_as_json_and_read_back_with_the_same_words(gate_settings):
@@ -121,7 +124,7 @@ def test_pages_render_the_stored_decision_and_old_rows_keep_their_words(client, 
     old = make_model(2, gate_passed=False, gate_reason="Macro-F1 0.700 is below production's 0.800 (tolerance 0.000)")
     client.force_login(member)
 
-    words = "Macro-F1 0.780 is below production&#x27;s 0.800 (tolerance 0.010)"
+    words = "Macro-F1 78.0\u00a0% is below production&#x27;s 80.0\u00a0% (tolerance 1.0\u00a0points)"
     run_page = _run_page(client, recorded)
     assert _reason_box(client, 1) == words and words in run_page and "words written back then" not in run_page
     old_words = "Macro-F1 0.700 is below production&#x27;s 0.800 (tolerance 0.000)"

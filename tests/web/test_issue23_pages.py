@@ -36,10 +36,10 @@ def test_a_near_chance_models_prediction_is_shown_as_uncertain_with_its_accuracy
     card = _html(client, "web:browse")
     page = _html(client, "web:image_detail", image.pk)
 
-    assert "Particles 66% · uncertain" in card
-    assert "Suggestion only: model v1 was right on 33 % of 30 test images" in card
+    assert "Particles 66\u00a0% · uncertain" in card
+    assert "Suggestion only: model v1 was right on 33\u00a0% of 30 test images" in card
     assert "Classified, uncertain" in page and 'class="badge status-classified"' not in page
-    assert "Suggestion only: model v1 was right on 33 %" in page
+    assert "Suggestion only: model v1 was right on 33\u00a0%" in page
 
 
 def test_a_good_models_confident_prediction_is_not_uncertain_but_a_weak_one_is(
@@ -54,8 +54,8 @@ def test_a_good_models_confident_prediction_is_not_uncertain_but_a_weak_one_is(
     assert "Classified, uncertain" not in _html(client, "web:image_detail", confident.pk)
     assert "Classified, uncertain" in _html(client, "web:image_detail", weak.pk)
     card = _html(client, "web:browse")
-    assert "Fibres 97%</span>" in card and "Fibres 70% · uncertain" in card
-    assert "below 75 % confidence are marked uncertain" in card
+    assert "Fibres 97\u00a0%</span>" in card and "Fibres 70\u00a0% · uncertain" in card
+    assert "below 75\u00a0% confidence are marked uncertain" in card
 
 
 def test_a_conformal_models_worth_line_does_not_promise_a_confidence_threshold(
@@ -72,7 +72,7 @@ def test_a_conformal_models_worth_line_does_not_promise_a_confidence_threshold(
         worth = page.split('class="muted small model-worth">')[1].split("</p>")[0]
         assert "confidence are marked uncertain" not in worth, worth
         assert "marked uncertain, whatever its confidence, when its prediction set holds other than one" in worth
-    assert "Fibres 99% · uncertain" in _html(client, "web:browse")
+    assert "Fibres 99\u00a0% · uncertain" in _html(client, "web:browse")
 
 
 def test_a_blank_upload_is_flagged_as_blank(client, member, sample, user, categories, make_model, predict):
@@ -227,8 +227,8 @@ def test_most_uncertain_first_shows_the_margin_it_sorts_by(
 
     sorted_html = _html(client, "web:browse", sort="uncertain")
 
-    assert sorted_html.index("margin 0.00") < sorted_html.index("margin 0.60")
-    assert "margin 0.60" not in _html(client, "web:browse")
+    assert sorted_html.index("margin 0\u00a0points") < sorted_html.index("margin 60\u00a0points")
+    assert "margin 60\u00a0points" not in _html(client, "web:browse")
 
 
 def test_bulk_acceptance_under_a_project_filter_labels_only_that_project(client, curator, project, two_project_queue):

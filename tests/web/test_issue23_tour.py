@@ -185,9 +185,9 @@ def open_a_foreign_cell(page) -> None:
 def browse_marks_the_guess_uncertain(page, tour) -> None:
     page.goto(reverse("web:browse"))
     card = page.text_content(f'.card[data-image-id="{tour.viewed.pk}"]')
-    assert "Particles 66% · uncertain" in card, card
+    assert "Particles 66\u00a0% · uncertain" in card, card
     worth = page.text_content(".model-worth")
-    assert "Suggestion only: model v2 was right on 33 % of 30 test images" in worth, worth
+    assert "Suggestion only: model v2 was right on 33\u00a0% of 30 test images" in worth, worth
     assert "all its answers are marked uncertain (no better than guessing)." in worth, worth
 
 
@@ -219,7 +219,7 @@ def upload_with_the_keyboard(page, tour, role: str, tmp_path) -> None:
     outcome = page.text_content(".file-row .outcome")
     assert "uncertain" in outcome and ("blank image" in outcome) == blank, outcome
     assert "status-classified" not in page.get_attribute(".file-row .outcome .badge", "class")
-    assert "Suggestion only: model v2 was right on 33 %" in page.text_content("#upload-panel .model-worth")
+    assert "Suggestion only: model v2 was right on 33\u00a0%" in page.text_content("#upload-panel .model-worth")
     screenshot(page, f"i23-tour-{role}-upload")
     page.goto(reverse("web:upload"))
     assert page.input_value("#id_sample_pick") == str(tour.sample.pk)
@@ -255,7 +255,7 @@ def image_page_says_what_the_guess_is_worth(page, tour, role: str) -> None:
     skip_link_works(page)
     assert page.text_content("#status-badge") == "Classified, uncertain"
     predicted = page.text_content("#predicted")
-    assert "· uncertain" in predicted and "Suggestion only: model v2 was right on 33 %" in predicted, predicted
+    assert "· uncertain" in predicted and "Suggestion only: model v2 was right on 33\u00a0%" in predicted, predicted
     assert page.locator(".category-buttons button").count() == (0 if role == "member" else 10)
     viewer_works_from_the_keyboard(page)
     screenshot(page, f"i23-tour-{role}-image")

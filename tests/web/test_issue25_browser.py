@@ -35,7 +35,7 @@ def test_order_selector_and_reasons(
 
     page.goto(reverse("web:review"))
     assert page.locator("#filter-order").input_value() == "uncertain"
-    assert page.inner_text("#review-reason") == "Why it is here: model unsure: Fibres 0.51 / Particles 0.49"
+    assert page.inner_text("#review-reason") == "Why it is here: model unsure: Fibres 51\u00a0% / Particles 49\u00a0%"
     assert "Model least sure first:" in page.inner_text("#order-note")
     screenshot(page, "25-review-uncertain")
 

@@ -63,7 +63,7 @@ def test_each_image_says_why_it_is_in_the_queue(client, curator, sample, make_im
     assert [image for image, _ in seen] == [strange, several, unsure]
     assert seen[0][1].startswith("out of scope")
     assert seen[1][1].startswith("prediction set of 3 categories")
-    assert seen[2][1] == "model unsure: Particles 0.48 / Powder 0.41"
+    assert seen[2][1] == "model unsure: Particles 48\u00a0% / Powder 41\u00a0%"
     html = page(client).content.decode()
     assert "Model least sure first" in html and "Teach the model most" in html
 
@@ -135,7 +135,7 @@ def test_the_teach_order_follows_the_margin_once_every_category_has_its_labels(
     monkeypatch.setattr(review_order, "compute_batch", lambda *a, **k: computed.append(1) or real(*a, **k))
     response = page(client, order="teach")
     assert response.context["image"] == torn
-    assert response.context["image"].review_reason == "model unsure: Particles 0.48 / Powder 0.41"
+    assert response.context["image"].review_reason == "model unsure: Particles 48\u00a0% / Powder 41\u00a0%"
     page(client, order="teach")
     assert len(computed) == 1  # the batch is cached for this model and label count
 

@@ -187,7 +187,7 @@ def test_detail_page_shows_metadata_predictions_and_history(
         "Test wafer",
         "S-0001",
         "Model v1",
-        "70%",
+        "70\u00a0%",
         "Folder import",
         "Image page",
         'id="viewer"',

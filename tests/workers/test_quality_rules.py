@@ -91,7 +91,7 @@ def test_a_first_model_no_better_than_always_answering_the_largest_class_is_refu
 
     decision = promotion.gate_decision(majority_guess, None)
     passed, reason = decision.passed, decision.reason
-    assert passed is False and "majority-class baseline" in reason and "'Particles': 0.430" in reason
+    assert passed is False and "majority-class baseline" in reason and "'Particles': 43.0\u00a0%" in reason
     assert promotion.gate_decision(barely_better, None).passed is False
     decision = promotion.gate_decision(clearly_better, None)
     passed, reason = decision.passed, decision.reason

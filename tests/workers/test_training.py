@@ -270,7 +270,10 @@ def test_gate_tolerance_and_first_model_floor(settings):
     assert promotion.gate_decision(slightly_worse, PRODUCTION_METRICS).passed is True
     two_classes = {"Fibres": 0.5, "Particles": 0.5}
     refused = promotion.gate_decision(_metrics(0.49, two_classes), None)
-    assert (refused.passed, refused.reason) == (False, "First model: macro-F1 0.490 is below the floor 0.500")
+    assert (refused.passed, refused.reason) == (
+        False,
+        "First model: macro-F1 49.0\u00a0% is below the floor 50.0\u00a0%",
+    )
     assert promotion.gate_decision(_metrics(0.51, two_classes), None).passed is True
 
 
@@ -296,7 +299,7 @@ def test_gate_refuses_a_worse_candidate_and_promotes_a_better_one(
     assert promotion.apply_gate(worse) is False
     worse.refresh_from_db(), production.refresh_from_db()
     assert worse.status == ModelVersion.Status.REJECTED and worse.gate_passed is False
-    assert "below production's 0.800" in worse.gate_reason
+    assert "below production's 80.0\u00a0%" in worse.gate_reason
     assert production.status == ModelVersion.Status.PRODUCTION
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:

@@ -31,6 +31,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from portal.models import Category, Embedding, Label, ModelVersion, Prediction, SEMImage
+from portal.rates import percent
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ def unsure(image: SEMImage) -> str:
     if not stored:
         return "model unsure"
     ranked = sorted(stored.items(), key=lambda item: item[1], reverse=True)[:2]
-    return "model unsure: " + " / ".join(f"{name} {probability:.2f}" for name, probability in ranked)
+    return "model unsure: " + " / ".join(f"{name} {percent(probability)}" for name, probability in ranked)
 
 
 def _set_names(slugs) -> str:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from portal.rates import percent, points
+
 
 @dataclass(frozen=True)
 class GateDecision:
@@ -115,14 +117,14 @@ def _first_model_words(figures: dict) -> str:
         return "First model: no test images to compare it with the majority-class baseline"
     if accuracy < baseline + margin:
         return (
-            f"First model: accuracy {accuracy:.3f} does not beat the majority-class baseline "
-            f"(always '{name}': {baseline:.3f}) by the required {margin:.3f}"
+            f"First model: accuracy {_pct(accuracy)} does not beat the majority-class baseline "
+            f"(always '{name}': {_pct(baseline)}) by the required {_pts(margin)}"
         )
     if f1 < figures["floor"]:
-        return f"First model: macro-F1 {f1:.3f} is below the floor {figures['floor']:.3f}"
+        return f"First model: macro-F1 {_pct(f1)} is below the floor {_pct(figures['floor'])}"
     return (
-        f"First model: accuracy {accuracy:.3f} beats the majority-class baseline "
-        f"(always '{name}': {baseline:.3f}) by more than {margin:.3f}; macro-F1 {f1:.3f}"
+        f"First model: accuracy {_pct(accuracy)} beats the majority-class baseline "
+        f"(always '{name}': {_pct(baseline)}) by more than {_pts(margin)}; macro-F1 {_pct(f1)}"
     )
 
 
@@ -130,14 +132,27 @@ def _point_words(figures: dict) -> str:
     f1, production_f1, tolerance = figures["macro_f1"], figures["production_macro_f1"], figures["tolerance"]
     max_drop = figures["max_recall_drop"]
     if f1 < production_f1 - tolerance:
-        return f"Macro-F1 {f1:.3f} is below production's {production_f1:.3f} (tolerance {tolerance:.3f})"
+        return f"Macro-F1 {_pct(f1)} is below production's {_pct(production_f1)} (tolerance {_pts(tolerance)})"
     if figures["recall_drops"]:
-        worst = [f"{name} {drop * 100:.1f} points" for name, drop in figures["recall_drops"]]
-        return f"Recall dropped by more than {max_drop * 100:.1f} points: " + ", ".join(worst)
+        worst = [f"{name} {_pts(drop)}" for name, drop in figures["recall_drops"]]
+        return f"Recall dropped by more than {_pts(max_drop)}: " + ", ".join(worst)
     return (
-        f"Macro-F1 {f1:.3f} vs production {production_f1:.3f}; no class recall dropped more than "
-        f"{max_drop * 100:.1f} points"
+        f"Macro-F1 {_pct(f1)} vs production {_pct(production_f1)}; no class recall dropped more than {_pts(max_drop)}"
     )
+
+
+# The words say rates as the pages do (portal.rates), to one decimal: a gate decides on differences of a
+# few tenths of a point, which whole percentages would hide.
+def _pct(value: float) -> str:
+    return percent(value, 1)
+
+
+def _pts(value: float) -> str:
+    return points(value, 1)
+
+
+def _signed(value: float) -> str:
+    return points(value, 1, signed=True)
 
 
 def majority_baseline(metrics: dict) -> tuple[str, float] | None:
@@ -228,29 +243,30 @@ def bootstrap_reason(summary: dict) -> str:
     f1, level, tolerance = summary["macro_f1"], summary["level"], summary["tolerance"]
     max_drop = summary["max_recall_drop"]
     described = (
-        f"macro-F1 difference {f1['diff']:+.3f}, {level:.0%} interval [{f1['low']:+.3f}, {f1['high']:+.3f}] "
-        f"on {summary['n']} test images ({summary['resamples']} paired resamples)"
+        f"macro-F1 difference {_signed(f1['diff'])} points, {percent(level)} interval "
+        f"[{_signed(f1['low'])}, {_signed(f1['high'])}] on {summary['n']} test images "
+        f"({summary['resamples']} paired resamples)"
     )
     if summary["decision"] == "too_small":
         return f"{summary['too_small']}. Not promoted automatically; {described}. An admin may promote it by hand."
     if not f1["low"] > -tolerance:
         return (
             f"Not shown to be at least as good as production: {described}; the lower bound must be "
-            f"above {-tolerance:+.3f}"
+            f"above {_signed(-tolerance)} points"
         )
     if summary["recall_dropped"]:
         recall = summary["recall"]
         drops = [
-            f"{name} [{recall[name]['low'] * 100:+.1f}, {recall[name]['high'] * 100:+.1f}] points"
+            f"{name} [{_signed(recall[name]['low'])}, {_signed(recall[name]['high'])}] points"
             for name in summary["recall_dropped"]
         ]
         return (
-            f"A class's recall may have dropped by more than {max_drop * 100:.1f} points "
-            f"({level:.0%} interval): " + ", ".join(drops) + f"; {described}"
+            f"A class's recall may have dropped by more than {_pts(max_drop)} "
+            f"({percent(level)} interval): " + ", ".join(drops) + f"; {described}"
         )
     return (
-        f"Promoted: {described}, lower bound above {-tolerance:+.3f}; no class's recall interval "
-        f"reaches a drop of {max_drop * 100:.1f} points"
+        f"Promoted: {described}, lower bound above {_signed(-tolerance)} points; no class's recall interval "
+        f"reaches a drop of {_pts(max_drop)}"
     )
 
 

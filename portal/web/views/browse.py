@@ -29,12 +29,18 @@ def browse(request):
         "form": form,
         "page": page,
         "filtered": bool(request.GET),
+        "active_filters": active_filters(request.GET, form),
         "production_model": production_model(),
         # "Most uncertain first" sorts by the margin between the top two classes: the cards show it.
         "show_margin": form.is_valid() and form.cleaned_data.get("sort") == "uncertain",
         **first_model_context(),
     }
     return render(request, "portal/browse.html", context)
+
+
+def active_filters(query, form: BrowseFilterForm) -> int:
+    """How many filters the query sets: the panel opens for them. The sort order is no filter."""
+    return sum(1 for name in form.fields if name != "sort" and query.get(name, "").strip())
 
 
 def first_model_context() -> dict:

@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from portal.models import Category, Label
+from portal.rates import percent
 from portal.services.curation import review_order
 from portal.services.curation.labels import confirm_label, set_label, undo_label
 from portal.web import review_queue as queue
@@ -161,6 +162,6 @@ def review_bulk_accept(request):
     messages.success(
         request,
         f"Accepted {len(created)} prediction{'s' if len(created) != 1 else ''} "
-        f"at confidence ≥ {threshold} % (U undoes).",
+        f"at confidence ≥ {percent(threshold / 100)} (U undoes).",
     )
     return back_to_queue(request)
