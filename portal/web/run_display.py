@@ -185,7 +185,7 @@ def trust_facts(run: TrainingRun) -> list[tuple[str, str]]:
                 "Not SEM",
                 f"{outliers['method']}: {outliers['n_outliers']} outlier images (made photos, screenshots, maps, "
                 "blank, noise and defocused frames, and the images curators marked not SEM / not classifiable); "
-                f"its threshold also lets about {outliers['abstain_rate']:.0%} of curated images abstain. "
+                f"its threshold also lets about {percent(outliers['abstain_rate'])} of curated images abstain. "
                 "An image either detector flags is out of scope",
             )
         )

@@ -208,6 +208,6 @@ def test_the_training_run_page_says_how_sets_and_out_of_scope_calls_are_made(cli
     assert "own calibration (≥ 20 images): Fibres" in page and "pooled calibration: Particles, Powder" in page
     assert (
         "deep k-nearest neighbours" in page
-        and "about 5% of 37 curated images (each measured against the other series)" in page
+        and "about 5\u00a0% of 37 curated images (each measured against the other series)" in page
     )
     assert "outlier exposure" in page and "7 outlier images" in page and "either detector flags" in page
