@@ -80,6 +80,8 @@ def view_features(features, x, views: int):
     stacked = torch.cat(dihedral_views(x, views)) if views > 1 else x
     stacked = stacked.contiguous(memory_format=torch.channels_last)
     per_pass = CPU_IMAGES_PER_PASS if x.device.type == "cpu" else GPU_IMAGES_PER_PASS
+    if torch.is_grad_enabled():  # Grad-CAM (saliency.py) hooks one activation per layer: one pass
+        per_pass = len(stacked)
     outputs = torch.cat([features(chunk) for chunk in stacked.split(per_pass)])
     return outputs.view(-1, x.shape[0], outputs.shape[1])
 

@@ -56,7 +56,14 @@ def test_the_recipe_names_its_phases_and_plans_within_its_budget(tmp_path):
     result = train(items, config, str(tmp_path / "m.safetensors"), test_items=test_items, progress=events.append)
     phases = [e["phase"] for e in events if e.get("phase")]
     assert phases[0] == "loading weights"
-    order = ["loading weights", "measuring the feature cost", "computing features", "fitting head", "evaluating"]
+    order = [
+        "loading weights",
+        "measuring the feature cost",
+        "computing features",
+        "computing the outliers' features",
+        "fitting head",
+        "evaluating",
+    ]
     assert [p for p in dict.fromkeys(phases)] == [*order, "saving"]
     features = [e for e in events if e.get("phase") == "computing features"]
     assert features[-1]["done"] == features[-1]["total"] == len(items)
