@@ -34,3 +34,9 @@ def test_an_outlier_becomes_a_greyscale_derivative_and_a_defocused_copy_loses_it
 def test_defocused_outliers_come_one_per_series():
     chosen = outliers.one_per_group(["a1", "a2", "b1", "c1", "c2"], ["a", "a", "b", "c", "c"], 2)
     assert chosen == ["a1", "b1"]
+
+
+def test_a_matplotlib_without_its_sample_data_makes_fewer_outliers_not_a_failed_training(monkeypatch, tmp_path):
+    monkeypatch.setattr(outliers, "_sample", lambda name: tmp_path / name)  # nothing there
+    made = outliers.made_outliers()
+    assert {kind for kind, _, _ in made} == {"screenshot", "blank", "noise", "gradient"}  # drawn here
