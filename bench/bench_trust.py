@@ -59,6 +59,7 @@ import real_data  # noqa: E402
 
 COVERAGES = (0.8, 0.9, 0.95)
 RULES = ("knn", "classifier", "either")
+SERIES_UNKNOWN = False  # --series-unknown: the training side in one sample, as an import without series
 SET_TITLES = {"made": "made set (kinds seen in training)", "holdout": "holdout set (kinds never seen)"}
 COLOUR_THRESHOLD = 15.0  # SEM_COLOUR_OUT_OF_SCOPE's default
 
@@ -159,7 +160,7 @@ def run_fold(matrix, labels, groups, train_idx, test_idx, classes, seed, outlier
     config = TrainConfig()
     train_idx = np.asarray(train_idx)
     y = labels[train_idx]
-    fold_groups = [groups[i] for i in train_idx]
+    fold_groups = ["one sample"] * len(train_idx) if SERIES_UNKNOWN else [groups[i] for i in train_idx]
     features = matrix[train_idx][:, None, :]  # (N, views, D): the views are already averaged
     head = fit_head(features, y, fold_groups, len(classes), config.head_c, seed, POOLED_DIMS)
     made, defocused = outlier_data
@@ -220,6 +221,7 @@ def evaluate_seed(images, matrix, sets, outlier_data, seed: int) -> dict:
     sets_found = {coverage: [None] * len(images) for coverage in COVERAGES}
     known = np.zeros(len(images), bool)  # the image's class has training images in its fold
     modes, folds = [], []
+    pooled = np.zeros((len(images), len(classes)))
     for train_idx, test_idx in bench_real_cv.folds(images, seed):
         probabilities, trust, scorer = run_fold(
             matrix, labels, groups, train_idx, test_idx, classes, seed, outlier_data
@@ -229,6 +231,7 @@ def evaluate_seed(images, matrix, sets, outlier_data, seed: int) -> dict:
                 sets_found[coverage][i] = found
         modes.append(trust["conformal"]["mode"])
         known[test_idx] = np.isin(labels[test_idx], labels[train_idx])
+        pooled[test_idx] = probabilities
         folds.append(out_of_scope_fold(scorer, matrix[test_idx], sets))
     truth = [image.category for image in images]
     return {
@@ -241,8 +244,20 @@ def evaluate_seed(images, matrix, sets, outlier_data, seed: int) -> dict:
             for c in COVERAGES
         },
         "per_class_coverage_90": _per_class(sets_found[0.9], truth),
+        "scores": _scores(truth, pooled, classes),
         "conformal_modes": modes,
         "folds": folds,
+    }
+
+
+def _scores(truth, probabilities, classes) -> dict:
+    from classifier.metrics import evaluate
+
+    evaluation = evaluate(truth, probabilities, classes)
+    return {
+        "accuracy": evaluation["accuracy"],
+        "macro_recall": evaluation["macro_avg"]["recall"],
+        "ece": evaluation["ece"],
     }
 
 
@@ -267,6 +282,9 @@ def report(runs) -> str:
             rows = [run[key][str(coverage)] for run in runs]
             cells = [mean_sd([row[k] for row in rows]) for k in ("coverage", "mean_size", "singletons", "empty")]
             lines.append(f"| {part} (n = {rows[0]['n']}) | {coverage:.0%} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for key in ("accuracy", "macro_recall", "ece"):
+        lines.append(f"| test side (pooled per seed): {key} | {mean_sd([run['scores'][key] for run in runs])} |")
     folds = [fold for run in runs for fold in run["folds"]]
     lines += [
         "",
@@ -302,7 +320,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the per-seed results as JSON")
     parser.add_argument("--colour-only", action="store_true", help="only the colour rule (no features, no folds)")
     parser.add_argument("--holdout", type=Path, help="a folder of out-of-scope images of unseen kinds")
+    parser.add_argument("--series-unknown", action="store_true", help="each training side as one sample")
+    parser.add_argument("--no-pseudo-series", action="store_true", help="unknown series: folds of images")
     args = parser.parse_args()
+    global SERIES_UNKNOWN
+    SERIES_UNKNOWN = args.series_unknown
+    if args.no_pseudo_series:
+        from classifier import head_training
+
+        head_training.pseudo_series = lambda features, folds, seed: None
     images = real_data.load_images()
     ood_images = out_of_scope_images(args.work / "out-of-scope", images)
     holdout = holdout_images(args.holdout)

@@ -46,6 +46,8 @@ BATCH = 32
 DEFAULT_COVERAGE = 0.9
 OUTLIER_VIEWS = 2  # views averaged for each outlier image (the detector's training data)
 MAX_DEFOCUSED = 12  # training images defocused into outliers, one per series
+PSEUDO_SERIES_SIZE = 8  # images per stand-in series when the series are unknown (../shared: ~7 a source)
+MAX_PSEUDO_SERIES = 100
 
 
 def train_feature_head(
@@ -158,7 +160,7 @@ def trust_metadata(
 
     conformal = fit_conformal(head["oof_probabilities"], head["oof_labels"], classes, DEFAULT_COVERAGE)
     raw = features.mean(1)  # fewer views than inference averages when the time budget cut them: close enough
-    split = _folds(labels, groups, folds, seed)
+    split = _folds(labels, groups, folds, seed, raw)  # the folds of fit_head
     report, bank = fit_knn(raw, held_out_knn_scores(raw, split), seed=seed)
     tensors = {BANK_KEY: torch.from_numpy(bank)}
     outliers = np.zeros((0, raw.shape[1]), np.float32) if outliers is None else np.asarray(outliers, np.float32)
@@ -250,7 +252,7 @@ def fit_head(features, labels, groups, n_classes: int, c: float, seed: int, pool
     than each view as its own sample, bench/RESULTS.md). ``groups``: each image's series (sample), or None.
     ``pooled_dims``: how many leading features are the pooled ones the class means use (None: the linear
     head alone). Each image's logits come from a head fitted without its series (StratifiedGroupKFold over
-    ``groups``; without series, folds of images), so the temperature sees every training image as an unseen
+    ``groups``; without series, folds of clusters of similar images: _folds), so the temperature sees every training image as an unseen
     source looks, not the few series one validation split held (that temperature swung from 0.6 to 20
     between folds and left ECE at 0.14 over 10 seeds; cross-fitted: 0.07, bench/RESULTS.md). The
     out-of-fold probabilities are returned too (``oof_probabilities``, ``oof_labels``, ``oof_index``):
@@ -282,7 +284,7 @@ def out_of_fold_logits(features, labels, groups, n_classes: int, c: float, seed:
     training image in its fold is not scored (no logit to calibrate)."""
     logits = np.zeros((len(labels), n_classes))
     scored = np.zeros(len(labels), dtype=bool)
-    for train_idx, held_idx in _folds(labels, groups, folds, seed):
+    for train_idx, held_idx in _folds(labels, groups, folds, seed, features):
         part = labels[train_idx]
         weights = series_weights(part, [groups[i] for i in train_idx]) if groups else None
         head = _fit(features[train_idx], part, weights, n_classes, c, seed, pooled_dims)
@@ -291,16 +293,37 @@ def out_of_fold_logits(features, labels, groups, n_classes: int, c: float, seed:
     return logits, scored
 
 
-def _folds(labels, groups, folds: int, seed: int):
-    """Folds that hold out whole series when there are enough series, else stratified folds of images."""
+def _folds(labels, groups, folds: int, seed: int, features=None):
+    """Folds that hold out whole series when there are enough series. Without them (an import that did
+    not say the series puts every image in one sample) and given ``features`` (N, D), folds hold out
+    whole clusters of similar images instead: a series' images sit together in feature space, and folds of
+    single images would let each held-out image keep its series-mates in training, so held-out scores
+    would look like a familiar source (an out-of-scope threshold that flagged 56 % of a new source's
+    micrographs, bench/RESULTS.md). Else stratified folds of images."""
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-    if groups and len(set(groups)) >= folds:
+    if not (groups and len(set(groups)) >= folds) and features is not None:
+        groups = pseudo_series(features, folds, seed)
+    if groups is not None and len(set(groups)) >= folds:
         splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
         return list(splitter.split(np.zeros(len(labels)), labels, groups))
     largest = np.bincount(labels).max()
     splitter = StratifiedKFold(max(2, min(folds, largest)), shuffle=True, random_state=seed)
     return list(splitter.split(np.zeros(len(labels)), labels))
+
+
+def pseudo_series(features, folds: int, seed: int) -> list[int] | None:
+    """Each image's cluster (k-means on unit-length features, about PSEUDO_SERIES_SIZE images a cluster),
+    standing in for its series; None when there are too few images for ``folds`` clusters."""
+    from sklearn.cluster import KMeans
+
+    from .ood import normalise
+
+    clusters = min(MAX_PSEUDO_SERIES, len(features) // PSEUDO_SERIES_SIZE)
+    if clusters < folds:
+        return None
+    found = KMeans(n_clusters=clusters, n_init=3, random_state=seed).fit_predict(normalise(features))
+    return found.tolist()
 
 
 def series_weights(labels: np.ndarray, groups: list[str]) -> np.ndarray:

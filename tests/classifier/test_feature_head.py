@@ -65,6 +65,26 @@ def test_out_of_fold_scores_never_come_from_a_head_that_saw_the_series():
     assert (logits.argmax(1) == labels).mean() < 0.75
 
 
+def test_without_series_folds_hold_out_whole_clusters_of_similar_images(monkeypatch):
+    """Every image in one sample (an import that did not say the series): 10 tight series of 8 images. The
+    folds must keep each series on one side, as the real series would, not split its images."""
+    from classifier import head_training
+
+    monkeypatch.setattr(head_training, "PSEUDO_SERIES_SIZE", 8)
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(10, 32)) * 3
+    series = np.repeat(np.arange(10), 8)
+    features = centres[series] + rng.normal(size=(80, 32)) * 0.05
+    labels = series % 2
+    one_sample = ["sample-1"] * 80
+    for train_idx, held_idx in head_training._folds(labels, one_sample, 5, 0, features):
+        assert not set(series[train_idx]) & set(series[held_idx])  # no series on both sides
+    # without features (or too few images for 5 clusters): folds of images, series split across them
+    image_folds = head_training._folds(labels, one_sample, 5, 0)
+    assert any(set(series[a]) & set(series[b]) for a, b in image_folds)
+    assert head_training.pseudo_series(features[:30], 5, 0) is None
+
+
 def test_fit_head_reports_a_temperature_from_every_scored_image():
     rng = np.random.default_rng(2)
     labels = np.repeat(np.arange(3), 10)
