@@ -67,7 +67,6 @@ def test_a_blank_and_a_noise_frame_come_back_out_of_scope_and_first_for_review(
         what="every upload classified",
     )
 
-    threshold = trust_artifact.metadata["out_of_scope"]["threshold"]
     for name, image in outside.items():
         image.refresh_from_db()
         prediction = Prediction.objects.get(image=image)
@@ -75,7 +74,8 @@ def test_a_blank_and_a_noise_frame_come_back_out_of_scope_and_first_for_review(
         assert prediction.out_of_scope and image_data(image)["out_of_scope"] is True
         assert image.predicted_category is not None  # the model's guess is kept, not trusted
     noise = Prediction.objects.get(image=outside["noise"])
-    assert noise.ood_score > threshold  # the detector, not the blank rule, caught the noise frame
+    # a detector (the kNN distance or the outlier classifier), not the blank rule, caught the noise frame
+    assert noise.out_of_scope and not SEMImage.objects.get(pk=outside["noise"].pk).blank
     in_scope = list(SEMImage.objects.filter(pk__in=[image.pk for image in in_scope]))
     # eight held-out training images set the threshold here: most, not all, in-scope uploads pass it
     assert sum(image.status == SEMImage.Status.CLASSIFIED for image in in_scope) >= 2
