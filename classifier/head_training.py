@@ -162,6 +162,7 @@ def trust_metadata(
     raw = features.mean(1)  # fewer views than inference averages when the time budget cut them: close enough
     split = _folds(labels, groups, folds, seed, raw)  # the folds of fit_head
     report, bank = fit_knn(raw, held_out_knn_scores(raw, split), seed=seed)
+    conformal["held_out_by"] = report["held_out_by"] = held_out_unit(groups, folds, raw)
     tensors = {BANK_KEY: torch.from_numpy(bank)}
     outliers = np.zeros((0, raw.shape[1]), np.float32) if outliers is None else np.asarray(outliers, np.float32)
     classifier, weight = fit_outlier_classifier(raw, outliers, split, seed=seed)
@@ -310,6 +311,16 @@ def _folds(labels, groups, folds: int, seed: int, features=None):
     largest = np.bincount(labels).max()
     splitter = StratifiedKFold(max(2, min(folds, largest)), shuffle=True, random_state=seed)
     return list(splitter.split(np.zeros(len(labels)), labels))
+
+
+def held_out_unit(groups, folds: int, features) -> str:
+    """What _folds held out, in words for the Training page: "series", "clusters of similar images"
+    (pseudo_series) or "images"."""
+    if groups and len(set(groups)) >= folds:
+        return "series"
+    if min(MAX_PSEUDO_SERIES, len(features) // PSEUDO_SERIES_SIZE) >= folds:
+        return "clusters of similar images"
+    return "images"
 
 
 def pseudo_series(features, folds: int, seed: int) -> list[int] | None:

@@ -152,6 +152,14 @@ def pretrained_fact(run: TrainingRun) -> str | None:
     return "not used: trained from scratch (not requested)"
 
 
+# What training held out to score each curated image (classifier.head_training.held_out_unit), as "its ..."
+HELD_OUT_WORDS = {
+    "series": "series",
+    "clusters of similar images": "cluster of similar images (no series known)",
+    "images": "fold",
+}
+
+
 def trust_facts(run: TrainingRun) -> list[tuple[str, str]]:
     """How the run's model makes prediction sets and out-of-scope calls (its artifact's metadata says)."""
     metadata = (run.model_version.metadata or {}) if run.model_version else {}
@@ -160,7 +168,8 @@ def trust_facts(run: TrainingRun) -> list[tuple[str, str]]:
     if conformal:
         own = sorted(conformal.get("class_scores") or {})
         pooled = sorted(set(conformal.get("class_counts") or {}) - set(own))
-        text = f"{conformal['mode']}: {conformal['n']} curated images, each scored by a head fitted without its series"
+        unit = HELD_OUT_WORDS.get(conformal.get("held_out_by", "series"), "series")
+        text = f"{conformal['mode']}: {conformal['n']} curated images, each scored by a head fitted without its {unit}"
         if own:
             text += f"; own calibration (≥ {conformal['min_per_class']} images): {', '.join(own)}"
         if pooled:
@@ -175,7 +184,8 @@ def trust_facts(run: TrainingRun) -> list[tuple[str, str]]:
                 "Out of scope",
                 f"{detector['method']}, k = {detector['k']}, {detector['bank_size']} training embeddings; "
                 f"threshold {limit}, set so that about {percent(detector['abstain_rate'])} of "
-                f"{detector['n_held_out']} curated images (each measured against the other series) would abstain",
+                f"{detector['n_held_out']} curated images (each measured against the other "
+                f"{detector.get('held_out_by', 'series')}) would abstain",
             )
         )
     outliers = (detector or {}).get("outlier_classifier")

@@ -211,3 +211,11 @@ def test_the_training_run_page_says_how_sets_and_out_of_scope_calls_are_made(cli
         and "about 5\u00a0% of 37 curated images (each measured against the other series)" in page
     )
     assert "outlier exposure" in page and "7 outlier images" in page and "either detector flags" in page
+    assert "fitted without its series" in page  # metadata from before held_out_by: series, as then
+
+    # trained without series (one sample): the folds held out clusters of similar images, and the page says so
+    metadata["conformal"]["held_out_by"] = metadata["out_of_scope"]["held_out_by"] = "clusters of similar images"
+    ModelVersion.objects.filter(pk=model.pk).update(metadata=metadata)
+    page = client.get(f"/training/runs/{run.pk}/").content.decode()
+    assert "fitted without its cluster of similar images (no series known)" in page
+    assert "each measured against the other clusters of similar images" in page

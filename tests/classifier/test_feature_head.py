@@ -83,6 +83,10 @@ def test_without_series_folds_hold_out_whole_clusters_of_similar_images(monkeypa
     image_folds = head_training._folds(labels, one_sample, 5, 0)
     assert any(set(series[a]) & set(series[b]) for a, b in image_folds)
     assert head_training.pseudo_series(features[:30], 5, 0) is None
+    # the Training page's words for what was held out
+    assert head_training.held_out_unit(one_sample, 5, features) == "clusters of similar images"
+    assert head_training.held_out_unit(one_sample, 5, features[:30]) == "images"
+    assert head_training.held_out_unit([f"s{i}" for i in series], 5, features) == "series"
 
 
 def test_fit_head_reports_a_temperature_from_every_scored_image():

@@ -160,6 +160,8 @@ def test_the_artifact_carries_the_calibration_and_the_detector_and_the_engine_us
     assert metadata["conformal"]["n"] == metadata["calibration"]["n"] > 0
     assert metadata["conformal"]["mode"] == "pooled"  # a few held-out images per class
     assert metadata["out_of_scope"]["n_held_out"] == 36  # every training image, against the other folds
+    # no series given and too few images for clusters: folds of images, and the metadata says so
+    assert metadata["out_of_scope"]["held_out_by"] == metadata["conformal"]["held_out_by"] == "images"
     bank = load_artifact(result.artifact_path).state_dict[ood.BANK_KEY]
     assert str(bank.dtype) == "torch.float16" and bank.shape[0] == metadata["out_of_scope"]["bank_size"]
 
