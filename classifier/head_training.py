@@ -318,9 +318,13 @@ def held_out_unit(groups, folds: int, features) -> str:
     (pseudo_series) or "images"."""
     if groups and len(set(groups)) >= folds:
         return "series"
-    if min(MAX_PSEUDO_SERIES, len(features) // PSEUDO_SERIES_SIZE) >= folds:
+    if _pseudo_series_count(len(features)) >= folds:
         return "clusters of similar images"
     return "images"
+
+
+def _pseudo_series_count(images: int) -> int:
+    return min(MAX_PSEUDO_SERIES, images // PSEUDO_SERIES_SIZE)
 
 
 def pseudo_series(features, folds: int, seed: int) -> list[int] | None:
@@ -330,7 +334,7 @@ def pseudo_series(features, folds: int, seed: int) -> list[int] | None:
 
     from .ood import normalise
 
-    clusters = min(MAX_PSEUDO_SERIES, len(features) // PSEUDO_SERIES_SIZE)
+    clusters = _pseudo_series_count(len(features))
     if clusters < folds:
         return None
     found = KMeans(n_clusters=clusters, n_init=3, random_state=seed).fit_predict(normalise(features))
